@@ -1,0 +1,3 @@
+from ims_station.cli import main
+
+raise SystemExit(main())

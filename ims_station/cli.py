@@ -1,0 +1,69 @@
+"""The ``ims-station`` command.
+
+Each area owns its subcommands in its own ``cli`` module, which exposes
+``register(subparsers)``.  Those modules must be cheap to import: heavy imports (numpy, paho,
+cryptography) happen inside the command handlers.  A handler returns the process exit status.
+
+Conventions for every command:
+
+* ``--json`` prints only JSON on stdout (one object, or one object per line for streams); without it
+  long-running commands show progress on the terminal (rich) and a human summary.
+* Errors of ours (:class:`~ims_station.errors.ImsStationError`) end the command with a one-line
+  message on stderr and exit status 2; they never print a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from ims_station import __version__
+from ims_station.errors import ImsStationError
+
+# (module path) -- each registers one or more top-level subcommands.
+COMMAND_MODULES = [
+    "ims_station.cd11.cli",      # cd11 dump / verify
+    "ims_station.auth.cli",      # keys generate / export
+    "ims_station.hil.cli",       # hil soak / hil run
+    "ims_station.edge.cli",      # edge run
+    "ims_station.relay.cli",     # relay run
+    "ims_station.demo",          # demo (the main job)
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ims-station", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ims-station {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:  # area not built yet
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except ImsStationError as err:
+        print(f"ims-station {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
