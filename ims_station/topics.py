@@ -1,0 +1,67 @@
+"""MQTT topic layout: the one definition shared by the edge uplink and the relay.
+
+Every topic sits under a configurable prefix (default ``ims``) and names the station, so that a broker
+ACL can confine a station's credentials to its own subtree (see docs/topics.md and
+docs/mosquitto/).  Each message kind has its own topic, so the outbox, uplink and relay can carry
+more than CD-1.1 frames later (IMS 2.0 noble-gas messages get ``ims20``).
+
+=================================  =========  ========  ==================================================
+topic                              direction  retained  payload
+=================================  =========  ========  ==================================================
+``{p}/{sta}/cd11``                 sta->relay no        one CD-1.1 frame, raw bytes (data, alert, ...)
+``{p}/{sta}/acknack``              relay->sta no        one CD-1.1 acknack frame, raw bytes
+``{p}/{sta}/soh``                  sta->all   yes       station state of health, JSON
+``{p}/{sta}/status``               sta->all   yes       ``online`` / ``offline`` (Last Will), JSON
+``{p}/{sta}/events``               sta->all   no        trigger events, JSON
+``{p}/{sta}/cmd``                  ops->sta   no        command request, JSON
+``{p}/{sta}/cmd/response``         sta->ops   no        command response, JSON
+``{p}/{sta}/ims20``                sta->relay no        IMS 2.0 message (roadmap), text
+=================================  =========  ========  ==================================================
+
+The relay subscribes through a shared subscription group (``$share/{group}/{p}/+/cd11``) so several
+relay processes share the load.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ims_station.errors import RemoteProtocolError
+
+DEFAULT_PREFIX = "ims"
+KINDS = ("cd11", "acknack", "soh", "status", "events", "cmd", "cmd/response", "ims20")
+STATION_RE = re.compile(r"^[A-Z0-9]{1,8}$")  # CD-1.1 frame creator: up to 8 ASCII characters
+
+
+class TopicError(RemoteProtocolError):
+    """A topic does not follow the layout (wrong prefix, bad station code, unknown kind)."""
+
+
+def check_station(station: str) -> str:
+    if not STATION_RE.match(station):
+        raise TopicError(f"station code {station!r} must be 1-8 upper-case letters or digits")
+    return station
+
+
+def topic(prefix: str, station: str, kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"unknown topic kind {kind!r}")
+    return f"{prefix}/{check_station(station)}/{kind}"
+
+
+def shared_subscription(prefix: str, kind: str, group: str | None) -> str:
+    """Subscription filter for all stations' *kind*; with *group*, an MQTT 5 / Mosquitto shared one."""
+    f = f"{prefix}/+/{kind}"
+    return f"$share/{group}/{f}" if group else f
+
+
+def parse(prefix: str, topic_name: str) -> tuple[str, str]:
+    """Split a received topic into (station, kind); raise TopicError if it is not ours."""
+    head = prefix + "/"
+    if not topic_name.startswith(head):
+        raise TopicError(f"topic {topic_name!r} is not under prefix {prefix!r}")
+    rest = topic_name[len(head):]
+    station, _, kind = rest.partition("/")
+    if kind not in KINDS:
+        raise TopicError(f"topic {topic_name!r}: unknown kind {kind!r}")
+    return check_station(station), kind
