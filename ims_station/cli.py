@@ -34,7 +34,10 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ims-station", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ims-station",
+        description="Station software for an IMS-like monitoring network (digitizer link, HIL, CD-1.1, uplink, relay).",
+    )
     parser.add_argument("--version", action="version", version=f"ims-station {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
