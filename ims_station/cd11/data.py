@@ -233,7 +233,11 @@ class ChannelSubframe:
             "auth_value_hex": self.auth_value.hex(),
         })
         if samples:
-            out["samples"] = self.samples().tolist()
+            try:
+                out["samples"] = self.samples().tolist()
+            except Cd11DataError as err:
+                out["samples"] = None
+                out["samples_error"] = str(err)
         return out
 
 

@@ -170,8 +170,9 @@ class Frame:
     def _parse_payload(cls, r: Reader) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view: header fields, trailer fields (incl. ``crc_ok`` when parsed), payload."""
+    def to_dict(self, *, samples: bool = True) -> dict[str, Any]:
+        """JSON-ready view: header fields, trailer fields (incl. ``crc_ok`` when parsed), payload
+        (with decoded channel samples unless *samples* is false)."""
         h, t = self.header, self.trailer
         d: dict[str, Any] = {
             "frame_type": self.FRAME_TYPE,
@@ -190,10 +191,10 @@ class Frame:
             d["crc_ok"] = t.crc_ok
             d["total_bytes"] = len(self.raw) if self.raw is not None else None
             d["offset"] = self.offset
-        d.update(self.payload_dict())
+        d.update(self.payload_dict(samples=samples))
         return d
 
-    def payload_dict(self) -> dict[str, Any]:  # pragma: no cover - abstract
+    def payload_dict(self, *, samples: bool = True) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -236,7 +237,7 @@ class _ConnectionExchange(Frame):
                     ip=str(ipaddress.IPv4Address(ip)), port=port,
                     ip2=str(ipaddress.IPv4Address(ip2)), port2=port2)
 
-    def payload_dict(self) -> dict[str, Any]:
+    def payload_dict(self, *, samples: bool = True) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("major_version", "minor_version", "station",
                                               "station_type", "service_type", "ip", "port", "ip2", "port2")}
 
@@ -301,7 +302,7 @@ class _OptionExchange(Frame):
             options.append(Option(otype, value))
         return dict(options=options)
 
-    def payload_dict(self) -> dict[str, Any]:
+    def payload_dict(self, *, samples: bool = True) -> dict[str, Any]:
         return {"options": [{"type": o.type, "value": o.value} for o in self.options]}
 
 
@@ -351,7 +352,7 @@ class Acknack(Frame):
         r.pos += GAP.size * count
         return dict(frame_set=frame_set, lowest=lowest, highest=highest, gaps=gaps)
 
-    def payload_dict(self) -> dict[str, Any]:
+    def payload_dict(self, *, samples: bool = True) -> dict[str, Any]:
         return {"frame_set": self.frame_set, "lowest": self.lowest, "highest": self.highest,
                 "gaps": [list(g) for g in self.gaps]}
 
@@ -378,7 +379,7 @@ class Alert(Frame):
         raw = r.padded(size, "message")
         return dict(message=r.ascii(raw, "message", at + 4))
 
-    def payload_dict(self) -> dict[str, Any]:
+    def payload_dict(self, *, samples: bool = True) -> dict[str, Any]:
         return {"message": self.message}
 
 
@@ -442,7 +443,7 @@ class _Command(Frame):
         r.pos += skip
         return r.ascii(raw, field, at + 4)
 
-    def payload_dict(self) -> dict[str, Any]:
+    def payload_dict(self, *, samples: bool = True) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("station", "site", "channel", "location", "time",
                                               "command")} | ({"response": self.response}
                                                              if hasattr(self, "response") else {})
