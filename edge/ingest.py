@@ -1,0 +1,720 @@
+"""Gateway side of the serial link: a sans-IO decoder with sequence tracking and RESEND recovery.
+
+Owns: turning the byte stream from one serial port into checked, in-order events
+(:class:`Hello`, :class:`DataBlock`, :class:`Soh`, :class:`Reply`, :class:`GapReport`,
+:class:`BoardRestarted`, :class:`CommandTimeout`, :class:`SecurityAlert`), the session policy of the
+link (which sequence numbers are missing, when to ask the board to RESEND them, when to give up and
+report the gap exactly, when to ACK) and the COMMAND/REPLY bookkeeping.
+
+Does not own: the wire format (``ims_station.firmware.link`` is its one definition: framing, CRC,
+HMAC, payload layouts are all called from there, never re-implemented), I/O (see
+``edge/serialport.py``), stream continuity in *time* (``edge/streams.py``) or persistence (the
+later outbox acknowledges through :meth:`LinkDecoder.acknowledge`).
+
+Shape (h11-style): ``receive_data(bytes)``, ``next_events()``, ``data_to_send()``, ``tick()``.  Time
+comes from an injected clock (``monotonic()``), so tests and the simulator run hours of protocol
+time in milliseconds.  Nothing that arrives on the wire raises out of this module: every rejected
+frame is counted by kind and logged rate-limited.
+
+Sequence policy, per board epoch (the board's boot counter; sequence numbers restart at 0 with it):
+
+* packets are handed to the consumer in sequence order; later packets are held (bounded) while an
+  earlier one is being re-requested;
+* a hole is asked for with RESEND (at most ``link.MAX_RESEND`` packets per request, at most
+  ``max_inflight`` packets asked for at a time), re-asked after ``resend_timeout`` seconds without
+  progress, and given up after ``max_resend_tries`` requests, on UNAVAILABLE from the board, when it
+  is older than the board's ring buffer, or when the hold buffer is full;
+* a given-up range becomes a :class:`GapReport` with the exact sequence range, the end of the last
+  sample before (``start_us``), the first sample after (``end_us``) and the channels, emitted just
+  before the next :class:`DataBlock` (whose first sample defines ``end_us``);
+* the same sequence number twice is a duplicate (dropped, counted); with different content it is
+  a security event (counted, logged, :class:`SecurityAlert`), and the first copy wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ims_station.errors import LocalProtocolError
+from ims_station.firmware import link
+
+from .logutil import RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+SEQ_MOD = 1 << 32
+EPOCH_MOD = 1 << 16
+
+
+def sample_offset_us(i: int, rate_mhz: int) -> int:
+    """Microseconds from the first sample to sample *i* at *rate_mhz*, rounded to the nearest us.
+
+    Integer arithmetic so that the same block always gives the same times on every machine.
+    """
+    return (i * 1_000_000_000 + rate_mhz // 2) // rate_mhz
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    board_id: int
+    epoch: int
+    seq: int
+    capabilities: int
+    rate_mhz: int
+    ring_capacity: int
+    samples_per_packet: int
+    channel_ids: tuple[int, ...]
+    firmware: str
+    board_name: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class DataBlock:
+    board_id: int
+    epoch: int
+    seq: int
+    t_first_us: int
+    rate_mhz: int
+    time_quality: int
+    status: int
+    clip_mask: int
+    channel_ids: tuple[int, ...]
+    samples: np.ndarray            # int32, shape (channels, n)
+    retransmitted: bool = False
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.samples.shape[1])
+
+    @property
+    def t_end_us(self) -> int:
+        """End of the last sample: the time the next sample is due."""
+        return self.t_first_us + sample_offset_us(self.n_samples, self.rate_mhz)
+
+    @property
+    def t_last_us(self) -> int:
+        return self.t_first_us + sample_offset_us(self.n_samples - 1, self.rate_mhz)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DataBlock):
+            return NotImplemented
+        return (self.board_id, self.epoch, self.seq, self.t_first_us, self.rate_mhz, self.time_quality,
+                self.status, self.clip_mask, self.channel_ids) == (
+                other.board_id, other.epoch, other.seq, other.t_first_us, other.rate_mhz,
+                other.time_quality, other.status, other.clip_mask, other.channel_ids) and \
+            np.array_equal(self.samples, other.samples)
+
+
+@dataclass(frozen=True, slots=True)
+class Soh:
+    board_id: int
+    epoch: int
+    seq: int
+    time_us: int
+    last_sync_us: int
+    clock_diff_us: int
+    supply_mv: int
+    temperature_cc: int
+    time_quality: int
+    status: int
+    ring_fill: int
+    ring_capacity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    board_id: int
+    epoch: int
+    seq: int
+    cmd_seq: int                  # the gateway sequence number of the COMMAND answered
+    command: int                  # command code (link.CMD_*)
+    status: int                   # link.R_*
+    result: bytes
+    matched: bool                 # False: no COMMAND of ours with that sequence number was pending
+    latency_s: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == link.R_OK
+
+
+@dataclass(frozen=True, slots=True)
+class CommandTimeout:
+    board_id: int
+    cmd_seq: int
+    command: int
+
+
+@dataclass(frozen=True, slots=True)
+class GapReport:
+    """Board sequence numbers ``first_seq..last_seq`` (inclusive) of ``epoch`` will never arrive.
+
+    ``start_us`` is the end of the last sample delivered before them (None if nothing of this epoch
+    was delivered before), ``end_us`` the first sample delivered after them (None if the epoch ended
+    first).  The samples missing on each channel in ``channel_ids`` are those due in
+    ``[start_us, end_us)``; packets in the range that carried no samples (SOH, REPLY) give a report
+    with ``start_us == end_us``.
+    """
+
+    board_id: int
+    epoch: int
+    first_seq: int
+    last_seq: int
+    start_us: int | None
+    end_us: int | None
+    channel_ids: tuple[int, ...]
+    rate_mhz: int | None
+    reason: str                   # unavailable / timeout / beyond_ring / overflow / restart / payload
+
+    @property
+    def packets(self) -> int:
+        return (self.last_seq - self.first_seq) % SEQ_MOD + 1
+
+    @property
+    def samples_missing(self) -> int | None:
+        """Samples missing per channel, or None when an end is unknown."""
+        if self.start_us is None or self.end_us is None or not self.rate_mhz:
+            return None
+        return max(0, round((self.end_us - self.start_us) * self.rate_mhz / 1_000_000_000))
+
+
+@dataclass(frozen=True, slots=True)
+class BoardRestarted:
+    board_id: int
+    old_epoch: int
+    new_epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityAlert:
+    board_id: int
+    epoch: int
+    seq: int
+    reason: str
+
+
+Event = Hello | DataBlock | Soh | Reply | CommandTimeout | GapReport | BoardRestarted | SecurityAlert
+
+# ---------------------------------------------------------------- internal state
+
+_LOST = object()  # marker in the hold buffer: given up
+
+
+@dataclass(slots=True)
+class _Hole:
+    first: int
+    last: int
+    tries: int = 0
+    sent_at: float | None = None   # last request or last progress; None: not asked yet
+
+    @property
+    def size(self) -> int:
+        return self.last - self.first + 1
+
+
+@dataclass(slots=True)
+class _Board:
+    board_id: int
+    epoch: int
+    next_seq: int                       # next sequence number to deliver
+    highest: int                        # highest sequence number seen (next_seq - 1 if none held)
+    held: dict[int, Any] = field(default_factory=dict)       # seq -> (digest, event|None) or _LOST
+    lost_reason: dict[int, str] = field(default_factory=dict)
+    holes: list[_Hole] = field(default_factory=list)         # sorted, disjoint
+    digests: dict[int, bytes] = field(default_factory=dict)  # recent delivered seq -> digest
+    digest_order: deque = field(default_factory=deque)
+    last_data: DataBlock | None = None
+    pending_gaps: list[tuple[int, int, str]] = field(default_factory=list)
+    gap_start: tuple[int | None, tuple[int, ...], int | None] | None = None
+    ring_capacity: int | None = None
+    acked: int = -1                     # highest sequence number the consumer has acknowledged
+    ack_sent: int = -1
+    ack_sent_at: float | None = None
+
+
+def _digest(ptype: int, payload: bytes) -> bytes:
+    # Content identity of a packet: the retransmitted copy differs only in the header flags.
+    return hashlib.blake2b(bytes((ptype,)) + payload, digest_size=16).digest()
+
+
+class LinkDecoder:
+    """Sans-IO gateway end of one serial link (one board per port; several are tolerated).
+
+    ``key`` is the board's HMAC key.  ``board_id``: if given, packets from any other board id are
+    rejected (counted ``wrong_board``) and commands can be sent before the board has spoken.
+    ``auto_ack``: ACK what has been delivered to the consumer (default, for now); with False the
+    consumer calls :meth:`acknowledge` once data is durable (the outbox, later).
+    """
+
+    def __init__(self, key: bytes, clock: Any, *, board_id: int | None = None,
+                 resend_timeout: float = 2.0, max_resend_tries: int = 5,
+                 max_inflight: int = 2 * link.MAX_RESEND, max_held: int = 2048,
+                 ack_interval: float = 1.0, auto_ack: bool = True,
+                 command_timeout: float = 5.0, backfill: int = link.MAX_RESEND,
+                 max_hole_span: int = 1 << 16, dup_window: int = 4096,
+                 log_rate: float = 1.0, log_burst: int = 5) -> None:
+        self._auth = link.Authenticator(key)
+        self._clock = clock
+        self.board_id = board_id
+        self.resend_timeout = float(resend_timeout)
+        self.max_resend_tries = int(max_resend_tries)
+        self.max_inflight = int(max_inflight)
+        self.max_held = int(max_held)
+        self.ack_interval = float(ack_interval)
+        self.auto_ack = auto_ack
+        self.command_timeout = float(command_timeout)
+        self.backfill = int(backfill)
+        self.max_hole_span = int(max_hole_span)
+        self.dup_window = int(dup_window)
+        self._deframer = link.Deframer()
+        self._events: list[Event] = []
+        self._out = bytearray()
+        self._boards: dict[int, _Board] = {}
+        self._tx_seq = 0
+        self._commands: dict[int, tuple[int, int, float]] = {}   # cmd_seq -> (board, code, sent_at)
+        self._log = RateLimitedLog(log, clock, rate=log_rate, burst=log_burst)
+        self.counters: dict[str, int] = dict.fromkeys((
+            "bytes_received", "frames", "packets_ok", "garbage_bytes", "overlong_frames",
+            "framing_errors", "crc_errors", "hmac_errors", "version_errors", "length_errors",
+            "payload_errors", "wrong_board", "unexpected_type", "stale_epoch", "duplicates",
+            "duplicate_conflicts", "retransmits_received", "resend_requests", "resend_packets_requested",
+            "packets_recovered", "packets_unrecoverable", "gaps_reported", "unavailable_received",
+            "held_overflow", "late_packets", "board_restarts", "hellos", "data_blocks", "samples_delivered", "soh",
+            "acks_sent", "commands_sent", "replies", "replies_unmatched", "command_timeouts",
+        ), 0)
+
+    # ------------------------------------------------------------ sans-IO surface
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes read from the port (any amount, any split)."""
+        self.counters["bytes_received"] += len(data)
+        d = self._deframer
+        g0, o0 = d.garbage_bytes, d.overlong_frames
+        frames = d.feed(data)
+        self.counters["garbage_bytes"] += d.garbage_bytes - g0
+        if d.overlong_frames != o0:
+            self.counters["overlong_frames"] += d.overlong_frames - o0
+            self._log("overlong", logging.WARNING, "link: discarded an over-long frame (no delimiter "
+                      "within %d bytes): garbage on the line", link.MAX_ENCODED)
+        for fr in frames:
+            self._frame(fr)
+        self._service()
+
+    def next_events(self) -> list[Event]:
+        ev, self._events = self._events, []
+        return ev
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def tick(self) -> None:
+        """Run timeouts (re-request, give up, ACK, command timeouts); call it now and then."""
+        self._service()
+
+    def close(self) -> None:
+        """End of the session: give up every hole and report it; pending gaps end unknown."""
+        for b in self._boards.values():
+            self._end_epoch(b, "closed")
+
+    # ------------------------------------------------------------ consumer hooks
+
+    def acknowledge(self, seq: int, board_id: int | None = None) -> None:
+        """Everything up to *seq* of the board's current epoch is safe (e.g. on disk): ACK it."""
+        b = self._board_for(board_id)
+        if b is None:
+            raise LocalProtocolError("acknowledge: no board known yet")
+        b.acked = max(b.acked, min(seq, b.next_seq - 1))
+
+    def send_command(self, code: int, args: bytes = b"", *, board_id: int | None = None) -> int:
+        """Queue a COMMAND; returns its sequence number, which the :class:`Reply` carries."""
+        bid = board_id if board_id is not None else self.board_id
+        if bid is None:
+            if len(self._boards) != 1:
+                raise LocalProtocolError("send_command: board id unknown (pass board_id)")
+            bid = next(iter(self._boards))
+        b = self._boards.get(bid)
+        seq = self._send(bid, b.epoch if b else 0, link.T_COMMAND, link.pack_command(code, args))
+        self._commands[seq] = (bid, code, self._clock.monotonic())
+        self.counters["commands_sent"] += 1
+        return seq
+
+    def set_rate(self, rate_mhz: int, **kw: Any) -> int:
+        return self.send_command(link.CMD_SET_RATE, rate_mhz.to_bytes(4, "big"), **kw)
+
+    def start_calibration(self, duration_s: int, period_ms: int, channel_mask: int, **kw: Any) -> int:
+        args = duration_s.to_bytes(2, "big") + period_ms.to_bytes(2, "big") + bytes((channel_mask,))
+        return self.send_command(link.CMD_START_CALIBRATION, args, **kw)
+
+    def stop_calibration(self, **kw: Any) -> int:
+        return self.send_command(link.CMD_STOP_CALIBRATION, **kw)
+
+    def reboot(self, **kw: Any) -> int:
+        return self.send_command(link.CMD_REBOOT, **kw)
+
+    def request_hello(self, **kw: Any) -> int:
+        return self.send_command(link.CMD_HELLO, **kw)
+
+    def state(self, board_id: int | None = None) -> dict[str, Any] | None:
+        """Snapshot of the sequence state of one board (for status pages and tests)."""
+        b = self._board_for(board_id)
+        if b is None:
+            return None
+        return {"board_id": b.board_id, "epoch": b.epoch, "next_seq": b.next_seq, "highest": b.highest,
+                "held": len(b.held), "holes": [(h.first, h.last, h.tries) for h in b.holes],
+                "acked": b.acked, "ring_capacity": b.ring_capacity}
+
+    # ------------------------------------------------------------ frames
+
+    def _frame(self, fr: bytes) -> None:
+        self.counters["frames"] += 1
+        try:
+            hdr, payload = link.decode(self._auth, fr)
+        except link.LinkError as err:
+            kind = err.reason
+            key = {"framing": "framing_errors", "crc": "crc_errors", "hmac": "hmac_errors",
+                   "version": "version_errors", "length": "length_errors"}.get(kind, "payload_errors")
+            self.counters[key] += 1
+            self._log(kind, logging.WARNING if kind == "hmac" else logging.INFO,
+                      "link: rejected a %d-byte frame (%s): %s", len(fr), kind, err)
+            return
+        if self.board_id is not None and hdr.board_id != self.board_id:
+            self.counters["wrong_board"] += 1
+            self._log("board", logging.WARNING, "link: packet from board %d on the port of board %d",
+                      hdr.board_id, self.board_id)
+            return
+        if hdr.ptype >= 0x80 or hdr.ptype not in link.TYPE_NAMES:
+            self.counters["unexpected_type"] += 1
+            self._log("type", logging.WARNING, "link: board %d sent packet type 0x%02x", hdr.board_id, hdr.ptype)
+            return
+        self.counters["packets_ok"] += 1
+        if hdr.flags & link.F_RETRANSMIT:
+            self.counters["retransmits_received"] += 1
+        self._packet(hdr, payload)
+
+    def _packet(self, hdr: link.Header, payload: bytes) -> None:
+        now = self._clock.monotonic()
+        b = self._boards.get(hdr.board_id)
+        if b is None:
+            # First contact.  A board that booted recently still has its first packets in the ring:
+            # ask for them (a gateway started together with the board loses nothing).
+            start = 0 if hdr.seq <= self.backfill else hdr.seq
+            b = self._boards[hdr.board_id] = _Board(hdr.board_id, hdr.epoch, start, start - 1)
+        elif hdr.epoch != b.epoch:
+            if 0 < (hdr.epoch - b.epoch) % EPOCH_MOD < EPOCH_MOD // 2:
+                self._restart(b, hdr.epoch)
+            else:
+                self.counters["stale_epoch"] += 1
+                self._log("epoch", logging.WARNING, "link: board %d packet of old epoch %d (now %d) dropped",
+                          b.board_id, hdr.epoch, b.epoch)
+                return
+        seq = hdr.seq
+        dig = _digest(hdr.ptype, payload)
+
+        if seq < b.next_seq or seq in b.held:
+            self._duplicate(b, seq, dig)
+            return
+        if seq > b.highest:
+            if seq > b.highest + 1:
+                self._add_hole(b, b.highest + 1, seq - 1, now)
+            b.highest = seq
+        else:
+            # Fills a hole (usually a retransmitted copy answering our RESEND).
+            if self._fill(b, seq, now):
+                self.counters["packets_recovered"] += 1
+            else:
+                # Not in a hole, not held, not delivered: it was given up already (arrived late).
+                self.counters["late_packets"] += 1
+                return
+
+        if hdr.ptype == link.T_UNAVAILABLE:
+            self._unavailable(b, payload)
+        ev = self._event(hdr, payload)
+        if ev is _LOST:
+            b.held[seq] = _LOST
+            b.lost_reason[seq] = "payload"
+            self.counters["packets_unrecoverable"] += 1
+        else:
+            b.held[seq] = (dig, ev)
+        self._deliver(b)
+
+    def _event(self, hdr: link.Header, payload: bytes) -> Any:
+        t = hdr.ptype
+        try:
+            if t == link.T_DATA:
+                t_first, rate, tq, status, clip, chan_ids, channels = link.unpack_data(payload)
+                return DataBlock(hdr.board_id, hdr.epoch, hdr.seq, t_first, rate, tq, status, clip,
+                                 tuple(chan_ids), np.array(channels, dtype=np.int32),
+                                 bool(hdr.flags & link.F_RETRANSMIT))
+            if t == link.T_SOH:
+                s = link.unpack_soh(payload)
+                return Soh(hdr.board_id, hdr.epoch, hdr.seq, s["time_us"], s["last_sync_us"],
+                           s["clock_diff_us"], s["supply_mv"], s["temperature_cc"], s["time_quality"],
+                           s["status"], s["ring_fill"], s["ring_capacity"])
+            if t == link.T_HELLO:
+                h = link.unpack_hello(payload)
+                return Hello(hdr.board_id, hdr.epoch, hdr.seq, h["capabilities"], h["rate_mhz"],
+                             h["ring_capacity"], h["samples_per_packet"], tuple(h["channels"]),
+                             h["firmware"], h["board"])
+            if t == link.T_REPLY:
+                cmd_seq, status, code, result = link.unpack_reply(payload)
+                return Reply(hdr.board_id, hdr.epoch, hdr.seq, cmd_seq, code, status, result, False)
+            if t == link.T_UNAVAILABLE:
+                link.unpack_range(payload)
+                return None
+        except (link.LinkError, ValueError, OverflowError) as err:
+            # (OverflowError: difference-packed samples whose running sum leaves the int32 range.)
+            # Authenticated but malformed: a firmware bug, not line noise.  Re-asking would give
+            # the same bytes, so the sequence number is given up and reported.
+            self.counters["payload_errors"] += 1
+            self._log("payload", logging.ERROR, "link: board %d seq %d: bad %s payload: %s",
+                      hdr.board_id, hdr.seq, link.TYPE_NAMES.get(t, t), err)
+            return _LOST
+        return None
+
+    def _duplicate(self, b: _Board, seq: int, dig: bytes) -> None:
+        self.counters["duplicates"] += 1
+        held = b.held.get(seq)
+        known = held[0] if isinstance(held, tuple) else b.digests.get(seq)
+        if not isinstance(known, bytes):
+            return
+        if known is not None and known != dig:
+            self.counters["duplicate_conflicts"] += 1
+            self._log("conflict", logging.ERROR, "link: SECURITY: board %d epoch %d seq %d arrived twice "
+                      "with different content (valid HMAC both times); first copy kept",
+                      b.board_id, b.epoch, seq)
+            self._events.append(SecurityAlert(b.board_id, b.epoch, seq, "duplicate with different content"))
+
+    # ------------------------------------------------------------ holes
+
+    def _add_hole(self, b: _Board, first: int, last: int, now: float) -> None:
+        # Never allocate per missing packet: a hole is one object however large.  The part of a
+        # hole the board cannot possibly still hold is given up at once.
+        limit = b.ring_capacity if b.ring_capacity else self.max_hole_span
+        oldest_possible = last + 1 - limit
+        if first < oldest_possible:
+            self._give_up_range(b, first, oldest_possible - 1, "beyond_ring")
+            first = oldest_possible
+        b.holes.append(_Hole(first, last))
+
+    def _fill(self, b: _Board, seq: int, now: float) -> bool:
+        for i, h in enumerate(b.holes):
+            if h.first <= seq <= h.last:
+                parts = []
+                if h.first < seq:
+                    parts.append(_Hole(h.first, seq - 1, h.tries, now if h.sent_at is not None else None))
+                if seq < h.last:
+                    parts.append(_Hole(seq + 1, h.last, h.tries, now if h.sent_at is not None else None))
+                b.holes[i:i + 1] = parts
+                return True
+        return False
+
+    def _take(self, b: _Board, first: int, last: int) -> list[tuple[int, int]]:
+        """Remove [first, last] from the holes; return the sub-ranges that were missing."""
+        taken = []
+        out = []
+        for h in b.holes:
+            if h.last < first or h.first > last:
+                out.append(h)
+                continue
+            lo, hi = max(h.first, first), min(h.last, last)
+            taken.append((lo, hi))
+            if h.first < lo:
+                out.append(_Hole(h.first, lo - 1, h.tries, h.sent_at))
+            if hi < h.last:
+                out.append(_Hole(hi + 1, h.last, h.tries, h.sent_at))
+        b.holes = out
+        return taken
+
+    def _give_up_range(self, b: _Board, first: int, last: int, reason: str) -> None:
+        # Marks are one entry per sequence number, but only for ranges bounded by the ring
+        # capacity / max_hole_span / MAX_RESEND; the "beyond_ring" part is recorded as one entry.
+        if last < first:
+            return
+        self.counters["packets_unrecoverable"] += last - first + 1
+        b.held[first] = (_LOST, last)
+        b.lost_reason[first] = reason
+        self._log("gap", logging.WARNING, "link: board %d epoch %d: packets %d..%d unrecoverable (%s)",
+                  b.board_id, b.epoch, first, last, reason)
+
+    def _unavailable(self, b: _Board, payload: bytes) -> None:
+        try:
+            first, last = link.unpack_range(payload)
+        except link.LinkError:
+            return
+        self.counters["unavailable_received"] += 1
+        for lo, hi in self._take(b, first, last):
+            self._give_up_range(b, lo, hi, "unavailable")
+
+    # ------------------------------------------------------------ delivery
+
+    def _deliver(self, b: _Board) -> None:
+        while True:
+            item = b.held.pop(b.next_seq, None)
+            if item is None:
+                break
+            seq = b.next_seq
+            if item is _LOST or item[0] is _LOST:
+                last = seq if item is _LOST else item[1]
+                reason = b.lost_reason.pop(seq, "lost")
+                self._gap_open(b, seq, last, reason)
+                b.next_seq = last + 1
+                continue
+            dig, ev = item
+            b.next_seq = seq + 1
+            self._remember(b, seq, dig)
+            if ev is None:
+                continue
+            self._emit(b, ev)
+        if self.auto_ack:
+            b.acked = b.next_seq - 1
+        self._check_overflow(b)
+
+    def _remember(self, b: _Board, seq: int, dig: bytes) -> None:
+        b.digests[seq] = dig
+        b.digest_order.append(seq)
+        if len(b.digest_order) > self.dup_window:
+            b.digests.pop(b.digest_order.popleft(), None)
+
+    def _emit(self, b: _Board, ev: Any) -> None:
+        if isinstance(ev, DataBlock):
+            self._gap_close(b, ev.t_first_us, ev)
+            b.last_data = ev
+            self.counters["data_blocks"] += 1
+            self.counters["samples_delivered"] += ev.samples.size
+        elif isinstance(ev, Soh):
+            self.counters["soh"] += 1
+            b.ring_capacity = ev.ring_capacity or b.ring_capacity
+        elif isinstance(ev, Hello):
+            self.counters["hellos"] += 1
+            b.ring_capacity = ev.ring_capacity or b.ring_capacity
+        elif isinstance(ev, Reply):
+            self.counters["replies"] += 1
+            pending = self._commands.get(ev.cmd_seq)
+            if pending is not None and pending[0] == b.board_id and pending[1] == ev.command:
+                del self._commands[ev.cmd_seq]
+                ev = Reply(ev.board_id, ev.epoch, ev.seq, ev.cmd_seq, ev.command, ev.status, ev.result,
+                           True, self._clock.monotonic() - pending[2])
+            else:
+                self.counters["replies_unmatched"] += 1
+        self._events.append(ev)
+
+    def _gap_open(self, b: _Board, first: int, last: int, reason: str) -> None:
+        if b.gap_start is None:
+            d = b.last_data
+            b.gap_start = (d.t_end_us, d.channel_ids, d.rate_mhz) if d else (None, (), None)
+        b.pending_gaps.append((first, last, reason))
+
+    def _gap_close(self, b: _Board, end_us: int | None, after: DataBlock | None) -> None:
+        if not b.pending_gaps:
+            return
+        start_us, chans, rate = b.gap_start
+        if not chans and after is not None:
+            chans, rate = after.channel_ids, after.rate_mhz
+        for first, last, reason in b.pending_gaps:
+            self.counters["gaps_reported"] += 1
+            self._events.append(GapReport(b.board_id, b.epoch, first, last, start_us, end_us, chans, rate, reason))
+        b.pending_gaps.clear()
+        b.gap_start = None
+
+    def _check_overflow(self, b: _Board) -> None:
+        # Bounded memory: if too much is held behind a hole, give the oldest hole up.
+        while len(b.held) > self.max_held and b.holes:
+            h = b.holes.pop(0)
+            self.counters["held_overflow"] += 1
+            self._give_up_range(b, h.first, h.last, "overflow")
+            self._deliver(b)
+
+    def _end_epoch(self, b: _Board, reason: str) -> None:
+        for h in b.holes:
+            self._give_up_range(b, h.first, h.last, reason)
+        b.holes = []
+        # Deliver everything held, skipping over nothing: holes are all marked now.
+        while b.held:
+            if b.next_seq not in b.held:
+                b.next_seq = min(b.held)
+            self._deliver(b)
+        self._gap_close(b, None, None)
+
+    def _restart(self, b: _Board, new_epoch: int) -> None:
+        old = b.epoch
+        self._end_epoch(b, "restart")
+        self.counters["board_restarts"] += 1
+        self._log("restart", logging.WARNING, "link: board %d restarted (epoch %d -> %d)", b.board_id, old, new_epoch)
+        self._events.append(BoardRestarted(b.board_id, old, new_epoch))
+        ring = b.ring_capacity
+        b.__init__(b.board_id, new_epoch, 0, -1)
+        b.ring_capacity = ring
+
+    # ------------------------------------------------------------ output
+
+    def _send(self, board_id: int, epoch: int, ptype: int, payload: bytes) -> int:
+        seq = self._tx_seq
+        self._tx_seq = (self._tx_seq + 1) % SEQ_MOD
+        self._out += link.encode(self._auth, ptype, board_id, epoch, seq, payload)
+        return seq
+
+    def _service(self) -> None:
+        now = self._clock.monotonic()
+        for b in self._boards.values():
+            self._service_holes(b, now)
+            self._deliver(b)
+            if b.acked > b.ack_sent and (b.ack_sent_at is None or now - b.ack_sent_at >= self.ack_interval):
+                self._send(b.board_id, b.epoch, link.T_ACK, link.pack_ack(b.acked))
+                b.ack_sent, b.ack_sent_at = b.acked, now
+                self.counters["acks_sent"] += 1
+        for seq, (bid, code, t0) in list(self._commands.items()):
+            if now - t0 >= self.command_timeout:
+                del self._commands[seq]
+                self.counters["command_timeouts"] += 1
+                self._events.append(CommandTimeout(bid, seq, code))
+
+    def _service_holes(self, b: _Board, now: float) -> None:
+        # Give up what has been asked for often enough without progress.
+        keep = []
+        for h in b.holes:
+            if h.sent_at is not None and now - h.sent_at >= self.resend_timeout and h.tries >= self.max_resend_tries:
+                self._give_up_range(b, h.first, h.last, "timeout")
+            else:
+                keep.append(h)
+        b.holes = keep
+        inflight = sum(h.size for h in b.holes if h.sent_at is not None and now - h.sent_at < self.resend_timeout)
+        out = []
+        for h in b.holes:
+            due = h.sent_at is None or now - h.sent_at >= self.resend_timeout
+            if not due or inflight >= self.max_inflight:
+                out.append(h)
+                continue
+            if h.size > link.MAX_RESEND:
+                # Ask for the head; the rest waits as its own hole (not asked yet).
+                head = _Hole(h.first, h.first + link.MAX_RESEND - 1, h.tries, h.sent_at)
+                rest = _Hole(head.last + 1, h.last, h.tries, h.sent_at)
+                h = head
+                out.append(h)
+                out.append(rest)
+            else:
+                out.append(h)
+            h.tries += 1
+            h.sent_at = now
+            inflight += h.size
+            self._send(b.board_id, b.epoch, link.T_RESEND, link.pack_range(h.first, h.last))
+            self.counters["resend_requests"] += 1
+            self.counters["resend_packets_requested"] += h.size
+        b.holes = out
+
+    def _board_for(self, board_id: int | None) -> _Board | None:
+        if board_id is None:
+            board_id = self.board_id
+        if board_id is None:
+            return next(iter(self._boards.values()), None) if len(self._boards) == 1 else None
+        return self._boards.get(board_id)

@@ -1,0 +1,122 @@
+"""A minimal board for the edge tests, built only on ``firmware/link.py``.
+
+It numbers every packet it sends, keeps the last ``ring`` packets to serve RESEND from (answering
+UNAVAILABLE for what has left the ring), answers COMMANDs with REPLY, and records what it sent so
+tests can compare what the edge delivers with the truth.  It is not the firmware: the real board is
+F's ``firmware/digitizer.py``, driven by the HIL.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+
+from ims_station.firmware import link
+
+KEY = bytes(range(32))
+
+
+class FakeClock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def time(self) -> float:
+        return 1.7e9 + self.t
+
+    def advance(self, dt: float) -> None:
+        self.t += dt
+
+
+class FakeBoard:
+    def __init__(self, key: bytes = KEY, board_id: int = 7, epoch: int = 3, rate_mhz: int = 100_000,
+                 channels: int = 3, spp: int = 50, ring: int = 256, seed: int = 1,
+                 t0_us: int = 1_700_000_000_000_000) -> None:
+        self.auth = link.Authenticator(key)
+        self.board_id, self.epoch = board_id, epoch
+        self.rate_mhz, self.spp = rate_mhz, spp
+        self.chan_ids = list(range(channels))
+        self.ring_cap = ring
+        self.ring: OrderedDict[int, bytes] = OrderedDict()   # seq -> packet (un-framed)
+        self.seq = 0
+        self.t_us = t0_us
+        self.rng = random.Random(seed)
+        self.sent: dict[int, tuple] = {}        # seq -> (ptype, decoded truth)
+        self.deframer = link.Deframer()
+        self.acked = -1
+        self.commands: list[tuple[int, int, bytes]] = []
+        self.resend_requests: list[tuple[int, int]] = []
+        self.level = [0] * channels
+
+    # -- board -> gateway
+    def _packet(self, ptype: int, payload: bytes) -> bytes:
+        seq = self.seq
+        self.seq += 1
+        pkt = link.build_packet(self.auth, ptype, self.board_id, self.epoch, seq, payload)
+        self.ring[seq] = pkt
+        while len(self.ring) > self.ring_cap:
+            self.ring.popitem(last=False)
+        return link.frame(pkt)
+
+    def hello(self) -> bytes:
+        self.sent[self.seq] = ("hello",)
+        return self._packet(link.T_HELLO, link.pack_hello(
+            link.C_RESEND | link.C_DIFF_PACKING, self.rate_mhz, self.ring_cap, self.spp, self.chan_ids,
+            "fake-1.0", "fake"))
+
+    def data(self, tq: int = link.TQ_LOCKED, status: int = 0) -> bytes:
+        chans = []
+        for c in range(len(self.chan_ids)):
+            xs = []
+            for _ in range(self.spp):
+                self.level[c] += self.rng.randint(-300, 300)
+                xs.append(self.level[c])
+            chans.append(xs)
+        t = self.t_us
+        self.t_us += (self.spp * 1_000_000_000 + self.rate_mhz // 2) // self.rate_mhz
+        self.sent[self.seq] = ("data", t, chans, tq, status)
+        return self._packet(link.T_DATA, link.pack_data(t, self.rate_mhz, self.chan_ids, chans, tq, status))
+
+    def soh(self) -> bytes:
+        self.sent[self.seq] = ("soh",)
+        return self._packet(link.T_SOH, link.pack_soh(self.t_us, self.t_us - 500_000, 3, 5000, 2150,
+                                                      link.TQ_LOCKED, 0, len(self.ring), self.ring_cap))
+
+    def reboot(self) -> None:
+        self.epoch += 1
+        self.seq = 0
+        self.ring.clear()
+
+    # -- gateway -> board
+    def receive(self, data: bytes) -> bytes:
+        """Handle gateway packets; returns the board's answer bytes."""
+        out = bytearray()
+        for fr in self.deframer.feed(data):
+            hdr, payload = link.decode(self.auth, fr)
+            if hdr.ptype == link.T_ACK:
+                self.acked = link.unpack_ack(payload)
+            elif hdr.ptype == link.T_RESEND:
+                first, last = link.unpack_range(payload)
+                assert last - first + 1 <= link.MAX_RESEND
+                self.resend_requests.append((first, last))
+                gone = [s for s in range(first, last + 1) if s not in self.ring]
+                if gone:
+                    # The ring is FIFO: what is gone is a prefix of the range.
+                    out += self._packet(link.T_UNAVAILABLE, link.pack_range(gone[0], gone[-1]))
+                    self.sent[self.seq - 1] = ("unavailable",)
+                for s in range(first, last + 1):
+                    if s in self.ring:
+                        pkt = bytearray(self.ring[s])
+                        # Same packet, flagged as a copy: rebuild header flags and tag/CRC.
+                        h = link.parse_packet(self.auth, bytes(pkt))[0]
+                        pl = bytes(pkt[link.HEADER_SIZE:link.HEADER_SIZE + h.length])
+                        out += link.encode(self.auth, h.ptype, h.board_id, h.epoch, h.seq, pl,
+                                           link.F_RETRANSMIT)
+            elif hdr.ptype == link.T_COMMAND:
+                code, args = link.unpack_command(payload)
+                self.commands.append((hdr.seq, code, args))
+                self.sent[self.seq] = ("reply",)
+                out += self._packet(link.T_REPLY, link.pack_reply(hdr.seq, link.R_OK, code, b"ok"))
+        return bytes(out)
