@@ -17,6 +17,7 @@ transformation 1 (CA *before* signature), so a signature covers exactly the byte
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, ClassVar, NamedTuple, Sequence
@@ -184,8 +185,6 @@ class ChannelSubframe:
     def signed_bytes(self) -> bytes:
         """The bytes a subframe signature covers: channel description .. subframe count."""
         d = self.description
-        if d.data_format == "" or len(d.data_format) > 2:
-            raise Cd11BuildError(f"data_format {d.data_format!r} must be 1-2 characters")
         head = _pack(SUBFRAME, 0, 0, d.authentication, d.transformation, d.sensor_type, d.option_flag,
                      encode_ascii(d.site, 5, "subframe.site"),
                      encode_ascii(d.channel, 3, "subframe.channel"),
@@ -264,6 +263,9 @@ def _parse_subframe(r: Reader, index: int) -> ChannelSubframe:
         location=r.ascii(loc, "location", start + o["location"]),
         data_format=r.ascii(fmt, "data_format", start + o["data_format"]),
         calib=calib, calper=calper)
+    for name, value in (("calib", calib), ("calper", calper)):
+        if not math.isfinite(value):  # NaN payloads would not survive a float round trip either
+            raise r.fail(Cd11FieldError, f"{value} is not a finite number", name, start + o[name])
     time_text = _time_field(r, time, "time", start + o["time"])
     if time_length < 0:
         raise r.fail(Cd11FieldError, f"negative ({time_length})", "time_length", start + o["time_length"])

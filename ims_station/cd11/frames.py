@@ -518,12 +518,19 @@ def parse_frame(buf, offset: int = 0, *, check_crc: bool = True,
     decoded here (``ChannelSubframe.samples()`` does, on demand).
     """
     total = frame_length(buf, offset, max_frame_size=max_frame_size)
-    if total is None or len(buf) - offset < total:
-        ftype = struct.unpack_from(">i", buf, offset)[0] if len(buf) - offset >= 4 else None
-        raise Cd11TruncatedError(
-            f"buffer ends after {len(buf) - offset} bytes" + (f" of {total}" if total else ""),
-            needed=total, frame_type=ftype, field="header" if total is None else "trailer",
-            offset=len(buf))
+    have = len(buf) - offset
+    if total is None or have < total:
+        ftype = struct.unpack_from(">i", buf, offset)[0] if have >= 4 else None
+        if have < HEADER_SIZE:
+            field, needed = "header", HEADER_SIZE
+        elif total is None:
+            field, needed = "trailer.auth_size", struct.unpack_from(">i", buf, offset + 4)[0] + 8
+        else:
+            field, needed = "trailer", total
+        raise Cd11TruncatedError(f"buffer ends after {have} bytes, the frame needs {needed}"
+                                 + ("" if total else " or more"),
+                                 needed=needed, frame_type=ftype if ftype in FRAME_TYPES else None,
+                                 field=field, offset=len(buf))
     view = memoryview(buf)
     raw = bytes(view[offset:offset + total])
     ftype, toff, creator, dest, seq, series = HEADER.struct.unpack_from(raw, 0)
