@@ -21,11 +21,13 @@ rather than discover it by losing data:
 capability             Mosquitto  amqtt 0.12 (embedded)
 =====================  =========  ==========================================================
 QoS 1                  yes        yes
-persistent sessions    yes        yes, in memory only (lost when the broker process ends)
+persistent sessions    yes        in memory, only for clients that give a username
 retained messages      yes        yes, in memory only
 MQTT 5                 yes        no (3.1.1 only)
 shared subscriptions   yes        no -> the relay subscribes to ``{p}/+/cd11`` without ``$share``
 survives restart       yes        no -> the edge outbox + relay acknack resend cover the loss
+queued QoS 1 delivery  retain=0   delivered with the retain flag set (amqtt quirk; ignore it on
+                                  the cd11 / acknack topics)
 =====================  =========  ==========================================================
 
 What it does not own: the topic layout (``ims_station.topics``), the uplink and relay clients, and
@@ -173,20 +175,43 @@ def find_mosquitto() -> str | None:
     return shutil.which("mosquitto")
 
 
+# MQTT 3.1.1 CONNECT, clean session, keepalive 5 s, client id "ims-probe" (spec §3.1); the broker
+# answers CONNACK (0x20) whatever it thinks of us, which proves an MQTT broker owns the port (a bare
+# TCP accept could come from another program, or from the socket of a process already dying).
+_PROBE_CONNECT = bytes([0x10, 21, 0, 4]) + b"MQTT" + bytes([4, 0x02, 0, 5, 0, 9]) + b"ims-probe"
+_DISCONNECT = bytes([0xE0, 0])
+
+
+def _probe(host: str, port: int, mqtt: bool) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2.0) as s:
+            if not mqtt:
+                return True
+            s.sendall(_PROBE_CONNECT)
+            head = s.recv(4)
+            if len(head) >= 2 and head[0] == 0x20:
+                try:
+                    s.sendall(_DISCONNECT)
+                except OSError:
+                    pass
+                return True
+            return False
+    except OSError:
+        return False
+
+
 def wait_listening(host: str, port: int, *, proc: subprocess.Popen | None = None, timeout: float = 10.0,
-                   what: str = "broker") -> None:
-    """Return as soon as *host:port* accepts TCP connections.  Polls with a short, growing pause
-    (1 ms -> 20 ms) so a fast start costs a few ms; fails early if *proc* died."""
+                   what: str = "broker", mqtt: bool = False) -> None:
+    """Return as soon as *host:port* accepts TCP connections (and, with *mqtt*, answers an MQTT
+    CONNECT with a CONNACK).  Polls with a short, growing pause (1 ms -> 20 ms) so a fast start costs
+    a few ms; fails early if *proc* died."""
     deadline = time.monotonic() + timeout
     pause = 0.001
     while True:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            pass
         if proc is not None and proc.poll() is not None:
             raise BrokerError(f"{what} exited with status {proc.returncode} before listening on {host}:{port}")
+        if _probe(host, port, mqtt):
+            return
         if time.monotonic() > deadline:
             raise BrokerError(f"{what} not listening on {host}:{port} after {timeout:.0f} s")
         time.sleep(pause)
@@ -211,8 +236,9 @@ class _ProcessBroker:
     def _command(self) -> list[str]:
         raise NotImplementedError
 
-    def _ready_ports(self) -> list[int]:
-        return [self.port]
+    def _ready_ports(self) -> list[tuple[int, bool]]:
+        """(port, speaks plain MQTT) pairs to wait for after a start."""
+        return [(self.port, True)]
 
     @property
     def config(self) -> BrokerConfig:
@@ -240,8 +266,8 @@ class _ProcessBroker:
             self.proc = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, cwd=self.dir, start_new_session=True)
         try:
-            for p in self._ready_ports():
-                wait_listening(self.host, p, proc=self.proc, what=self.caps.name)
+            for p, plain in self._ready_ports():
+                wait_listening(self.host, p, proc=self.proc, what=self.caps.name, mqtt=plain)
         except BrokerError as err:
             self.kill()
             raise BrokerError(f"{err}; log {self.log_path}:\n{self.log_text()[-2000:]}") from None
@@ -294,7 +320,8 @@ class MosquittoBroker(_ProcessBroker):
     """A real Mosquitto on a free port with a generated configuration.
 
     ``conf`` replaces the generated configuration entirely (used by the TLS/ACL test, which runs the
-    configuration from ``docs/mosquitto/``); then ``ready_ports`` names the ports to wait for.
+    configuration from ``docs/mosquitto/``); then ``ready_ports`` names the ports to wait for (TCP
+    accept only, since they may be TLS listeners).
     ``autosave_interval`` (seconds) bounds what a SIGKILLed broker loses; a graceful stop loses
     nothing.  ``max_queued`` is raised far above Mosquitto's default 1000 because Mosquitto drops the
     *newest* message of a full session queue (peers.md §3); the outbox would resend it, but a test
@@ -320,8 +347,9 @@ class MosquittoBroker(_ProcessBroker):
         self.extra = extra
         self.conf_path = self.dir / "mosquitto.conf"
 
-    def _ready_ports(self) -> list[int]:
-        return self._ready or [self.port]
+    def _ready_ports(self) -> list[tuple[int, bool]]:
+        # Ports of a caller's configuration may be TLS listeners: TCP accept only.
+        return [(p, False) for p in self._ready] if self._ready else [(self.port, True)]
 
     def generated_conf(self) -> str:
         lines = [
@@ -363,6 +391,13 @@ class EmbeddedBroker(_ProcessBroker):
     (:data:`EMBEDDED_CAPS`): no shared subscriptions, MQTT 3.1.1 only, nothing survives a restart."""
 
     caps = EMBEDDED_CAPS
+    USERNAME = "ims-embedded"
+
+    @property
+    def config(self) -> BrokerConfig:
+        """Clients must give a username (any; no password): amqtt keeps the offline QoS 1 queue only
+        for sessions that are not anonymous."""
+        return BrokerConfig(host=self.host, port=self.port, username=self.USERNAME)
 
     def _command(self) -> list[str]:
         return [sys.executable, "-m", "ims_station.broker", "--embedded", str(self.port), "--host", self.host]
@@ -399,8 +434,11 @@ def _run_embedded(host: str, port: int) -> None:  # pragma: no cover - runs in t
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = {
         "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
-        # Anonymous on 127.0.0.1 only: this broker serves tests and the demo, never a network.
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        # amqtt drops the offline queue of *anonymous* sessions (its broker.py: "no expectation that
+        # messages should be retained"), and with allow_anonymous every session counts as anonymous.
+        # So: anonymous refused, any client that names a username accepted without a password check
+        # -- acceptable for a broker bound to 127.0.0.1 that serves tests and the demo only.
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False}},
     }
 
     async def main() -> None:
