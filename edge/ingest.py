@@ -385,6 +385,7 @@ class LinkDecoder:
             key = {"framing": "framing_errors", "crc": "crc_errors", "hmac": "hmac_errors",
                    "version": "version_errors", "length": "length_errors"}.get(kind, "payload_errors")
             self.counters[key] += 1
+            self.counters["garbage_bytes"] += len(fr) + 1    # with its delimiter
             self._log(kind, logging.WARNING if kind == "hmac" else logging.INFO,
                       "link: rejected a %d-byte frame (%s): %s", len(fr), kind, err)
             return

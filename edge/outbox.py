@@ -122,7 +122,7 @@ class Outbox:
 
     def __init__(self, path: str | os.PathLike[str], *, max_bytes: int, max_age_s: float, clock: Any,
                  on_alarm: Callable[[dict], None] | None = None, synchronous: str = "FULL",
-                 resend_holdoff_s: float = 5.0) -> None:
+                 resend_holdoff_s: float = 5.0, reserve_bytes: int = 256 * 1024) -> None:
         if max_bytes <= 0 or max_age_s <= 0:
             raise ValueError("max_bytes and max_age_s must be positive")
         if synchronous not in ("FULL", "NORMAL", "EXTRA"):
@@ -138,6 +138,8 @@ class Outbox:
         # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves, so a transaction is
         # exactly one put (or one acknack) and nothing is left open by the sqlite3 module.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        # Must precede table creation to take effect; lets a full disk get pages back (_make_room).
+        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         # Keep the WAL file from staying large after a burst (matters on a small SD card / tmpfs).
@@ -152,6 +154,9 @@ class Outbox:
         self._counters = {k: int(self._meta(k, 0)) for k in ("evicted_frames", "evicted_bytes", "alarms",
                                                              "disk_full_events", "acked_frames")}
         self.last_alarm: dict | None = None
+        self.reserve_bytes = int(reserve_bytes)
+        self._reserve = self.path.with_name(self.path.name + ".reserve")
+        self._ensure_reserve()
 
     # -- helpers ---------------------------------------------------------------------------------
     def _meta(self, key: str, default: Any = None) -> Any:
@@ -277,31 +282,75 @@ class Outbox:
         except sqlite3.OperationalError:
             pass  # no transaction open (SQLite already rolled back on SQLITE_FULL)
 
-    def _make_room(self, need: int) -> bool:
-        """On a full disk: reclaim WAL space, evict the oldest frames.  False if nothing was freed."""
-        self._counters["disk_full_events"] += 1
+    def _checkpoint(self) -> None:
+        # RESTART, not TRUNCATE: the WAL file keeps its size (up to journal_size_limit), so the
+        # next transactions reuse that space instead of needing the file system to grow it.
         try:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.execute("PRAGMA wal_checkpoint(RESTART)")
         except sqlite3.OperationalError:
             pass
+
+    def _ensure_reserve(self) -> None:
+        """Best effort: (re)create the reserve file that a full disk gives back for eviction."""
+        if self.reserve_bytes <= 0 or self._reserve.exists():
+            return
+        tmp = self._reserve.with_suffix(".tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(b"\0" * self.reserve_bytes)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self._reserve)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+
+    def _release_reserve(self) -> bool:
+        try:
+            self._reserve.unlink()
+        except FileNotFoundError:
+            return False
+        self._counters["reserve_released"] = self._counters.get("reserve_released", 0) + 1
+        return True
+
+    def _make_room(self, need: int) -> bool:
+        """On a full disk: evict the oldest frames and give their pages back to the file system.
+        False if nothing could be freed.
+
+        Deleting is itself a write (the WAL must take the changed pages); if even that fails, the
+        reserve file is given up first -- the classic ballast-file technique -- and recreated
+        once space is back.
+        """
+        self._counters["disk_full_events"] += 1
+        self._checkpoint()
         if self._frames == 0:
             return False
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            n = self._evict_oldest_bytes("disk_full", max(need, 1))
-            self._save_counters()
-            self._db.execute("COMMIT")
-        except sqlite3.OperationalError as err:
-            self._rollback()
-            row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM frames").fetchone()
-            self._frames, self._bytes = int(row[0]), int(row[1])
-            log.error("outbox: cannot evict on a full disk: %s", err)
-            return False
-        try:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.OperationalError:
-            pass
-        return n > 0
+        for use_reserve in (False, True):
+            if use_reserve and not self._release_reserve():
+                break
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                n = self._evict_oldest_bytes("disk_full", max(need, 1))
+                self._save_counters()
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as err:
+                self._rollback()
+                row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM frames").fetchone()
+                self._frames, self._bytes = int(row[0]), int(row[1])
+                if not _is_disk_full(err):
+                    raise
+                log.error("outbox: cannot evict on a full disk%s: %s",
+                          " even after releasing the reserve" if use_reserve else "", err)
+                continue
+            # Return the freed pages to the file system (auto_vacuum=INCREMENTAL), so the WAL and
+            # the reserve can grow again; the file shrinks at the checkpoint.
+            try:
+                self._db.execute("PRAGMA incremental_vacuum")
+            except sqlite3.OperationalError:
+                pass
+            self._checkpoint()
+            self._ensure_reserve()
+            return n > 0
+        return False
 
     def highest_committed(self, frame_set: str) -> int | None:
         """Highest sequence number ever committed in *frame_set* (survives deletion), or None."""
@@ -428,6 +477,7 @@ class Outbox:
             }
 
     def close(self) -> None:
+        """Close the database (the reserve file stays: it belongs to the store)."""
         with self._lock:
             try:
                 self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")

@@ -102,21 +102,46 @@ class FakeBoard:
                 assert last - first + 1 <= link.MAX_RESEND
                 self.resend_requests.append((first, last))
                 gone = [s for s in range(first, last + 1) if s not in self.ring]
-                if gone:
-                    # The ring is FIFO: what is gone is a prefix of the range.
-                    out += self._packet(link.T_UNAVAILABLE, link.pack_range(gone[0], gone[-1]))
-                    self.sent[self.seq - 1] = ("unavailable",)
                 for s in range(first, last + 1):
                     if s in self.ring:
-                        pkt = bytearray(self.ring[s])
-                        # Same packet, flagged as a copy: rebuild header flags and tag/CRC.
-                        h = link.parse_packet(self.auth, bytes(pkt))[0]
-                        pl = bytes(pkt[link.HEADER_SIZE:link.HEADER_SIZE + h.length])
+                        # Same packet, flagged as a copy (new header flags, so new tag and CRC).
+                        h, pl = link.parse_packet(self.auth, self.ring[s])
                         out += link.encode(self.auth, h.ptype, h.board_id, h.epoch, h.seq, pl,
                                            link.F_RETRANSMIT)
+                if gone:
+                    # The ring is FIFO: what is gone is a prefix of the range.
+                    self.sent[self.seq] = ("unavailable",)
+                    out += self._packet(link.T_UNAVAILABLE, link.pack_range(gone[0], gone[-1]))
             elif hdr.ptype == link.T_COMMAND:
                 code, args = link.unpack_command(payload)
                 self.commands.append((hdr.seq, code, args))
                 self.sent[self.seq] = ("reply",)
                 out += self._packet(link.T_REPLY, link.pack_reply(hdr.seq, link.R_OK, code, b"ok"))
         return bytes(out)
+
+
+def converse(dec, board: FakeBoard, data: bytes, line=None, rounds: int = 50) -> None:
+    """Feed *data* to the decoder, then let decoder and board talk until neither has anything to say.
+    *line* (bytes -> bytes) is applied to everything the board sends (fault injection)."""
+    line = line or (lambda b: b)
+    dec.receive_data(line(data))
+    for _ in range(rounds):
+        out = dec.data_to_send()
+        if not out:
+            return
+        dec.receive_data(line(board.receive(out)))
+
+
+def settle(dec, board: FakeBoard, clock: FakeClock, seconds: float = 30.0, step: float = 0.5, line=None) -> None:
+    """Let protocol time pass (timeouts, re-requests) while the two sides talk."""
+    t_end = clock.monotonic() + seconds
+    while clock.monotonic() < t_end:
+        clock.advance(step)
+        dec.tick()
+        converse(dec, board, b"", line)
+
+
+def truth_block(board: FakeBoard, seq: int):
+    kind, t, chans, tq, status = board.sent[seq]
+    assert kind == "data"
+    return t, chans, tq, status

@@ -1,0 +1,148 @@
+"""Serial ports for the gateway: opening by URL and the read -> decode -> write pump.
+
+Owns: :func:`open_port` (every port is opened through ``serial.serial_for_url``, so the same code
+serves ``/dev/ttyUSB0``, a pty, ``rfc2217://host:port``, ``loop://`` and the simulator's
+``sim://``) and :class:`PortPump`, the thin I/O shell around a sans-IO
+:class:`~ims_station.edge.ingest.LinkDecoder`: read what is there, feed it, write what it wants
+sent, hand the events on, and reconnect with exponential backoff when the port breaks.
+
+Does not own: the protocol (``edge/ingest.py``), the ``sim://`` handler (``hil/protocol_sim.py``,
+written by the HIL), threads or event loops (the caller runs :meth:`PortPump.run` or calls
+:meth:`PortPump.step` from its own loop).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import serial
+
+from .logutil import RateLimitedLog, SystemClock
+
+log = logging.getLogger(__name__)
+
+# pyserial looks up URL scheme "foo://" as module "<package>.protocol_foo" in these packages.
+SIM_HANDLER_PACKAGE = "ims_station.hil"
+
+
+def register_sim() -> None:
+    """Make ``sim://`` URLs resolve to the simulator (idempotent)."""
+    if SIM_HANDLER_PACKAGE not in serial.protocol_handler_packages:
+        serial.protocol_handler_packages.append(SIM_HANDLER_PACKAGE)
+
+
+def open_port(url: str, baudrate: int = 115200, timeout: float | None = 0.05, **kw: Any) -> serial.SerialBase:
+    """Open a serial port by URL or device path (8N1, no flow control unless *kw* says so)."""
+    register_sim()
+    return serial.serial_for_url(url, baudrate=baudrate, timeout=timeout, **kw)
+
+
+class PortPump:
+    """Moves bytes between one port and one decoder; survives the port going away.
+
+    ``on_events(list)`` receives the decoder's events after every step.  ``opener`` (default
+    :func:`open_port`) and ``clock`` are injectable; reconnect waits are measured on the clock,
+    never slept inside :meth:`step`, so a test drives disconnects with a fake clock.
+    """
+
+    def __init__(self, url: str, decoder: Any, *, baudrate: int = 115200, timeout: float = 0.05,
+                 on_events: Callable[[list], None] | None = None, clock: Any = None,
+                 opener: Callable[..., serial.SerialBase] = open_port,
+                 backoff_initial: float = 0.5, backoff_max: float = 30.0, read_size: int = 4096) -> None:
+        self.url = url
+        self.decoder = decoder
+        self.baudrate = baudrate
+        self.timeout = timeout
+        self.on_events = on_events
+        self.clock = clock or SystemClock()
+        self.opener = opener
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.read_size = read_size
+        self.port: serial.SerialBase | None = None
+        self._backoff = backoff_initial
+        self._retry_at = 0.0
+        self._log = RateLimitedLog(log, self.clock, rate=0.2, burst=3)
+        self.counters = {"opens": 0, "open_failures": 0, "disconnects": 0, "bytes_in": 0, "bytes_out": 0}
+
+    @property
+    def connected(self) -> bool:
+        return self.port is not None
+
+    def step(self) -> bool:
+        """One cycle: (re)open if due, read (blocking up to the port timeout), feed, write.
+        Returns True if bytes were read."""
+        now = self.clock.monotonic()
+        if self.port is None:
+            if now < self._retry_at:
+                self._finish()
+                return False
+            try:
+                self.port = self.opener(self.url, baudrate=self.baudrate, timeout=self.timeout)
+            except (serial.SerialException, OSError, ValueError) as err:
+                self.counters["open_failures"] += 1
+                self._schedule_retry(now)
+                self._log("open", logging.WARNING, "edge: cannot open %s: %s (retry in %.1f s)",
+                          self.url, err, self._retry_at - now)
+                self._finish()
+                return False
+            self.counters["opens"] += 1
+            self._backoff = self.backoff_initial
+        got = False
+        try:
+            waiting = self.port.in_waiting
+            data = self.port.read(min(max(1, waiting), self.read_size))
+            if data:
+                got = True
+                self.counters["bytes_in"] += len(data)
+                self.decoder.receive_data(data)
+            else:
+                self.decoder.tick()
+            out = self.decoder.data_to_send()
+            if out:
+                self.port.write(out)
+                self.counters["bytes_out"] += len(out)
+        except (serial.SerialException, OSError) as err:
+            self.counters["disconnects"] += 1
+            self._log("io", logging.WARNING, "edge: port %s broke: %s", self.url, err)
+            self._drop(now)
+        self._finish()
+        return got
+
+    def _finish(self) -> None:
+        if self.on_events is not None:
+            ev = self.decoder.next_events()
+            if ev:
+                self.on_events(ev)
+
+    def _schedule_retry(self, now: float) -> None:
+        self._retry_at = now + self._backoff
+        self._backoff = min(self._backoff * 2, self.backoff_max)
+
+    def _drop(self, now: float) -> None:
+        try:
+            if self.port is not None:
+                self.port.close()
+        except (serial.SerialException, OSError):
+            pass
+        self.port = None
+        self._schedule_retry(now)
+
+    def close(self) -> None:
+        if self.port is not None:
+            try:
+                self.port.close()
+            finally:
+                self.port = None
+
+    def run(self, stop: Any, idle_sleep: float = 0.05) -> None:
+        """Loop until ``stop.is_set()`` (a threading.Event).  Sleeps only while waiting to reconnect."""
+        try:
+            while not stop.is_set():
+                self.step()
+                if self.port is None:
+                    stop.wait(min(idle_sleep, max(0.0, self._retry_at - self.clock.monotonic())) or idle_sleep)
+        finally:
+            self.close()
+
