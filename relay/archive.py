@@ -1,0 +1,514 @@
+"""The relay's archive: verified raw CD-1.1 frames, their index, the quarantine, miniSEED export.
+
+Owns where verified frames and rejected payloads are kept, deduplication by (frame set, sequence
+number), detection of a frame replayed under a new sequence number (same frame set and nominal
+time already archived), and miniSEED export.  It does not own *deciding* whether a frame is
+authentic (``relay.verify``), nor frame-set gap state (``relay.gaps``/``relay.state``).
+
+Interface (:class:`Archive`): ``commit(frames, quarantined)`` stores a batch durably and returns one
+:class:`StoreResult` per frame; ``lookup``, ``read_frame``, ``iter_day``, ``quarantine_entries``,
+``export_mseed``, ``stats``.  A PostgreSQL/object-store archive (ROADMAP item 7) is a new subclass.
+
+:class:`FileArchive` (the embedded default), under ``root``::
+
+    frames/{STA}/{YYYY}/{STA}.{YYYY}.{DDD}.{writer}.cd11   raw frames of a UTC day (by nominal time),
+                                                          concatenated: `ims-station cd11 dump` reads them
+    quarantine/{YYYY}/{YYYY}.{DDD}.{writer}.q              rejected payloads of a day (by reception)
+    index.sqlite                                          frames, quarantine and file tables (WAL)
+
+* Files are **append-only**.  ``commit`` takes the index write lock (``BEGIN IMMEDIATE``), decides
+  per frame (new / identical duplicate / different bytes / replay), appends and ``fsync``s the files,
+  records each file's committed size, and commits (``synchronous=FULL``).  A crash before the commit
+  leaves at most an uncommitted tail, which the next open truncates back to the committed size; so
+  the index and the files always agree and nothing committed is ever rewritten.
+* **Duplicates**: same (frame set, seq) with identical bytes (SHA-256) -> ``DUPLICATE``, counted, not
+  stored again.  Different bytes -> ``CONFLICT``: a security event, logged, the new bytes quarantined
+  with reason ``duplicate_conflict``; the archived frame is never overwritten.
+* **Replay**: a frame of the same frame set and the same nominal time already archived under another
+  sequence number -> ``REPLAY``, quarantined with reason ``replay``.
+* Several relay processes may share one root (shared-subscription load sharing on one host): each
+  writes only its own files (``writer`` names them) and the SQLite index serialises the decisions.
+  Across hosts, use a networked backend (ROADMAP item 7).
+* The quarantine is bounded (``quarantine_max_bytes``); beyond it, only the index row is kept.
+
+miniSEED export uses ``pymseed`` (libmseed, the FDSN reference library) rather than hand-packing
+Steim records; format version 2 so every reader (ObsPy included) takes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from ims_station.relay.errors import ArchiveError, ExportError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUARANTINE_MAX_BYTES = 1 << 30
+#: Longest prefix of a single rejected payload kept in the quarantine (payloads are bounded by the
+#: relay's ``max_payload`` before they get here; this bounds garbage that failed the size check).
+QUARANTINE_MAX_ITEM = 1 << 20
+
+
+class StoreOutcome(Enum):
+    ARCHIVED = "archived"        # new frame, stored
+    DUPLICATE = "duplicate"      # identical bytes already archived under this (frame set, seq)
+    CONFLICT = "duplicate_conflict"  # different bytes under an archived (frame set, seq): security event
+    REPLAY = "replay"            # same frame set + nominal time archived under another seq
+
+
+@dataclass
+class FrameRecord:
+    """A verified frame to archive."""
+
+    station: str
+    frame_set: str
+    sequence: int
+    nominal_ms: int              # nominal time, milliseconds since 1970 (UTC)
+    raw: bytes
+    received_at: float = 0.0
+    sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.sha256:
+            self.sha256 = hashlib.sha256(self.raw).hexdigest()
+
+    @property
+    def day(self) -> date:
+        return _day_of_ms(self.nominal_ms)
+
+
+@dataclass
+class QuarantineRecord:
+    """A rejected payload.  ``station`` is the station named by the topic (may be None)."""
+
+    reason: str
+    detail: str
+    raw: bytes
+    station: str | None = None
+    topic: str = ""
+    frame_set: str | None = None
+    sequence: int | None = None
+    received_at: float = 0.0
+    sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.sha256:
+            self.sha256 = hashlib.sha256(self.raw).hexdigest()
+
+
+@dataclass
+class StoreResult:
+    outcome: StoreOutcome
+    record: FrameRecord
+    detail: str = ""
+    existing_sequence: int | None = None     # for REPLAY: the sequence number archived before
+
+
+@dataclass
+class ArchivedFrame:
+    station: str
+    frame_set: str
+    sequence: int
+    nominal_ms: int
+    file: str
+    offset: int
+    length: int
+    sha256: str
+    received_at: float
+
+
+class Archive(ABC):
+    """Where verified frames and quarantined payloads are kept."""
+
+    @abstractmethod
+    def commit(self, frames: Sequence[FrameRecord],
+               quarantined: Sequence[QuarantineRecord] = ()) -> list[StoreResult]:
+        """Durably store a batch; one result per frame, in order.  When it returns, everything
+        reported ARCHIVED and every quarantined payload (including CONFLICT/REPLAY frames) survives
+        a crash."""
+
+    @abstractmethod
+    def lookup(self, frame_set: str, sequence: int) -> ArchivedFrame | None: ...
+
+    @abstractmethod
+    def read_frame(self, frame_set: str, sequence: int) -> bytes | None: ...
+
+    @abstractmethod
+    def iter_day(self, station: str, day: date) -> Iterator[tuple[ArchivedFrame, bytes]]:
+        """Frames of *station* whose nominal time falls on *day* (UTC), by nominal time."""
+
+    @abstractmethod
+    def quarantine_entries(self, *, reason: str | None = None) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def stats(self) -> dict[str, Any]: ...
+
+    def export_mseed(self, station: str, day: date, out_dir: str | Path, **kw: Any) -> list[Path]:
+        """miniSEED files, one per channel, of *station*'s archived frames on *day*."""
+        from ims_station.relay.mseed import export_frames
+
+        return export_frames(station, day, (raw for _, raw in self.iter_day(station, day)), out_dir, **kw)
+
+    def close(self) -> None:  # noqa: B027
+        pass
+
+    def __enter__(self) -> "Archive":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS frames (
+    frame_set   TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    station     TEXT NOT NULL,
+    nominal_ms  INTEGER NOT NULL,
+    day         TEXT NOT NULL,          -- YYYY-MM-DD (UTC) of the nominal time
+    file        TEXT NOT NULL,          -- relative to the archive root
+    offset      INTEGER NOT NULL,
+    length      INTEGER NOT NULL,
+    sha256      TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (frame_set, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS frames_by_time ON frames(frame_set, nominal_ms);
+CREATE INDEX IF NOT EXISTS frames_by_day ON frames(station, day, nominal_ms);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id          INTEGER PRIMARY KEY,
+    received_at REAL NOT NULL,
+    station     TEXT,
+    topic       TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    detail      TEXT NOT NULL,
+    frame_set   TEXT,
+    seq         INTEGER,
+    sha256      TEXT NOT NULL,
+    size        INTEGER NOT NULL,       -- payload size as received
+    file        TEXT,                   -- NULL when the payload was not kept (quarantine full)
+    offset      INTEGER,
+    length      INTEGER
+);
+CREATE INDEX IF NOT EXISTS quarantine_by_reason ON quarantine(reason);
+CREATE TABLE IF NOT EXISTS files (
+    file        TEXT PRIMARY KEY,
+    writer      TEXT NOT NULL,
+    size        INTEGER NOT NULL        -- committed size: bytes beyond it are an uncommitted tail
+);
+"""
+
+
+def _day_of_ms(ms: int) -> date:
+    return (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=ms)).date()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileArchive(Archive):
+    """Append-only day files per station + an SQLite index (see the module docstring)."""
+
+    def __init__(self, root: str | Path, *, writer: str = "relay",
+                 quarantine_max_bytes: int = DEFAULT_QUARANTINE_MAX_BYTES, max_open_files: int = 64) -> None:
+        if not writer or not all(c.isalnum() or c in "-_" for c in writer):
+            raise ArchiveError(f"archive writer name {writer!r} must be letters, digits, '-' or '_'")
+        self.root = Path(root)
+        self.writer = writer
+        self.quarantine_max_bytes = quarantine_max_bytes
+        self._max_open = max_open_files
+        self._handles: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.root / "index.sqlite", isolation_level=None,
+                                       check_same_thread=False, timeout=30.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._recover()
+            (q,) = self._db.execute("SELECT COALESCE(SUM(length), 0) FROM quarantine").fetchone()
+            self._quarantine_bytes = int(q)
+        except sqlite3.Error as err:
+            raise ArchiveError(f"{self.root}/index.sqlite: cannot open archive index: {err}") from err
+        except OSError as err:
+            raise ArchiveError(f"{self.root}: cannot open archive: {err}") from err
+
+    # -- crash recovery ----------------------------------------------------------------------------
+    def _recover(self) -> None:
+        """Cut each of our files back to its committed size (a crash between the file append and
+        the index commit leaves bytes the index does not know)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for rel, size in self._db.execute("SELECT file, size FROM files WHERE writer = ?", (self.writer,)):
+                p = self.root / rel
+                try:
+                    actual = p.stat().st_size
+                except FileNotFoundError:
+                    raise ArchiveError(f"{p}: archive file missing (index says {size} bytes)") from None
+                if actual > size:
+                    log.warning("%s: truncating %d uncommitted bytes left by a crash", p, actual - size)
+                    with open(p, "r+b") as fh:
+                        fh.truncate(size)
+                        os.fsync(fh.fileno())
+                elif actual < size:
+                    raise ArchiveError(f"{p}: archive file is {actual} bytes, index says {size} (data lost?)")
+            # A file created by a commit that never completed is not in the table at all; the
+            # first commit that appends to it again cuts it (``offset_of`` in ``_commit``).
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    # -- writing -----------------------------------------------------------------------------------
+    def _handle(self, rel: str):
+        fh = self._handles.pop(rel, None)
+        if fh is None:
+            p = self.root / rel
+            created = not p.parent.exists()
+            p.parent.mkdir(parents=True, exist_ok=True)
+            new = not p.exists()
+            fh = open(p, "ab")
+            if new or created:
+                # Make the new directory entries durable too, not only the bytes.
+                _fsync_dir(p.parent)
+                if created:
+                    _fsync_dir(p.parent.parent)
+            if len(self._handles) >= self._max_open:
+                old = next(iter(self._handles))
+                self._handles.pop(old).close()
+        self._handles[rel] = fh   # re-insert: most recently used last
+        return fh
+
+    def _frame_file(self, station: str, day: date) -> str:
+        return (f"frames/{station}/{day.year:04d}/"
+                f"{station}.{day.year:04d}.{day.timetuple().tm_yday:03d}.{self.writer}.cd11")
+
+    def _quarantine_file(self, t: float) -> str:
+        d = datetime.fromtimestamp(t, timezone.utc).date()
+        return f"quarantine/{d.year:04d}/{d.year:04d}.{d.timetuple().tm_yday:03d}.{self.writer}.q"
+
+    def commit(self, frames: Sequence[FrameRecord],
+               quarantined: Sequence[QuarantineRecord] = ()) -> list[StoreResult]:
+        with self._lock:
+            try:
+                return self._commit(list(frames), list(quarantined))
+            except sqlite3.Error as err:
+                raise ArchiveError(f"{self.root}/index.sqlite: commit of {len(frames)} frame(s) "
+                                   f"failed: {err}") from err
+            except OSError as err:
+                raise ArchiveError(f"{self.root}: writing archive files failed: {err}") from err
+
+    def _commit(self, frames: list[FrameRecord], quarantined: list[QuarantineRecord]) -> list[StoreResult]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            results: list[StoreResult] = []
+            pending: dict[tuple[str, int], FrameRecord] = {}     # new in this batch
+            pending_time: dict[tuple[str, int], int] = {}
+            appends: dict[str, list[bytes]] = {}
+            sizes: dict[str, int] = {}
+            rows = []
+            extra_q: list[QuarantineRecord] = []
+
+            def offset_of(rel: str) -> int:
+                if rel not in sizes:
+                    r = db.execute("SELECT size FROM files WHERE file = ?", (rel,)).fetchone()
+                    sizes[rel] = r[0] if r else 0
+                    p = self.root / rel
+                    if r is None and p.exists() and p.stat().st_size:
+                        log.warning("%s: truncating an uncommitted file left by a crash", p)
+                        os.truncate(p, 0)
+                return sizes[rel]
+
+            for fr in frames:
+                key = (fr.frame_set, fr.sequence)
+                prev = pending.get(key)
+                if prev is None:
+                    row = db.execute("SELECT sha256 FROM frames WHERE frame_set = ? AND seq = ?",
+                                     key).fetchone()
+                    prev_sha = row[0] if row else None
+                else:
+                    prev_sha = prev.sha256
+                if prev_sha is not None:
+                    if prev_sha == fr.sha256:
+                        results.append(StoreResult(StoreOutcome.DUPLICATE, fr))
+                    else:
+                        detail = (f"frame set {fr.frame_set} seq {fr.sequence}: different bytes "
+                                  f"(sha256 {fr.sha256[:16]}..) than the archived frame ({prev_sha[:16]}..)")
+                        log.error("SECURITY: %s", detail)
+                        results.append(StoreResult(StoreOutcome.CONFLICT, fr, detail))
+                        extra_q.append(self._q_from_frame(fr, StoreOutcome.CONFLICT.value, detail))
+                    continue
+                tkey = (fr.frame_set, fr.nominal_ms)
+                other = pending_time.get(tkey)
+                if other is None:
+                    row = db.execute("SELECT seq FROM frames WHERE frame_set = ? AND nominal_ms = ? LIMIT 1",
+                                     tkey).fetchone()
+                    other = row[0] if row else None
+                if other is not None:
+                    detail = (f"frame set {fr.frame_set} seq {fr.sequence}: nominal time already "
+                              f"archived as seq {other} (replayed under a new sequence number)")
+                    log.error("SECURITY: %s", detail)
+                    results.append(StoreResult(StoreOutcome.REPLAY, fr, detail, existing_sequence=other))
+                    extra_q.append(self._q_from_frame(fr, StoreOutcome.REPLAY.value, detail))
+                    continue
+                rel = self._frame_file(fr.station, fr.day)
+                off = offset_of(rel)
+                sizes[rel] = off + len(fr.raw)
+                appends.setdefault(rel, []).append(fr.raw)
+                rows.append((fr.frame_set, fr.sequence, fr.station, fr.nominal_ms, fr.day.isoformat(), rel,
+                             off, len(fr.raw), fr.sha256, fr.received_at or time.time()))
+                pending[key] = fr
+                pending_time[tkey] = fr.sequence
+                results.append(StoreResult(StoreOutcome.ARCHIVED, fr))
+
+            qrows = []
+            for q in [*quarantined, *extra_q]:
+                keep = q.raw[:QUARANTINE_MAX_ITEM]
+                rel = off = length = None
+                if keep and self._quarantine_bytes + len(keep) <= self.quarantine_max_bytes:
+                    rel = self._quarantine_file(q.received_at or time.time())
+                    off = offset_of(rel)
+                    length = len(keep)
+                    sizes[rel] = off + length
+                    appends.setdefault(rel, []).append(keep)
+                    self._quarantine_bytes += length
+                qrows.append((q.received_at or time.time(), q.station, q.topic, q.reason, q.detail[:2000],
+                              q.frame_set, q.sequence, q.sha256, len(q.raw), rel, off, length))
+
+            # Bytes first (fsync'd), then the index rows that point at them, in one commit.
+            for rel, chunks in appends.items():
+                fh = self._handle(rel)
+                fh.write(b"".join(chunks))
+                fh.flush()
+                os.fsync(fh.fileno())
+            db.executemany("INSERT INTO frames VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+            db.executemany("INSERT INTO quarantine(received_at, station, topic, reason, detail, frame_set,"
+                           " seq, sha256, size, file, offset, length) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", qrows)
+            db.executemany("INSERT INTO files(file, writer, size) VALUES (?,?,?) "
+                           "ON CONFLICT(file) DO UPDATE SET size = excluded.size",
+                           [(rel, self.writer, sizes[rel]) for rel in appends])
+            db.execute("COMMIT")
+            return results
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            # The uncommitted tails are cut on the next open; make sure we do not append after them
+            # with stale offsets in this process either.
+            for fh in self._handles.values():
+                fh.close()
+            self._handles.clear()
+            self._recover_quietly()
+            raise
+
+    def _recover_quietly(self) -> None:
+        try:
+            self._recover()
+        except (sqlite3.Error, OSError, ArchiveError) as err:  # pragma: no cover - disk trouble
+            log.error("archive recovery after a failed commit failed: %s", err)
+        (q,) = self._db.execute("SELECT COALESCE(SUM(length), 0) FROM quarantine").fetchone()
+        self._quarantine_bytes = int(q)
+
+    @staticmethod
+    def _q_from_frame(fr: FrameRecord, reason: str, detail: str) -> QuarantineRecord:
+        return QuarantineRecord(reason=reason, detail=detail, raw=fr.raw, station=fr.station,
+                                topic="", frame_set=fr.frame_set, sequence=fr.sequence,
+                                received_at=fr.received_at, sha256=fr.sha256)
+
+    # -- reading -----------------------------------------------------------------------------------
+    def _read(self, rel: str, offset: int, length: int) -> bytes:
+        with self._lock:
+            fh = self._handles.get(rel)
+            if fh is not None:
+                fh.flush()
+        with open(self.root / rel, "rb") as f:
+            f.seek(offset)
+            data = f.read(length)
+        if len(data) != length:
+            raise ArchiveError(f"{self.root / rel}: index entry at {offset}+{length} is past the end of the file")
+        return data
+
+    def lookup(self, frame_set: str, sequence: int) -> ArchivedFrame | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT station, frame_set, seq, nominal_ms, file, offset, length, sha256, received_at "
+                "FROM frames WHERE frame_set = ? AND seq = ?", (frame_set, sequence)).fetchone()
+        return ArchivedFrame(*row) if row else None
+
+    def read_frame(self, frame_set: str, sequence: int) -> bytes | None:
+        a = self.lookup(frame_set, sequence)
+        return None if a is None else self._read(a.file, a.offset, a.length)
+
+    def iter_day(self, station: str, day: date) -> Iterator[tuple[ArchivedFrame, bytes]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT station, frame_set, seq, nominal_ms, file, offset, length, sha256, received_at "
+                "FROM frames WHERE station = ? AND day = ? ORDER BY nominal_ms, frame_set, seq",
+                (station, day.isoformat())).fetchall()
+        for row in rows:
+            a = ArchivedFrame(*row)
+            yield a, self._read(a.file, a.offset, a.length)
+
+    def frame_keys(self, station: str | None = None) -> list[tuple[str, int]]:
+        """(frame set, seq) of every archived frame (tests and tools)."""
+        with self._lock:
+            if station is None:
+                rows = self._db.execute("SELECT frame_set, seq FROM frames ORDER BY frame_set, seq")
+            else:
+                rows = self._db.execute("SELECT frame_set, seq FROM frames WHERE station = ? "
+                                        "ORDER BY frame_set, seq", (station,))
+            return [tuple(r) for r in rows.fetchall()]
+
+    def days(self, station: str) -> list[date]:
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT day FROM frames WHERE station = ? ORDER BY day",
+                                    (station,)).fetchall()
+        return [date.fromisoformat(r[0]) for r in rows]
+
+    def quarantine_entries(self, *, reason: str | None = None) -> list[dict[str, Any]]:
+        cols = ("id", "received_at", "station", "topic", "reason", "detail", "frame_set", "seq",
+                "sha256", "size", "file", "offset", "length")
+        q = f"SELECT {', '.join(cols)} FROM quarantine"
+        args: tuple = ()
+        if reason is not None:
+            q += " WHERE reason = ?"
+            args = (reason,)
+        with self._lock:
+            rows = self._db.execute(q + " ORDER BY id", args).fetchall()
+        return [dict(zip(cols, r)) for r in rows]
+
+    def read_quarantined(self, entry: dict[str, Any]) -> bytes | None:
+        if entry.get("file") is None:
+            return None
+        return self._read(entry["file"], entry["offset"], entry["length"])
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            frames, nbytes = self._db.execute("SELECT COUNT(*), COALESCE(SUM(length), 0) FROM frames").fetchone()
+            by_reason = dict(self._db.execute("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason").fetchall())
+        return {"frames": frames, "bytes": nbytes, "quarantined": sum(by_reason.values()),
+                "quarantined_by_reason": by_reason, "quarantine_bytes": self._quarantine_bytes}
+
+    def close(self) -> None:
+        with self._lock:
+            for fh in self._handles.values():
+                fh.close()
+            self._handles.clear()
+            self._db.close()

@@ -1,0 +1,323 @@
+"""The relay's transport-independent core: verify, dedupe, archive, track gaps, schedule acknacks.
+
+Owns the processing of a *batch* of received payloads (``process``) and the acknack schedule
+(``due_acknacks``), and the relay's counters (:class:`RelayCounters`, one place, ready for a
+Prometheus export).  It does not own any transport: the MQTT client (``relay.relay``) feeds it
+``Incoming`` items and acknowledges each one to the broker only after ``process`` returned, i.e.
+after the batch was archived or quarantined durably and the frame-set state saved.  A future
+CD-1.1/TCP consumer (ROADMAP item 4) feeds the same core.
+
+Order inside ``process`` (why it is safe to crash anywhere):
+
+1. stateless checks (``relay.verify``) and the sequence/time check against the frame set's learned
+   offset; rejects become quarantine records;
+2. ``archive.commit`` -- frames and quarantine records durable in one go (dedupe and replay
+   decided there, under the archive's lock);
+3. frame-set states updated with every archived *or duplicate* frame and saved (``state.save``);
+4. return -> the transport acks the messages.
+
+A crash after 2 and before 3 makes the acknack under-report, so the station resends and the
+archive counts duplicates; a crash before 4 makes the broker redeliver, with the same effect.
+Nothing is ever acknowledged (to broker or station) before it is on disk.
+
+Acknacks: one per frame set, as the consumer's current state (spec §6.3): whenever a gap opened
+(rate-limited by ``acknack_min_spacing_s``), on the first frame of a frame set seen by this process,
+and at least every ``acknack_interval_s`` (default 50 s, "at least once a minute") while the frame set
+has been active within ``acknack_idle_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from ims_station import topics
+from ims_station.relay.archive import Archive, FrameRecord, QuarantineRecord, StoreOutcome
+from ims_station.relay.gaps import DEFAULT_GAP_EXPIRY_S, DEFAULT_MAX_GAPS, Arrival, FrameSetState
+from ims_station.relay.state import StateStore
+from ims_station.relay.verify import Control, Rejection, Verified, Verifier, check_sequence
+
+log = logging.getLogger(__name__)
+
+
+class SystemClock:
+    """``time()`` (UTC seconds, for gap ages that survive restarts) and ``monotonic()`` (schedules)."""
+
+    @staticmethod
+    def time() -> float:
+        return time.time()
+
+    @staticmethod
+    def monotonic() -> float:
+        return time.monotonic()
+
+
+@dataclass
+class Incoming:
+    """One received payload: the topic it came on, the bytes, an opaque token for the transport."""
+
+    topic: str
+    payload: bytes
+    token: Any = None
+    received_at: float = 0.0
+
+
+@dataclass
+class Outcome:
+    token: Any
+    result: str                       # "archived", "duplicate", "control", or a rejection reason
+    station: str | None = None
+    frame_set: str | None = None
+    sequence: int | None = None
+    detail: str = ""
+
+
+@dataclass
+class RelayCounters:
+    """Every counter of the relay, in one place (for logs, the demo report, Prometheus later)."""
+
+    received: int = 0
+    bytes_received: int = 0
+    verified: int = 0                 # data frames that passed every check (archived or duplicate)
+    archived: int = 0
+    duplicates: int = 0               # identical bytes already archived
+    control: int = 0                  # acknack / alert frames from stations
+    quarantined: int = 0
+    rejected: Counter = field(default_factory=Counter)     # by reason code
+    security_events: int = 0          # duplicate_conflict, replay, sequence_time, station_mismatch, keys
+    acknacks_sent: int = 0
+    gaps_opened: int = 0
+    gaps_expired: int = 0
+    frames_given_up: int = 0          # frames inside expired gaps: lost for good
+    frames_overreported: int = 0      # held frames reported missing because the gap cap was hit
+    batches: int = 0
+    store_errors: int = 0             # archive/state failures (batch not acknowledged, redelivered)
+    per_station: dict[str, Counter] = field(default_factory=dict)
+
+    def station(self, name: str) -> Counter:
+        return self.per_station.setdefault(name, Counter())
+
+    def snapshot(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k not in ("rejected", "per_station")}
+        d["rejected"] = dict(self.rejected)
+        d["per_station"] = {s: dict(c) for s, c in sorted(self.per_station.items())}
+        return d
+
+
+SECURITY_REASONS = frozenset({"duplicate_conflict", "replay", "sequence_time", "station_mismatch",
+                              "wrong_station_key", "frame_signature", "subframe_signature"})
+
+
+@dataclass
+class _Schedule:
+    last_sent: float | None = None    # monotonic
+    gap_pending: bool = False
+    last_active: float = 0.0          # monotonic, last frame received
+
+
+class RelayCore:
+    """Sans-transport relay: ``process(batch) -> outcomes``, ``due_acknacks() -> [(topic, bytes)]``."""
+
+    def __init__(self, trust: Any, state: StateStore, archive: Archive, *, prefix: str = topics.DEFAULT_PREFIX,
+                 clock: Any = None, verifier: Verifier | None = None, name: str = "RELAY",
+                 acknack_signer: Any = None, acknack_interval_s: float = 50.0,
+                 acknack_min_spacing_s: float = 2.0, acknack_idle_s: float = 900.0,
+                 max_gaps: int = DEFAULT_MAX_GAPS, gap_expiry_s: float = DEFAULT_GAP_EXPIRY_S,
+                 sequence_check: bool = True) -> None:
+        self.trust = trust
+        self.state_store = state
+        self.archive = archive
+        self.prefix = prefix
+        self.clock = clock or SystemClock()
+        self.verifier = verifier or Verifier(trust)
+        self.name = name
+        self.acknack_signer = acknack_signer
+        self.acknack_interval_s = acknack_interval_s
+        self.acknack_min_spacing_s = acknack_min_spacing_s
+        self.acknack_idle_s = acknack_idle_s
+        self.sequence_check = sequence_check
+        self.counters = RelayCounters()
+        self._state_kw = {"max_gaps": max_gaps, "gap_expiry_s": gap_expiry_s}
+        self.states: dict[str, FrameSetState] = state.load_all(**self._state_kw)
+        self._schedule: dict[str, _Schedule] = {}
+
+    # -- processing --------------------------------------------------------------------------------
+    def _state(self, frame_set: str) -> FrameSetState:
+        st = self.states.get(frame_set)
+        if st is None:
+            st = self.states[frame_set] = FrameSetState(frame_set, **self._state_kw)
+        return st
+
+    def process(self, batch: Sequence[Incoming]) -> list[Outcome]:
+        """Verify, archive/quarantine durably and update state for *batch*.  Raises
+        :class:`~ims_station.relay.errors.RelayError` (archive/state failure) without having
+        acknowledged anything; the caller must then not ack the batch."""
+        c = self.counters
+        now = self.clock.time()
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        frames: list[FrameRecord] = []
+        frame_idx: list[int] = []
+        quarantine: list[QuarantineRecord] = []
+        offsets: dict[str, int] = {}          # offsets learned in this batch (not yet saved)
+
+        for i, item in enumerate(batch):
+            received_at = item.received_at or now
+            c.received += 1
+            c.bytes_received += len(item.payload)
+            try:
+                station, kind = topics.parse(self.prefix, item.topic)
+                if kind != "cd11":
+                    raise topics.TopicError(f"topic {item.topic!r}: kind {kind!r} is not cd11")
+            except topics.TopicError as err:
+                r = Rejection("bad_topic", str(err))
+                station = None
+            else:
+                r = self.verifier.check(station, item.payload)
+            if isinstance(r, Control):
+                c.control += 1
+                c.station(station)["control"] += 1
+                if r.kind == "alert":
+                    log.warning("station %s sent an alert: %s", station, getattr(r.frame, "message", ""))
+                outcomes[i] = Outcome(item.token, "control", station, detail=r.kind)
+                continue
+            if isinstance(r, Verified) and self.sequence_check:
+                st = self.states.get(r.frame_set)
+                learned = offsets.get(r.frame_set, st.sequence_offset if st else None)
+                off, bad = check_sequence(r, learned)
+                if bad is None:
+                    offsets.setdefault(r.frame_set, off)
+                else:
+                    r = bad
+            if isinstance(r, Rejection):
+                quarantine.append(QuarantineRecord(reason=r.reason, detail=r.detail, raw=bytes(item.payload),
+                                                   station=station, topic=item.topic, frame_set=r.frame_set,
+                                                   sequence=r.sequence, received_at=received_at))
+                outcomes[i] = Outcome(item.token, r.reason, station, r.frame_set, r.sequence, r.detail)
+                continue
+            frames.append(FrameRecord(r.station, r.frame_set, r.sequence, r.nominal_ms, r.raw,
+                                      received_at=received_at))
+            frame_idx.append(i)
+
+        results = self.archive.commit(frames, quarantine)     # durable, or raises: nothing acked
+
+        dirty: dict[str, FrameSetState] = {}
+        for i, res in zip(frame_idx, results):
+            fr = res.record
+            if res.outcome in (StoreOutcome.ARCHIVED, StoreOutcome.DUPLICATE):
+                st = self._state(fr.frame_set)
+                if st.sequence_offset is None and fr.frame_set in offsets:
+                    st.sequence_offset = offsets[fr.frame_set]
+                add = st.add(fr.sequence, now)
+                dirty[fr.frame_set] = st
+                sched = self._schedule.setdefault(fr.frame_set, _Schedule())
+                sched.last_active = self.clock.monotonic()
+                if add.new_gap:
+                    c.gaps_opened += 1
+                    sched.gap_pending = True
+                if add.arrival is Arrival.FIRST or sched.last_sent is None:
+                    sched.gap_pending = True      # tell a new frame set where we stand at once
+                c.frames_overreported += add.merged
+                outcomes[i] = Outcome(batch[i].token, res.outcome.value, fr.station, fr.frame_set, fr.sequence)
+            else:
+                outcomes[i] = Outcome(batch[i].token, res.outcome.value, fr.station, fr.frame_set,
+                                      fr.sequence, res.detail)
+        if dirty:
+            self.state_store.save(dirty.values())
+
+        for o in outcomes:
+            assert o is not None
+            if o.station:
+                c.station(o.station)[o.result] += 1
+            if o.result == "archived":
+                c.archived += 1
+                c.verified += 1
+            elif o.result == "duplicate":
+                c.duplicates += 1
+                c.verified += 1
+            elif o.result != "control":
+                c.quarantined += 1
+                c.rejected[o.result] += 1
+                if o.result in SECURITY_REASONS:
+                    c.security_events += 1
+                    log.warning("SECURITY %s from %s: %s", o.result, o.station or "?", o.detail)
+                else:
+                    log.info("rejected %s from %s: %s", o.result, o.station or "?", o.detail)
+        c.batches += 1
+        return outcomes  # type: ignore[return-value]
+
+    # -- acknacks ----------------------------------------------------------------------------------
+    def acknack_bytes(self, frame_set: str) -> bytes:
+        """The CD-1.1 acknack frame of *frame_set*'s current state."""
+        from ims_station import cd11
+
+        lowest, highest, gaps = self._state(frame_set).acknack_fields()
+        frame = cd11.Acknack(creator=self.name, destination="0", frame_set=frame_set,
+                             lowest=lowest, highest=highest, gaps=gaps)
+        return frame.to_bytes(self.acknack_signer)
+
+    def due_acknacks(self, *, force: bool = False) -> list[tuple[str, str, bytes]]:
+        """(topic, frame set, acknack bytes) for every frame set due now; marks them sent.
+        Also expires old gaps (their frames are counted as given up)."""
+        mono = self.clock.monotonic()
+        now = self.clock.time()
+        out = []
+        expired_dirty = []
+        for fs, st in self.states.items():
+            sched = self._schedule.get(fs)
+            if sched is None:
+                if not force:
+                    continue
+                sched = self._schedule[fs] = _Schedule(last_active=mono)
+            gone = st.expire(now)
+            if gone:
+                n = sum(g.size for g in gone)
+                self.counters.gaps_expired += len(gone)
+                self.counters.frames_given_up += n
+                log.warning("frame set %s: gave up %d gap(s), %d frame(s) never received", fs, len(gone), n)
+                expired_dirty.append(st)
+            since = None if sched.last_sent is None else mono - sched.last_sent
+            periodic = (since is None or since >= self.acknack_interval_s) and \
+                mono - sched.last_active <= self.acknack_idle_s
+            gap = sched.gap_pending and (since is None or since >= self.acknack_min_spacing_s)
+            if not (force or periodic or gap or gone):
+                continue
+            try:
+                station = topics.check_station(st.station)
+            except topics.TopicError:
+                continue      # cannot happen for verified frames (creator == topic station)
+            out.append((topics.topic(self.prefix, station, "acknack"), fs, self.acknack_bytes(fs)))
+            sched.last_sent = mono
+            sched.gap_pending = False
+            self.counters.acknacks_sent += 1
+        if expired_dirty:
+            self.state_store.save(expired_dirty)
+        return out
+
+    def next_acknack_in(self) -> float:
+        """Seconds until ``due_acknacks`` may have something (for the transport's wait)."""
+        mono = self.clock.monotonic()
+        best = self.acknack_interval_s
+        for sched in self._schedule.values():
+            if sched.last_sent is None:
+                return 0.0
+            since = mono - sched.last_sent
+            if sched.gap_pending:
+                best = min(best, max(0.0, self.acknack_min_spacing_s - since))
+            else:
+                best = min(best, max(0.0, self.acknack_interval_s - since))
+        return best
+
+    def stats(self) -> dict[str, Any]:
+        d = self.counters.snapshot()
+        d["frame_sets"] = {fs: {"lowest": st.lowest, "highest": st.highest, "gaps": len(st.gaps),
+                                "missing": st.missing()} for fs, st in sorted(self.states.items())}
+        return d
+
+    def close(self) -> None:
+        self.archive.close()
+        self.state_store.close()
+
+

@@ -1,0 +1,187 @@
+"""Verification of one received payload: is it an authentic CD-1.1 frame of the station that sent it?
+
+Owns the relay's acceptance policy and the *reason codes* under which rejected payloads are
+counted and quarantined.  The checks, in order (cheapest and least trusting first):
+
+==========================  ==================================================================
+reason code                 check
+==========================  ==================================================================
+``oversize``                payload longer than ``max_payload`` (checked before parsing)
+``crc``                     CRC-64 mismatch (damage in transit, or a flipped bit)
+``malformed``               not exactly one parseable CD-1.1 frame (codec error: field, offset)
+``frame_type``              not a data frame (acknack and alert frames are *control*, not rejected)
+``station_mismatch``        frame creator is not the station named by the topic
+``unsigned``                frame or a subframe carries no signature (``require_signatures``)
+``wrong_station_key``       signed with a key the trust store holds for *another* station
+``frame_signature``         frame signature invalid / unknown key / outside the key's validity
+``subframe_signature``      a channel subframe's signature fails (same sub-reasons)
+``subframe_time``           a subframe's first sample lies outside its frame's time window
+``undecodable``             channel data that cannot be decoded (e.g. CA stream overrun)
+``sequence_time``           sequence number inconsistent with the nominal time (replay under a
+                            new sequence number; checked by :func:`check_sequence` with state)
+==========================  ==================================================================
+
+The archive adds ``duplicate_conflict`` (same frame set and sequence number, different bytes) and
+``replay`` (same frame set and nominal time archived under another sequence number).
+
+Signatures are checked by the codec (``ims_station.cd11.verify_frame``: which bytes) against the
+trust store (``ims_station.auth.TrustStore``: which key, which station, which validity period), at
+the frame's nominal time.  The topic station, the frame creator and the key's station must agree:
+the topic is what the broker ACL ties to the station's credentials, the creator is what the frame
+claims, and the key is what proves it.
+
+Pure: no I/O, no clock; the relay core and a future CD-1.1/TCP consumer share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+DEFAULT_MAX_PAYLOAD = 4 << 20       # a 10-s frame of 100 channels x 100 sps s4 is ~400 KB
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH_2000_MS = 946_684_800_000
+
+REASONS = ("oversize", "bad_topic", "crc", "malformed", "frame_type", "station_mismatch", "unsigned",
+           "wrong_station_key", "frame_signature", "subframe_signature", "subframe_time", "undecodable",
+           "sequence_time", "duplicate_conflict", "replay")
+
+
+@dataclass
+class Rejection:
+    reason: str                      # one of REASONS
+    detail: str                      # human explanation: which field/subframe/key and why
+    frame_set: str | None = None
+    sequence: int | None = None
+
+
+@dataclass
+class Control:
+    """A valid non-data frame from the station (acknack, alert): counted, not archived."""
+
+    frame: Any
+    kind: str
+
+
+@dataclass
+class Verified:
+    """A data frame that passed every stateless check."""
+
+    frame: Any                       # ims_station.cd11.DataFrame
+    station: str
+    frame_set: str
+    sequence: int
+    nominal_ms: int
+    frame_ms: int                    # frame time length, ms
+
+    @property
+    def raw(self) -> bytes:
+        return self.frame.raw
+
+
+def _ms(dt: datetime) -> int:
+    return (dt - _EPOCH) // timedelta(milliseconds=1)
+
+
+class Verifier:
+    """Stateless checks of one payload (see the module docstring for the order and reasons)."""
+
+    def __init__(self, trust: Any, *, max_payload: int = DEFAULT_MAX_PAYLOAD, require_signatures: bool = True,
+                 decode_samples: bool = True, subframe_time_tolerance_ms: int = 1000) -> None:
+        self.trust = trust
+        self.max_payload = max_payload
+        self.require_signatures = require_signatures
+        self.decode_samples = decode_samples
+        self.subframe_time_tolerance_ms = subframe_time_tolerance_ms
+
+    def check(self, station: str, payload: bytes) -> Verified | Control | Rejection:
+        """Verify *payload* received from *station* (the station named by the topic).  Never
+        raises for any payload."""
+        from ims_station import cd11
+        from ims_station.cd11.timefmt import to_datetime
+
+        if len(payload) > self.max_payload:
+            return Rejection("oversize", f"{len(payload)} bytes exceeds max_payload {self.max_payload}")
+        try:
+            frame, end = cd11.parse_frame(payload, max_frame_size=self.max_payload)
+        except cd11.Cd11CrcError as err:
+            return Rejection("crc", str(err))
+        except cd11.Cd11Error as err:
+            return Rejection("malformed", str(err))
+        if end != len(payload):
+            return Rejection("malformed", f"{len(payload) - end} bytes after the frame's end at byte {end}")
+        frame_set = f"{frame.creator}:{frame.destination}"
+        if frame.creator != station:
+            return Rejection("station_mismatch", f"frame creator {frame.creator!r} published on station "
+                             f"{station!r}'s topic", frame_set, frame.sequence)
+        if isinstance(frame, (cd11.Acknack, cd11.Alert)):
+            return Control(frame, type(frame).__name__.lower())
+        if not isinstance(frame, cd11.DataFrame) or isinstance(frame, cd11.Cd1Encapsulation):
+            return Rejection("frame_type", f"{type(frame).__name__} (type {frame.FRAME_TYPE}) is not "
+                             "accepted on the cd11 topic", frame_set, frame.sequence)
+
+        def reject(reason: str, detail: str) -> Rejection:
+            return Rejection(reason, f"{frame_set} seq {frame.sequence}: {detail}", frame_set, frame.sequence)
+
+        nominal = to_datetime(frame.nominal_time)
+        nominal_ms = _ms(nominal)
+        res = cd11.verify_frame(frame, self.trust, station=station, at=nominal)
+        if res.frame is None:
+            if self.require_signatures:
+                return reject("unsigned", "frame is not signed")
+        elif not res.frame.ok:
+            return reject(self._key_reason(res.frame, station, "frame_signature"),
+                          f"frame signature (key {res.frame.key_id}): {res.frame.reason}")
+        for sf in res.subframes:
+            if sf.result is None:
+                if self.require_signatures:
+                    return reject("unsigned", f"subframe {sf.index} ({sf.channel}) is not signed")
+            elif not sf.result.ok:
+                return reject(self._key_reason(sf.result, station, "subframe_signature"),
+                              f"subframe {sf.index} ({sf.channel}) signature (key {sf.result.key_id}): "
+                              f"{sf.result.reason}")
+        window = frame.frame_time_length_ms
+        tol = self.subframe_time_tolerance_ms
+        for i, sf in enumerate(frame.subframes):
+            t = _ms(to_datetime(sf.time))
+            if not nominal_ms - tol <= t < nominal_ms + max(window, 1):
+                return reject("subframe_time", f"subframe {i} ({sf.site}/{sf.channel}) starts at {sf.time}, "
+                              f"outside frame window {frame.nominal_time} + {window} ms")
+            if self.decode_samples:
+                try:
+                    sf.samples()
+                except cd11.Cd11Error as err:
+                    return reject("undecodable", f"subframe {i} ({sf.site}/{sf.channel}): {err}")
+        return Verified(frame, station, frame_set, frame.sequence, nominal_ms, window)
+
+    def _key_reason(self, result: Any, station: str, default: str) -> str:
+        """``wrong_station_key`` when the key is known but trusted only for other stations."""
+        from ims_station.auth import UnknownKeyError
+
+        try:
+            stations = self.trust.key(result.key_id).info.stations
+        except (UnknownKeyError, AttributeError):
+            return default
+        return "wrong_station_key" if station not in stations else default
+
+
+def sequence_index(nominal_ms: int, frame_ms: int) -> int:
+    """Frame index of a nominal time: frames of *frame_ms* since 2000-01-01 (the USGS/our edge's
+    sequence numbering; ``ims_station.cd11.sequence_from_time``)."""
+    return (nominal_ms - _EPOCH_2000_MS) // max(frame_ms, 1)
+
+
+def check_sequence(v: Verified, learned_offset: int | None) -> tuple[int, Rejection | None]:
+    """Sequence-number vs nominal-time consistency.  Stations number frames as a fixed offset from
+    the nominal-time frame index (0 for ours; another constant for a station with a counter); the
+    offset is learned from the frame set's first archived frame.  A frame whose offset differs was
+    renumbered: a replay of old data under a new sequence number (or a station that reset its
+    counter, which an operator must look at).  Returns (offset of this frame, rejection or None)."""
+    offset = v.sequence - sequence_index(v.nominal_ms, v.frame_ms)
+    if learned_offset is None or offset == learned_offset:
+        return offset, None
+    return offset, Rejection(
+        "sequence_time", f"{v.frame_set} seq {v.sequence}: nominal time {v.frame.nominal_time} implies "
+        f"seq {v.sequence - offset + learned_offset} (offset {learned_offset} learned for this frame set); "
+        "replayed or renumbered", v.frame_set, v.sequence)
