@@ -185,6 +185,8 @@ class ChannelSubframe:
     def signed_bytes(self) -> bytes:
         """The bytes a subframe signature covers: channel description .. subframe count."""
         d = self.description
+        if not (math.isfinite(d.calib) and math.isfinite(d.calper)):
+            raise Cd11BuildError(f"subframe {d.site}/{d.channel}: calib/calper must be finite")
         head = _pack(SUBFRAME, 0, 0, d.authentication, d.transformation, d.sensor_type, d.option_flag,
                      encode_ascii(d.site, 5, "subframe.site"),
                      encode_ascii(d.channel, 3, "subframe.channel"),

@@ -548,9 +548,15 @@ def parse_frame(buf, offset: int = 0, *, check_crc: bool = True,
     # The payload is parsed from the frame's own copy; ``base`` makes error offsets absolute.
     r = Reader(raw, HEADER_SIZE, toff, ftype, base=offset)
     r.path = cls.PAYLOAD
-    kw.update(cls._parse_payload(r))
-    if r.pos != r.end:
-        raise r.fail(Cd11LengthError, f"{r.end - r.pos} bytes left over before the trailer", "end")
+    try:
+        kw.update(cls._parse_payload(r))
+        if r.pos != r.end:
+            raise r.fail(Cd11LengthError, f"{r.end - r.pos} bytes left over before the trailer", "end")
+    except Cd11Error as err:
+        if not crc_ok:  # (only reachable with check_crc=False) say so: the damage is likely in transit
+            err.reason += " (and the CRC-64 does not match)"
+            err.args = (f"{err.args[0]} (and the CRC-64 does not match)",)
+        raise
     frame = cls(sequence=seq, series=series, auth_key_id=key_id, auth_value=auth, **kw)
     frame.header = Header(ftype, toff, kw["creator"], kw["destination"], seq, series)
     frame.trailer = Trailer(key_id, auth_size, auth, crc, crc_ok)

@@ -25,6 +25,7 @@ from typing import Any
 from ims_station.cd11.data import TRANSFORM_CA_AFTER_SIGNATURE, DataFrame, encode_samples
 from ims_station.cd11.errors import Cd11BuildError, Cd11Error, frame_name
 from ims_station.cd11.frames import Frame, parse_frame
+from ims_station.cd11.timefmt import to_datetime
 
 
 @dataclass
@@ -95,9 +96,14 @@ def _verification(ok: bool, key_id: int, reason: str):
 def verify_frame(frame: Frame, trust, *, station: str | None = None,
                  at: datetime | None = None) -> FrameVerification:
     """Check CRC and every signature of *frame* (a parsed frame; a built one is re-parsed from its
-    bytes).  *trust* is an ``ims_station.auth.TrustStore``; *station* defaults to the creator."""
+    bytes).  *trust* is an ``ims_station.auth.TrustStore``; *station* defaults to the creator.
+    Key validity is judged at *at*, by default the frame's own time (data: nominal time; command
+    frames: their time stamp; other frames: the trust store's clock)."""
     if frame.raw is None:
         frame, _ = parse_frame(frame.to_bytes(), check_crc=False)
+    if at is None:
+        stamp = getattr(frame, "nominal_time", None) or getattr(frame, "time", None)
+        at = to_datetime(stamp) if stamp else None
     raw, toff = frame.raw, frame.header.trailer_offset
     station = station or frame.creator
     result = FrameVerification(frame.FRAME_TYPE, frame.creator, frame.sequence, frame.offset,

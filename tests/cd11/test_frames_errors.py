@@ -216,5 +216,8 @@ def test_building_what_cd11_cannot_carry_is_a_local_error():
     with pytest.raises(cd11.Cd11BuildError):
         cd11.data.encode_samples([1 << 20], "s2")
     with pytest.raises(cd11.Cd11BuildError):
+        cd11.build_data_frame("S", 1, 0.0, [cd11.ChannelInput("S", "BHZ", "", [1, 2], 1.0, 0.0,
+                                                               calib=float("inf"))])
+    with pytest.raises(cd11.Cd11BuildError):
         cd11.DataFrame(creator="S", nominal_time="2024001 00:00:00.000",
                        channel_ids=[cd11.ChannelId("A", "B")]).to_bytes()

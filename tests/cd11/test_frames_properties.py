@@ -16,7 +16,7 @@ I16 = st.integers(-(1 << 15), (1 << 15) - 1)
 U16 = st.integers(0, (1 << 16) - 1)
 I32 = st.integers(-(1 << 31), (1 << 31) - 1)
 I64 = st.integers(-(1 << 63), (1 << 63) - 1)
-F32 = st.floats(width=32, allow_nan=False)
+F32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
