@@ -1,0 +1,104 @@
+"""Station TOML: schema and semantic errors name file, key and reason; keys come from 0600 files."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ims_station.config import write_secret_file
+from ims_station.edge.config import load_station_config
+from ims_station.errors import ConfigError, KeyFileError
+
+GOOD = """
+[station]
+code = "XS01"
+network = "IM"
+data_dir = "spool"
+
+[link]
+resend_timeout = 1.5
+
+[[ports]]
+url = "sim://board?seed=7"
+board = "sim"
+board_id = 1
+key_file = "board1.key"
+channels = { 0 = "00.BHZ", 1 = "00.BHN", 2 = "IM.XS02.10.BDF" }
+link = { max_resend_tries = 3 }
+
+[[ports]]
+url = "/dev/ttyUSB0"
+baudrate = 230400
+key_file = "board2.key"
+"""
+
+
+@pytest.fixture
+def station(tmp_path):
+    write_secret_file(tmp_path / "board1.key", bytes(range(32)))
+    write_secret_file(tmp_path / "board2.key", bytes(range(1, 33)))
+    f = tmp_path / "station.toml"
+    f.write_text(GOOD)
+    return f
+
+
+def test_a_valid_file_loads_with_defaults_resolved(station, tmp_path):
+    cfg = load_station_config(station)
+    assert (cfg.code, cfg.network, cfg.data_dir) == ("XS01", "IM", tmp_path / "spool")
+    p1, p2 = cfg.ports
+    assert p1.key == bytes(range(32)) and "key=" not in repr(p1)
+    assert p1.channels == {0: "IM.XS01.00.BHZ", 1: "IM.XS01.00.BHN", 2: "IM.XS02.10.BDF"}
+    assert p1.link == {"resend_timeout": 1.5, "max_resend_tries": 3, "ack_interval": 1.0,
+                       "command_timeout": 5.0, "max_held": 2048}
+    assert (p2.baudrate, p2.timeout, p2.board, p2.board_id, p2.name) == (230400, 0.05, "sim", None, "port1")
+    assert p1.codes(1) == {(1, 0): "IM.XS01.00.BHZ", (1, 1): "IM.XS01.00.BHN", (1, 2): "IM.XS02.10.BDF"}
+
+
+@pytest.mark.parametrize("edit, key, reason", [
+    (("[station]", "[station]\nbogus = 1"), "station.bogus", "unknown key"),
+    (('code = "XS01"\n', ""), "station.code", "required key is missing"),
+    (('code = "XS01"', 'code = "toolong"'), "station.code", "not 1-5 upper-case"),
+    (('network = "IM"', 'network = "I-M"'), "station.network", "not 1-2 upper-case"),
+    (("baudrate = 230400", 'baudrate = "fast"'), "ports[1].baudrate", "is not of type 'integer'"),
+    (('url = "/dev/ttyUSB0"', 'url = "sim://board?seed=7"'), "ports[1].url", "already used by ports[0]"),
+    (('key_file = "board2.key"', 'key_file = "board2.key"\nboard_id = 1'), "ports[1].board_id", "already used by ports[0]"),
+    (('"00.BHZ"', '"00.BHZZ"'), "ports[0].channels.0", "channel code 'BHZZ'"),
+    (('"00.BHN"', '"00.BHZ"'), "ports[0].channels.1", "already used by ports[0].channels.0"),
+    (("resend_timeout = 1.5", "resend_timeout = -1"), "link.resend_timeout", "less than or equal to the minimum"),
+])
+def test_errors_name_file_key_and_reason(station, edit, key, reason):
+    station.write_text(GOOD.replace(*edit, 1))
+    with pytest.raises(ConfigError) as err:
+        load_station_config(station)
+    assert err.value.file == str(station) and err.value.key == key
+    assert reason in err.value.reason, err.value.reason
+
+
+def test_syntax_error_names_the_file(station):
+    station.write_text("[station\n")
+    with pytest.raises(ConfigError, match="not valid TOML") as err:
+        load_station_config(station)
+    assert err.value.file == str(station)
+
+
+def test_key_file_must_exist_there_is_no_default_key(station, tmp_path):
+    os.unlink(tmp_path / "board2.key")
+    with pytest.raises(KeyFileError) as err:
+        load_station_config(station)
+    assert err.value.file == str(tmp_path / "board2.key")
+    assert "ports[1].key_file" in err.value.key and "no default key" in err.value.reason
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_key_file_readable_by_others_is_refused(station, tmp_path, mode):
+    os.chmod(tmp_path / "board1.key", mode)
+    with pytest.raises(KeyFileError, match="too open") as err:
+        load_station_config(station)
+    assert str(station) in err.value.key and "ports[0].key_file" in err.value.key
+
+
+def test_short_key_is_refused(station, tmp_path):
+    write_secret_file(tmp_path / "board1.key", b"short")
+    with pytest.raises(KeyFileError, match="too short"):
+        load_station_config(station)
