@@ -184,7 +184,7 @@ _DISCONNECT = bytes([0xE0, 0])
 
 def _probe(host: str, port: int, mqtt: bool) -> bool:
     try:
-        with socket.create_connection((host, port), timeout=2.0) as s:
+        with socket.create_connection((host, port), timeout=1.0) as s:
             if not mqtt:
                 return True
             s.sendall(_PROBE_CONNECT)
