@@ -38,6 +38,7 @@ import logging
 import os
 import sqlite3
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -122,7 +123,8 @@ class Outbox:
 
     def __init__(self, path: str | os.PathLike[str], *, max_bytes: int, max_age_s: float, clock: Any,
                  on_alarm: Callable[[dict], None] | None = None, synchronous: str = "FULL",
-                 resend_holdoff_s: float = 5.0, reserve_bytes: int = 256 * 1024) -> None:
+                 resend_holdoff_s: float = 5.0, reserve_bytes: int = 256 * 1024,
+                 min_free_bytes: int | None = None) -> None:
         if max_bytes <= 0 or max_age_s <= 0:
             raise ValueError("max_bytes and max_age_s must be positive")
         if synchronous not in ("FULL", "NORMAL", "EXTRA"):
@@ -138,12 +140,14 @@ class Outbox:
         # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves, so a transaction is
         # exactly one put (or one acknack) and nothing is left open by the sqlite3 module.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        # Must precede table creation to take effect; lets a full disk get pages back (_make_room).
-        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         # Keep the WAL file from staying large after a burst (matters on a small SD card / tmpfs).
-        self._db.execute("PRAGMA journal_size_limit=1048576")
+        # Bounded WAL: the checkpoint must be able to copy it into the database file, so on a
+        # small or nearly full medium the WAL must not be what fills it (SQLite's default lets
+        # it reach 4 MB before checkpointing).
+        self._db.execute("PRAGMA wal_autocheckpoint=100")
+        self._db.execute("PRAGMA journal_size_limit=524288")
         self._db.executescript(_SCHEMA)
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM frames").fetchone()
@@ -154,7 +158,11 @@ class Outbox:
         self._counters = {k: int(self._meta(k, 0)) for k in ("evicted_frames", "evicted_bytes", "alarms",
                                                              "disk_full_events", "acked_frames")}
         self.last_alarm: dict | None = None
+        self._alarms_pending: list[dict] = []
+        self._resends_queued = 0
         self.reserve_bytes = int(reserve_bytes)
+        # Free space kept on the file system (default: 16 MiB, or a quarter of a small one).
+        self.min_free_bytes = None if min_free_bytes is None else int(min_free_bytes)
         self._reserve = self.path.with_name(self.path.name + ".reserve")
         self._ensure_reserve()
 
@@ -166,11 +174,36 @@ class Outbox:
     def _save_counters(self) -> None:
         self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(self._counters.items()))
 
+    @contextmanager
+    def _txn(self):
+        """One write transaction.  Counters and alarms raised inside it take effect only if it
+        commits: a rolled-back eviction (full disk) did not happen and must not be reported."""
+        saved = dict(self._counters)
+        self._alarms_pending = []
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            self._counters = saved
+            self._alarms_pending = []
+            row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM frames").fetchone()
+            self._frames, self._bytes = int(row[0]), int(row[1])
+            raise
+        pending, self._alarms_pending = self._alarms_pending, []
+        for alarm in pending:
+            self._fire(alarm)
+
     def _alarm(self, reason: str, **info: Any) -> None:
         self._counters["alarms"] += 1
-        alarm = {"alarm": "outbox_eviction", "reason": reason, "time": self._clock.time(), **info}
+        self._alarms_pending.append({"alarm": "outbox_eviction", "reason": reason, "time": self._clock.time(),
+                                     **info})
+
+    def _fire(self, alarm: dict) -> None:
         self.last_alarm = alarm
-        log.warning("outbox: %s: evicted %s frames (%s bytes), seq %s..%s", reason, info.get("frames"),
+        info = alarm
+        log.warning("outbox: %s: evicted %s frames (%s bytes), seq %s..%s", alarm["reason"], info.get("frames"),
                     info.get("bytes"), info.get("first_seq"), info.get("last_seq"))
         if self._on_alarm is not None:
             try:
@@ -232,6 +265,7 @@ class Outbox:
                 # compare the bytes any more, so refuse: a sequence number is committed only once.
                 raise SequenceReuseError(f"outbox: frame set {frame_set!r} seq {seq} is not above the "
                                          f"highest committed seq {hi} (already delivered or evicted)")
+            self._keep_free_space(len(payload))
             last_err: BaseException | None = None
             for attempt in range(_FULL_RETRIES):
                 try:
@@ -241,7 +275,6 @@ class Outbox:
                     if not _is_disk_full(err):
                         raise
                     last_err = err
-                    self._rollback()
                     if not self._make_room(len(payload) * (2 ** attempt) + 65536):
                         break
             raise OutboxFullError(f"outbox {self.path}: disk full and nothing left to evict "
@@ -250,8 +283,7 @@ class Outbox:
     def _put_txn(self, kind: str, frame_set: str, seq: int, nominal_time: float, payload: bytes,
                  digest: bytes) -> None:
         now = self._clock.time()
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._txn():
             self._db.execute(
                 "INSERT INTO frames (kind, frame_set, seq, nominal_time, committed, size, digest, payload)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -268,13 +300,6 @@ class Outbox:
                 self._evict_oldest_bytes("bytes", self._bytes - self.max_bytes)
             if self._counters["evicted_frames"] != before:
                 self._save_counters()
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            # Our in-memory totals must follow the rollback.
-            row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM frames").fetchone()
-            self._frames, self._bytes = int(row[0]), int(row[1])
-            raise
 
     def _rollback(self) -> None:
         try:
@@ -282,13 +307,52 @@ class Outbox:
         except sqlite3.OperationalError:
             pass  # no transaction open (SQLite already rolled back on SQLITE_FULL)
 
-    def _checkpoint(self) -> None:
-        # RESTART, not TRUNCATE: the WAL file keeps its size (up to journal_size_limit), so the
-        # next transactions reuse that space instead of needing the file system to grow it.
+    def _free_bytes(self) -> tuple[int, int] | None:
         try:
-            self._db.execute("PRAGMA wal_checkpoint(RESTART)")
+            st = os.statvfs(self.path.parent)
+        except (OSError, AttributeError):
+            return None
+        return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+    def _keep_free_space(self, size: int) -> None:
+        """Evict *before* the file system is full.  Once SQLite hits a full disk, even a delete may
+        not fit in the WAL, and the WAL cannot be checkpointed into a database file that needs to
+        grow; so when free space is under the margin, the new frame must fit in pages freed inside
+        the database file (SQLite's freelist), which it reuses without growing the file."""
+        fs = self._free_bytes()
+        if fs is None:
+            return
+        free, total = fs
+        margin = self.min_free_bytes if self.min_free_bytes is not None else min(16 << 20, total // 4)
+        if free >= margin or self._frames == 0:
+            return
+        page = self._db.execute("PRAGMA page_size").fetchone()[0]
+        reusable = self._db.execute("PRAGMA freelist_count").fetchone()[0] * page
+        # payload + b-tree/overflow overhead, at least 64 KiB at a time so that a full disk costs
+        # one eviction (and one alarm) per few frames, not one per frame.
+        need = max(size + size // 4 + 4 * page, 64 << 10) - reusable
+        if need <= 0:
+            return
+        self._counters["low_space_events"] = self._counters.get("low_space_events", 0) + 1
+        try:
+            with self._txn():
+                self._evict_oldest_bytes("disk_full", need)
+                self._save_counters()
+        except sqlite3.OperationalError as err:
+            if not _is_disk_full(err):
+                raise
+            # put() meets SQLITE_FULL next and takes the slower path (_make_room).
+
+    def _checkpoint(self) -> bool:
+        """Copy the WAL into the database; True if it completed.  RESTART, not TRUNCATE: the WAL
+        file keeps its size (up to journal_size_limit), so the next transactions reuse that space
+        instead of needing the file system to grow it.  It cannot complete while the database
+        file needs to grow on a full disk."""
+        try:
+            busy, log_pages, done = self._db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         except sqlite3.OperationalError:
-            pass
+            return False
+        return not busy and done == log_pages
 
     def _ensure_reserve(self) -> None:
         """Best effort: (re)create the reserve file that a full disk gives back for eviction."""
@@ -321,32 +385,25 @@ class Outbox:
         once space is back.
         """
         self._counters["disk_full_events"] += 1
-        self._checkpoint()
+        if not self._checkpoint() and self._release_reserve():
+            self._checkpoint()
         if self._frames == 0:
             return False
         for use_reserve in (False, True):
-            if use_reserve and not self._release_reserve():
-                break
+            if use_reserve:
+                if not self._release_reserve():
+                    break
+                self._checkpoint()
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                n = self._evict_oldest_bytes("disk_full", max(need, 1))
-                self._save_counters()
-                self._db.execute("COMMIT")
+                with self._txn():
+                    n = self._evict_oldest_bytes("disk_full", max(need, 1))
+                    self._save_counters()
             except sqlite3.OperationalError as err:
-                self._rollback()
-                row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM frames").fetchone()
-                self._frames, self._bytes = int(row[0]), int(row[1])
                 if not _is_disk_full(err):
                     raise
                 log.error("outbox: cannot evict on a full disk%s: %s",
                           " even after releasing the reserve" if use_reserve else "", err)
                 continue
-            # Return the freed pages to the file system (auto_vacuum=INCREMENTAL), so the WAL and
-            # the reserve can grow again; the file shrinks at the checkpoint.
-            try:
-                self._db.execute("PRAGMA incremental_vacuum")
-            except sqlite3.OperationalError:
-                pass
             self._checkpoint()
             self._ensure_reserve()
             return n > 0
@@ -432,20 +489,15 @@ class Outbox:
                     resend.append(rid)
             if not delete and not resend:
                 return 0
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._txn():
                 self._db.executemany("DELETE FROM frames WHERE id = ?", [(r,) for r, _ in delete])
                 self._db.executemany("UPDATE frames SET state = 0 WHERE id = ?", [(r,) for r in resend])
                 self._counters["acked_frames"] += len(delete)
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('acked_frames', ?)",
                                  (self._counters["acked_frames"],))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-            self._frames -= len(delete)
-            self._bytes -= sum(s for _, s in delete)
-            self.resends_queued = getattr(self, "resends_queued", 0) + len(resend)
+                self._frames -= len(delete)
+                self._bytes -= sum(s for _, s in delete)
+            self._resends_queued += len(resend)
             return len(delete)
 
     def available(self, frame_set: str) -> tuple[int, int]:
@@ -471,7 +523,7 @@ class Outbox:
                 "oldest_age_s": None if row[0] is None else now - row[0],
                 "pending": int(row[1] or 0),
                 "in_flight": int(row[2] or 0),
-                "resends_queued": getattr(self, "resends_queued", 0),
+                "resends_queued": self._resends_queued,
                 **{("evicted" if k == "evicted_frames" else k): v for k, v in self._counters.items()},
                 "last_alarm": self.last_alarm,
             }

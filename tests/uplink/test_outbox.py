@@ -1,0 +1,239 @@
+"""The outbox: durable before put returns, bounded with alarms, acknack-driven deletion and resend,
+disk full never fatal."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ims_station.edge.outbox import Outbox, OutboxFullError, SequenceReuseError
+
+FS = "STA01:0"
+
+
+def make(tmp_path, clock, **kw) -> Outbox:
+    kw.setdefault("max_bytes", 10_000_000)
+    kw.setdefault("max_age_s", 7 * 86400)
+    return Outbox(tmp_path / "outbox.sqlite", clock=clock, **kw)
+
+
+def test_put_is_idempotent_for_same_bytes_and_refuses_reuse(tmp_path, clock):
+    box = make(tmp_path, clock)
+    assert box.put("cd11", FS, 10, clock.t, b"frame-10")
+    assert box.put("cd11", FS, 10, clock.t, b"frame-10")          # same bytes: no-op
+    with pytest.raises(SequenceReuseError, match="seq 10 already committed"):
+        box.put("cd11", FS, 10, clock.t, b"other bytes")
+    assert box.stats()["frames"] == 1
+    # After the relay acknowledged 10 it is gone, but the number stays used, across a reopen too.
+    box.apply_acknack(FS, 10, 10, [])
+    box.close()
+    box = make(tmp_path, clock)
+    assert box.highest_committed(FS) == 10
+    with pytest.raises(SequenceReuseError, match="not above the highest committed"):
+        box.put("cd11", FS, 10, clock.t, b"frame-10")
+    assert box.put("cd11", FS, 11, clock.t, b"frame-11")
+    assert box.highest_committed("OTHER:0") is None
+
+
+def test_acknack_deletes_covered_frames_and_requeues_gaps_and_implied_gaps(tmp_path, clock):
+    box = make(tmp_path, clock, resend_holdoff_s=5)
+    for seq in range(100, 110):
+        box.put("cd11", FS, seq, clock.t + seq, b"x%d" % seq)
+    items = box.next_to_send(100, live_window_s=1e9)
+    assert [i.seq for i in items] == list(range(100, 110))
+    box.mark_sent([i.id for i in items])
+    assert box.next_to_send(100, live_window_s=1e9) == []
+    clock.advance(10)  # past the resend hold-off
+    # Relay has 101..107 except the gap [103, 105): 100 is below its lowest, 108/109 above its highest.
+    deleted = box.apply_acknack(FS, 101, 107, [(103, 105)])
+    assert deleted == 5                                             # 101, 102, 105, 106, 107
+    resend = [i.seq for i in box.next_to_send(100, live_window_s=1e9)]
+    assert resend == [100, 103, 104, 108, 109]
+    assert box.stats()["frames"] == 5
+    # Other frame sets are untouched; an empty consumer range (0, -1) deletes nothing.
+    assert box.apply_acknack("OTHER:0", 0, 1000, []) == 0
+    assert box.apply_acknack(FS, 0, -1, []) == 0
+
+
+def test_resend_holdoff_keeps_frames_in_flight_from_being_sent_twice(tmp_path, clock):
+    box = make(tmp_path, clock, resend_holdoff_s=5)
+    box.put("cd11", FS, 1, clock.t, b"a")
+    box.put("cd11", FS, 2, clock.t, b"b")
+    box.mark_sent([i.id for i in box.next_to_send(10, live_window_s=1e9)])
+    clock.advance(1)
+    assert box.apply_acknack(FS, 1, 1, []) == 1                    # 2 was just sent: not a gap yet
+    assert box.next_to_send(10, live_window_s=1e9) == []
+    clock.advance(10)
+    box.apply_acknack(FS, 1, 1, [])
+    assert [i.seq for i in box.next_to_send(10, live_window_s=1e9)] == [2]
+
+
+def test_live_first_then_backfill_oldest_first(tmp_path, clock):
+    box = make(tmp_path, clock)
+    now = clock.t
+    for seq, age in ((1, 3600), (2, 3590), (3, 3580), (4, 20), (5, 10)):
+        box.put("cd11", FS, seq, now - age, b"f%d" % seq)
+    assert [i.seq for i in box.next_to_send(3, live_window_s=60)] == [4, 5, 1]
+    assert [i.seq for i in box.next_to_send(10, live_window_s=60)] == [4, 5, 1, 2, 3]
+
+
+def test_bounded_by_bytes_oldest_evicted_with_alarm(tmp_path, clock):
+    alarms = []
+    box = make(tmp_path, clock, max_bytes=10_000, on_alarm=alarms.append)
+    for seq in range(30):
+        clock.advance(10)
+        box.put("cd11", FS, seq, clock.t, bytes(1000))
+    st = box.stats()
+    assert st["bytes"] <= 10_000 and st["frames"] == 10
+    assert st["evicted"] == 20 and st["alarms"] == len(alarms) == 20
+    assert all(a["reason"] == "bytes" and a["alarm"] == "outbox_eviction" for a in alarms)
+    assert [i.seq for i in box.next_to_send(100, live_window_s=1e9)] == list(range(20, 30))  # newest kept
+    box.close()
+    assert make(tmp_path, clock, max_bytes=10_000).stats()["evicted"] == 20  # counters are durable
+
+
+def test_bounded_by_age(tmp_path, clock):
+    alarms = []
+    box = make(tmp_path, clock, max_age_s=3600, on_alarm=alarms.append)
+    box.put("cd11", FS, 1, clock.t, b"old")
+    box.put("cd11", FS, 2, clock.t + 1800, b"mid")
+    clock.advance(3700)
+    box.put("cd11", FS, 3, clock.t, b"new")
+    assert [i.seq for i in box.next_to_send(10, live_window_s=1e9)] == [2, 3]
+    assert alarms[0]["reason"] == "age" and alarms[0]["first_seq"] == 1
+
+
+def test_disk_full_via_max_page_count_evicts_oldest_and_keeps_running(tmp_path, clock):
+    alarms = []
+    box = make(tmp_path, clock, max_bytes=1 << 40, on_alarm=alarms.append)
+    # SQLite reports "database or disk is full" when the file reaches max_page_count, exactly as
+    # for a full file system: the simulated disk holds ~400 KB.
+    box._db.execute("PRAGMA max_page_count=100")
+    payload = os.urandom(2000)
+    for seq in range(1000):
+        clock.advance(10)
+        assert box.put("cd11", FS, seq, clock.t, payload[:1900] + seq.to_bytes(4, "big"))
+    st = box.stats()
+    assert st["disk_full_events"] > 0 and any(a["reason"] == "disk_full" for a in alarms)
+    kept = [i.seq for i in box.next_to_send(10_000, live_window_s=1e9)]
+    assert kept[-1] == 999 and kept == list(range(kept[0], 1000))   # newest kept, contiguous
+    assert st["evicted"] + st["frames"] == 1000                     # every frame accounted for
+
+
+def test_disk_full_with_nothing_to_evict_raises_outbox_full(tmp_path, clock):
+    box = make(tmp_path, clock)
+    box._db.execute("PRAGMA max_page_count=30")
+    with pytest.raises(OutboxFullError, match="nothing left to evict"):
+        box.put("cd11", FS, 1, clock.t, os.urandom(500_000))
+    assert box.put("cd11", FS, 2, clock.t, b"small still fits")      # still usable afterwards
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A real 2 MB file system (tmpfs), so SQLite meets a true ENOSPC."""
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0):
+        pytest.skip("mounting a tmpfs needs root (the max_page_count tests above cover the logic)")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_on_a_real_full_tmpfs(tiny_fs, clock):
+    alarms = []
+    box = Outbox(tiny_fs / "outbox.sqlite", max_bytes=1 << 40, max_age_s=1e9, clock=clock, on_alarm=alarms.append)
+    payload = os.urandom(3000)
+    for seq in range(2000):                      # ~6 MB offered to a 2 MB file system
+        clock.advance(10)
+        assert box.put("cd11", FS, seq, clock.t, payload + seq.to_bytes(4, "big"))
+    st = box.stats()
+    # Evicted before SQLite hit ENOSPC (free-space margin), with alarms; the store keeps
+    # the newest ~1 MB and never failed a put.
+    assert st["evicted"] > 1000 and any(a["reason"] == "disk_full" for a in alarms)
+    kept = [i.seq for i in box.next_to_send(10_000, live_window_s=1e9)]
+    assert kept[-1] == 1999 and len(kept) > 100 and kept == list(range(kept[0], 2000))
+    assert st["evicted"] + st["frames"] == 2000
+    box.close()
+    reopened = Outbox(tiny_fs / "outbox.sqlite", max_bytes=1 << 40, max_age_s=1e9, clock=clock)
+    assert [i.seq for i in reopened.next_to_send(10_000, live_window_s=1e9)] == kept
+    reopened.close()
+
+
+def test_disk_filled_by_another_process_hits_enospc_and_recovers(tiny_fs, clock):
+    """Another writer (a log file) takes every free byte: SQLite itself meets ENOSPC; the outbox
+    gives up its reserve file, evicts, and keeps committing the newest frames."""
+    alarms = []
+    box = Outbox(tiny_fs / "outbox.sqlite", max_bytes=1 << 40, max_age_s=1e9, clock=clock, on_alarm=alarms.append)
+    payload = os.urandom(3000)
+    for seq in range(100):
+        clock.advance(10)
+        box.put("cd11", FS, seq, clock.t, payload + seq.to_bytes(4, "big"))
+    fd = os.open(tiny_fs / "filler.log", os.O_WRONLY | os.O_CREAT)
+    with pytest.raises(OSError):
+        while True:
+            os.write(fd, bytes(4096))
+    os.close(fd)
+    for seq in range(100, 1000):
+        clock.advance(10)
+        assert box.put("cd11", FS, seq, clock.t, payload + seq.to_bytes(4, "big"))
+    st = box.stats()
+    assert st["disk_full_events"] >= 1 and st["reserve_released"] == 1
+    kept = [i.seq for i in box.next_to_send(10_000, live_window_s=1e9)]
+    assert kept[-1] == 999 and kept == list(range(kept[0], 1000))
+    assert st["evicted"] + st["frames"] == 1000 == st["evicted"] + len(kept)
+    assert sum(a["frames"] for a in alarms) == st["evicted"]
+
+
+_WRITER = textwrap.dedent("""
+    import sys, time
+    from types import SimpleNamespace
+    from ims_station.edge.outbox import Outbox
+    clock = SimpleNamespace(time=time.time, monotonic=time.monotonic)
+    box = Outbox(sys.argv[1], max_bytes=1 << 40, max_age_s=1e12, clock=clock)
+    start = int(sys.argv[2])
+    for seq in range(start, start + 100000):
+        box.put("cd11", "STA01:0", seq, 1.7e9 + 10 * seq, seq.to_bytes(8, "big") * 300)
+        sys.stdout.write(f"{seq}\\n")
+        sys.stdout.flush()
+""")
+
+
+def test_sigkill_mid_write_loses_nothing_committed(tmp_path):
+    """A child commits frames as fast as it can and prints each seq after ``put`` returned; it is
+    SIGKILLed at random moments.  Every printed seq must be there after reopening, intact."""
+    path = tmp_path / "outbox.sqlite"
+    rng = random.Random(4)
+    committed: list[int] = []
+    start = 0
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(start)], stdout=subprocess.PIPE,
+                                text=True)
+        target = rng.randint(20, 300)
+        for line in proc.stdout:  # kill at a random point after `target` commits, mid-stream
+            committed.append(int(line))
+            if len(committed) - start >= target:
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        from types import SimpleNamespace
+        import time as _t
+
+        box = Outbox(path, max_bytes=1 << 40, max_age_s=1e12,
+                     clock=SimpleNamespace(time=_t.time, monotonic=_t.monotonic))
+        items = {i.seq: i.payload for i in box.next_to_send(1_000_000, live_window_s=0)}
+        assert set(committed) <= set(items)
+        assert all(items[s] == s.to_bytes(8, "big") * 300 for s in committed)
+        start = box.highest_committed(FS) + 1       # what the framer does after a restart
+        box.close()
+    assert len(committed) >= 80
