@@ -354,6 +354,21 @@ def frame(packet):
     return cobs_encode(packet) + b"\x00"
 
 
+def retransmit_copy(auth, packet):
+    """A copy of an already built *packet* with F_RETRANSMIT set, re-tagged and re-checksummed
+    (the flag is covered by the tag).  Used to serve RESEND from the ring buffer."""
+    n = len(packet)
+    if n < OVERHEAD:
+        raise LengthError("packet of %d bytes is shorter than the %d-byte minimum" % (n, OVERHEAD))
+    buf = bytearray(packet)
+    buf[6] |= F_RETRANSMIT
+    end = n - TAG_SIZE - CRC_SIZE
+    buf[end:end + TAG_SIZE] = auth.tag(memoryview(buf)[:end])
+    end += TAG_SIZE
+    struct.pack_into(">I", buf, end, crc32(memoryview(buf)[:end]))
+    return bytes(buf)
+
+
 def parse_packet(auth, packet):
     """Check and split a decoded (un-COBSed) packet.  Returns (Header, payload bytes).
 
