@@ -499,10 +499,11 @@ class LinkDecoder:
     # ------------------------------------------------------------ holes
 
     def _add_hole(self, b: _Board, first: int, last: int, now: float) -> None:
-        # Never allocate per missing packet: a hole is one object however large.  The part of a
-        # hole the board cannot possibly still hold is given up at once.
-        limit = b.ring_capacity if b.ring_capacity else self.max_hole_span
-        oldest_possible = last + 1 - limit
+        # Never allocate per missing packet: a hole is one object however large.  No board ring
+        # holds more than max_hole_span packets (the ring index is 16-bit), so anything older
+        # than that is given up at once.  (HELLO's ring capacity is a guaranteed *minimum* at
+        # worst-case packet size, so it cannot serve as this bound.)
+        oldest_possible = last + 1 - self.max_hole_span
         if first < oldest_possible:
             self._give_up_range(b, first, oldest_possible - 1, "beyond_ring")
             first = oldest_possible
@@ -554,7 +555,15 @@ class LinkDecoder:
         except link.LinkError:
             return
         self.counters["unavailable_received"] += 1
-        for lo, hi in self._take(b, first, last):
+        # The board's ring holds one contiguous run of sequence numbers ending at its newest
+        # packet (firmware/ring.py): if `last` is gone, so is everything before it.
+        merged: list[list[int]] = []
+        for lo, hi in self._take(b, b.next_seq, last):
+            if merged and merged[-1][1] + 1 == lo:
+                merged[-1][1] = hi
+            else:
+                merged.append([lo, hi])
+        for lo, hi in merged:
             self._give_up_range(b, lo, hi, "unavailable")
 
     # ------------------------------------------------------------ delivery
@@ -697,12 +706,14 @@ class LinkDecoder:
                 out.append(h)
                 continue
             if h.size > link.MAX_RESEND:
-                # Ask for the head; the rest waits as its own hole (not asked yet).
-                head = _Hole(h.first, h.first + link.MAX_RESEND - 1, h.tries, h.sent_at)
-                rest = _Hole(head.last + 1, h.last, h.tries, h.sent_at)
-                h = head
-                out.append(h)
+                # Ask for the newest part first: the ring is FIFO, so if the board has lost that
+                # part its UNAVAILABLE answer settles the whole hole in one round trip (a long
+                # outage); if it still has it, the older part is asked for next.
+                rest = _Hole(h.first, h.last - link.MAX_RESEND, h.tries, h.sent_at)
+                tail = _Hole(rest.last + 1, h.last, h.tries, h.sent_at)
+                h = tail
                 out.append(rest)
+                out.append(h)
             else:
                 out.append(h)
             h.tries += 1

@@ -310,10 +310,9 @@ def test_unavailable_from_the_board_ends_the_wait_with_an_exact_report():
     dec.receive_data(b"".join(w[10:]))            # 2..9 missing; ring holds only 9..12
     converse(dec, b, b"")
     ev = dec.next_events()
-    # HELLO said the ring holds 4 packets: 2..5 cannot be there (seq 10 exists), 6..9 may be.
-    assert b.resend_requests == [(6, 9)]
+    assert b.resend_requests == [(2, 9)]
     gaps = [e for e in ev if isinstance(e, GapReport)]
-    assert [(g.first_seq, g.last_seq, g.reason) for g in gaps] == [(2, 5, "beyond_ring"), (6, 8, "unavailable")]
+    assert [(g.first_seq, g.last_seq, g.reason) for g in gaps] == [(2, 8, "unavailable")]
     blocks = data_events(ev)
     assert [e.seq for e in blocks] == [1, 9, 10, 11, 12]
     for g in gaps:
@@ -322,7 +321,7 @@ def test_unavailable_from_the_board_ends_the_wait_with_an_exact_report():
     assert dec.counters["unavailable_received"] == 1 and dec.counters["packets_recovered"] == 1
 
 
-def test_outage_longer_than_the_ring_gives_up_without_flooding_the_line():
+def test_outage_longer_than_the_ring_is_settled_in_few_round_trips():
     clock, dec = make()
     b = FakeBoard(ring=100)
     dec.receive_data(b.hello() + b.data())        # HELLO tells the ring capacity: 100 packets
@@ -332,13 +331,12 @@ def test_outage_longer_than_the_ring_gives_up_without_flooding_the_line():
     settle(dec, b, clock)
     ev = dec.next_events()
     gaps = [e for e in ev if isinstance(e, GapReport)]
-    # Everything older than the ring is given up without asking; the rest is asked for and
-    # comes back as far as the ring has it.
     # Sent while away: seq 2..5001; seq 5002 revealed the hole; the ring holds 4903..5002.
-    assert [(g.first_seq, g.last_seq) for g in gaps] == [(2, 4901), (4902, 4902)]
-    assert [g.reason for g in gaps] == ["beyond_ring", "unavailable"]
+    # The newest 64 of the hole are asked for first: UNAVAILABLE for them settles all older ones.
+    assert [(g.first_seq, g.last_seq, g.reason) for g in gaps] == [(2, 4902, "unavailable")]
+    assert b.resend_requests[0] == (4938, 5001)
     assert all(r[1] - r[0] + 1 <= link.MAX_RESEND for r in b.resend_requests)
-    assert sum(r[1] - r[0] + 1 for r in b.resend_requests) <= 100
+    assert sum(r[1] - r[0] + 1 for r in b.resend_requests) <= 128
     blocks = data_events(ev)
     assert blocks[0].seq == 1 and blocks[1].seq == gaps[-1].last_seq + 1
     assert all(g.start_us == blocks[0].t_end_us and g.end_us == blocks[1].t_first_us for g in gaps)
@@ -462,3 +460,18 @@ def test_close_reports_pending_holes_with_unknown_end():
     ev = dec.next_events()
     gap = [e for e in ev if isinstance(e, GapReport)][0]
     assert (gap.first_seq, gap.last_seq, gap.reason, gap.end_us, gap.samples_missing) == (2, 2, "closed", None, None)
+
+
+def test_a_hole_larger_than_any_ring_is_given_up_without_asking():
+    clock, dec = make(max_hole_span=1000)
+    b = FakeBoard(ring=2000)
+    dec.receive_data(b.hello())
+    for _ in range(5000):
+        b.data()
+    converse(dec, b, b.data())
+    settle(dec, b, clock)
+    ev = dec.next_events()
+    gaps = [e for e in ev if isinstance(e, GapReport)]
+    assert [(g.first_seq, g.last_seq, g.reason) for g in gaps] == [(1, 4000, "beyond_ring")]
+    assert min(r[0] for r in b.resend_requests) == 4001          # the ring still had 4001..5000
+    assert [e.seq for e in data_events(ev)] == list(range(4001, 5002))
