@@ -1,0 +1,391 @@
+"""``ims-station demo``: a whole simulated network segment, end to end, in one process.
+
+HIL digitizer(s) (the firmware itself on emulated peripherals, ``hil/sim.py``) -> serial line
+(``sim://`` port, the gateway's production code path) -> edge gateway (link decoder, stream
+assembly, CD-1.1 framer, durable outbox, MQTT uplink) -> broker (Mosquitto when installed, the
+embedded amqtt broker otherwise; ``ims_station.broker``) -> relay (verification, dedupe, archive,
+acknack) -> final JSON report: frames built, delivered, verified, quarantined, lost, and end-to-end
+latency p50/p99 (sample time -> archived at the relay).
+
+Owns: the orchestration of a demo run (keys in a temporary directory, broker, relay, gateways, the
+pacing of simulated time against the wall clock, the live summary and the report) and the ``demo``
+command.  Owns no protocol logic: every stage is the production module; the demo only wires them,
+as ``edge/station.py`` and ``relay/cli.py`` do in deployment.
+
+Time: each station's simulation has its own clock (``SimClock``); the demo paces every simulation
+so that simulated time runs ``--speed`` times faster than the wall clock, and gives the relay a
+:class:`PacedClock` with the same mapping, so "sample time -> archived" is measured on one time
+axis.  Latency figures are reported in simulated seconds and, divided by the speed, as the wall
+time they took.
+
+Keys: generated per run with :func:`ims_station.auth.generate_key` (station and channel signing
+keys) and ``os.urandom`` (the board's link HMAC key), written mode 0600 into the run's directory.
+There is no default key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import itertools
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+_names = itertools.count()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "demo", help="run a simulated station end to end (HIL -> edge -> broker -> relay) and report",
+        description="Runs HIL digitizer(s) through the edge gateway, an MQTT broker (Mosquitto when "
+                    "installed, embedded otherwise) and the relay; prints a live summary and a final "
+                    "JSON report (frames built, delivered, verified, quarantined, lost; end-to-end "
+                    "latency p50/p99).")
+    p.add_argument("--minutes", type=float, default=10.0, help="simulated minutes of data (default 10)")
+    p.add_argument("--stations", type=int, default=1, help="number of simulated stations (default 1)")
+    p.add_argument("--speed", type=float, default=10.0,
+                   help="simulated seconds per wall second (default 10: 10 minutes take about a minute)")
+    p.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
+    p.add_argument("--frame-seconds", type=float, default=10.0, help="CD-1.1 frame length (default 10 s)")
+    p.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default="auto",
+                   help="which broker to start (default: Mosquitto if installed)")
+    p.add_argument("--ber", type=float, default=0.0, help="bit error rate on the serial line")
+    p.add_argument("--drop", type=float, default=0.0, help="byte drop probability on the serial line")
+    p.add_argument("--workdir", help="keep keys, outboxes and the archive here (default: a temporary dir, removed)")
+    p.add_argument("--json", action="store_true", help="print only the JSON report")
+    p.set_defaults(handler=_cmd)
+
+
+@dataclass
+class DemoOptions:
+    minutes: float = 10.0
+    stations: int = 1
+    speed: float = 10.0
+    seed: int = 1
+    frame_seconds: float = 10.0
+    broker: str = "auto"
+    ber: float = 0.0
+    drop: float = 0.0
+    workdir: str | None = None
+    drain_s: float = 30.0            # simulated seconds after sampling ends, for the last frames
+
+    def check(self) -> None:
+        from ims_station.errors import ConfigError
+
+        if not 0 < self.minutes <= 24 * 60:
+            raise ConfigError("demo", "--minutes", "must be > 0 and at most one day")
+        if not 1 <= self.stations <= 20:
+            raise ConfigError("demo", "--stations", "must be 1..20")
+        if not 0.1 <= self.speed <= 1000:
+            raise ConfigError("demo", "--speed", "must be 0.1..1000")
+        if not 1 <= self.frame_seconds <= 60:
+            raise ConfigError("demo", "--frame-seconds", "must be 1..60")
+
+
+class PacedClock:
+    """Simulated time that runs *speed* times faster than the wall clock, from *start_utc*.
+    ``monotonic()`` / ``time()`` surface, so it can be given to any component of the project."""
+
+    def __init__(self, start_utc: float, speed: float) -> None:
+        self.start_utc = float(start_utc)
+        self.speed = float(speed)
+        self._w0 = time.monotonic()
+
+    def monotonic(self) -> float:
+        return (time.monotonic() - self._w0) * self.speed
+
+    def time(self) -> float:
+        return self.start_utc + self.monotonic()
+
+    def wall_until(self, sim_monotonic: float) -> float:
+        """Wall seconds until this clock reads *sim_monotonic* (<= 0 if already past)."""
+        return (sim_monotonic - self.monotonic()) / self.speed
+
+
+def _available(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name == module:
+            return False
+        raise
+    return True
+
+
+def stages_available() -> dict[str, bool]:
+    """Which production stages exist in this tree (the demo runs as far as they go)."""
+    return {
+        "hil": _available("ims_station.hil.sim"),
+        "ingest": _available("ims_station.edge.ingest") and _available("ims_station.edge.streams"),
+        "framer": _available("ims_station.edge.framer"),
+        "outbox": _available("ims_station.edge.outbox"),
+        "uplink": _available("ims_station.edge.uplink"),
+        "station": _available("ims_station.edge.station"),
+        "relay": _available("ims_station.relay.relay"),
+    }
+
+
+# -------------------------------------------------------------------------------------- keys
+
+
+@dataclass
+class StationKeys:
+    station: str
+    board_key: bytes
+    board_key_file: Path
+    keystore: Path                    # private keys of this station (frame + channel keys)
+    frame_key_id: int
+    channel_key_ids: dict[str, int]   # channel code -> key id
+
+
+def make_keys(root: Path, stations: list[str], channels: list[str], *, algorithm: str = "ed25519",
+              valid_from: float) -> tuple[dict[str, StationKeys], Path]:
+    """Per station: a link HMAC key for its board, a frame key and one key per channel (keystore),
+    and the public halves in one relay trust store.  Key ids: station i uses 1000*(i+1) + n."""
+    import datetime as dt
+
+    from ims_station.auth import export_public, generate_key
+    from ims_station.config import write_secret_file
+
+    trust = root / "relay" / "trust"
+    start = dt.datetime.fromtimestamp(valid_from - 86400, tz=dt.timezone.utc).replace(microsecond=0)
+    out: dict[str, StationKeys] = {}
+    for i, sta in enumerate(stations):
+        ks = root / sta / "keys"
+        base = 1000 * (i + 1)
+        generate_key(algorithm, base, ks, station=sta, valid_from=start)
+        export_public(ks, base, trust)
+        ch_ids = {}
+        for n, ch in enumerate(channels, start=1):
+            generate_key(algorithm, base + n, ks, station=sta, valid_from=start)
+            export_public(ks, base + n, trust)
+            ch_ids[ch] = base + n
+        board_key = os.urandom(32)
+        bk = write_secret_file(root / sta / "board.key", board_key)
+        out[sta] = StationKeys(sta, board_key, bk, ks, base, ch_ids)
+    return out, trust
+
+
+# -------------------------------------------------------------------------------------- stations
+
+
+@dataclass
+class StationRig:
+    """One simulated station: its simulation (board + line) and the gateway reading it."""
+
+    station: str
+    sim: Any
+    sim_name: str
+    pump: Any
+    decoder: Any
+    assembler: Any
+    gateway: Any = None              # edge/station.py's gateway, when it exists
+    chunks: int = 0
+    samples: int = 0
+    frames_built: int = 0
+    build_times: dict[int, float] = field(default_factory=dict)   # seq -> sim time frame committed
+    error: str | None = None
+
+    def close(self) -> None:
+        from ims_station.hil.sim import unregister
+
+        try:
+            self.pump.close()
+        finally:
+            unregister(self.sim_name)
+
+
+def _make_rig(i: int, station: str, keys: StationKeys, opts: DemoOptions, start_utc: int) -> StationRig:
+    from ims_station.edge.ingest import LinkDecoder
+    from ims_station.edge.serialport import PortPump
+    from ims_station.edge.streams import StreamAssembler
+    from ims_station.hil.faults import FaultPlan, LineFaults
+    from ims_station.hil.sim import Simulation
+    from ims_station.hil.sim import register as register_sim
+
+    line = LineFaults(ber=opts.ber, drop=opts.drop)
+    plan = FaultPlan(down=line, up=line)
+    sim = Simulation(board="sim", seed=opts.seed + i, plan=plan, key=keys.board_key, start_utc=start_utc)
+    name = f"demo-{os.getpid()}-{next(_names)}-{station}"
+    register_sim(name, sim)
+    decoder = LinkDecoder(keys.board_key, sim.clock, board_id=sim.board.board_id)
+    assembler = StreamAssembler()
+    rig = StationRig(station, sim, name, None, decoder, assembler)
+
+    def on_events(events: list) -> None:
+        for chunk in assembler.push_all(events):
+            rig.chunks += 1
+            rig.samples += chunk.samples.size
+
+    rig.pump = PortPump(f"sim://{name}", decoder, timeout=0.05, clock=sim.clock, on_events=on_events,
+                        backoff_initial=0.5, backoff_max=4.0)
+    return rig
+
+
+def _drive(rig: StationRig, clock: PacedClock, t_end: float, stop: threading.Event) -> None:
+    """Advance one station's simulation in step with the paced clock (never ahead of it)."""
+    sim = rig.sim
+    try:
+        while not stop.is_set() and sim.clock.monotonic() < t_end:
+            ahead = -clock.wall_until(sim.clock.monotonic())
+            if ahead < 0:
+                # The simulation is ahead of the paced clock: let the wall clock catch up.
+                stop.wait(min(0.05, -ahead))
+                continue
+            rig.pump.step()
+    except Exception as err:  # reported, never silent
+        log.exception("demo: station %s stopped", rig.station)
+        rig.error = f"{type(err).__name__}: {err}"
+
+
+# -------------------------------------------------------------------------------------- run
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p99": None, "max": None, "n": 0}
+    import numpy as np
+
+    a = np.asarray(values, dtype=float)
+    return {"p50": round(float(np.percentile(a, 50)), 3), "p99": round(float(np.percentile(a, 99)), 3),
+            "max": round(float(a.max()), 3), "n": int(a.size)}
+
+
+def run_demo(opts: DemoOptions, progress: Callable[[dict], None] | None = None) -> dict:
+    """Run the demo; returns the JSON-ready report."""
+    from ims_station.broker import start_broker
+
+    opts.check()
+    stages = stages_available()
+    wall0 = time.perf_counter()
+    own_dir = opts.workdir is None
+    root = Path(tempfile.mkdtemp(prefix="ims-demo-") if own_dir else opts.workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    start_utc = int(time.time())
+    clock = PacedClock(start_utc, opts.speed)
+    stations = [f"DEMO{i + 1}" for i in range(opts.stations)]
+    rigs: list[StationRig] = []
+    broker = None
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    missing = [k for k, v in stages.items() if not v]
+    try:
+        keys, trust_dir = make_keys(root, stations, ["BHZ", "BHN", "BHE"], valid_from=start_utc)
+        broker = start_broker("mosquitto" if opts.broker in ("auto", "mosquitto") else "embedded",
+                              root / "broker")
+        if opts.broker == "mosquitto" and broker.caps.name != "mosquitto":
+            from ims_station.errors import ImsStationError
+
+            raise ImsStationError("demo: --broker mosquitto asked for, but mosquitto is not installed")
+        for i, sta in enumerate(stations):
+            rigs.append(_make_rig(i, sta, keys[sta], opts, start_utc))
+        t_sampling = opts.minutes * 60.0
+        for rig in rigs:
+            rig.sim.stop_sampling(at_s=t_sampling)
+        t_end = t_sampling + opts.drain_s
+        for rig in rigs:
+            th = threading.Thread(target=_drive, args=(rig, clock, t_end, stop), name=f"demo-{rig.station}",
+                                  daemon=True)
+            th.start()
+            threads.append(th)
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(0.5)
+                break
+            if progress is not None:
+                progress(_snapshot(rigs, clock, t_end, broker))
+        report = _report(opts, stages, rigs, broker, clock, time.perf_counter() - wall0)
+        report["missing_stages"] = missing
+        return report
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+        for rig in rigs:
+            try:
+                rig.close()
+            except Exception:
+                log.exception("demo: closing %s", rig.station)
+        if broker is not None:
+            broker.close()
+        if own_dir:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _snapshot(rigs: list[StationRig], clock: PacedClock, t_end: float, broker: Any) -> dict:
+    return {
+        "simulated_s": round(min((r.sim.clock.monotonic() for r in rigs), default=0.0), 1),
+        "total_s": t_end,
+        "broker": broker.caps.name if broker else None,
+        "stations": {r.station: {"samples": r.samples, "chunks": r.chunks, "frames_built": r.frames_built,
+                                 "packets_ok": r.decoder.counters.get("packets_ok", 0),
+                                 "error": r.error} for r in rigs},
+    }
+
+
+def _report(opts: DemoOptions, stages: dict, rigs: list[StationRig], broker: Any, clock: PacedClock,
+            wall: float) -> dict:
+    per_station = {}
+    for r in rigs:
+        per_station[r.station] = {
+            "samples_generated": int(r.sim.truth.conversions * len(r.assembler.streams or [0])),
+            "samples_ingested": r.samples,
+            "link": {k: r.decoder.counters.get(k, 0) for k in
+                     ("packets_ok", "crc_errors", "hmac_errors", "resend_requests", "packets_recovered",
+                      "packets_unrecoverable")},
+            "error": r.error,
+        }
+    return {
+        "options": asdict(opts),
+        "broker": {"name": broker.caps.name, **{k: v for k, v in asdict(broker.caps).items() if k != "name"}},
+        "stages": stages,
+        "frames": {"built": sum(r.frames_built for r in rigs), "delivered": None, "verified": None,
+                   "quarantined": None, "lost": None},
+        "latency_s": {"sample_to_archive_last_sample": _percentiles([]),
+                      "sample_to_archive_first_sample": _percentiles([])},
+        "stations": per_station,
+        "simulated_s": round(min((r.sim.clock.monotonic() for r in rigs), default=0.0), 3),
+        "wall_s": round(wall, 3),
+        "ok": all(r.error is None for r in rigs),
+    }
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    from ims_station.output import print_json
+
+    opts = DemoOptions(minutes=args.minutes, stations=args.stations, speed=args.speed, seed=args.seed,
+                       frame_seconds=args.frame_seconds, broker=args.broker, ber=args.ber, drop=args.drop,
+                       workdir=args.workdir)
+    if args.json:
+        report = run_demo(opts)
+        print_json(report)
+        return 0 if report["ok"] else 1
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    console = Console(stderr=True)
+
+    def table(snap: dict) -> Table:
+        t = Table(title=f"ims-station demo -- simulated {snap['simulated_s']:.0f} / {snap['total_s']:.0f} s, "
+                        f"broker {snap['broker']}")
+        for col in ("station", "samples", "chunks", "frames built", "link packets ok", "error"):
+            t.add_column(col)
+        for sta, s in snap["stations"].items():
+            t.add_row(sta, str(s["samples"]), str(s["chunks"]), str(s["frames_built"]), str(s["packets_ok"]),
+                      s["error"] or "")
+        return t
+
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        report = run_demo(opts, progress=lambda snap: live.update(table(snap)))
+    print_json(report)
+    return 0 if report["ok"] else 1
