@@ -247,6 +247,52 @@ def _drive(rig: StationRig, clock: PacedClock, t_end: float, stop: threading.Eve
         rig.error = f"{type(err).__name__}: {err}"
 
 
+# -------------------------------------------------------------------------------------- relay
+
+
+class ArrivalLog:
+    """What the relay archived, and when (on the demo's paced clock): the latency measurement."""
+
+    def __init__(self, clock: PacedClock) -> None:
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.archived: dict[tuple[str, int], tuple[float, int]] = {}   # (frame_set, seq) -> (t, nominal_ms)
+        self.duplicates = 0
+
+    def record(self, results: list) -> None:
+        now = self.clock.time()
+        with self.lock:
+            for r in results:
+                key = (r.record.frame_set, r.record.sequence)
+                if r.outcome.value == "archived":
+                    self.archived.setdefault(key, (now, r.record.nominal_ms))
+                elif r.outcome.value == "duplicate":
+                    self.duplicates += 1
+
+
+def _make_relay(root: Path, trust_dir: Path, broker: Any, clock: PacedClock, arrivals: ArrivalLog) -> Any:
+    """R's relay with its embedded state store and file archive; the archive reports each commit
+    to *arrivals* (a subclass, so the relay code path is unchanged)."""
+    from ims_station.auth import TrustStore
+    from ims_station.relay.archive import FileArchive
+    from ims_station.relay.relay import Relay
+    from ims_station.relay.state import SqliteStateStore
+
+    class TimedArchive(FileArchive):
+        def commit(self, frames, quarantined=()):
+            results = super().commit(frames, quarantined)
+            arrivals.record(results)
+            return results
+
+    trust = TrustStore.load(trust_dir)
+    state = SqliteStateStore(root / "relay" / "state.sqlite")
+    archive = TimedArchive(root / "relay" / "archive")
+    group = "relay" if broker.caps.shared_subscriptions else None
+    relay = Relay(broker.config, trust, state, archive, group=group, clock=clock, instance="demo-relay",
+                  backoff_base_s=0.05, backoff_max_s=1.0)
+    return relay
+
+
 # -------------------------------------------------------------------------------------- run
 
 
@@ -278,6 +324,8 @@ def run_demo(opts: DemoOptions, progress: Callable[[dict], None] | None = None) 
     stop = threading.Event()
     threads: list[threading.Thread] = []
     missing = [k for k, v in stages.items() if not v]
+    relay = None
+    arrivals = ArrivalLog(clock)
     try:
         keys, trust_dir = make_keys(root, stations, ["BHZ", "BHN", "BHE"], valid_from=start_utc)
         broker = start_broker("mosquitto" if opts.broker in ("auto", "mosquitto") else "embedded",
@@ -286,6 +334,12 @@ def run_demo(opts: DemoOptions, progress: Callable[[dict], None] | None = None) 
             from ims_station.errors import ImsStationError
 
             raise ImsStationError("demo: --broker mosquitto asked for, but mosquitto is not installed")
+        if stages["relay"]:
+            relay = _make_relay(root, trust_dir, broker, clock, arrivals).start()
+            if not relay.wait_connected(10):
+                from ims_station.errors import ImsStationError
+
+                raise ImsStationError(f"demo: the relay could not connect to {broker!r}")
         for i, sta in enumerate(stations):
             rigs.append(_make_rig(i, sta, keys[sta], opts, start_utc))
         t_sampling = opts.minutes * 60.0
@@ -303,7 +357,7 @@ def run_demo(opts: DemoOptions, progress: Callable[[dict], None] | None = None) 
                 break
             if progress is not None:
                 progress(_snapshot(rigs, clock, t_end, broker))
-        report = _report(opts, stages, rigs, broker, clock, time.perf_counter() - wall0)
+        report = _report(opts, stages, rigs, broker, relay, arrivals, clock, time.perf_counter() - wall0)
         report["missing_stages"] = missing
         return report
     finally:
@@ -315,6 +369,11 @@ def run_demo(opts: DemoOptions, progress: Callable[[dict], None] | None = None) 
                 rig.close()
             except Exception:
                 log.exception("demo: closing %s", rig.station)
+        if relay is not None:
+            try:
+                relay.close()
+            except Exception:
+                log.exception("demo: closing the relay")
         if broker is not None:
             broker.close()
         if own_dir:
@@ -332,8 +391,8 @@ def _snapshot(rigs: list[StationRig], clock: PacedClock, t_end: float, broker: A
     }
 
 
-def _report(opts: DemoOptions, stages: dict, rigs: list[StationRig], broker: Any, clock: PacedClock,
-            wall: float) -> dict:
+def _report(opts: DemoOptions, stages: dict, rigs: list[StationRig], broker: Any, relay: Any,
+            arrivals: ArrivalLog, clock: PacedClock, wall: float) -> dict:
     per_station = {}
     for r in rigs:
         per_station[r.station] = {
@@ -344,14 +403,32 @@ def _report(opts: DemoOptions, stages: dict, rigs: list[StationRig], broker: Any
                       "packets_unrecoverable")},
             "error": r.error,
         }
+    rstats = relay.stats() if relay is not None else {}
+    built = sum(r.frames_built for r in rigs)
+    lat_last, lat_first = [], []
+    frame_s = opts.frame_seconds
+    with arrivals.lock:
+        for (_fs, _seq), (t, nominal_ms) in arrivals.archived.items():
+            first = nominal_ms / 1000.0
+            lat_first.append(t - first)
+            lat_last.append(t - (first + frame_s))
+    delivered = len(arrivals.archived)
+    frames = {"built": built, "delivered": delivered if relay is not None else None,
+              "verified": rstats.get("verified"), "quarantined": rstats.get("quarantined"),
+              "duplicates_at_relay": rstats.get("duplicates"),
+              "lost": (built - delivered) if relay is not None and stages["framer"] else None}
     return {
         "options": asdict(opts),
         "broker": {"name": broker.caps.name, **{k: v for k, v in asdict(broker.caps).items() if k != "name"}},
         "stages": stages,
-        "frames": {"built": sum(r.frames_built for r in rigs), "delivered": None, "verified": None,
-                   "quarantined": None, "lost": None},
-        "latency_s": {"sample_to_archive_last_sample": _percentiles([]),
-                      "sample_to_archive_first_sample": _percentiles([])},
+        "frames": frames,
+        # Simulated seconds from a sample's time to the moment the relay archived its frame: for the
+        # frame's last sample (pipeline delay) and its first sample (adds the frame length).  Divide
+        # by options.speed for the wall time the pipeline took.
+        "latency_s": {"sample_to_archive_last_sample": _percentiles(lat_last),
+                      "sample_to_archive_first_sample": _percentiles(lat_first)},
+        "relay": {k: rstats.get(k) for k in ("received", "verified", "archived", "duplicates", "quarantined",
+                                             "rejected", "security_events", "acknacks_sent")} if rstats else None,
         "stations": per_station,
         "simulated_s": round(min((r.sim.clock.monotonic() for r in rigs), default=0.0), 3),
         "wall_s": round(wall, 3),
