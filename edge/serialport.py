@@ -48,7 +48,7 @@ class PortPump:
 
     def __init__(self, url: str, decoder: Any, *, baudrate: int = 115200, timeout: float = 0.05,
                  on_events: Callable[[list], None] | None = None, clock: Any = None,
-                 opener: Callable[..., serial.SerialBase] = open_port,
+                 opener: Callable[..., serial.SerialBase] | None = None,
                  backoff_initial: float = 0.5, backoff_max: float = 30.0, read_size: int = 4096) -> None:
         self.url = url
         self.decoder = decoder
@@ -56,7 +56,7 @@ class PortPump:
         self.timeout = timeout
         self.on_events = on_events
         self.clock = clock or SystemClock()
-        self.opener = opener
+        self.opener = opener or (lambda *a, **kw: open_port(*a, **kw))
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.read_size = read_size

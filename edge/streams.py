@@ -116,6 +116,10 @@ class StreamAssembler:
         self.link_gaps: list[GapReport] = []
         self.link_gap_count = 0
 
+    def add_codes(self, codes: Mapping[tuple[int, int], str]) -> None:
+        """Name more channels (e.g. once a board's id is known).  Streams already open keep their key."""
+        self._codes.update(codes)
+
     def push(self, event: Any) -> list[Chunk]:
         if isinstance(event, DataBlock):
             return self._block(event)
