@@ -150,11 +150,11 @@ class Frame:
                      encode_ascii(self.destination, 8, "header.destination"),
                      self.sequence, self.series)
 
-    def to_bytes(self, signer: Signer | None = None) -> bytes:
+    def to_bytes(self, signer: Signer | None = None, *, _payload: bytes | None = None) -> bytes:
         """Wire bytes with CRC.  With *signer*, the trailer carries its key id and a signature over
         header + payload (§2.3); without, the frame's own ``auth_key_id``/``auth_value`` are written
         (so a parsed frame's original signature is carried through unchanged)."""
-        payload = self.payload_bytes()
+        payload = self.payload_bytes() if _payload is None else _payload
         body = self.header_bytes(len(payload)) + payload
         if signer is not None:
             key_id, auth = signer.key_id, signer.sign(body)

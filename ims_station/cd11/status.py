@@ -37,6 +37,7 @@ BITS: tuple[tuple[str, int, str], ...] = (
     ("voltage", 0x02, "backup_power_unstable"),
 )
 _BYTES = ("data_status", "security", "misc", "voltage")
+_BITS_BY_INDEX = tuple((_BYTES.index(b), bit, name) for b, bit, name in BITS)
 _NAMED_MASK = {b: sum(v for bb, v, _ in BITS if bb == b) for b in _BYTES}
 
 
@@ -84,12 +85,12 @@ class ChannelStatus:
     def to_bytes(self) -> bytes:
         from ims_station.cd11.wire import encode_ascii
 
-        values = dict(zip(_BYTES, self.future_bits))
-        for byte, bit, name in BITS:
+        values = list(self.future_bits)
+        for index, bit, name in _BITS_BY_INDEX:
             if getattr(self, name):
-                values[byte] |= bit
+                values[index] |= bit
         gps = encode_ascii(self.last_gps_sync, 20, "status.last_gps_sync")
-        return STATUS1.struct.pack(STATUS_FORMAT_1, *(values[b] for b in _BYTES), self.unused, gps,
+        return STATUS1.struct.pack(STATUS_FORMAT_1, *values, self.unused, gps,
                                    self.clock_differential_us)
 
     def flags(self) -> list[str]:

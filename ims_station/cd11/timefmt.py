@@ -12,6 +12,7 @@ a datetime rolls over to the next minute.
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 from datetime import datetime, timedelta, timezone
 
@@ -19,6 +20,7 @@ TIME_LEN = 20
 _RE = re.compile(rb"\d{7} \d\d:\d\d:\d\d\.\d{3}\Z")
 
 
+@functools.lru_cache(maxsize=1024)  # a frame repeats its time stamp in every subframe
 def check_time(raw: bytes) -> str | None:
     """Return None if *raw* (20 bytes) is a valid CD-1.1 time stamp, else the reason."""
     if len(raw) != TIME_LEN or not _RE.match(raw):

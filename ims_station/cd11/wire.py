@@ -17,6 +17,7 @@ carry construct-style field paths.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -125,6 +126,7 @@ def ascii_reason(raw: bytes) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)  # names repeat in every frame; ~30% of build time uncached
 def encode_ascii(text: str, width: int | None, what: str) -> bytes:
     """Encode a name for a fixed-width (NUL-padded) or variable field; refuse what can't round-trip."""
     try:
