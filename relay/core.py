@@ -258,19 +258,23 @@ class RelayCore:
                              lowest=lowest, highest=highest, gaps=gaps)
         return frame.to_bytes(self.acknack_signer)
 
+    def _next_due(self, sched: _Schedule, mono: float) -> float:
+        """Monotonic time at which *sched*'s frame set is due an acknack (inf: not due)."""
+        last = float("-inf") if sched.last_sent is None else sched.last_sent
+        if sched.gap_pending:
+            return last + self.acknack_min_spacing_s
+        if mono - sched.last_active <= self.acknack_idle_s:
+            return last + self.acknack_interval_s
+        return float("inf")
+
     def due_acknacks(self, *, force: bool = False) -> list[tuple[str, str, bytes]]:
-        """(topic, frame set, acknack bytes) for every frame set due now; marks them sent.
-        Also expires old gaps (their frames are counted as given up)."""
+        """(topic, frame set, acknack bytes) for every frame set due now (all known ones with
+        *force*); marks them sent.  Also expires old gaps (their frames are counted as given up)."""
         mono = self.clock.monotonic()
         now = self.clock.time()
         out = []
         expired_dirty = []
         for fs, st in self.states.items():
-            sched = self._schedule.get(fs)
-            if sched is None:
-                if not force:
-                    continue
-                sched = self._schedule[fs] = _Schedule(last_active=mono)
             gone = st.expire(now)
             if gone:
                 n = sum(g.size for g in gone)
@@ -278,11 +282,12 @@ class RelayCore:
                 self.counters.frames_given_up += n
                 log.warning("frame set %s: gave up %d gap(s), %d frame(s) never received", fs, len(gone), n)
                 expired_dirty.append(st)
-            since = None if sched.last_sent is None else mono - sched.last_sent
-            periodic = (since is None or since >= self.acknack_interval_s) and \
-                mono - sched.last_active <= self.acknack_idle_s
-            gap = sched.gap_pending and (since is None or since >= self.acknack_min_spacing_s)
-            if not (force or periodic or gap or gone):
+            sched = self._schedule.get(fs)
+            if sched is None:
+                if not (force or gone):
+                    continue
+                sched = self._schedule[fs] = _Schedule(last_active=mono)
+            if not (force or gone or self._next_due(sched, mono) <= mono):
                 continue
             try:
                 station = topics.check_station(st.station)
@@ -297,18 +302,10 @@ class RelayCore:
         return out
 
     def next_acknack_in(self) -> float:
-        """Seconds until ``due_acknacks`` may have something (for the transport's wait)."""
+        """Seconds until ``due_acknacks`` has something (at most ``acknack_interval_s``)."""
         mono = self.clock.monotonic()
-        best = self.acknack_interval_s
-        for sched in self._schedule.values():
-            if sched.last_sent is None:
-                return 0.0
-            since = mono - sched.last_sent
-            if sched.gap_pending:
-                best = min(best, max(0.0, self.acknack_min_spacing_s - since))
-            else:
-                best = min(best, max(0.0, self.acknack_interval_s - since))
-        return best
+        best = min((self._next_due(s, mono) for s in self._schedule.values()), default=float("inf"))
+        return max(0.0, min(best - mono, self.acknack_interval_s))
 
     def stats(self) -> dict[str, Any]:
         d = self.counters.snapshot()

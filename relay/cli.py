@@ -1,0 +1,250 @@
+"""``ims-station relay ...``: run the central relay, export miniSEED, inspect the archive.
+
+Owns the relay's command line and its configuration file (TOML, validated by JSON Schema with
+errors naming file, key and reason; relative paths are taken from the config file's folder)::
+
+    [relay]
+    data_dir = "/var/lib/ims-relay"     # archive (frames, quarantine, index) and state.sqlite
+    trust_dir = "/etc/ims/trust"        # public keys of the stations (ims-station keys export)
+    instance = "relay1"                 # unique per relay process sharing a data_dir / broker group
+    prefix = "ims"                      # topic prefix
+    group = "relay"                     # shared subscription group ("" = plain subscription)
+    name = "IDC"                        # creator of our acknack frames
+    # optional, defaults shown:
+    protocol = "auto"                   # "auto" (MQTT 5, else 3.1.1), "5", "3.1.1"
+    acknack_interval_s = 50.0           # periodic acknack per active frame set (<= 60: CD-1.1)
+    acknack_min_spacing_s = 2.0         # rate limit of gap-triggered acknacks
+    max_payload = 4194304               # bytes; larger payloads are quarantined unread
+    require_signatures = true
+    max_gaps = 4000
+    gap_expiry_days = 8.0               # then a gap is given up (frames counted as lost)
+    quarantine_max_bytes = 1073741824
+    batch_max = 64
+    [relay.acknack_key]                 # optional: sign acknacks with one of our keys
+    keystore = "/etc/ims/relay-keys"
+    key_id = 900
+
+    [[broker]]                          # one or more, tried in order (fail-over)
+    host = "mqtt.example.org"
+    port = 8883
+    tls_ca = "ca.pem"
+    username = "relay"
+    password_file = "relay.password"    # mode 0600
+
+Heavy imports (paho, cryptography, numpy) happen inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+RELAY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["relay", "broker"],
+    "properties": {
+        "relay": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["data_dir", "trust_dir"],
+            "properties": {
+                "data_dir": {"type": "string", "minLength": 1},
+                "trust_dir": {"type": "string", "minLength": 1},
+                "instance": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"},
+                "prefix": {"type": "string", "pattern": "^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$"},
+                "group": {"type": "string", "pattern": "^[A-Za-z0-9_-]*$"},
+                "name": {"type": "string", "pattern": "^[ -~]{1,8}$"},
+                "protocol": {"enum": ["auto", "5", "3.1.1"]},
+                "acknack_interval_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 60},
+                "acknack_min_spacing_s": {"type": "number", "minimum": 0},
+                "max_payload": {"type": "integer", "minimum": 1024, "maximum": 16777216},
+                "require_signatures": {"type": "boolean"},
+                "max_gaps": {"type": "integer", "minimum": 1, "maximum": 100000},
+                "gap_expiry_days": {"type": "number", "exclusiveMinimum": 0},
+                "quarantine_max_bytes": {"type": "integer", "minimum": 0},
+                "batch_max": {"type": "integer", "minimum": 1, "maximum": 10000},
+                "acknack_key": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["keystore", "key_id"],
+                    "properties": {"keystore": {"type": "string"}, "key_id": {"type": "integer", "minimum": 1}},
+                },
+            },
+        },
+        "broker": {
+            "oneOf": [{"type": "object"}, {"type": "array", "minItems": 1, "items": {"type": "object"}}],
+        },
+    },
+}
+
+
+def load_config(file: str | Path) -> dict[str, Any]:
+    """Read and validate a relay config; returns ``{"relay": {...}, "brokers": [BrokerConfig]}``
+    with paths resolved against the file's folder."""
+    from ims_station.broker import BrokerConfig
+    from ims_station.config import load_toml, validate
+
+
+    path = Path(file)
+    data = load_toml(path)
+    validate(data, RELAY_SCHEMA, path)
+    base = path.resolve().parent
+
+    def resolve(p: str | None) -> str | None:
+        return None if p is None else str((base / p) if not Path(p).is_absolute() else Path(p))
+
+    relay = dict(data["relay"])
+    for k in ("data_dir", "trust_dir"):
+        relay[k] = resolve(relay[k])
+    if "acknack_key" in relay:
+        relay["acknack_key"] = dict(relay["acknack_key"], keystore=resolve(relay["acknack_key"]["keystore"]))
+    raw = data["broker"] if isinstance(data["broker"], list) else [data["broker"]]
+    brokers = []
+    for i, b in enumerate(raw):
+        cfg = BrokerConfig.from_mapping(b, file=str(path), key=f"broker[{i}]")
+        brokers.append(dataclasses.replace(cfg, **{k: resolve(getattr(cfg, k)) for k in
+                                                   ("tls_ca", "tls_cert", "tls_key", "password_file")}))
+    return {"relay": relay, "brokers": brokers, "file": str(path)}
+
+
+def build_relay(conf: dict[str, Any], *, clock: Any = None):
+    """A :class:`~ims_station.relay.relay.Relay` from a loaded config (not started)."""
+    from ims_station.auth import Keystore, TrustStore
+    from ims_station.relay.archive import FileArchive
+    from ims_station.relay.relay import Relay
+    from ims_station.relay.state import SqliteStateStore
+    from ims_station.relay.verify import DEFAULT_MAX_PAYLOAD, Verifier
+
+    r = conf["relay"]
+    data = Path(r["data_dir"])
+    trust = TrustStore.load(r["trust_dir"])
+    signer = None
+    if "acknack_key" in r:
+        signer = Keystore.load(r["acknack_key"]["keystore"]).signer(r["acknack_key"]["key_id"])
+    instance = r.get("instance", "relay")
+    verifier = Verifier(trust, max_payload=r.get("max_payload", DEFAULT_MAX_PAYLOAD),
+                        require_signatures=r.get("require_signatures", True))
+    archive = FileArchive(data / "archive", writer=instance,
+                          quarantine_max_bytes=r.get("quarantine_max_bytes", 1 << 30))
+    state = SqliteStateStore(data / f"state.{instance}.sqlite")
+    return Relay(conf["brokers"], trust, state, archive, prefix=r.get("prefix", "ims"),
+                 group=r.get("group", "relay"), clock=clock, instance=instance,
+                 protocol=r.get("protocol", "auto"), batch_max=r.get("batch_max", 64),
+                 verifier=verifier, name=r.get("name", "RELAY"), acknack_signer=signer,
+                 acknack_interval_s=r.get("acknack_interval_s", 50.0),
+                 acknack_min_spacing_s=r.get("acknack_min_spacing_s", 2.0),
+                 max_gaps=r.get("max_gaps", 4000), gap_expiry_s=r.get("gap_expiry_days", 8.0) * 86400)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from ims_station.output import print_json
+
+    conf = load_config(args.config)
+    relay = build_relay(conf)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    relay.start()
+    log = logging.getLogger("ims_station.relay")
+    try:
+        while not stop.wait(args.stats_every):
+            s = relay.stats()
+            if args.json:
+                print_json({"event": "stats", **s})
+            else:
+                log.warning("relay %s: received %d, archived %d, duplicates %d, quarantined %d, "
+                            "acknacks %d, connected %s", relay.instance, s["received"], s["archived"],
+                            s["duplicates"], s["quarantined"], s["acknacks_sent"], s["transport"]["connected"])
+    finally:
+        relay.close()
+    if args.json:
+        print_json({"event": "stopped", **relay.stats()})
+    return 0
+
+
+def _parse_day(text: str):
+    from datetime import date, datetime
+
+    try:
+        if len(text) == 8 and text[4] == "-":       # YYYY-DDD
+            return datetime.strptime(text, "%Y-%j").date()
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not YYYY-MM-DD or YYYY-DDD") from None
+
+
+def _archive_from(args: argparse.Namespace):
+    from ims_station.relay.archive import FileArchive
+    from ims_station.relay.errors import ArchiveError
+
+    root = Path(load_config(args.config)["relay"]["data_dir"]) / "archive" if args.config else Path(args.archive)
+    if not (root / "index.sqlite").is_file():
+        raise ArchiveError(f"{root}: no relay archive here (index.sqlite missing)")
+    return FileArchive(root, writer="export")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ims_station.output import print_json
+
+    with _archive_from(args) as archive:
+        days = [args.day] if args.day else archive.days(args.station)
+        written = []
+        for day in days:
+            written += archive.export_mseed(args.station, day, args.out, network=args.network,
+                                            channels=args.channel or None, encoding=args.encoding)
+    if args.json:
+        print_json({"files": [str(p) for p in written]})
+    else:
+        for p in written:
+            print(p)
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from ims_station.output import print_json
+
+    with _archive_from(args) as archive:
+        s = archive.stats()
+        if args.quarantine:
+            s["quarantine"] = archive.quarantine_entries()
+    print_json(s)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("relay", help="the central relay: verify, dedupe, archive, acknack",
+                              description="The central relay (see docs/relay.md).")
+    sub = p.add_subparsers(dest="relay_command", metavar="SUBCOMMAND")
+    run = sub.add_parser("run", help="run the relay (MQTT subscriber, verification, archive, acknacks)")
+    run.add_argument("--config", required=True, help="relay TOML configuration (docs/relay.md)")
+    run.add_argument("--json", action="store_true", help="print statistics as JSON lines")
+    run.add_argument("--stats-every", type=float, default=60.0, metavar="S", help="statistics interval (s)")
+    run.set_defaults(handler=_cmd_run)
+
+    exp = sub.add_parser("export-mseed", help="export archived frames as miniSEED (one file per channel and day)")
+    src = exp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="relay TOML configuration (its data_dir)")
+    src.add_argument("--archive", help="archive folder (data_dir/archive)")
+    exp.add_argument("--station", required=True, help="station code, e.g. STA01")
+    exp.add_argument("--day", type=_parse_day, help="UTC day, YYYY-MM-DD or YYYY-DDD (default: every day)")
+    exp.add_argument("--channel", action="append", help="channel code (repeatable; default: all)")
+    exp.add_argument("--network", default="XX", help="SEED network code (default XX)")
+    exp.add_argument("--encoding", default="steim2", choices=("steim2", "steim1", "int32"))
+    exp.add_argument("--out", required=True, help="output folder")
+    exp.add_argument("--json", action="store_true", help="print only JSON")
+    exp.set_defaults(handler=_cmd_export)
+
+    st = sub.add_parser("stats", help="archive statistics (frames, bytes, quarantine by reason)")
+    src = st.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="relay TOML configuration (its data_dir)")
+    src.add_argument("--archive", help="archive folder (data_dir/archive)")
+    st.add_argument("--quarantine", action="store_true", help="list quarantined payloads")
+    st.set_defaults(handler=_cmd_stats)
+    p.set_defaults(handler=lambda a: (p.print_help(), 2)[1])
