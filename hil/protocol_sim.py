@@ -17,7 +17,8 @@ URL forms:
 * ``sim://sim?seed=7&ber=1e-5&drop=0.001&rate=100`` -- build a new simulation from the parameters:
   ``board`` (board definition name, default the host part or ``sim``), ``seed``, ``rate`` (sps),
   ``ber``, ``drop``, ``dup`` (both directions), ``latency_ms`` (USB adapter latency timer),
-  ``holdover`` (s), and the windows ``disconnect``, ``gnss``, ``clip``, ``tamper``, ``outage``
+  ``holdover`` (s), ``key_file`` (the board's HMAC key, read with checked permissions; without
+  it the simulation's public per-seed test key ``ims_station.hil.sim.simulation_key(seed)``), and the windows ``disconnect``, ``gnss``, ``clip``, ``tamper``, ``outage``
   (``START:SECONDS``, repeatable), ``reboot`` (time s, repeatable), ``jump`` (``TIME:STEP``), and
   ``unplug=START:SECONDS``: the port itself fails (reads and writes raise SerialException, opening
   fails) during that window, as a USB adapter being pulled out does.
@@ -52,6 +53,8 @@ def parse_url(url: str) -> tuple[str, dict]:
                     opts["seed"] = int(v)
                 elif key == "board":
                     opts["board"] = v
+                elif key == "key_file":
+                    opts["key_file"] = v
                 elif key in _WINDOWS:
                     opts["windows"].setdefault(_WINDOWS[key], []).append(Window.parse(v, key))
                 elif key == "reboot":
@@ -77,6 +80,14 @@ def plan_from_options(opts: dict) -> FaultPlan:
     for attr, windows in opts.get("windows", {}).items():
         setattr(plan, attr, list(windows))
     return plan
+
+
+def _key(opts: dict) -> bytes | None:
+    if "key_file" not in opts:
+        return None          # the simulation derives its public test key from the seed
+    from ims_station.config import read_secret_file
+
+    return read_secret_file(opts["key_file"], what="board HMAC key")
 
 
 class Serial(SerialBase):
@@ -105,7 +116,8 @@ class Serial(SerialBase):
                 board=opts.get("board", name if name != "sim" else "sim"), seed=opts.get("seed", 0),
                 plan=plan_from_options(opts), baud=int(self._baudrate),
                 rate_sps=opts.get("rate"), latency_ms=opts.get("latency_ms", 16.0),
-                holdover_s=int(opts["holdover"]) if "holdover" in opts else None)
+                holdover_s=int(opts["holdover"]) if "holdover" in opts else None,
+                key=_key(opts))
             self.owns_sim = True
         self._check_plugged("open")
         self.is_open = True

@@ -48,7 +48,15 @@ NS = 1_000_000_000
 US = 1_000
 DEFAULT_START_UTC = 1_767_225_600      # 2026-01-01T00:00:00Z: a whole second, so PPS edges fall on it
 DEFAULT_BAUD = 115200
-TEST_KEY = bytes(range(32))            # the simulator's board key unless one is given (never a station's)
+
+
+def simulation_key(seed: int) -> bytes:
+    """The HMAC key of a simulated board that was given none: derived from the seed, public, and
+    only ever valid between the simulator and an in-process edge (soak, tests).  Real boards and
+    ``hil run`` take their key from a file (``read_secret_file``); nothing has a default key."""
+    import hashlib
+
+    return hashlib.sha256(b"ims-station HIL simulation key (not a station key) %d" % int(seed)).digest()
 
 
 class SimError(ImsStationError):
@@ -130,6 +138,11 @@ class LineDirection:
             self._times.append(times)
             self._data.append(out)
 
+    def queued_bytes(self) -> int:
+        """Bytes accepted by the sender but not yet on the wire."""
+        left = self.tx_free_ns - self.clock.now_ns
+        return 0 if left <= 0 else int(math.ceil(left / self.byte_ns))
+
     def next_arrival_ns(self) -> int | None:
         if not self._times:
             return None
@@ -206,9 +219,10 @@ class LineDirection:
 class EmulatedUART:
     """The board side of the line with the ``machine.UART`` surface the firmware uses."""
 
-    def __init__(self, tx: LineDirection, rx: LineDirection, rxbuf: int = 4096) -> None:
+    def __init__(self, tx: LineDirection, rx: LineDirection, rxbuf: int = 4096, txbuf: int = 1024) -> None:
         self._tx = tx
         self._rx = rx
+        self.txbuf = txbuf
         self._buf = bytearray()
         self.rxbuf = rxbuf
         self.rx_overflow = 0
@@ -224,10 +238,14 @@ class EmulatedUART:
             self._buf += data
 
     def write(self, b) -> int:
-        b = bytes(b)
-        self.bytes_written += len(b)
-        self._tx.send(b)
-        return len(b)
+        # Like machine.UART with timeout=0: only what fits in the TX buffer is taken; the caller
+        # keeps the rest (the firmware's own bounded queue decides what to drop).
+        queued = self._tx.queued_bytes()
+        n = min(len(b), max(0, self.txbuf - queued))
+        if n:
+            self._tx.send(bytes(b[:n]))
+            self.bytes_written += n
+        return n
 
     def any(self) -> int:
         self._pull()
@@ -646,11 +664,13 @@ class Simulation:
     """One board on one faulty line, with an edge endpoint (``edge_read``/``edge_write``)."""
 
     def __init__(self, *, board: str | dict = "sim", seed: int = 0, plan: FaultPlan | None = None,
-                 baud: int = DEFAULT_BAUD, rate_sps: float | None = None, key: bytes = TEST_KEY,
+                 baud: int = DEFAULT_BAUD, rate_sps: float | None = None, key: bytes | None = None,
                  scenario: signals.Scenario | None = None, start_utc: int = DEFAULT_START_UTC,
                  poll_s: float = 0.005, holdover_s: int | None = None, latency_ms: float = 16.0,
                  packet_ms: int | None = None) -> None:
         self.seed = int(seed)
+        self.key = key if key is not None else simulation_key(self.seed)
+        key = self.key
         self.clock = SimClock(start_utc)
         self.plan = plan or FaultPlan()
         self.baud = int(baud)

@@ -35,7 +35,7 @@ import numpy as np
 from ims_station.firmware import link
 
 from .faults import FaultPlan, LineFaults, Window
-from .sim import NS, TEST_KEY, Simulation, register, unregister
+from .sim import NS, Simulation, register, simulation_key, unregister
 
 _names = itertools.count(1)
 
@@ -101,7 +101,7 @@ def run_soak(cfg: SoakConfig, progress: Callable[[dict], None] | None = None) ->
 
     wall0 = _time.perf_counter()
     sim = Simulation(board=cfg.board, seed=cfg.seed, plan=cfg.plan(), baud=cfg.baud, rate_sps=cfg.rate_sps,
-                     key=TEST_KEY, holdover_s=cfg.holdover_s, latency_ms=cfg.latency_ms,
+                     key=simulation_key(cfg.seed), holdover_s=cfg.holdover_s, latency_ms=cfg.latency_ms,
                      packet_ms=cfg.packet_ms)
     name = f"soak-{cfg.seed}-{next(_names)}"
     register(name, sim)
@@ -110,7 +110,7 @@ def run_soak(cfg: SoakConfig, progress: Callable[[dict], None] | None = None) ->
         url += "?" + "&".join(f"unplug={w.start}:{w.duration}" for w in cfg.unplugs)
     try:
         board_id = sim.board.board_id
-        decoder = LinkDecoder(TEST_KEY, sim.clock, board_id=board_id, resend_timeout=cfg.resend_timeout_s,
+        decoder = LinkDecoder(sim.key, sim.clock, board_id=board_id, resend_timeout=cfg.resend_timeout_s,
                               max_resend_tries=cfg.max_resend_tries)
         assembler = StreamAssembler()
         collect = _Collector(assembler)
@@ -192,39 +192,52 @@ def _report(cfg, sim, decoder, assembler, events, wall, DataBlock, GapReport, Bo
         elif isinstance(ev, BoardRestarted):
             restarts.append({"old_epoch": ev.old_epoch, "new_epoch": ev.new_epoch})
 
-    # Reported gaps as (epoch or None, start_us, end_us, channels) on the board's time axis.
-    intervals = []
+    # What left the board (DATA packets that made it onto the line), per epoch and conversion.
+    sent = {e: np.zeros(len(et.codes), dtype=bool) for e, (et, _) in truth.items()}
+    for epoch, _seq, t_first, n, _t in sim.sent.blocks:
+        got = truth.get(epoch)
+        k0 = got[0].index_of(t_first) if got else None
+        if k0 is not None:
+            sent[epoch][k0:k0 + n] = True
+
+    # Link gaps (exact: sequence ranges of one epoch) on the board's time axis.
+    link_gaps = []
     for g in gap_reports:
         if g.start_us is not None and g.end_us is not None and g.start_us == g.end_us:
-            continue    # only non-sample packets (SOH, REPLY) were lost
+            continue    # only packets without samples (SOH, REPLY) were lost
         lo = g.start_us if g.start_us is not None else -(1 << 62)
         hi = g.end_us if g.end_us is not None else (1 << 62)
-        intervals.append((g.epoch, lo, hi, set(g.channel_ids) or set(range(nch)), "link"))
-    for s in assembler.streams.values():
-        for iv in s.gap_intervals:
-            intervals.append((None, iv.start_us, iv.end_us, {s.channel_id}, "stream"))
+        link_gaps.append((g.epoch, lo, hi, list(g.channel_ids) or list(range(nch))))
+    stream_ivs = [(s.channel_id, iv.start_us, iv.end_us)
+                  for s in assembler.streams.values() for iv in s.gap_intervals]
 
-    missing = 0
-    missing_uncovered = 0
-    delivered_in_gap = 0
+    missing = missing_uncovered = delivered_in_gap = lost_on_board = lost_on_board_unseen = 0
     for e, (et, _) in truth.items():
         times = np.asarray(et.times_us, dtype=np.int64)
         d = delivered[e]
         miss = d == 0
         missing += int(miss.sum())
         covered = np.zeros_like(miss)
-        for ep, lo, hi, chans, kind in intervals:
-            if ep is not None and ep != e:
+        for ep, lo, hi, chans in link_gaps:
+            if ep != e:
                 continue
             inside = (times >= lo) & (times < hi)
-            if not inside.any():
-                continue
-            for ch in chans:
-                if ch < nch:
-                    covered[inside, ch] = True
-                    if ep is not None:      # a link gap of this epoch must contain nothing delivered
+            if inside.any():
+                for ch in chans:
+                    if ch < nch:
+                        covered[inside, ch] = True
                         delivered_in_gap += int((d[inside, ch] > 0).sum())
-        missing_uncovered += int((miss & ~covered).sum())
+        # Samples that never left the board (RAM lost in a reset) cannot be in a link gap; the
+        # edge sees them as a time gap in the stream.
+        unsent = miss & ~sent[e][:, None]
+        lost_on_board += int(unsent.sum())
+        if unsent.any():
+            seen = np.zeros_like(unsent)
+            for ch, lo, hi in stream_ivs:
+                if ch < nch:
+                    seen[(times >= lo) & (times < hi), ch] = True
+            lost_on_board_unseen += int((unsent & ~seen).sum())
+        missing_uncovered += int((miss & sent[e][:, None] & ~covered).sum())
 
     gaps_json = []
     for g in gap_reports[:cfg.max_gaps_listed]:
@@ -256,6 +269,8 @@ def _report(cfg, sim, decoder, assembler, events, wall, DataBlock, GapReport, Bo
         "samples_missing": missing,
         "samples_missing_outside_reported_gaps": missing_uncovered,
         "samples_delivered_inside_reported_gaps": delivered_in_gap,
+        "samples_lost_on_board": lost_on_board,
+        "samples_lost_on_board_outside_stream_gaps": lost_on_board_unseen,
         "gaps_reported_exactly": missing_uncovered == 0 and delivered_in_gap == 0,
         "packets_corrupted_on_line": line["down"]["frames_hit"],
         "packets_sent_on_line": line["down"]["frames"],

@@ -1,0 +1,201 @@
+"""``ims-station hil``: the simulator's commands.
+
+* ``hil soak`` -- the HIL board through a faulty line into the edge ingest; JSON report (``--json``)
+  or a progress display and a summary.
+* ``hil run --pty`` -- the HIL board behind a pseudo-terminal in real time, for another process
+  (the gateway) to open; prints the slave path.
+
+Cheap to import: the simulator, numpy and rich are imported inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _window(what: str):
+    def parse(text: str):
+        from .faults import FaultSpecError, Window
+
+        try:
+            return Window.parse(text, what)
+        except FaultSpecError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return parse
+
+
+def _jump(text: str):
+    from .faults import FaultPlan, FaultSpecError
+
+    try:
+        return FaultPlan.parse_jump(text)
+    except FaultSpecError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _rate(text: str) -> float:
+    v = float(text)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return v
+
+
+def _add_fault_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("line and device faults (times in simulated seconds from the start)")
+    g.add_argument("--ber", type=_rate, default=0.0, help="bit-error rate, both directions")
+    g.add_argument("--drop", type=_rate, default=0.0, help="probability that a byte is lost")
+    g.add_argument("--dup", type=_rate, default=0.0, help="probability that a byte arrives twice")
+    g.add_argument("--outage", type=_window("--outage"), action="append", default=[], metavar="START:SECONDS",
+                   help="gateway outage: the edge reads nothing while the board keeps sampling (repeatable)")
+    g.add_argument("--disconnect", type=_window("--disconnect"), action="append", default=[],
+                   metavar="START:SECONDS", help="line dead in both directions (repeatable)")
+    g.add_argument("--unplug", type=_window("--unplug"), action="append", default=[], metavar="START:SECONDS",
+                   help="the serial adapter disappears: port reads/opens fail (soak only; repeatable)")
+    g.add_argument("--reboot", type=float, action="append", default=[], metavar="T",
+                   help="board reset at T: new epoch, ring lost (repeatable)")
+    g.add_argument("--gnss-outage", type=_window("--gnss-outage"), action="append", default=[],
+                   metavar="START:SECONDS", help="no PPS and no GNSS time (repeatable)")
+    g.add_argument("--clock-jump", type=_jump, action="append", default=[], metavar="T:STEP",
+                   help="GNSS time steps by STEP seconds at T (repeatable)")
+    g.add_argument("--clip", type=_window("--clip"), action="append", default=[], metavar="START:SECONDS",
+                   help="inputs driven beyond full scale (repeatable)")
+    g.add_argument("--tamper", type=_window("--tamper"), action="append", default=[], metavar="START:SECONDS",
+                   help="enclosure open (repeatable)")
+    g.add_argument("--holdover", type=int, default=None, metavar="S",
+                   help="board holdover time in seconds (default: the board's)")
+
+
+def _add_board_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--board", default="sim", help="board definition (boards/<name>.toml), default sim")
+    p.add_argument("--rate", type=float, default=None, metavar="SPS", help="sample rate (one of the board's)")
+    p.add_argument("--packet-ms", type=int, default=None, metavar="MS", help="DATA packet length (default: the board's)")
+    p.add_argument("--seed", type=int, default=7, help="random seed (same seed, same run)")
+    p.add_argument("--baud", type=int, default=115200, help="line baud rate")
+
+
+def register(subparsers) -> None:
+    hil = subparsers.add_parser("hil", help="hardware-in-the-loop simulator: soak test, virtual board on a pty",
+                                description=__doc__.splitlines()[0])
+    sub = hil.add_subparsers(dest="hil_command", metavar="SUBCOMMAND")
+
+    soak = sub.add_parser("soak", help="run the HIL board through a faulty line into the edge; report",
+                          description="Run the simulated digitizer (the real firmware) through a faulty "
+                                      "serial line into the edge's ingest and compare what arrives with "
+                                      "what the ADC produced.")
+    soak.add_argument("--minutes", type=float, default=10.0, help="simulated minutes of sampling (default 10)")
+    _add_board_options(soak)
+    _add_fault_options(soak)
+    soak.add_argument("--resend-tries", type=int, default=20, help="RESEND requests per hole before giving up")
+    soak.add_argument("--drain", type=float, default=30.0, metavar="S",
+                      help="simulated seconds after sampling stops for the last resends (default 30)")
+    soak.add_argument("--json", action="store_true", help="print only the JSON report")
+    soak.set_defaults(handler=_soak)
+
+    run = sub.add_parser("run", help="run the HIL board behind a pty in real time",
+                         description="Run the simulated digitizer behind a pseudo-terminal; another "
+                                     "process opens the printed path as its serial port.")
+    run.add_argument("--pty", action="store_true", default=True, help="pty transport (the default and only one)")
+    run.add_argument("--seconds", type=float, default=None, help="stop after this many simulated seconds")
+    run.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second (default 1)")
+    run.add_argument("--key-file", required=True, metavar="PATH",
+                     help="the board's HMAC key (mode 0600; the gateway's station config names the same file)")
+    _add_board_options(run)
+    _add_fault_options(run)
+    run.set_defaults(handler=_run)
+    hil.set_defaults(handler=lambda args: (hil.print_help(), 2)[1])
+
+
+def _plan_kwargs(args) -> dict:
+    return dict(ber=args.ber, drop=args.drop, dup=args.dup, outages=args.outage, disconnects=args.disconnect,
+                reboots=args.reboot, gnss_outages=args.gnss_outage, clipping=args.clip,
+                clock_jumps=args.clock_jump, tamper=args.tamper, holdover_s=args.holdover)
+
+
+def _soak(args) -> int:
+    from ims_station.output import print_json
+
+    from .soak import SoakConfig, run_soak
+
+    cfg = SoakConfig(minutes=args.minutes, seed=args.seed, board=args.board, rate_sps=args.rate,
+                     baud=args.baud, packet_ms=args.packet_ms, unplugs=args.unplug,
+                     max_resend_tries=args.resend_tries, drain_s=args.drain, **_plan_kwargs(args))
+    if args.json:
+        print_json(run_soak(cfg))
+        return 0
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=False)
+    with Progress(TextColumn("[bold]soak[/]"), BarColumn(), TextColumn("{task.fields[sim]}"),
+                  TextColumn("{task.fields[line]}"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("soak", total=None, sim="", line="")
+
+        def progress(p: dict) -> None:
+            c = p["counters"]
+            bar.update(task, total=p["total_s"], completed=p["simulated_s"],
+                       sim=f"{p['simulated_s']:.0f}/{p['total_s']:.0f} s simulated",
+                       line=f"ok {c['packets_ok']}  crc {c['crc_errors']}  framing {c['framing_errors']}  "
+                            f"resend {c['resend_requests']}  lost {c['packets_unrecoverable']}")
+
+        report = run_soak(cfg, progress)
+    _summary(console, report)
+    return 0
+
+
+def _summary(console, r: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"HIL soak (seed {r['config']['seed']}, ber {r['config']['ber']}, drop {r['config']['drop']})")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    rej = r["corrupt_packets_rejected"]
+    rows = [
+        ("samples generated", r["samples_generated"]),
+        ("samples delivered", r["samples_delivered"]),
+        ("delivered bit-identical", r["samples_bit_identical"]),
+        ("corrupt samples accepted", r["samples_corrupt_accepted"]),
+        ("samples missing", r["samples_missing"]),
+        ("gaps reported exactly", r["gaps_reported_exactly"]),
+        ("packets corrupted on the line", r["packets_corrupted_on_line"]),
+        ("corrupt packets rejected", f"{rej['total']} (crc {rej['crc']}, framing {rej['framing']}, "
+                                     f"length {rej['length']}, hmac {rej['hmac']})"),
+        ("resend requests", r["resend_requests"]),
+        ("packets recovered", r["packets_recovered"]),
+        ("gaps unrecovered", r["gaps_unrecovered"]),
+        ("line bytes down / up", f"{r['line_bytes']['down']} / {r['line_bytes']['up']}"),
+        ("simulated / wall time", f"{r['simulated_s']:.1f} s / {r['wall_time_s']:.2f} s (x{r['speedup']})"),
+    ]
+    for k, v in rows:
+        t.add_row(k, str(v))
+    console.print(t)
+    for g in r["gaps"][:20]:
+        console.print(f"gap epoch {g['epoch']} seq {g['first_seq']}..{g['last_seq']} {g['start']} .. {g['end']} "
+                      f"channels {g['channels']} ({g['reason']})")
+    if len(r["gaps"]) > 20:
+        console.print(f"... {len(r['gaps']) - 20} more gaps (use --json for all)")
+
+
+def _run(args) -> int:
+    from .faults import FaultPlan, LineFaults
+    from .ptyport import PtyBridge
+    from .sim import Simulation
+
+    line = LineFaults(args.ber, args.drop, args.dup)
+    plan = FaultPlan(down=line, up=line, disconnects=args.disconnect, gateway_outages=args.outage,
+                     reboots=args.reboot, gnss_outages=args.gnss_outage, clipping=args.clip,
+                     clock_jumps=args.clock_jump, tamper=args.tamper)
+    from ims_station.config import read_secret_file
+
+    key = read_secret_file(args.key_file, what="board HMAC key")
+    sim = Simulation(board=args.board, seed=args.seed, plan=plan, baud=args.baud, rate_sps=args.rate,
+                     holdover_s=args.holdover, packet_ms=args.packet_ms, key=key)
+    bridge = PtyBridge(sim, speed=args.speed)
+    print(bridge.path, flush=True)
+    print(f"hil run: board {sim.board_name} (id {sim.board.board_id}) on {bridge.path}; the simulator's "
+          f"HMAC key from {args.key_file}; Ctrl-C stops", file=sys.stderr)
+    try:
+        bridge.run(args.seconds)
+    finally:
+        bridge.close()
+    return 0
