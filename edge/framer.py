@@ -1,0 +1,303 @@
+"""CD-1.1 data frames from the reassembled streams: one frame per station per window (10 s default).
+
+Owns the cut of :class:`~ims_station.edge.streams.Chunk` s into frame windows, the decision *when*
+a window is committed, its sequence number, the channel status (format 1) derived from the
+board's flags, and the hand-over of the built frame to the outbox.  It does not own the wire format
+(``ims_station.cd11.build_data_frame``: CA when possible, s4 otherwise, subframe and frame
+signatures, CRC), the keys (``ims_station.auth.Keystore``) or storage (``outbox.py``).
+
+Sequence numbers: ``seq = (window start - 2000-01-01) / frame length`` (the USGS sender's rule;
+``cd11.sequence_from_time`` gives the same), so a restarted gateway never needs a counter and
+never reuses a number.  The frame set is ``STATION:0``.
+
+When a window is committed:
+
+* as soon as every expected channel's stream has reached the window's end (live data: latency is
+  one window plus the board's packet length);
+* or ``max_wait_s`` of clock time after the window received its first sample, if some channel is
+  still missing (dead board, unrecovered link gap).  Measured from the first sample *received*,
+  not from the nominal time, so that after a gateway outage the board's ring-buffer backlog fills
+  its windows completely instead of each old window being committed the moment it opens.
+
+Windows are committed in order.  A committed sequence number is never built again: samples that
+arrive later for a committed window (the other half of a board packet that straddled a window
+boundary after a restart, or data that came after ``max_wait_s``) are counted in
+``late_samples`` and dropped -- their instants are either already in the committed frame (a
+restart) or recorded as a gap in it.  The outbox enforces the same rule durably
+(``highest_committed``), so it holds across restarts.
+
+Within a window, each contiguous run of a channel is one channel subframe (a gap inside a window
+gives two subframes of that channel; the channel string lists it twice, which the format allows).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from ims_station.cd11 import ChannelInput, ChannelStatus, build_data_frame, format_time
+from ims_station.firmware import link
+
+log = logging.getLogger(__name__)
+
+EPOCH_2000_US = int(datetime(2000, 1, 1, tzinfo=timezone.utc).timestamp()) * 1_000_000
+
+
+def sample_offset_us(i: int, rate_mhz: int) -> int:
+    # Same integer rounding as edge/ingest.py, so window cuts agree with the stream times.
+    return (i * 1_000_000_000 + rate_mhz // 2) // rate_mhz
+
+
+def first_index_at_or_after(t_first_us: int, rate_mhz: int, boundary_us: int) -> int:
+    """Index of the first sample whose time is >= *boundary_us*."""
+    if boundary_us <= t_first_us:
+        return 0
+    i = ((boundary_us - t_first_us) * rate_mhz) // 1_000_000_000
+    while t_first_us + sample_offset_us(i, rate_mhz) < boundary_us:
+        i += 1
+    while i > 0 and t_first_us + sample_offset_us(i - 1, rate_mhz) >= boundary_us:
+        i -= 1
+    return i
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """How one stream (``NET.STA.LOC.CHA``) appears in the frames and who signs its subframes."""
+
+    code: str
+    key_id: int | None = None          # subframe signing key (None: unsigned)
+    sensor_type: int = 0               # 0 seismic, 1 hydroacoustic, 2 infrasonic, 3 weather
+    calib: float | None = None
+    calper: float | None = None
+
+    @property
+    def site_chan_loc(self) -> tuple[str, str, str]:
+        net, sta, loc, cha = self.code.split(".")
+        return sta, cha, loc
+
+
+@dataclass
+class _Piece:
+    t_first_us: int
+    rate_mhz: int
+    samples: np.ndarray
+    time_quality: int
+    status: int
+    clip: bool
+
+    @property
+    def t_end_us(self) -> int:
+        return self.t_first_us + sample_offset_us(len(self.samples), self.rate_mhz)
+
+
+@dataclass
+class _Window:
+    seq: int
+    start_us: int
+    end_us: int
+    opened: float                                  # clock.monotonic() of the first sample
+    pieces: dict[str, list[_Piece]] = field(default_factory=dict)
+    reached: dict[str, int] = field(default_factory=dict)   # code -> end of its last sample here
+
+
+@dataclass
+class BoardHealth:
+    """The latest SOH of a board (``ingest.Soh``) as the status needs it."""
+
+    last_sync_us: int = 0
+    clock_diff_us: int = 0
+
+
+class Framer:
+    """Cuts chunks into windows and commits one signed CD-1.1 data frame per window."""
+
+    def __init__(self, station: str, outbox: Any, *, clock: Any, channels: Iterable[ChannelSpec] = (),
+                 keystore: Any = None, station_key_id: int | None = None, frame_seconds: int = 10,
+                 max_wait_s: float = 30.0, destination: str = "0", compress: bool = True,
+                 clock_diff_limit_us: int = 1000, on_commit: Callable[[int, bytes], None] | None = None) -> None:
+        if frame_seconds <= 0:
+            raise ValueError("frame_seconds must be positive")
+        self.station = station
+        self.frame_set = f"{station}:{destination}"
+        self.outbox = outbox
+        self._clock = clock
+        self.channels: dict[str, ChannelSpec] = {c.code: c for c in channels}
+        self.frame_us = int(frame_seconds) * 1_000_000
+        self.max_wait_s = float(max_wait_s)
+        self.destination = destination
+        self.compress = compress
+        self.clock_diff_limit_us = int(clock_diff_limit_us)
+        self._on_commit = on_commit
+        self._signers: dict[int, Any] = {}
+        self._keystore = keystore
+        self._frame_signer = self._signer(station_key_id)
+        for c in self.channels.values():
+            self._signer(c.key_id)          # fail at start-up, not at the first frame
+        self.health: dict[str, BoardHealth] = {}   # station code -> latest SOH
+        self._windows: dict[int, _Window] = {}
+        hi = outbox.highest_committed(self.frame_set)
+        self.committed_seq: int | None = hi   # highest seq committed (ever, incl. previous runs)
+        self.counters = dict(frames=0, frame_bytes=0, samples=0, late_samples=0, partial_frames=0,
+                             outbox_errors=0)
+
+    # -- configuration helpers --------------------------------------------------------------------
+    def _signer(self, key_id: int | None) -> Any:
+        if key_id is None:
+            return None
+        s = self._signers.get(key_id)
+        if s is None:
+            if self._keystore is None:
+                raise ValueError(f"key id {key_id} configured but no keystore given")
+            s = self._signers[key_id] = self._keystore.signer(key_id)
+        return s
+
+    def seq_of(self, t_us: int) -> int:
+        return (t_us - EPOCH_2000_US) // self.frame_us
+
+    def window_start_us(self, seq: int) -> int:
+        return EPOCH_2000_US + seq * self.frame_us
+
+    @property
+    def committed_until_us(self) -> int | None:
+        """Every sample before this instant is committed (or was late for a committed window)."""
+        if self.committed_seq is None:
+            return None
+        return self.window_start_us(self.committed_seq + 1)
+
+    # -- input ---------------------------------------------------------------------------------------
+    def add_soh(self, station: str, last_sync_us: int, clock_diff_us: int) -> None:
+        self.health[station] = BoardHealth(last_sync_us, clock_diff_us)
+
+    def add_chunk(self, chunk: Any) -> list[int]:
+        """Take a :class:`~ims_station.edge.streams.Chunk`; return the seqs committed as a result."""
+        now = self._clock.monotonic()
+        n = chunk.samples.shape[1]
+        t0, rate = chunk.t_first_us, chunk.rate_mhz
+        i = 0
+        while i < n:
+            t_i = t0 + sample_offset_us(i, rate)
+            seq = self.seq_of(t_i)
+            end_us = self.window_start_us(seq + 1)
+            j = min(n, first_index_at_or_after(t0, rate, end_us))
+            if self.committed_seq is not None and seq <= self.committed_seq:
+                self.counters["late_samples"] += (j - i) * len(chunk.codes)
+                i = j
+                continue
+            w = self._windows.get(seq)
+            if w is None:
+                w = self._windows[seq] = _Window(seq, self.window_start_us(seq), end_us, now)
+            for k, code in enumerate(chunk.codes):
+                piece = _Piece(t_i, rate, chunk.samples[k, i:j], chunk.time_quality, chunk.status,
+                               bool(chunk.clip_mask >> k & 1))
+                w.pieces.setdefault(code, []).append(piece)
+                w.reached[code] = max(w.reached.get(code, 0), piece.t_end_us)
+                if code not in self.channels:
+                    self.channels[code] = ChannelSpec(code)   # unconfigured channel: unsigned
+            self.counters["samples"] += (j - i) * len(chunk.codes)
+            i = j
+        return self.poll()
+
+    def _complete(self, w: _Window) -> bool:
+        half = 0
+        for code in self.channels:
+            reached = w.reached.get(code)
+            if reached is None:
+                return False
+            pieces = w.pieces[code]
+            half = sample_offset_us(1, pieces[-1].rate_mhz) // 2
+            if reached < w.end_us - half:
+                return False
+        return bool(self.channels)
+
+    def poll(self) -> list[int]:
+        """Commit the windows that are complete, or waited ``max_wait_s``; in sequence order."""
+        done: list[int] = []
+        now = self._clock.monotonic()
+        for seq in sorted(self._windows):
+            w = self._windows[seq]
+            forced = now - w.opened >= self.max_wait_s
+            # A later window that is complete or timed out also pushes out the earlier ones.
+            if not (self._complete(w) or forced or any(
+                    now - x.opened >= self.max_wait_s for s, x in self._windows.items() if s > seq)):
+                break
+            if not self._commit(w, partial=not self._complete(w)):
+                break
+            done.append(seq)
+        return done
+
+    # -- building -----------------------------------------------------------------------------------
+    def status_for(self, station: str, p: _Piece) -> ChannelStatus:
+        h = self.health.get(station, BoardHealth())
+        return ChannelStatus(
+            clipped=p.clip,
+            calibration_underway=bool(p.status & link.S_CALIBRATION),
+            dead_sensor_channel=bool(p.status & link.S_ADC_FAULT),
+            equipment_housing_open=bool(p.status & link.S_TAMPER),
+            clock_differential_too_large=bool(p.status & link.S_CLOCK_STEP)
+            or abs(h.clock_diff_us) > self.clock_diff_limit_us,
+            gps_receiver_off=h.last_sync_us == 0 and p.time_quality == link.TQ_UNLOCKED,
+            gps_receiver_unlocked=p.time_quality != link.TQ_LOCKED,
+            main_power_failure=bool(p.status & link.S_SUPPLY_LOW),
+            last_gps_sync=format_time(h.last_sync_us / 1e6) if h.last_sync_us else "",
+            clock_differential_us=max(-(2 ** 31), min(2 ** 31 - 1, h.clock_diff_us)),
+        )
+
+    def _runs(self, pieces: list[_Piece]) -> list[_Piece]:
+        """Merge a channel's pieces into contiguous runs (flags OR-ed, time quality = worst)."""
+        runs: list[_Piece] = []
+        for p in sorted(pieces, key=lambda p: p.t_first_us):
+            r = runs[-1] if runs else None
+            if r is not None and r.rate_mhz == p.rate_mhz and \
+                    abs(p.t_first_us - r.t_end_us) <= sample_offset_us(1, p.rate_mhz) // 2:
+                runs[-1] = _Piece(r.t_first_us, r.rate_mhz, np.concatenate([r.samples, p.samples]),
+                                  min(r.time_quality, p.time_quality), r.status | p.status, r.clip or p.clip)
+            else:
+                runs.append(p)
+        return runs
+
+    def build(self, w: _Window) -> bytes:
+        inputs = []
+        for code in sorted(w.pieces):
+            spec = self.channels.get(code) or ChannelSpec(code)
+            site, chan, loc = spec.site_chan_loc
+            station = ".".join(code.split(".")[:2])
+            for run in self._runs(w.pieces[code]):
+                inputs.append(ChannelInput(site, chan, loc, np.ascontiguousarray(run.samples, dtype=np.int32),
+                                           run.rate_mhz / 1000.0, run.t_first_us / 1e6,
+                                           self.status_for(station, run), self._signer(spec.key_id),
+                                           spec.sensor_type, spec.calib, spec.calper))
+        return build_data_frame(self.station, w.seq, w.start_us / 1e6, inputs, self._frame_signer,
+                                destination=self.destination, frame_time_length_ms=self.frame_us // 1000,
+                                compress=self.compress)
+
+    def _commit(self, w: _Window, *, partial: bool) -> bool:
+        wire = self.build(w)
+        try:
+            self.outbox.put("cd11", self.frame_set, w.seq, w.start_us / 1e6, wire)
+        except Exception as err:
+            from ims_station.edge.outbox import SequenceReuseError
+
+            if isinstance(err, SequenceReuseError):
+                raise
+            # Disk full with nothing to evict, I/O error: keep the window (and the board's ring
+            # keeps the samples, as nothing is acknowledged); try again at the next poll.
+            self.counters["outbox_errors"] += 1
+            log.error("framer %s: cannot commit seq %d: %s", self.station, w.seq, err)
+            return False
+        del self._windows[w.seq]
+        self.committed_seq = w.seq if self.committed_seq is None else max(self.committed_seq, w.seq)
+        self.counters["frames"] += 1
+        self.counters["frame_bytes"] += len(wire)
+        if partial:
+            self.counters["partial_frames"] += 1
+        if self._on_commit is not None:
+            self._on_commit(w.seq, wire)
+        return True
+
+    def stats(self) -> dict:
+        return {**self.counters, "open_windows": len(self._windows), "committed_seq": self.committed_seq,
+                "channels": sorted(self.channels)}
