@@ -233,6 +233,7 @@ class _Board:
     digests: dict[int, bytes] = field(default_factory=dict)  # recent delivered seq -> digest
     digest_order: deque = field(default_factory=deque)
     last_data: DataBlock | None = None
+    hello: Hello | None = None
     pending_gaps: list[tuple[int, int, str]] = field(default_factory=list)
     gap_start: tuple[int | None, tuple[int, ...], int | None] | None = None
     ring_capacity: int | None = None
@@ -607,6 +608,7 @@ class LinkDecoder:
             b.ring_capacity = ev.ring_capacity or b.ring_capacity
         elif isinstance(ev, Hello):
             self.counters["hellos"] += 1
+            b.hello = ev
             b.ring_capacity = ev.ring_capacity or b.ring_capacity
         elif isinstance(ev, Reply):
             self.counters["replies"] += 1
@@ -631,6 +633,9 @@ class LinkDecoder:
         start_us, chans, rate = b.gap_start
         if not chans and after is not None:
             chans, rate = after.channel_ids, after.rate_mhz
+        if not chans and b.hello is not None:
+            # No data on either side in this epoch: the layout the board announced.
+            chans, rate = b.hello.channel_ids, b.hello.rate_mhz
         for first, last, reason in b.pending_gaps:
             self.counters["gaps_reported"] += 1
             self._events.append(GapReport(b.board_id, b.epoch, first, last, start_us, end_us, chans, rate, reason))

@@ -460,6 +460,18 @@ def test_close_reports_pending_holes_with_unknown_end():
     ev = dec.next_events()
     gap = [e for e in ev if isinstance(e, GapReport)][0]
     assert (gap.first_seq, gap.last_seq, gap.reason, gap.end_us, gap.samples_missing) == (2, 2, "closed", None, None)
+    assert gap.start_us == ev[1].t_end_us and gap.channel_ids == (0, 1, 2)
+
+
+def test_gap_without_data_on_either_side_takes_the_layout_from_hello():
+    clock, dec = make()
+    b = FakeBoard(channels=2)
+    dec.receive_data(b.hello())
+    b.data()
+    dec.receive_data(b.soh())
+    dec.close()
+    (gap,) = [e for e in dec.next_events() if isinstance(e, GapReport)]
+    assert (gap.start_us, gap.end_us, gap.channel_ids, gap.rate_mhz) == (None, None, (0, 1), 100_000)
 
 
 def test_a_hole_larger_than_any_ring_is_given_up_without_asking():
