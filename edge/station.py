@@ -1,0 +1,206 @@
+"""The gateway process: serial ports -> LinkDecoder -> StreamAssembler -> Framer -> Outbox -> Uplink.
+
+Owns the wiring and one rule: **the board is acknowledged only for samples that are committed**.
+Each DataBlock's (board, link seq, end time) is remembered; after the framer commits, every block
+that ends at or before :attr:`Framer.committed_until_us` is covered by frames on disk (or was late
+for a committed window), and the highest such seq is passed to ``LinkDecoder.acknowledge``.  A
+block straddling an uncommitted window stays unacknowledged, so after a crash the board re-sends it
+and the framer takes the uncommitted part (the committed part is counted late and dropped).
+
+Usable in-process (:class:`Gateway`, with an injected clock, for the demo and tests) and as a
+process: ``python -m ims_station.edge.station --config station.toml --uplink uplink.toml`` (which
+M's tests SIGKILL).  Does not own the serial I/O (``serialport.PortPump``), the link protocol
+(``ingest``), framing (``framer``), storage (``outbox``) or MQTT (``uplink``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Any, Iterable
+
+from ims_station.edge.framer import Framer
+from ims_station.edge.ingest import DataBlock, Soh
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """Feeds decoder events through assembler and framer, and acknowledges the boards."""
+
+    def __init__(self, station_id: str, framer: Framer, *, uplink: Any = None) -> None:
+        self.station_id = station_id       # "NET.STA": the key of board SOH for the channel status
+        self.framer = framer
+        self.uplink = uplink
+        self._lock = threading.Lock()       # one call at a time: several port threads feed us
+        self._pending: dict[tuple[int, int], deque] = {}   # (id(decoder), board) -> (seq, t_end_us)
+        self._decoders: dict[int, Any] = {}
+        self.counters = dict(blocks=0, acks=0)
+
+    def on_events(self, decoder: Any, assembler: Any, events: Iterable[Any]) -> list[int]:
+        """Process one batch of a port's events; return the frame seqs committed."""
+        committed: list[int] = []
+        with self._lock:
+            for ev in events:
+                if isinstance(ev, DataBlock):
+                    self.counters["blocks"] += 1
+                    key = (id(decoder), ev.board_id)
+                    self._decoders[id(decoder)] = decoder
+                    self._pending.setdefault(key, deque()).append((ev.seq, ev.t_end_us))
+                elif isinstance(ev, Soh):
+                    self.framer.add_soh(self.station_id, ev.last_sync_us, ev.clock_diff_us)
+                for chunk in assembler.push(ev):
+                    committed += self.framer.add_chunk(chunk)
+            committed += self.framer.poll()
+            self._acknowledge()
+        if committed and self.uplink is not None:
+            self.uplink.notify()
+        return committed
+
+    def poll(self) -> list[int]:
+        """Commit timed-out windows (call periodically when no data arrives)."""
+        with self._lock:
+            done = self.framer.poll()
+            self._acknowledge()
+        if done and self.uplink is not None:
+            self.uplink.notify()
+        return done
+
+    def _acknowledge(self) -> None:
+        until = self.framer.committed_until_us
+        if until is None:
+            return
+        for (dec_id, board), q in self._pending.items():
+            last = None
+            while q and q[0][1] <= until:
+                last = q.popleft()[0]
+            if last is not None:
+                self._decoders[dec_id].acknowledge(last, board)
+                self.counters["acks"] += 1
+
+    def stats(self) -> dict:
+        return {**self.counters, "framer": self.framer.stats(),
+                "unacknowledged_blocks": sum(len(q) for q in self._pending.values())}
+
+
+def build(station_cfg: Any, settings: Any, *, clock: Any) -> tuple[Gateway, Any, Any]:
+    """Outbox, framer, uplink and gateway from a StationConfig and UplinkSettings."""
+    from ims_station.edge.framer import ChannelSpec
+    from ims_station.edge.outbox import Outbox
+    from ims_station.edge.uplink import Uplink
+
+    ob = settings.outbox
+    path = ob.get("path") or str(station_cfg.data_dir / "outbox.sqlite")
+    uplink_box: list[Any] = []
+    outbox = Outbox(path, max_bytes=ob.get("max_bytes", 2_000_000_000),
+                    max_age_s=float(ob.get("max_age_days", 7)) * 86400, clock=clock,
+                    synchronous=ob.get("synchronous", "FULL"), min_free_bytes=ob.get("min_free_bytes"),
+                    on_alarm=lambda a: uplink_box and uplink_box[0].request_soh())
+    keys = settings.keys
+    keystore = None
+    if keys.get("keystore"):
+        from ims_station.auth import Keystore
+
+        keystore = Keystore.load(keys["keystore"])
+    chan_keys = keys.get("channel_key_ids", {})
+    specs = []
+    for port in station_cfg.ports:
+        for code in port.channels.values():
+            net, sta, loc, cha = code.split(".")
+            specs.append(ChannelSpec(code, chan_keys.get(f"{loc}.{cha}", chan_keys.get(cha))))
+    fr = settings.framer
+    framer = Framer(station_cfg.code, outbox, clock=clock, channels=specs, keystore=keystore,
+                    station_key_id=keys.get("station_key_id"), frame_seconds=fr.get("frame_seconds", 10),
+                    max_wait_s=fr.get("max_wait_s", 30.0), clock_diff_limit_us=fr.get("clock_diff_limit_us", 1000))
+    uplink = None
+    if settings.brokers:
+        up = settings.uplink
+        gw_ref: list[Gateway] = []
+        uplink = Uplink(station_cfg.code, settings.brokers, outbox, clock=clock, prefix=up.get("prefix", "ims"),
+                        protocol=up.get("protocol", "auto"), inflight=up.get("inflight", 32),
+                        live_window_s=up.get("live_window_s", 60.0), ack_timeout_s=up.get("ack_timeout_s", 300.0),
+                        soh_interval_s=up.get("soh_interval_s", 60.0),
+                        soh_provider=lambda: {"gateway": gw_ref[0].stats()} if gw_ref else {})
+        uplink_box.append(uplink)
+    gw = Gateway(f"{station_cfg.network}.{station_cfg.code}", framer, uplink=uplink)
+    if uplink is not None:
+        gw_ref.append(gw)
+    return gw, outbox, uplink
+
+
+def run(station_file: str, uplink_file: str, *, seconds: float = 0.0) -> int:
+    """The standalone gateway: one pump thread per serial port, until SIGTERM/Ctrl-C or *seconds*."""
+    import signal
+    import time
+
+    from ims_station.edge.config import load_station_config
+    from ims_station.edge.ingest import LinkDecoder
+    from ims_station.edge.logutil import SystemClock
+    from ims_station.edge.serialport import PortPump
+    from ims_station.edge.streams import StreamAssembler
+    from ims_station.edge.uplink_config import load_uplink_settings
+
+    cfg = load_station_config(station_file)
+    settings = load_uplink_settings(uplink_file)
+    clock = SystemClock()
+    gw, outbox, uplink = build(cfg, settings, clock=clock)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    threads = []
+    for port in cfg.ports:
+        assembler = StreamAssembler()
+        dec = LinkDecoder(port.key, clock, board_id=port.board_id, **port.link)
+
+        def on_events(events, dec=dec, assembler=assembler, port=port):
+            for ev in events:
+                bid = getattr(ev, "board_id", None)
+                if bid is not None and port.channels:
+                    assembler.add_codes(port.codes(bid))
+            gw.on_events(dec, assembler, events)
+
+        pump = PortPump(port.url, dec, baudrate=port.baudrate, timeout=port.timeout, clock=clock,
+                        on_events=on_events)
+        t = threading.Thread(target=pump.run, args=(stop,), name=f"pump-{port.name}", daemon=True)
+        threads.append(t)
+        t.start()
+    if uplink is not None:
+        uplink.start()
+    t0 = time.monotonic()
+    try:
+        while not stop.is_set() and not (seconds and time.monotonic() - t0 >= seconds):
+            gw.poll()
+            stop.wait(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=2)
+        if uplink is not None:
+            uplink.stop()
+        outbox.close()
+    return 0
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from ims_station.errors import ImsStationError
+
+    ap = argparse.ArgumentParser(prog="python -m ims_station.edge.station", description=__doc__.split("\n")[0])
+    ap.add_argument("--config", required=True, help="station TOML (edge/config.py)")
+    ap.add_argument("--uplink", required=True, help="framer/outbox/keys/uplink TOML (edge/uplink_config.py)")
+    ap.add_argument("--seconds", type=float, default=0.0)
+    ap.add_argument("-v", "--verbose", action="count", default=0)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2))
+    try:
+        return run(args.config, args.uplink, seconds=args.seconds)
+    except ImsStationError as err:
+        print(f"ims_station.edge.station: error: {err}")
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(_main())

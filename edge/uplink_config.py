@@ -1,0 +1,130 @@
+"""Configuration of the gateway's framing, outbox, keys and uplink (TOML, validated at start-up).
+
+Owns the schema of the ``[framer]``, ``[outbox]``, ``[keys]`` and ``[uplink]`` tables (with one
+``[[uplink.brokers]]`` entry per broker, keys as :class:`ims_station.broker.BrokerConfig`).  Until
+the station file's schema (``edge/config.py``, which rejects unknown tables) includes them, they
+live in a second file passed with ``--uplink FILE``; the tables are the same either way.
+
+Example::
+
+    [framer]
+    frame_seconds = 10
+    max_wait_s = 30
+
+    [outbox]
+    max_bytes = 2_000_000_000       # bytes
+    max_age_days = 7
+
+    [keys]
+    keystore = "keys"               # directory of <key_id>.pem (mode 0600) + metadata
+    station_key_id = 1
+    channel_key_ids = { "BHZ" = 101, "BHN" = 102, "BHE" = 103 }   # by channel code, or "LOC.CHA"
+
+    [uplink]
+    prefix = "ims"
+    protocol = "auto"               # MQTT 5 if the broker offers it, else 3.1.1
+    [[uplink.brokers]]
+    host = "broker1.example.org"
+    port = 8883
+    tls_ca = "ca.pem"
+    tls_cert = "sta01.crt"
+    tls_key = "sta01.key"
+    [[uplink.brokers]]
+    host = "broker2.example.org"
+    port = 8883
+    username = "STA01"
+    password_file = "mqtt.pass"
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ims_station.config import load_toml, validate
+from ims_station.errors import ConfigError
+
+_BROKER = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["host"],
+    "properties": {k: {"type": "string"} for k in ("host", "tls_ca", "tls_cert", "tls_key", "username",
+                                                   "password_file", "client_id_prefix")}
+    | {"port": {"type": "integer", "minimum": 1, "maximum": 65535},
+       "keepalive": {"type": "integer", "minimum": 5, "maximum": 3600}},
+}
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": True,     # the station tables may share the file
+    "properties": {
+        "framer": {"type": "object", "additionalProperties": False, "properties": {
+            "frame_seconds": {"type": "integer", "minimum": 1, "maximum": 3600},
+            "max_wait_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+            "clock_diff_limit_us": {"type": "integer", "minimum": 1},
+        }},
+        "outbox": {"type": "object", "additionalProperties": False, "properties": {
+            "path": {"type": "string"},
+            "max_bytes": {"type": "integer", "minimum": 1 << 20},
+            "max_age_days": {"type": "number", "exclusiveMinimum": 0},
+            "min_free_bytes": {"type": "integer", "minimum": 0},
+            "synchronous": {"enum": ["FULL", "EXTRA", "NORMAL"]},
+        }},
+        "keys": {"type": "object", "additionalProperties": False, "properties": {
+            "keystore": {"type": "string"},
+            "station_key_id": {"type": "integer"},
+            "channel_key_ids": {"type": "object", "additionalProperties": {"type": "integer"}},
+        }},
+        "uplink": {"type": "object", "additionalProperties": False, "required": ["brokers"], "properties": {
+            "prefix": {"type": "string", "pattern": "^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$"},
+            "protocol": {"enum": ["auto", "5", "3.1.1"]},
+            "brokers": {"type": "array", "minItems": 1, "items": _BROKER},
+            "inflight": {"type": "integer", "minimum": 1, "maximum": 65535},
+            "live_window_s": {"type": "number", "minimum": 0},
+            "ack_timeout_s": {"type": "number", "exclusiveMinimum": 0},
+            "soh_interval_s": {"type": "number", "exclusiveMinimum": 0},
+        }},
+    },
+}
+
+
+@dataclass
+class UplinkSettings:
+    file: Path
+    framer: dict = field(default_factory=dict)
+    outbox: dict = field(default_factory=dict)
+    keys: dict = field(default_factory=dict)
+    uplink: dict = field(default_factory=dict)
+    brokers: list = field(default_factory=list)     # BrokerConfig, paths resolved
+
+
+def load_uplink_settings(path: str | os.PathLike[str]) -> UplinkSettings:
+    from ims_station.broker import BrokerConfig
+
+    file = Path(path)
+    data = load_toml(file)
+    validate(data, SCHEMA, file)
+    base = file.resolve().parent
+
+    def resolve(p: str | None) -> str | None:
+        return None if p is None else str(p if Path(p).is_absolute() else base / p)
+
+    brokers = []
+    for i, b in enumerate(data.get("uplink", {}).get("brokers", [])):
+        b = dict(b)
+        for k in ("tls_ca", "tls_cert", "tls_key", "password_file"):
+            if k in b:
+                b[k] = resolve(b[k])
+        brokers.append(BrokerConfig.from_mapping(b, file=str(file), key=f"uplink.brokers[{i}]"))
+    keys = dict(data.get("keys", {}))
+    if "keystore" in keys:
+        keys["keystore"] = resolve(keys["keystore"])
+    if ("station_key_id" in keys or keys.get("channel_key_ids")) and "keystore" not in keys:
+        raise ConfigError(str(file), "keys.keystore", "key ids given but no keystore directory")
+    outbox = dict(data.get("outbox", {}))
+    if "path" in outbox:
+        outbox["path"] = resolve(outbox["path"])
+    uplink = {k: v for k, v in data.get("uplink", {}).items() if k != "brokers"}
+    return UplinkSettings(file, dict(data.get("framer", {})), outbox, keys, uplink, brokers)
