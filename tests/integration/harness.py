@@ -1,0 +1,191 @@
+"""A small network for the end-to-end fault tests: keys, a real Mosquitto on a free port, the relay
+as a separate process (``ims-station relay run``, so it can be SIGKILLed), and the station side
+(outbox + uplink, production code) in the test process.
+
+Acceleration: every component runs on the wall clock, but the data is 10-s CD-1.1 frames whose
+nominal times lie in the recent past and are committed as fast as the test wants (a 30-minute run
+takes seconds), and the protocol timers that would otherwise dominate are shortened through the
+components' own settings (relay acknack every second, uplink ack timeout, outbox resend hold-off).
+
+Frame source: :class:`FrameFactory` builds real, signed, CA-compressed CD-1.1 data frames with the
+codec's ``build_data_frame`` from deterministic samples.  It stands in for the edge framer
+(``edge/framer.py``) in the tests that are about store-and-forward (broker, relay, disk), where
+*which* samples are in a frame does not matter; the gateway-kill test uses the real gateway.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ims_station.broker import BrokerConfig, MosquittoBroker
+
+FRAME_S = 10
+CHANNELS = ("BHZ", "BHN", "BHE")
+
+
+def write_keys(root: Path, stations: list[str]) -> dict[str, Path]:
+    """Station + channel keys (Ed25519) per station, public halves in ``root/trust``."""
+    from ims_station.auth import export_public, generate_key
+
+    start = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2)).replace(microsecond=0)
+    stores = {}
+    for i, sta in enumerate(stations):
+        ks = root / "keys" / sta
+        base = 100 * (i + 1)
+        for n in range(len(CHANNELS) + 1):
+            generate_key("ed25519", base + n, ks, station=sta, valid_from=start)
+            export_public(ks, base + n, root / "trust")
+        stores[sta] = ks
+    return stores
+
+
+class FrameFactory:
+    """Signed 10-s data frames of one station, 3 channels (40 sps by default), samples seeded by
+    (station, seq): a random walk with steps up to *step* counts (larger steps, larger frames)."""
+
+    def __init__(self, station: str, keystore: Path, key_base: int, *, rate: float = 40.0,
+                 step: int = 50) -> None:
+        from ims_station.auth import Keystore
+
+        self.rate, self.step = rate, step
+        ks = Keystore.load(keystore)
+        self.station = station
+        self.frame_signer = ks.signer(key_base)
+        self.channel_signers = [ks.signer(key_base + 1 + i) for i in range(len(CHANNELS))]
+
+    def frame(self, nominal_time: float) -> tuple[int, bytes]:
+        from ims_station import cd11
+
+        seq = cd11.sequence_from_time(nominal_time, FRAME_S)
+        rng = np.random.default_rng([seq, sum(self.station.encode())])
+        n = int(self.rate * FRAME_S)
+        chans = [cd11.ChannelInput(self.station, ch, "",
+                                   np.cumsum(rng.integers(-self.step, self.step, n)).astype(np.int32),
+                                   self.rate, nominal_time, None, signer)
+                 for ch, signer in zip(CHANNELS, self.channel_signers)]
+        return seq, cd11.build_data_frame(self.station, seq, nominal_time, chans, self.frame_signer)
+
+
+def frame_times(n: int, *, end_ago_s: float = 60.0) -> list[float]:
+    """*n* consecutive 10-s nominal times ending *end_ago_s* before now, on frame boundaries."""
+    end = (int(time.time() - end_ago_s) // FRAME_S) * FRAME_S
+    return [float(end - (n - i) * FRAME_S) for i in range(n)]
+
+
+@dataclass
+class RelayProcess:
+    """``ims-station relay run --config`` as a child process (SIGKILL-able)."""
+
+    root: Path
+    broker: BrokerConfig
+    trust: Path
+    acknack_interval_s: float = 1.0
+    proc: subprocess.Popen | None = None
+    starts: int = 0
+    log_files: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config = self.root / "relay.toml"
+        self.config.write_text(
+            "[relay]\n"
+            f'data_dir = "{self.root / "data"}"\n'
+            f'trust_dir = "{self.trust}"\n'
+            'instance = "relay1"\n'
+            'group = "relay"\n'
+            'name = "IDC"\n'
+            f"acknack_interval_s = {self.acknack_interval_s}\n"
+            "acknack_min_spacing_s = 0.1\n"
+            "\n[[broker]]\n"
+            f'host = "{self.broker.host}"\n'
+            f"port = {self.broker.port}\n")
+
+    def start(self) -> "RelayProcess":
+        log = self.root / f"relay-{self.starts}.log"
+        self.log_files.append(log)
+        with open(log, "wb") as fh:
+            self.proc = subprocess.Popen([sys.executable, "-m", "ims_station", "relay", "run", "--config",
+                                          str(self.config), "--json", "--stats-every", "0.5"],
+                                         stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        self.starts += 1
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in self.log_files if p.exists())
+
+    def archive(self):
+        """The relay's archive, opened read-side (while the relay is stopped)."""
+        from ims_station.relay.archive import FileArchive
+
+        return FileArchive(self.root / "data" / "archive", writer="check")
+
+
+def archived_sequences(archive_root: Path, frame_set: str) -> dict[int, str]:
+    """(seq -> sha256) of every archived frame of *frame_set*, read from the archive's index
+    directly (works while the relay process runs: SQLite WAL readers do not block the writer)."""
+    import sqlite3
+
+    db = archive_root / "index.sqlite"
+    if not db.exists():
+        return {}
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = con.execute("SELECT seq, sha256 FROM frames WHERE frame_set = ?", (frame_set,)).fetchall()
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        con.close()
+    out: dict[int, str] = {}
+    for seq, digest in rows:
+        assert seq not in out, f"sequence {seq} archived twice"
+        out[int(seq)] = digest
+    return out
+
+
+def wait_for(predicate, timeout: float, what: str, *, on_timeout=None, pause: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = predicate()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            extra = on_timeout() if on_timeout else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{extra}")
+        time.sleep(pause)
+
+
+def start_mosquitto(tmp: Path, **kw) -> MosquittoBroker:
+    return MosquittoBroker(tmp / "broker", **kw).start()
+
+
+def sha256(b: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(b).hexdigest()
+
+
+os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -1,0 +1,189 @@
+"""Must-show 1, 3 and 5: store-and-forward survives a stopped broker, a killed relay and a full disk,
+end to end against a real Mosquitto and the relay process (see harness.py for what is accelerated)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from ims_station.edge.logutil import SystemClock
+from ims_station.edge.outbox import Outbox
+from ims_station.edge.uplink import Uplink
+
+from .harness import (FrameFactory, RelayProcess, archived_sequences, frame_times, sha256, start_mosquitto,
+                      wait_for, write_keys)
+
+STA = "STA1"
+FRAME_SET = f"{STA}:0"
+
+
+class Station:
+    """The station side: outbox + uplink (production code) fed by a FrameFactory."""
+
+    def __init__(self, tmp, broker_cfg, keystore, *, outbox_path=None, max_bytes=64 << 20, **frames):
+        self.clock = SystemClock()
+        self.alarms: list[dict] = []
+        self.outbox = Outbox(outbox_path or tmp / "outbox.sqlite", max_bytes=max_bytes, max_age_s=7 * 86400,
+                             clock=self.clock, on_alarm=self.alarms.append, resend_holdoff_s=0.5)
+        self.uplink = Uplink(STA, [broker_cfg], self.outbox, clock=self.clock, backoff_base_s=0.05,
+                             backoff_max_s=0.5, ack_timeout_s=5.0, connect_timeout_s=3.0)
+        self.factory = FrameFactory(STA, keystore, 100, **frames)
+        self.built: dict[int, str] = {}
+
+    def commit(self, t: float) -> int:
+        seq, raw = self.factory.frame(t)
+        assert self.outbox.put("cd11", FRAME_SET, seq, t, raw)
+        self.built[seq] = sha256(raw)
+        self.uplink.notify()
+        return seq
+
+    def close(self):
+        self.uplink.stop()
+        self.outbox.close()
+
+
+@pytest.fixture
+def net(tmp_path):
+    stores = write_keys(tmp_path, [STA])
+    broker = start_mosquitto(tmp_path)
+    relay = RelayProcess(tmp_path / "relay", broker.config, tmp_path / "trust").start()
+    sta = Station(tmp_path, broker.config, stores[STA])
+    yield broker, relay, sta
+    sta.close()
+    relay.stop()
+    broker.close()
+
+
+def relay_stats(relay: RelayProcess) -> dict:
+    last = {}
+    for p in relay.log_files:
+        for line in p.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    continue
+                if doc.get("event") in ("stats", "stopped"):
+                    last = doc
+    return last
+
+
+def all_delivered(relay, sta, expected: dict[int, str]):
+    def check():
+        got = archived_sequences(relay.root / "data" / "archive", FRAME_SET)
+        return len(got) == len(expected) and sta.outbox.stats()["frames"] == 0 and got
+    return check
+
+
+def assert_archive_exact(relay, expected: dict[int, str]):
+    got = archived_sequences(relay.root / "data" / "archive", FRAME_SET)
+    assert sorted(got) == sorted(expected), "lost or extra sequence numbers"
+    assert got == expected, "archived bytes differ from the frames built"
+
+
+def test_broker_stopped_for_5_of_30_minutes_loses_nothing(net):
+    """Must-show 1: 180 frames (30 min), the broker SIGKILLed for the 30 frames (5 min) in the middle:
+    every frame archived exactly once with the bytes the station built, all verified."""
+    broker, relay, sta = net
+    sta.uplink.start()
+    times = frame_times(180)
+    for t in times[:60]:
+        sta.commit(t)
+    # Steady state first, then the broker dies with frames still in flight.
+    wait_for(lambda: len(archived_sequences(relay.root / "data" / "archive", FRAME_SET)) >= 40, 30,
+             "first frames archived", on_timeout=relay.logs)
+    broker.kill()
+    wait_for(lambda: not sta.uplink.connected, 10, "the uplink to notice the broker is gone")
+    for t in times[60:90]:                      # 5 minutes of data while the broker is down
+        sta.commit(t)
+    assert sta.outbox.stats()["frames"] >= 30
+    broker.start()
+    for t in times[90:]:
+        sta.commit(t)
+    wait_for(all_delivered(relay, sta, sta.built), 60, "all 180 frames archived and acknowledged",
+             on_timeout=lambda: f"{sta.uplink.stats()}\n{sta.outbox.stats()}\n{relay.logs()}")
+    assert_archive_exact(relay, sta.built)
+    relay.stop()
+    s = relay_stats(relay)
+    assert s["quarantined"] == 0 and s["security_events"] == 0, s
+    assert s["archived"] == 180 and s["verified"] >= 180, s
+    assert sta.uplink.stats()["disconnects"] >= 1
+
+
+def test_relay_killed_and_restarted_mid_run_loses_nothing(net):
+    """Must-show 3: the relay SIGKILLed mid-run (while frames flow), restarted later; acknack-driven
+    resend fills whatever the dead relay never archived."""
+    broker, relay, sta = net
+    sta.uplink.start()
+    times = frame_times(180)
+    for t in times[:60]:
+        sta.commit(t)
+    wait_for(lambda: len(archived_sequences(relay.root / "data" / "archive", FRAME_SET)) >= 30, 30,
+             "first frames archived", on_timeout=relay.logs)
+    relay.kill()
+    for t in times[60:120]:
+        sta.commit(t)
+    relay.start()
+    for t in times[120:]:
+        sta.commit(t)
+    wait_for(all_delivered(relay, sta, sta.built), 60, "all 180 frames archived and acknowledged",
+             on_timeout=lambda: f"{sta.uplink.stats()}\n{sta.outbox.stats()}\n{relay.logs()}")
+    assert_archive_exact(relay, sta.built)
+    relay.stop()
+    s = relay_stats(relay)
+    assert s["quarantined"] == 0, s
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MiB tmpfs: a real full file system (ENOSPC), not a simulated one."""
+    d = tmp_path / "disk"
+    d.mkdir()
+    if os.geteuid() != 0:
+        pytest.fail("the disk-full test mounts a tmpfs and must run as root (it does in CI and ./run)")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(d)], check=True)
+    yield d
+    subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def test_disk_full_on_gateway_evicts_oldest_with_alarm_keeps_newest_and_runs_on(tmp_path, small_disk):
+    """Must-show 5: with the broker unreachable the outbox fills an 8 MiB file system (frames of
+    200 sps x 3 channels, about 20 kB each); every commit
+    still succeeds by evicting the oldest frames (alarm), the newest are kept, and once the broker
+    and relay are back the kept frames arrive."""
+    stores = write_keys(tmp_path, [STA])
+    broker = start_mosquitto(tmp_path)
+    broker.stop()                                   # network down from the start
+    sta = Station(tmp_path, broker.config, stores[STA], outbox_path=small_disk / "outbox.sqlite",
+                  max_bytes=1 << 30, rate=200.0, step=1 << 16)  # the disk, not the byte bound, is the limit
+    relay = None
+    try:
+        sta.uplink.start()
+        times = frame_times(700, end_ago_s=60)
+        for t in times:
+            sta.commit(t)                           # never raises: the disk-full path evicts
+        st = sta.outbox.stats()
+        assert st["frames"] < len(times), "the disk never filled: the test proves nothing"
+        assert any(a.get("reason") == "disk_full" for a in sta.alarms), sta.alarms[:3]
+        newest = [sta.factory.frame(t)[0] for t in times[-20:]]
+        missing = [s for s in newest if not sta.outbox.contains(FRAME_SET, s)]
+        assert not missing, f"newest frames must be kept; missing {missing} of {newest}, stats {st}"
+        oldest = sta.factory.frame(times[0])[0]
+        assert not sta.outbox.contains(FRAME_SET, oldest), "oldest frame must be the one evicted"
+        assert sta.uplink._thread is not None and sta.uplink._thread.is_alive()
+        kept = {s: sta.built[s] for s in sta.built if sta.outbox.contains(FRAME_SET, s)}
+        # The network comes back: what the disk kept reaches the archive.
+        broker.start()
+        relay = RelayProcess(tmp_path / "relay", broker.config, tmp_path / "trust").start()
+        wait_for(lambda: set(kept) <= set(archived_sequences(relay.root / "data" / "archive", FRAME_SET)),
+                 90, "the kept frames archived", on_timeout=lambda: f"{sta.uplink.stats()}\n{relay.logs()}")
+        got = archived_sequences(relay.root / "data" / "archive", FRAME_SET)
+        assert all(got[s] == kept[s] for s in kept)
+    finally:
+        sta.close()
+        if relay is not None:
+            relay.stop()
+        broker.close()
