@@ -278,11 +278,11 @@ def _parse_subframe(r: Reader, index: int) -> ChannelSubframe:
     if not 0 <= nsamples <= MAX_SAMPLES:
         raise r.fail(Cd11LengthError, f"{nsamples} outside [0, {MAX_SAMPLES}]", "samples",
                      start + o["samples"])
-    r.length(status_size, "status_size", start + o["status_size"], maximum=r.end)
+    r.length(status_size, "status_size", start + o["status_size"])
     status = r.padded(status_size, "status")
     at = r.pos
     (data_size,) = r.block(SIZE)
-    r.length(data_size, "data_size", at, maximum=r.end)
+    r.length(data_size, "data_size", at)
     data_at = r.pos
     data = r.padded(data_size, "channel_data")
     if transformation == TRANSFORM_NONE and desc.data_format in SAMPLE_FORMATS:

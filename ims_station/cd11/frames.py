@@ -294,7 +294,7 @@ class _OptionExchange(Frame):
         for i in range(count):
             at = r.pos
             otype, size = r.block(OPTION_ITEM)
-            r.length(size, f"option[{i}].size", at + 4, maximum=r.end, unit=1)
+            r.length(size, f"option[{i}].size", at + 4)
             vat = r.pos
             raw = r.padded(size, f"option[{i}].value")
             text = raw.rstrip(b"\0")
@@ -375,7 +375,7 @@ class Alert(Frame):
     def _parse_payload(cls, r: Reader) -> dict[str, Any]:
         at = r.pos
         (size,) = r.block(SIZE)
-        r.length(size, "size", at, maximum=r.end, unit=1)
+        r.length(size, "size", at)
         raw = r.padded(size, "message")
         return dict(message=r.ascii(raw, "message", at + 4))
 
@@ -426,7 +426,7 @@ class _Command(Frame):
         up to the payload end for the last message, or when the next size field then fits."""
         at = r.pos
         (size,) = r.block(SIZE)
-        r.length(size, f"{field}_size", at, maximum=r.end, unit=1)
+        r.length(size, f"{field}_size", at)
         raw = bytes(r.buf[r.pos:r.pos + size])
         r.pos += size
         skip = pad4(size) - size

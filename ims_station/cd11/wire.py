@@ -84,8 +84,8 @@ CONNECTION = _L("connection",                           # §3.1 (request and res
                 ("major_version", "h"), ("minor_version", "h"), ("station", "8s"),
                 ("station_type", "4s"), ("service_type", "4s"), ("ip", "4s"), ("port", "H"),
                 ("ip2", "4s"), ("port2", "H"))
-OPTION_COUNT = _L("option", ("count", "i"))             # §3.2
-OPTION_ITEM = _L("option", ("type", "i"), ("size", "i"))
+OPTION_COUNT = _L("option_count", ("count", "i"))             # §3.2
+OPTION_ITEM = _L("option_item", ("type", "i"), ("size", "i"))
 ACKNACK = _L("acknack",                                 # §3.3
              ("frame_set", "20s"), ("lowest", "q"), ("highest", "q"), ("gap_count", "i"))
 GAP = _L("gap", ("start", "q"), ("end", "q"))
@@ -93,17 +93,17 @@ SIZE = _L("size", ("size", "i"))                        # alert message, command
 COMMAND = _L("command",                                 # §3.5
              ("station", "8s"), ("site", "5s"), ("channel", "3s"), ("location", "2s"),
              ("pad", "2s"), ("time", "20s"))
-DATA_HEADER = _L("data",                                # §4.1 channel subframe header
+DATA_HEADER = _L("data_header",                         # §4.1 channel subframe header
                  ("channel_count", "i"), ("frame_time_length", "i"), ("nominal_time", "20s"),
                  ("channel_string_count", "i"))
-SUBFRAME = _L("subframe",                               # §4.2 + §4.3 (description inline)
+SUBFRAME = _L("subframe_head",                          # §4.2 + §4.3 (description inline)
               ("channel_length", "i"), ("auth_offset", "i"),
               ("authentication", "B"), ("transformation", "B"), ("sensor_type", "B"),
               ("option_flag", "B"), ("site", "5s"), ("channel", "3s"), ("location", "2s"),
               ("data_format", "2s"), ("calib", "f"), ("calper", "f"),
               ("time", "20s"), ("time_length", "i"), ("samples", "i"), ("status_size", "i"))
-SUBFRAME_TAIL = _L("subframe", ("subframe_count", "i"), ("auth_key_id", "i"), ("auth_size", "i"))
-STATUS1 = _L("status",                                  # §4.5 channel status format 1
+SUBFRAME_TAIL = _L("subframe_tail", ("subframe_count", "i"), ("auth_key_id", "i"), ("auth_size", "i"))
+STATUS1 = _L("status_format1",                          # §4.5 channel status format 1
              ("format", "B"), ("data_status", "B"), ("security", "B"), ("misc", "B"),
              ("voltage", "B"), ("unused", "3s"), ("last_gps_sync", "20s"),
              ("clock_differential_us", "i"))
@@ -184,14 +184,16 @@ class Reader:
         self.pos += layout.size
         return vals
 
-    def length(self, value: int, field: str, field_offset: int, *, maximum: int, unit: int = 1) -> int:
+    def length(self, value: int, field: str, field_offset: int, *, maximum: int = MAX_FRAME_SIZE,
+               unit: int = 1) -> int:
         """Check a length/count (already read at *field_offset*) against the remaining bytes."""
         if value < 0:
             raise self.fail(Cd11LengthError, f"negative ({value})", field, field_offset)
         if value > maximum:
             raise self.fail(Cd11LengthError, f"{value} exceeds the limit {maximum}", field, field_offset)
         if value * unit > self.end - self.pos:
-            raise self.fail(Cd11LengthError, f"{value} (x{unit} bytes) points past the end: only "
+            what = f"{value} x {unit} bytes" if unit > 1 else f"{value} bytes"
+            raise self.fail(Cd11LengthError, f"{what} point past the end: only "
                                              f"{self.end - self.pos} bytes left", field, field_offset)
         return value
 
@@ -209,3 +211,24 @@ class Reader:
         if reason:
             raise self.fail(Cd11FieldError, reason, field, offset)
         return raw.rstrip(b"\0").decode("ascii")
+
+
+_TYPE_NAMES = {"b": "int8", "B": "uint8", "h": "int16", "H": "uint16", "i": "int32", "I": "uint32",
+               "q": "int64", "Q": "uint64", "f": "float32"}
+
+
+def markdown_table(layout: Layout) -> str:
+    """The layout as a Markdown table (``docs/cd11.md`` embeds these; a test keeps them in sync)."""
+    lines = [f"`{layout.name}` ({layout.size} bytes)", "",
+             "| offset | size | type | field |", "| --- | --- | --- | --- |"]
+    for offset, size, code, fname in layout.rows():
+        kind = _TYPE_NAMES.get(code, "ASCII, NUL-padded" if code.endswith("s") else code)
+        if fname in ("ip", "ip2", "unused", "pad"):
+            kind = "raw bytes"
+        lines.append(f"| {offset} | {size} | {kind} | {fname} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m ims_station.cd11.wire  -> the tables for docs/cd11.md
+    for _layout in LAYOUTS:
+        print(markdown_table(_layout) + "\n")

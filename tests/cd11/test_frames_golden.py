@@ -169,3 +169,13 @@ def test_sequence_from_time_counts_10_s_frames_since_2000():
     assert cd11.sequence_from_time("2000001 00:00:00.000") == 0
     assert cd11.sequence_from_time("2000001 00:00:19.999") == 1
     assert cd11.sequence_from_time("2000002 00:00:00.000") == 8640
+
+
+def test_docs_hold_the_current_layout_tables():
+    from pathlib import Path
+
+    from ims_station.cd11.wire import LAYOUTS, markdown_table
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "cd11.md").read_text()
+    for layout in LAYOUTS:
+        assert markdown_table(layout) in doc, f"docs/cd11.md: regenerate the {layout.name} table"
