@@ -202,7 +202,7 @@ class Digitizer:
                     self._send_soh()
             if active:
                 cond |= link.S_TAMPER
-        if self._sup_low and self.supply_mv() < self._sup_low:
+        if self.supply is not None and self.supply_mv() < self._sup_low:
             cond |= link.S_SUPPLY_LOW
         if self._cal_start is not None:
             if self.tb.ticks_diff(ticks, self._cal_start) >= self._cal_len:
@@ -255,7 +255,8 @@ class Digitizer:
         if self._out:
             n = self.uart.write(self._out)
             if n:
-                del self._out[:n]
+                # (MicroPython's bytearray has no slice deletion.)
+                self._out = self._out[n:]
 
     def _send_hello(self):
         caps = link.C_RESEND | link.C_SET_RATE

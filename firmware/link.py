@@ -191,11 +191,16 @@ class PayloadError(LinkError):
 # installed, and tests check both give identical results.
 
 def _cobs_encode_py(data):
+    # A block that reaches 254 data bytes (code 0xFF) is closed; a new one is opened only if more
+    # data follows, so that, like the reference implementation, 254 non-zero bytes at the end do
+    # not get an extra trailing code byte.
     out = bytearray()
     out.append(0)          # placeholder for the first code byte
     code_pos = 0
     code = 1
-    for b in data:
+    n = len(data)
+    for i in range(n):
+        b = data[i]
         if b == 0:
             out[code_pos] = code
             code_pos = len(out)
@@ -206,6 +211,8 @@ def _cobs_encode_py(data):
             code += 1
             if code == 0xFF:
                 out[code_pos] = code
+                if i + 1 == n:
+                    return bytes(out)
                 code_pos = len(out)
                 out.append(0)
                 code = 1
