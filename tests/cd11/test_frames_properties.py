@@ -4,6 +4,7 @@ and parsing keeps every value including the decoded samples."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -48,19 +49,20 @@ def connection(cls):
 
 option = st.builds(cd11.Option, type=I32,
                    value=st.tuples(text(12), st.sampled_from(["", "\0"])).map("".join))
-frames_simple = st.one_of(
-    connection(cd11.ConnectionRequest),
-    connection(cd11.ConnectionResponse),
-    st.builds(cd11.OptionRequest, **common(), options=st.lists(option, max_size=4)),
-    st.builds(cd11.OptionResponse, **common(), options=st.lists(option, max_size=4)),
-    st.builds(cd11.Acknack, **common(), frame_set=text(20), lowest=I64, highest=I64,
-              gaps=st.lists(st.tuples(I64, I64), max_size=20)),
-    st.builds(cd11.Alert, **common(), message=text(100)),
-    st.builds(cd11.CommandRequest, **common(), station=text(8), site=text(5), channel=text(3),
-              location=text(2), time=times(), command=text(60)),
-    st.builds(cd11.CommandResponse, **common(), station=text(8), site=text(5), channel=text(3),
-              location=text(2), time=times(), command=text(60), response=text(60)),
-)
+CONTROL_FRAMES = {
+    "connection_request": connection(cd11.ConnectionRequest),
+    "connection_response": connection(cd11.ConnectionResponse),
+    "option_request": st.builds(cd11.OptionRequest, **common(), options=st.lists(option, max_size=4)),
+    "option_response": st.builds(cd11.OptionResponse, **common(), options=st.lists(option, max_size=4)),
+    "acknack": st.builds(cd11.Acknack, **common(), frame_set=text(20), lowest=I64, highest=I64,
+                         gaps=st.lists(st.tuples(I64, I64), max_size=20)),
+    "alert": st.builds(cd11.Alert, **common(), message=text(100)),
+    "command_request": st.builds(cd11.CommandRequest, **common(), station=text(8), site=text(5),
+                                 channel=text(3), location=text(2), time=times(), command=text(60)),
+    "command_response": st.builds(cd11.CommandResponse, **common(), station=text(8), site=text(5),
+                                  channel=text(3), location=text(2), time=times(), command=text(60),
+                                  response=text(60)),
+}
 
 statuses = st.builds(cd11.ChannelStatus,
                      **{name: st.booleans() for _, _, name in cd11.status.BITS},
@@ -119,10 +121,27 @@ def roundtrip(frame):
     return parsed
 
 
-@SETTINGS
-@given(frames_simple)
-def test_control_frames_build_parse_build(frame):
-    roundtrip(frame)
+@pytest.mark.parametrize("kind", sorted(CONTROL_FRAMES))
+def test_control_frames_build_parse_build(kind):
+    @SETTINGS
+    @given(CONTROL_FRAMES[kind])
+    def check(frame):
+        assert type(frame) is FRAME_CLASS[kind]
+        roundtrip(frame)
+
+    check()
+
+
+FRAME_CLASS = {"connection_request": cd11.ConnectionRequest, "connection_response": cd11.ConnectionResponse,
+               "option_request": cd11.OptionRequest, "option_response": cd11.OptionResponse,
+               "acknack": cd11.Acknack, "alert": cd11.Alert, "command_request": cd11.CommandRequest,
+               "command_response": cd11.CommandResponse}
+
+
+def test_every_frame_type_has_a_property_test():
+    assert set(FRAME_CLASS) == set(CONTROL_FRAMES)
+    tested = {cls.FRAME_TYPE for cls in FRAME_CLASS.values()} | {5, 13}   # + the data tests below
+    assert tested == set(cd11.FRAME_TYPES)
 
 
 @SETTINGS
