@@ -185,7 +185,7 @@ def test_cli_verify_reports_each_failure(stores, tmp_path, capsys, cd11_samples)
     # The real frame: its DSA keys are not public, so every signature is "unknown key id".
     assert any("real_LBTB" in ln and "frame signature (key 1): unknown key id 1" in ln for ln in lines)
     assert sum("real_LBTB" in ln and "subframe" in ln for ln in lines) == 4
-    assert not any(f"at byte 0:" in ln and str(p) in ln for ln in lines)   # the good frame passes
+    assert not any("at byte 0:" in ln and str(p) in ln for ln in lines)   # the good frame passes
 
 
 def test_cli_verify_allow_unsigned_and_parse_errors(stores, tmp_path, capsys):
