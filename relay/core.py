@@ -13,7 +13,9 @@ Order inside ``process`` (why it is safe to crash anywhere):
    offset; rejects become quarantine records;
 2. ``archive.commit`` -- frames and quarantine records durable in one go (dedupe and replay
    decided there, under the archive's lock);
-3. frame-set states updated with every archived *or duplicate* frame and saved (``state.save``);
+3. frame-set states updated with every archived *or duplicate* frame, atomically in the state store
+   (``state.update``: read-modify-write under the store's lock, so relay processes sharing a
+   shared-subscription group and one store never overwrite each other's progress);
 4. return -> the transport acks the messages.
 
 A crash after 2 and before 3 makes the acknack under-report, so the station resends and the
@@ -126,7 +128,7 @@ class RelayCore:
                  acknack_signer: Any = None, acknack_interval_s: float = 50.0,
                  acknack_min_spacing_s: float = 2.0, acknack_idle_s: float = 900.0,
                  max_gaps: int = DEFAULT_MAX_GAPS, gap_expiry_s: float = DEFAULT_GAP_EXPIRY_S,
-                 sequence_check: bool = True) -> None:
+                 sequence_check: bool = True, expiry_sweep_s: float = 60.0) -> None:
         self.trust = trust
         self.state_store = state
         self.archive = archive
@@ -139,18 +141,14 @@ class RelayCore:
         self.acknack_min_spacing_s = acknack_min_spacing_s
         self.acknack_idle_s = acknack_idle_s
         self.sequence_check = sequence_check
+        self.expiry_sweep_s = expiry_sweep_s
+        self._next_sweep = float("-inf")
         self.counters = RelayCounters()
         self._state_kw = {"max_gaps": max_gaps, "gap_expiry_s": gap_expiry_s}
         self.states: dict[str, FrameSetState] = state.load_all(**self._state_kw)
         self._schedule: dict[str, _Schedule] = {}
 
     # -- processing --------------------------------------------------------------------------------
-    def _state(self, frame_set: str) -> FrameSetState:
-        st = self.states.get(frame_set)
-        if st is None:
-            st = self.states[frame_set] = FrameSetState(frame_set, **self._state_kw)
-        return st
-
     def process(self, batch: Sequence[Incoming]) -> list[Outcome]:
         """Verify, archive/quarantine durably and update state for *batch*.  Raises
         :class:`~ims_station.relay.errors.RelayError` (archive/state failure) without having
@@ -185,6 +183,11 @@ class RelayCore:
                 continue
             if isinstance(r, Verified) and self.sequence_check:
                 st = self.states.get(r.frame_set)
+                if (st is None or st.sequence_offset is None) and r.frame_set not in offsets:
+                    # Another relay process may have learned it: ask the store once per batch.
+                    st = self.state_store.load(r.frame_set, **self._state_kw) or st
+                    if st is not None:
+                        self.states[r.frame_set] = st
                 learned = offsets.get(r.frame_set, st.sequence_offset if st else None)
                 off, bad = check_sequence(r, learned)
                 if bad is None:
@@ -203,29 +206,35 @@ class RelayCore:
 
         results = self.archive.commit(frames, quarantine)     # durable, or raises: nothing acked
 
-        dirty: dict[str, FrameSetState] = {}
+        adds: dict[str, list[int]] = {}
         for i, res in zip(frame_idx, results):
             fr = res.record
             if res.outcome in (StoreOutcome.ARCHIVED, StoreOutcome.DUPLICATE):
-                st = self._state(fr.frame_set)
-                if st.sequence_offset is None and fr.frame_set in offsets:
-                    st.sequence_offset = offsets[fr.frame_set]
-                add = st.add(fr.sequence, now)
-                dirty[fr.frame_set] = st
-                sched = self._schedule.setdefault(fr.frame_set, _Schedule())
-                sched.last_active = self.clock.monotonic()
-                if add.new_gap:
-                    c.gaps_opened += 1
-                    sched.gap_pending = True
-                if add.arrival is Arrival.FIRST or sched.last_sent is None:
-                    sched.gap_pending = True      # tell a new frame set where we stand at once
-                c.frames_overreported += add.merged
-                outcomes[i] = Outcome(batch[i].token, res.outcome.value, fr.station, fr.frame_set, fr.sequence)
-            else:
-                outcomes[i] = Outcome(batch[i].token, res.outcome.value, fr.station, fr.frame_set,
-                                      fr.sequence, res.detail)
-        if dirty:
-            self.state_store.save(dirty.values())
+                adds.setdefault(fr.frame_set, []).append(fr.sequence)
+            outcomes[i] = Outcome(batch[i].token, res.outcome.value, fr.station, fr.frame_set, fr.sequence,
+                                  res.detail)
+        added: list[tuple[str, Any]] = []
+
+        def apply(states: dict[str, FrameSetState]) -> None:
+            added.clear()
+            for name, seqs in adds.items():
+                st = states[name]
+                if st.sequence_offset is None and name in offsets:
+                    st.sequence_offset = offsets[name]
+                added.extend((name, st.add(seq, now)) for seq in seqs)
+
+        if adds:
+            self.states.update(self.state_store.update(adds, apply, **self._state_kw))
+        mono = self.clock.monotonic()
+        for name, add in added:
+            sched = self._schedule.setdefault(name, _Schedule())
+            sched.last_active = mono
+            if add.new_gap:
+                c.gaps_opened += 1
+                sched.gap_pending = True
+            if add.arrival is Arrival.FIRST or sched.last_sent is None:
+                sched.gap_pending = True      # tell a frame set new to this process where we stand
+            c.frames_overreported += add.merged
 
         for o in outcomes:
             assert o is not None
@@ -250,10 +259,15 @@ class RelayCore:
 
     # -- acknacks ----------------------------------------------------------------------------------
     def acknack_bytes(self, frame_set: str) -> bytes:
-        """The CD-1.1 acknack frame of *frame_set*'s current state."""
+        """The CD-1.1 acknack frame of *frame_set*'s current stored state."""
+        st = self.state_store.load(frame_set, **self._state_kw) or FrameSetState(frame_set, **self._state_kw)
+        return self._acknack_of(st)
+
+    def _acknack_of(self, st: FrameSetState) -> bytes:
         from ims_station import cd11
 
-        lowest, highest, gaps = self._state(frame_set).acknack_fields()
+        frame_set = st.name
+        lowest, highest, gaps = st.acknack_fields()
         frame = cd11.Acknack(creator=self.name, destination="0", frame_set=frame_set,
                              lowest=lowest, highest=highest, gaps=gaps)
         return frame.to_bytes(self.acknack_signer)
@@ -267,38 +281,55 @@ class RelayCore:
             return last + self.acknack_interval_s
         return float("inf")
 
-    def due_acknacks(self, *, force: bool = False) -> list[tuple[str, str, bytes]]:
-        """(topic, frame set, acknack bytes) for every frame set due now (all known ones with
-        *force*); marks them sent.  Also expires old gaps (their frames are counted as given up)."""
-        mono = self.clock.monotonic()
+    def _sweep_expired(self) -> None:
+        """Give up gaps older than the expiry in every stored frame set (counted as lost)."""
         now = self.clock.time()
+        gone_by: dict[str, list] = {}
+
+        def expire(states: dict[str, FrameSetState]) -> None:
+            gone_by.clear()
+            for name, st in states.items():
+                gone = st.expire(now)
+                if gone:
+                    gone_by[name] = gone
+
+        names = list(self.state_store.load_all(**self._state_kw))
+        if names:
+            self.states.update(self.state_store.update(names, expire, **self._state_kw))
+        for name, gone in gone_by.items():
+            n = sum(g.size for g in gone)
+            self.counters.gaps_expired += len(gone)
+            self.counters.frames_given_up += n
+            log.warning("frame set %s: gave up %d gap(s), %d frame(s) never received", name, len(gone), n)
+            self._schedule.setdefault(name, _Schedule(last_active=self.clock.monotonic())).gap_pending = True
+
+    def due_acknacks(self, *, force: bool = False) -> list[tuple[str, str, bytes]]:
+        """(topic, frame set, acknack bytes) for every frame set due now (every stored one with
+        *force*); marks them sent.  Every ``expiry_sweep_s`` it first expires old gaps."""
+        mono = self.clock.monotonic()
+        if force or mono >= self._next_sweep:
+            self._next_sweep = mono + self.expiry_sweep_s
+            self._sweep_expired()
+        if force:
+            for name in self.state_store.load_all(**self._state_kw):
+                self._schedule.setdefault(name, _Schedule(last_active=mono))
         out = []
-        expired_dirty = []
-        for fs, st in self.states.items():
-            gone = st.expire(now)
-            if gone:
-                n = sum(g.size for g in gone)
-                self.counters.gaps_expired += len(gone)
-                self.counters.frames_given_up += n
-                log.warning("frame set %s: gave up %d gap(s), %d frame(s) never received", fs, len(gone), n)
-                expired_dirty.append(st)
-            sched = self._schedule.get(fs)
-            if sched is None:
-                if not (force or gone):
-                    continue
-                sched = self._schedule[fs] = _Schedule(last_active=mono)
-            if not (force or gone or self._next_due(sched, mono) <= mono):
+        for fs, sched in self._schedule.items():
+            if not (force or self._next_due(sched, mono) <= mono):
                 continue
+            # The latest stored state: another relay process may have archived more since.
+            st = self.state_store.load(fs, **self._state_kw) or self.states.get(fs)
+            if st is None:
+                continue
+            self.states[fs] = st
             try:
                 station = topics.check_station(st.station)
             except topics.TopicError:
                 continue      # cannot happen for verified frames (creator == topic station)
-            out.append((topics.topic(self.prefix, station, "acknack"), fs, self.acknack_bytes(fs)))
+            out.append((topics.topic(self.prefix, station, "acknack"), fs, self._acknack_of(st)))
             sched.last_sent = mono
             sched.gap_pending = False
             self.counters.acknacks_sent += 1
-        if expired_dirty:
-            self.state_store.save(expired_dirty)
         return out
 
     def next_acknack_in(self) -> float:

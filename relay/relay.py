@@ -30,12 +30,12 @@ import random
 import threading
 import time
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ims_station import topics
 from ims_station.broker import BrokerConfig
 from ims_station.relay.archive import Archive
-from ims_station.relay.core import Incoming, RelayCore
+from ims_station.relay.core import Incoming, Outcome, RelayCore
 from ims_station.relay.errors import RelayError
 from ims_station.relay.state import StateStore
 
@@ -57,7 +57,11 @@ class Relay:
                  prefix: str = topics.DEFAULT_PREFIX, group: str | None = "relay", clock: Any = None,
                  instance: str = "relay", protocol: str = "auto", session_expiry_s: int = 86400,
                  batch_max: int = 64, batch_wait_s: float = 0.02, backoff_base_s: float = 0.5,
-                 backoff_max_s: float = 30.0, connect_timeout_s: float = 10.0, **core_kw: Any) -> None:
+                 backoff_max_s: float = 30.0, connect_timeout_s: float = 10.0,
+                 on_outcomes: Callable[[list[Outcome]], None] | None = None, **core_kw: Any) -> None:
+        """*on_outcomes* is called (on the relay thread) with each batch's outcomes after they were
+        stored and acknowledged, e.g. for the demo's latency figures; *core_kw* go to
+        :class:`~ims_station.relay.core.RelayCore` (verifier, name, acknack_signer, intervals...)."""
         if protocol not in PROTOCOLS:
             raise RelayError(f"protocol {protocol!r} must be one of {', '.join(PROTOCOLS)}")
         self.brokers = [broker] if isinstance(broker, BrokerConfig) else list(broker)
@@ -69,6 +73,7 @@ class Relay:
         self.instance = instance
         self.core = RelayCore(trust, state, archive, prefix=prefix, clock=clock, **core_kw)
         self.session_expiry_s = session_expiry_s
+        self.on_outcomes = on_outcomes
         self.batch_max = max(1, batch_max)
         self.batch_wait_s = batch_wait_s
         self.backoff_base_s = backoff_base_s
@@ -252,6 +257,11 @@ class Relay:
             if qos > 0:
                 client.ack(mid, qos)
         self.transport["acked"] += sum(1 for o in outcomes if o.token[1] > 0)
+        if self.on_outcomes is not None:
+            try:
+                self.on_outcomes(outcomes)
+            except Exception:  # an observer's bug must not stop the relay
+                log.exception("relay %s: on_outcomes callback failed", self.instance)
         return True
 
     def _send_acknacks(self, client: Any) -> None:

@@ -7,9 +7,15 @@ list, learned sequence offset) lives between restarts.  It does not own the gap 
 The interface is small on purpose (ROADMAP item 7: a PostgreSQL backend shared by several relay
 processes is a new subclass, not a rewrite):
 
-* ``load_all()`` -- every frame set's state, at start-up;
-* ``save(states)`` -- write the given states in **one atomic, durable transaction**; when it returns,
-  a SIGKILL or power cut cannot lose them.
+* ``load_all()`` / ``load(name)`` -- stored states;
+* ``update(names, fn)`` -- read the current states of *names*, let *fn* change them, write them back,
+  all in **one atomic, durable transaction** that excludes other writers: several relay processes
+  sharing a shared-subscription group see each other's frames (the broker hands each message to any
+  one of them), so each update must start from the latest stored state, never from a process's own
+  copy (a last-writer-wins ``save`` would make one relay forget what the other archived);
+* ``save(states)`` -- overwrite (tools and tests; one atomic, durable transaction).
+
+When ``update``/``save`` return, a SIGKILL or power cut cannot lose the change.
 
 Ordering argument (why state may lag the archive): the relay saves state only *after* the frames
 are durably archived.  If it dies between the two, the restarted relay's acknack reports those
@@ -31,7 +37,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ims_station.relay.errors import StateStoreError
 from ims_station.relay.gaps import FrameSetState
@@ -48,6 +54,16 @@ class StateStore(ABC):
     @abstractmethod
     def save(self, states: Iterable[FrameSetState]) -> None:
         """Store *states* (replacing previous versions) in one durable transaction."""
+
+    @abstractmethod
+    def update(self, names: Iterable[str], fn: Callable[[dict[str, FrameSetState]], None],
+               **state_kw: Any) -> dict[str, FrameSetState]:
+        """Atomically: load *names* (missing ones as empty states), ``fn(states)`` mutates them,
+        store them; return them.  Other writers are excluded for the duration."""
+
+    def load(self, name: str, **state_kw: Any) -> FrameSetState | None:
+        """One stored frame set, or None."""
+        return self.load_all(**state_kw).get(name)
 
     def close(self) -> None:  # noqa: B027 - optional for stores without resources
         """Release resources."""
@@ -73,6 +89,14 @@ class MemoryStateStore(StateStore):
         for s in states:
             self._records[s.name] = s.to_record()
 
+    def update(self, names: Iterable[str], fn: Callable[[dict[str, FrameSetState]], None],
+               **state_kw: Any) -> dict[str, FrameSetState]:
+        states = {n: (FrameSetState.from_record(json.loads(json.dumps(self._records[n])), **state_kw)
+                      if n in self._records else FrameSetState(n, **state_kw)) for n in names}
+        fn(states)
+        self.save(states.values())
+        return states
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS frame_sets (
@@ -92,7 +116,7 @@ class SqliteStateStore(StateStore):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # check_same_thread=False: opened by the constructor's thread, used by the relay worker;
             # the lock below keeps use serialised.
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
@@ -108,10 +132,7 @@ class SqliteStateStore(StateStore):
             except sqlite3.Error as err:
                 raise StateStoreError(f"{self.path}: cannot read frame sets: {err}") from err
         for name, record in rows:
-            try:
-                out[name] = FrameSetState.from_record(json.loads(record), **state_kw)
-            except (ValueError, KeyError, TypeError) as err:
-                raise StateStoreError(f"{self.path}: frame set {name!r}: unreadable record: {err}") from err
+            out[name] = self._decode(name, record, state_kw)
         return out
 
     def save(self, states: Iterable[FrameSetState]) -> None:
@@ -131,6 +152,44 @@ class SqliteStateStore(StateStore):
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise StateStoreError(f"{self.path}: cannot save {len(rows)} frame set(s): {err}") from err
+
+    def load(self, name: str, **state_kw: Any) -> FrameSetState | None:
+        with self._lock:
+            try:
+                row = self._db.execute("SELECT record FROM frame_sets WHERE name = ?", (name,)).fetchone()
+            except sqlite3.Error as err:
+                raise StateStoreError(f"{self.path}: cannot read frame set {name!r}: {err}") from err
+        return None if row is None else self._decode(name, row[0], state_kw)
+
+    def _decode(self, name: str, record: str, state_kw: dict[str, Any]) -> FrameSetState:
+        try:
+            return FrameSetState.from_record(json.loads(record), **state_kw)
+        except (ValueError, KeyError, TypeError) as err:
+            raise StateStoreError(f"{self.path}: frame set {name!r}: unreadable record: {err}") from err
+
+    def update(self, names: Iterable[str], fn: Callable[[dict[str, FrameSetState]], None],
+               **state_kw: Any) -> dict[str, FrameSetState]:
+        names = list(dict.fromkeys(names))
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")      # the write lock, before reading
+                states = {}
+                for n in names:
+                    row = self._db.execute("SELECT record FROM frame_sets WHERE name = ?", (n,)).fetchone()
+                    states[n] = self._decode(n, row[0], state_kw) if row else FrameSetState(n, **state_kw)
+                fn(states)
+                now = time.time()
+                self._db.executemany(
+                    "INSERT INTO frame_sets(name, record, updated) VALUES (?, ?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET record=excluded.record, updated=excluded.updated",
+                    [(s.name, json.dumps(s.to_record(), separators=(",", ":")), now) for s in states.values()])
+                self._db.execute("COMMIT")
+                return states
+            except sqlite3.Error as err:
+                raise StateStoreError(f"{self.path}: cannot update {len(names)} frame set(s): {err}") from err
+            finally:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
 
     def close(self) -> None:
         with self._lock:

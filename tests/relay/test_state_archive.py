@@ -239,3 +239,24 @@ def test_mseed_export_of_an_empty_day_is_an_error(tmp_path):
 
     with FileArchive(tmp_path / "a") as arc, pytest.raises(ExportError, match="no data frames"):
         arc.export_mseed("STA01", date(2024, 1, 1), tmp_path / "out")
+
+
+def test_concurrent_updates_from_two_stores_lose_nothing(tmp_path):
+    """Two relay processes (here: two connections in two threads) updating one frame set through
+    ``update`` never overwrite each other's progress (a plain ``save`` of each one's copy would)."""
+    import threading
+
+    stores = [SqliteStateStore(tmp_path / "s.sqlite") for _ in range(2)]
+
+    def work(k: int) -> None:
+        for n in range(k, 200, 2):           # store 0 adds the even numbers, store 1 the odd ones
+            stores[k].update(["STA01:0"], lambda states, n=n: states["STA01:0"].add(n, 0.0))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert stores[0].load("STA01:0").acknack_fields() == (0, 199, [])
+    for s in stores:
+        s.close()

@@ -1,0 +1,222 @@
+"""The relay against a real Mosquitto on a free port: archive, acknacks, manual PUBACK, sessions, load sharing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ims_station import cd11
+from ims_station.broker import MosquittoBroker, find_mosquitto
+from ims_station.relay.archive import FileArchive
+from ims_station.relay.relay import Relay
+from ims_station.relay.state import SqliteStateStore
+
+pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed")
+
+BASE = 8640 * 8700
+TIMEOUT = 15.0
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def broker(tmp_path):
+    with MosquittoBroker(tmp_path / "broker") as b:
+        yield b
+
+
+class Observed:
+    """Collects things from callback threads; ``wait(pred)`` blocks on a condition, not a sleep loop."""
+
+    def __init__(self) -> None:
+        self.items: list = []
+        self.cond = threading.Condition()
+
+    def add(self, items) -> None:
+        with self.cond:
+            self.items.extend(items)
+            self.cond.notify_all()
+
+    def wait(self, pred, timeout: float = TIMEOUT):
+        with self.cond:
+            assert self.cond.wait_for(lambda: pred(self.items), timeout), f"timed out; have {self.items!r:.800}"
+            return list(self.items)
+
+
+class StationClient:
+    """A bare MQTT station: publishes frames on its cd11 topic, collects acknacks."""
+
+    def __init__(self, broker, station: str = "STA01") -> None:
+        import paho.mqtt.client as mqtt
+
+        self.station = station
+        self.acknacks = Observed()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{station}")
+        self.c.on_message = lambda c, u, m: self.acknacks.add([cd11.parse_frame(m.payload)[0]])
+        subscribed = threading.Event()
+        self.c.on_subscribe = lambda *a: subscribed.set()
+        self.c.connect(broker.host, broker.port)
+        self.c.subscribe(f"ims/{station}/acknack", qos=1)
+        self.c.loop_start()
+        assert subscribed.wait(TIMEOUT)
+
+    def publish(self, payload: bytes, station: str | None = None) -> None:
+        self.c.publish(f"ims/{station or self.station}/cd11", payload, qos=1).wait_for_publish(TIMEOUT)
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def make_relay(broker, keys, data: Path, *, instance="r1", seen: Observed | None = None,
+               **kw) -> tuple[Relay, Observed]:
+    seen = seen or Observed()
+    kw.setdefault("acknack_interval_s", 0.5)
+    kw.setdefault("acknack_min_spacing_s", 0.05)
+    r = Relay(broker.config, keys.trust, SqliteStateStore(data / "state.sqlite"),
+              FileArchive(data / "archive", writer=instance), instance=instance, group="relays",
+              on_outcomes=lambda outs: seen.add([(instance, o) for o in outs]), backoff_base_s=0.05, backoff_max_s=0.2, **kw)
+    return r, seen
+
+
+def results(items) -> list[str]:
+    return [o.result for _, o in items]
+
+
+def test_archive_and_acknack_gaps_end_to_end(broker, keys, factory, tmp_path):
+    relay, seen = make_relay(broker, keys, tmp_path)
+    sta = StationClient(broker)
+    with relay:
+        assert relay.wait_connected(TIMEOUT)
+        for s in (0, 1, 3, 4):
+            sta.publish(factory.build(BASE + s))
+        sta.publish(b"garbage that must not crash anything")
+        sta.publish(factory.build(BASE + 9), station="STA02")                 # wrong topic
+        seen.wait(lambda it: len(it) == 6)
+        acks = sta.acknacks.wait(lambda a: any(x.gaps == [(BASE + 2, BASE + 3)] for x in a))
+        assert all(a.frame_set == "STA01:0" and a.lowest == BASE for a in acks)
+        sta.publish(factory.build(BASE + 2))                                 # the station resends
+        sta.acknacks.wait(lambda a: (a[-1].lowest, a[-1].highest, a[-1].gaps) == (BASE, BASE + 4, []))
+        st = relay.stats()
+    sta.close()
+    assert sorted(results(seen.items)) == sorted(["archived"] * 5 + ["malformed", "station_mismatch"])
+    assert st["archived"] == 5 and st["quarantined"] == 2 and st["transport"]["protocol"] == "5"
+    assert st["transport"]["subscription"] == "$share/relays/ims/+/cd11"
+    assert st["transport"]["acked"] == 7
+
+
+def test_unstored_batch_is_not_acked_and_comes_back(broker, keys, factory, tmp_path):
+    """Manual PUBACK: when storing fails the broker keeps the message and redelivers it after the
+    relay reconnects -- no station resend needed (the test station never resends)."""
+    from ims_station.relay.errors import ArchiveError
+
+    relay, seen = make_relay(broker, keys, tmp_path)
+    real_commit = relay.core.archive.commit
+    failures = []
+
+    def flaky(frames, quarantined=()):
+        if not failures:
+            failures.append(1)
+            raise ArchiveError("disk full (simulated)")
+        return real_commit(frames, quarantined)
+
+    relay.core.archive.commit = flaky
+    sta = StationClient(broker)
+    with relay:
+        assert relay.wait_connected(TIMEOUT)
+        sta.publish(factory.build(BASE))
+        seen.wait(lambda it: results(it) == ["archived"])
+        st = relay.stats()
+        assert relay.core.archive.frame_keys() == [("STA01:0", BASE)]
+    sta.close()
+    assert failures == [1]
+    assert st["store_errors"] == 1 and st["transport"]["disconnects"] >= 1 and st["transport"]["connects"] >= 2
+
+
+def test_frames_sent_while_the_relay_is_down_arrive_after_restart(broker, keys, factory, tmp_path):
+    """Persistent session (MQTT 5, session expiry): the broker queues for the stopped relay."""
+    relay, _ = make_relay(broker, keys, tmp_path)
+    relay.start()
+    assert relay.wait_connected(TIMEOUT)
+    relay.close()
+    sta = StationClient(broker)
+    for s in range(5):
+        sta.publish(factory.build(BASE + s))
+    relay2, seen = make_relay(broker, keys, tmp_path)
+    with relay2:
+        seen.wait(lambda it: results(it).count("archived") == 5)
+        sta.acknacks.wait(lambda a: a and (a[-1].lowest, a[-1].highest, a[-1].gaps) == (BASE, BASE + 4, []))
+    sta.close()
+
+
+def test_two_relays_share_the_load_and_one_state(broker, keys, factory, tmp_path):
+    """A shared subscription hands each frame to one relay; both archive into one index and one
+    state store, so neither reports the other's frames as gaps."""
+    seen = Observed()
+    r1, _ = make_relay(broker, keys, tmp_path, instance="r1", seen=seen)
+    r2, _ = make_relay(broker, keys, tmp_path, instance="r2", seen=seen)
+    sta = StationClient(broker)
+    n = 30
+    with r1, r2:
+        assert r1.wait_connected(TIMEOUT) and r2.wait_connected(TIMEOUT)
+        for s in range(n):
+            sta.publish(factory.build(BASE + s))
+        seen.wait(lambda it: len(it) == n)
+        sta.acknacks.wait(lambda a: a and (a[-1].lowest, a[-1].highest, a[-1].gaps) == (BASE, BASE + n - 1, []))
+    sta.close()
+    by = {name for name, _ in seen.items}
+    assert by == {"r1", "r2"}, "both relays should have received part of the load"
+    assert results(seen.items) == ["archived"] * n
+    with FileArchive(tmp_path / "archive", writer="check") as arc:
+        assert len(arc.frame_keys()) == n
+    assert sorted(p.name.split(".")[-2] for p in (tmp_path / "archive" / "frames").rglob("*.cd11")) == ["r1", "r2"]
+
+
+def test_cli_run_and_export(broker, keys, factory, tmp_path):
+    conf = tmp_path / "relay.toml"
+    conf.write_text(f"""
+[relay]
+data_dir = "data"
+trust_dir = "{keys.trust_dir}"
+instance = "cli1"
+acknack_interval_s = 1.0
+
+[[broker]]
+host = "{broker.host}"
+port = {broker.port}
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "ims_station", "relay", "run", "--config", str(conf), "--json",
+                             "--stats-every", "0.2"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        sta = StationClient(broker)
+        # Published before the relay may have subscribed: the station keeps publishing (as the
+        # outbox does) until the relay's acknack covers the frame.
+        acked = threading.Event()
+        for _ in range(int(TIMEOUT / 0.2)):
+            sta.publish(factory.build(BASE))
+            sta.publish(factory.build(BASE + 1))
+            with sta.acknacks.cond:
+                if sta.acknacks.cond.wait_for(lambda: any(a.highest == BASE + 1 for a in sta.acknacks.items), 0.2):
+                    acked.set()
+                    break
+        sta.close()
+        assert acked.is_set()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err
+    last = [line for line in out.splitlines() if '"stopped"' in line]
+    assert last and '"archived": 2' in last[0]
+    out_dir = tmp_path / "mseed"
+    r = subprocess.run([sys.executable, "-m", "ims_station", "relay", "export-mseed", "--config", str(conf),
+                        "--station", "STA01", "--out", str(out_dir), "--json"], cwd=tmp_path, capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    assert len(list(out_dir.glob("XX.STA01.00.BH?.*.mseed"))) == 3
