@@ -76,7 +76,7 @@ class DemoOptions:
     ber: float = 0.0
     drop: float = 0.0
     workdir: str | None = None
-    drain_s: float = 30.0            # simulated seconds after sampling ends, for the last frames
+    drain_s: float = 45.0            # simulated seconds after sampling ends: the last window waits max_wait_s (30 s)
 
     def check(self) -> None:
         from ims_station.errors import ConfigError
@@ -105,6 +105,10 @@ class PacedClock:
 
     def time(self) -> float:
         return self.start_utc + self.monotonic()
+
+    def restart(self) -> None:
+        """Simulated time 0 is now (called when the simulations start, after the set-up)."""
+        self._w0 = time.monotonic()
 
     def wall_until(self, sim_monotonic: float) -> float:
         """Wall seconds until this clock reads *sim_monotonic* (<= 0 if already past)."""
@@ -178,6 +182,11 @@ def make_keys(root: Path, stations: list[str], channels: list[str], *, algorithm
 # -------------------------------------------------------------------------------------- stations
 
 
+# The HIL "sim" board's channels (boards/sim.toml), by link channel id: (location, channel).
+SIM_CHANNELS = [("00", "BHZ"), ("00", "BHN"), ("00", "BHE"), ("10", "BDF")]
+NETWORK = "XX"
+
+
 @dataclass
 class StationRig:
     """One simulated station: its simulation (board + line) and the gateway reading it."""
@@ -189,6 +198,8 @@ class StationRig:
     decoder: Any
     assembler: Any
     gateway: Any = None              # edge/station.py's gateway, when it exists
+    outbox: Any = None
+    uplink: Any = None
     chunks: int = 0
     samples: int = 0
     frames_built: int = 0
@@ -200,11 +211,16 @@ class StationRig:
 
         try:
             self.pump.close()
+            if self.uplink is not None:
+                self.uplink.stop()
+            if self.outbox is not None:
+                self.outbox.close()
         finally:
             unregister(self.sim_name)
 
 
-def _make_rig(i: int, station: str, keys: StationKeys, opts: DemoOptions, start_utc: int) -> StationRig:
+def _make_rig(i: int, station: str, keys: StationKeys, opts: DemoOptions, start_utc: int, root: Path,
+              broker: Any, stages: dict) -> StationRig:
     from ims_station.edge.ingest import LinkDecoder
     from ims_station.edge.serialport import PortPump
     from ims_station.edge.streams import StreamAssembler
@@ -217,14 +233,46 @@ def _make_rig(i: int, station: str, keys: StationKeys, opts: DemoOptions, start_
     sim = Simulation(board="sim", seed=opts.seed + i, plan=plan, key=keys.board_key, start_utc=start_utc)
     name = f"demo-{os.getpid()}-{next(_names)}-{station}"
     register_sim(name, sim)
-    decoder = LinkDecoder(keys.board_key, sim.clock, board_id=sim.board.board_id)
-    assembler = StreamAssembler()
+    board_id = sim.board.board_id
+    decoder = LinkDecoder(keys.board_key, sim.clock, board_id=board_id)
+    codes = {(board_id, ch): f"{NETWORK}.{station}.{loc}.{cha}" for ch, (loc, cha) in enumerate(SIM_CHANNELS)}
+    assembler = StreamAssembler(codes)
     rig = StationRig(station, sim, name, None, decoder, assembler)
 
+    if stages["framer"] and stages["station"] and stages["outbox"] and stages["uplink"]:
+        # The production gateway (edge/station.py), wired as its build() does, on the simulation's
+        # clock (as the soak does: the edge's timeouts run in simulated time).
+        from ims_station.auth import Keystore
+        from ims_station.edge.framer import ChannelSpec, Framer
+        from ims_station.edge.outbox import Outbox
+        from ims_station.edge.station import Gateway
+        from ims_station.edge.uplink import Uplink
+
+        rig.outbox = Outbox(root / station / "outbox.sqlite", max_bytes=1 << 30, max_age_s=7 * 86400,
+                            clock=sim.clock)
+        specs = [ChannelSpec(code, keys.channel_key_ids[code.rsplit(".", 1)[1]]) for code in codes.values()]
+
+        def on_commit(seq: int, raw: bytes) -> None:
+            rig.frames_built += 1
+            rig.build_times[seq] = sim.clock.time()
+
+        framer = Framer(station, rig.outbox, clock=sim.clock, channels=specs,
+                        keystore=Keystore.load(keys.keystore), station_key_id=keys.frame_key_id,
+                        frame_seconds=int(opts.frame_seconds), on_commit=on_commit)
+        cfg = broker.config
+        rig.uplink = Uplink(station, [cfg], rig.outbox, clock=sim.clock, backoff_base_s=0.1, backoff_max_s=2.0,
+                            protocol="auto" if broker.caps.mqtt5 else "3.1.1")
+        rig.gateway = Gateway(f"{NETWORK}.{station}", framer, uplink=rig.uplink)
+
     def on_events(events: list) -> None:
-        for chunk in assembler.push_all(events):
-            rig.chunks += 1
-            rig.samples += chunk.samples.size
+        for ev in events:
+            if type(ev).__name__ == "DataBlock":
+                rig.chunks += 1
+                rig.samples += int(ev.samples.size)
+        if rig.gateway is not None:
+            rig.gateway.on_events(decoder, assembler, events)
+        else:
+            assembler.push_all(events)
 
     rig.pump = PortPump(f"sim://{name}", decoder, timeout=0.05, clock=sim.clock, on_events=on_events,
                         backoff_initial=0.5, backoff_max=4.0)
@@ -242,6 +290,8 @@ def _drive(rig: StationRig, clock: PacedClock, t_end: float, stop: threading.Eve
                 stop.wait(min(0.05, -ahead))
                 continue
             rig.pump.step()
+            if rig.gateway is not None:
+                rig.gateway.poll()
     except Exception as err:  # reported, never silent
         log.exception("demo: station %s stopped", rig.station)
         rig.error = f"{type(err).__name__}: {err}"
@@ -327,7 +377,7 @@ def run_demo(opts: DemoOptions, progress: Callable[[dict], None] | None = None) 
     relay = None
     arrivals = ArrivalLog(clock)
     try:
-        keys, trust_dir = make_keys(root, stations, ["BHZ", "BHN", "BHE"], valid_from=start_utc)
+        keys, trust_dir = make_keys(root, stations, [c for _, c in SIM_CHANNELS], valid_from=start_utc)
         broker = start_broker("mosquitto" if opts.broker in ("auto", "mosquitto") else "embedded",
                               root / "broker")
         if opts.broker == "mosquitto" and broker.caps.name != "mosquitto":
@@ -341,11 +391,15 @@ def run_demo(opts: DemoOptions, progress: Callable[[dict], None] | None = None) 
 
                 raise ImsStationError(f"demo: the relay could not connect to {broker!r}")
         for i, sta in enumerate(stations):
-            rigs.append(_make_rig(i, sta, keys[sta], opts, start_utc))
+            rigs.append(_make_rig(i, sta, keys[sta], opts, start_utc, root, broker, stages))
+        for rig in rigs:
+            if rig.uplink is not None:
+                rig.uplink.start()
         t_sampling = opts.minutes * 60.0
         for rig in rigs:
             rig.sim.stop_sampling(at_s=t_sampling)
         t_end = t_sampling + opts.drain_s
+        clock.restart()
         for rig in rigs:
             th = threading.Thread(target=_drive, args=(rig, clock, t_end, stop), name=f"demo-{rig.station}",
                                   daemon=True)
@@ -356,7 +410,19 @@ def run_demo(opts: DemoOptions, progress: Callable[[dict], None] | None = None) 
                 t.join(0.5)
                 break
             if progress is not None:
-                progress(_snapshot(rigs, clock, t_end, broker))
+                progress(_snapshot(rigs, clock, t_end, broker, arrivals))
+        # Sampling over and the last windows committed: give the network a bounded time to
+        # deliver what is still in the outboxes (a frame not archived by then counts as lost).
+        # Done when every outbox is empty: each frame was acknowledged by the relay's acknack (so
+        # archived) or evicted with an alarm.
+        if relay is not None and any(r.gateway is not None for r in rigs):
+            deadline = time.monotonic() + max(30.0, 120.0 / opts.speed)
+            while time.monotonic() < deadline:
+                if all(r.outbox is None or r.outbox.stats()["frames"] == 0 for r in rigs):
+                    break
+                if progress is not None:
+                    progress(_snapshot(rigs, clock, t_end, broker, arrivals))
+                stop.wait(0.1)
         report = _report(opts, stages, rigs, broker, relay, arrivals, clock, time.perf_counter() - wall0)
         report["missing_stages"] = missing
         return report
@@ -380,12 +446,18 @@ def run_demo(opts: DemoOptions, progress: Callable[[dict], None] | None = None) 
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _snapshot(rigs: list[StationRig], clock: PacedClock, t_end: float, broker: Any) -> dict:
+def _snapshot(rigs: list[StationRig], clock: PacedClock, t_end: float, broker: Any, arrivals: ArrivalLog) -> dict:
+    with arrivals.lock:
+        per = {}
+        for fs, _seq in arrivals.archived:
+            per[fs] = per.get(fs, 0) + 1
     return {
         "simulated_s": round(min((r.sim.clock.monotonic() for r in rigs), default=0.0), 1),
+        "lag_s": round(clock.monotonic() - min((r.sim.clock.monotonic() for r in rigs), default=0.0), 2),
         "total_s": t_end,
         "broker": broker.caps.name if broker else None,
         "stations": {r.station: {"samples": r.samples, "chunks": r.chunks, "frames_built": r.frames_built,
+                                 "archived": per.get(f"{r.station}:0", 0),
                                  "packets_ok": r.decoder.counters.get("packets_ok", 0),
                                  "error": r.error} for r in rigs},
     }
@@ -396,8 +468,12 @@ def _report(opts: DemoOptions, stages: dict, rigs: list[StationRig], broker: Any
     per_station = {}
     for r in rigs:
         per_station[r.station] = {
-            "samples_generated": int(r.sim.truth.conversions * len(r.assembler.streams or [0])),
+            "samples_generated": int(r.sim.truth.conversions * len(SIM_CHANNELS)),
             "samples_ingested": r.samples,
+            "frames_built": r.frames_built,
+            "framer": r.gateway.framer.counters if r.gateway is not None else None,
+            "outbox": r.outbox.stats() if r.outbox is not None else None,
+            "uplink": {k: v for k, v in r.uplink.stats().items() if k != "last_acknack"} if r.uplink else None,
             "link": {k: r.decoder.counters.get(k, 0) for k in
                      ("packets_ok", "crc_errors", "hmac_errors", "resend_requests", "packets_recovered",
                       "packets_unrecoverable")},
@@ -412,11 +488,15 @@ def _report(opts: DemoOptions, stages: dict, rigs: list[StationRig], broker: Any
             first = nominal_ms / 1000.0
             lat_first.append(t - first)
             lat_last.append(t - (first + frame_s))
-    delivered = len(arrivals.archived)
+    built_keys = {(f"{r.station}:0", s) for r in rigs for s in r.build_times}
+    delivered = len(built_keys & set(arrivals.archived))
     frames = {"built": built, "delivered": delivered if relay is not None else None,
               "verified": rstats.get("verified"), "quarantined": rstats.get("quarantined"),
               "duplicates_at_relay": rstats.get("duplicates"),
-              "lost": (built - delivered) if relay is not None and stages["framer"] else None}
+              # Frames the station's outbox dropped on purpose (age / size / disk bound), each with an
+              # SOH alarm; the rest of "lost" would be a fault.
+              "evicted_at_station": sum((r.outbox.stats()["evicted"] if r.outbox is not None else 0) for r in rigs),
+              "lost": (built - delivered) if relay is not None and stages["framer"] and stages["station"] else None}
     return {
         "options": asdict(opts),
         "broker": {"name": broker.caps.name, **{k: v for k, v in asdict(broker.caps).items() if k != "name"}},
@@ -432,7 +512,8 @@ def _report(opts: DemoOptions, stages: dict, rigs: list[StationRig], broker: Any
         "stations": per_station,
         "simulated_s": round(min((r.sim.clock.monotonic() for r in rigs), default=0.0), 3),
         "wall_s": round(wall, 3),
-        "ok": all(r.error is None for r in rigs),
+        "ok": (all(r.error is None for r in rigs) and frames["lost"] is not None
+               and frames["lost"] - frames["evicted_at_station"] == 0 and not frames["quarantined"]),
     }
 
 
@@ -455,10 +536,10 @@ def _cmd(args: argparse.Namespace) -> int:
     def table(snap: dict) -> Table:
         t = Table(title=f"ims-station demo -- simulated {snap['simulated_s']:.0f} / {snap['total_s']:.0f} s, "
                         f"broker {snap['broker']}")
-        for col in ("station", "samples", "chunks", "frames built", "link packets ok", "error"):
+        for col in ("station", "samples", "link packets ok", "frames built", "archived at relay", "error"):
             t.add_column(col)
         for sta, s in snap["stations"].items():
-            t.add_row(sta, str(s["samples"]), str(s["chunks"]), str(s["frames_built"]), str(s["packets_ok"]),
+            t.add_row(sta, str(s["samples"]), str(s["packets_ok"]), str(s["frames_built"]), str(s["archived"]),
                       s["error"] or "")
         return t
 
