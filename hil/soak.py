@@ -62,6 +62,7 @@ class SoakConfig:
     latency_ms: float = 16.0
     packet_ms: int | None = None   # override the board's DATA packet length
     drain_s: float = 30.0          # after sampling stops: time for the last resends to complete
+    max_drain_s: float = 150.0     # ... extended (in 5 s steps) until the edge has caught up
     resend_timeout_s: float = 2.0
     # The board's ring holds minutes of data, so the gateway can afford to ask many times; the
     # edge's default (5) gives up too early on a line that hits half of all ~1 kB packets.
@@ -123,14 +124,21 @@ def run_soak(cfg: SoakConfig, progress: Callable[[dict], None] | None = None) ->
         t_end_ns = t_stop_ns + int(cfg.drain_s * NS)
         outages = sorted(cfg.outages, key=lambda w: w.start)
         next_progress = 0
-        while sim.clock.now_ns < t_end_ns:
+        t_max_ns = t_stop_ns + int(cfg.max_drain_s * NS)
+        while True:
+            if sim.clock.now_ns >= t_end_ns:
+                # Drain until the edge has seen the board's last packet and has no open holes (the
+                # board's periodic SOH reveals a lost tail), or until the maximum drain.
+                if sim.clock.now_ns >= t_max_ns or _edge_caught_up(sim, decoder):
+                    break
+                t_end_ns = min(t_max_ns, sim.clock.now_ns + 5 * NS)
             now_s = sim.clock.monotonic()
             w = next((w for w in outages if w.contains(now_s)), None)
             if w is not None:
                 # The gateway is down: nothing reads the port, nothing answers the board.
                 sim.run_until(min(int(w.end * NS) + 1, t_end_ns))
                 continue
-            if not pump.connected and sim.clock.now_ns > 0 and pump.counters["opens"]:
+            if not pump.connected and pump.counters["opens"]:
                 sim.run_for(pump.timeout)       # waiting to reconnect: time passes for the board
             pump.step()
             if progress is not None and sim.clock.now_ns >= next_progress:
@@ -144,6 +152,14 @@ def run_soak(cfg: SoakConfig, progress: Callable[[dict], None] | None = None) ->
         return _report(cfg, sim, decoder, assembler, collect.events, wall, DataBlock, GapReport, BoardRestarted)
     finally:
         unregister(name)
+
+
+def _edge_caught_up(sim, decoder) -> bool:
+    vb = sim.board
+    if not vb.running:
+        return False
+    st = decoder.state()
+    return bool(st) and st["epoch"] == vb.epoch and st["highest"] >= vb.digitizer.seq - 1 and not st["holes"]
 
 
 # ---------------------------------------------------------------- truth comparison
@@ -211,7 +227,17 @@ def _report(cfg, sim, decoder, assembler, events, wall, DataBlock, GapReport, Bo
     stream_ivs = [(s.channel_id, iv.start_us, iv.end_us)
                   for s in assembler.streams.values() for iv in s.gap_intervals]
 
+    # Packets after the last one the edge has seen: it cannot know they exist (the next packet
+    # would reveal them); only possible when the maximum drain ran out.
+    st = decoder.state() or {}
+    unknown = {e: np.zeros(len(et.codes), dtype=bool) for e, (et, _) in truth.items()}
+    for epoch, seq, t_first, n, _t in sim.sent.blocks:
+        if epoch == st.get("epoch") and seq > st.get("highest", -1):
+            k0 = truth[epoch][0].index_of(t_first)
+            if k0 is not None:
+                unknown[epoch][k0:k0 + n] = True
     missing = missing_uncovered = delivered_in_gap = lost_on_board = lost_on_board_unseen = 0
+    unknown_at_end = 0
     for e, (et, _) in truth.items():
         times = np.asarray(et.times_us, dtype=np.int64)
         d = delivered[e]
@@ -237,7 +263,9 @@ def _report(cfg, sim, decoder, assembler, events, wall, DataBlock, GapReport, Bo
                 if ch < nch:
                     seen[(times >= lo) & (times < hi), ch] = True
             lost_on_board_unseen += int((unsent & ~seen).sum())
-        missing_uncovered += int((miss & sent[e][:, None] & ~covered).sum())
+        tail = miss & unknown[e][:, None]
+        unknown_at_end += int(tail.sum())
+        missing_uncovered += int((miss & sent[e][:, None] & ~covered & ~tail).sum())
 
     gaps_json = []
     for g in gap_reports[:cfg.max_gaps_listed]:
@@ -270,6 +298,7 @@ def _report(cfg, sim, decoder, assembler, events, wall, DataBlock, GapReport, Bo
         "samples_missing_outside_reported_gaps": missing_uncovered,
         "samples_delivered_inside_reported_gaps": delivered_in_gap,
         "samples_lost_on_board": lost_on_board,
+        "samples_unknown_to_edge_at_end": unknown_at_end,
         "samples_lost_on_board_outside_stream_gaps": lost_on_board_unseen,
         "gaps_reported_exactly": missing_uncovered == 0 and delivered_in_gap == 0,
         "packets_corrupted_on_line": line["down"]["frames_hit"],
