@@ -96,6 +96,15 @@ SCHEMA: dict[str, Any] = {
                 "low_mv": {"type": "integer", "minimum": 0, "maximum": 65535},
             },
         },
+        "gnss_uart": {
+            "type": "object", "additionalProperties": False,
+            "required": ["id", "rx", "baud"],
+            "properties": {
+                "id": {"type": "integer", "minimum": 0, "maximum": 3},
+                "rx": _pin,
+                "baud": {"type": "integer", "minimum": 4800, "maximum": 921600},
+            },
+        },
         "calibration": {
             "type": "object", "additionalProperties": False,
             "properties": {"enabled": {"type": "boolean"}},
@@ -165,7 +174,7 @@ PIN_KEYS = [
     ("uart", "tx", True), ("uart", "rx", False), ("spi", "sck", True), ("spi", "mosi", True),
     ("spi", "miso", False), ("adc", "cs", True), ("adc", "drdy", False), ("adc", "clkin_pin", True),
     ("pins", "pps", False), ("pins", "tamper", False), ("pins", "supply_adc", False),
-    ("pins", "cal_enable", True), ("pins", "led", True),
+    ("pins", "cal_enable", True), ("pins", "led", True), ("gnss_uart", "rx", False),
 ]
 
 
