@@ -131,7 +131,8 @@ def build_relay(conf: dict[str, Any], *, clock: Any = None):
                         require_signatures=r.get("require_signatures", True))
     archive = FileArchive(data / "archive", writer=instance,
                           quarantine_max_bytes=r.get("quarantine_max_bytes", 1 << 30))
-    state = SqliteStateStore(data / f"state.{instance}.sqlite")
+    # One state store per data_dir, shared by the relay processes of a group (update() locks).
+    state = SqliteStateStore(data / "state.sqlite")
     return Relay(conf["brokers"], trust, state, archive, prefix=r.get("prefix", "ims"),
                  group=r.get("group", "relay"), clock=clock, instance=instance,
                  protocol=r.get("protocol", "auto"), batch_max=r.get("batch_max", 64),
