@@ -44,13 +44,13 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
-from ims_station.relay.errors import ArchiveError, ExportError
+from ims_station.relay.errors import ArchiveError
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,6 @@
-"""The relay against a real Mosquitto on a free port: archive, acknacks, manual PUBACK, sessions, load sharing."""
+"""The relay against a real Mosquitto on a free port: archive, acknacks, manual PUBACK, sessions, load sharing.
+
+Needs Mosquitto (``./run`` installs it); not skipped without it, so a missing broker is a visible failure."""
 
 from __future__ import annotations
 
@@ -7,18 +9,15 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from ims_station import cd11
-from ims_station.broker import MosquittoBroker, find_mosquitto
+from ims_station.broker import MosquittoBroker
 from ims_station.relay.archive import FileArchive
 from ims_station.relay.relay import Relay
 from ims_station.relay.state import SqliteStateStore
-
-pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed")
 
 BASE = 8640 * 8700
 TIMEOUT = 15.0
