@@ -141,16 +141,23 @@ def test_implied_gaps_beyond_the_relays_range_are_resent(mosquitto, outbox, cloc
         relay.close()
 
 
+def _subscribe(broker, topic):
+    got = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda c, u, m: got.append((m.topic, json.loads(m.payload), m.retain))
+    sub.connect(broker.host, broker.port)
+    sub.subscribe(topic, qos=1)
+    sub.loop_start()
+    return sub, got
+
+
 def test_status_online_retained_then_offline_on_clean_stop(mosquitto, outbox, clock):
     up = Uplink(STA, [mosquitto.config], outbox, clock=clock, backoff_base_s=0.05)
     up.start()
     assert up.wait_connected(10)
-    got = []
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    sub.on_message = lambda c, u, m: got.append((m.topic, json.loads(m.payload), m.retain))
-    sub.connect(mosquitto.host, mosquitto.port)
-    sub.subscribe(f"ims/{STA}/#", qos=1)
-    sub.loop_start()
+    wait_until(lambda: up.stats()["soh_published"] >= 1, what="first SOH")
+    # A subscriber arriving later gets both from the broker's retained store (retain flag set).
+    sub, got = _subscribe(mosquitto, f"ims/{STA}/#")
     try:
         wait_until(lambda: any(t.endswith("/status") and d["status"] == "online" and r for t, d, r in got),
                    what="retained online")
@@ -160,6 +167,7 @@ def test_status_online_retained_then_offline_on_clean_stop(mosquitto, outbox, cl
         wait_until(lambda: got[-1][0].endswith("/status") and got[-1][1]["status"] == "offline", what="offline")
         assert got[-1][1]["reason"] == "stopped"
     finally:
+        up.stop()
         sub.loop_stop()
         sub.disconnect()
 
@@ -219,14 +227,17 @@ def test_broker_restart_loses_nothing(mosquitto, outbox, clock, protocol):
         relay.connected.clear()
         assert relay.connected.wait(15)     # paho's own reconnect for the fake relay
         wait_until(lambda: up.connected, what="uplink reconnected")
-        # The relay acknowledges what it has; whatever the crash swallowed is an implied gap.
+        # The relay acknowledges what it has, periodically, as the real one does (also while it
+        # has nothing: 0/-1); whatever the crash swallowed -- or what was published while the
+        # relay had not re-subscribed yet -- is a gap or an implied gap, and is resent.
         deadline = time.monotonic() + 20
         while outbox.stats()["frames"] and time.monotonic() < deadline:
             got = relay.received()
             if got:
-                lo = min(got)
-                hi = max(got)
+                lo, hi = min(got), max(got)
                 relay.ack(lo, hi, _gaps(got, lo, hi))
+            else:
+                relay.ack(0, -1)
             time.sleep(0.2)
         assert relay.received() == set(range(1, 41))
         assert outbox.stats()["frames"] == 0
