@@ -32,7 +32,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -42,7 +41,7 @@ import numpy as np
 from ims_station.errors import ImsStationError
 
 from . import signals
-from .faults import FaultPlan, FaultyDirection, LineFaults, Window
+from .faults import FaultPlan, FaultyDirection, Window
 
 NS = 1_000_000_000
 US = 1_000
@@ -365,7 +364,7 @@ class SentLog:
                 except link.LinkError:
                     continue
                 if hdr.ptype == link.T_DATA and not hdr.flags & link.F_RETRANSMIT:
-                    t_first, n = struct_first(payload)
+                    t_first, n = _data_head(payload)
                     self.blocks.append((hdr.epoch, hdr.seq, t_first, n, int(ends[i])))
             start = i + 1
 
@@ -374,7 +373,7 @@ class SentLog:
         self._deframer = self._link.Deframer()
 
 
-def struct_first(payload: bytes) -> tuple[int, int]:
+def _data_head(payload: bytes) -> tuple[int, int]:
     import struct
 
     t_first, _rate, n = struct.unpack_from(">qIH", payload, 0)
@@ -431,7 +430,6 @@ class VirtualBoard:
         self.counters_by_epoch: dict[int, dict] = {}
         self._signals: list[signals.ChannelSignal] = []
         self._sig_cache: tuple[int, np.ndarray] | None = None
-        self._sample_index = 0
         self.clipping_drive_v = 10.0     # far beyond any ADS131M0x range (+-1.2 V / gain)
 
     # -------------------------------------------------------- life cycle
@@ -496,7 +494,6 @@ class VirtualBoard:
                                   position_km=ch.get("position_km", (0.0, 0.0)))
             for i, ch in enumerate(self.channels)]
         self._sig_cache = None
-        self._grid_t0_ns = 0
 
     @property
     def board_id(self) -> int:
@@ -628,6 +625,10 @@ def _make_driver(board: dict, emu: Any, nch: int) -> Any:
     from ims_station.firmware import ads131m0x
 
     adc = _get(board, "adc", {}) or {}
+    part = str(_get(adc, "part", "ads131m04")).lower()
+    if not part.startswith("ads131m0"):
+        raise SimError(f"board {_get(_get(board, 'board', {}), 'name', '?')}: ADC part {part!r} has no "
+                       f"emulator in hil/ (only the ADS131M0x family)")
     n_in = _adc_inputs(board, nch)
     gains = [1] * n_in
     for i, ch in enumerate(_get(board, "channels") or []):

@@ -155,3 +155,16 @@ def test_rate_must_be_one_of_the_boards():
 
 def test_simulation_key_is_per_seed_and_long_enough():
     assert simulation_key(1) != simulation_key(2) and len(simulation_key(1)) == 32
+
+
+@pytest.mark.parametrize("name", __import__("ims_station.boards", fromlist=["list_boards"]).list_boards())
+def test_every_board_definition_runs_in_the_simulator(name):
+    sim = Simulation(board=name, seed=1)
+    blocks = data_blocks(packets(sim, 3.5))
+    assert blocks
+    et = sim.truth.epochs[0]
+    codes = et.array()
+    h, (t_first, rate, tq, status, clip, ids, chans) = blocks[-1]
+    k0 = et.index_of(t_first)
+    for slot, ch in enumerate(ids):
+        assert chans[slot] == codes[k0:k0 + len(chans[0]), sim.board.adc_inputs[ch]].tolist()
