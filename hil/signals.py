@@ -361,6 +361,17 @@ class Scenario:
     blasts: list[Blast] = field(default_factory=list)
     tphases: list[TPhase] = field(default_factory=list)
 
+    @classmethod
+    def standard(cls, seed: int = 0) -> "Scenario":
+        """The simulator's default world: noise halfway between NLNM and NHNM, a regional
+        earthquake (origin 60 s, 150 km: P at ~85 s, S at ~104 s), an atmospheric explosion (origin
+        100 s, 30 km: N-wave at 200 s) and a T-phase (origin 0 s, 450 km: arrival ~303 s)."""
+        return cls(seed=seed, seismic_level=0.5,
+                   events=[SeismicEvent(origin_time=60.0, distance_km=150.0, depth_km=10.0, p_amp=1e-5,
+                                        s_amp=3e-5, backazimuth_deg=40.0, seed=seed)],
+                   blasts=[Blast(origin_time=100.0, distance_km=30.0, peak_pa=2.0, backazimuth_deg=200.0)],
+                   tphases=[TPhase(origin_time=0.0, distance_km=450.0, seed=seed)])
+
 
 class ChannelSignal:
     """The signal at one sensor, in physical units and in volts at the ADC input.

@@ -677,7 +677,7 @@ class Simulation:
         self.baud = int(baud)
         self.poll_ns = int(poll_s * NS)
         self.holdover_s = holdover_s
-        self.scenario = scenario or signals.Scenario(seed=self.seed)
+        self.scenario = scenario or signals.Scenario.standard(self.seed)
         self.truth = Truth()
         self.sampling_end_ns = 1 << 62
         self._queue: list[tuple[int, int, Callable[[], None]]] = []

@@ -168,3 +168,20 @@ def test_every_board_definition_runs_in_the_simulator(name):
     k0 = et.index_of(t_first)
     for slot, ch in enumerate(ids):
         assert chans[slot] == codes[k0:k0 + len(chans[0]), sim.board.adc_inputs[ch]].tolist()
+
+
+def test_standard_scenario_puts_the_event_into_the_adc_codes():
+    """P at ~85 s on the seismic channels, the N-wave at 200 s on the infrasound channel."""
+    sim = Simulation(seed=1)
+    sim.run_for(210.0)
+    et = sim.truth.epochs[0]
+    codes = et.array().astype(float)
+    t = (np.asarray(et.true_us) - sim.clock.start_utc * 1_000_000) / 1e6
+    z = codes[:, sim.board.adc_inputs[0]]
+    bdf = codes[:, sim.board.adc_inputs[3]]
+    quiet, p_wave = z[(t > 40) & (t < 80)], z[(t > 86) & (t < 95)]
+    assert np.abs(p_wave - np.median(z)).max() > 10 * np.std(quiet)
+    tp = sim.scenario.events[0].arrivals()[0]
+    assert tp == pytest.approx(60 + math.hypot(150, 10) / 6.0)
+    quiet_p, blast = bdf[(t > 150) & (t < 195)], bdf[(t > 200) & (t < 202)]
+    assert np.abs(blast - np.median(bdf)).max() > 10 * np.std(quiet_p)
