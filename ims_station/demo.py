@@ -339,7 +339,7 @@ def _make_relay(root: Path, trust_dir: Path, broker: Any, clock: PacedClock, arr
     archive = TimedArchive(root / "relay" / "archive")
     group = "relay" if broker.caps.shared_subscriptions else None
     relay = Relay(broker.config, trust, state, archive, group=group, clock=clock, instance="demo-relay",
-                  backoff_base_s=0.05, backoff_max_s=1.0)
+                  protocol="auto" if broker.caps.mqtt5 else "3.1.1", backoff_base_s=0.05, backoff_max_s=1.0)
     return relay
 
 
