@@ -6,7 +6,11 @@
 # per-channel clipping detection, status flags (tamper, supply, calibration, clock step, ring
 # overrun, ADC fault), periodic SOH, HELLO at start, RESEND served from the ring with ranges no
 # longer held answered by UNAVAILABLE, commands (set rate, start/stop calibration, reboot, hello)
-# and their REPLYs, and the board's own counters.
+# and their REPLYs, and the board's own counters.  No DATA before the time base has a time (the
+# first GNSS time + PPS): conversions before that are read and discarded (counted,
+# `samples_discarded_no_time`) and SOH says so (S_NO_TIME, time 0), because a sample stamped
+# "1970 + uptime" is worse than none.  After a later loss of lock the time is still known, so
+# samples keep flowing stamped holdover / unlocked.
 # Does not own: the wire format (link.py), the ring storage (ring.py), the clock discipline
 # (timebase.py), the ADC protocol (ads131m0x.py), nor any machine.* object (main.py builds them;
 # the HIL passes emulated ones).  Nothing here blocks or sleeps.
@@ -67,7 +71,7 @@ class Digitizer:
             "rx_packets": 0, "rx_framing_errors": 0, "rx_crc_errors": 0, "rx_hmac_errors": 0,
             "rx_version_errors": 0, "rx_length_errors": 0, "rx_payload_errors": 0,
             "rx_invalid_errors": 0, "rx_garbage_bytes": 0, "wrong_board": 0, "bad_type": 0,
-            "resend_future": 0, "samples": 0, "adc_errors": 0, "timeline_breaks": 0,
+            "resend_future": 0, "samples": 0, "samples_discarded_no_time": 0, "adc_errors": 0, "timeline_breaks": 0,
             "clock_steps": 0, "tx_dropped_packets": 0, "ring_overrun": 0, "tamper_events": 0,
         }
         self._deframer = link.Deframer()
@@ -130,6 +134,10 @@ class Digitizer:
             # The sample is lost; the next one will not fit the block's timeline, so the gap shows.
             self.counters["adc_errors"] += 1
             self._cond |= link.S_ADC_FAULT
+            return
+        if not tb.has_time:
+            # (The conversion is read all the same: the ADC must be serviced to keep converting.)
+            self.counters["samples_discarded_no_time"] += 1
             return
         t = tb.now_us(ticks_us)
         if tb.step_pending:
@@ -275,7 +283,11 @@ class Digitizer:
         status = self._cond | self._bstatus
         if self._tamper_state:
             status |= link.S_TAMPER
-        payload = link.pack_soh(tb.now_us(ticks), tb.last_sync_us, _clamp32(tb.clock_diff_us),
+        t_us = tb.now_us(ticks)
+        if not tb.has_time:
+            status |= link.S_NO_TIME
+            t_us = 0                # "never set", not a date in 1970
+        payload = link.pack_soh(t_us, tb.last_sync_us, _clamp32(tb.clock_diff_us),
                                 min(0xFFFF, self.supply_mv()), temp, tb.quality(ticks), status,
                                 min(0xFFFF, len(self.ring)), self.ring_capacity())
         self._send(link.T_SOH, payload)

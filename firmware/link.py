@@ -95,13 +95,16 @@ S_SUPPLY_LOW = const(0x0004)    # supply voltage below the board's limit
 S_CLOCK_STEP = const(0x0008)    # the time base was stepped inside or just before this packet
 S_RING_OVERRUN = const(0x0010)  # the ring buffer overwrote packets the gateway had not acknowledged
 S_ADC_FAULT = const(0x0020)     # ADC did not answer / DRDY stall
+S_NO_TIME = const(0x0040)       # SOH only: the time base was never set (no GNSS time + PPS yet);
+                                # the board discards its samples instead of sending DATA
 STATUS_NAMES = (
     (S_TAMPER, "tamper"), (S_CALIBRATION, "calibration"), (S_SUPPLY_LOW, "supply_low"),
     (S_CLOCK_STEP, "clock_step"), (S_RING_OVERRUN, "ring_overrun"), (S_ADC_FAULT, "adc_fault"),
+    (S_NO_TIME, "no_time"),
 )
 
 # SOH payload (fixed, 32 bytes):
-#   0  i64  board time of this report, us since 1970
+#   0  i64  board time of this report, us since 1970 (0 while the time base was never set: S_NO_TIME)
 #   8  i64  time of the last GNSS/PPS synchronisation, us since 1970 (0 = never)
 #   16 i32  clock differential: board clock minus PPS at the last pulse, microseconds
 #   20 u16  supply voltage, millivolts

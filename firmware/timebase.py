@@ -2,8 +2,10 @@
 # the GNSS receiver's PPS edge (precise instant) and its time message (which second that edge was).
 #
 # Owns: the tick -> UTC mapping, the frequency estimate of the tick counter, the time quality
-# (locked / holdover / unlocked, the link's TQ_* values), the clock differential at each PPS edge
-# and clock-step detection.  Does not own the PPS interrupt or the GNSS UART parsing (the board
+# (locked / holdover / unlocked, the link's TQ_* values), whether the clock has ever been set
+# (`has_time`: the first GNSS time naming a PPS edge; until then the board has no time to stamp
+# samples with and withholds DATA), the clock differential at each PPS edge and clock-step
+# detection (steps of a clock that had a time; setting it the first time is not a step).  Does not own the PPS interrupt or the GNSS UART parsing (the board
 # entry point captures the edge with ticks_us() in the IRQ and calls on_pps(); a NMEA/UBX parser
 # calls on_gnss_time()).  The HIL drives both directly.
 #
@@ -42,7 +44,7 @@ class Timebase:
         self._pps_ticks = None           # last accepted PPS edge
         self._pps_utc = None             # its UTC label (None until GNSS names it)
         self.last_sync_us = 0            # UTC of the last PPS edge the clock was disciplined to
-        self._synced = False
+        self.has_time = False            # set for good by the first GNSS time + PPS (never cleared)
         self.clock_diff_us = 0           # board clock minus PPS at the last disciplined edge
         self.steps = 0
         self.step_pending = False
@@ -63,7 +65,7 @@ class Timebase:
         return utc
 
     def quality(self, ticks_us=None):
-        if not self._synced:
+        if not self.has_time:
             return link.TQ_UNLOCKED
         age = self.now_us(ticks_us) - self.last_sync_us
         if age <= self.lock_timeout_us:
@@ -85,7 +87,8 @@ class Timebase:
 
     # ------------------------------------------------------------ inputs
     def set_time(self, utc_us, ticks_us=None):
-        """Coarse time from an RTC or the operator: sets the clock without locking it."""
+        """Coarse time from an RTC or the operator: sets the clock without locking it, and without
+        `has_time` (the board stamps DATA only with a time that came from GNSS + PPS)."""
         if ticks_us is None:
             ticks_us = self._ticks()
         self._step_to(ticks_us, utc_us, self.now_us(ticks_us) - utc_us)
@@ -129,14 +132,23 @@ class Timebase:
 
     # ------------------------------------------------------------ internals
     def _discipline(self, ticks_us, utc_us):
-        diff = self.now_us(ticks_us) - utc_us
-        self.clock_diff_us = diff
-        self._step_to(ticks_us, utc_us, diff)
+        if not self.has_time:
+            # First time ever: the free-running clock (1970 + uptime, or a coarse set_time) meant
+            # nothing and stamped nothing, so this is neither a step nor a clock differential.
+            self._anchor_ticks = ticks_us
+            self._anchor_utc = utc_us
+            self.clock_diff_us = 0
+            self.has_time = True
+        else:
+            diff = self.now_us(ticks_us) - utc_us
+            self.clock_diff_us = diff
+            self._step_to(ticks_us, utc_us, diff)
         self.last_sync_us = utc_us
-        self._synced = True
 
     def _step_to(self, ticks_us, utc_us, diff):
-        if diff > self.step_threshold_us or diff < -self.step_threshold_us:
+        # Only a clock that had a time can step (see _discipline): a coarse set_time() before the
+        # first GNSS time re-labels nothing anyone has seen.
+        if self.has_time and (diff > self.step_threshold_us or diff < -self.step_threshold_us):
             self.steps += 1
             self.step_pending = True
             self.last_step_us = -diff

@@ -17,8 +17,9 @@ Owns:
   conversion, DRDY at the sample rate), PPS edges each second plus GNSS time, tamper pin, supply
   ADC and an emulated ``machine.UART``; reboots (new epoch, ring lost), GNSS outages, clock jumps,
   clipping;
-* :class:`Truth` -- every code the ADC produced (per epoch, with the board time the firmware
-  stamped it with), for bit-identical comparison at the end of a soak.
+* :class:`Truth` -- every code the ADC produced and the firmware time-stamped (per epoch, with the
+  board time it was stamped with), for bit-identical comparison at the end of a soak; conversions
+  the firmware discarded before its first GNSS time are counted apart.
 
 Does not own: the firmware logic, the ADC register protocol (``hil/adc_emu.py``), the gateway (the
 soak connects E's edge through the ``sim://`` port of :mod:`ims_station.hil.protocol_sim`).
@@ -317,10 +318,15 @@ class EpochTruth:
 
 
 class Truth:
-    """Every conversion of the ADC, per board epoch."""
+    """Every conversion of the ADC that the firmware time-stamped, per board epoch; conversions it
+    discarded for want of a time (before its first GNSS time) are only counted."""
 
     def __init__(self) -> None:
         self.epochs: dict[int, EpochTruth] = {}
+        self.discarded_no_time: dict[int, int] = {}     # epoch -> conversions discarded
+
+    def discard(self, epoch: int) -> None:
+        self.discarded_no_time[epoch] = self.discarded_no_time.get(epoch, 0) + 1
 
     def record(self, epoch: int, rate_mhz: int, board_us: int, true_us: int, codes) -> None:
         e = self.epochs.get(epoch)
@@ -529,8 +535,15 @@ class VirtualBoard:
             self.adc_emu.set_inputs(self._volts(now))
             codes = self.adc_emu.convert()
             board_us = self.timebase.now_us(self._ticks())
+            counters = self.digitizer.counters
+            discarded = counters.get("samples_discarded_no_time", 0)
             self.digitizer.on_drdy()
-            sim.truth.record(self.epoch, self.rate_mhz, board_us, sim.clock.utc_us(), codes)
+            if counters.get("samples_discarded_no_time", 0) != discarded:
+                # Before its first GNSS time the board has no time to stamp with and discards the
+                # conversion: it is not part of what the link is expected to deliver.
+                sim.truth.discard(self.epoch)
+            else:
+                sim.truth.record(self.epoch, self.rate_mhz, board_us, sim.clock.utc_us(), codes)
         rate = int(getattr(self.digitizer, "rate_mhz", self.rate_mhz) or self.rate_mhz)
         if rate != self.rate_mhz:      # the gateway changed the rate (COMMAND set_rate)
             self.rate_mhz = rate

@@ -298,15 +298,18 @@ def case_timebase_detects_steps_and_reports_clock_differential():
     clk = Ticks()
     tb = timebase.Timebase(clk)
     utc0 = 1795000000 * 1000000
+    tb.set_time(utc0 - 5000000)                       # a coarse RTC time is not a time to stamp with
+    assert not tb.has_time and not tb.step_pending
     tb.on_pps(1000)
     tb.on_gnss_time(utc0)
-    assert tb.take_step() and not tb.take_step()      # 1970 -> now is a step
+    assert tb.has_time                                # first GNSS time + PPS: the board has a time
+    assert not tb.take_step() and tb.steps == 0       # setting it the first time is not a step
     tb.on_pps(1001000)
     assert tb.clock_diff_us == 0 and not tb.step_pending
     tb.on_pps(2001000)
     tb.on_gnss_time(utc0 + 3000000)                   # the receiver disagrees by a second
     assert tb.take_step()
-    assert tb.last_step_us == 1000000 and tb.steps == 2
+    assert tb.last_step_us == 1000000 and tb.steps == 1
     clk.t = 2501000
     assert tb.now_us() == utc0 + 3500000
 
@@ -487,11 +490,12 @@ class Rig:
     def __init__(self, **kw):
         self.board = _board(kw.pop("ring_bytes", None), kw.pop("ring_packets", None))
         self.clk = Ticks(0)
-        self.tb = timebase.Timebase(self.clk)
+        self.tb = timebase.Timebase(self.clk, **kw.pop("tb_kw", {}))
         self.utc0 = 1795000000 * 1000000
-        self.tb.on_pps(0)
-        self.tb.on_gnss_time(self.utc0)
-        self.tb.take_step()
+        self.gnss = kw.pop("gnss", True)
+        if self.gnss:
+            self.tb.on_pps(0)
+            self.tb.on_gnss_time(self.utc0)
         self.uart = Uart()
         self.nch = len(self.board["channels"])
         self.adc = FakeAdc(self.nch)
@@ -502,11 +506,14 @@ class Rig:
         self.gw_seq = 0
         self.period = 1000000000 // self.dig.rate_mhz
 
-    def run(self, samples, poll_every=10):
+    def run(self, samples, poll_every=10, pps=True):
         for i in range(samples):
             self.clk.t += self.period
-            if self.clk.t % 1000000 < self.period:
-                self.tb.on_pps(self.clk.t - self.clk.t % 1000000)
+            if pps and self.clk.t % 1000000 < self.period:
+                edge = self.clk.t - self.clk.t % 1000000
+                self.tb.on_pps(edge)
+                if self.gnss:
+                    self.tb.on_gnss_time(self.utc0 + edge)
             self.dig.on_drdy()
             if i % poll_every == 0:
                 self.dig.poll()
@@ -551,6 +558,40 @@ def case_digitizer_hello_then_data_bit_exact():
             assert chans[c] == [(n + i + 1) * (c + 1) for i in range(spp)]
         n += spp
     assert rig.dig.counters["samples"] == 3 * spp
+
+
+def case_digitizer_sends_no_data_before_its_first_gnss_time():
+    rig = Rig(gnss=False, tb_kw={"holdover_s": 3})
+    spp = rig.dig.spp
+    rig.run(2 * spp + 7)                              # PPS edges but no GNSS time: no time yet
+    rig.clk.t += 10000000                             # 10 s later the periodic SOH is due
+    rig.dig.poll()
+    pk = rig.packets()
+    assert [h.ptype for h, _ in pk] == [link.T_HELLO, link.T_SOH]
+    soh = link.unpack_soh(pk[1][1])
+    assert soh["status"] & link.S_NO_TIME and soh["time_us"] == 0 and soh["last_sync_us"] == 0
+    assert soh["time_quality"] == link.TQ_UNLOCKED
+    c = rig.dig.counters
+    assert c["samples_discarded_no_time"] == 2 * spp + 7 and c["samples"] == 0 and c["data_packets"] == 0
+    # GNSS names the next PPS edge: from the next conversion on, samples carry true time.
+    rig.gnss = True
+    rig.run(3 * spp)
+    data = [link.unpack_data(p) for h, p in rig.packets() if h.ptype == link.T_DATA]
+    assert data, "no DATA after the time was set"
+    for t, r, tq, st, clip, ids, chans in data:
+        assert t > 1700000000 * 1000000               # a real date, never 1970 + uptime
+        assert not st & link.S_CLOCK_STEP and not st & link.S_NO_TIME
+    assert c["samples"] > 0 and c["clock_steps"] == 0
+    # Losing GNSS later does not stop the data: the time is known, its quality degrades.
+    n = c["samples"]
+    rig.run(6 * spp, pps=False)
+    data = [link.unpack_data(p) for h, p in rig.packets() if h.ptype == link.T_DATA]
+    assert c["samples"] == n + 6 * spp
+    assert data[-1][2] == link.TQ_UNLOCKED and any(d[2] == link.TQ_HOLDOVER for d in data)
+    rig.dig._send_soh()
+    rig.dig._flush()
+    soh = [link.unpack_soh(p) for h, p in rig.packets() if h.ptype == link.T_SOH]
+    assert not soh[-1]["status"] & link.S_NO_TIME and soh[-1]["time_us"] > 0
 
 
 def case_digitizer_resend_served_from_ring_and_unavailable_exact():

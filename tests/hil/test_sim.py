@@ -67,7 +67,7 @@ def test_board_says_hello_first_then_sends_data_of_every_channel():
 def test_truth_is_the_signal_quantised_by_the_adc():
     """The ADC codes are the generator's volts x gain / 1.2 V x 2^23 (physical units reach the ADC)."""
     sim = Simulation(seed=2)
-    sim.run_for(3.0)
+    sim.run_for(4.0)                  # (the first second, before GNSS time, is not sampled into the truth)
     vb = sim.board
     et = sim.truth.epochs[0]
     codes = et.array()

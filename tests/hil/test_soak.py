@@ -21,8 +21,7 @@ REQUIRED = ("samples_generated", "samples_delivered", "samples_bit_identical", "
 
 def merged_missing(report: dict) -> int:
     """Samples missing according to the link gap reports alone: union of [start, end) per epoch,
-    times the rate, times the channels (independent of the soak's own truth check).  Only for runs
-    whose gaps all lie after the board's first GNSS lock (before it, board time starts in 1970)."""
+    times the rate, times the channels (independent of the soak's own truth check)."""
     rate = report["config"]["rate_sps"]
     by_epoch: dict[int, list] = {}
     for g in report["gaps"]:
@@ -64,6 +63,22 @@ def test_light_line_delivers_every_sample_bit_identical():
     assert r["corrupt_packets_rejected"]["total"] > 10
     assert r["line"]["down"]["bits_flipped"] > 0 and r["line"]["down"]["bytes_dropped"] > 0
     assert r["resend_requests"] > 0 and r["packets_recovered"] > 0
+
+
+def test_no_sample_goes_out_before_the_board_has_a_time():
+    # The board gets GNSS time + PPS at the first whole second: what it converted before is
+    # discarded on the board and counted apart, never sent stamped "1970 + uptime".
+    r = run_soak(SoakConfig(minutes=0.5, seed=2, reboots=[12.3]))
+    assert_integrity(r)
+    nch = r["config"]["channels"]
+    per_boot = 100 * nch                               # at most one second of 100 sps per boot
+    assert 0 < r["samples_discarded_before_time"] <= 2 * per_boot
+    assert r["board_counters"]["samples_discarded_no_time"] * nch == r["samples_discarded_before_time"]
+    t2026 = 1_767_225_600_000_000
+    assert r["stream_gaps"] and all(g["start_us"] >= t2026 for g in r["stream_gaps"])
+    assert all(g["start_us"] is None or g["start_us"] >= t2026 for g in r["gaps"])
+    assert "clock_step" not in r["status_flags_blocks"]
+    assert r["board_counters"]["clock_steps"] == 0
 
 
 def test_bad_line_accepts_no_corrupt_sample_and_reports_every_gap_exactly():
