@@ -10,7 +10,7 @@ difference packing on), from seeded band-limited noise of a 24-bit ADC (first di
   reference is the number of such packets a 115200 baud 8N1 line carries per second, so the ratio
   says how many such lines one core can serve.
 * efficiency: DATA payload bits / line bits, counting 10 line bits per byte (8N1) and the whole
-  framed packet (header, tag, CRC, COBS overhead, delimiter).
+  framed packet (header, tag, CRC, COBS overhead, leading and trailing delimiter).
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def run(quick: bool) -> list[Result]:
             wire = b"".join(pkts)
             n = sps * packet_ms // 1000
             mean_wire = len(wire) / count
-            payload = sum(len(link.cobs_decode(p[:-1])) - link.OVERHEAD for p in pkts) / count
+            # (each frame is 0x00 COBS 0x00 on the wire: strip both delimiters)
+            payload = sum(len(link.cobs_decode(p[1:-1])) - link.OVERHEAD for p in pkts) / count
             line_pkts_per_s = LINE_BYTES_PER_S / mean_wire
             util = mean_wire * (1000 / packet_ms) / LINE_BYTES_PER_S
             enc = "int32 (worst case)" if worst else "difference-packed"

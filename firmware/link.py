@@ -24,7 +24,10 @@
 #   payload (payload length bytes, <= MAX_PAYLOAD)
 #   tag     (16 bytes) HMAC-SHA256(key, header | payload), truncated
 #   crc     (4 bytes)  CRC-32/ISO-HDLC (binascii.crc32) of header | payload | tag
-# On the line: COBS(packet) followed by one 0x00 delimiter.
+# On the line: 0x00 COBS(packet) 0x00.  The leading delimiter makes every frame start clean even
+# when the previous one lost its trailing 0x00 on the line (it is swallowed alone instead of taking
+# the next packet with it); back to back, the two delimiters are an empty frame, which the
+# deframer skips without counting it as garbage.
 
 import struct
 import binascii
@@ -355,13 +358,17 @@ def build_packet(auth, ptype, board_id, epoch, seq, payload, flags=0):
 
 
 def encode(auth, ptype, board_id, epoch, seq, payload, flags=0):
-    """Wire bytes: COBS(packet) + 0x00."""
-    return cobs_encode(build_packet(auth, ptype, board_id, epoch, seq, payload, flags)) + b"\x00"
+    """Wire bytes: 0x00 + COBS(packet) + 0x00."""
+    return frame(build_packet(auth, ptype, board_id, epoch, seq, payload, flags))
 
 
 def frame(packet):
-    """Wire bytes for an already built packet (used to resend ring-buffer copies)."""
-    return cobs_encode(packet) + b"\x00"
+    """Wire bytes for an already built packet: 0x00 + COBS(packet) + 0x00 (a delimiter on both
+    sides, so that a frame whose trailing 0x00 is lost on the line costs only itself)."""
+    return b"\x00" + cobs_encode(packet) + b"\x00"
+
+
+FRAME_OVERHEAD = const(2)     # delimiters per frame on the line (plus COBS code bytes)
 
 
 def retransmit_copy(auth, packet):
@@ -414,9 +421,11 @@ def decode(auth, wire_frame):
 class Deframer:
     """Sans-IO splitter of the byte stream into COBS frames.
 
-    ``feed(data)`` returns the complete frames (bytes, without delimiter) found so far.  Bytes
-    beyond MAX_ENCODED without a delimiter are discarded and counted as garbage; the deframer
-    resynchronises at the next 0x00.  Memory use is bounded by MAX_ENCODED.
+    ``feed(data)`` returns the complete frames (bytes, without delimiter) found so far.  Empty
+    frames (two delimiters in a row: the trailing 0x00 of one frame and the leading 0x00 of the
+    next) are skipped and are not garbage.  Bytes beyond MAX_ENCODED without a delimiter are
+    discarded and counted as garbage; the deframer resynchronises at the next 0x00.  Memory use is
+    bounded by MAX_ENCODED.
     """
 
     def __init__(self, max_frame=MAX_ENCODED):

@@ -93,6 +93,7 @@ class FaultyDirection:
         self.counters = {"bytes_in": 0, "bytes_out": 0, "bits_flipped": 0, "bytes_flipped": 0,
                          "bytes_dropped": 0, "bytes_duplicated": 0, "frames": 0, "frames_hit": 0}
         self._frame_hit = False
+        self._frame_open = False     # bytes of a frame seen in an earlier call, delimiter not yet
 
     def apply(self, data: bytes) -> tuple[bytes, np.ndarray]:
         n = len(data)
@@ -134,17 +135,28 @@ class FaultyDirection:
         return out, index
 
     def _count_frames(self, clean: bytes, hit: np.ndarray) -> None:
-        # A frame is the bytes up to and including its 0x00 delimiter in the *clean* stream.
+        # A frame is the non-empty run of bytes up to and including its 0x00 delimiter in the
+        # *clean* stream.  Frames are sent as 0x00 COBS 0x00, so between two frames there is an
+        # empty run (two zeros in a row): that zero is the next frame's leading delimiter, and a
+        # fault on it damages the next frame.
         ends = [i for i, b in enumerate(clean) if b == 0] if 0 in clean else []
         start = 0
         for e in ends:
+            if e == start and not self._frame_open:
+                if hit[e]:
+                    self._frame_hit = True
+                start = e + 1
+                continue
             if self._frame_hit or hit[start:e + 1].any():
                 self.counters["frames_hit"] += 1
             self.counters["frames"] += 1
             self._frame_hit = False
+            self._frame_open = False
             start = e + 1
-        if start < len(clean) and hit[start:].any():
-            self._frame_hit = True
+        if start < len(clean):
+            self._frame_open = True
+            if hit[start:].any():
+                self._frame_hit = True
 
     def abort_frame(self) -> None:
         """The sender stopped mid-frame (reboot): the partial frame counts as hit if it was."""
@@ -152,6 +164,7 @@ class FaultyDirection:
             self.counters["frames_hit"] += 1
             self.counters["frames"] += 1
         self._frame_hit = False
+        self._frame_open = False
 
 
 @dataclass

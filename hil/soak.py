@@ -150,7 +150,9 @@ def run_soak(cfg: SoakConfig, progress: Callable[[dict], None] | None = None) ->
         decoder.close()
         collect(decoder.next_events())
         wall = _time.perf_counter() - wall0
-        return _report(cfg, sim, decoder, assembler, collect.events, wall, DataBlock, GapReport, BoardRestarted)
+        report = _report(cfg, sim, decoder, assembler, collect.events, wall, DataBlock, GapReport, BoardRestarted)
+        report["port_counters"] = dict(pump.counters)
+        return report
     finally:
         unregister(name)
 

@@ -120,7 +120,8 @@ def case_packet_vectors():
         assert pkt == unhex(p["packet"]), p["name"]
         wire = link.encode(auth, p["type"], p["board"], p["epoch"], p["seq"], payload, p["flags"])
         assert wire == unhex(p["wire"]), p["name"]
-        hdr, got = link.decode(auth, wire[:-1])
+        assert wire[0] == 0 and wire[-1] == 0 and 0 not in wire[1:-1]
+        hdr, got = link.decode(auth, wire[1:-1])
         assert got == payload
         assert (hdr.ptype, hdr.board_id, hdr.epoch, hdr.seq, hdr.flags, hdr.length) == (
             p["type"], p["board"], p["epoch"], p["seq"], p["flags"], len(payload))
@@ -206,6 +207,28 @@ def case_deframer_resynchronises_after_garbage():
     assert ok == [V["packets"][0]["seq"], V["packets"][2]["seq"]], ok
     assert bad == 1                                   # the short garbage frame
     assert df.overlong_frames == 1 and df.garbage_bytes >= 5000
+
+
+def case_frame_that_lost_its_trailing_delimiter_costs_only_itself():
+    auth = _auth()
+    wires = [unhex(p["wire"]) for p in V["packets"][:4]]
+    df = link.Deframer()
+    got = []
+    # Frame 1 loses its trailing 0x00 on the line: the next frame's leading 0x00 still ends it,
+    # so neither it nor the next packet is lost.  Frame 2 also loses one byte of its body: only
+    # frame 2 is rejected.
+    damaged = wires[2][:9] + wires[2][10:]
+    for f in df.feed(wires[0] + wires[1][:-1] + damaged[:-1] + wires[3]):
+        try:
+            got.append(link.decode(auth, f)[0].seq)
+        except link.LinkError:
+            got.append(None)
+    seqs = [V["packets"][i]["seq"] for i in range(4)]
+    assert got == [seqs[0], seqs[1], None, seqs[3]], got
+    # Back-to-back delimiters are empty frames: skipped, and not garbage.
+    df = link.Deframer()
+    frames = df.feed(b"".join(wires) + b"\x00\x00")
+    assert len(frames) == 4 and df.garbage_bytes == 0 and df.overlong_frames == 0
 
 
 # ---------------------------------------------------------------- ring buffer

@@ -122,7 +122,7 @@ def main() -> None:
     for p in pk:
         raw = packet(p["type"], p["board"], p["epoch"], p["seq"], bytes.fromhex(p["payload"]), p["flags"])
         p["packet"] = h(raw)
-        p["wire"] = h(cobs.encode(raw) + b"\x00")
+        p["wire"] = h(b"\x00" + cobs.encode(raw) + b"\x00")
     v["packets"] = pk
 
     # Bad packets: each must be rejected with the named error class.

@@ -8,9 +8,12 @@ import pytest
 from ims_station.hil.faults import FaultPlan, FaultSpecError, FaultyDirection, LineFaults, Window
 
 
-def _stream(n_frames: int, size: int = 200) -> bytes:
+def _stream(n_frames: int, size: int = 200, lead: bool = False) -> bytes:
+    """Frames of random non-zero bytes, each ended by 0x00 (and begun by one with *lead*, as the
+    link sends them)."""
     rng = np.random.default_rng(0)
-    frames = [bytes(rng.integers(1, 256, size, dtype=np.uint8)) + b"\x00" for _ in range(n_frames)]
+    frames = [b"\x00" * lead + bytes(rng.integers(1, 256, size, dtype=np.uint8)) + b"\x00"
+              for _ in range(n_frames)]
     return b"".join(frames)
 
 
@@ -65,6 +68,23 @@ def test_frames_hit_counts_frames_with_any_fault():
         hit += int((kept[start:e + 1] != 1).any())
         start = e + 1
     assert d.counters["frames_hit"] == hit > 0
+
+
+def test_frames_with_leading_and_trailing_delimiters_are_counted_once():
+    d = FaultyDirection(LineFaults(), seed=1, direction=0)
+    data = _stream(7, size=50, lead=True)
+    for i in range(0, len(data), 51):              # splits fall on and between delimiters
+        d.apply(data[i:i + 51])
+    assert d.counters["frames"] == 7 and d.counters["frames_hit"] == 0
+
+
+def test_a_fault_on_the_leading_delimiter_hits_the_frame_it_opens():
+    d = FaultyDirection(LineFaults(), seed=1, direction=0)
+    data = _stream(3, size=20, lead=True)
+    hit = np.zeros(len(data), dtype=bool)
+    hit[22] = True                                 # the leading 0x00 of the second frame
+    d._count_frames(data, hit)
+    assert d.counters["frames"] == 3 and d.counters["frames_hit"] == 1
 
 
 def test_frames_split_across_calls_are_counted_once():
