@@ -22,6 +22,8 @@ from typing import Any
 from ims_station.config import load_toml, read_secret_file, validate
 from ims_station.errors import ConfigError
 
+from .ingest import DEFAULT_MAX_RESEND_TRIES, DEFAULT_RESEND_TIMEOUT
+
 CODE_RE = re.compile(r"^[A-Z0-9]{1,5}$")
 NET_RE = re.compile(r"^[A-Z0-9]{1,2}$")
 LOC_RE = re.compile(r"^[A-Z0-9]{0,2}$")
@@ -32,7 +34,7 @@ _LINK = {
     "additionalProperties": False,
     "properties": {
         "resend_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 600},
-        "max_resend_tries": {"type": "integer", "minimum": 1, "maximum": 100},
+        "max_resend_tries": {"type": "integer", "minimum": 1, "maximum": 1000},
         "ack_interval": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
         "command_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
         "max_held": {"type": "integer", "minimum": 64, "maximum": 1 << 20},
@@ -88,8 +90,8 @@ DEFAULTS = {
     "baudrate": 115200,
     "timeout": 0.05,
     "board": "sim",
-    "link": {"resend_timeout": 2.0, "max_resend_tries": 5, "ack_interval": 1.0, "command_timeout": 5.0,
-             "max_held": 2048},
+    "link": {"resend_timeout": DEFAULT_RESEND_TIMEOUT, "max_resend_tries": DEFAULT_MAX_RESEND_TRIES,
+             "ack_interval": 1.0, "command_timeout": 5.0, "max_held": 2048},
 }
 
 

@@ -21,9 +21,12 @@ Sequence policy, per board epoch (the board's boot counter; sequence numbers res
 * packets are handed to the consumer in sequence order; later packets are held (bounded) while an
   earlier one is being re-requested;
 * a hole is asked for with RESEND (at most ``link.MAX_RESEND`` packets per request, at most
-  ``max_inflight`` packets asked for at a time), re-asked after ``resend_timeout`` seconds without
-  progress, and given up after ``max_resend_tries`` requests, on UNAVAILABLE from the board, when it
-  is older than the board's ring buffer, or when the hold buffer is full;
+  ``max_inflight`` packets asked for at a time) and re-asked after ``resend_timeout`` seconds
+  without progress.  It is given up when the board says it is gone (UNAVAILABLE), when it has
+  certainly left the board's ring (below the ring floor the board's SOH states: its sequence number
+  minus its ring fill), when no ring can hold it (``max_hole_span``) or when the hold buffer is
+  full -- and, as a last resort, after ``max_resend_tries`` requests (default 30: a minute of
+  asking; a line that damages most packets needs many tries, and the ring holds minutes);
 * a given-up range becomes a :class:`GapReport` with the exact sequence range, the end of the last
   sample before (``start_us``), the first sample after (``end_us``) and the channels, emitted just
   before the next :class:`DataBlock` (whose first sample defines ``end_us``);
@@ -50,6 +53,13 @@ log = logging.getLogger(__name__)
 
 SEQ_MOD = 1 << 32
 EPOCH_MOD = 1 << 16
+
+# Defaults of the session policy (edge/config.py documents and reuses them).
+DEFAULT_RESEND_TIMEOUT = 2.0
+# Last resort only: a hole is normally settled by the packet arriving, by UNAVAILABLE or by the
+# ring floor of the board's SOH.  On a line that damages 60 % of the 1-s packets (BER 1e-5 and
+# 0.1 % of bytes dropped) a packet survives 30 requests in a row with p = 0.6^30, about 2e-7.
+DEFAULT_MAX_RESEND_TRIES = 30
 
 
 def sample_offset_us(i: int, rate_mhz: int) -> int:
@@ -237,6 +247,7 @@ class _Board:
     pending_gaps: list[tuple[int, int, str]] = field(default_factory=list)
     gap_start: tuple[int | None, tuple[int, ...], int | None] | None = None
     ring_capacity: int | None = None
+    ring_floor: int = 0                 # every seq below it has left the board's ring (from SOH)
     acked: int = -1                     # highest sequence number the consumer has acknowledged
     ack_sent: int = -1
     ack_sent_at: float | None = None
@@ -257,7 +268,8 @@ class LinkDecoder:
     """
 
     def __init__(self, key: bytes, clock: Any, *, board_id: int | None = None,
-                 resend_timeout: float = 2.0, max_resend_tries: int = 5,
+                 resend_timeout: float = DEFAULT_RESEND_TIMEOUT,
+                 max_resend_tries: int = DEFAULT_MAX_RESEND_TRIES,
                  max_inflight: int = 2 * link.MAX_RESEND, max_held: int = 2048,
                  ack_interval: float = 1.0, auto_ack: bool = True,
                  command_timeout: float = 5.0, backfill: int = link.MAX_RESEND,
@@ -442,6 +454,11 @@ class LinkDecoder:
         if hdr.ptype == link.T_UNAVAILABLE:
             self._unavailable(b, payload)
         ev = self._event(hdr, payload)
+        if isinstance(ev, Soh) and ev.ring_fill < 0xFFFF:
+            # The SOH was built while the ring held exactly seq-fill .. seq-1 (firmware/ring.py
+            # holds one contiguous run and only moves forward within an epoch): anything older is
+            # gone for good, whatever HELLO's (worst-case, minimum) capacity suggested.
+            b.ring_floor = max(b.ring_floor, seq - ev.ring_fill)
         if ev is _LOST:
             b.held[seq] = _LOST
             b.lost_reason[seq] = "payload"
@@ -558,6 +575,10 @@ class LinkDecoder:
         self.counters["unavailable_received"] += 1
         # The board's ring holds one contiguous run of sequence numbers ending at its newest
         # packet (firmware/ring.py): if `last` is gone, so is everything before it.
+        self._give_up_through(b, last, "unavailable")
+
+    def _give_up_through(self, b: _Board, last: int, reason: str) -> None:
+        """Give up every missing seq of the board up to *last* (inclusive)."""
         merged: list[list[int]] = []
         for lo, hi in self._take(b, b.next_seq, last):
             if merged and merged[-1][1] + 1 == lo:
@@ -565,7 +586,7 @@ class LinkDecoder:
             else:
                 merged.append([lo, hi])
         for lo, hi in merged:
-            self._give_up_range(b, lo, hi, "unavailable")
+            self._give_up_range(b, lo, hi, reason)
 
     # ------------------------------------------------------------ delivery
 
@@ -695,7 +716,9 @@ class LinkDecoder:
                 self._events.append(CommandTimeout(bid, seq, code))
 
     def _service_holes(self, b: _Board, now: float) -> None:
-        # Give up what has been asked for often enough without progress.
+        if any(h.first < b.ring_floor for h in b.holes):
+            self._give_up_through(b, b.ring_floor - 1, "beyond_ring")
+        # Last resort: give up what has been asked for very often without progress.
         keep = []
         for h in b.holes:
             if h.sent_at is not None and now - h.sent_at >= self.resend_timeout and h.tries >= self.max_resend_tries:

@@ -86,7 +86,8 @@ def register(subparsers) -> None:
     soak.add_argument("--minutes", type=float, default=10.0, help="simulated minutes of sampling (default 10)")
     _add_board_options(soak)
     _add_fault_options(soak)
-    soak.add_argument("--resend-tries", type=int, default=20, help="RESEND requests per hole before giving up")
+    soak.add_argument("--resend-tries", type=int, default=None,
+                      help="override the edge's last-resort cap of RESEND requests per hole (default: the edge's)")
     soak.add_argument("--drain", type=float, default=30.0, metavar="S",
                       help="simulated seconds after sampling stops for the last resends (default 30)")
     soak.add_argument("--json", action="store_true", help="print only the JSON report")

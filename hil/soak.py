@@ -64,10 +64,10 @@ class SoakConfig:
     packet_ms: int | None = None   # override the board's DATA packet length
     drain_s: float = 30.0          # after sampling stops: time for the last resends to complete
     max_drain_s: float = 150.0     # ... extended (in 5 s steps) until the edge has caught up
-    resend_timeout_s: float = 2.0
-    # The board's ring holds minutes of data, so the gateway can afford to ask many times; the
-    # edge's default (5) gives up too early on a line that hits half of all ~1 kB packets.
-    max_resend_tries: int = 20
+    # The edge's session policy is the production default unless a run overrides it on purpose
+    # (None: the LinkDecoder's own defaults, which must carry the target line).
+    resend_timeout_s: float | None = None
+    max_resend_tries: int | None = None
     max_gaps_listed: int = 1000
 
     def plan(self) -> FaultPlan:
@@ -112,8 +112,12 @@ def run_soak(cfg: SoakConfig, progress: Callable[[dict], None] | None = None) ->
         url += "?" + "&".join(f"unplug={w.start}:{w.duration}" for w in cfg.unplugs)
     try:
         board_id = sim.board.board_id
-        decoder = LinkDecoder(sim.key, sim.clock, board_id=board_id, resend_timeout=cfg.resend_timeout_s,
-                              max_resend_tries=cfg.max_resend_tries)
+        policy = {}
+        if cfg.resend_timeout_s is not None:
+            policy["resend_timeout"] = cfg.resend_timeout_s
+        if cfg.max_resend_tries is not None:
+            policy["max_resend_tries"] = cfg.max_resend_tries
+        decoder = LinkDecoder(sim.key, sim.clock, board_id=board_id, **policy)
         assembler = StreamAssembler()
         collect = _Collector(assembler)
         pump = PortPump(url, decoder, baudrate=cfg.baud, timeout=0.05, clock=sim.clock, on_events=collect,
@@ -290,7 +294,7 @@ def _report(cfg, sim, decoder, assembler, events, wall, DataBlock, GapReport, Bo
         "config": {"minutes": cfg.minutes, "ber": cfg.ber, "drop": cfg.drop, "dup": cfg.dup, "seed": cfg.seed,
                    "board": sim.board_name, "rate_sps": vb.rate_mhz / 1000, "channels": nch, "baud": sim.baud,
                    "packet_ms": (vb.board.get("acquisition") or {}).get("packet_ms"),
-                   "max_resend_tries": cfg.max_resend_tries,
+                   "max_resend_tries": decoder.max_resend_tries, "resend_timeout_s": decoder.resend_timeout,
                    "faults": sim.plan.to_json(), "unplugs": [w.to_json() for w in cfg.unplugs]},
         "samples_generated": generated,
         "samples_discarded_before_time": discarded_no_time,

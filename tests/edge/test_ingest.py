@@ -286,6 +286,48 @@ def test_resend_timing_on_a_fake_clock_then_give_up_with_an_exact_gap_report():
     assert dec.counters["packets_unrecoverable"] == 2 and dec.counters["gaps_reported"] == 1
 
 
+def test_by_default_a_hole_is_asked_for_until_it_comes_whatever_the_line_eats():
+    # A line that loses the board's answer to the first 12 RESENDs (a 1-s packet on the target
+    # line is hit with p ~ 0.6): the default policy keeps asking and loses nothing.
+    clock, dec = make()
+    b = FakeBoard()
+    w = [b.hello()] + [b.data() for _ in range(4)]
+    dec.receive_data(w[0] + w[1] + w[3] + w[4])           # seq 2 lost
+    eaten = [0]
+
+    def line(data):
+        if data and eaten[0] < 12:
+            eaten[0] += 1
+            return b""
+        return data
+
+    settle(dec, b, clock, seconds=60.0, line=line)
+    ev = dec.next_events()
+    assert eaten[0] == 12 and len(b.resend_requests) == 13
+    assert not [e for e in ev if isinstance(e, GapReport)]
+    assert [e.seq for e in data_events(ev)] == [1, 2, 3, 4]
+    assert dec.counters["packets_unrecoverable"] == 0 and dec.counters["packets_recovered"] == 1
+
+
+def test_a_hole_below_the_ring_floor_of_a_soh_is_given_up_without_asking():
+    clock, dec = make()
+    b = FakeBoard(ring=4)
+    w = [b.hello(), b.data()] + [b.data() for _ in range(9)]
+    soh = b.soh()                                          # seq 11 says: the ring holds 7..10
+    dec.receive_data(w[0] + w[1] + w[9] + w[10] + soh)     # 2..8 missing
+    out = dec.data_to_send()
+    assert resends(b, out) == [(7, 8)]                     # only what the ring still holds
+    assert dec.counters["packets_unrecoverable"] == 5
+    dec.receive_data(b.receive(out))
+    ev = dec.next_events()
+    gaps = [e for e in ev if isinstance(e, GapReport)]
+    # (Storing the SOH itself evicted 7 from the 4-packet ring: the board says so.)
+    assert [(g.first_seq, g.last_seq, g.reason) for g in gaps] == [(2, 6, "beyond_ring"), (7, 7, "unavailable")]
+    blocks = data_events(ev)
+    assert [e.seq for e in blocks] == [1, 8, 9, 10]
+    assert all(g.start_us == blocks[0].t_end_us and g.end_us == blocks[1].t_first_us for g in gaps)
+
+
 def test_progress_on_a_request_postpones_its_timeout():
     clock, dec = make(resend_timeout=2.0)
     b = FakeBoard()

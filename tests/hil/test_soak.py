@@ -11,6 +11,7 @@ import json
 import pytest
 
 from ims_station.cli import main
+from ims_station.edge import ingest
 from ims_station.hil.faults import Window
 from ims_station.hil.soak import SoakConfig, run_soak
 
@@ -54,6 +55,9 @@ def assert_integrity(r: dict) -> None:
 def test_light_line_delivers_every_sample_bit_identical():
     r = run_soak(SoakConfig(minutes=3, ber=1e-5, drop=1e-3, seed=7))
     assert set(REQUIRED) <= set(r)
+    # ... with the edge's production defaults: the soak overrides nothing.
+    assert r["config"]["max_resend_tries"] == ingest.DEFAULT_MAX_RESEND_TRIES
+    assert r["config"]["resend_timeout_s"] == ingest.DEFAULT_RESEND_TIMEOUT
     assert_integrity(r)
     assert r["samples_generated"] > 0
     assert r["samples_delivered"] == r["samples_bit_identical"] == r["samples_generated"]
