@@ -296,7 +296,7 @@ class LinkDecoder:
         self._commands: dict[int, tuple[int, int, float]] = {}   # cmd_seq -> (board, code, sent_at)
         self._log = RateLimitedLog(log, clock, rate=log_rate, burst=log_burst)
         self.counters: dict[str, int] = dict.fromkeys((
-            "bytes_received", "frames", "packets_ok", "garbage_bytes", "overlong_frames",
+            "bytes_received", "frames", "packets_ok", "garbage_bytes", "rejected_frame_bytes", "overlong_frames",
             "framing_errors", "crc_errors", "hmac_errors", "version_errors", "length_errors",
             "payload_errors", "wrong_board", "unexpected_type", "stale_epoch", "duplicates",
             "duplicate_conflicts", "retransmits_received", "resend_requests", "resend_packets_requested",
@@ -398,7 +398,9 @@ class LinkDecoder:
             key = {"framing": "framing_errors", "crc": "crc_errors", "hmac": "hmac_errors",
                    "version": "version_errors", "length": "length_errors"}.get(kind, "payload_errors")
             self.counters[key] += 1
-            self.counters["garbage_bytes"] += len(fr) + 1    # with its delimiter
+            # A frame that reached the checks is not garbage (bytes outside any frame): count it
+            # apart, so each counter means one thing.  Delimiters are not counted.
+            self.counters["rejected_frame_bytes"] += len(fr)
             self._log(kind, logging.WARNING if kind == "hmac" else logging.INFO,
                       "link: rejected a %d-byte frame (%s): %s", len(fr), kind, err)
             return

@@ -70,7 +70,7 @@ class Digitizer:
             "unavailable_seqs": 0, "acks": 0, "commands": 0, "bad_commands": 0, "duplicate_commands": 0,
             "rx_packets": 0, "rx_framing_errors": 0, "rx_crc_errors": 0, "rx_hmac_errors": 0,
             "rx_version_errors": 0, "rx_length_errors": 0, "rx_payload_errors": 0,
-            "rx_invalid_errors": 0, "rx_garbage_bytes": 0, "wrong_board": 0, "bad_type": 0,
+            "rx_invalid_errors": 0, "rx_garbage_bytes": 0, "rx_rejected_frame_bytes": 0, "wrong_board": 0, "bad_type": 0,
             "resend_future": 0, "samples": 0, "samples_discarded_no_time": 0, "adc_errors": 0, "timeline_breaks": 0,
             "clock_steps": 0, "tx_dropped_packets": 0, "ring_overrun": 0, "tamper_events": 0,
         }
@@ -320,6 +320,7 @@ class Digitizer:
         except link.LinkError as err:
             key = "rx_%s_errors" % err.reason
             self.counters[key] = self.counters.get(key, 0) + 1
+            self.counters["rx_rejected_frame_bytes"] += len(wire)
             return
         if hdr.board_id != self.board_id:
             self.counters["wrong_board"] += 1

@@ -192,7 +192,10 @@ def test_a_megabyte_of_random_bytes_never_raises_and_valid_packets_after_it_deco
         dec.receive_data(garbage[i:i + 4093])
     rejected = sum(dec.counters[k] for k in ("framing_errors", "crc_errors", "length_errors"))
     assert rejected > 1000                      # ~1/256 of the bytes are delimiters
-    assert dec.counters["packets_ok"] == 1 and dec.counters["garbage_bytes"] > 0
+    assert dec.counters["packets_ok"] == 1
+    # Every non-delimiter byte is accounted for (but the unfinished last frame, still buffered).
+    counted = dec.counters["rejected_frame_bytes"] + dec.counters["garbage_bytes"]
+    assert len(garbage) - garbage.count(0) - link.MAX_ENCODED < counted <= len(garbage) - garbage.count(0)
     assert dec.counters["hmac_errors"] == 0     # CRC-32 stops random frames before HMAC
     # Resync: the delimiter after the garbage ends the last garbage frame; the next packet is clean.
     dec.receive_data(b"\x00" + b.data() + b.data())
@@ -200,6 +203,20 @@ def test_a_megabyte_of_random_bytes_never_raises_and_valid_packets_after_it_deco
     assert [type(e) for e in ev] == [Hello, DataBlock, DataBlock]
     for blk in ev[1:]:
         assert_block_is_truth(b, blk)
+
+
+def test_garbage_and_rejected_frames_are_counted_apart():
+    clock, dec = make()
+    b = FakeBoard()
+    good = b.hello()
+    bad = bytearray(b.data())
+    bad[20] ^= 0x40                                # one bit flipped inside the frame
+    run = b"\x05" * (link.MAX_ENCODED + 100)       # no delimiter for longer than any frame
+    dec.receive_data(good + bytes(bad) + run + b"\x00" + b.data())
+    c = dec.counters
+    assert c["crc_errors"] + c["framing_errors"] == 1 and c["packets_ok"] == 2
+    assert c["rejected_frame_bytes"] == len(bad) - 2            # the frame, not its delimiters
+    assert c["garbage_bytes"] == len(run) and c["overlong_frames"] == 1
 
 
 def test_overlong_frame_is_discarded_with_bounded_memory():

@@ -696,6 +696,7 @@ def case_digitizer_rejects_forged_and_foreign_packets():
     assert not rig.dig.reboot_requested
     c = rig.dig.counters
     assert c["rx_hmac_errors"] == 1 and c["wrong_board"] == 1 and c["rx_framing_errors"] + c["rx_crc_errors"] == 2
+    assert c["rx_garbage_bytes"] == 0 and c["rx_rejected_frame_bytes"] > 3 + 199
     assert rig.packets() == []
 
 
