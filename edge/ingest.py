@@ -20,9 +20,11 @@ Sequence policy, per board epoch (the board's boot counter; sequence numbers res
 
 * packets are handed to the consumer in sequence order; later packets are held (bounded) while an
   earlier one is being re-requested;
-* a hole is asked for with RESEND (at most ``link.MAX_RESEND`` packets per request, at most
-  ``max_inflight`` packets asked for at a time) and re-asked after ``resend_timeout`` seconds
-  without progress.  It is given up when the board says it is gone (UNAVAILABLE), when it has
+* a hole is asked for with RESEND, oldest part first, paced: the packets asked for and not yet
+  arrived never exceed ``max_inflight_bytes`` (default 8 KiB, half the board's 16 KiB transmit
+  queue, which also carries the live packets; about 0.7 s of a 115200 baud line) nor
+  ``max_inflight`` packets, and the next chunk is asked for as the requested packets arrive; a
+  request is re-asked after ``resend_timeout`` seconds without progress.  It is given up when the board says it is gone (UNAVAILABLE), when it has
   certainly left the board's ring (below the ring floor the board's SOH states: its sequence number
   minus its ring fill), when no ring can hold it (``max_hole_span``) or when the hold buffer is
   full -- and, as a last resort, after ``max_resend_tries`` requests (default 30: a minute of
@@ -60,6 +62,16 @@ DEFAULT_RESEND_TIMEOUT = 2.0
 # ring floor of the board's SOH.  On a line that damages 60 % of the 1-s packets (BER 1e-5 and
 # 0.1 % of bytes dropped) a packet survives 30 requests in a row with p = 0.6^30, about 2e-7.
 DEFAULT_MAX_RESEND_TRIES = 30
+# Bytes of requested copies outstanding at a time: the board queues at most 16 KiB for its UART
+# (firmware/digitizer.py _TX_LIMIT) and drops what does not fit, live packets included.
+DEFAULT_MAX_INFLIGHT_BYTES = 8192
+
+
+def wire_size(payload_len: int) -> int:
+    """Bytes on the line of a packet with *payload_len* bytes of payload (worst-case COBS, both
+    delimiters)."""
+    p = payload_len + link.OVERHEAD
+    return p + p // 254 + 1 + link.FRAME_OVERHEAD
 
 
 def sample_offset_us(i: int, rate_mhz: int) -> int:
@@ -248,6 +260,7 @@ class _Board:
     gap_start: tuple[int | None, tuple[int, ...], int | None] | None = None
     ring_capacity: int | None = None
     ring_floor: int = 0                 # every seq below it has left the board's ring (from SOH)
+    frame_bytes: int = 0                # largest DATA frame on the line since the last HELLO (pacing)
     acked: int = -1                     # highest sequence number the consumer has acknowledged
     ack_sent: int = -1
     ack_sent_at: float | None = None
@@ -270,7 +283,8 @@ class LinkDecoder:
     def __init__(self, key: bytes, clock: Any, *, board_id: int | None = None,
                  resend_timeout: float = DEFAULT_RESEND_TIMEOUT,
                  max_resend_tries: int = DEFAULT_MAX_RESEND_TRIES,
-                 max_inflight: int = 2 * link.MAX_RESEND, max_held: int = 2048,
+                 max_inflight: int = link.MAX_RESEND, max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+                 max_held: int = 2048,
                  ack_interval: float = 1.0, auto_ack: bool = True,
                  command_timeout: float = 5.0, backfill: int = link.MAX_RESEND,
                  max_hole_span: int = 1 << 16, dup_window: int = 4096,
@@ -281,6 +295,7 @@ class LinkDecoder:
         self.resend_timeout = float(resend_timeout)
         self.max_resend_tries = int(max_resend_tries)
         self.max_inflight = int(max_inflight)
+        self.max_inflight_bytes = int(max_inflight_bytes)
         self.max_held = int(max_held)
         self.ack_interval = float(ack_interval)
         self.auto_ack = auto_ack
@@ -436,6 +451,10 @@ class LinkDecoder:
                 return
         seq = hdr.seq
         dig = _digest(hdr.ptype, payload)
+        if hdr.ptype == link.T_DATA:
+            b.frame_bytes = max(b.frame_bytes, wire_size(hdr.length))
+        elif hdr.ptype == link.T_HELLO:
+            b.frame_bytes = 0       # a new rate or packet length: re-learn the size
 
         if seq < b.next_seq or seq in b.held:
             self._duplicate(b, seq, dig)
@@ -728,31 +747,50 @@ class LinkDecoder:
             else:
                 keep.append(h)
         b.holes = keep
+        # Pacing: the copies asked for and not yet arrived must fit the board's transmit queue
+        # beside its live packets, or the board drops them and they must be asked for again (a
+        # catch-up after a long outage used to ask for 128 packets at once).  Packets arriving
+        # free room, and this runs after every read, so the next chunk goes out at once.
+        cap = self.inflight_limit(b.board_id)
         inflight = sum(h.size for h in b.holes if h.sent_at is not None and now - h.sent_at < self.resend_timeout)
         out = []
         for h in b.holes:
             due = h.sent_at is None or now - h.sent_at >= self.resend_timeout
-            if not due or inflight >= self.max_inflight:
+            room = min(cap - inflight, link.MAX_RESEND)
+            if not due or room <= 0:
                 out.append(h)
                 continue
-            if h.size > link.MAX_RESEND:
-                # Ask for the newest part first: the ring is FIFO, so if the board has lost that
-                # part its UNAVAILABLE answer settles the whole hole in one round trip (a long
-                # outage); if it still has it, the older part is asked for next.
-                rest = _Hole(h.first, h.last - link.MAX_RESEND, h.tries, h.sent_at)
-                tail = _Hole(rest.last + 1, h.last, h.tries, h.sent_at)
-                h = tail
-                out.append(rest)
-                out.append(h)
+            # Oldest part first: it is the next to be evicted from the board's ring.  (If it is
+            # gone already, the board's UNAVAILABLE names everything below its oldest packet, so
+            # a long outage is still settled in one round trip.)
+            if h.size > room:
+                ask = _Hole(h.first, h.first + room - 1, h.tries, h.sent_at)
+                out.append(ask)
+                out.append(_Hole(ask.last + 1, h.last, h.tries, h.sent_at))
             else:
+                ask = h
                 out.append(h)
-            h.tries += 1
-            h.sent_at = now
-            inflight += h.size
-            self._send(b.board_id, b.epoch, link.T_RESEND, link.pack_range(h.first, h.last))
+            ask.tries += 1
+            ask.sent_at = now
+            inflight += ask.size
+            self._send(b.board_id, b.epoch, link.T_RESEND, link.pack_range(ask.first, ask.last))
             self.counters["resend_requests"] += 1
-            self.counters["resend_packets_requested"] += h.size
+            self.counters["resend_packets_requested"] += ask.size
         b.holes = out
+
+    def inflight_limit(self, board_id: int | None = None) -> int:
+        """Packets that may be asked for and outstanding at a time for this board: the byte budget
+        over the largest DATA frame seen since its last HELLO (or, before any, the worst case
+        HELLO announces), within ``max_inflight``; at least one."""
+        b = self._board_for(board_id)
+        size = b.frame_bytes if b is not None else 0
+        if not size and b is not None and b.hello is not None and b.hello.samples_per_packet:
+            h = b.hello
+            size = wire_size(link.data_size(h.samples_per_packet, len(h.channel_ids) or 1,
+                                            [link.ENC_I32] * (len(h.channel_ids) or 1)))
+        if not size:
+            size = link.MAX_ENCODED + link.FRAME_OVERHEAD
+        return max(1, min(self.max_inflight, self.max_inflight_bytes // size))
 
     def _board_for(self, board_id: int | None) -> _Board | None:
         if board_id is None:

@@ -364,7 +364,9 @@ class Digitizer:
         for s in range(max(first, oldest), last + 1):
             self._resend(s)
         if first < oldest:
-            gone_last = min(last, oldest - 1)
+            # Everything below the oldest held packet is gone, also beyond the range asked for:
+            # saying so settles a long outage in one round trip, whatever order the gateway asks in.
+            gone_last = oldest - 1
             self.counters["unavailable_seqs"] += gone_last - first + 1
             self._send(link.T_UNAVAILABLE, link.pack_range(first, gone_last))
             self.counters["unavailable_packets"] += 1

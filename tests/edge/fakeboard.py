@@ -109,9 +109,11 @@ class FakeBoard:
                         out += link.encode(self.auth, h.ptype, h.board_id, h.epoch, h.seq, pl,
                                            link.F_RETRANSMIT)
                 if gone:
-                    # The ring is FIFO: what is gone is a prefix of the range.
+                    # The ring is FIFO: what is gone is a prefix of the range, and so is everything
+                    # up to the oldest packet held (said too, as the firmware does).
+                    oldest = next(iter(self.ring)) if self.ring else self.seq
                     self.sent[self.seq] = ("unavailable",)
-                    out += self._packet(link.T_UNAVAILABLE, link.pack_range(gone[0], gone[-1]))
+                    out += self._packet(link.T_UNAVAILABLE, link.pack_range(gone[0], max(gone[-1], oldest - 1)))
             elif hdr.ptype == link.T_COMMAND:
                 code, args = link.unpack_command(payload)
                 self.commands.append((hdr.seq, code, args))

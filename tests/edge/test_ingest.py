@@ -391,17 +391,49 @@ def test_outage_longer_than_the_ring_is_settled_in_few_round_trips():
     ev = dec.next_events()
     gaps = [e for e in ev if isinstance(e, GapReport)]
     # Sent while away: seq 2..5001; seq 5002 revealed the hole; the ring holds 4903..5002.
-    # The newest 64 of the hole are asked for first: UNAVAILABLE for them settles all older ones.
-    assert [(g.first_seq, g.last_seq, g.reason) for g in gaps] == [(2, 4902, "unavailable")]
-    assert b.resend_requests[0] == (4938, 5001)
-    assert all(r[1] - r[0] + 1 <= link.MAX_RESEND for r in b.resend_requests)
-    assert sum(r[1] - r[0] + 1 for r in b.resend_requests) <= 128
+    # The oldest part is asked for first; the board's UNAVAILABLE names everything below its
+    # oldest packet, settling the outage in one round trip.  (Storing that UNAVAILABLE evicted
+    # 4903 from the 100-packet ring: the next request learns that too.)
+    assert [(g.first_seq, g.last_seq, g.reason) for g in gaps] == [(2, 4902, "unavailable"),
+                                                                  (4903, 4903, "unavailable")]
+    cap = dec.inflight_limit()
+    assert b.resend_requests[0] == (2, 1 + cap)
+    assert all(r[1] - r[0] + 1 <= cap for r in b.resend_requests)
+    assert sum(r[1] - r[0] + 1 for r in b.resend_requests) <= 100 + 2 * cap
     blocks = data_events(ev)
     assert blocks[0].seq == 1 and blocks[1].seq == gaps[-1].last_seq + 1
     assert all(g.start_us == blocks[0].t_end_us and g.end_us == blocks[1].t_first_us for g in gaps)
     assert [e.seq for e in blocks[1:]] == list(range(blocks[1].seq, 5003))
     for e in blocks:
         assert_block_is_truth(b, e)
+
+
+def test_catch_up_is_paced_to_what_the_boards_transmit_queue_holds():
+    clock, dec = make()
+    b = FakeBoard(ring=1000, spp=100)
+    dec.receive_data(b.hello() + b.data())
+    for _ in range(300):                           # 300 packets sent while the gateway was away
+        b.data()
+    dec.receive_data(b.data())
+    size = max(len(b.data()) for _ in range(3))    # (frames of this board, for the arithmetic)
+    cap = dec.inflight_limit()
+    assert cap == ingest.DEFAULT_MAX_INFLIGHT_BYTES // ingest.wire_size(
+        max(link.data_size(100, 3, [e] * 3) for e in (link.ENC_D8, link.ENC_D16)))
+    out = dec.data_to_send()
+    assert resends(b, out) == [(2, 1 + cap)]       # one chunk, not 128 packets at once
+    assert cap * size <= ingest.DEFAULT_MAX_INFLIGHT_BYTES
+    # The answers arrive one by one: each one frees room for the next request, no timeout needed.
+    answer = b.receive(out)
+    frames = [b"\x00" + f + b"\x00" for f in link.Deframer().feed(answer)]
+    asked = []
+    for fr in frames:
+        dec.receive_data(fr)
+        asked += resends(b, dec.data_to_send())
+    assert asked == [(2 + cap + i, 2 + cap + i) for i in range(len(frames))]
+    st = dec.state()
+    outstanding = sum(h[1] - h[0] + 1 for h in st["holes"] if h[2] > 0)
+    assert outstanding == cap                      # still exactly one budget in flight
+    assert clock.monotonic() == 1000.0             # all of it without protocol time passing
 
 
 def test_hold_buffer_is_bounded():

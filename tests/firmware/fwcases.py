@@ -636,6 +636,13 @@ def case_digitizer_resend_served_from_ring_and_unavailable_exact():
     assert len(un) == 1 and link.unpack_range(un[0][1]) == (1, oldest - 1)
     assert un[0][0].seq == last + 1
     assert rig.dig.counters["unavailable_seqs"] == oldest - 1
+    # Asking for a range wholly below the ring: UNAVAILABLE names everything below the oldest held
+    # packet, beyond the range asked for (one round trip settles a long outage).
+    oldest = rig.dig.ring.oldest
+    rig.send(link.T_RESEND, link.pack_range(1, 2))
+    un = [link.unpack_range(p) for h, p in rig.packets() if h.ptype == link.T_UNAVAILABLE]
+    assert un == [(1, oldest - 1)] and oldest - 1 > 2, un
+    last = rig.dig.seq - 1
     # Asking for packets never sent answers nothing for them.
     rig.send(link.T_RESEND, link.pack_range(last + 5, last + 9))
     assert rig.packets() == [] and rig.dig.counters["resend_future"] == 1

@@ -109,6 +109,10 @@ def test_gateway_outage_longer_than_the_ring_is_reported_exactly():
     assert 25e6 < first["start_us"] - t0 < 40e6      # the gap starts where the outage began
     assert r["status_flags_blocks"].get("ring_overrun", 0) > 0
     assert merged_missing(r) == r["samples_missing"]
+    # The catch-up is paced to the board's transmit queue: it never had to drop a copy, and the
+    # ring's tail was fetched before it was evicted (one gap, not a few pieces).
+    assert r["board_counters"]["tx_dropped_packets"] == 0
+    assert r["gaps_unrecovered"] == 1
 
 
 def test_board_reboot_loses_only_what_was_in_its_ram_and_says_so():
