@@ -5,8 +5,9 @@ log and cost more CPU than the decoding.  :class:`RateLimitedLog` lets ``burst``
 kind through, then one per ``1 / rate`` seconds, and reports how many were suppressed when it
 next lets one through.  The counters (not the log) are the exact record; the log is for humans.
 
-The clock is injected (anything with ``monotonic()``), so tests need no sleeping.  The stdlib
-``logging`` has no rate limiting of its own, hence this small helper.
+The clock is injected (an :class:`ims_station.clock.Clock`; only ``monotonic()`` is read), so tests
+need no sleeping.  The stdlib ``logging`` has no rate limiting of its own, hence this small helper.
+``SystemClock`` is re-exported from :mod:`ims_station.clock` (its home) for existing imports.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ims_station.clock import Clock, SystemClock
+
+__all__ = ["RateLimitedLog", "SystemClock"]
+
 
 class RateLimitedLog:
-    def __init__(self, logger: logging.Logger, clock: Any, *, rate: float = 1.0, burst: int = 5) -> None:
+    def __init__(self, logger: logging.Logger, clock: Clock, *, rate: float = 1.0, burst: int = 5) -> None:
         self._log = logger
         self._clock = clock
         self._rate = float(rate)
@@ -47,18 +52,3 @@ class RateLimitedLog:
         b = self._buckets.get(kind)
         return int(b[2]) if b else 0
 
-
-class SystemClock:
-    """The real clock: ``monotonic()`` for timeouts, ``time()`` for UTC."""
-
-    @staticmethod
-    def monotonic() -> float:
-        import time
-
-        return time.monotonic()
-
-    @staticmethod
-    def time() -> float:
-        import time
-
-        return time.time()

@@ -31,30 +31,18 @@ has been active within ``acknack_idle_s``.
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ims_station import topics
+from ims_station.clock import Clock, SystemClock  # noqa: F401 - SystemClock re-exported (old import path)
 from ims_station.relay.archive import Archive, FrameRecord, QuarantineRecord, StoreOutcome
 from ims_station.relay.gaps import DEFAULT_GAP_EXPIRY_S, DEFAULT_MAX_GAPS, Arrival, FrameSetState
 from ims_station.relay.state import StateStore
 from ims_station.relay.verify import Control, Rejection, Verified, Verifier, check_sequence
 
 log = logging.getLogger(__name__)
-
-
-class SystemClock:
-    """``time()`` (UTC seconds, for gap ages that survive restarts) and ``monotonic()`` (schedules)."""
-
-    @staticmethod
-    def time() -> float:
-        return time.time()
-
-    @staticmethod
-    def monotonic() -> float:
-        return time.monotonic()
 
 
 @dataclass
@@ -124,7 +112,7 @@ class RelayCore:
     """Sans-transport relay: ``process(batch) -> outcomes``, ``due_acknacks() -> [(topic, bytes)]``."""
 
     def __init__(self, trust: Any, state: StateStore, archive: Archive, *, prefix: str = topics.DEFAULT_PREFIX,
-                 clock: Any = None, verifier: Verifier | None = None, name: str = "RELAY",
+                 clock: Clock | None = None, verifier: Verifier | None = None, name: str = "RELAY",
                  acknack_signer: Any = None, acknack_interval_s: float = 50.0,
                  acknack_min_spacing_s: float = 2.0, acknack_idle_s: float = 900.0,
                  max_gaps: int = DEFAULT_MAX_GAPS, gap_expiry_s: float = DEFAULT_GAP_EXPIRY_S,

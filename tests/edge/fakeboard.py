@@ -11,23 +11,10 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 
+from ims_station.clock import FakeClock  # noqa: F401 - the tests import it from here
 from ims_station.firmware import link
 
 KEY = bytes(range(32))
-
-
-class FakeClock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def time(self) -> float:
-        return 1.7e9 + self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
 
 
 class FakeBoard:
@@ -49,6 +36,7 @@ class FakeBoard:
         self.commands: list[tuple[int, int, bytes]] = []
         self.resend_requests: list[tuple[int, int]] = []
         self.level = [0] * channels
+        self.default_spp = spp
 
     # -- board -> gateway
     def _packet(self, ptype: int, payload: bytes) -> bytes:
@@ -63,8 +51,8 @@ class FakeBoard:
     def hello(self) -> bytes:
         self.sent[self.seq] = ("hello",)
         return self._packet(link.T_HELLO, link.pack_hello(
-            link.C_RESEND | link.C_DIFF_PACKING, self.rate_mhz, self.ring_cap, self.spp, self.chan_ids,
-            "fake-1.0", "fake"))
+            link.C_RESEND | link.C_DIFF_PACKING | link.C_SET_PACKET_MS, self.rate_mhz, self.ring_cap,
+            self.spp, self.chan_ids, "fake-1.0", "fake"))
 
     def data(self, tq: int = link.TQ_LOCKED, status: int = 0) -> bytes:
         chans = []
@@ -119,6 +107,10 @@ class FakeBoard:
                 self.commands.append((hdr.seq, code, args))
                 self.sent[self.seq] = ("reply",)
                 out += self._packet(link.T_REPLY, link.pack_reply(hdr.seq, link.R_OK, code, b"ok"))
+                if code == link.CMD_SET_PACKET_MS:
+                    ms = int.from_bytes(args, "big")
+                    self.spp = self.rate_mhz * ms // 1_000_000 if ms else self.default_spp
+                    out += self.hello()
         return bytes(out)
 
 

@@ -1,9 +1,11 @@
-"""Fixtures of the relay tests: keys for two stations, a frame factory, a throw-away Mosquitto.
+"""Fixtures of the relay tests: keys for two stations, a frame factory, a settable clock.
 
 Keys: Ed25519 (fast to generate and verify) for stations STA01 and STA02, frame key and one channel
 key each, exported into one trust store as the data centre would hold them.  Frames are built with
 the codec's ``build_data_frame`` exactly as the edge does, sequence numbers derived from the nominal
-time (frames of 10 s since 2000-01-01).
+time (frames of 10 s since 2000-01-01).  The clock is :class:`ims_station.clock.FakeClock`; the
+MQTT tests get a throw-away broker from :class:`ims_station.broker.MosquittoBroker`, as the uplink and
+integration tests do.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from ims_station.clock import FakeClock
 
 EPOCH_2000 = datetime(2000, 1, 1, tzinfo=timezone.utc)
 # Stations' keys: (frame key id, channel key id)
@@ -77,22 +81,6 @@ class FrameFactory:
 @pytest.fixture
 def factory(keys) -> FrameFactory:
     return FrameFactory(keys)
-
-
-class FakeClock:
-    def __init__(self, t: float = 1_700_000_000.0) -> None:
-        self.t = t
-        self.m = 1000.0
-
-    def time(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.m
-
-    def advance(self, s: float) -> None:
-        self.t += s
-        self.m += s
 
 
 @pytest.fixture

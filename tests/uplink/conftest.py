@@ -1,4 +1,5 @@
-"""Fixtures for the uplink tests: a settable clock and a real Mosquitto on a free port.
+"""Fixtures for the uplink tests: a settable clock (:class:`ims_station.clock.FakeClock`) and a real
+Mosquitto on a free port.
 
 The broker comes from :mod:`ims_station.broker` (M's module): the same code the demo and the
 integration tests use.
@@ -8,23 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-
-class FakeClock:
-    """``time()`` (UTC seconds) and ``monotonic()`` that move only when the test says so."""
-
-    def __init__(self, t: float = 1_700_000_000.0) -> None:
-        self.t = float(t)
-        self.m = 1000.0
-
-    def time(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.m
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
-        self.m += dt
+from ims_station.clock import FakeClock
 
 
 @pytest.fixture
