@@ -38,6 +38,9 @@ _LINK = {
         "ack_interval": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
         "command_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
         "max_held": {"type": "integer", "minimum": 64, "maximum": 1 << 20},
+        "max_inflight_bytes": {"type": "integer", "minimum": 512, "maximum": 1 << 20},
+        "adapt_packet_ms": {"type": "boolean"},
+        "min_packet_ms": {"type": "integer", "minimum": 1, "maximum": 65535},
     },
 }
 

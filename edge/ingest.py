@@ -28,10 +28,17 @@ Sequence policy, per board epoch (the board's boot counter; sequence numbers res
   certainly left the board's ring (below the ring floor the board's SOH states: its sequence number
   minus its ring fill), when no ring can hold it (``max_hole_span``) or when the hold buffer is
   full -- and, as a last resort, after ``max_resend_tries`` requests (default 30: a minute of
-  asking; a line that damages most packets needs many tries, and the ring holds minutes);
+  asking), though never while it is within the newest ``ring_capacity`` packets the board's
+  HELLO/SOH guarantee to hold (a line that damages most packets needs many tries, and the ring
+  holds minutes);
 * a given-up range becomes a :class:`GapReport` with the exact sequence range, the end of the last
   sample before (``start_us``), the first sample after (``end_us``) and the channels, emitted just
   before the next :class:`DataBlock` (whose first sample defines ``end_us``);
+* packet length follows the line: over the last ``adapt_window`` frames, more than
+  ``adapt_high`` (30 %) rejected -> COMMAND set_packet_ms with half the board's current DATA packet
+  length (not below ``min_packet_ms``, 250 ms); below ``adapt_low`` (5 %) after the decoder shortened
+  them -> set_packet_ms 0, the board's own default.  Shorter packets are hit less often (a
+  packet survives a byte-damage rate q with p = (1-q)^size), at the cost of more overhead;
 * the same sequence number twice is a duplicate (dropped, counted); with different content it is
   a security event (counted, logged, :class:`SecurityAlert`), and the first copy wins.
 """
@@ -40,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -237,6 +245,7 @@ class _Hole:
     last: int
     tries: int = 0
     sent_at: float | None = None   # last request or last progress; None: not asked yet
+    req: int = 0                   # number of the last RESEND that asked for it (0: none)
 
     @property
     def size(self) -> int:
@@ -261,6 +270,8 @@ class _Board:
     ring_capacity: int | None = None
     ring_floor: int = 0                 # every seq below it has left the board's ring (from SOH)
     frame_bytes: int = 0                # largest DATA frame on the line since the last HELLO (pacing)
+    ring_guaranteed: int | None = None  # fewest packets the ring is guaranteed to hold (HELLO/SOH, this epoch)
+    hello_rx: Hello | None = None       # newest HELLO received, delivered or not (for adaptation)
     acked: int = -1                     # highest sequence number the consumer has acknowledged
     ack_sent: int = -1
     ack_sent_at: float | None = None
@@ -288,6 +299,8 @@ class LinkDecoder:
                  ack_interval: float = 1.0, auto_ack: bool = True,
                  command_timeout: float = 5.0, backfill: int = link.MAX_RESEND,
                  max_hole_span: int = 1 << 16, dup_window: int = 4096,
+                 adapt_packet_ms: bool = True, adapt_window: int = 50, adapt_high: float = 0.30,
+                 adapt_low: float = 0.05, min_packet_ms: int = 250,
                  log_rate: float = 1.0, log_burst: int = 5) -> None:
         self._auth = link.Authenticator(key)
         self._clock = clock
@@ -303,6 +316,17 @@ class LinkDecoder:
         self.backfill = int(backfill)
         self.max_hole_span = int(max_hole_span)
         self.dup_window = int(dup_window)
+        self.adapt_packet_ms = bool(adapt_packet_ms)
+        self.adapt_window = max(1, int(adapt_window))
+        self.adapt_high = float(adapt_high)
+        self.adapt_low = float(adapt_low)
+        self.min_packet_ms = int(min_packet_ms)
+        self._outcomes: deque[bool] = deque(maxlen=self.adapt_window)   # True: frame rejected
+        self._packet_ms: dict[int, int] = {}      # board -> current DATA packet length, ms (HELLO)
+        self._shortened: set[int] = set()         # boards whose packets this decoder shortened
+        self._adapt_cmd: tuple[int, int, int] | None = None   # (cmd seq, board, ms asked) pending
+        self._req_no = 0                          # RESEND requests numbered in sending order
+        self._adapt_sent: dict[int, int] = {}     # cmd seq -> ms asked, until its REPLY (bounded)
         self._deframer = link.Deframer()
         self._events: list[Event] = []
         self._out = bytearray()
@@ -318,6 +342,7 @@ class LinkDecoder:
             "packets_recovered", "packets_unrecoverable", "gaps_reported", "unavailable_received",
             "held_overflow", "late_packets", "board_restarts", "hellos", "data_blocks", "samples_delivered", "soh",
             "acks_sent", "commands_sent", "replies", "replies_unmatched", "command_timeouts",
+            "packet_ms_commands", "packet_ms_changes",
         ), 0)
 
     # ------------------------------------------------------------ sans-IO surface
@@ -393,6 +418,15 @@ class LinkDecoder:
     def request_hello(self, **kw: Any) -> int:
         return self.send_command(link.CMD_HELLO, **kw)
 
+    def set_packet_ms(self, ms: int, **kw: Any) -> int:
+        """Ask the board for DATA packets of *ms* milliseconds (0: the board's default)."""
+        return self.send_command(link.CMD_SET_PACKET_MS, int(ms).to_bytes(2, "big"), **kw)
+
+    def packet_ms(self, board_id: int | None = None) -> int | None:
+        """The board's current DATA packet length as last announced (HELLO), ms."""
+        b = self._board_for(board_id)
+        return self._packet_ms.get(b.board_id) if b is not None else None
+
     def state(self, board_id: int | None = None) -> dict[str, Any] | None:
         """Snapshot of the sequence state of one board (for status pages and tests)."""
         b = self._board_for(board_id)
@@ -413,6 +447,7 @@ class LinkDecoder:
             key = {"framing": "framing_errors", "crc": "crc_errors", "hmac": "hmac_errors",
                    "version": "version_errors", "length": "length_errors"}.get(kind, "payload_errors")
             self.counters[key] += 1
+            self._outcomes.append(True)
             # A frame that reached the checks is not garbage (bytes outside any frame): count it
             # apart, so each counter means one thing.  Delimiters are not counted.
             self.counters["rejected_frame_bytes"] += len(fr)
@@ -429,6 +464,7 @@ class LinkDecoder:
             self._log("type", logging.WARNING, "link: board %d sent packet type 0x%02x", hdr.board_id, hdr.ptype)
             return
         self.counters["packets_ok"] += 1
+        self._outcomes.append(False)
         if hdr.flags & link.F_RETRANSMIT:
             self.counters["retransmits_received"] += 1
         self._packet(hdr, payload)
@@ -465,7 +501,7 @@ class LinkDecoder:
             b.highest = seq
         else:
             # Fills a hole (usually a retransmitted copy answering our RESEND).
-            if self._fill(b, seq, now):
+            if self._fill(b, seq, now, bool(hdr.flags & link.F_RETRANSMIT)):
                 self.counters["packets_recovered"] += 1
             else:
                 # Not in a hole, not held, not delivered: it was given up already (arrived late).
@@ -475,6 +511,15 @@ class LinkDecoder:
         if hdr.ptype == link.T_UNAVAILABLE:
             self._unavailable(b, payload)
         ev = self._event(hdr, payload)
+        if isinstance(ev, (Hello, Reply)):
+            # Packet length and the answer to our own set_packet_ms are needed now, not when the
+            # packet's turn comes: on a bad line that can be minutes behind (holes before it).
+            ev = self._adapt_receipt(b, ev)
+        if isinstance(ev, (Hello, Soh)) and ev.ring_capacity:
+            # The board holds at least its `ring_capacity` newest packets (stated at worst-case
+            # size; the smallest stated this epoch, since older packets may be larger).
+            g = b.ring_guaranteed
+            b.ring_guaranteed = ev.ring_capacity if g is None else min(g, ev.ring_capacity)
         if isinstance(ev, Soh) and ev.ring_fill < 0xFFFF:
             # The SOH was built while the ring held exactly seq-fill .. seq-1 (firmware/ring.py
             # holds one contiguous run and only moves forward within an epoch): anything older is
@@ -522,6 +567,30 @@ class LinkDecoder:
             return _LOST
         return None
 
+    def _adapt_receipt(self, b: _Board, ev: Any) -> Any:
+        if isinstance(ev, Hello):
+            last = self._packet_ms.get(b.board_id)
+            if ev.rate_mhz and (last is None or b.hello_rx is None or ev.seq >= b.hello_rx.seq):
+                b.hello_rx = ev
+                self._packet_ms[b.board_id] = ev.samples_per_packet * 1_000_000 // ev.rate_mhz
+            return ev
+        asked = self._adapt_sent.pop(ev.cmd_seq, None)
+        if asked is None or ev.command != link.CMD_SET_PACKET_MS:
+            return ev
+        # The answer to our own set_packet_ms (also a late one, after its timeout): decoder
+        # housekeeping like RESEND and ACK, not an event for the consumer.
+        self._commands.pop(ev.cmd_seq, None)
+        if self._adapt_cmd is not None and self._adapt_cmd[0] == ev.cmd_seq:
+            self._adapt_cmd = None
+        if ev.ok:
+            self.counters["packet_ms_changes"] += 1
+            self._outcomes.clear()          # judge the new length on its own frames
+            if asked:
+                self._shortened.add(b.board_id)
+            else:
+                self._shortened.discard(b.board_id)
+        return None
+
     def _duplicate(self, b: _Board, seq: int, dig: bytes) -> None:
         self.counters["duplicates"] += 1
         held = b.held.get(seq)
@@ -548,17 +617,31 @@ class LinkDecoder:
             first = oldest_possible
         b.holes.append(_Hole(first, last))
 
-    def _fill(self, b: _Board, seq: int, now: float) -> bool:
+    def _fill(self, b: _Board, seq: int, now: float, copy: bool = False) -> bool:
         for i, h in enumerate(b.holes):
             if h.first <= seq <= h.last:
                 parts = []
+                asked = now if h.sent_at is not None else None
                 if h.first < seq:
-                    parts.append(_Hole(h.first, seq - 1, h.tries, now if h.sent_at is not None else None))
+                    parts.append(_Hole(h.first, seq - 1, h.tries, asked, h.req))
                 if seq < h.last:
-                    parts.append(_Hole(seq + 1, h.last, h.tries, now if h.sent_at is not None else None))
+                    parts.append(_Hole(seq + 1, h.last, h.tries, asked, h.req))
                 b.holes[i:i + 1] = parts
+                if copy and h.req:
+                    self._lost_in_order(b, h.req, seq)
                 return True
         return False
+
+    def _lost_in_order(self, b: _Board, req: int, seq: int) -> None:
+        # The board answers RESENDs in the order they come, copies in sequence order, through one
+        # FIFO to the UART.  A copy of *seq* asked for by request *req* arriving means every copy
+        # queued before it has been sent: those not here (earlier in the same request, or from an
+        # earlier request) were damaged or dropped.  They are due again now, instead of holding
+        # the request budget until the timeout -- on a line that damages most packets this is
+        # what keeps the line busy with useful copies.
+        for h in b.holes:
+            if h.req and h.sent_at is not None and (h.req < req or (h.req == req and h.last < seq)):
+                h.sent_at = None
 
     def _take(self, b: _Board, first: int, last: int) -> list[tuple[int, int]]:
         """Remove [first, last] from the holes; return the sub-ranges that were missing."""
@@ -571,9 +654,9 @@ class LinkDecoder:
             lo, hi = max(h.first, first), min(h.last, last)
             taken.append((lo, hi))
             if h.first < lo:
-                out.append(_Hole(h.first, lo - 1, h.tries, h.sent_at))
+                out.append(_Hole(h.first, lo - 1, h.tries, h.sent_at, h.req))
             if hi < h.last:
-                out.append(_Hole(hi + 1, h.last, h.tries, h.sent_at))
+                out.append(_Hole(hi + 1, h.last, h.tries, h.sent_at, h.req))
         b.holes = out
         return taken
 
@@ -712,6 +795,9 @@ class LinkDecoder:
         ring = b.ring_capacity
         b.__init__(b.board_id, new_epoch, 0, -1)
         b.ring_capacity = ring
+        # A rebooted board is back at its default packet length (its HELLO will say so).
+        self._shortened.discard(b.board_id)
+        self._packet_ms.pop(b.board_id, None)
 
     # ------------------------------------------------------------ output
 
@@ -734,15 +820,55 @@ class LinkDecoder:
             if now - t0 >= self.command_timeout:
                 del self._commands[seq]
                 self.counters["command_timeouts"] += 1
+                if self._adapt_cmd is not None and self._adapt_cmd[0] == seq:
+                    self._adapt_cmd = None      # lost on the line: decided again from the window
+                    continue
                 self._events.append(CommandTimeout(bid, seq, code))
+        if self.adapt_packet_ms:
+            self._adapt()
+
+    def _adapt(self) -> None:
+        if self._adapt_cmd is not None or len(self._outcomes) < self.adapt_window:
+            return
+        b = self._board_for(None)
+        h = b.hello_rx if b is not None else None
+        if h is None or not h.capabilities & link.C_SET_PACKET_MS or not h.rate_mhz:
+            return
+        current = self._packet_ms.get(b.board_id)
+        rejected = sum(self._outcomes) / len(self._outcomes)
+        target = None
+        if rejected > self.adapt_high and current:
+            # Half as long, on the board's sample grid (a whole number of samples), not below the floor.
+            rate = h.rate_mhz
+            grain = 1_000_000 // math.gcd(rate, 1_000_000)
+            target = max(current // 2 // grain * grain, -(-self.min_packet_ms // grain) * grain)
+            if target >= current:
+                return
+        elif rejected < self.adapt_low and b.board_id in self._shortened:
+            target = 0
+        if target is None:
+            return
+        seq = self.set_packet_ms(target, board_id=b.board_id)
+        self._adapt_cmd = (seq, b.board_id, target)
+        self._adapt_sent[seq] = target
+        while len(self._adapt_sent) > 64:
+            del self._adapt_sent[next(iter(self._adapt_sent))]
+        self.counters["packet_ms_commands"] += 1
+        self._log("adapt", logging.WARNING, "link: board %d: %.0f %% of the last %d frames rejected: "
+                  "asking for %s DATA packets", b.board_id, 100 * rejected, len(self._outcomes),
+                  "%d ms" % target if target else "its default")
 
     def _service_holes(self, b: _Board, now: float) -> None:
         if any(h.first < b.ring_floor for h in b.holes):
             self._give_up_through(b, b.ring_floor - 1, "beyond_ring")
-        # Last resort: give up what has been asked for very often without progress.
+        # Last resort: give up what has been asked for very often without progress -- but never
+        # while the board is certain to still hold it (within the newest `ring_capacity` packets
+        # its HELLO/SOH guarantee): then the line is the problem, and asking again is the cure.
         keep = []
+        sure = b.ring_guaranteed
         for h in b.holes:
-            if h.sent_at is not None and now - h.sent_at >= self.resend_timeout and h.tries >= self.max_resend_tries:
+            if h.sent_at is not None and now - h.sent_at >= self.resend_timeout and h.tries >= self.max_resend_tries \
+                    and (sure is None or b.highest - h.last >= sure):
                 self._give_up_range(b, h.first, h.last, "timeout")
             else:
                 keep.append(h)
@@ -764,14 +890,16 @@ class LinkDecoder:
             # gone already, the board's UNAVAILABLE names everything below its oldest packet, so
             # a long outage is still settled in one round trip.)
             if h.size > room:
-                ask = _Hole(h.first, h.first + room - 1, h.tries, h.sent_at)
+                ask = _Hole(h.first, h.first + room - 1, h.tries, h.sent_at, h.req)
                 out.append(ask)
-                out.append(_Hole(ask.last + 1, h.last, h.tries, h.sent_at))
+                out.append(_Hole(ask.last + 1, h.last, h.tries, h.sent_at, h.req))
             else:
                 ask = h
                 out.append(h)
             ask.tries += 1
             ask.sent_at = now
+            self._req_no += 1
+            ask.req = self._req_no
             inflight += ask.size
             self._send(b.board_id, b.epoch, link.T_RESEND, link.pack_range(ask.first, ask.last))
             self.counters["resend_requests"] += 1

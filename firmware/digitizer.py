@@ -6,7 +6,7 @@
 # per-channel clipping detection, status flags (tamper, supply, calibration, clock step, ring
 # overrun, ADC fault), periodic SOH, HELLO at start, RESEND served from the ring with ranges no
 # longer held answered by UNAVAILABLE, commands (set rate, start/stop calibration, reboot, hello)
-# and their REPLYs, and the board's own counters.  No DATA before the time base has a time (the
+# and their REPLYs (set rate, set packet length, ...), and the board's own counters.  No DATA before the time base has a time (the
 # first GNSS time + PPS): conversions before that are read and discarded (counted,
 # `samples_discarded_no_time`) and SOH says so (S_NO_TIME, time 0), because a sample stamped
 # "1970 + uptime" is worse than none.  After a later loss of lock the time is still known, so
@@ -55,6 +55,7 @@ class Digitizer:
         self._identity = self._inputs == list(range(len(self._inputs)))
         self.rates_mhz = list(acq["rates_mhz"])
         self.packet_ms = acq["packet_ms"]
+        self.default_packet_ms = self.packet_ms
         self.diff_packing = acq.get("diff_packing", True)
         self.soh_interval_us = int(acq.get("soh_interval_s", 10)) * 1000000
         self.ring = Ring(acq["ring_bytes"], acq["ring_packets"])
@@ -267,7 +268,7 @@ class Digitizer:
                 self._out = self._out[n:]
 
     def _send_hello(self):
-        caps = link.C_RESEND | link.C_SET_RATE
+        caps = link.C_RESEND | link.C_SET_RATE | link.C_SET_PACKET_MS
         if self.diff_packing:
             caps |= link.C_DIFF_PACKING
         if self.cal_enabled:
@@ -425,12 +426,33 @@ class Digitizer:
             if args:
                 return link.R_BAD_ARGS, b"no arguments", None
             return link.R_OK, b"", self._send_hello
+        if code == link.CMD_SET_PACKET_MS:
+            if len(args) != 2:
+                return link.R_BAD_ARGS, b"set_packet_ms takes u16 ms", None
+            ms = (args[0] << 8) | args[1]
+            if ms == 0:
+                ms = self.default_packet_ms
+            if self.rate_mhz * ms % 1000000:
+                return link.R_BAD_ARGS, b"length gives a fractional packet at this rate", None
+            spp = self.rate_mhz * ms // 1000000
+            worst = link.data_size(spp, self.nchan, [link.ENC_I32] * self.nchan)
+            if spp < 1 or worst > link.MAX_PAYLOAD or link.OVERHEAD + worst > self.ring.capacity_bytes // 2:
+                return link.R_BAD_ARGS, b"packet length outside 1 sample .. payload/ring limit", None
+            return link.R_OK, b"", lambda: self._change_packet_ms(ms)
         return link.R_UNSUPPORTED, b"unknown command", None
 
     def _change_rate(self, rate):
         self.flush_block()
         self.adc.configure(rate)
         self._set_rate(rate)
+        self._send_hello()
+
+    def _change_packet_ms(self, ms):
+        # Like a rate change: the partial packet is closed (every packet stays evenly sampled and
+        # self-describing) and HELLO announces the new samples per packet and ring capacity.
+        self.flush_block()
+        self.packet_ms = ms
+        self._set_rate(self.rate_mhz)
         self._send_hello()
 
     def _start_calibration(self, duration_s, period_ms, mask):

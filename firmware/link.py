@@ -136,6 +136,7 @@ C_DIFF_PACKING = const(0x0001)
 C_CALIBRATION = const(0x0002)
 C_RESEND = const(0x0004)
 C_SET_RATE = const(0x0008)
+C_SET_PACKET_MS = const(0x0010)
 
 # REPLY payload:  u32 sequence number of the COMMAND answered, u8 status (R_*), u8 command code,
 #                 u16 length, then that many bytes of result.
@@ -159,8 +160,10 @@ CMD_START_CALIBRATION = const(2)  # args: u16 duration s, u16 period ms, u8 chan
 CMD_STOP_CALIBRATION = const(3)  # no args
 CMD_REBOOT = const(4)            # no args
 CMD_HELLO = const(5)             # no args: send HELLO again
+CMD_SET_PACKET_MS = const(6)     # args: u16 DATA packet length in ms (0: the board's default)
 COMMAND_NAMES = {CMD_SET_RATE: "set_rate", CMD_START_CALIBRATION: "start_calibration",
-                 CMD_STOP_CALIBRATION: "stop_calibration", CMD_REBOOT: "reboot", CMD_HELLO: "hello"}
+                 CMD_STOP_CALIBRATION: "stop_calibration", CMD_REBOOT: "reboot", CMD_HELLO: "hello",
+                 CMD_SET_PACKET_MS: "set_packet_ms"}
 
 
 class LinkError(ValueError):

@@ -294,6 +294,7 @@ def _report(cfg, sim, decoder, assembler, events, wall, DataBlock, GapReport, Bo
         "config": {"minutes": cfg.minutes, "ber": cfg.ber, "drop": cfg.drop, "dup": cfg.dup, "seed": cfg.seed,
                    "board": sim.board_name, "rate_sps": vb.rate_mhz / 1000, "channels": nch, "baud": sim.baud,
                    "packet_ms": (vb.board.get("acquisition") or {}).get("packet_ms"),
+                   "packet_ms_at_end": getattr(vb.digitizer, "packet_ms", None),
                    "max_resend_tries": decoder.max_resend_tries, "resend_timeout_s": decoder.resend_timeout,
                    "faults": sim.plan.to_json(), "unplugs": [w.to_json() for w in cfg.unplugs]},
         "samples_generated": generated,

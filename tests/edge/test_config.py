@@ -25,7 +25,7 @@ board = "sim"
 board_id = 1
 key_file = "board1.key"
 channels = { 0 = "00.BHZ", 1 = "00.BHN", 2 = "IM.XS02.10.BDF" }
-link = { max_resend_tries = 3 }
+link = { max_resend_tries = 3, adapt_packet_ms = false, max_inflight_bytes = 4096 }
 
 [[ports]]
 url = "/dev/ttyUSB0"
@@ -50,7 +50,12 @@ def test_a_valid_file_loads_with_defaults_resolved(station, tmp_path):
     assert p1.key == bytes(range(32)) and "key=" not in repr(p1)
     assert p1.channels == {0: "IM.XS01.00.BHZ", 1: "IM.XS01.00.BHN", 2: "IM.XS02.10.BDF"}
     assert p1.link == {"resend_timeout": 1.5, "max_resend_tries": 3, "ack_interval": 1.0,
-                       "command_timeout": 5.0, "max_held": 2048}
+                       "command_timeout": 5.0, "max_held": 2048, "adapt_packet_ms": False,
+                       "max_inflight_bytes": 4096}
+    # ... and they are the LinkDecoder's keyword arguments.
+    from ims_station.edge.ingest import LinkDecoder
+    dec = LinkDecoder(p1.key, None, **p1.link)
+    assert not dec.adapt_packet_ms and dec.max_inflight_bytes == 4096 and dec.max_resend_tries == 3
     assert (p2.baudrate, p2.timeout, p2.board, p2.board_id, p2.name) == (230400, 0.05, "sim", None, "port1")
     assert p1.codes(1) == {(1, 0): "IM.XS01.00.BHZ", (1, 1): "IM.XS01.00.BHN", (1, 2): "IM.XS02.10.BDF"}
 

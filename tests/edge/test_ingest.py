@@ -278,7 +278,7 @@ def _truth_args(b, seq):
 
 def test_resend_timing_on_a_fake_clock_then_give_up_with_an_exact_gap_report():
     clock, dec = make(resend_timeout=2.0, max_resend_tries=3)
-    b = FakeBoard(spp=50, rate_mhz=100_000)
+    b = FakeBoard(spp=50, rate_mhz=100_000, ring=2)  # HELLO: only 2 packets guaranteed held
     w = [b.hello()] + [b.data() for _ in range(5)]
     for i, x in enumerate(w):
         if i not in (2, 3):
@@ -343,6 +343,27 @@ def test_a_hole_below_the_ring_floor_of_a_soh_is_given_up_without_asking():
     blocks = data_events(ev)
     assert [e.seq for e in blocks] == [1, 8, 9, 10]
     assert all(g.start_us == blocks[0].t_end_us and g.end_us == blocks[1].t_first_us for g in gaps)
+
+
+def test_the_try_cap_never_gives_up_what_the_ring_is_sure_to_hold():
+    clock, dec = make(resend_timeout=2.0, max_resend_tries=3)
+    b = FakeBoard(ring=10)                          # HELLO: the 10 newest packets are held
+    w = [b.hello()] + [b.data() for _ in range(5)]
+    dec.receive_data(w[0] + w[1] + w[3] + w[4] + w[5])    # seq 2 lost
+    asked = 0
+    for _ in range(20):                             # 20 s of asking, answers lost on the line
+        asked += len(resends(b, dec.data_to_send()))
+        clock.advance(1.0)
+        dec.tick()
+    assert asked == 10 and dec.counters["packets_unrecoverable"] == 0
+    for _ in range(8):                              # the board goes on: 2 leaves the guaranteed span
+        dec.receive_data(b.data())
+    for _ in range(4):
+        dec.data_to_send()
+        clock.advance(1.0)
+        dec.tick()
+    gaps = [e for e in dec.next_events() if isinstance(e, GapReport)]
+    assert [(g.first_seq, g.reason) for g in gaps] == [(2, "timeout")]
 
 
 def test_progress_on_a_request_postpones_its_timeout():
@@ -434,6 +455,50 @@ def test_catch_up_is_paced_to_what_the_boards_transmit_queue_holds():
     outstanding = sum(h[1] - h[0] + 1 for h in st["holes"] if h[2] > 0)
     assert outstanding == cap                      # still exactly one budget in flight
     assert clock.monotonic() == 1000.0             # all of it without protocol time passing
+
+
+def test_lost_copies_are_asked_again_as_soon_as_a_later_copy_arrives():
+    clock, dec = make()
+    b = FakeBoard(ring=1000)
+    dec.receive_data(b.hello() + b.data())
+    for _ in range(6):
+        b.data()                                   # 2..7 lost
+    dec.receive_data(b.data())
+    out = dec.data_to_send()
+    assert resends(b, out) == [(2, 7)]
+    answer = [b"\x00" + f + b"\x00" for f in link.Deframer().feed(b.receive(out))]
+    dec.receive_data(answer[3])                    # only the copy of 5 survives the line
+    # 2..4 were sent before it and are not coming: asked again at once, without a timeout.
+    assert resends(b, dec.data_to_send()) == [(2, 4)]
+    assert clock.monotonic() == 1000.0
+
+
+def test_packet_length_follows_the_corruption_rate():
+    clock, dec = make(adapt_window=20)
+    b = FakeBoard(spp=100)                         # 1-s packets at 100 sps
+    converse(dec, b, b.hello())
+    bad = bytearray(FakeBoard(seed=9).data())
+    bad[30] ^= 1
+
+    def traffic(n, rejected_every):
+        for i in range(n):
+            converse(dec, b, bytes(bad) if i % rejected_every == 0 else b.data())
+
+    traffic(20, 2)                                 # 50 % rejected: halve
+    assert b.commands[-1][1:] == (link.CMD_SET_PACKET_MS, (500).to_bytes(2, "big"))
+    assert dec.packet_ms() == 500 and b.spp == 50
+    traffic(20, 3)                                 # 34 %: halve again, to the 250 ms floor
+    assert b.commands[-1][2] == (250).to_bytes(2, "big") and dec.packet_ms() == 250
+    traffic(40, 3)                                 # still bad, but at the floor: nothing more
+    assert len(b.commands) == 2
+    traffic(40, 1000)                              # clean: back to the board's default
+    assert b.commands[-1][2] == (0).to_bytes(2, "big") and b.spp == 100 and dec.packet_ms() == 1000
+    traffic(40, 1000)
+    assert len(b.commands) == 3 and dec.counters["packet_ms_changes"] == 3
+    # Housekeeping of the decoder: no Reply for the consumer, the data flows on.
+    ev = dec.next_events()
+    assert not [e for e in ev if isinstance(e, (Reply, CommandTimeout))]
+    assert [e.n_samples for e in data_events(ev)][-1] == 100 and 25 in [e.n_samples for e in data_events(ev)]
 
 
 def test_hold_buffer_is_bounded():

@@ -693,6 +693,39 @@ def case_digitizer_commands_and_replies():
     assert len([1 for h, p in got if h.ptype == link.T_REPLY]) == 2
 
 
+def case_digitizer_set_packet_ms_shortens_packets_and_back():
+    rig = Rig()
+    spp0 = rig.dig.spp
+    ms0 = rig.dig.packet_ms
+    rig.run(spp0 + spp0 // 2)                         # one full packet, half of the next
+    rig.packets()
+    rig.send(link.T_COMMAND, link.pack_command(link.CMD_SET_PACKET_MS, struct.pack(">H", ms0 // 4)))
+    got = rig.packets()
+    kinds = [h.ptype for h, _ in got]
+    assert kinds == [link.T_REPLY, link.T_DATA, link.T_HELLO], kinds
+    assert link.unpack_reply(got[0][1])[:3] == (0, link.R_OK, link.CMD_SET_PACKET_MS)
+    half = link.unpack_data(got[1][1])
+    assert len(half[6][0]) == spp0 // 2               # the partial packet was closed
+    hello = link.unpack_hello(got[2][1])
+    assert hello["samples_per_packet"] == spp0 // 4 and hello["capabilities"] & link.C_SET_PACKET_MS
+    rig.run(spp0)
+    data = [link.unpack_data(p) for h, p in rig.packets() if h.ptype == link.T_DATA]
+    assert [len(d[6][0]) for d in data] == [spp0 // 4] * 4
+    t0 = data[0][0]
+    for k, d in enumerate(data):                      # still one continuous timeline
+        assert d[0] == t0 + k * (spp0 // 4) * rig.period
+    assert data[0][0] == half[0] + (spp0 // 2) * rig.period
+    # Refused: a length that is not a whole number of samples, one too large, bad arguments.
+    rig.send(link.T_COMMAND, link.pack_command(link.CMD_SET_PACKET_MS, struct.pack(">H", 3)))
+    rig.send(link.T_COMMAND, link.pack_command(link.CMD_SET_PACKET_MS, struct.pack(">H", 60000)))
+    rig.send(link.T_COMMAND, link.pack_command(link.CMD_SET_PACKET_MS, b"\x01"))
+    replies = [link.unpack_reply(p)[1] for h, p in rig.packets() if h.ptype == link.T_REPLY]
+    assert replies == [link.R_BAD_ARGS] * 3 and rig.dig.spp == spp0 // 4
+    # 0: back to the board's own default.
+    rig.send(link.T_COMMAND, link.pack_command(link.CMD_SET_PACKET_MS, struct.pack(">H", 0)))
+    assert rig.dig.packet_ms == ms0 and rig.dig.spp == spp0
+
+
 def case_digitizer_rejects_forged_and_foreign_packets():
     rig = Rig()
     rig.packets()

@@ -88,8 +88,12 @@ def test_no_sample_goes_out_before_the_board_has_a_time():
 
 
 def test_bad_line_accepts_no_corrupt_sample_and_reports_every_gap_exactly():
-    r = run_soak(SoakConfig(minutes=1, ber=1e-4, drop=1e-2, seed=7, packet_ms=250))
+    # Defaults everywhere: the board starts with 1-s packets, which never get through this line
+    # (p ~ 3e-5); the edge sees most frames rejected and shortens them (set_packet_ms).
+    r = run_soak(SoakConfig(minutes=1.5, ber=1e-4, drop=1e-2, seed=7))
     assert_integrity(r)
+    assert r["config"]["packet_ms"] == 1000 and r["config"]["packet_ms_at_end"] == 250
+    assert r["edge_counters"]["packet_ms_changes"] >= 2
     assert r["samples_delivered"] > 0 and r["gaps_unrecovered"] > 0
     assert r["corrupt_packets_rejected"]["crc"] > 0 and r["corrupt_packets_rejected"]["framing"] > 0
     assert r["samples_lost_on_board"] == 0
