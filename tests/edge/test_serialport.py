@@ -53,6 +53,16 @@ def _read_all(fd: int, timeout: float = 1.0) -> bytes:
     return out
 
 
+def _step_until(pump, done, wall_limit: float = 10.0) -> None:
+    """Step the pump until *done()*; the pty is a real OS device, so under load the bytes may take
+    more than a few read timeouts to show up: bound the wait by wall time, not by a step count."""
+    import time
+
+    deadline = time.monotonic() + wall_limit
+    while not done() and time.monotonic() < deadline:
+        pump.step()
+
+
 def test_pump_over_a_pty_like_a_real_tty_and_survives_its_loss():
     master, slave = os.openpty()
     path = os.ttyname(slave)
@@ -67,25 +77,19 @@ def test_pump_over_a_pty_like_a_real_tty_and_survives_its_loss():
         os.write(master, b.hello() + b.data())
         b.data()                                   # lost on the line
         os.write(master, b.data())
-        for _ in range(10):
-            pump.step()
-            if len(events) >= 2:
-                break
+        # Until the gap is seen (seq 3 read) and the RESEND and ACK are written to the tty.
+        _step_until(pump, lambda: dec.counters["resend_requests"] >= 1 and dec.counters["acks_sent"] >= 1)
         # The gateway's RESEND (and ACK) came out of the tty: the board answers them.
         answer = b.receive(_read_all(master))
         assert b.resend_requests == [(2, 2)] and b.acked == 1
         os.write(master, answer)
-        for _ in range(10):
-            pump.step()
-            if len(events) >= 4:
-                break
+        _step_until(pump, lambda: len(events) >= 4)
         assert [e.seq for e in events] == [0, 1, 2, 3]
     finally:
         os.close(master)
         os.close(slave)
     # The device went away: reading fails, the pump counts it and retries on the clock's schedule.
-    for _ in range(3):
-        pump.step()
+    _step_until(pump, lambda: not pump.connected)
     assert pump.counters["disconnects"] == 1 and not pump.connected
     fails = pump.counters["open_failures"]
     clock.advance(0.5)
