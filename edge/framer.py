@@ -28,6 +28,16 @@ restart) or recorded as a gap in it.  The outbox enforces the same rule durably
 
 Within a window, each contiguous run of a channel is one channel subframe (a gap inside a window
 gives two subframes of that channel; the channel string lists it twice, which the format allows).
+
+Implausible time: the firmware sends no DATA before its first time fix, but the framer does not
+rely on it (an old firmware, a GNSS week roll-over, a corrupted time base).  A chunk whose samples
+lie before 2000-01-01 (the CD-1.1 sequence origin: the seq would be negative) or more than
+``max_clock_offset_s`` (default one day) from the gateway's clock is never framed: its samples are
+counted (``implausible_time_samples``), and the first chunk of each such episode raises an alarm
+(``on_alarm``, which the gateway turns into an immediate SOH publication; ``stats()["last_alarm"]``).
+A day leaves room for the board's ring-buffer backlog after a long gateway outage and for a gateway
+clock that lost NTP, while a board stamping 1970 + uptime or a date 19.6 years off (GPS week
+roll-over) is caught.
 """
 
 from __future__ import annotations
@@ -118,7 +128,9 @@ class Framer:
     def __init__(self, station: str, outbox: Any, *, clock: Any, channels: Iterable[ChannelSpec] = (),
                  keystore: Any = None, station_key_id: int | None = None, frame_seconds: int = 10,
                  max_wait_s: float = 30.0, destination: str = "0", compress: bool = True,
-                 clock_diff_limit_us: int = 1000, on_commit: Callable[[int, bytes], None] | None = None) -> None:
+                 clock_diff_limit_us: int = 1000, on_commit: Callable[[int, bytes], None] | None = None,
+                 max_clock_offset_s: float | None = 86400.0,
+                 on_alarm: Callable[[dict], None] | None = None) -> None:
         if frame_seconds <= 0:
             raise ValueError("frame_seconds must be positive")
         self.station = station
@@ -132,6 +144,11 @@ class Framer:
         self.compress = compress
         self.clock_diff_limit_us = int(clock_diff_limit_us)
         self._on_commit = on_commit
+        # None: no comparison with the gateway's clock (the 2000-01-01 floor always applies).
+        self.max_clock_offset_s = None if max_clock_offset_s is None else float(max_clock_offset_s)
+        self._on_alarm = on_alarm
+        self.last_alarm: dict | None = None
+        self._implausible_episode = False
         self._signers: dict[int, Any] = {}
         self._keystore = keystore
         self._frame_signer = self._signer(station_key_id)
@@ -142,7 +159,8 @@ class Framer:
         hi = outbox.highest_committed(self.frame_set)
         self.committed_seq: int | None = hi   # highest seq committed (ever, incl. previous runs)
         self.counters = dict(frames=0, frame_bytes=0, samples=0, late_samples=0, partial_frames=0,
-                             outbox_errors=0)
+                             outbox_errors=0, implausible_time_samples=0, implausible_time_chunks=0,
+                             alarms=0)
 
     # -- configuration helpers --------------------------------------------------------------------
     def _signer(self, key_id: int | None) -> Any:
@@ -172,11 +190,48 @@ class Framer:
     def add_soh(self, station: str, last_sync_us: int, clock_diff_us: int) -> None:
         self.health[station] = BoardHealth(last_sync_us, clock_diff_us)
 
+    def time_plausible(self, t_first_us: int, t_end_us: int) -> bool:
+        """May samples from *t_first_us* to *t_end_us* be framed?  Not before 2000-01-01, and
+        within ``max_clock_offset_s`` of the gateway's clock at both ends."""
+        if t_first_us < EPOCH_2000_US:
+            return False
+        if self.max_clock_offset_s is None:
+            return True
+        now_us = self._clock.time() * 1e6
+        limit = self.max_clock_offset_s * 1e6
+        return abs(t_first_us - now_us) <= limit and abs(t_end_us - now_us) <= limit
+
+    def _implausible(self, chunk: Any) -> None:
+        n = int(chunk.samples.size)
+        self.counters["implausible_time_samples"] += n
+        self.counters["implausible_time_chunks"] += 1
+        if self._implausible_episode:
+            return
+        # One alarm per episode (until a plausible chunk comes), not one per packet.
+        self._implausible_episode = True
+        self.counters["alarms"] += 1
+        gw_time = self._clock.time()
+        alarm = {"alarm": "implausible_time", "station": self.station, "channels": list(chunk.codes),
+                 "sample_time": chunk.t_first_us / 1e6, "gateway_time": gw_time,
+                 "offset_s": chunk.t_first_us / 1e6 - gw_time, "max_clock_offset_s": self.max_clock_offset_s}
+        self.last_alarm = alarm
+        log.error("framer %s: samples stamped %s are %.0f s from the gateway's clock (or before 2000): "
+                  "not framed", self.station, format_time(max(chunk.t_first_us, 0) / 1e6), alarm["offset_s"])
+        if self._on_alarm is not None:
+            try:
+                self._on_alarm(alarm)
+            except Exception:   # an SOH publisher failing must not stop the framing
+                log.exception("framer %s: alarm callback failed", self.station)
+
     def add_chunk(self, chunk: Any) -> list[int]:
         """Take a :class:`~ims_station.edge.streams.Chunk`; return the seqs committed as a result."""
         now = self._clock.monotonic()
         n = chunk.samples.shape[1]
         t0, rate = chunk.t_first_us, chunk.rate_mhz
+        if not self.time_plausible(t0, chunk.t_end_us):
+            self._implausible(chunk)
+            return self.poll()
+        self._implausible_episode = False
         i = 0
         while i < n:
             t_i = t0 + sample_offset_us(i, rate)
@@ -300,4 +355,4 @@ class Framer:
 
     def stats(self) -> dict:
         return {**self.counters, "open_windows": len(self._windows), "committed_seq": self.committed_seq,
-                "channels": sorted(self.channels)}
+                "channels": sorted(self.channels), "last_alarm": self.last_alarm}

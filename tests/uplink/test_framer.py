@@ -143,3 +143,39 @@ def test_restart_never_rebuilds_a_committed_seq(tmp_path, clock):
     assert [f.sequence for f in frames] == [seq0, seq0 + 1]
     z1 = [sf for sf in frames[1].subframes if sf.channel == "BHZ"][0].samples()
     assert np.array_equal(z1, np.arange(400, 800, dtype=np.int32))
+
+
+@pytest.mark.parametrize("t_us, why", [
+    (12 * 1_000_000, "1970 + uptime: a board without a time fix"),
+    (EPOCH_2000_US - 10_000_000, "before 2000-01-01: the sequence number would be negative"),
+    (T0_US - 1024 * 7 * 86400 * 1_000_000, "GPS week roll-over: 19.6 years in the past"),
+    (T0_US + 2 * 86400 * 1_000_000, "two days ahead of the gateway's clock"),
+])
+def test_samples_with_implausible_time_are_never_framed_counted_and_alarmed(tmp_path, clock, t_us, why):
+    alarms = []
+    box, fr = framer(tmp_path, clock, on_alarm=alarms.append)
+    clock.t = T0_US / 1e6 + 30                 # the gateway's clock: 30 s after T0
+    for k in range(30):                        # 30 s of bad time, then 25 s of good
+        assert fr.add_chunk(chunk(t_us + k * 1_000_000, 40, base=40 * k)) == [], why
+    clock.advance(60)                          # beyond max_wait_s: nothing is waiting to be forced out
+    assert fr.poll() == [] and box.stats()["frames"] == 0, why
+    st = fr.stats()
+    assert st["implausible_time_samples"] == 30 * 40 * len(CODES) and st["implausible_time_chunks"] == 30
+    # One alarm for the episode, not one per chunk; it names the time and the offset.
+    assert len(alarms) == 1 and st["alarms"] == 1 and st["last_alarm"] == alarms[0]
+    assert alarms[0]["alarm"] == "implausible_time" and alarms[0]["sample_time"] == t_us / 1e6
+    committed = []
+    for k in range(25):
+        committed += fr.add_chunk(chunk(T0_US + k * 1_000_000, 40, base=40 * k))
+    assert committed == [fr.seq_of(T0_US), fr.seq_of(T0_US) + 1]     # good time frames as usual
+    fr.add_chunk(chunk(t_us, 40))                                    # a new episode: a new alarm
+    assert len(alarms) == 2
+
+
+def test_the_ring_backlog_within_the_clock_offset_is_framed(tmp_path, clock):
+    box, fr = framer(tmp_path, clock, max_clock_offset_s=3600)
+    clock.t = T0_US / 1e6 + 3000               # 50 minutes after the samples: a long gateway outage
+    committed = []
+    for k in range(10):
+        committed += fr.add_chunk(chunk(T0_US + k * 1_000_000, 40, base=40 * k))
+    assert committed == [fr.seq_of(T0_US)] and fr.stats()["implausible_time_samples"] == 0
