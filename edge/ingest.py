@@ -274,6 +274,7 @@ class _Board:
     hello_rx: Hello | None = None       # newest HELLO received, delivered or not (for adaptation)
     acked: int = -1                     # highest sequence number the consumer has acknowledged
     ack_sent: int = -1
+    resume_t_us: int | None = None      # end of the last sample of a resumed session's ACK point
     ack_sent_at: float | None = None
 
 
@@ -331,6 +332,7 @@ class LinkDecoder:
         self._events: list[Event] = []
         self._out = bytearray()
         self._boards: dict[int, _Board] = {}
+        self._resume: dict[int, tuple[int, int, int | None]] = {}   # board -> persisted ACK point
         self._tx_seq = 0
         self._commands: dict[int, tuple[int, int, float]] = {}   # cmd_seq -> (board, code, sent_at)
         self._log = RateLimitedLog(log, clock, rate=log_rate, burst=log_burst)
@@ -342,7 +344,7 @@ class LinkDecoder:
             "packets_recovered", "packets_unrecoverable", "gaps_reported", "unavailable_received",
             "held_overflow", "late_packets", "board_restarts", "hellos", "data_blocks", "samples_delivered", "soh",
             "acks_sent", "commands_sent", "replies", "replies_unmatched", "command_timeouts",
-            "packet_ms_commands", "packet_ms_changes",
+            "packet_ms_commands", "packet_ms_changes", "resumed",
         ), 0)
 
     # ------------------------------------------------------------ sans-IO surface
@@ -382,12 +384,54 @@ class LinkDecoder:
 
     # ------------------------------------------------------------ consumer hooks
 
-    def acknowledge(self, seq: int, board_id: int | None = None) -> None:
-        """Everything up to *seq* of the board's current epoch is safe (e.g. on disk): ACK it."""
+    def acknowledge(self, seq: int, board_id: int | None = None, epoch: int | None = None) -> None:
+        """Everything up to *seq* of the board's current epoch is safe (e.g. on disk): ACK it.
+        With *epoch*, an acknowledgement for another epoch (the board restarted since) is ignored."""
         b = self._board_for(board_id)
         if b is None:
             raise LocalProtocolError("acknowledge: no board known yet")
+        if epoch is not None and epoch != b.epoch:
+            return
         b.acked = max(b.acked, min(seq, b.next_seq - 1))
+
+    def resume(self, board_id: int, epoch: int, seq: int, t_end_us: int | None = None) -> None:
+        """Continue from a persisted ACK point: *seq* of *epoch* and everything before it are safe
+        (committed by a previous gateway process); *t_end_us* is the end of its last sample.
+
+        Applied at first contact with the board.  If it is still in *epoch*, the decoder delivers from
+        ``seq + 1`` on: everything in between is a hole, asked for with RESEND like any other (paced,
+        oldest first), so the packets the board's ring held while no gateway listened are recovered,
+        and what left the ring is settled by the board's UNAVAILABLE and reported as a
+        :class:`GapReport` from *t_end_us*.  It re-sends ACK *seq* (the previous process may have died
+        before it did).  If the board is in another epoch (it rebooted meanwhile, its ring is gone), a
+        :class:`BoardRestarted` is emitted and the new epoch starts as at any first contact.
+        """
+        if board_id in self._boards:
+            raise LocalProtocolError(f"resume: board {board_id} has spoken already")
+        self._resume[board_id] = (int(epoch), int(seq), t_end_us)
+
+    def _first_contact(self, hdr: link.Header) -> _Board:
+        r = self._resume.pop(hdr.board_id, None)
+        if r is not None and r[0] == hdr.epoch:
+            epoch, acked, t_end_us = r
+            b = self._boards[hdr.board_id] = _Board(hdr.board_id, hdr.epoch, acked + 1, acked)
+            b.acked, b.resume_t_us = acked, t_end_us
+            self.counters["resumed"] += 1
+            self._log("resume", logging.INFO, "link: board %d epoch %d: resuming after seq %d (now at %d)",
+                      hdr.board_id, epoch, acked, hdr.seq)
+            return b
+        # A board that booted recently still has its first packets in the ring: ask for them (a
+        # gateway started together with the board loses nothing).
+        start = 0 if hdr.seq <= self.backfill else hdr.seq
+        b = self._boards[hdr.board_id] = _Board(hdr.board_id, hdr.epoch, start, start - 1)
+        if r is not None:
+            # Rebooted while no gateway listened: what it sent after the ACK point is gone with its
+            # ring (an unknown number of packets, so no GapReport; the streams see the time gap).
+            self.counters["board_restarts"] += 1
+            self._log("restart", logging.WARNING, "link: board %d restarted while the gateway was down "
+                      "(epoch %d -> %d): packets after seq %d are lost", hdr.board_id, r[0], hdr.epoch, r[1])
+            self._events.append(BoardRestarted(hdr.board_id, r[0], hdr.epoch))
+        return b
 
     def send_command(self, code: int, args: bytes = b"", *, board_id: int | None = None) -> int:
         """Queue a COMMAND; returns its sequence number, which the :class:`Reply` carries."""
@@ -473,10 +517,7 @@ class LinkDecoder:
         now = self._clock.monotonic()
         b = self._boards.get(hdr.board_id)
         if b is None:
-            # First contact.  A board that booted recently still has its first packets in the ring:
-            # ask for them (a gateway started together with the board loses nothing).
-            start = 0 if hdr.seq <= self.backfill else hdr.seq
-            b = self._boards[hdr.board_id] = _Board(hdr.board_id, hdr.epoch, start, start - 1)
+            b = self._first_contact(hdr)
         elif hdr.epoch != b.epoch:
             if 0 < (hdr.epoch - b.epoch) % EPOCH_MOD < EPOCH_MOD // 2:
                 self._restart(b, hdr.epoch)
@@ -749,7 +790,8 @@ class LinkDecoder:
     def _gap_open(self, b: _Board, first: int, last: int, reason: str) -> None:
         if b.gap_start is None:
             d = b.last_data
-            b.gap_start = (d.t_end_us, d.channel_ids, d.rate_mhz) if d else (None, (), None)
+            # Nothing delivered yet in a resumed session: the gap starts where the ACK point ended.
+            b.gap_start = (d.t_end_us, d.channel_ids, d.rate_mhz) if d else (b.resume_t_us, (), None)
         b.pending_gaps.append((first, last, reason))
 
     def _gap_close(self, b: _Board, end_us: int | None, after: DataBlock | None) -> None:

@@ -20,7 +20,10 @@ never block the writer, and a commit is one sequential append + fsync instead of
 Durable facts beyond the rows (table ``frame_sets``): the highest sequence number ever committed
 per frame set, which survives deletion and eviction, so the framer can refuse to rebuild a
 committed sequence number after a restart; and the eviction counters (so an alarm count is not
-reset by a restart).
+reset by a restart).  Table ``ack_points``: per digitizer board, the link sequence number up to
+which every sample is inside committed frames (the board's ACK point), written by the gateway
+right after the frames' commit and before the board is acknowledged, so a restarted gateway resumes
+from it and asks the board's ring for the rest (docs/uplink.md, "Board -> disk").
 
 Disk full: SQLite reports ``SQLITE_FULL`` ("database or disk is full") both for a full file system
 and for ``max_page_count``.  ``put`` then checkpoints and truncates the WAL, evicts the oldest
@@ -71,6 +74,13 @@ CREATE TABLE IF NOT EXISTS frame_sets (
     highest_committed INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS ack_points (
+    board_id INTEGER PRIMARY KEY,      -- the digitizer board (link board id)
+    epoch INTEGER NOT NULL,            -- its boot counter (sequence numbers restart with it)
+    seq INTEGER NOT NULL,              -- highest link seq whose samples are all committed here
+    t_end_us INTEGER,                  -- end of the last sample of that packet (gap reports)
+    updated REAL NOT NULL              -- clock.time() of the update
+);
 """
 
 STATE_PENDING = 0
@@ -408,6 +418,25 @@ class Outbox:
             self._ensure_reserve()
             return n > 0
         return False
+
+    def set_ack_point(self, board_id: int, epoch: int, seq: int, t_end_us: int | None = None) -> None:
+        """Record durably (own transaction, fsync'd like a frame) that every sample of *board_id*'s
+        packets up to *seq* of *epoch* is in committed frames.  Only moves forward within an epoch
+        (a lower *seq* of the same epoch is ignored); another epoch replaces it."""
+        with self._lock:
+            with self._txn():
+                self._db.execute(
+                    "INSERT INTO ack_points VALUES (?, ?, ?, ?, ?) ON CONFLICT (board_id) DO UPDATE SET "
+                    "epoch = excluded.epoch, seq = excluded.seq, t_end_us = excluded.t_end_us, "
+                    "updated = excluded.updated WHERE ack_points.epoch != excluded.epoch "
+                    "OR excluded.seq > ack_points.seq",
+                    (int(board_id), int(epoch), int(seq), t_end_us, self._clock.time()))
+
+    def ack_points(self) -> dict[int, tuple[int, int, int | None]]:
+        """board id -> (epoch, seq, t_end_us) of every persisted ACK point."""
+        with self._lock:
+            rows = self._db.execute("SELECT board_id, epoch, seq, t_end_us FROM ack_points").fetchall()
+        return {int(b): (int(e), int(s), None if t is None else int(t)) for b, e, s, t in rows}
 
     def highest_committed(self, frame_set: str) -> int | None:
         """Highest sequence number ever committed in *frame_set* (survives deletion), or None."""

@@ -1,11 +1,14 @@
 """The gateway process: serial ports -> LinkDecoder -> StreamAssembler -> Framer -> Outbox -> Uplink.
 
 Owns the wiring and one rule: **the board is acknowledged only for samples that are committed**.
-Each DataBlock's (board, link seq, end time) is remembered; after the framer commits, every block
-that ends at or before :attr:`Framer.committed_until_us` is covered by frames on disk (or was late
-for a committed window), and the highest such seq is passed to ``LinkDecoder.acknowledge``.  A
-block straddling an uncommitted window stays unacknowledged, so after a crash the board re-sends it
-and the framer takes the uncommitted part (the committed part is counted late and dropped).
+Each DataBlock's (board, epoch, link seq, end time) is remembered; after the framer commits, every
+block that ends at or before :attr:`Framer.committed_until_us` is covered by frames on disk (or was
+late for a committed window), and the highest such seq is the board's ACK point: written to the
+outbox (``Outbox.set_ack_point``), then passed to ``LinkDecoder.acknowledge``.  A restarted process
+hands the persisted points to its decoders (:meth:`Gateway.resume`), which ask the board's ring for
+everything after them (docs/uplink.md, "ACK point and restart").  A block straddling an uncommitted
+window stays unacknowledged, so after a crash it is asked for again and the framer takes the
+uncommitted part (the committed part is counted late and dropped).
 
 Usable in-process (:class:`Gateway`, with an injected clock, for the demo and tests) and as a
 process: ``python -m ims_station.edge.station --config station.toml --uplink uplink.toml`` (which
@@ -27,16 +30,37 @@ log = logging.getLogger(__name__)
 
 
 class Gateway:
-    """Feeds decoder events through assembler and framer, and acknowledges the boards."""
+    """Feeds decoder events through assembler and framer, and acknowledges the boards.
 
-    def __init__(self, station_id: str, framer: Framer, *, uplink: Any = None) -> None:
+    The ACK point of each board (its epoch and the highest link seq whose samples are all in
+    committed frames) is written to the outbox (:meth:`Outbox.set_ack_point`) right after the
+    frames' commit and *before* the board hears of it; :meth:`resume` hands the persisted points to
+    a new process's decoders, which then ask the board's ring for everything after them.
+    """
+
+    def __init__(self, station_id: str, framer: Framer, *, uplink: Any = None, outbox: Any = None) -> None:
         self.station_id = station_id       # "NET.STA": the key of board SOH for the channel status
         self.framer = framer
         self.uplink = uplink
+        self.outbox = outbox if outbox is not None else getattr(framer, "outbox", None)
         self._lock = threading.Lock()       # one call at a time: several port threads feed us
-        self._pending: dict[tuple[int, int], deque] = {}   # (id(decoder), board) -> (seq, t_end_us)
+        # (id(decoder), board) -> (seq, ack_after_us, epoch, t_end_us), in link order
+        self._pending: dict[tuple[int, int], deque] = {}
         self._decoders: dict[int, Any] = {}
-        self.counters = dict(blocks=0, acks=0)
+        self.counters = dict(blocks=0, acks=0, ack_point_errors=0, resumed=0)
+
+    def resume(self, decoder: Any, board_id: int | None = None) -> int:
+        """Give *decoder* the persisted ACK point of *board_id* (of every board with one if None:
+        a port whose board id is learnt from its first packet).  Returns how many were given."""
+        if self.outbox is None or not hasattr(self.outbox, "ack_points"):
+            return 0
+        n = 0
+        for bid, (epoch, seq, t_end_us) in self.outbox.ack_points().items():
+            if board_id is None or bid == board_id:
+                decoder.resume(bid, epoch, seq, t_end_us)
+                n += 1
+        self.counters["resumed"] += n
+        return n
 
     def on_events(self, decoder: Any, assembler: Any, events: Iterable[Any]) -> list[int]:
         """Process one batch of a port's events; return the frame seqs committed."""
@@ -47,7 +71,7 @@ class Gateway:
                     self.counters["blocks"] += 1
                     key = (id(decoder), ev.board_id)
                     self._decoders[id(decoder)] = decoder
-                    self._pending.setdefault(key, deque()).append((ev.seq, ev.t_end_us))
+                    self._pending.setdefault(key, deque()).append((ev.seq, ev.t_end_us, ev.epoch, ev.t_end_us))
                 elif isinstance(ev, Soh):
                     self.framer.add_soh(self.station_id, ev.last_sync_us, ev.clock_diff_us)
                 for chunk in assembler.push(ev):
@@ -72,12 +96,24 @@ class Gateway:
         if until is None:
             return
         for (dec_id, board), q in self._pending.items():
-            last = None
-            while q and q[0][1] <= until:
-                last = q.popleft()[0]
-            if last is not None:
-                self._decoders[dec_id].acknowledge(last, board)
-                self.counters["acks"] += 1
+            n = 0
+            while n < len(q) and q[n][1] <= until:
+                n += 1
+            if not n:
+                continue
+            seq, _, epoch, t_end_us = q[n - 1]
+            if self.outbox is not None and hasattr(self.outbox, "set_ack_point"):
+                try:
+                    self.outbox.set_ack_point(board, epoch, seq, t_end_us)
+                except Exception as err:   # full disk, I/O error: do not ACK; retried at the next commit
+                    self.counters["ack_point_errors"] += 1
+                    log.error("gateway %s: cannot persist the ACK point of board %d (seq %d): %s",
+                              self.station_id, board, seq, err)
+                    continue
+            for _ in range(n):
+                q.popleft()
+            self._decoders[dec_id].acknowledge(seq, board, epoch=epoch)
+            self.counters["acks"] += 1
 
     def stats(self) -> dict:
         return {**self.counters, "framer": self.framer.stats(),
@@ -112,7 +148,8 @@ def build(station_cfg: Any, settings: Any, *, clock: Any) -> tuple[Gateway, Any,
     fr = settings.framer
     framer = Framer(station_cfg.code, outbox, clock=clock, channels=specs, keystore=keystore,
                     station_key_id=keys.get("station_key_id"), frame_seconds=fr.get("frame_seconds", 10),
-                    max_wait_s=fr.get("max_wait_s", 30.0), clock_diff_limit_us=fr.get("clock_diff_limit_us", 1000))
+                    max_wait_s=fr.get("max_wait_s", 30.0), clock_diff_limit_us=fr.get("clock_diff_limit_us", 1000),
+                    max_clock_offset_s=fr.get("max_clock_offset_s", 86400.0))
     uplink = None
     if settings.brokers:
         up = settings.uplink
@@ -150,7 +187,9 @@ def run(station_file: str, uplink_file: str, *, seconds: float = 0.0) -> int:
     threads = []
     for port in cfg.ports:
         assembler = StreamAssembler()
-        dec = LinkDecoder(port.key, clock, board_id=port.board_id, **port.link)
+        # auto_ack=False: the board is acknowledged from the persisted ACK point only (Gateway).
+        dec = LinkDecoder(port.key, clock, board_id=port.board_id, auto_ack=False, **port.link)
+        gw.resume(dec, port.board_id)
 
         def on_events(events, dec=dec, assembler=assembler, port=port):
             for ev in events:

@@ -64,6 +64,7 @@ SCHEMA: dict[str, Any] = {
             "frame_seconds": {"type": "integer", "minimum": 1, "maximum": 3600},
             "max_wait_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
             "clock_diff_limit_us": {"type": "integer", "minimum": 1},
+            "max_clock_offset_s": {"type": "number", "exclusiveMinimum": 0},
         }},
         "outbox": {"type": "object", "additionalProperties": False, "properties": {
             "path": {"type": "string"},

@@ -42,6 +42,19 @@ def test_put_is_idempotent_for_same_bytes_and_refuses_reuse(tmp_path, clock):
     assert box.highest_committed("OTHER:0") is None
 
 
+def test_board_ack_points_are_durable_and_only_move_forward_within_an_epoch(tmp_path, clock):
+    box = make(tmp_path, clock)
+    assert box.ack_points() == {}
+    box.set_ack_point(1, 4, 100, 1_767_225_610_000_000)
+    box.set_ack_point(1, 4, 90, 1_767_225_600_000_000)        # older: ignored
+    box.set_ack_point(2, 0, 7, None)
+    box.close()
+    box = make(tmp_path, clock)                                # survives a reopen (a restart)
+    assert box.ack_points() == {1: (4, 100, 1_767_225_610_000_000), 2: (0, 7, None)}
+    box.set_ack_point(1, 5, 3, 1_767_225_700_000_000)         # the board rebooted: new epoch, lower seq
+    assert box.ack_points()[1] == (5, 3, 1_767_225_700_000_000)
+
+
 def test_acknack_deletes_covered_frames_and_requeues_gaps_and_implied_gaps(tmp_path, clock):
     box = make(tmp_path, clock, resend_holdoff_s=5)
     for seq in range(100, 110):
