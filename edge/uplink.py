@@ -1,12 +1,13 @@
 """The station's MQTT uplink: drains the outbox to a broker and applies the relay's acknacks.
 
-Owns the MQTT session of one station: connection to one of a list of brokers (fail-over), MQTT 5
-with a session expiry when the broker offers it and MQTT 3.1.1 with ``clean_session=False``
-otherwise, TLS / username + password (via :class:`ims_station.broker.BrokerConfig`; no default
-credentials), Last Will ``offline`` and ``online`` retained on the status topic, reconnection with
-exponential backoff and jitter, an in-flight window, retained SOH JSON, and the translation of the
-relay's CD-1.1 acknack frames into outbox deletions and resends.  It does not own durability (the
-outbox), the frame format (``ims_station.cd11``) or the topic names (``ims_station.topics``).
+Owns what one station says over MQTT: Last Will ``offline`` and ``online`` retained on the status
+topic, an in-flight window, retained SOH JSON, and the translation of the relay's CD-1.1 acknack
+frames into outbox deletions and resends.  The connection itself -- fail-over along a list of
+brokers, MQTT 5 with a session expiry (3.1.1 with ``clean_session=False`` as fall-back), TLS /
+username + password via :class:`ims_station.broker.BrokerConfig` (no default credentials),
+reconnection with exponential backoff and jitter -- is :class:`ims_station.mqtt.MqttSession`, shared
+with the relay.  It does not own durability (the outbox), the frame format (``ims_station.cd11``) or
+the topic names (``ims_station.topics``).
 
 Delivery rule: a frame leaves the outbox only when a relay acknack covers it, never on the
 broker's PUBACK -- brokers drop queued messages when full and clients lose QoS 1 messages across
@@ -15,11 +16,10 @@ lists as gaps, or that lie outside its [lowest, highest] range (implied gaps, sp
 from the outbox with their original bytes (§6.4).  A frame is therefore published at least once and
 the relay dedupes by (frame set, sequence number).
 
-Threading: one thread of ours owns the paho client and runs its network loop
-(``Client.loop``), so every paho callback, every publish and every outbox read of the uplink
-happens on that thread.  paho's own reconnect logic is not used because it cannot switch brokers;
-paho's ``loop_start`` thread is therefore not used either.  Other threads call :meth:`notify`
-after committing a frame (wakes the pump) and :meth:`request_soh`.
+Threading: the session's thread owns the paho client and runs its network loop (``Client.loop``),
+so every paho callback, every publish and every outbox read of the uplink happens on that thread
+(the hooks below run there).  Other threads call :meth:`notify` after committing a frame (wakes the
+pump) and :meth:`request_soh`.
 """
 
 from __future__ import annotations
@@ -29,40 +29,27 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ims_station import topics
 from ims_station.broker import BrokerConfig
+from ims_station.clock import Clock
 from ims_station.errors import ImsStationError
+# backoff_delay is re-exported: it was defined here before the session moved to ims_station.mqtt.
+from ims_station.mqtt import PROTOCOLS, MqttSession, SessionOwner, backoff_delay  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-PROTOCOLS = ("auto", "5", "3.1.1")
 
 
 class UplinkError(ImsStationError):
     """The uplink was configured wrongly (no brokers, bad protocol name)."""
 
 
-@dataclass
-class _BrokerState:
-    config: BrokerConfig
-    protocol: str            # "5" or "3.1.1": what to try next on this broker
-
-
-def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
-    """Exponential backoff with "equal jitter": half the step fixed, half random, so a fleet of
-    stations that lost the same broker does not reconnect in lock-step (and never with zero delay)."""
-    step = min(cap, base * (2 ** min(attempt, 30)))
-    return step / 2 + rng.uniform(0, step / 2)
-
-
-class Uplink:
+class Uplink(SessionOwner):
     """Publishes the outbox of one station over MQTT and applies the relay's acknacks."""
 
     def __init__(self, station: str, brokers: Sequence[BrokerConfig], outbox: Any, *,
-                 prefix: str = topics.DEFAULT_PREFIX, clock: Any, on_acknack: Callable[[Any], None] | None = None,
+                 prefix: str = topics.DEFAULT_PREFIX, clock: Clock, on_acknack: Callable[[Any], None] | None = None,
                  frame_set: str | None = None, protocol: str = "auto", session_expiry_s: int = 7 * 86400,
                  inflight: int = 32, max_unacked: int = 2000, live_window_s: float = 60.0,
                  ack_timeout_s: float = 300.0, backoff_base_s: float = 0.5, backoff_max_s: float = 60.0,
@@ -79,34 +66,21 @@ class Uplink:
         self.outbox = outbox
         self._clock = clock
         self._on_acknack = on_acknack
-        self._brokers = [_BrokerState(b, "3.1.1" if protocol == "3.1.1" else "5") for b in brokers]
-        self._protocol_pref = protocol
-        self.session_expiry_s = int(session_expiry_s)
         self.inflight = int(inflight)
         self.max_unacked = int(max_unacked)
         self.live_window_s = float(live_window_s)
         self.ack_timeout_s = float(ack_timeout_s)
-        self.backoff_base_s = float(backoff_base_s)
-        self.backoff_max_s = float(backoff_max_s)
-        self.connect_timeout_s = float(connect_timeout_s)
         self.soh_interval_s = float(soh_interval_s)
         self._soh_provider = soh_provider
-        self._rng = rng or random.Random()
         self.client_name = client_name or station
         self.t_cd11 = topics.topic(prefix, station, "cd11")
         self.t_acknack = topics.topic(prefix, station, "acknack")
         self.t_soh = topics.topic(prefix, station, "soh")
         self.t_status = topics.topic(prefix, station, "status")
 
-        self._idx = 0
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
         self._wake = threading.Event()
         self._soh_due = threading.Event()
-        self._connected = threading.Event()
-        self._client: Any = None
         self._pending_mids: dict[int, int] = {}        # mid -> outbox id, PUBACK not yet received
-        self._connack: Any = None
         self._last_pump = 0.0
         self._last_soh = 0.0
         self._last_requeue = 0.0
@@ -115,23 +89,23 @@ class Uplink:
                               frames_acked=0, requeued_on_disconnect=0, requeued_ack_timeout=0,
                               soh_published=0, protocol_fallbacks=0)
         self.last_acknack: dict | None = None
+        self._mqtt = MqttSession(
+            brokers, client_name=self.client_name, label=f"uplink {self.station}", protocol=protocol,
+            session_expiry_s=session_expiry_s, backoff_base_s=backoff_base_s, backoff_max_s=backoff_max_s,
+            connect_timeout_s=connect_timeout_s, counters=self._counters, rng=rng, logger=log,
+            setup=self._setup_client, on_begin=lambda: self._pending_mids.clear(),
+            on_connected=self._on_connected, on_turn=self._periodic, on_stop=self._graceful_close,
+            on_end=self._requeue_unpubacked)
 
     # -- public ----------------------------------------------------------------------------------
     def start(self) -> "Uplink":
-        if self._thread is not None:
-            return self
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"uplink-{self.station}", daemon=True)
-        self._thread.start()
+        self._mqtt.start(f"uplink-{self.station}")      # no-op if already running
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """Publish ``offline`` (retained), disconnect cleanly (no Last Will) and end the thread."""
-        self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._mqtt.stop(timeout)
 
     def notify(self) -> None:
         """A frame was committed to the outbox: publish it now rather than at the next poll."""
@@ -143,142 +117,40 @@ class Uplink:
         self._wake.set()
 
     @property
-    def connected(self) -> bool:
-        return self._connected.is_set()
-
-    def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
+    def _thread(self) -> threading.Thread | None:
+        # The session's thread, under the name tests and tools used before the session moved out.
+        return self._mqtt.thread
 
     def stats(self) -> dict:
-        b = self._brokers[self._idx]
+        b = self._mqtt.broker
         return {**self._counters, "connected": self.connected,
-                "broker": f"{b.config.host}:{b.config.port}", "protocol": b.protocol,
+                "broker": f"{b.host}:{b.port}", "protocol": self._mqtt.protocol,
                 "awaiting_puback": len(self._pending_mids), "last_acknack": self.last_acknack}
 
-    # -- the connection loop -----------------------------------------------------------------------
-    def _run(self) -> None:
-        attempt = 0
-        while not self._stop.is_set():
-            state = self._brokers[self._idx]
-            try:
-                got_connected = self._session(state)
-            except Exception:  # never let the uplink thread die: the outbox keeps the data
-                log.exception("uplink %s: unexpected error in the MQTT session", self.station)
-                got_connected = False
-            if self._stop.is_set():
-                break
-            if got_connected:
-                attempt = 0          # lost a working connection: first try the same broker again
-            else:
-                attempt += 1
-                self._counters["connect_failures"] += 1
-                if len(self._brokers) > 1:
-                    self._idx = (self._idx + 1) % len(self._brokers)
-                    self._counters["failovers"] += 1
-            self._stop.wait(backoff_delay(attempt, base=self.backoff_base_s, cap=self.backoff_max_s, rng=self._rng))
-
-    def _make_client(self, state: _BrokerState) -> Any:
-        import paho.mqtt.client as mqtt
-
-        v5 = state.protocol == "5"
-        kw: dict[str, Any] = {"protocol": mqtt.MQTTv5} if v5 else {"protocol": mqtt.MQTTv311, "clean_session": False}
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=state.config.client_id(self.client_name),
-                             reconnect_on_failure=False, **kw)
-        state.config.apply(client)
+    # -- session hooks (on the session thread) -------------------------------------------------------
+    def _setup_client(self, client: Any) -> None:
         client.will_set(self.t_status, self._status_payload("offline", "connection lost"), qos=1, retain=True)
         # Our window, not paho's: paho queues beyond max_inflight in memory, which we do not want.
         client.max_inflight_messages_set(max(self.inflight, 1))
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
-        return client
-
-    def _session(self, state: _BrokerState) -> bool:
-        """One connection attempt and, if it succeeds, its lifetime.  True if CONNACK was positive."""
-        import paho.mqtt.client as mqtt
-
-        client = self._make_client(state)
-        self._client = client
-        self._connack = None
-        self._connected.clear()
-        self._pending_mids.clear()
-        b = state.config
-        kw: dict[str, Any] = {}
-        if state.protocol == "5":
-            from paho.mqtt.packettypes import PacketTypes
-            from paho.mqtt.properties import Properties
-
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self.session_expiry_s
-            kw = {"clean_start": False, "properties": props}
-        try:
-            client.connect(b.host, b.port, b.keepalive, **kw)
-        except (OSError, ValueError) as err:
-            log.info("uplink %s: cannot connect to %s:%s: %s", self.station, b.host, b.port, err)
-            return False
-        deadline = time.monotonic() + self.connect_timeout_s
-        ever_connected = False
-        try:
-            while True:
-                rc = client.loop(timeout=0.05)
-                if self._stop.is_set():
-                    if self._connected.is_set():
-                        self._graceful_close(client)
-                    break
-                if rc != mqtt.MQTT_ERR_SUCCESS:
-                    break
-                if self._connected.is_set():
-                    ever_connected = True
-                    self._periodic(client)
-                elif self._connack is not None or time.monotonic() > deadline:
-                    break      # refused, or no CONNACK in time
-        finally:
-            if self._connected.is_set() or ever_connected:
-                self._counters["disconnects"] += 1
-            self._connected.clear()
-            self._requeue_unpubacked()
-            try:
-                client.disconnect()
-            except Exception:
-                pass
-            try:
-                client.loop(timeout=0.01)
-                client.socket() and client.socket().close()
-            except Exception:
-                pass
-        if not ever_connected and state.protocol == "5" and self._protocol_pref == "auto":
-            # TCP (and TLS) worked but no positive CONNACK with MQTT 5: a 3.1.1-only broker refuses
-            # the version (CONNACK 1) or just closes.  Fall back to 3.1.1 for this broker.
-            state.protocol = "3.1.1"
-            self._counters["protocol_fallbacks"] += 1
-            log.info("uplink %s: %s:%s refused MQTT 5, using 3.1.1", self.station, b.host, b.port)
-        return ever_connected
 
     def _graceful_close(self, client: Any) -> None:
+        """Stopping while connected: ``offline`` (retained) before the clean DISCONNECT."""
         info = client.publish(self.t_status, self._status_payload("offline", "stopped"), qos=1, retain=True)
         deadline = time.monotonic() + 2.0
         while not info.is_published() and time.monotonic() < deadline:
             if client.loop(timeout=0.05) != 0:
                 break
 
-    # -- paho callbacks (run on our thread, inside client.loop) ----------------------------------------
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        self._connack = 0 if not reason_code.is_failure else (reason_code.value or 1)
-        if reason_code.is_failure:
-            log.warning("uplink %s: connection refused: %s", self.station, reason_code)
-            return
-        self._counters["connects"] += 1
+    def _on_connected(self, client: Any, flags: Any) -> None:
         client.subscribe(self.t_acknack, qos=1)
         client.publish(self.t_status, self._status_payload("online"), qos=1, retain=True)
-        self._connected.set()
         self._soh_due.set()
         self._wake.set()
         log.info("uplink %s: connected (session present: %s)", self.station, flags.session_present)
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self._connected.clear()
-
+    # -- paho callbacks (run on the session thread, inside client.loop) ---------------------------------
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         if self._pending_mids.pop(mid, None) is not None:
             self._counters["pubacks"] += 1
@@ -313,7 +185,7 @@ class Uplink:
             self._on_acknack(frame)
 
     # -- sending -----------------------------------------------------------------------------------
-    def _periodic(self, client: Any) -> None:
+    def _periodic(self, client: Any) -> bool:
         now = time.monotonic()
         if now - self._last_requeue >= min(self.ack_timeout_s / 4, 30.0):
             self._last_requeue = now
@@ -329,6 +201,7 @@ class Uplink:
             self._wake.clear()
             self._last_pump = now
             self._pump(client)
+        return True              # the uplink never drops a working connection itself
 
     def _pump(self, client: Any) -> None:
         import paho.mqtt.client as mqtt
