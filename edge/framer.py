@@ -202,7 +202,12 @@ class Framer:
         return abs(t_first_us - now_us) <= limit and abs(t_end_us - now_us) <= limit
 
     def _implausible(self, chunk: Any) -> None:
-        n = int(chunk.samples.size)
+        self.refuse_implausible(chunk.t_first_us, int(chunk.samples.size), chunk.codes)
+
+    def refuse_implausible(self, t_first_us: int, n_samples: int, channels: Iterable[str]) -> None:
+        """Count *n_samples* (all channels) stamped from *t_first_us* that will never be framed, and
+        raise the alarm if this starts an episode (for callers that filter before the streams)."""
+        n = int(n_samples)
         self.counters["implausible_time_samples"] += n
         self.counters["implausible_time_chunks"] += 1
         if self._implausible_episode:
@@ -211,12 +216,12 @@ class Framer:
         self._implausible_episode = True
         self.counters["alarms"] += 1
         gw_time = self._clock.time()
-        alarm = {"alarm": "implausible_time", "station": self.station, "channels": list(chunk.codes),
-                 "sample_time": chunk.t_first_us / 1e6, "gateway_time": gw_time,
-                 "offset_s": chunk.t_first_us / 1e6 - gw_time, "max_clock_offset_s": self.max_clock_offset_s}
+        alarm = {"alarm": "implausible_time", "station": self.station, "channels": list(channels),
+                 "sample_time": t_first_us / 1e6, "gateway_time": gw_time,
+                 "offset_s": t_first_us / 1e6 - gw_time, "max_clock_offset_s": self.max_clock_offset_s}
         self.last_alarm = alarm
         log.error("framer %s: samples stamped %s are %.0f s from the gateway's clock (or before 2000): "
-                  "not framed", self.station, format_time(max(chunk.t_first_us, 0) / 1e6), alarm["offset_s"])
+                  "not framed", self.station, format_time(max(t_first_us, 0) / 1e6), alarm["offset_s"])
         if self._on_alarm is not None:
             try:
                 self._on_alarm(alarm)

@@ -71,7 +71,18 @@ class Gateway:
                     self.counters["blocks"] += 1
                     key = (id(decoder), ev.board_id)
                     self._decoders[id(decoder)] = decoder
-                    self._pending.setdefault(key, deque()).append((ev.seq, ev.t_end_us, ev.epoch, ev.t_end_us))
+                    # A block the framer refuses (implausible time) is never framed: nothing to wait
+                    # for, it is acknowledged with the blocks around it (else a block stamped in the
+                    # future would hold every later ACK back).  Nor does it reach the streams, whose
+                    # continuity a bogus time would break (a block from the future makes every
+                    # later one look like an overlap).
+                    ok = self.framer.time_plausible(ev.t_first_us, ev.t_end_us)
+                    self._pending.setdefault(key, deque()).append(
+                        (ev.seq, ev.t_end_us if ok else -(1 << 62), ev.epoch, ev.t_end_us))
+                    if not ok:
+                        self.framer.refuse_implausible(ev.t_first_us, ev.samples.size,
+                                                       [f"{ev.board_id}/{c}" for c in ev.channel_ids])
+                        continue
                 elif isinstance(ev, Soh):
                     self.framer.add_soh(self.station_id, ev.last_sync_us, ev.clock_diff_us)
                 for chunk in assembler.push(ev):
@@ -149,7 +160,8 @@ def build(station_cfg: Any, settings: Any, *, clock: Any) -> tuple[Gateway, Any,
     framer = Framer(station_cfg.code, outbox, clock=clock, channels=specs, keystore=keystore,
                     station_key_id=keys.get("station_key_id"), frame_seconds=fr.get("frame_seconds", 10),
                     max_wait_s=fr.get("max_wait_s", 30.0), clock_diff_limit_us=fr.get("clock_diff_limit_us", 1000),
-                    max_clock_offset_s=fr.get("max_clock_offset_s", 86400.0))
+                    max_clock_offset_s=fr.get("max_clock_offset_s", 86400.0),
+                    on_alarm=lambda a: uplink_box and uplink_box[0].request_soh())
     uplink = None
     if settings.brokers:
         up = settings.uplink

@@ -103,3 +103,22 @@ def test_a_restarted_gateway_recovers_what_the_board_ring_held_while_it_was_down
     assert seqs == list(range(seqs[0], seqs[-1] + 1)) and len(seqs) >= 13
     assert all(n == {"BHZ": 1000, "BHN": 1000} for n in windows.values()), windows
     assert dec2.counters["packets_unrecoverable"] == 0 and board.resend_requests
+
+
+def test_blocks_with_implausible_time_do_not_hold_the_board_acknowledgement_back(tmp_path, clock):
+    box = Outbox(tmp_path / "o.sqlite", max_bytes=1 << 30, max_age_s=1e12, clock=clock)
+    framer = Framer("STA01", box, clock=clock, channels=[ChannelSpec(c) for c in CODES.values()])
+    gw = Gateway("XX.STA01", framer)
+    dec, asm = FakeDecoder(), StreamAssembler(CODES)
+    clock.t = T0_US / 1e6 + 5
+    future = 2 * 86400 * 1_000_000
+    for seq in range(3):                 # a board clock two days ahead: never framed
+        b = block(seq)
+        gw.on_events(dec, asm, [DataBlock(7, 1, seq, b.t_first_us + future, b.rate_mhz, b.time_quality, 0, 0,
+                                          b.channel_ids, b.samples)])
+    for seq in range(3, 13):             # then the right time again: the first window commits...
+        gw.on_events(dec, asm, [block(seq)])
+    assert framer.stats()["implausible_time_samples"] == 3 * 40 * 2
+    assert box.stats()["frames"] == 1
+    # ...and the board hears of everything up to the last committed block, the refused ones included.
+    assert dec.acked == [(7, 9)] and box.ack_points()[7][:2] == (1, 9)
