@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ims_station import topics
-from ims_station.clock import Clock, SystemClock  # noqa: F401 - SystemClock re-exported (old import path)
+from ims_station.clock import Clock, SystemClock
 from ims_station.relay.archive import Archive, FrameRecord, QuarantineRecord, StoreOutcome
 from ims_station.relay.gaps import DEFAULT_GAP_EXPIRY_S, DEFAULT_MAX_GAPS, Arrival, FrameSetState
 from ims_station.relay.state import StateStore
