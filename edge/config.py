@@ -6,9 +6,10 @@ syntax), loading the per-board HMAC keys through :func:`ims_station.config.read_
 docs/configuration.md documents every key and default; keep the two in step.
 
 Does not own: TOML parsing and JSON-Schema validation mechanics (``ims_station.config``, which
-makes every error read ``file: key: reason``), board definitions (``boards/``), and the uplink /
-outbox sections that later issues add: they extend :data:`SCHEMA` with their own top-level tables
-(unknown top-level tables are rejected, so a typo never goes unnoticed).
+makes every error read ``file: key: reason``), board definitions (``boards/``), and the gateway's
+``[framer]``, ``[outbox]``, ``[keys]`` and ``[uplink]`` tables: their schema, defaults and resolution
+are ``edge/uplink_config.py``'s, merged into :data:`SCHEMA` here so that one station file configures
+the whole gateway (unknown top-level tables are rejected, so a typo never goes unnoticed).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from ims_station.config import load_toml, read_secret_file, validate
 from ims_station.errors import ConfigError
 
 from .ingest import DEFAULT_MAX_RESEND_TRIES, DEFAULT_RESEND_TIMEOUT
+from .uplink_config import TABLES as GATEWAY_TABLES
+from .uplink_config import UplinkSettings, settings_from_data
 
 CODE_RE = re.compile(r"^[A-Z0-9]{1,5}$")
 NET_RE = re.compile(r"^[A-Z0-9]{1,2}$")
@@ -85,6 +88,7 @@ SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        **GATEWAY_TABLES,
     },
 }
 
@@ -124,6 +128,12 @@ class StationConfig:
     data_dir: Path
     ports: list[PortConfig]
     raw: dict[str, Any] = field(repr=False)   # the whole validated document, for later sections
+    settings: UplinkSettings | None = None     # [framer] [outbox] [keys] [uplink], resolved
+
+    @property
+    def gateway_tables(self) -> list[str]:
+        """Which of the gateway tables the file sets (the rest take their defaults)."""
+        return [t for t in GATEWAY_TABLES if t in self.raw]
 
 
 def load_station_config(path: str | os.PathLike[str]) -> StationConfig:
@@ -175,7 +185,7 @@ def load_station_config(path: str | os.PathLike[str]) -> StationConfig:
     if not data_dir.is_absolute():
         data_dir = base / data_dir
     return StationConfig(file=file, code=st["code"], network=st["network"], data_dir=data_dir,
-                         ports=ports, raw=data)
+                         ports=ports, raw=data, settings=settings_from_data(data, file))
 
 
 def _seed_code(file: Path, key: str, code: str, st: dict[str, Any]) -> str:

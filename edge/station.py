@@ -11,17 +11,18 @@ window stays unacknowledged, so after a crash it is asked for again and the fram
 uncommitted part (the committed part is counted late and dropped).
 
 Usable in-process (:class:`Gateway`, with an injected clock, for the demo and tests) and as a
-process: ``python -m ims_station.edge.station --config station.toml --uplink uplink.toml`` (which
-M's tests SIGKILL).  Does not own the serial I/O (``serialport.PortPump``), the link protocol
+process, :func:`run`: ``ims-station edge run --config station.toml`` or, the same code,
+``python -m ims_station.edge.station --config station.toml`` (which the gateway-kill test SIGKILLs).  Does not own the serial I/O (``serialport.PortPump``), the link protocol
 (``ingest``), framing (``framer``), storage (``outbox``) or MQTT (``uplink``).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections import deque
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ims_station.edge.framer import Framer
 from ims_station.edge.ingest import DataBlock, Soh
@@ -131,18 +132,23 @@ class Gateway:
                 "unacknowledged_blocks": sum(len(q) for q in self._pending.values())}
 
 
-def build(station_cfg: Any, settings: Any, *, clock: Any) -> tuple[Gateway, Any, Any]:
-    """Outbox, framer, uplink and gateway from a StationConfig and UplinkSettings."""
+def build(station_cfg: Any, settings: Any = None, *, clock: Any) -> tuple[Gateway, Any, Any]:
+    """Outbox, framer, uplink and gateway from a StationConfig (its own ``settings``, the tables
+    of the station file, unless *settings* from a separate ``--uplink`` file are given).  Without
+    an ``[uplink]`` table there is no uplink: frames stay in the outbox."""
     from ims_station.edge.framer import ChannelSpec
     from ims_station.edge.outbox import Outbox
     from ims_station.edge.uplink import Uplink
 
+    if settings is None:
+        settings = station_cfg.settings
     ob = settings.outbox
     path = ob.get("path") or str(station_cfg.data_dir / "outbox.sqlite")
     uplink_box: list[Any] = []
-    outbox = Outbox(path, max_bytes=ob.get("max_bytes", 2_000_000_000),
-                    max_age_s=float(ob.get("max_age_days", 7)) * 86400, clock=clock,
-                    synchronous=ob.get("synchronous", "FULL"), min_free_bytes=ob.get("min_free_bytes"),
+    outbox = Outbox(path, max_bytes=settings.get("outbox", "max_bytes"),
+                    max_age_s=float(settings.get("outbox", "max_age_days")) * 86400, clock=clock,
+                    synchronous=settings.get("outbox", "synchronous"),
+                    min_free_bytes=settings.get("outbox", "min_free_bytes"),
                     on_alarm=lambda a: uplink_box and uplink_box[0].request_soh())
     keys = settings.keys
     keystore = None
@@ -156,47 +162,65 @@ def build(station_cfg: Any, settings: Any, *, clock: Any) -> tuple[Gateway, Any,
         for code in port.channels.values():
             net, sta, loc, cha = code.split(".")
             specs.append(ChannelSpec(code, chan_keys.get(f"{loc}.{cha}", chan_keys.get(cha))))
-    fr = settings.framer
+    fr = lambda key: settings.get("framer", key)  # noqa: E731
     framer = Framer(station_cfg.code, outbox, clock=clock, channels=specs, keystore=keystore,
-                    station_key_id=keys.get("station_key_id"), frame_seconds=fr.get("frame_seconds", 10),
-                    max_wait_s=fr.get("max_wait_s", 30.0), clock_diff_limit_us=fr.get("clock_diff_limit_us", 1000),
-                    max_clock_offset_s=fr.get("max_clock_offset_s", 86400.0),
+                    station_key_id=keys.get("station_key_id"), frame_seconds=fr("frame_seconds"),
+                    max_wait_s=fr("max_wait_s"), clock_diff_limit_us=fr("clock_diff_limit_us"),
+                    max_clock_offset_s=fr("max_clock_offset_s"),
                     on_alarm=lambda a: uplink_box and uplink_box[0].request_soh())
     uplink = None
+    gw_ref: list[Gateway] = []
     if settings.brokers:
-        up = settings.uplink
-        gw_ref: list[Gateway] = []
-        uplink = Uplink(station_cfg.code, settings.brokers, outbox, clock=clock, prefix=up.get("prefix", "ims"),
-                        protocol=up.get("protocol", "auto"), inflight=up.get("inflight", 32),
-                        live_window_s=up.get("live_window_s", 60.0), ack_timeout_s=up.get("ack_timeout_s", 300.0),
-                        soh_interval_s=up.get("soh_interval_s", 60.0),
+        up = lambda key: settings.get("uplink", key)  # noqa: E731
+        uplink = Uplink(station_cfg.code, settings.brokers, outbox, clock=clock, prefix=up("prefix"),
+                        protocol=up("protocol"), inflight=up("inflight"), max_unacked=up("max_unacked"),
+                        live_window_s=up("live_window_s"), ack_timeout_s=up("ack_timeout_s"),
+                        soh_interval_s=up("soh_interval_s"),
                         soh_provider=lambda: {"gateway": gw_ref[0].stats()} if gw_ref else {})
         uplink_box.append(uplink)
     gw = Gateway(f"{station_cfg.network}.{station_cfg.code}", framer, uplink=uplink)
-    if uplink is not None:
-        gw_ref.append(gw)
+    gw_ref.append(gw)
     return gw, outbox, uplink
 
 
-def run(station_file: str, uplink_file: str, *, seconds: float = 0.0) -> int:
-    """The standalone gateway: one pump thread per serial port, until SIGTERM/Ctrl-C or *seconds*."""
+def load(station_file: str, uplink_file: str | None = None) -> tuple[Any, Any]:
+    """The station file, and the gateway settings: its own tables, or (compatibility) those of a
+    separate ``--uplink`` file -- not both, so that no setting silently shadows another."""
+    from ims_station.edge.config import load_station_config
+    from ims_station.edge.uplink_config import load_uplink_settings
+    from ims_station.errors import ConfigError
+
+    cfg = load_station_config(station_file)
+    if uplink_file is None:
+        return cfg, cfg.settings
+    if cfg.gateway_tables:
+        raise ConfigError(station_file, cfg.gateway_tables[0],
+                          f"also configured in --uplink {uplink_file}: keep the tables in the station file only")
+    return cfg, load_uplink_settings(uplink_file)
+
+
+def run(station_file: str, uplink_file: str | None = None, *, seconds: float = 0.0,
+        status_interval: float = 0.0, on_status: Callable[[dict], None] | None = None) -> int:
+    """The standalone gateway: one pump thread per serial port, until SIGTERM/Ctrl-C or *seconds*.
+
+    ``ims-station edge run`` and ``python -m ims_station.edge.station`` both run this.  With
+    *on_status*, a status document (:func:`status`) every *status_interval* seconds and at the end.
+    """
     import signal
     import time
 
-    from ims_station.edge.config import load_station_config
+    from ims_station.clock import SystemClock
     from ims_station.edge.ingest import LinkDecoder
-    from ims_station.edge.logutil import SystemClock
     from ims_station.edge.serialport import PortPump
     from ims_station.edge.streams import StreamAssembler
-    from ims_station.edge.uplink_config import load_uplink_settings
 
-    cfg = load_station_config(station_file)
-    settings = load_uplink_settings(uplink_file)
+    cfg, settings = load(station_file, uplink_file)
     clock = SystemClock()
     gw, outbox, uplink = build(cfg, settings, clock=clock)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *a: stop.set())
-    threads = []
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    threads, pumps = [], []
     for port in cfg.ports:
         assembler = StreamAssembler()
         # auto_ack=False: the board is acknowledged from the persisted ACK point only (Gateway).
@@ -205,6 +229,7 @@ def run(station_file: str, uplink_file: str, *, seconds: float = 0.0) -> int:
 
         def on_events(events, dec=dec, assembler=assembler, port=port):
             for ev in events:
+                # Codes are known once the board id is (from the config or the first packet).
                 bid = getattr(ev, "board_id", None)
                 if bid is not None and port.channels:
                     assembler.add_codes(port.codes(bid))
@@ -212,26 +237,79 @@ def run(station_file: str, uplink_file: str, *, seconds: float = 0.0) -> int:
 
         pump = PortPump(port.url, dec, baudrate=port.baudrate, timeout=port.timeout, clock=clock,
                         on_events=on_events)
+        pumps.append((port, pump, assembler))
         t = threading.Thread(target=pump.run, args=(stop,), name=f"pump-{port.name}", daemon=True)
         threads.append(t)
         t.start()
     if uplink is not None:
         uplink.start()
+    show = (lambda: on_status(status(cfg, gw, pumps, outbox, uplink))) if on_status else (lambda: None)
     t0 = time.monotonic()
+    next_status = t0 + status_interval if status_interval > 0 else float("inf")
     try:
-        while not stop.is_set() and not (seconds and time.monotonic() - t0 >= seconds):
+        while not stop.is_set():
+            now = time.monotonic()
+            if seconds and now - t0 >= seconds:
+                break
             gw.poll()
-            stop.wait(0.5)
+            if now >= next_status:
+                show()
+                next_status += status_interval
+            stop.wait(0.2)
     except KeyboardInterrupt:
         pass
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=2)
+        gw.poll()
         if uplink is not None:
             uplink.stop()
+        show()
         outbox.close()
     return 0
+
+
+def status(cfg: Any, gw: Gateway, pumps: list, outbox: Any, uplink: Any) -> dict:
+    """One status document: ports (link and stream counters), gateway/framer, outbox, uplink."""
+    with gw._lock:       # the pump threads update the counters under the gateway's lock
+        ports = [{"name": p.name, "url": p.url, "connected": pump.connected, "port": dict(pump.counters),
+                  "link": dict(pump.decoder.counters), "streams": asm.summary()} for p, pump, asm in pumps]
+        gateway = gw.stats()
+    return {"station": f"{cfg.network}.{cfg.code}", "ports": ports, "gateway": gateway,
+            "outbox": outbox.stats(), "uplink": uplink.stats() if uplink is not None else None}
+
+
+def add_run_arguments(ap: Any) -> None:
+    """The options of ``ims-station edge run`` and ``python -m ims_station.edge.station``."""
+    ap.add_argument("--config", required=True, metavar="FILE",
+                    help="station TOML file ([station], [[ports]], [framer], [outbox], [keys], [uplink])")
+    ap.add_argument("--uplink", metavar="FILE", default=None,
+                    help="compatibility: [framer]/[outbox]/[keys]/[uplink] from a separate file")
+    ap.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: until SIGTERM/Ctrl-C)")
+    ap.add_argument("--interval", type=float, default=0.0, help="seconds between status lines (0: only at the end)")
+    ap.add_argument("--json", action="store_true", help="status as JSON lines")
+
+
+def run_from_args(args: Any) -> int:
+    from ims_station.output import print_json
+
+    def show(doc: dict) -> None:
+        if args.json:
+            print_json(doc)
+            return
+        for p in doc["ports"]:
+            c = p["link"]
+            print(f"{doc['station']} {p['name']} ({p['url']}): {'up' if p['connected'] else 'DOWN'}  "
+                  f"ok={c['packets_ok']} crc={c['crc_errors']} hmac={c['hmac_errors']} "
+                  f"resent={c['packets_recovered']} lost={c['packets_unrecoverable']} "
+                  f"samples={c['samples_delivered']} garbage={c['garbage_bytes']}B")
+        f, o, u = doc["gateway"]["framer"], doc["outbox"], doc["uplink"]
+        print(f"{doc['station']} frames={f['frames']} partial={f['partial_frames']} late={f['late_samples']} "
+              f"bad_time={f['implausible_time_samples']} outbox={o['frames']} ({o['bytes']} B) "
+              f"uplink={'off' if u is None else ('up' if u['connected'] else 'DOWN')}", flush=True)
+
+    return run(args.config, args.uplink, seconds=args.seconds, status_interval=args.interval, on_status=show)
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -240,16 +318,14 @@ def _main(argv: list[str] | None = None) -> int:
     from ims_station.errors import ImsStationError
 
     ap = argparse.ArgumentParser(prog="python -m ims_station.edge.station", description=__doc__.split("\n")[0])
-    ap.add_argument("--config", required=True, help="station TOML (edge/config.py)")
-    ap.add_argument("--uplink", required=True, help="framer/outbox/keys/uplink TOML (edge/uplink_config.py)")
-    ap.add_argument("--seconds", type=float, default=0.0)
+    add_run_arguments(ap)
     ap.add_argument("-v", "--verbose", action="count", default=0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2))
     try:
-        return run(args.config, args.uplink, seconds=args.seconds)
+        return run_from_args(args)
     except ImsStationError as err:
-        print(f"ims_station.edge.station: error: {err}")
+        print(f"ims_station.edge.station: error: {err}", file=sys.stderr)
         return 2
 
 

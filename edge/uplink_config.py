@@ -1,9 +1,11 @@
 """Configuration of the gateway's framing, outbox, keys and uplink (TOML, validated at start-up).
 
 Owns the schema of the ``[framer]``, ``[outbox]``, ``[keys]`` and ``[uplink]`` tables (with one
-``[[uplink.brokers]]`` entry per broker, keys as :class:`ims_station.broker.BrokerConfig`).  Until
-the station file's schema (``edge/config.py``, which rejects unknown tables) includes them, they
-live in a second file passed with ``--uplink FILE``; the tables are the same either way.
+``[[uplink.brokers]]`` entry per broker, keys as :class:`ims_station.broker.BrokerConfig`), their
+defaults (:data:`DEFAULTS`) and their resolution into :class:`UplinkSettings`.  The tables belong in
+the station file (``edge/config.py`` merges :data:`TABLES` into its schema, docs/configuration.md
+documents every key); a separate file passed with ``--uplink FILE`` (:func:`load_uplink_settings`)
+is still read, for configurations written before the merge.
 
 Example::
 
@@ -56,10 +58,7 @@ _BROKER = {
        "keepalive": {"type": "integer", "minimum": 5, "maximum": 3600}},
 }
 
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": True,     # the station tables may share the file
-    "properties": {
+TABLES: dict[str, Any] = {
         "framer": {"type": "object", "additionalProperties": False, "properties": {
             "frame_seconds": {"type": "integer", "minimum": 1, "maximum": 3600},
             "max_wait_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
@@ -86,8 +85,19 @@ SCHEMA: dict[str, Any] = {
             "live_window_s": {"type": "number", "minimum": 0},
             "ack_timeout_s": {"type": "number", "exclusiveMinimum": 0},
             "soh_interval_s": {"type": "number", "exclusiveMinimum": 0},
+            "max_unacked": {"type": "integer", "minimum": 1},
         }},
-    },
+}
+
+# A separate --uplink file: the same tables (the station tables may share it).
+SCHEMA: dict[str, Any] = {"type": "object", "additionalProperties": True, "properties": TABLES}
+
+# Defaults of every key (docs/configuration.md lists them; station.build() applies them).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "framer": {"frame_seconds": 10, "max_wait_s": 30.0, "clock_diff_limit_us": 1000, "max_clock_offset_s": 86400.0},
+    "outbox": {"max_bytes": 2_000_000_000, "max_age_days": 7, "min_free_bytes": None, "synchronous": "FULL"},
+    "uplink": {"prefix": "ims", "protocol": "auto", "inflight": 32, "max_unacked": 2000, "live_window_s": 60.0,
+               "ack_timeout_s": 300.0, "soh_interval_s": 60.0},
 }
 
 
@@ -100,13 +110,24 @@ class UplinkSettings:
     uplink: dict = field(default_factory=dict)
     brokers: list = field(default_factory=list)     # BrokerConfig, paths resolved
 
+    def get(self, table: str, key: str) -> Any:
+        """The configured value of ``[table] key``, else its default."""
+        return getattr(self, table).get(key, DEFAULTS[table][key])
+
 
 def load_uplink_settings(path: str | os.PathLike[str]) -> UplinkSettings:
-    from ims_station.broker import BrokerConfig
-
+    """A separate ``--uplink`` file (compatibility): validated, paths relative to it."""
     file = Path(path)
     data = load_toml(file)
     validate(data, SCHEMA, file)
+    return settings_from_data(data, file)
+
+
+def settings_from_data(data: dict[str, Any], file: Path) -> UplinkSettings:
+    """Resolve validated tables: relative paths against *file*'s folder, semantic checks (errors
+    name *file*, the key and the reason)."""
+    from ims_station.broker import BrokerConfig
+
     base = file.resolve().parent
 
     def resolve(p: str | None) -> str | None:

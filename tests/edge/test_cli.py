@@ -18,7 +18,9 @@ def test_edge_run_reads_a_pty_board_and_reports_json(tmp_path, capsys, monkeypat
     write_secret_file(tmp_path / "b.key", KEY)
     cfg = tmp_path / "station.toml"
     cfg.write_text(f'[station]\ncode = "XS01"\nnetwork = "IM"\n\n[[ports]]\nurl = "{os.ttyname(slave)}"\n'
-                   f'key_file = "b.key"\nboard_id = 7\nchannels = {{ 0 = "00.BHZ" }}\n')
+                   f'key_file = "b.key"\nboard_id = 7\nchannels = {{ 0 = "00.BHZ" }}\n'
+                   # FakeBoard's samples are stamped November 2023
+                   '\n[framer]\nmax_clock_offset_s = 630_720_000\n')
     b = FakeBoard()
     real_open = serialport.open_port
 
@@ -36,6 +38,9 @@ def test_edge_run_reads_a_pty_board_and_reports_json(tmp_path, capsys, monkeypat
     link = doc["ports"][0]["link"]
     assert doc["station"] == "IM.XS01" and link["packets_ok"] == 3 and link["data_blocks"] == 2
     assert doc["ports"][0]["streams"]["channels"]["IM.XS01.00.BHZ"]["samples"] == 100
+    # The full gateway: the blocks reached the framer (one window open, nothing committed yet).
+    assert doc["gateway"]["blocks"] == 2 and doc["gateway"]["framer"]["open_windows"] == 1
+    assert doc["outbox"]["frames"] == 0 and doc["uplink"] is None
 
 
 def test_edge_run_config_error_is_one_line_exit_2(tmp_path, capsys):

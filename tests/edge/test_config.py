@@ -107,3 +107,81 @@ def test_short_key_is_refused(station, tmp_path):
     write_secret_file(tmp_path / "board1.key", b"short")
     with pytest.raises(KeyFileError, match="too short"):
         load_station_config(station)
+
+
+# ---------------------------------------------------------------- one file for the whole gateway
+
+DOC = __import__("pathlib").Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+
+
+def _doc_example() -> str:
+    text = DOC.read_text()
+    start = text.index("```toml", text.index("## Example")) + len("```toml")
+    return text[start:text.index("```", start)]
+
+
+def test_the_complete_example_of_the_documentation_loads(tmp_path):
+    write_secret_file(tmp_path / "keys" / "board1.key", bytes(range(32)))
+    f = tmp_path / "station.toml"
+    f.write_text(_doc_example())
+    cfg = load_station_config(f)
+    assert cfg.gateway_tables == ["framer", "outbox", "keys", "uplink"]
+    st = cfg.settings
+    assert st.get("framer", "frame_seconds") == 10 and st.get("framer", "max_clock_offset_s") == 86400
+    assert st.outbox["path"] == "/var/lib/ims-station/outbox.sqlite" and st.get("outbox", "synchronous") == "FULL"
+    assert st.keys["keystore"] == str(tmp_path / "keystore")            # relative to the station file
+    assert st.keys["channel_key_ids"]["BDF"] == 104
+    b1, b2 = st.brokers
+    assert (b1.host, b1.port, b1.tls_ca, b1.tls_key) == ("broker1.example.org", 8883, str(tmp_path / "tls/ca.pem"),
+                                                        str(tmp_path / "tls/xs01.key"))
+    assert (b2.username, b2.password_file) == ("XS01", str(tmp_path / "mqtt.pass"))
+    assert st.get("uplink", "ack_timeout_s") == 300 and st.get("uplink", "max_unacked") == 2000
+
+
+def test_every_key_of_the_schema_is_documented_with_its_default():
+    from ims_station.edge.config import SCHEMA
+    from ims_station.edge.uplink_config import DEFAULTS
+
+    text = DOC.read_text()
+
+    def keys(schema, path=""):
+        for k, sub in schema.get("properties", {}).items():
+            yield k
+            if sub.get("type") == "object":
+                yield from keys(sub)
+            if sub.get("type") == "array":
+                yield from keys(sub.get("items", {}))
+
+    tables = SCHEMA["properties"]
+    assert all(f"`[{t}]`" in text or f"`[[{t}]]`" in text for t in tables)
+    missing = sorted({k for t in tables.values() for k in keys(t.get("items", t)) if f"`{k}`" not in text})
+    assert missing == [], f"keys not in docs/configuration.md: {missing}"
+    for table, defaults in DEFAULTS.items():
+        for key, value in defaults.items():
+            row = next(line for line in text.splitlines() if line.startswith(f"| `{key}` |"))
+            if value is not None:
+                shown = row.split("|")[3].strip()
+                assert shown.strip("`\"") == (f"{value:g}" if isinstance(value, float) else str(value)), (key, row)
+
+
+GATEWAY_ERRORS = [
+    ("[framer]\nframe_seconds = 0\n", "framer.frame_seconds", "minimum"),
+    ("[framer]\nframe_second = 10\n", "framer.frame_second", "unknown key"),
+    ("[outbox]\nsynchronous = \"OFF\"\n", "outbox.synchronous", "OFF"),
+    ("[keys]\nstation_key_id = 1\n", "keys.keystore", "no keystore"),
+    ("[uplink]\nprefix = \"ims\"\n", "uplink.brokers", "required"),
+    ("[uplink]\n[[uplink.brokers]]\nhost = \"b\"\nport = 70000\n", "uplink.brokers[0].port", "maximum"),
+    ("[uplink]\n[[uplink.brokers]]\nhost = \"b\"\ntls_cert = \"c.pem\"\n", "uplink.brokers[0].tls_cert", "together"),
+    ("[uplink]\n[[uplink.brokers]]\nhost = \"b\"\npassword_file = \"p\"\n", "uplink.brokers[0].username",
+     "without username"),
+    ("[mqtt]\nhost = \"b\"\n", "mqtt", "unknown"),
+]
+
+
+@pytest.mark.parametrize("extra, key, reason", GATEWAY_ERRORS)
+def test_gateway_table_errors_name_file_key_and_reason(station, extra, key, reason):
+    station.write_text(GOOD + "\n" + extra)
+    with pytest.raises(ConfigError) as ei:
+        load_station_config(station)
+    err = ei.value
+    assert (err.file, err.key) == (str(station), key) and reason in err.reason, str(err)

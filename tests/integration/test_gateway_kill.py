@@ -53,9 +53,11 @@ def _keys(root: Path) -> tuple[Path, Path, Path]:
     return ks, trust, board_key
 
 
-def _configs(root: Path, pty: str, broker_port: int, ks: Path, board_key: Path) -> tuple[Path, Path]:
+def _configs(root: Path, pty: str, broker_port: int, ks: Path, board_key: Path) -> Path:
+    """One station file for the whole gateway: ports, framer, outbox, keys, uplink."""
     station = root / "station.toml"
     chans = ", ".join(f'{k} = "{v}"' for k, v in CHANNELS.items())
+    gateway = _gateway_tables(ks, broker_port)
     station.write_text(f"""
 [station]
 code = "{STA}"
@@ -70,10 +72,13 @@ board = "sim"
 board_id = 1
 key_file = "{board_key}"
 channels = {{ {chans} }}
-""")
-    uplink = root / "uplink.toml"
+{gateway}""")
+    return station
+
+
+def _gateway_tables(ks: Path, broker_port: int) -> str:
     ids = ", ".join(f'"{v}" = {501 + k}' for k, v in CHANNELS.items())
-    uplink.write_text(f"""
+    return f"""
 [framer]
 frame_seconds = 10
 max_wait_s = 30
@@ -95,8 +100,7 @@ ack_timeout_s = 5.0
 [[uplink.brokers]]
 host = "127.0.0.1"
 port = {broker_port}
-""")
-    return station, uplink
+"""
 
 
 def _outbox_rows(path: Path) -> dict[int, bytes]:
@@ -143,8 +147,8 @@ def killed_run(tmp_path_factory):
     conflicts: list[tuple[int, bytes, bytes]] = []
 
     def start_gateway():
-        return subprocess.Popen([sys.executable, "-m", "ims_station.edge.station", "--config", str(station_toml),
-                                 "--uplink", str(uplink_toml)], stdout=gw_log, stderr=gw_log,
+        return subprocess.Popen([sys.executable, "-m", "ims_station.edge.station", "--config", str(station_toml)],
+                                stdout=gw_log, stderr=gw_log,
                                 start_new_session=True)
 
     def snapshot():
@@ -156,7 +160,7 @@ def killed_run(tmp_path_factory):
     try:
         pty = board.stdout.readline().strip()
         assert pty.startswith("/dev/"), pty
-        station_toml, uplink_toml = _configs(tmp_path, pty, broker.port, ks, board_key)
+        station_toml = _configs(tmp_path, pty, broker.port, ks, board_key)
         for k in range(KILLS):
             gw = start_gateway()
             time.sleep(rng.uniform(1.5, 4.0))  # the fault schedule: kill at a random moment
