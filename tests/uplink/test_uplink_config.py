@@ -1,0 +1,51 @@
+"""The gateway tables read from a separate ``--uplink`` file (compatibility): paths resolved against
+that file, errors naming file, key and reason.  (The same tables inside the station file:
+tests/edge/test_config.py.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from ims_station.edge.uplink_config import DEFAULTS, load_uplink_settings
+from ims_station.errors import ConfigError
+
+
+def write(tmp_path, text):
+    f = tmp_path / "uplink.toml"
+    f.write_text(text)
+    return f
+
+
+def test_paths_resolve_against_the_file_and_defaults_fill_the_rest(tmp_path):
+    f = write(tmp_path, '[keys]\nkeystore = "ks"\nstation_key_id = 3\n[outbox]\npath = "o.sqlite"\n'
+                        '[uplink]\n[[uplink.brokers]]\nhost = "h"\ntls_ca = "ca.pem"\n')
+    st = load_uplink_settings(f)
+    assert st.keys["keystore"] == str(tmp_path / "ks") and st.outbox["path"] == str(tmp_path / "o.sqlite")
+    assert st.brokers[0].tls_ca == str(tmp_path / "ca.pem") and st.brokers[0].port == 1883
+    assert st.get("uplink", "ack_timeout_s") == DEFAULTS["uplink"]["ack_timeout_s"] == 300.0
+    assert st.get("framer", "frame_seconds") == 10
+
+
+@pytest.mark.parametrize("text, key, reason", [
+    ("[uplink]\n[[uplink.brokers]]\nhost = 5\n", "uplink.brokers[0].host", "string"),
+    ("[uplink]\nprotocol = \"4\"\n[[uplink.brokers]]\nhost = \"h\"\n", "uplink.protocol", "4"),
+    ("[uplink]\nbrokers = []\n", "uplink.brokers", ""),
+    ("[uplink]\nprefix = \"a//b\"\n[[uplink.brokers]]\nhost = \"h\"\n", "uplink.prefix", "a//b"),
+    ("[uplink]\n[[uplink.brokers]]\nhost = \"h\"\nusername = \"u\"\nclient_id = \"x\"\n",
+     "uplink.brokers[0].client_id", "unknown key"),
+    ("[keys]\nchannel_key_ids = { BHZ = 1 }\n", "keys.keystore", "no keystore"),
+    ("[outbox]\nmax_bytes = 1000\n", "outbox.max_bytes", "minimum"),
+    ("[framer]\nmax_clock_offset_s = 0\n", "framer.max_clock_offset_s", ""),
+])
+def test_errors_name_file_key_and_reason(tmp_path, text, key, reason):
+    f = write(tmp_path, text)
+    with pytest.raises(ConfigError) as ei:
+        load_uplink_settings(f)
+    assert (ei.value.file, ei.value.key) == (str(f), key) and reason in ei.value.reason, str(ei.value)
+
+
+def test_a_toml_syntax_error_names_the_file_and_line(tmp_path):
+    f = write(tmp_path, "[uplink\n")
+    with pytest.raises(ConfigError) as ei:
+        load_uplink_settings(f)
+    assert ei.value.file == str(f) and "line 1" in str(ei.value)

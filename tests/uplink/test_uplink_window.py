@@ -1,0 +1,114 @@
+"""The uplink's sending window without a broker: the ``max_unacked`` cap and the ack-timeout resend,
+on an injected clock.
+
+The uplink's hooks (``_periodic``, ``_on_publish``, ``_on_message``) are what the session thread
+calls inside paho's loop; here a recording client stands in for paho, so protocol time is the
+fake clock's and the 300-s timeout takes no wall time.  (``edge/uplink.py`` schedules its timeout
+check with ``time.monotonic()`` rather than its clock; the test points that module's ``time`` at
+the fake clock -- reported to the uplink's owner.)
+"""
+
+from __future__ import annotations
+
+import types
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from ims_station import cd11, topics
+from ims_station.broker import BrokerConfig
+from ims_station.edge import uplink as uplink_mod
+from ims_station.edge.outbox import Outbox
+from ims_station.edge.uplink import Uplink
+
+from .test_uplink import FS, STA, T0, fill
+
+
+class RecordingClient:
+    """What the uplink uses of a paho client: publish (PUBACK is up to the test) and subscribe."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+        self._mid = 0
+
+    def publish(self, topic, payload, qos=0, retain=False):
+        self._mid += 1
+        self.published.append((topic, bytes(payload)))
+        return types.SimpleNamespace(rc=mqtt.MQTT_ERR_SUCCESS, mid=self._mid, is_published=lambda: True)
+
+    def subscribe(self, *a, **kw):
+        return (mqtt.MQTT_ERR_SUCCESS, 0)
+
+    def frames(self) -> list[int]:
+        return [cd11.parse_frame(p)[0].sequence for t, p in self.published if t.endswith("/cd11")]
+
+    def puback_all(self, up: Uplink) -> None:
+        for mid in list(up._pending_mids):
+            up._on_publish(self, None, mid, 0, None)
+
+
+@pytest.fixture
+def rig(tmp_path, clock, monkeypatch):
+    monkeypatch.setattr(uplink_mod, "time", types.SimpleNamespace(monotonic=clock.monotonic))
+    box = Outbox(tmp_path / "outbox.sqlite", max_bytes=10 << 20, max_age_s=7 * 86400, clock=clock)
+    clock.t = T0 + 10 * 30
+    yield box
+    box.close()
+
+
+def acknack(up: Uplink, client: RecordingClient, lowest: int, highest: int, gaps=()) -> None:
+    wire = cd11.Acknack(creator="RELAY", frame_set=FS, lowest=lowest, highest=highest, gaps=list(gaps)).to_bytes()
+    up._on_message(client, None, types.SimpleNamespace(topic=topics.topic("ims", STA, "acknack"), payload=wire))
+
+
+def test_max_unacked_caps_frames_sent_but_not_yet_acknowledged_by_the_relay(rig, clock):
+    fill(rig, range(20))
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, inflight=32, max_unacked=5, live_window_s=0)
+    c = RecordingClient()
+    up._periodic(c)
+    assert c.frames() == [0, 1, 2, 3, 4]            # oldest first, and only max_unacked of them
+    c.puback_all(up)                                # the broker took them: that frees nothing
+    clock.advance(1)
+    up._periodic(c)
+    assert c.frames() == [0, 1, 2, 3, 4] and rig.in_flight_count() == 5
+    acknack(up, c, 0, 2)                            # the relay has 0..2: three places free
+    # (3 and 4 lie above its range, but were sent within the resend hold-off: still on their way)
+    clock.advance(1)
+    up._periodic(c)
+    assert c.frames() == [0, 1, 2, 3, 4, 5, 6, 7] and rig.stats()["frames"] == 17
+    assert up.stats()["frames_acked"] == 3
+
+
+def test_inflight_caps_frames_awaiting_puback_below_max_unacked(rig, clock):
+    fill(rig, range(20))
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, inflight=3, max_unacked=100, live_window_s=0)
+    c = RecordingClient()
+    up._periodic(c)
+    assert c.frames() == [0, 1, 2] and up.stats()["awaiting_puback"] == 3
+    up._on_publish(c, None, next(iter(up._pending_mids)), 0, None)
+    up._pump(c)
+    assert c.frames() == [0, 1, 2, 3]
+
+
+def test_frames_never_acknacked_are_resent_after_the_ack_timeout(rig, clock):
+    fill(rig, range(4))
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0)      # ack_timeout_s = 300
+    assert up.ack_timeout_s == 300
+    c = RecordingClient()
+    up._periodic(c)
+    c.puback_all(up)
+    assert c.frames() == [0, 1, 2, 3]
+    # The relay stays silent (it lost its state, its acknacks are lost): no acknack says anything
+    # about these frames, so only the timeout can bring them back.
+    for _ in range(9):                              # 270 s: an acknack may still come
+        clock.advance(30)
+        up._periodic(c)
+    assert c.frames() == [0, 1, 2, 3] and up.stats()["requeued_ack_timeout"] == 0
+    clock.advance(31)                               # 301 s after sending: due again
+    up._periodic(c)
+    assert c.frames() == [0, 1, 2, 3, 0, 1, 2, 3]
+    st = up.stats()
+    assert st["requeued_ack_timeout"] == 4 and st["resent"] == 4
+    c.puback_all(up)
+    acknack(up, c, 0, 3)
+    assert rig.stats()["frames"] == 0
