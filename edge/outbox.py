@@ -8,7 +8,8 @@ policy.  It does not own framing (``framer.py``), MQTT (``uplink.py``) or the ac
 (``ims_station.cd11``).
 
 Store: SQLite in WAL mode with ``synchronous=FULL`` (the stdlib ``sqlite3``, no hand-written log).
-Chosen by measurement (``python -m ims_station.edge.outbox --measure DIR``, figures in
+Chosen by measurement (``python -m bench outbox``, or ``python -m ims_station.edge.outbox --measure DIR``
+on a given medium; figures in
 docs/uplink.md): at the project's rates (one 10-s frame per station) any of the candidates is
 hundreds of times fast enough, so the choice is made on durability.  ``put`` returns only after the
 transaction's WAL frames are fsync'd, so a power cut right after the board was acknowledged cannot
