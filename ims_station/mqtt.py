@@ -83,9 +83,12 @@ class SessionOwner:
 
     @property
     def connected(self) -> bool:
+        """A positive CONNACK was seen and ``on_connected`` ran: its SUBSCRIBE is queued, not yet
+        acknowledged by the broker (see docs/relay.md, known limits)."""
         return self._mqtt.connected
 
     def wait_connected(self, timeout: float | None = 10.0) -> bool:
+        """Wait until :attr:`connected` (False after *timeout* seconds)."""
         return self._mqtt.wait_connected(timeout)
 
 
