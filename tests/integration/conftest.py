@@ -1,32 +1,13 @@
-"""Fixtures for the end-to-end tests: real brokers on free ports, and an MQTT collector that waits
-for messages on events (never a fixed sleep)."""
+"""Helpers for the end-to-end tests: an MQTT collector that waits for messages on events (never a
+fixed sleep) and a bounded poll for state that has no event.  The brokers on free ports come from
+the shared fixtures in tests/conftest.py."""
 
 from __future__ import annotations
 
 import queue
 import uuid
 
-import pytest
-
-from ims_station.broker import EmbeddedBroker, MosquittoBroker, embedded_available, find_mosquitto
-
-needs_mosquitto = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")
-
-
-@pytest.fixture
-def mosquitto(tmp_path):
-    if find_mosquitto() is None:
-        pytest.fail("mosquitto is not installed: apt-get install mosquitto (./run installs it)")
-    with MosquittoBroker(tmp_path / "broker") as b:
-        yield b
-
-
-@pytest.fixture
-def embedded(tmp_path):
-    if not embedded_available():
-        pytest.fail("amqtt is not installed: pip install -e .[embedded]")
-    with EmbeddedBroker(tmp_path / "embedded", host="127.0.0.1", port=None) as b:
-        yield b
+# The brokers (``mosquitto``, ``mosquitto_session``, ``embedded``) are fixtures of tests/conftest.py.
 
 
 def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):

@@ -1,6 +1,8 @@
 """The relay against a real Mosquitto on a free port: archive, acknacks, manual PUBACK, sessions, load sharing.
 
-Needs Mosquitto (``./run`` installs it); not skipped without it, so a missing broker is a visible failure."""
+Needs Mosquitto (``./run`` installs it): the shared ``mosquitto`` fixture of tests/conftest.py, one broker
+per test because the relays keep persistent sessions under fixed client ids.  Not skipped without it, so
+a missing broker is a visible failure."""
 
 from __future__ import annotations
 
@@ -11,10 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
-
 from ims_station import cd11
-from ims_station.broker import MosquittoBroker
 from ims_station.relay.archive import FileArchive
 from ims_station.relay.relay import Relay
 from ims_station.relay.state import SqliteStateStore
@@ -22,12 +21,6 @@ from ims_station.relay.state import SqliteStateStore
 BASE = 8640 * 8700
 TIMEOUT = 15.0
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with MosquittoBroker(tmp_path / "broker") as b:
-        yield b
 
 
 class Observed:
@@ -88,9 +81,9 @@ def results(items) -> list[str]:
     return [o.result for _, o in items]
 
 
-def test_archive_and_acknack_gaps_end_to_end(broker, keys, factory, tmp_path):
-    relay, seen = make_relay(broker, keys, tmp_path)
-    sta = StationClient(broker)
+def test_archive_and_acknack_gaps_end_to_end(mosquitto, keys, factory, tmp_path):
+    relay, seen = make_relay(mosquitto, keys, tmp_path)
+    sta = StationClient(mosquitto)
     with relay:
         assert relay.wait_connected(TIMEOUT)
         for s in (0, 1, 3, 4):
@@ -110,12 +103,12 @@ def test_archive_and_acknack_gaps_end_to_end(broker, keys, factory, tmp_path):
     assert st["transport"]["acked"] == 7
 
 
-def test_unstored_batch_is_not_acked_and_comes_back(broker, keys, factory, tmp_path):
+def test_unstored_batch_is_not_acked_and_comes_back(mosquitto, keys, factory, tmp_path):
     """Manual PUBACK: when storing fails the broker keeps the message and redelivers it after the
     relay reconnects -- no station resend needed (the test station never resends)."""
     from ims_station.relay.errors import ArchiveError
 
-    relay, seen = make_relay(broker, keys, tmp_path)
+    relay, seen = make_relay(mosquitto, keys, tmp_path)
     real_commit = relay.core.archive.commit
     failures = []
 
@@ -126,7 +119,7 @@ def test_unstored_batch_is_not_acked_and_comes_back(broker, keys, factory, tmp_p
         return real_commit(frames, quarantined)
 
     relay.core.archive.commit = flaky
-    sta = StationClient(broker)
+    sta = StationClient(mosquitto)
     with relay:
         assert relay.wait_connected(TIMEOUT)
         sta.publish(factory.build(BASE))
@@ -138,29 +131,29 @@ def test_unstored_batch_is_not_acked_and_comes_back(broker, keys, factory, tmp_p
     assert st["store_errors"] == 1 and st["transport"]["disconnects"] >= 1 and st["transport"]["connects"] >= 2
 
 
-def test_frames_sent_while_the_relay_is_down_arrive_after_restart(broker, keys, factory, tmp_path):
+def test_frames_sent_while_the_relay_is_down_arrive_after_restart(mosquitto, keys, factory, tmp_path):
     """Persistent session (MQTT 5, session expiry): the broker queues for the stopped relay."""
-    relay, _ = make_relay(broker, keys, tmp_path)
+    relay, _ = make_relay(mosquitto, keys, tmp_path)
     relay.start()
     assert relay.wait_connected(TIMEOUT)
     relay.close()
-    sta = StationClient(broker)
+    sta = StationClient(mosquitto)
     for s in range(5):
         sta.publish(factory.build(BASE + s))
-    relay2, seen = make_relay(broker, keys, tmp_path)
+    relay2, seen = make_relay(mosquitto, keys, tmp_path)
     with relay2:
         seen.wait(lambda it: results(it).count("archived") == 5)
         sta.acknacks.wait(lambda a: a and (a[-1].lowest, a[-1].highest, a[-1].gaps) == (BASE, BASE + 4, []))
     sta.close()
 
 
-def test_two_relays_share_the_load_and_one_state(broker, keys, factory, tmp_path):
+def test_two_relays_share_the_load_and_one_state(mosquitto, keys, factory, tmp_path):
     """A shared subscription hands each frame to one relay; both archive into one index and one
     state store, so neither reports the other's frames as gaps."""
     seen = Observed()
-    r1, _ = make_relay(broker, keys, tmp_path, instance="r1", seen=seen)
-    r2, _ = make_relay(broker, keys, tmp_path, instance="r2", seen=seen)
-    sta = StationClient(broker)
+    r1, _ = make_relay(mosquitto, keys, tmp_path, instance="r1", seen=seen)
+    r2, _ = make_relay(mosquitto, keys, tmp_path, instance="r2", seen=seen)
+    sta = StationClient(mosquitto)
     n = 30
     with r1, r2:
         assert r1.wait_connected(TIMEOUT) and r2.wait_connected(TIMEOUT)
@@ -177,7 +170,7 @@ def test_two_relays_share_the_load_and_one_state(broker, keys, factory, tmp_path
     assert sorted(p.name.split(".")[-2] for p in (tmp_path / "archive" / "frames").rglob("*.cd11")) == ["r1", "r2"]
 
 
-def test_cli_run_and_export(broker, keys, factory, tmp_path):
+def test_cli_run_and_export(mosquitto, keys, factory, tmp_path):
     conf = tmp_path / "relay.toml"
     conf.write_text(f"""
 [relay]
@@ -187,14 +180,14 @@ instance = "cli1"
 acknack_interval_s = 1.0
 
 [[broker]]
-host = "{broker.host}"
-port = {broker.port}
+host = "{mosquitto.host}"
+port = {mosquitto.port}
 """)
     proc = subprocess.Popen([sys.executable, "-m", "ims_station", "relay", "run", "--config", str(conf), "--json",
                              "--stats-every", "0.2"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
-        sta = StationClient(broker)
+        sta = StationClient(mosquitto)
         # Published before the relay may have subscribed: the station keeps publishing (as the
         # outbox does) until the relay's acknack covers the frame.
         acked = threading.Event()

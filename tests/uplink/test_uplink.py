@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from ims_station import cd11, topics
-from ims_station.broker import BrokerConfig, MosquittoBroker, free_port
+from ims_station.broker import BrokerConfig, free_port
 from ims_station.edge.outbox import Outbox
 from ims_station.edge.uplink import Uplink, backoff_delay
 
@@ -258,22 +258,21 @@ def _gaps(got: set[int], lo: int, hi: int) -> list[tuple[int, int]]:
     return out
 
 
-def test_fail_over_to_the_second_broker(tmp_path, outbox, clock):
+def test_fail_over_to_the_second_broker(mosquitto, outbox, clock):
     dead = BrokerConfig(port=free_port())                 # nobody listens here
-    with MosquittoBroker(tmp_path / "b2") as b2:
-        relay = FakeRelay(b2.config)
-        fill(outbox, range(1, 6))
-        up = Uplink(STA, [dead, b2.config], outbox, clock=clock, backoff_base_s=0.02, backoff_max_s=0.1)
-        up.start()
-        try:
-            wait_until(lambda: relay.received() == set(range(1, 6)), what="frames via the second broker")
-            st = up.stats()
-            assert st["failovers"] >= 1 and st["broker"] == f"127.0.0.1:{b2.port}"
-            relay.ack(1, 5)
-            wait_until(lambda: outbox.stats()["frames"] == 0, what="acked via the second broker")
-        finally:
-            up.stop()
-            relay.close()
+    relay = FakeRelay(mosquitto.config)
+    fill(outbox, range(1, 6))
+    up = Uplink(STA, [dead, mosquitto.config], outbox, clock=clock, backoff_base_s=0.02, backoff_max_s=0.1)
+    up.start()
+    try:
+        wait_until(lambda: relay.received() == set(range(1, 6)), what="frames via the second broker")
+        st = up.stats()
+        assert st["failovers"] >= 1 and st["broker"] == f"127.0.0.1:{mosquitto.port}"
+        relay.ack(1, 5)
+        wait_until(lambda: outbox.stats()["frames"] == 0, what="acked via the second broker")
+    finally:
+        up.stop()
+        relay.close()
 
 
 def test_acknack_parsing_uses_the_codec_and_checks_the_frame_set(outbox, clock):
