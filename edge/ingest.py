@@ -45,6 +45,7 @@ Sequence policy, per board epoch (the board's boot counter; sequence numbers res
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import math
@@ -73,6 +74,11 @@ DEFAULT_MAX_RESEND_TRIES = 30
 # Bytes of requested copies outstanding at a time: the board queues at most 16 KiB for its UART
 # (firmware/digitizer.py _TX_LIMIT) and drops what does not fit, live packets included.
 DEFAULT_MAX_INFLIGHT_BYTES = 8192
+# With a baud rate, a request is due again when its copies should have arrived (their bytes at 10
+# bits per byte, queued behind the copies asked for before) plus this margin: the request's own way
+# up, the board's main-loop period and the USB adapters' latency timers (16 ms each way), and
+# DATA packets the board interleaves.
+DEFAULT_RESEND_MARGIN = 0.25
 
 
 def wire_size(payload_len: int) -> int:
@@ -244,7 +250,8 @@ class _Hole:
     first: int
     last: int
     tries: int = 0
-    sent_at: float | None = None   # last request or last progress; None: not asked yet
+    due: float | None = None       # when the request counts as failed and is asked again; None: due now
+                                   # (never asked, or a later copy proved this one lost)
     req: int = 0                   # number of the last RESEND that asked for it (0: none)
 
     @property
@@ -270,6 +277,10 @@ class _Board:
     ring_capacity: int | None = None
     ring_floor: int = 0                 # every seq below it has left the board's ring (from SOH)
     frame_bytes: int = 0                # largest DATA frame on the line since the last HELLO (pacing)
+    sizes: list = field(default_factory=list)   # [first seq, largest DATA frame seen, HELLO worst case]
+                                                # per packet-length segment (a HELLO starts one), by seq
+    line_free: float = 0.0              # line model: when the copies asked for will have left the board
+    reqs: deque = field(default_factory=deque)  # line model: [req no, first, last, modeled end] in FIFO order
     ring_guaranteed: int | None = None  # fewest packets the ring is guaranteed to hold (HELLO/SOH, this epoch)
     hello_rx: Hello | None = None       # newest HELLO received, delivered or not (for adaptation)
     acked: int = -1                     # highest sequence number the consumer has acknowledged
@@ -294,6 +305,7 @@ class LinkDecoder:
 
     def __init__(self, key: bytes, clock: Any, *, board_id: int | None = None,
                  resend_timeout: float = DEFAULT_RESEND_TIMEOUT,
+                 baudrate: int | None = None, resend_margin: float = DEFAULT_RESEND_MARGIN,
                  max_resend_tries: int = DEFAULT_MAX_RESEND_TRIES,
                  max_inflight: int = link.MAX_RESEND, max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
                  max_held: int = 2048,
@@ -307,6 +319,10 @@ class LinkDecoder:
         self._clock = clock
         self.board_id = board_id
         self.resend_timeout = float(resend_timeout)
+        if baudrate is not None and int(baudrate) <= 0:
+            raise LocalProtocolError(f"LinkDecoder: baudrate must be positive, got {baudrate!r}")
+        self.baudrate = int(baudrate) if baudrate is not None else None
+        self.resend_margin = float(resend_margin)
         self.max_resend_tries = int(max_resend_tries)
         self.max_inflight = int(max_inflight)
         self.max_inflight_bytes = int(max_inflight_bytes)
@@ -530,6 +546,7 @@ class LinkDecoder:
         dig = _digest(hdr.ptype, payload)
         if hdr.ptype == link.T_DATA:
             b.frame_bytes = max(b.frame_bytes, wire_size(hdr.length))
+            self._size_seen(b, seq, wire_size(hdr.length))
         elif hdr.ptype == link.T_HELLO:
             b.frame_bytes = 0       # a new rate or packet length: re-learn the size
 
@@ -552,6 +569,8 @@ class LinkDecoder:
         if hdr.ptype == link.T_UNAVAILABLE:
             self._unavailable(b, payload)
         ev = self._event(hdr, payload)
+        if isinstance(ev, Hello):
+            self._size_segment(b, ev)
         if isinstance(ev, (Hello, Reply)):
             # Packet length and the answer to our own set_packet_ms are needed now, not when the
             # packet's turn comes: on a bad line that can be minutes behind (holes before it).
@@ -662,7 +681,9 @@ class LinkDecoder:
         for i, h in enumerate(b.holes):
             if h.first <= seq <= h.last:
                 parts = []
-                asked = now if h.sent_at is not None else None
+                # Fixed timeout: progress restarts the timer of the rest.  Line model: the rest
+                # keeps its place in the board's queue (re-anchored below when this is a copy).
+                asked = None if h.due is None else h.due if self.baudrate else now + self.resend_timeout
                 if h.first < seq:
                     parts.append(_Hole(h.first, seq - 1, h.tries, asked, h.req))
                 if seq < h.last:
@@ -670,6 +691,8 @@ class LinkDecoder:
                 b.holes[i:i + 1] = parts
                 if copy and h.req:
                     self._lost_in_order(b, h.req, seq)
+                    if self.baudrate:
+                        self._reanchor(b, h.req, seq, now)
                 return True
         return False
 
@@ -681,8 +704,8 @@ class LinkDecoder:
         # the request budget until the timeout -- on a line that damages most packets this is
         # what keeps the line busy with useful copies.
         for h in b.holes:
-            if h.req and h.sent_at is not None and (h.req < req or (h.req == req and h.last < seq)):
-                h.sent_at = None
+            if h.req and h.due is not None and (h.req < req or (h.req == req and h.last < seq)):
+                h.due = None
 
     def _take(self, b: _Board, first: int, last: int) -> list[tuple[int, int]]:
         """Remove [first, last] from the holes; return the sub-ranges that were missing."""
@@ -695,9 +718,9 @@ class LinkDecoder:
             lo, hi = max(h.first, first), min(h.last, last)
             taken.append((lo, hi))
             if h.first < lo:
-                out.append(_Hole(h.first, lo - 1, h.tries, h.sent_at, h.req))
+                out.append(_Hole(h.first, lo - 1, h.tries, h.due, h.req))
             if hi < h.last:
-                out.append(_Hole(hi + 1, h.last, h.tries, h.sent_at, h.req))
+                out.append(_Hole(hi + 1, h.last, h.tries, h.due, h.req))
         b.holes = out
         return taken
 
@@ -909,44 +932,160 @@ class LinkDecoder:
         keep = []
         sure = b.ring_guaranteed
         for h in b.holes:
-            if h.sent_at is not None and now - h.sent_at >= self.resend_timeout and h.tries >= self.max_resend_tries \
+            if h.due is not None and now >= h.due and h.tries >= self.max_resend_tries \
                     and (sure is None or b.highest - h.last >= sure):
                 self._give_up_range(b, h.first, h.last, "timeout")
             else:
                 keep.append(h)
         b.holes = keep
-        # Pacing: the copies asked for and not yet arrived must fit the board's transmit queue
-        # beside its live packets, or the board drops them and they must be asked for again (a
-        # catch-up after a long outage used to ask for 128 packets at once).  Packets arriving
-        # free room, and this runs after every read, so the next chunk goes out at once.
-        cap = self.inflight_limit(b.board_id)
-        inflight = sum(h.size for h in b.holes if h.sent_at is not None and now - h.sent_at < self.resend_timeout)
-        out = []
+        # Pacing: the copies asked for and not yet sent must fit the board's transmit queue beside
+        # its live packets, or the board drops them and they must be asked for again (a catch-up
+        # after a long outage used to ask for 128 packets at once).  This runs after every read, so
+        # the next chunk goes out as soon as there is room.
+        line = self.baudrate is not None
+        if line:
+            # Line model: the board sends the copies in the order asked, at the line's rate, so
+            # what is still queued is known from the clock; a request whose copies should have
+            # arrived and did not was lost (its copies or the request itself) and is asked again
+            # after the margin -- the line stays busy instead of idling out a fixed timeout.
+            rate = self._copy_rate(b)
+            room_bytes = self.max_inflight_bytes - max(0.0, b.line_free - now) * rate
+            while b.reqs and b.reqs[0][3] + self.resend_margin < now:
+                b.reqs.popleft()        # its deadline has passed: nothing left to anchor on
+        else:
+            cap = self.inflight_limit(b.board_id)
+            inflight = sum(h.size for h in b.holes if h.due is not None and now < h.due)
+        # Line model: on a bad line, cheap packets first.  A copy survives with p = (1-q)^size, so
+        # the long packets sent before the edge shortened them (still in the ring) cost the line
+        # many times more per packet recovered than the short ones (at BER 1e-4 / 1 % dropped a
+        # 1-s copy gets through with p ~ 3e-5, a 250-ms one with p ~ 0.05): they are asked for
+        # only with the room the shorter ones leave, oldest first within each class.
+        big = 1.5 * self._packet_bytes(b, b.highest) if line and self._shortened_now(b) else None
+        for cheap in ((True, False) if big else (None,)):
+            out = []
+            for h in b.holes:
+                due = h.due is None or now >= h.due
+                if due and cheap is not None and (self._packet_bytes(b, h.first) <= big) != cheap:
+                    due = False
+                if line:
+                    room = self._fit(b, h.first, min(h.last, h.first + link.MAX_RESEND - 1), room_bytes) if due else 0
+                else:
+                    room = min(cap - inflight, link.MAX_RESEND)
+                if not due or room <= 0:
+                    out.append(h)
+                    continue
+                # Oldest part first: it is the next to be evicted from the board's ring.  (If it is
+                # gone already, the board's UNAVAILABLE names everything below its oldest packet, so
+                # a long outage is still settled in one round trip.)
+                if h.size > room:
+                    ask = _Hole(h.first, h.first + room - 1, h.tries, h.due, h.req)
+                    out.append(ask)
+                    out.append(_Hole(ask.last + 1, h.last, h.tries, h.due, h.req))
+                else:
+                    ask = h
+                    out.append(h)
+                ask.tries += 1
+                self._req_no += 1
+                ask.req = self._req_no
+                if line:
+                    nbytes = self._range_bytes(b, ask.first, ask.last)
+                    b.line_free = max(now, b.line_free) + nbytes / rate
+                    ask.due = b.line_free + self.resend_margin
+                    room_bytes -= nbytes
+                    b.reqs.append([ask.req, ask.first, ask.last, b.line_free])
+                else:
+                    ask.due = now + self.resend_timeout
+                    inflight += ask.size
+                self._send(b.board_id, b.epoch, link.T_RESEND, link.pack_range(ask.first, ask.last))
+                self.counters["resend_requests"] += 1
+                self.counters["resend_packets_requested"] += ask.size
+            b.holes = out
+
+    # ------------------------------------------------------------ line model (baudrate given)
+
+    def resend_deadline(self, board_id: int | None = None) -> float | None:
+        """Earliest time an outstanding RESEND of the board is due again (None: none outstanding)."""
+        b = self._board_for(board_id)
+        dues = [h.due for h in b.holes if h.due is not None] if b is not None else []
+        return min(dues) if dues else None
+
+    def _shortened_now(self, b: _Board) -> bool:
+        return b.board_id in self._shortened
+
+    def _copy_rate(self, b: _Board) -> float:
+        """Bytes per second the board's copies get: the line (10 bits a byte at 8N1) less the
+        board's live DATA stream, which shares the same queue (at least a tenth of the line)."""
+        line = self.baudrate / 10
+        ms = self._packet_ms.get(b.board_id)
+        live = self._packet_bytes(b, b.highest) * 1000 / ms if ms else 0.0
+        return max(line - live, line / 10)
+
+    def _size_seen(self, b: _Board, seq: int, size: int) -> None:
+        i = bisect.bisect_right(b.sizes, seq, key=lambda s: s[0]) - 1
+        if i < 0:
+            b.sizes.insert(0, [0, size, 0])       # no HELLO seen before it (joined mid-epoch)
+        else:
+            b.sizes[i][1] = max(b.sizes[i][1], size)
+
+    def _size_segment(self, b: _Board, h: Hello) -> None:
+        # A HELLO announces a new packet length from its own seq on; the packets before it keep
+        # theirs in the ring (after a shortening, the old long ones are still asked for).
+        n = len(h.channel_ids) or 1
+        worst = wire_size(link.data_size(h.samples_per_packet, n, [link.ENC_I32] * n)) if h.samples_per_packet else 0
+        i = bisect.bisect_right(b.sizes, h.seq, key=lambda s: s[0])
+        if i and b.sizes[i - 1][0] == h.seq:
+            b.sizes[i - 1][2] = worst
+        else:
+            b.sizes.insert(i, [h.seq, 0, worst])
+            del b.sizes[:-64]                     # bounded: only the recent segments matter
+
+    def _packet_bytes(self, b: _Board, seq: int) -> int:
+        """Line bytes of packet *seq*: the largest DATA frame seen in its packet-length segment,
+        else the worst case its HELLO implies, else the largest seen at all, else the maximum."""
+        i = bisect.bisect_right(b.sizes, seq, key=lambda s: s[0]) - 1
+        if i >= 0:
+            _, seen, worst = b.sizes[i]
+            if seen or worst:
+                return seen or worst
+        return b.frame_bytes or max((s[1] for s in b.sizes), default=0) or link.MAX_ENCODED + link.FRAME_OVERHEAD
+
+    def _range_bytes(self, b: _Board, first: int, last: int) -> int:
+        return sum(self._packet_bytes(b, s) for s in range(first, last + 1))
+
+    def _fit(self, b: _Board, first: int, last: int, room_bytes: float) -> int:
+        """How many packets from *first* (up to *last*) fit in *room_bytes*."""
+        n = 0
+        for s in range(first, last + 1):
+            room_bytes -= self._packet_bytes(b, s)
+            if room_bytes < 0:
+                break
+            n += 1
+        return n
+
+    def _reanchor(self, b: _Board, req: int, seq: int, now: float) -> None:
+        # A copy of *seq* (asked for by request *req*) has just arrived: everything queued before
+        # it on the board has been sent, and what follows it is due at the line's rate from now.
+        # This corrects the model for live packets, SOH and late starts.
+        reqs = b.reqs
+        while reqs and reqs[0][0] < req:
+            reqs.popleft()
+        if not reqs or reqs[0][0] != req:
+            return
+        rate = self._copy_rate(b)
+        t = now
+        start: dict[int, tuple[float, int]] = {}
+        for r in reqs:
+            lo = seq + 1 if r[0] == req else r[1]
+            start[r[0]] = (t, lo)
+            t += self._range_bytes(b, lo, r[2]) / rate
+            r[3] = t
+        b.line_free = t
         for h in b.holes:
-            due = h.sent_at is None or now - h.sent_at >= self.resend_timeout
-            room = min(cap - inflight, link.MAX_RESEND)
-            if not due or room <= 0:
-                out.append(h)
-                continue
-            # Oldest part first: it is the next to be evicted from the board's ring.  (If it is
-            # gone already, the board's UNAVAILABLE names everything below its oldest packet, so
-            # a long outage is still settled in one round trip.)
-            if h.size > room:
-                ask = _Hole(h.first, h.first + room - 1, h.tries, h.sent_at, h.req)
-                out.append(ask)
-                out.append(_Hole(ask.last + 1, h.last, h.tries, h.sent_at, h.req))
-            else:
-                ask = h
-                out.append(h)
-            ask.tries += 1
-            ask.sent_at = now
-            self._req_no += 1
-            ask.req = self._req_no
-            inflight += ask.size
-            self._send(b.board_id, b.epoch, link.T_RESEND, link.pack_range(ask.first, ask.last))
-            self.counters["resend_requests"] += 1
-            self.counters["resend_packets_requested"] += ask.size
-        b.holes = out
+            s = start.get(h.req)
+            if s is not None and h.due is not None and h.last >= s[1]:
+                h.due = s[0] + self._range_bytes(b, s[1], h.last) / rate + self.resend_margin
+        if seq >= reqs[0][2]:
+            reqs.popleft()
 
     def inflight_limit(self, board_id: int | None = None) -> int:
         """Packets that may be asked for and outstanding at a time for this board: the byte budget

@@ -224,7 +224,8 @@ def run(station_file: str, uplink_file: str | None = None, *, seconds: float = 0
     for port in cfg.ports:
         assembler = StreamAssembler()
         # auto_ack=False: the board is acknowledged from the persisted ACK point only (Gateway).
-        dec = LinkDecoder(port.key, clock, board_id=port.board_id, auto_ack=False, **port.link)
+        dec = LinkDecoder(port.key, clock, board_id=port.board_id, auto_ack=False, baudrate=port.baudrate,
+                          **port.link)
         gw.resume(dec, port.board_id)
 
         def on_events(events, dec=dec, assembler=assembler, port=port):

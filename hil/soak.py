@@ -117,7 +117,7 @@ def run_soak(cfg: SoakConfig, progress: Callable[[dict], None] | None = None) ->
             policy["resend_timeout"] = cfg.resend_timeout_s
         if cfg.max_resend_tries is not None:
             policy["max_resend_tries"] = cfg.max_resend_tries
-        decoder = LinkDecoder(sim.key, sim.clock, board_id=board_id, **policy)
+        decoder = LinkDecoder(sim.key, sim.clock, board_id=board_id, baudrate=cfg.baud, **policy)
         assembler = StreamAssembler()
         collect = _Collector(assembler)
         pump = PortPump(url, decoder, baudrate=cfg.baud, timeout=0.05, clock=sim.clock, on_events=collect,
