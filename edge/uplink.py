@@ -16,6 +16,15 @@ lists as gaps, or that lie outside its [lowest, highest] range (implied gaps, sp
 from the outbox with their original bytes (§6.4).  A frame is therefore published at least once and
 the relay dedupes by (frame set, sequence number).
 
+Readiness: the acknack subscription goes through :meth:`ims_station.mqtt.MqttSession.subscribe`, so
+:attr:`Uplink.connected` turns true only after the broker's SUBACK, and no frame is published on a
+connection before that SUBACK arrived: the relay's acknack for a frame could otherwise be sent
+before the broker routes acknacks to us (a first connection has no stored subscription) and the
+station would wait for the 300-s ack timeout.  A refused acknack subscription (an ACL that forgets
+the station's acknack topic) is logged and counted (``acknack_subscribe_refused``); frames are still
+sent, because the archive needs the data more than the outbox needs its deletions -- they stay in
+the outbox and the ack timeout resends them (the relay dedupes) until an operator fixes the ACL.
+
 Threading: the session's thread owns the paho client and runs its network loop (``Client.loop``),
 so every paho callback, every publish and every outbox read of the uplink happens on that thread
 (the hooks below run there).  Other threads call :meth:`notify` after committing a frame (wakes the
@@ -87,15 +96,15 @@ class Uplink(SessionOwner):
         self._counters = dict(connects=0, connect_failures=0, disconnects=0, failovers=0, published=0,
                               resent=0, pubacks=0, acknacks=0, acknacks_invalid=0, acknacks_other_set=0,
                               frames_acked=0, requeued_on_disconnect=0, requeued_ack_timeout=0,
-                              soh_published=0, protocol_fallbacks=0)
+                              soh_published=0, protocol_fallbacks=0, acknack_subscribe_refused=0)
         self.last_acknack: dict | None = None
         self._mqtt = MqttSession(
             brokers, client_name=self.client_name, label=f"uplink {self.station}", protocol=protocol,
             session_expiry_s=session_expiry_s, backoff_base_s=backoff_base_s, backoff_max_s=backoff_max_s,
             connect_timeout_s=connect_timeout_s, counters=self._counters, rng=rng, logger=log,
             setup=self._setup_client, on_begin=lambda: self._pending_mids.clear(),
-            on_connected=self._on_connected, on_turn=self._periodic, on_stop=self._graceful_close,
-            on_end=self._requeue_unpubacked)
+            on_connected=self._on_connected, on_subscribed=self._on_subscribed, on_turn=self._periodic,
+            on_stop=self._graceful_close, on_end=self._requeue_unpubacked)
 
     # -- public ----------------------------------------------------------------------------------
     def start(self) -> "Uplink":
@@ -144,11 +153,22 @@ class Uplink(SessionOwner):
                 break
 
     def _on_connected(self, client: Any, flags: Any) -> None:
-        client.subscribe(self.t_acknack, qos=1)
+        # Through the session: frames wait for this SUBACK (see the module docstring, Readiness).
+        self._mqtt.subscribe(client, self.t_acknack, qos=1)
         client.publish(self.t_status, self._status_payload("online"), qos=1, retain=True)
         self._soh_due.set()
         self._wake.set()
         log.info("uplink %s: connected (session present: %s)", self.station, flags.session_present)
+
+    def _on_subscribed(self, client: Any, mid: int, reason_codes: Any) -> bool:
+        if any(rc.is_failure for rc in reason_codes):
+            self._counters["acknack_subscribe_refused"] += 1
+            log.error("uplink %s: broker refused the acknack subscription %s (%s): frames are sent but "
+                      "only the ack timeout can clear them; check the broker's ACL", self.station,
+                      self.t_acknack, ", ".join(str(rc) for rc in reason_codes))
+            return False
+        self._wake.set()                 # frames may go now
+        return True
 
     # -- paho callbacks (run on the session thread, inside client.loop) ---------------------------------
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
@@ -197,6 +217,8 @@ class Uplink(SessionOwner):
             self._soh_due.clear()
             self._last_soh = now
             self._publish_soh(client)
+        if not self._mqtt.subscriptions_settled:
+            return True          # no frame before the acknack SUBACK (the wake stays set for then)
         if self._wake.is_set() or now - self._last_pump >= 0.5:
             self._wake.clear()
             self._last_pump = now

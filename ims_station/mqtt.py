@@ -11,6 +11,11 @@ Owns, for one client (:class:`MqttSession`):
   to MQTT 5 (``protocol="auto"``);
 * the connect deadline, reconnection with exponential backoff and equal jitter
   (:func:`backoff_delay`), and disconnect clean-up (DISCONNECT, one last loop turn, socket closed);
+* readiness: :attr:`MqttSession.connected` (and :meth:`MqttSession.wait_connected`) turn true only
+  when the broker gave a positive CONNACK *and* acknowledged (SUBACK, success reason codes) every
+  SUBSCRIBE the owner sent through :meth:`MqttSession.subscribe` while connecting -- before the
+  SUBACK a message published on a subscribed topic may not reach us (a shared subscription, or a
+  first connection, has no session at the broker yet);
 * the thread that owns the paho client and runs its network loop (``Client.loop``), so every paho
   callback and every publish of the owner happens on that one thread: no locks around paho;
 * the transport counters ``connects``, ``connect_failures``, ``disconnects``, ``failovers`` and
@@ -19,7 +24,7 @@ Owns, for one client (:class:`MqttSession`):
 It does not own what is sent or received: the owner (:class:`ims_station.edge.uplink.Uplink`,
 :class:`ims_station.relay.relay.Relay`) plugs in through hooks -- client set-up (Last Will, message
 callbacks, in-flight window), extra MQTT 5 CONNECT properties, what to do once connected (subscribe,
-announce), on every loop turn (publish, process, acknowledge), before a requested stop (a goodbye)
+announce), what a SUBACK means to it (a refused subscription replaced by another), on every loop turn (publish, process, acknowledge), before a requested stop (a goodbye)
 and after a connection ended (requeue what the broker never confirmed).  Topic names, outbox,
 acknacks, verification and archive stay with the owners.
 
@@ -83,8 +88,8 @@ class SessionOwner:
 
     @property
     def connected(self) -> bool:
-        """A positive CONNACK was seen and ``on_connected`` ran: its SUBSCRIBE is queued, not yet
-        acknowledged by the broker (see docs/relay.md, known limits)."""
+        """Ready: a positive CONNACK was seen and the broker acknowledged (SUBACK) every subscription
+        of this connection, so messages published from now on reach this client."""
         return self._mqtt.connected
 
     def wait_connected(self, timeout: float | None = 10.0) -> bool:
@@ -110,8 +115,12 @@ class MqttSession:
       ``on_disconnect`` belong to the session.)
     * ``connect_properties(props)`` -- add MQTT 5 CONNECT properties (the session expiry is set).
     * ``on_begin()`` -- before each connection attempt: reset per-connection state.
-    * ``on_connected(client, flags)`` -- after a positive CONNACK, before :attr:`connected` is set:
-      subscribe, announce.
+    * ``on_connected(client, flags)`` -- after a positive CONNACK: subscribe (through
+      :meth:`subscribe`, so the SUBACK is awaited), announce.
+    * ``on_subscribed(client, mid, reason_codes) -> bool`` -- a SUBACK arrived for a subscription
+      sent through :meth:`subscribe`; return True if the connection is usable (default: no reason
+      code is a failure).  An owner that replaces a refused subscription (calls :meth:`subscribe`
+      again) returns True: readiness then waits for the new SUBACK.
     * ``on_turn(client) -> bool`` -- after each loop turn while connected; False drops the connection
       (the owner wants the broker to redeliver, say).
     * ``loop_timeout() -> float`` -- how long the next loop turn may wait while connected
@@ -133,6 +142,7 @@ class MqttSession:
                  connect_properties: Callable[[Any], None] | None = None,
                  on_begin: Callable[[], None] | None = None,
                  on_connected: Callable[[Any, Any], None] | None = None,
+                 on_subscribed: Callable[[Any, int, Any], bool] | None = None,
                  on_turn: Callable[[Any], bool] | None = None,
                  loop_timeout: Callable[[], float] | None = None,
                  on_stop: Callable[[Any], None] | None = None,
@@ -160,6 +170,7 @@ class MqttSession:
         self._connect_properties = connect_properties
         self._on_begin = on_begin
         self._on_connected = on_connected
+        self._on_subscribed = on_subscribed
         self._on_turn = on_turn
         self._loop_timeout = loop_timeout
         self._on_stop = on_stop
@@ -167,7 +178,10 @@ class MqttSession:
         self.client: Any = None                      # the current paho client (session thread only)
         self.thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._connected = threading.Event()
+        self._link = threading.Event()           # positive CONNACK seen on the current connection
+        self._ready = threading.Event()          # ... and every SUBSCRIBE acknowledged (`connected`)
+        self._sub_pending: set[int] = set()      # SUBSCRIBE mids without SUBACK (session thread only)
+        self._sub_ok = True                      # no refused subscription left unreplaced
         self._connack: int | None = None
 
     # -- state ---------------------------------------------------------------------------------------
@@ -187,10 +201,41 @@ class MqttSession:
 
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        """Ready: positive CONNACK and every subscription of this connection acknowledged (SUBACK)."""
+        return self._ready.is_set()
 
     def wait_connected(self, timeout: float | None) -> bool:
-        return self._connected.wait(timeout)
+        return self._ready.wait(timeout)
+
+    @property
+    def link_up(self) -> bool:
+        """A positive CONNACK was seen on the current connection (SUBACKs may still be due)."""
+        return self._link.is_set()
+
+    @property
+    def subscriptions_settled(self) -> bool:
+        """Connected and no SUBACK outstanding (whether each subscription was granted or refused)."""
+        return self._link.is_set() and not self._sub_pending
+
+    def subscribe(self, client: Any, topic: str, qos: int = 1) -> int | None:
+        """SUBSCRIBE on *client* (session thread only) and hold :attr:`connected` back until its
+        SUBACK.  Returns the message id, or None if paho could not send it (the connection is
+        going down; the next one subscribes again)."""
+        import paho.mqtt.client as mqtt
+
+        rc, mid = client.subscribe(topic, qos=qos)
+        if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
+            self.log.warning("%s: could not send SUBSCRIBE %s (rc %s)", self.label, topic, rc)
+            return None
+        self._sub_pending.add(mid)
+        self._ready.clear()
+        return mid
+
+    def _update_ready(self) -> None:
+        if self._link.is_set() and not self._sub_pending and self._sub_ok:
+            self._ready.set()
+        else:
+            self._ready.clear()
 
     @property
     def stopping(self) -> bool:
@@ -250,6 +295,7 @@ class MqttSession:
             self._setup(client)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
+        client.on_subscribe = self._handle_subscribe
         return client
 
     def _session(self, state: BrokerState) -> bool:
@@ -259,7 +305,10 @@ class MqttSession:
         client = self._make_client(state)
         self.client = client
         self._connack = None
-        self._connected.clear()
+        self._link.clear()
+        self._ready.clear()
+        self._sub_pending.clear()
+        self._sub_ok = True
         if self._on_begin is not None:
             self._on_begin()
         b = state.config
@@ -283,25 +332,26 @@ class MqttSession:
         try:
             while True:
                 wait = LOOP_TIMEOUT_S
-                if self._loop_timeout is not None and self._connected.is_set():
+                if self._loop_timeout is not None and self._link.is_set():
                     wait = self._loop_timeout()
                 rc = client.loop(timeout=wait)
                 if self._stop.is_set():
-                    if self._connected.is_set() and self._on_stop is not None:
+                    if self._link.is_set() and self._on_stop is not None:
                         self._on_stop(client)
                     break
                 if rc != mqtt.MQTT_ERR_SUCCESS:
                     break
-                if self._connected.is_set():
+                if self._link.is_set():
                     ever_connected = True
                     if self._on_turn is not None and not self._on_turn(client):
                         break
                 elif self._connack is not None or self.clock.monotonic() > deadline:
                     break      # refused, or no CONNACK in time
         finally:
-            if self._connected.is_set() or ever_connected:
+            if self._link.is_set() or ever_connected:
                 self.counters["disconnects"] += 1
-            self._connected.clear()
+            self._link.clear()
+            self._ready.clear()
             if self._on_end is not None:
                 try:
                     self._on_end()
@@ -331,9 +381,25 @@ class MqttSession:
             self.log.warning("%s: connection refused: %s", self.label, reason_code)
             return
         self.counters["connects"] += 1
+        self._link.set()
         if self._on_connected is not None:
             self._on_connected(client, flags)
-        self._connected.set()
+        self._update_ready()          # at once if the owner subscribed nothing, else at the last SUBACK
+
+    def _handle_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if mid not in self._sub_pending:
+            return                    # not ours (sent before this connection, or outside subscribe())
+        self._sub_pending.discard(mid)
+        if self._on_subscribed is not None:
+            ok = bool(self._on_subscribed(client, mid, reason_codes))
+        else:
+            ok = not any(rc.is_failure for rc in reason_codes)
+        if not ok:
+            self._sub_ok = False
+            self.log.error("%s: broker refused a subscription (%s); not ready on this connection",
+                           self.label, ", ".join(str(rc) for rc in reason_codes))
+        self._update_ready()
 
     def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self._connected.clear()
+        self._link.clear()
+        self._ready.clear()

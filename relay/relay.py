@@ -1,7 +1,8 @@
 """The central relay process: an MQTT client around :class:`~ims_station.relay.core.RelayCore`.
 
 Owns what the relay does over MQTT: a shared subscription ``$share/{group}/{prefix}/+/cd11`` at QoS 1
-so several relay processes share the stations, manual PUBACKs, batching, and publishing the core's
+so several relay processes share the stations (ready -- :attr:`connected` -- only once the broker
+acknowledged that subscription with a SUBACK), manual PUBACKs, batching, and publishing the core's
 acknacks on each station's acknack topic.  The connection itself -- paho-mqtt 2.x, MQTT 5 with a
 session expiry (MQTT 3.1.1 with ``clean_session=False`` as fall-back), TLS / username + password via
 :class:`ims_station.broker.BrokerConfig` (no default credentials), fail-over along a list of brokers,
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import Counter
 from typing import Any, Callable, Sequence
 
@@ -72,14 +72,14 @@ class Relay(SessionOwner):
         self._inbox: list[tuple[str, bytes, int, int]] = []       # topic, payload, mid, qos
         self._lock = threading.Lock()            # guards core counters for stats() from other threads
         self._subscribed_filter: str | None = None
-        self._sub_mid: int | None = None
         self.transport = Counter()
         self._mqtt = MqttSession(
             self.brokers, client_name=f"relay-{instance}", label=f"relay {instance}", protocol=protocol,
             session_expiry_s=session_expiry_s, manual_ack=True, backoff_base_s=backoff_base_s,
             backoff_max_s=backoff_max_s, connect_timeout_s=connect_timeout_s, counters=self.transport,
             logger=log, setup=self._setup_client, connect_properties=self._connect_properties,
-            on_begin=lambda: self._inbox.clear(), on_connected=self._on_connected, on_turn=self._turn,
+            on_begin=lambda: self._inbox.clear(), on_connected=self._on_connected,
+            on_subscribed=self._on_subscribed, on_turn=self._turn,
             loop_timeout=lambda: min(0.05, self.core.next_acknack_in()),
             # Stopping: one last turn, so what already arrived is stored and acknowledged.
             on_stop=self._turn)
@@ -126,7 +126,6 @@ class Relay(SessionOwner):
     # -- session hooks (on the session thread) --------------------------------------------------------
     def _setup_client(self, client: Any) -> None:
         client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
 
     def _connect_properties(self, props: Any) -> None:
         # The broker must not send us anything bigger than we would accept anyway.
@@ -142,14 +141,17 @@ class Relay(SessionOwner):
 
     def _on_connected(self, client: Any, flags: Any) -> None:
         self._subscribed_filter = self.subscription
-        res, self._sub_mid = client.subscribe(self._subscribed_filter, qos=1)
+        # Through the session: the relay counts as connected only after the SUBACK.  Before it, a
+        # frame published by a station may find no subscription (shared group, or first session).
+        self._mqtt.subscribe(client, self._subscribed_filter, qos=1)
         log.info("relay %s: connected (MQTT %s, session present: %s), subscribing %s", self.instance,
                  self._mqtt.protocol, flags.session_present, self._subscribed_filter)
 
     def _gather(self, client: Any) -> None:
         """Read more already-arrived messages (without waiting long) to fill the batch."""
-        t_end = time.monotonic() + self.batch_wait_s
-        while len(self._inbox) < self.batch_max and time.monotonic() < t_end:
+        clock = self._mqtt.clock          # a network wait: wall time, like the session's deadlines
+        t_end = clock.monotonic() + self.batch_wait_s
+        while len(self._inbox) < self.batch_max and clock.monotonic() < t_end:
             n = len(self._inbox)
             if client.loop(timeout=0.0 if n else 0.005) != 0:
                 break
@@ -188,18 +190,23 @@ class Relay(SessionOwner):
             client.publish(topic, payload, qos=1, retain=False)
 
     # -- paho callbacks (on the session thread, inside client.loop) ------------------------------------
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+    def _on_subscribed(self, client: Any, mid: int, reason_codes: Any) -> bool:
+        """A SUBACK: True if the relay can work on this connection (the session then reports it
+        connected once no other SUBACK is due)."""
         if not any(rc.is_failure for rc in reason_codes):
-            return
+            self.transport["subscriptions_acknowledged"] += 1
+            return True
         if self.group and self._subscribed_filter != topics.shared_subscription(self.prefix, "cd11", None):
             # A broker without shared subscriptions (e.g. the embedded amqtt): one relay still works.
             self.transport["shared_subscription_refused"] += 1
             self._subscribed_filter = topics.shared_subscription(self.prefix, "cd11", None)
             log.warning("relay %s: broker refused the shared subscription; subscribing %s (run a single "
                         "relay process on this broker)", self.instance, self._subscribed_filter)
-            client.subscribe(self._subscribed_filter, qos=1)
-        else:
-            log.error("relay %s: broker refused subscription %s", self.instance, self._subscribed_filter)
+            # Replaced: readiness now waits for this SUBACK instead.
+            return self._mqtt.subscribe(client, self._subscribed_filter, qos=1) is not None
+        log.error("relay %s: broker refused subscription %s", self.instance, self._subscribed_filter)
+        self.transport["subscription_refused"] += 1
+        return False
 
     def _on_message(self, client, userdata, msg) -> None:
         # Everything is decided later, in the batch; here only bytes and the ack token are kept.

@@ -2,7 +2,8 @@
 
 Needs Mosquitto (``./run`` installs it): the shared ``mosquitto`` fixture of tests/conftest.py, one broker
 per test because the relays keep persistent sessions under fixed client ids.  Not skipped without it, so
-a missing broker is a visible failure."""
+a missing broker is a visible failure.  ``Relay.wait_connected()`` returns after the SUBACK of the
+relay's subscription, so a frame published right after it reaches the relay."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import threading
 from pathlib import Path
 
 from ims_station import cd11
+from ims_station.broker import BrokerConfig
 from ims_station.relay.archive import FileArchive
 from ims_station.relay.relay import Relay
 from ims_station.relay.state import SqliteStateStore
@@ -53,8 +55,10 @@ class StationClient:
         self.c.on_message = lambda c, u, m: self.acknacks.add([cd11.parse_frame(m.payload)[0]])
         subscribed = threading.Event()
         self.c.on_subscribe = lambda *a: subscribed.set()
+        # Subscribe once the CONNACK is in (amqtt ignores a SUBSCRIBE that overtakes it).
+        self.c.on_connect = lambda c, *a: c.subscribe(f"ims/{station}/acknack", qos=1)
+        broker.config.apply(self.c)               # the embedded broker wants a username
         self.c.connect(broker.host, broker.port)
-        self.c.subscribe(f"ims/{station}/acknack", qos=1)
         self.c.loop_start()
         assert subscribed.wait(TIMEOUT)
 
@@ -101,6 +105,69 @@ def test_archive_and_acknack_gaps_end_to_end(mosquitto, keys, factory, tmp_path)
     assert st["archived"] == 5 and st["quarantined"] == 2 and st["transport"]["protocol"] == "5"
     assert st["transport"]["subscription"] == "$share/relays/ims/+/cd11"
     assert st["transport"]["acked"] == 7
+
+
+def test_connected_means_the_subscription_was_acknowledged(mosquitto, keys, factory, tmp_path):
+    """wait_connected() returns after the SUBACK: the first frame published at that instant arrives
+    (a shared subscription has no session at the broker before it)."""
+    relay, seen = make_relay(mosquitto, keys, tmp_path)
+    sta = StationClient(mosquitto)
+    with relay:
+        assert relay.wait_connected(TIMEOUT)
+        assert relay.stats()["transport"]["subscriptions_acknowledged"] == 1
+        sta.publish(factory.build(BASE))
+        assert results(seen.wait(lambda it: len(it) == 1)) == ["archived"]
+    sta.close()
+
+
+def test_on_a_3_1_1_broker_ready_after_the_suback_of_the_fallback_connection(embedded, keys, factory, tmp_path):
+    """The embedded amqtt broker (3.1.1 only, no shared subscriptions: the relay runs without a
+    group, as the demo does): MQTT 5 is refused, the relay falls back to 3.1.1 and is connected only
+    after that connection's SUBACK -- the first frame published then arrives."""
+    relay, seen = make_relay(embedded, keys, tmp_path)
+    relay.group = None
+    sta = StationClient(embedded)
+    with relay:
+        assert relay.wait_connected(TIMEOUT)
+        tr = relay.stats()["transport"]
+        assert tr["protocol"] == "3.1.1" and tr["protocol_fallbacks"] == 1
+        assert tr["subscriptions_acknowledged"] == 1 and tr["subscription"] == "ims/+/cd11"
+        sta.publish(factory.build(BASE))
+        assert results(seen.wait(lambda it: len(it) == 1)) == ["archived"]
+    sta.close()
+
+
+def test_a_refused_shared_subscription_is_replaced_and_readiness_waits_for_the_new_suback(keys, tmp_path):
+    """A broker that refuses ``$share`` with a failure code: the relay subscribes ``ims/+/cd11`` and is
+    connected only at that SUBACK.  (No broker at hand refuses it -- amqtt grants the filter literally
+    -- so a recording client delivers the CONNACK and SUBACKs to the session's own handlers.)"""
+    import types
+
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    class Client:
+        def __init__(self):
+            self.subs, self.mid = {}, 0
+
+        def subscribe(self, topic, qos=0):
+            self.mid += 1
+            self.subs[self.mid] = topic
+            return 0, self.mid
+
+    relay = Relay(BrokerConfig(), keys.trust, SqliteStateStore(tmp_path / "s.sqlite"),
+                  FileArchive(tmp_path / "a", writer="r"), group="relays")
+    c = Client()
+    relay._mqtt._handle_connect(c, None, types.SimpleNamespace(session_present=False),
+                                ReasonCode(PacketTypes.CONNACK, "Success"), None)
+    assert c.subs == {1: "$share/relays/ims/+/cd11"} and not relay.connected
+    relay._mqtt._handle_subscribe(c, None, 1, [ReasonCode(PacketTypes.SUBACK, identifier=0x9E)], None)
+    assert c.subs[2] == "ims/+/cd11" and not relay.connected       # 0x9E: shared subs not supported
+    relay._mqtt._handle_subscribe(c, None, 2, [ReasonCode(PacketTypes.SUBACK, identifier=1)], None)
+    assert relay.connected
+    tr = relay.stats()["transport"]
+    assert tr["shared_subscription_refused"] == 1 and tr["subscription"] == "ims/+/cd11"
+    relay.close()
 
 
 def test_unstored_batch_is_not_acked_and_comes_back(mosquitto, keys, factory, tmp_path):

@@ -49,8 +49,11 @@ class FakeRelay:
         self.prefix = prefix
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fake-relay", clean_session=False)
         self.c.on_message = self._msg
+        # Ready on the SUBACK, not the CONNACK: a frame published before the broker acknowledged the
+        # subscription may not reach us (same rule as the real relay's wait_connected()).
         self.connected = threading.Event()
-        self.c.on_connect = lambda c, u, f, rc, p: (c.subscribe(f"{prefix}/+/cd11", qos=1), self.connected.set())
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{prefix}/+/cd11", qos=1)
+        self.c.on_subscribe = lambda c, u, mid, rcs, p: (not any(r.is_failure for r in rcs)) and self.connected.set()
         self.c.connect(cfg.host, cfg.port)
         self.c.loop_start()
         assert self.connected.wait(10)

@@ -1,11 +1,12 @@
-"""The uplink's sending window without a broker: the ``max_unacked`` cap and the ack-timeout resend,
-on an injected clock.
+"""The uplink's sending window without a broker: the ``max_unacked`` cap, the ack-timeout resend,
+and no frame before the acknack subscription's SUBACK.
 
-The uplink's hooks (``_periodic``, ``_on_publish``, ``_on_message``) are what the session thread
-calls inside paho's loop; here a recording client stands in for paho, so protocol time is the
-fake clock's and the 300-s timeout takes no wall time.  (``edge/uplink.py`` schedules its timeout
+The uplink's hooks (``_periodic``, ``_on_publish``, ``_on_message``) and the session's paho callbacks
+(CONNACK, SUBACK) are what the session thread calls inside paho's loop; here a recording client
+stands in for paho and the test delivers CONNACK and SUBACK itself, so protocol time is the fake
+clock's and the 300-s timeout takes no wall time.  (``edge/uplink.py`` schedules its timeout
 check with ``time.monotonic()`` rather than its clock; the test points that module's ``time`` at
-the fake clock -- reported to the uplink's owner.)
+the fake clock.)
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import types
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from ims_station import cd11, topics
 from ims_station.broker import BrokerConfig
@@ -29,6 +32,7 @@ class RecordingClient:
 
     def __init__(self) -> None:
         self.published: list[tuple[str, bytes]] = []
+        self.subscriptions: dict[int, str] = {}       # mid -> topic filter
         self._mid = 0
 
     def publish(self, topic, payload, qos=0, retain=False):
@@ -36,8 +40,22 @@ class RecordingClient:
         self.published.append((topic, bytes(payload)))
         return types.SimpleNamespace(rc=mqtt.MQTT_ERR_SUCCESS, mid=self._mid, is_published=lambda: True)
 
-    def subscribe(self, *a, **kw):
-        return (mqtt.MQTT_ERR_SUCCESS, 0)
+    def subscribe(self, topic, qos=0, **kw):
+        self._mid += 1
+        self.subscriptions[self._mid] = topic
+        return (mqtt.MQTT_ERR_SUCCESS, self._mid)
+
+    def connack(self, up: Uplink) -> None:
+        """The broker accepts the connection (the session's own on_connect handler runs)."""
+        flags = types.SimpleNamespace(session_present=False)
+        up._mqtt._handle_connect(self, None, flags, ReasonCode(PacketTypes.CONNACK, "Success"), None)
+
+    def suback(self, up: Uplink, *, granted: bool = True) -> None:
+        """The broker answers every SUBSCRIBE sent so far (QoS 1 granted, or 0x87 not authorised)."""
+        code = 1 if granted else 0x87
+        for mid in list(self.subscriptions):
+            up._mqtt._handle_subscribe(self, None, mid, [ReasonCode(PacketTypes.SUBACK, identifier=code)], None)
+        self.subscriptions.clear()
 
     def frames(self) -> list[int]:
         return [cd11.parse_frame(p)[0].sequence for t, p in self.published if t.endswith("/cd11")]
@@ -56,6 +74,16 @@ def rig(tmp_path, clock, monkeypatch):
     box.close()
 
 
+def connected(up: Uplink) -> RecordingClient:
+    """A client on which CONNACK and the acknack subscription's SUBACK have arrived."""
+    c = RecordingClient()
+    c.connack(up)
+    assert c.subscriptions == {1: topics.topic("ims", STA, "acknack")}
+    c.suback(up)
+    assert up.connected
+    return c
+
+
 def acknack(up: Uplink, client: RecordingClient, lowest: int, highest: int, gaps=()) -> None:
     wire = cd11.Acknack(creator="RELAY", frame_set=FS, lowest=lowest, highest=highest, gaps=list(gaps)).to_bytes()
     up._on_message(client, None, types.SimpleNamespace(topic=topics.topic("ims", STA, "acknack"), payload=wire))
@@ -64,7 +92,7 @@ def acknack(up: Uplink, client: RecordingClient, lowest: int, highest: int, gaps
 def test_max_unacked_caps_frames_sent_but_not_yet_acknowledged_by_the_relay(rig, clock):
     fill(rig, range(20))
     up = Uplink(STA, [BrokerConfig()], rig, clock=clock, inflight=32, max_unacked=5, live_window_s=0)
-    c = RecordingClient()
+    c = connected(up)
     up._periodic(c)
     assert c.frames() == [0, 1, 2, 3, 4]            # oldest first, and only max_unacked of them
     c.puback_all(up)                                # the broker took them: that frees nothing
@@ -82,7 +110,7 @@ def test_max_unacked_caps_frames_sent_but_not_yet_acknowledged_by_the_relay(rig,
 def test_inflight_caps_frames_awaiting_puback_below_max_unacked(rig, clock):
     fill(rig, range(20))
     up = Uplink(STA, [BrokerConfig()], rig, clock=clock, inflight=3, max_unacked=100, live_window_s=0)
-    c = RecordingClient()
+    c = connected(up)
     up._periodic(c)
     assert c.frames() == [0, 1, 2] and up.stats()["awaiting_puback"] == 3
     up._on_publish(c, None, next(iter(up._pending_mids)), 0, None)
@@ -94,7 +122,7 @@ def test_frames_never_acknacked_are_resent_after_the_ack_timeout(rig, clock):
     fill(rig, range(4))
     up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0)      # ack_timeout_s = 300
     assert up.ack_timeout_s == 300
-    c = RecordingClient()
+    c = connected(up)
     up._periodic(c)
     c.puback_all(up)
     assert c.frames() == [0, 1, 2, 3]
@@ -112,3 +140,33 @@ def test_frames_never_acknacked_are_resent_after_the_ack_timeout(rig, clock):
     c.puback_all(up)
     acknack(up, c, 0, 3)
     assert rig.stats()["frames"] == 0
+
+
+def test_no_frame_is_published_before_the_acknack_subscription_is_acknowledged(rig, clock):
+    fill(rig, range(3))
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0)
+    c = RecordingClient()
+    c.connack(up)
+    assert not up.connected and not up.wait_connected(0)
+    up._periodic(c)
+    clock.advance(60)
+    up._periodic(c)
+    assert c.frames() == []                         # status and SOH may go, frames wait for SUBACK
+    assert [t for t, _ in c.published if t.endswith("/status")] == [topics.topic("ims", STA, "status")]
+    c.suback(up)
+    assert up.wait_connected(0)
+    up._periodic(c)
+    assert c.frames() == [0, 1, 2]
+
+
+def test_a_refused_acknack_subscription_is_counted_and_frames_still_go(rig, clock):
+    """An ACL without the acknack topic: the archive still gets the data; the uplink never reports
+    itself connected on that connection (it cannot hear the relay)."""
+    fill(rig, range(2))
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0)
+    c = RecordingClient()
+    c.connack(up)
+    c.suback(up, granted=False)
+    assert not up.connected and up.stats()["acknack_subscribe_refused"] == 1
+    up._periodic(c)
+    assert c.frames() == [0, 1]
