@@ -25,6 +25,10 @@ the station's acknack topic) is logged and counted (``acknack_subscribe_refused`
 sent, because the archive needs the data more than the outbox needs its deletions -- they stay in
 the outbox and the ack timeout resends them (the relay dedupes) until an operator fixes the ACL.
 
+Time: protocol schedules (the ack-timeout check, the SOH interval) run on the injected *clock*;
+network waits (the poll of the outbox, the 2-s grace for the ``offline`` message when stopping) on
+the session's wall clock, because they bound real socket waits.
+
 Threading: the session's thread owns the paho client and runs its network loop (``Client.loop``),
 so every paho callback, every publish and every outbox read of the uplink happens on that thread
 (the hooks below run there).  Other threads call :meth:`notify` after committing a frame (wakes the
@@ -37,7 +41,6 @@ import json
 import logging
 import random
 import threading
-import time
 from typing import Any, Callable, Sequence
 
 from ims_station import topics
@@ -90,9 +93,9 @@ class Uplink(SessionOwner):
         self._wake = threading.Event()
         self._soh_due = threading.Event()
         self._pending_mids: dict[int, int] = {}        # mid -> outbox id, PUBACK not yet received
-        self._last_pump = 0.0
-        self._last_soh = 0.0
-        self._last_requeue = 0.0
+        self._last_pump = None           # wall clock (session's), a poll
+        self._last_soh = None            # injected clock
+        self._last_requeue = None        # injected clock
         self._counters = dict(connects=0, connect_failures=0, disconnects=0, failovers=0, published=0,
                               resent=0, pubacks=0, acknacks=0, acknacks_invalid=0, acknacks_other_set=0,
                               frames_acked=0, requeued_on_disconnect=0, requeued_ack_timeout=0,
@@ -147,8 +150,9 @@ class Uplink(SessionOwner):
     def _graceful_close(self, client: Any) -> None:
         """Stopping while connected: ``offline`` (retained) before the clean DISCONNECT."""
         info = client.publish(self.t_status, self._status_payload("offline", "stopped"), qos=1, retain=True)
-        deadline = time.monotonic() + 2.0
-        while not info.is_published() and time.monotonic() < deadline:
+        wall = self._mqtt.clock
+        deadline = wall.monotonic() + 2.0
+        while not info.is_published() and wall.monotonic() < deadline:
             if client.loop(timeout=0.05) != 0:
                 break
 
@@ -206,22 +210,23 @@ class Uplink(SessionOwner):
 
     # -- sending -----------------------------------------------------------------------------------
     def _periodic(self, client: Any) -> bool:
-        now = time.monotonic()
-        if now - self._last_requeue >= min(self.ack_timeout_s / 4, 30.0):
+        now = self._clock.monotonic()
+        if self._last_requeue is None or now - self._last_requeue >= min(self.ack_timeout_s / 4, 30.0):
             self._last_requeue = now
             n = self.outbox.requeue_unacked(self.ack_timeout_s)
             if n:
                 self._counters["requeued_ack_timeout"] += n
                 self._wake.set()
-        if self._soh_due.is_set() or now - self._last_soh >= self.soh_interval_s:
+        if self._soh_due.is_set() or self._last_soh is None or now - self._last_soh >= self.soh_interval_s:
             self._soh_due.clear()
             self._last_soh = now
             self._publish_soh(client)
         if not self._mqtt.subscriptions_settled:
             return True          # no frame before the acknack SUBACK (the wake stays set for then)
-        if self._wake.is_set() or now - self._last_pump >= 0.5:
+        wall = self._mqtt.clock.monotonic()
+        if self._wake.is_set() or self._last_pump is None or wall - self._last_pump >= 0.5:
             self._wake.clear()
-            self._last_pump = now
+            self._last_pump = wall
             self._pump(client)
         return True              # the uplink never drops a working connection itself
 

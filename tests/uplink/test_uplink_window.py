@@ -1,12 +1,10 @@
-"""The uplink's sending window without a broker: the ``max_unacked`` cap, the ack-timeout resend,
-and no frame before the acknack subscription's SUBACK.
+"""The uplink's sending window without a broker: the ``max_unacked`` cap, the ack-timeout resend on
+the injected clock, and no frame before the acknack subscription's SUBACK.
 
 The uplink's hooks (``_periodic``, ``_on_publish``, ``_on_message``) and the session's paho callbacks
 (CONNACK, SUBACK) are what the session thread calls inside paho's loop; here a recording client
 stands in for paho and the test delivers CONNACK and SUBACK itself, so protocol time is the fake
-clock's and the 300-s timeout takes no wall time.  (``edge/uplink.py`` schedules its timeout
-check with ``time.monotonic()`` rather than its clock; the test points that module's ``time`` at
-the fake clock.)
+clock's (the uplink is given it; nothing is patched) and the 300-s timeout takes no wall time.
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from ims_station import cd11, topics
 from ims_station.broker import BrokerConfig
-from ims_station.edge import uplink as uplink_mod
 from ims_station.edge.outbox import Outbox
 from ims_station.edge.uplink import Uplink
 
@@ -66,8 +63,7 @@ class RecordingClient:
 
 
 @pytest.fixture
-def rig(tmp_path, clock, monkeypatch):
-    monkeypatch.setattr(uplink_mod, "time", types.SimpleNamespace(monotonic=clock.monotonic))
+def rig(tmp_path, clock):
     box = Outbox(tmp_path / "outbox.sqlite", max_bytes=10 << 20, max_age_s=7 * 86400, clock=clock)
     clock.t = T0 + 10 * 30
     yield box
@@ -170,3 +166,21 @@ def test_a_refused_acknack_subscription_is_counted_and_frames_still_go(rig, cloc
     assert not up.connected and up.stats()["acknack_subscribe_refused"] == 1
     up._periodic(c)
     assert c.frames() == [0, 1]
+
+
+def test_the_ack_timeout_runs_on_the_injected_clock_not_on_wall_time(rig, clock):
+    """Wall time passes (a real paho loop), the injected clock does not: nothing is resent."""
+    fill(rig, range(2))
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0, ack_timeout_s=300)
+    c = connected(up)
+    up._periodic(c)
+    c.puback_all(up)
+    wall = types.SimpleNamespace(t=0.0, monotonic=lambda: wall.t)
+    up._mqtt.clock = wall                           # the session's wall clock runs a day ahead
+    for _ in range(10):
+        wall.t += 8640
+        up._periodic(c)
+    assert c.frames() == [0, 1] and up.stats()["requeued_ack_timeout"] == 0
+    clock.advance(301)
+    up._periodic(c)
+    assert c.frames() == [0, 1, 0, 1] and up.stats()["requeued_ack_timeout"] == 2
