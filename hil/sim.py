@@ -66,7 +66,8 @@ class SimError(ImsStationError):
 # ---------------------------------------------------------------- clock and scheduler
 
 class SimClock:
-    """Simulated time.  ``monotonic()`` counts seconds from the start; ``time()`` is UTC seconds."""
+    """Simulated time.  ``monotonic()`` counts seconds from the start; ``time()`` is UTC seconds.
+    Implements :class:`ims_station.clock.Clock` (structurally), so it can be injected anywhere."""
 
     def __init__(self, start_utc: int = DEFAULT_START_UTC) -> None:
         self.now_ns = 0

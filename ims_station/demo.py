@@ -93,7 +93,8 @@ class DemoOptions:
 
 class PacedClock:
     """Simulated time that runs *speed* times faster than the wall clock, from *start_utc*.
-    ``monotonic()`` / ``time()`` surface, so it can be given to any component of the project."""
+    ``monotonic()`` / ``time()`` surface, so it can be given to any component of the project.
+    Implements :class:`ims_station.clock.Clock` (structurally)."""
 
     def __init__(self, start_utc: float, speed: float) -> None:
         self.start_utc = float(start_utc)
