@@ -8,7 +8,8 @@ Owns, for one client (:class:`MqttSession`):
   reconnection switched off;
 * fail-over along a list of brokers (the next one after a failed attempt), and the MQTT 5 -> 3.1.1
   fall-back, remembered per broker, when a broker accepts TCP (and TLS) but gives no positive CONNACK
-  to MQTT 5 (``protocol="auto"``);
+  to MQTT 5 (``protocol="auto"``): that broker is tried again at once with 3.1.1 -- it answered, so
+  it is not a reason to move to the next broker;
 * the connect deadline, reconnection with exponential backoff and equal jitter
   (:func:`backoff_delay`), and disconnect clean-up (DISCONNECT, one last loop turn, socket closed);
 * readiness: :attr:`MqttSession.connected` (and :meth:`MqttSession.wait_connected`) turn true only
@@ -183,6 +184,7 @@ class MqttSession:
         self._sub_pending: set[int] = set()      # SUBSCRIBE mids without SUBACK (session thread only)
         self._sub_ok = True                      # no refused subscription left unreplaced
         self._connack: int | None = None
+        self._fell_back = False                  # the last attempt switched its broker to 3.1.1
 
     # -- state ---------------------------------------------------------------------------------------
     @property
@@ -271,6 +273,8 @@ class MqttSession:
                 break
             if got_connected:
                 attempt = 0          # lost a working connection: first try the same broker again
+            elif self._fell_back:
+                self.counters["connect_failures"] += 1      # same broker again, now with 3.1.1
             else:
                 attempt += 1
                 self.counters["connect_failures"] += 1
@@ -302,6 +306,7 @@ class MqttSession:
         """One connection attempt and, if it succeeds, its lifetime.  True if CONNACK was positive."""
         import paho.mqtt.client as mqtt
 
+        self._fell_back = False
         client = self._make_client(state)
         self.client = client
         self._connack = None
@@ -370,6 +375,7 @@ class MqttSession:
             # TCP (and TLS) worked but no positive CONNACK with MQTT 5: a 3.1.1-only broker refuses
             # the version (CONNACK 1) or just closes.  Fall back to 3.1.1 for this broker.
             state.protocol = "3.1.1"
+            self._fell_back = True
             self.counters["protocol_fallbacks"] += 1
             self.log.info("%s: %s:%s refused MQTT 5, using 3.1.1", self.label, b.host, b.port)
         return ever_connected
