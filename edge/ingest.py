@@ -79,6 +79,7 @@ DEFAULT_MAX_INFLIGHT_BYTES = 8192
 # up, the board's main-loop period and the USB adapters' latency timers (16 ms each way), and
 # DATA packets the board interleaves.
 DEFAULT_RESEND_MARGIN = 0.25
+_SIZE_SAMPLES = 16     # DATA frames of a packet length seen before their largest replaces the worst case
 
 
 def wire_size(payload_len: int) -> int:
@@ -277,7 +278,7 @@ class _Board:
     ring_capacity: int | None = None
     ring_floor: int = 0                 # every seq below it has left the board's ring (from SOH)
     frame_bytes: int = 0                # largest DATA frame on the line since the last HELLO (pacing)
-    sizes: list = field(default_factory=list)   # [first seq, largest DATA frame seen, HELLO worst case]
+    sizes: list = field(default_factory=list)   # [first seq, largest DATA frame seen, HELLO worst case, frames seen]
                                                 # per packet-length segment (a HELLO starts one), by seq
     line_free: float = 0.0              # line model: when the copies asked for will have left the board
     reqs: deque = field(default_factory=deque)  # line model: [req no, first, last, modeled end] in FIFO order
@@ -1023,9 +1024,12 @@ class LinkDecoder:
     def _size_seen(self, b: _Board, seq: int, size: int) -> None:
         i = bisect.bisect_right(b.sizes, seq, key=lambda s: s[0]) - 1
         if i < 0:
-            b.sizes.insert(0, [0, size, 0])       # no HELLO seen before it (joined mid-epoch)
+            # No HELLO known before it: a segment from here on; what came before is of a length
+            # never seen (the board's default before a lost HELLO, often longer).
+            b.sizes.insert(0, [seq, size, 0, 1])
         else:
             b.sizes[i][1] = max(b.sizes[i][1], size)
+            b.sizes[i][3] += 1
 
     def _size_segment(self, b: _Board, h: Hello) -> None:
         # A HELLO announces a new packet length from its own seq on; the packets before it keep
@@ -1036,18 +1040,26 @@ class LinkDecoder:
         if i and b.sizes[i - 1][0] == h.seq:
             b.sizes[i - 1][2] = worst
         else:
-            b.sizes.insert(i, [h.seq, 0, worst])
+            b.sizes.insert(i, [h.seq, 0, worst, 0])
             del b.sizes[:-64]                     # bounded: only the recent segments matter
 
     def _packet_bytes(self, b: _Board, seq: int) -> int:
         """Line bytes of packet *seq*: the largest DATA frame seen in its packet-length segment,
-        else the worst case its HELLO implies, else the largest seen at all, else the maximum."""
+        else the worst case its HELLO implies, else the largest frame possible.  (A packet of a
+        length the decoder never saw is not assumed as short as the current ones: on a bad line
+        the board's first, long packets are often known only by their sequence numbers, and
+        under-counting them overfilled the board's queue.)"""
         i = bisect.bisect_right(b.sizes, seq, key=lambda s: s[0]) - 1
         if i >= 0:
-            _, seen, worst = b.sizes[i]
-            if seen or worst:
-                return seen or worst
-        return b.frame_bytes or max((s[1] for s in b.sizes), default=0) or link.MAX_ENCODED + link.FRAME_OVERHEAD
+            _, seen, worst, count = b.sizes[i]
+            # Difference-packed sizes vary about 2x with the signal: the largest of a few frames
+            # is no bound (a quiet d8 packet is half a busy d16 one), so the worst case stands
+            # until enough frames of the segment were seen.
+            if seen and (count >= _SIZE_SAMPLES or not worst):
+                return max(seen, worst) if count < _SIZE_SAMPLES else seen
+            if worst:
+                return worst
+        return link.MAX_ENCODED + link.FRAME_OVERHEAD
 
     def _range_bytes(self, b: _Board, first: int, last: int) -> int:
         return sum(self._packet_bytes(b, s) for s in range(first, last + 1))
@@ -1071,6 +1083,9 @@ class LinkDecoder:
             reqs.popleft()
         if not reqs or reqs[0][0] != req:
             return
+        # (The copy may answer an earlier request for the same seq, asked again because it was
+        # overdue; the model then runs ahead of the board by that much.  The budget is half the
+        # board's queue, which absorbs it; the soak shows no copy dropped.)
         rate = self._copy_rate(b)
         t = now
         start: dict[int, tuple[float, int]] = {}
