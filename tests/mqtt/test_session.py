@@ -65,7 +65,7 @@ def test_fails_over_from_a_dead_port_to_a_live_broker(mosquitto_session):
 def test_falls_back_to_3_1_1_on_the_embedded_broker_and_remembers_it_per_broker(embedded, mosquitto):
     """amqtt speaks 3.1.1 only: the first attempt (MQTT 5) gets no positive CONNACK, the second uses
     3.1.1.  When that broker goes away the session fails over to Mosquitto, which still gets MQTT 5."""
-    s = session([embedded.config, mosquitto.config])
+    s = session([embedded.config, mosquitto.config], connect_timeout_s=3.0)   # amqtt ignores MQTT 5
     s.start("t-fallback")
     try:
         assert s.wait_connected(TIMEOUT)
