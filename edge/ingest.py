@@ -24,7 +24,9 @@ Sequence policy, per board epoch (the board's boot counter; sequence numbers res
   arrived never exceed ``max_inflight_bytes`` (default 8 KiB, half the board's 16 KiB transmit
   queue, which also carries the live packets; about 0.7 s of a 115200 baud line) nor
   ``max_inflight`` packets, and the next chunk is asked for as the requested packets arrive; a
-  request is re-asked after ``resend_timeout`` seconds without progress.  It is given up when the board says it is gone (UNAVAILABLE), when it has
+  request is re-asked when its copies should have arrived (with ``baudrate``: their bytes at
+  10 bits per byte behind the copies asked before, plus ``resend_margin``; without: after
+  ``resend_timeout`` seconds without progress).  It is given up when the board says it is gone (UNAVAILABLE), when it has
   certainly left the board's ring (below the ring floor the board's SOH states: its sequence number
   minus its ring fill), when no ring can hold it (``max_hole_span``) or when the hold buffer is
   full -- and, as a last resort, after ``max_resend_tries`` requests (default 30: a minute of
