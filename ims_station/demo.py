@@ -235,7 +235,9 @@ def _make_rig(i: int, station: str, keys: StationKeys, opts: DemoOptions, start_
     name = f"demo-{os.getpid()}-{next(_names)}-{station}"
     register_sim(name, sim)
     board_id = sim.board.board_id
-    decoder = LinkDecoder(keys.board_key, sim.clock, board_id=board_id)
+    # As the production gateway builds it (edge/station.py): the board is acknowledged only from
+    # the ACK point persisted after the outbox commit, and resends are paced to the line rate.
+    decoder = LinkDecoder(keys.board_key, sim.clock, board_id=board_id, auto_ack=False, baudrate=sim.baud)
     codes = {(board_id, ch): f"{NETWORK}.{station}.{loc}.{cha}" for ch, (loc, cha) in enumerate(SIM_CHANNELS)}
     assembler = StreamAssembler(codes)
     rig = StationRig(station, sim, name, None, decoder, assembler)
