@@ -37,6 +37,7 @@ _LINK = {
     "additionalProperties": False,
     "properties": {
         "resend_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 600},
+        "resend_margin": {"type": "number", "minimum": 0, "maximum": 60},
         "max_resend_tries": {"type": "integer", "minimum": 1, "maximum": 1000},
         "ack_interval": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
         "command_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
