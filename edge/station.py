@@ -281,17 +281,6 @@ def status(cfg: Any, gw: Gateway, pumps: list, outbox: Any, uplink: Any) -> dict
             "outbox": outbox.stats(), "uplink": uplink.stats() if uplink is not None else None}
 
 
-def add_run_arguments(ap: Any) -> None:
-    """The options of ``ims-station edge run`` and ``python -m ims_station.edge.station``."""
-    ap.add_argument("--config", required=True, metavar="FILE",
-                    help="station TOML file ([station], [[ports]], [framer], [outbox], [keys], [uplink])")
-    ap.add_argument("--uplink", metavar="FILE", default=None,
-                    help="compatibility: [framer]/[outbox]/[keys]/[uplink] from a separate file")
-    ap.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: until SIGTERM/Ctrl-C)")
-    ap.add_argument("--interval", type=float, default=0.0, help="seconds between status lines (0: only at the end)")
-    ap.add_argument("--json", action="store_true", help="status as JSON lines")
-
-
 def run_from_args(args: Any) -> int:
     from ims_station.output import print_json
 
@@ -319,6 +308,8 @@ def _main(argv: list[str] | None = None) -> int:
     from ims_station.errors import ImsStationError
 
     ap = argparse.ArgumentParser(prog="python -m ims_station.edge.station", description=__doc__.split("\n")[0])
+    from ims_station.edge.cli import add_run_arguments
+
     add_run_arguments(ap)
     ap.add_argument("-v", "--verbose", action="count", default=0)
     args = ap.parse_args(argv)
