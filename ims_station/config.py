@@ -35,7 +35,13 @@ def key_path(path: Iterable[Any]) -> str:
 
 
 def load_toml(file: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a TOML file; syntax errors become :class:`ConfigError` with the line number."""
+    """Read a TOML file; every failure is a :class:`ConfigError` naming the file and the reason.
+
+    Syntax errors carry tomllib's line and column; bytes that are not UTF-8 (which TOML requires)
+    the offset and line of the first bad byte; any OS error (a directory, an unreadable file, an
+    I/O error) the system's reason.  Nothing else escapes, so a daemon given a bad ``--config``
+    prints one line instead of a traceback.
+    """
     p = Path(file)
     try:
         with p.open("rb") as fh:
@@ -44,6 +50,14 @@ def load_toml(file: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(str(p), "", "file not found") from err
     except PermissionError as err:
         raise ConfigError(str(p), "", "permission denied") from err
+    except IsADirectoryError as err:
+        raise ConfigError(str(p), "", "is a directory, not a TOML file") from err
+    except OSError as err:
+        raise ConfigError(str(p), "", f"cannot read: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        line = err.object[:err.start].count(b"\n") + 1
+        raise ConfigError(str(p), "", f"not UTF-8 text (TOML must be UTF-8): byte 0x{err.object[err.start]:02x} "
+                                      f"at offset {err.start} (line {line})") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(str(p), "", f"not valid TOML: {err}") from err
 
