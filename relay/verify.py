@@ -9,7 +9,9 @@ reason code                 check
 ``oversize``                payload longer than ``max_payload`` (checked before parsing)
 ``crc``                     CRC-64 mismatch (damage in transit, or a flipped bit)
 ``malformed``               not exactly one parseable CD-1.1 frame (codec error: field, offset)
-``frame_type``              not a data frame (acknack and alert frames are *control*, not rejected)
+``frame_type``              not a data frame (acknack and alert frames are *control*, not archived,
+                            once CRC, creator and -- with ``require_signatures`` -- the frame
+                            signature passed; the same reasons below apply to them)
 ``station_mismatch``        frame creator is not the station named by the topic
 ``unsigned``                frame or a subframe carries no signature (``require_signatures``)
 ``wrong_station_key``       signed with a key the trust store holds for *another* station
@@ -116,7 +118,7 @@ class Verifier:
             return Rejection("station_mismatch", f"frame creator {frame.creator!r} published on station "
                              f"{station!r}'s topic", frame_set, frame.sequence)
         if isinstance(frame, (cd11.Acknack, cd11.Alert)):
-            return Control(frame, type(frame).__name__.lower())
+            return self._check_control(frame, station, frame_set)
         if not isinstance(frame, cd11.DataFrame) or isinstance(frame, cd11.Cd1Encapsulation):
             return Rejection("frame_type", f"{type(frame).__name__} (type {frame.FRAME_TYPE}) is not "
                              "accepted on the cd11 topic", frame_set, frame.sequence)
@@ -154,6 +156,25 @@ class Verifier:
                 except cd11.Cd11Error as err:
                     return reject("undecodable", f"subframe {i} ({sf.site}/{sf.channel}): {err}")
         return Verified(frame, station, frame_set, frame.sequence, nominal_ms, window)
+
+    def _check_control(self, frame: Any, station: str, frame_set: str) -> Control | Rejection:
+        """An alert or acknack from a station: CRC and creator were checked above; its frame
+        signature is checked like a data frame's, because the relay acts on it (an alert is logged
+        as the station's).  Control frames carry no data time: key validity is judged at the trust
+        store's clock."""
+        from ims_station import cd11
+
+        kind = type(frame).__name__.lower()
+        res = cd11.verify_frame(frame, self.trust, station=station)
+        if res.frame is None:
+            if self.require_signatures:
+                return Rejection("unsigned", f"{frame_set} {kind} seq {frame.sequence}: frame is not signed",
+                                 frame_set, frame.sequence)
+        elif not res.frame.ok:
+            return Rejection(self._key_reason(res.frame, station, "frame_signature"),
+                             f"{frame_set} {kind} seq {frame.sequence}: frame signature (key "
+                             f"{res.frame.key_id}): {res.frame.reason}", frame_set, frame.sequence)
+        return Control(frame, kind)
 
     def _key_reason(self, result: Any, station: str, default: str) -> str:
         """``wrong_station_key`` when the key is known but trusted only for other stations."""

@@ -16,6 +16,8 @@ from ims_station.relay.archive import FileArchive
 from ims_station.relay.core import Incoming, RelayCore
 from ims_station.relay.state import SqliteStateStore
 
+from .conftest import KEY_IDS
+
 T = "ims/STA01/cd11"
 
 
@@ -157,12 +159,33 @@ def test_unsigned_oversize_trailing_and_bad_topics(core, factory, tmp_path):
     assert core.counters.archived == 0
 
 
-def test_control_frames_are_counted_not_archived(core):
-    alert = cd11.Alert(creator="STA01", message="Shutting down").to_bytes()
-    ack = cd11.Acknack(creator="STA01", frame_set="STA01:0", lowest=1, highest=2).to_bytes()
-    req = cd11.ConnectionRequest(creator="STA01", station="STA01").to_bytes()
+def test_control_frames_are_counted_not_archived(core, keys):
+    sign = keys.keystore.signer(KEY_IDS["STA01"][0])
+    alert = cd11.Alert(creator="STA01", message="Shutting down").to_bytes(sign)
+    ack = cd11.Acknack(creator="STA01", frame_set="STA01:0", lowest=1, highest=2).to_bytes(sign)
+    req = cd11.ConnectionRequest(creator="STA01", station="STA01").to_bytes(sign)
     assert run(core, (T, alert), (T, ack), (T, req)) == ["control", "control", "frame_type"]
     assert core.counters.control == 2
+
+
+def test_control_frames_are_verified_before_the_relay_acts_on_them(core, keys, caplog):
+    """An alert is logged as the station's: CRC, creator and signature must hold first."""
+    own, other = keys.keystore.signer(KEY_IDS["STA01"][0]), keys.keystore.signer(KEY_IDS["STA02"][0])
+    unsigned = cd11.Alert(creator="STA01", message="forged").to_bytes()
+    foreign = cd11.Alert(creator="STA01", message="forged").to_bytes(other)
+    impostor = cd11.Alert(creator="STA02", message="forged").to_bytes(other)
+    flipped = bytearray(cd11.Alert(creator="STA01", message="forged").to_bytes(own))
+    flipped[40] ^= 0x01
+    resigned = cd11.Acknack(creator="STA01", frame_set="STA01:0", lowest=1, highest=2).to_bytes(own)
+    bad_sig = bytearray(resigned)
+    bad_sig[-20] ^= 0x01                    # inside the signature, CRC recomputed below
+    bad_sig = cd11.parse_frame(bytes(bad_sig), check_crc=False)[0].to_bytes()
+    with caplog.at_level("WARNING"):
+        got = run(core, (T, unsigned), (T, foreign), (T, impostor), (T, bytes(flipped)), (T, bad_sig))
+    assert got == ["unsigned", "wrong_station_key", "station_mismatch", "crc", "frame_signature"]
+    assert core.counters.control == 0 and core.counters.quarantined == 5
+    assert core.counters.rejected["unsigned"] == 1 and core.counters.rejected["frame_signature"] == 1
+    assert "sent an alert" not in caplog.text
 
 
 def test_acknack_schedule_gap_periodic_and_idle(core, factory, clock):
