@@ -1,7 +1,7 @@
 """The station configuration file (TOML) of the edge gateway.
 
 Owns: the schema of the station file, its semantic checks (unique ports and board ids, SEED code
-syntax), loading the per-board HMAC keys through :func:`ims_station.config.read_secret_file`
+syntax, channel ids that exist on the port's board), loading the per-board HMAC keys through :func:`ims_station.config.read_secret_file`
 (mode 0600, owned by us, no default key) and the resulting :class:`StationConfig`.
 docs/configuration.md documents every key and default; keep the two in step.
 
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ims_station import boards
 from ims_station.config import load_toml, read_secret_file, validate
 from ims_station.errors import ConfigError
 
@@ -153,6 +154,7 @@ def load_station_config(path: str | os.PathLike[str]) -> StationConfig:
     seen_url: dict[str, int] = {}
     seen_id: dict[int, int] = {}
     seen_code: dict[str, str] = {}
+    board_channels: dict[str, int] = {}
     for i, p in enumerate(data["ports"]):
         where = f"ports[{i}]"
         url = p["url"]
@@ -164,9 +166,17 @@ def load_station_config(path: str | os.PathLike[str]) -> StationConfig:
             if bid in seen_id:
                 raise ConfigError(str(file), f"{where}.board_id", f"board id {bid} is already used by ports[{seen_id[bid]}]")
             seen_id[bid] = i
+        board = p.get("board", DEFAULTS["board"])
+        if board not in board_channels:
+            board_channels[board] = _board_channel_count(file, f"{where}.board", board)
+        n = board_channels[board]
         channels = {}
         for ch, code in p.get("channels", {}).items():
             key = f"{where}.channels.{ch}"
+            if int(ch) >= n:
+                # The board numbers its channels by their order in its [[channels]]; a code for an
+                # id it never sends would name a stream that never comes (and hide a typo).
+                raise ConfigError(str(file), key, f"board {board!r} has {n} channels (0-{n - 1}): there is no channel {ch}")
             full = _seed_code(file, key, code, st)
             if full in seen_code:
                 raise ConfigError(str(file), key, f"SEED code {full} is already used by {seen_code[full]}")
@@ -179,7 +189,7 @@ def load_station_config(path: str | os.PathLike[str]) -> StationConfig:
         key = read_secret_file(key_file, what=f"{file}: {where}.key_file")
         ports.append(PortConfig(
             name=p.get("name", f"port{i}"), url=url, baudrate=p.get("baudrate", DEFAULTS["baudrate"]),
-            timeout=float(p.get("timeout", DEFAULTS["timeout"])), board=p.get("board", DEFAULTS["board"]),
+            timeout=float(p.get("timeout", DEFAULTS["timeout"])), board=board,
             board_id=bid, key_file=key_file, key=key, channels=channels,
             link=dict(link_defaults, **p.get("link", {}))))
     data_dir = Path(st.get("data_dir", DEFAULTS["data_dir"]))
@@ -187,6 +197,17 @@ def load_station_config(path: str | os.PathLike[str]) -> StationConfig:
         data_dir = base / data_dir
     return StationConfig(file=file, code=st["code"], network=st["network"], data_dir=data_dir,
                          ports=ports, raw=data, settings=settings_from_data(data, file))
+
+
+def _board_channel_count(file: Path, key: str, board: str) -> int:
+    """How many channels the board definition *board* (a name in ``boards/`` or a path) has.
+
+    An unknown name is this file's error (``ports[i].board``); an invalid board definition is
+    reported by :func:`ims_station.boards.load_board` against the board file, where the fix is.
+    """
+    if not boards.board_path(board).exists():
+        raise ConfigError(str(file), key, f"no board named {board!r} (known: {', '.join(boards.list_boards())})")
+    return len(boards.load_board(board)["channels"])
 
 
 def _seed_code(file: Path, key: str, code: str, st: dict[str, Any]) -> str:

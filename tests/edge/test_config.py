@@ -71,6 +71,13 @@ def test_a_valid_file_loads_with_defaults_resolved(station, tmp_path):
     (('"00.BHZ"', '"00.BHZZ"'), "ports[0].channels.0", "channel code 'BHZZ'"),
     (('"00.BHN"', '"00.BHZ"'), "ports[0].channels.1", "already used by ports[0].channels.0"),
     (("resend_timeout = 1.5", "resend_timeout = -1"), "link.resend_timeout", "less than or equal to the minimum"),
+    # Channel ids are indexes into the board definition's [[channels]]: the sim board has 0-3.
+    (('2 = "IM.XS02.10.BDF"', '99 = "IM.XS02.10.BDF"'), "ports[0].channels.99",
+     "board 'sim' has 4 channels (0-3): there is no channel 99"),
+    (('2 = "IM.XS02.10.BDF"', '4 = "IM.XS02.10.BDF"'), "ports[0].channels.4", "no channel 4"),
+    (('key_file = "board2.key"', 'key_file = "board2.key"\nchannels = { 7 = "20.BHZ" }'), "ports[1].channels.7",
+     "board 'sim' has 4 channels"),                                    # the default board is checked too
+    (('board = "sim"', 'board = "nosuch"'), "ports[0].board", "no board named 'nosuch' (known: esp32, pico, sim)"),
 ])
 def test_errors_name_file_key_and_reason(station, edit, key, reason):
     station.write_text(GOOD.replace(*edit, 1))
@@ -78,6 +85,11 @@ def test_errors_name_file_key_and_reason(station, edit, key, reason):
         load_station_config(station)
     assert err.value.file == str(station) and err.value.key == key
     assert reason in err.value.reason, err.value.reason
+
+
+def test_every_channel_of_the_board_may_be_named(station):
+    station.write_text(GOOD.replace('2 = "IM.XS02.10.BDF"', '2 = "IM.XS02.10.BDF", 3 = "10.BDF"', 1))
+    assert sorted(load_station_config(station).ports[0].channels) == [0, 1, 2, 3]
 
 
 def test_syntax_error_names_the_file(station):
@@ -130,7 +142,8 @@ def test_the_complete_example_of_the_documentation_loads(tmp_path):
     assert st.get("framer", "frame_seconds") == 10 and st.get("framer", "max_clock_offset_s") == 86400
     assert st.outbox["path"] == "/var/lib/ims-station/outbox.sqlite" and st.get("outbox", "synchronous") == "FULL"
     assert st.keys["keystore"] == str(tmp_path / "keystore")            # relative to the station file
-    assert st.keys["channel_key_ids"]["BDF"] == 104
+    assert st.keys["channel_key_ids"]["SHE"] == 103
+    assert cfg.ports[0].channels == {0: "IM.XS01.00.SHZ", 1: "IM.XS01.00.SHN", 2: "IM.XS01.00.SHE"}
     b1, b2 = st.brokers
     assert (b1.host, b1.port, b1.tls_ca, b1.tls_key) == ("broker1.example.org", 8883, str(tmp_path / "tls/ca.pem"),
                                                         str(tmp_path / "tls/xs01.key"))
