@@ -11,6 +11,10 @@ Frame source: :class:`FrameFactory` builds real, signed, CA-compressed CD-1.1 da
 codec's ``build_data_frame`` from deterministic samples.  It stands in for the edge framer
 (``edge/framer.py``) in the tests that are about store-and-forward (broker, relay, disk), where
 *which* samples are in a frame does not matter; the gateway-kill test uses the real gateway.
+:class:`PacedStation` runs the real station path in the test process (HIL board -> ``sim://`` ->
+LinkDecoder -> StreamAssembler -> Framer -> Outbox -> Uplink, wired as ``ims_station.demo`` wires
+it) on a :class:`ims_station.demo.PacedClock`, for the tests whose fault is defined in simulated
+time (the broker stopped for 5 of 30 minutes).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import threading
 
 import numpy as np
 
@@ -73,6 +79,119 @@ class FrameFactory:
                                    self.rate, nominal_time, None, signer)
                  for ch, signer in zip(CHANNELS, self.channel_signers)]
         return seq, cd11.build_data_frame(self.station, seq, nominal_time, chans, self.frame_signer)
+
+
+class PacedStation:
+    """One simulated station, production code from the board to the uplink, driven in a thread
+    so that its simulated time runs *speed* times faster than the wall clock.
+
+    The simulation's own clock (``sim.clock``) is the clock of every station component, as in
+    ``ims-station demo``: the framer's windows, the outbox's ages and the uplink's ack timeout run
+    in simulated time.  ``committed`` records what the framer handed to the outbox (seq -> SHA-256
+    of the exact bytes) and ``commit_times`` the simulated time of each commit (seconds from the
+    start), so a test can compare the archive with what was committed, byte for byte.
+    """
+
+    def __init__(self, root: Path, station: str, broker: MosquittoBroker, *, speed: float, seed: int = 3,
+                 frame_seconds: int = FRAME_S, start_utc: int | None = None, ack_timeout_s: float = 300.0) -> None:
+        from ims_station.auth import Keystore
+        from ims_station.demo import SIM_CHANNELS, PacedClock, make_keys
+        from ims_station.edge.framer import ChannelSpec, Framer
+        from ims_station.edge.ingest import LinkDecoder
+        from ims_station.edge.outbox import Outbox
+        from ims_station.edge.serialport import PortPump
+        from ims_station.edge.station import Gateway
+        from ims_station.edge.streams import StreamAssembler
+        from ims_station.edge.uplink import Uplink
+        from ims_station.hil.sim import Simulation, register
+
+        if start_utc is None:                   # on a window boundary: every window of the run is full
+            start_utc = int(time.time()) // frame_seconds * frame_seconds
+        self.station = station
+        self.frame_set = f"{station}:0"
+        keys, self.trust = make_keys(root, [station], [c for _, c in SIM_CHANNELS], valid_from=start_utc)
+        k = keys[station]
+        self.sim = Simulation(board="sim", seed=seed, key=k.board_key, start_utc=start_utc)
+        self.sim_name = f"paced-{os.getpid()}-{id(self)}-{station}"
+        register(self.sim_name, self.sim)
+        clock = self.sim.clock
+        self.paced = PacedClock(start_utc, speed)
+        self.committed: dict[int, str] = {}
+        self.commit_times: dict[int, float] = {}
+        self.alarms: list[dict] = []
+        self.error: str | None = None
+        bid = self.sim.board.board_id
+        codes = {(bid, ch): f"XX.{station}.{loc}.{cha}" for ch, (loc, cha) in enumerate(SIM_CHANNELS)}
+        # As edge/station.py builds it: the board hears only the ACK point persisted after the
+        # outbox commit, and resends are paced to the line rate.
+        self.decoder = LinkDecoder(k.board_key, clock, board_id=bid, auto_ack=False, baudrate=self.sim.baud)
+        self.assembler = StreamAssembler(codes)
+        self.outbox = Outbox(root / station / "outbox.sqlite", max_bytes=1 << 30, max_age_s=7 * 86400,
+                             clock=clock, on_alarm=self.alarms.append)
+
+        def on_commit(seq: int, raw: bytes) -> None:
+            assert seq not in self.committed or self.committed[seq] == sha256(raw), f"seq {seq} reused"
+            self.committed[seq] = sha256(raw)
+            self.commit_times[seq] = clock.monotonic()
+
+        specs = [ChannelSpec(code, k.channel_key_ids[code.rsplit(".", 1)[1]]) for code in codes.values()]
+        self.framer = Framer(station, self.outbox, clock=clock, channels=specs, keystore=Keystore.load(k.keystore),
+                             station_key_id=k.frame_key_id, frame_seconds=frame_seconds, on_commit=on_commit,
+                             on_alarm=self.alarms.append)
+        self.uplink = Uplink(station, [broker.config], self.outbox, clock=clock, backoff_base_s=0.05,
+                             backoff_max_s=0.5, connect_timeout_s=3.0, ack_timeout_s=ack_timeout_s)
+        self.gateway = Gateway(f"XX.{station}", self.framer, uplink=self.uplink)
+        self.pump = PortPump(f"sim://{self.sim_name}", self.decoder, timeout=0.05, clock=clock,
+                             on_events=lambda evs: self.gateway.on_events(self.decoder, self.assembler, evs),
+                             backoff_initial=0.5, backoff_max=4.0)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sim_time(self) -> float:
+        """Simulated seconds the station has run (it may lag the paced clock, never lead it)."""
+        return self.sim.clock.monotonic()
+
+    def start(self, *, sampling_s: float, drain_s: float = 45.0) -> "PacedStation":
+        """Sample for *sampling_s* simulated seconds, then run *drain_s* more (the last window is
+        committed after the framer's ``max_wait_s``), in a thread paced against the wall clock."""
+        self.sim.stop_sampling(at_s=sampling_s)
+        self.t_end = sampling_s + drain_s
+        self.uplink.start()
+        self.paced.restart()
+        self._thread = threading.Thread(target=self._drive, name=f"paced-{self.station}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _drive(self) -> None:
+        try:
+            while not self._stop.is_set() and self.sim.clock.monotonic() < self.t_end:
+                ahead = -self.paced.wall_until(self.sim.clock.monotonic())
+                if ahead < 0:               # ahead of the paced clock: let the wall clock catch up
+                    self._stop.wait(min(0.05, -ahead))
+                    continue
+                self.pump.step()
+                self.gateway.poll()
+        except Exception as err:            # reported by done(), never silent
+            self.error = f"{type(err).__name__}: {err}"
+            raise
+
+    def done(self) -> bool:
+        """The simulation ran to its end (raises if its thread died)."""
+        assert self.error is None, f"station {self.station} stopped: {self.error}"
+        return self._thread is not None and not self._thread.is_alive()
+
+    def close(self) -> None:
+        from ims_station.hil.sim import unregister
+
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        try:
+            self.pump.close()
+            self.uplink.stop()
+            self.outbox.close()
+        finally:
+            unregister(self.sim_name)
 
 
 def frame_times(n: int, *, end_ago_s: float = 60.0) -> list[float]:

@@ -13,8 +13,8 @@ from ims_station.edge.logutil import SystemClock
 from ims_station.edge.outbox import Outbox
 from ims_station.edge.uplink import Uplink
 
-from .harness import (FrameFactory, RelayProcess, archived_sequences, frame_times, sha256, start_mosquitto,
-                      wait_for, write_keys)
+from .harness import (FrameFactory, PacedStation, RelayProcess, archived_sequences, frame_times, sha256,
+                      start_mosquitto, wait_for, write_keys)
 
 STA = "STA1"
 FRAME_SET = f"{STA}:0"
@@ -71,46 +71,77 @@ def relay_stats(relay: RelayProcess) -> dict:
     return last
 
 
-def all_delivered(relay, sta, expected: dict[int, str]):
+def all_delivered(relay, sta, expected: dict[int, str], frame_set: str = FRAME_SET):
     def check():
-        got = archived_sequences(relay.root / "data" / "archive", FRAME_SET)
+        got = archived_sequences(relay.root / "data" / "archive", frame_set)
         return len(got) == len(expected) and sta.outbox.stats()["frames"] == 0 and got
     return check
 
 
-def assert_archive_exact(relay, expected: dict[int, str]):
-    got = archived_sequences(relay.root / "data" / "archive", FRAME_SET)
+def assert_archive_exact(relay, expected: dict[int, str], frame_set: str = FRAME_SET):
+    got = archived_sequences(relay.root / "data" / "archive", frame_set)
     assert sorted(got) == sorted(expected), "lost or extra sequence numbers"
     assert got == expected, "archived bytes differ from the frames built"
 
 
-def test_broker_stopped_for_5_of_30_minutes_loses_nothing(net):
-    """Must-show 1: 180 frames (30 min), the broker SIGKILLed for the 30 frames (5 min) in the middle:
-    every frame archived exactly once with the bytes the station built, all verified."""
-    broker, relay, sta = net
-    sta.uplink.start()
-    times = frame_times(180)
-    for t in times[:60]:
-        sta.commit(t)
-    # Steady state first, then the broker dies with frames still in flight.
-    wait_for(lambda: len(archived_sequences(relay.root / "data" / "archive", FRAME_SET)) >= 40, 30,
-             "first frames archived", on_timeout=relay.logs)
-    broker.kill()
-    wait_for(lambda: not sta.uplink.connected, 10, "the uplink to notice the broker is gone")
-    for t in times[60:90]:                      # 5 minutes of data while the broker is down
-        sta.commit(t)
-    assert sta.outbox.stats()["frames"] >= 30
-    broker.start()
-    for t in times[90:]:
-        sta.commit(t)
-    wait_for(all_delivered(relay, sta, sta.built), 60, "all 180 frames archived and acknowledged",
-             on_timeout=lambda: f"{sta.uplink.stats()}\n{sta.outbox.stats()}\n{relay.logs()}")
-    assert_archive_exact(relay, sta.built)
-    relay.stop()
+SPEED = 60.0                      # simulated seconds per wall second: 30 minutes in about 31 s
+RUN_S = 1800.0                    # 30 simulated minutes of sampling
+OUTAGE_S = (600.0, 900.0)         # the broker is dead from minute 10 to minute 15 (simulated)
+
+
+def test_broker_stopped_for_5_of_30_minutes_loses_nothing(tmp_path):
+    """Must-show 1: the real station path (HIL board -> sim:// -> link decoder -> streams -> framer
+    -> outbox -> uplink) runs 30 simulated minutes at 60x; Mosquitto is SIGKILLed at minute 10 and
+    started again on the same port 300 simulated seconds later, while the board keeps sampling and
+    the framer keeps committing.  Every frame committed is archived exactly once, verified, with
+    the bytes the outbox committed; nothing quarantined, nothing evicted."""
+    broker = start_mosquitto(tmp_path)
+    port = broker.config.port
+    sta = PacedStation(tmp_path / "station", "STB1", broker, speed=SPEED)
+    relay = RelayProcess(tmp_path / "relay-proc", broker.config, sta.trust).start()
+    archive = relay.root / "data" / "archive"
+    diag = lambda: f"{sta.uplink.stats()}\n{sta.outbox.stats()}\n{relay.logs()}"  # noqa: E731
+    try:
+        wait_for(lambda: relay_stats(relay).get("transport", {}).get("connected"), 30, "the relay subscribed",
+                 on_timeout=relay.logs)
+        sta.start(sampling_s=RUN_S)
+        wait_for(lambda: sta.done() or sta.sim_time() >= OUTAGE_S[0], 60, "minute 10 of the run", on_timeout=diag)
+        broker.kill()
+        t_down = sta.sim_time()
+        archived_before = set(archived_sequences(archive, sta.frame_set))
+        wait_for(lambda: sta.done() or sta.sim_time() >= OUTAGE_S[1], 60, "5 simulated minutes of outage",
+                 on_timeout=diag)
+        t_up = sta.sim_time()
+        archived_during = set(archived_sequences(archive, sta.frame_set))
+        backlog = sta.outbox.stats()["frames"]
+        broker.start()
+        assert broker.config.port == port
+        during = {s for s, t in sta.commit_times.items() if t_down <= t < t_up}
+        wait_for(sta.done, 90, "the end of the 30-minute run", on_timeout=diag)
+        wait_for(all_delivered(relay, sta, sta.committed, sta.frame_set), 60,
+                 "every committed frame archived and acknowledged", on_timeout=diag)
+
+        # The outage was real and long: 5 simulated minutes, ~30 frames committed meanwhile, none of
+        # which could reach the archive until the broker was back.
+        assert 300 <= t_up - t_down < 320, (t_down, t_up)
+        assert 29 <= len(during) <= 31, sorted(during)
+        assert len(archived_before) >= 40, "no steady state before the outage"
+        assert not during & archived_during, "frames archived while the broker was dead"
+        assert backlog >= len(during)
+        assert sta.uplink.stats()["disconnects"] >= 1
+        # Every frame of the 30 minutes (180 full 10-s windows) built, archived once, same bytes.
+        assert len(sta.committed) == RUN_S / 10, len(sta.committed)
+        assert sta.framer.stats()["partial_frames"] == 0, sta.framer.stats()
+        assert_archive_exact(relay, sta.committed, sta.frame_set)
+        st = sta.outbox.stats()
+        assert st["frames"] == 0 and st["evicted"] == 0 and sta.alarms == [], (st, sta.alarms)
+    finally:
+        sta.close()
+        relay.stop()
+        broker.close()
     s = relay_stats(relay)
     assert s["quarantined"] == 0 and s["security_events"] == 0, s
-    assert s["archived"] == 180 and s["verified"] >= 180, s
-    assert sta.uplink.stats()["disconnects"] >= 1
+    assert s["archived"] == len(sta.committed) and s["verified"] >= len(sta.committed), s
 
 
 def test_relay_killed_and_restarted_mid_run_loses_nothing(net):
