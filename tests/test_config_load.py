@@ -20,14 +20,14 @@ NOBODY = 65534
 def not_root():
     """Run the body without root's right to read any file: root (CI) takes the effective uid of
     nobody for the duration and gets it back (the saved uid stays 0); anyone else already lacks it."""
-    if os.geteuid() != 0:
+    if os.geteuid() == 0:
+        os.seteuid(NOBODY)
+        try:
+            yield
+        finally:
+            os.seteuid(0)
+    else:
         yield
-        return
-    os.seteuid(NOBODY)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
 
 
 def test_bytes_that_are_not_utf8_name_the_file_and_the_offset(tmp_path):

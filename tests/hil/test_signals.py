@@ -13,8 +13,9 @@ from scipy.signal import welch
 from ims_station.hil import signals
 from ims_station.hil.signals import (Blast, ChannelSignal, PlaneWave, Scenario, SeismicEvent, ShapedNoise,
                                      TPhase, nhnm_db, nlnm_db, seismic_psd)
+from tests.conftest import need_module
 
-spectral = pytest.importorskip("obspy.signal.spectral_estimation")
+spectral = need_module("obspy.signal.spectral_estimation")
 
 
 @pytest.mark.parametrize("ours, theirs", [(nlnm_db, spectral.get_nlnm), (nhnm_db, spectral.get_nhnm)])
@@ -103,7 +104,7 @@ def test_event_onsets_follow_distance_and_velocities():
 
 
 def test_plane_wave_delays_match_obspy_timeshift():
-    array_analysis = pytest.importorskip("obspy.signal.array_analysis")
+    array_analysis = need_module("obspy.signal.array_analysis")
     positions = np.array([[0.0, 0.0], [1.2, 0.3], [-0.8, 1.5], [0.4, -2.0]])
     pw = PlaneWave(backazimuth_deg=63.0, slowness_s_per_km=0.08)
     sx, sy = pw.slowness_vector

@@ -173,8 +173,9 @@ def small_disk(tmp_path):
     """An 8 MiB tmpfs: a real full file system (ENOSPC), not a simulated one."""
     d = tmp_path / "disk"
     d.mkdir()
-    if os.geteuid() != 0:
-        pytest.fail("the disk-full test mounts a tmpfs and must run as root (it does in CI and ./run)")
+    from tests.conftest import need_root
+
+    need_root("the disk-full test mounts a tmpfs (CI runs ./run tests as root)")
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(d)], check=True)
     yield d
     subprocess.run(["umount", "-l", str(d)], check=False)

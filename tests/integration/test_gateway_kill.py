@@ -25,11 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from ims_station.broker import find_mosquitto
-
 from .harness import RelayProcess, archived_sequences, start_mosquitto, wait_for
 
-pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")
+pytestmark = pytest.mark.usefixtures("mosquitto_installed")     # tests/conftest.py: skip, or fail in CI
 
 STA = "KIL1"
 FRAME_SET = f"{STA}:0"

@@ -9,12 +9,10 @@ import ssl
 import paho.mqtt.client as mqtt
 import pytest
 
-from ims_station.broker import find_mosquitto
-
 from .conftest import Collector
 from .tlsconf import start_secured_broker
 
-pytestmark = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")
+pytestmark = pytest.mark.usefixtures("mosquitto_installed")     # tests/conftest.py: skip, or fail in CI
 
 
 @pytest.fixture(scope="module")

@@ -151,8 +151,9 @@ def test_disk_full_with_nothing_to_evict_raises_outbox_full(tmp_path, clock):
 @pytest.fixture
 def tiny_fs(tmp_path):
     """A real 2 MB file system (tmpfs), so SQLite meets a true ENOSPC."""
-    if not (hasattr(os, "geteuid") and os.geteuid() == 0):
-        pytest.skip("mounting a tmpfs needs root (the max_page_count tests above cover the logic)")
+    from tests.conftest import need_root
+
+    need_root("mounting a tmpfs (the max_page_count tests above cover the logic; CI runs as root)")
     mnt = tmp_path / "tiny"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
