@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS frames (
     digest BLOB NOT NULL,              -- SHA-256 of payload: "same seq, same bytes?" without reading blobs
     state INTEGER NOT NULL DEFAULT 0,  -- 0 pending (never sent or queued for resend), 1 sent, awaiting acknack
     sent_count INTEGER NOT NULL DEFAULT 0,
+    pubacked INTEGER NOT NULL DEFAULT 0, -- 1 once the broker PUBACKed a publish of it (acknack may delete)
     last_sent REAL,                    -- clock.monotonic() of the last publish (process-local)
     payload BLOB NOT NULL,
     UNIQUE (frame_set, seq)
@@ -75,6 +76,10 @@ CREATE TABLE IF NOT EXISTS frame_sets (
     highest_committed INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS sent_marks (
+    frame_set TEXT PRIMARY KEY,
+    highest_sent INTEGER NOT NULL      -- highest seq ever published (survives deletion)
+);
 CREATE TABLE IF NOT EXISTS ack_points (
     board_id INTEGER PRIMARY KEY,      -- the digitizer board (link board id)
     epoch INTEGER NOT NULL,            -- its boot counter (sequence numbers restart with it)
@@ -159,6 +164,11 @@ class Outbox:
         # it reach 4 MB before checkpointing).
         self._db.execute("PRAGMA wal_autocheckpoint=100")
         self._db.execute("PRAGMA journal_size_limit=524288")
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(frames)")}
+        if cols and "pubacked" not in cols:
+            # An outbox written before acknacks were limited to PUBACKed frames: its frames count as
+            # not PUBACKed, so they are published again before an acknack can delete them.
+            self._db.execute("ALTER TABLE frames ADD COLUMN pubacked INTEGER NOT NULL DEFAULT 0")
         self._db.executescript(_SCHEMA)
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM frames").fetchone()
@@ -471,10 +481,34 @@ class Outbox:
     def mark_sent(self, ids: Iterable[int]) -> None:
         """The uplink handed these to the MQTT client; they now wait for the relay's acknack."""
         now = self._clock.monotonic()
-        with self._lock:
+        ids = list(ids)
+        if not ids:
+            return
+        with self._lock, self._txn():
             self._db.executemany(
                 "UPDATE frames SET state = 1, sent_count = sent_count + 1, last_sent = ? WHERE id = ?",
                 [(now, i) for i in ids])
+            # What was published, per frame set: an acknack claiming more is suspicious (uplink).
+            self._db.execute(
+                "INSERT INTO sent_marks SELECT frame_set, MAX(seq) FROM frames WHERE id IN "
+                f"({','.join('?' * len(ids))}) GROUP BY frame_set ON CONFLICT (frame_set) DO UPDATE SET "
+                "highest_sent = MAX(highest_sent, excluded.highest_sent)", ids)
+
+    def mark_pubacked(self, ids: Iterable[int]) -> None:
+        """The broker PUBACKed these frames: from now on a relay acknack may delete them (one
+        transaction for the batch; the uplink batches the PUBACKs of a network-loop turn)."""
+        ids = [(i,) for i in ids]
+        if not ids:
+            return
+        with self._lock, self._txn():
+            self._db.executemany("UPDATE frames SET pubacked = 1 WHERE id = ?", ids)
+
+    def highest_sent(self, frame_set: str) -> int | None:
+        """Highest sequence number of *frame_set* ever published (survives deletion), or None."""
+        with self._lock:
+            row = self._db.execute("SELECT highest_sent FROM sent_marks WHERE frame_set = ?",
+                                   (frame_set,)).fetchone()
+        return None if row is None else int(row[0])
 
     def requeue(self, ids: Iterable[int]) -> None:
         """Put frames back in the pending queue (publish failed, connection lost before PUBACK)."""
@@ -499,7 +533,10 @@ class Outbox:
         """Apply a consumer acknack (spec §6.3): delete the frames it covers, queue the rest for
         resend.  Returns the number of frames deleted.
 
-        Covered = lowest <= seq <= highest and not inside a gap ``[start, end)``.  Frames inside a
+        Covered = lowest <= seq <= highest and not inside a gap ``[start, end)``, and PUBACKed by the
+        broker at least once: an acknack never deletes a frame the station has not verifiably handed
+        over (a forged or confused acknack covering everything removes at most what the broker
+        already took; a frame never sent, or still waiting for its PUBACK, stays).  Frames inside a
         gap, and (after the resend hold-off) sent frames outside [lowest, highest] -- the "implied
         gaps" -- go back to pending.  The hold-off keeps a frame that is still on its way from being
         sent twice because an acknack was generated just before it arrived.
@@ -508,13 +545,15 @@ class Outbox:
         with self._lock:
             hold = self._clock.monotonic() - self.resend_holdoff_s
             rows = self._db.execute(
-                "SELECT id, seq, size, state, last_sent FROM frames WHERE frame_set = ?", (frame_set,)).fetchall()
+                "SELECT id, seq, size, state, last_sent, pubacked FROM frames WHERE frame_set = ?",
+                (frame_set,)).fetchall()
             delete, resend = [], []
             empty = highest < lowest
-            for rid, seq, size, state, last_sent in rows:
+            for rid, seq, size, state, last_sent, pubacked in rows:
                 in_gap = any(a <= seq < b for a, b in gaps)
                 if not empty and lowest <= seq <= highest and not in_gap:
-                    delete.append((rid, size))
+                    if pubacked:
+                        delete.append((rid, size))
                 elif state == STATE_SENT and (last_sent is None or last_sent <= hold):
                     resend.append(rid)
             if not delete and not resend:

@@ -16,6 +16,20 @@ lists as gaps, or that lie outside its [lowest, highest] range (implied gaps, sp
 from the outbox with their original bytes (§6.4).  A frame is therefore published at least once and
 the relay dedupes by (frame set, sequence number).
 
+Acknack trust (defence in depth; docs/uplink.md, "Acknack authentication"): an acknack deletes
+frames, so
+
+* with *acknack_trust* (a :class:`ims_station.auth.TrustStore` holding the relay's public key, and
+  optionally *acknack_key_ids* pinning which of its keys may sign acknacks), an acknack is applied
+  only if its CD-1.1 frame signature verifies for its creator (the relay's name, listed in the key's
+  ``stations``); unsigned ones are counted ``acknacks_unsigned``, bad ones
+  ``acknacks_bad_signature``, and both are dropped;
+* whatever the signatures, the outbox deletes only frames the broker PUBACKed
+  (:meth:`Outbox.apply_acknack`), and an acknack whose ``highest`` lies above the highest sequence
+  number this station ever published in the frame set is counted ``acknacks_suspicious`` and logged
+  (it is still applied under the PUBACK rule: a relay restored from a backup may legitimately be
+  ahead of a station whose outbox was wiped).
+
 Readiness: the acknack subscription goes through :meth:`ims_station.mqtt.MqttSession.subscribe`, so
 :attr:`Uplink.connected` turns true only after the broker's SUBACK, and no frame is published on a
 connection before that SUBACK arrived: the relay's acknack for a frame could otherwise be sent
@@ -67,7 +81,8 @@ class Uplink(SessionOwner):
                  ack_timeout_s: float = 300.0, backoff_base_s: float = 0.5, backoff_max_s: float = 60.0,
                  connect_timeout_s: float = 10.0, soh_interval_s: float = 60.0,
                  soh_provider: Callable[[], dict] | None = None, rng: random.Random | None = None,
-                 client_name: str | None = None) -> None:
+                 client_name: str | None = None, acknack_trust: Any = None,
+                 acknack_key_ids: Sequence[int] | None = None) -> None:
         if not brokers:
             raise UplinkError("uplink: at least one broker is needed")
         if protocol not in PROTOCOLS:
@@ -78,6 +93,11 @@ class Uplink(SessionOwner):
         self.outbox = outbox
         self._clock = clock
         self._on_acknack = on_acknack
+        self.acknack_trust = acknack_trust
+        self.acknack_key_ids = None if acknack_key_ids is None else frozenset(int(k) for k in acknack_key_ids)
+        if self.acknack_key_ids is not None and acknack_trust is None:
+            raise UplinkError("uplink: acknack_key_ids given but no acknack trust store")
+        self._pubacked: list[int] = []    # outbox ids PUBACKed, not yet recorded in the outbox
         self.inflight = int(inflight)
         self.max_unacked = int(max_unacked)
         self.live_window_s = float(live_window_s)
@@ -98,7 +118,8 @@ class Uplink(SessionOwner):
         self._last_requeue = None        # injected clock
         self._counters = dict(connects=0, connect_failures=0, disconnects=0, failovers=0, published=0,
                               resent=0, pubacks=0, acknacks=0, acknacks_invalid=0, acknacks_other_set=0,
-                              frames_acked=0, requeued_on_disconnect=0, requeued_ack_timeout=0,
+                              frames_acked=0, acknacks_unsigned=0,
+                              acknacks_bad_signature=0, acknacks_suspicious=0, requeued_on_disconnect=0, requeued_ack_timeout=0,
                               soh_published=0, protocol_fallbacks=0, acknack_subscribe_refused=0)
         self.last_acknack: dict | None = None
         self._mqtt = MqttSession(
@@ -176,9 +197,18 @@ class Uplink(SessionOwner):
 
     # -- paho callbacks (run on the session thread, inside client.loop) ---------------------------------
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        if self._pending_mids.pop(mid, None) is not None:
+        rid = self._pending_mids.pop(mid, None)
+        if rid is not None:
             self._counters["pubacks"] += 1
+            self._pubacked.append(rid)
             self._wake.set()
+
+    def _record_pubacks(self) -> None:
+        # Batched: one outbox transaction per loop turn rather than one fsync per PUBACK.  Must run
+        # before an acknack is applied, or it would find its frames not yet PUBACKed.
+        if self._pubacked:
+            ids, self._pubacked = self._pubacked, []
+            self.outbox.mark_pubacked(ids)
 
     def _on_message(self, client, userdata, msg) -> None:
         if msg.topic != self.t_acknack:
@@ -199,7 +229,16 @@ class Uplink(SessionOwner):
         if frame.frame_set != self.frame_set:
             self._counters["acknacks_other_set"] += 1
             return
+        if self.acknack_trust is not None and not self._acknack_authentic(frame):
+            return
         self._counters["acknacks"] += 1
+        self._record_pubacks()
+        sent = self.outbox.highest_sent(frame.frame_set)
+        if frame.highest >= frame.lowest and (sent is None or frame.highest > sent):
+            self._counters["acknacks_suspicious"] += 1
+            log.warning("uplink %s: acknack from %r covers %d..%d but the highest sequence number this "
+                        "station published is %s: only PUBACKed frames are deleted", self.station,
+                        frame.creator, frame.lowest, frame.highest, sent)
         n = self.outbox.apply_acknack(frame.frame_set, frame.lowest, frame.highest, frame.gaps)
         self._counters["frames_acked"] += n
         self.last_acknack = {"lowest": frame.lowest, "highest": frame.highest, "gaps": len(frame.gaps),
@@ -208,8 +247,30 @@ class Uplink(SessionOwner):
         if self._on_acknack is not None:
             self._on_acknack(frame)
 
+    def _acknack_authentic(self, frame: Any) -> bool:
+        """The acknack's frame signature, by a pinned key, verifies for its creator (the relay)."""
+        from ims_station.cd11 import verify_frame
+
+        if not frame.auth_key_id and not frame.auth_value:
+            self._counters["acknacks_unsigned"] += 1
+            log.warning("uplink %s: dropped an unsigned acknack from %r (acknack trust is configured)",
+                        self.station, frame.creator)
+            return False
+        if self.acknack_key_ids is not None and frame.auth_key_id not in self.acknack_key_ids:
+            reason = f"key {frame.auth_key_id} is not one of the relay's keys {sorted(self.acknack_key_ids)}"
+        else:
+            res = verify_frame(frame, self.acknack_trust).frame
+            if res is not None and res.ok:
+                return True
+            reason = "not signed" if res is None else res.reason
+        self._counters["acknacks_bad_signature"] += 1
+        log.warning("uplink %s: dropped an acknack from %r with a bad signature: %s", self.station,
+                    frame.creator, reason)
+        return False
+
     # -- sending -----------------------------------------------------------------------------------
     def _periodic(self, client: Any) -> bool:
+        self._record_pubacks()
         now = self._clock.monotonic()
         if self._last_requeue is None or now - self._last_requeue >= min(self.ack_timeout_s / 4, 30.0):
             self._last_requeue = now

@@ -25,6 +25,8 @@ Example::
     [uplink]
     prefix = "ims"
     protocol = "auto"               # MQTT 5 if the broker offers it, else 3.1.1
+    acknack_trust = "relay-trust"   # trust store with the relay's public key: unsigned acknacks dropped
+    acknack_key_ids = [900]         # the relay's acknack key(s)
     [[uplink.brokers]]
     host = "broker1.example.org"
     port = 8883
@@ -86,6 +88,9 @@ TABLES: dict[str, Any] = {
             "ack_timeout_s": {"type": "number", "exclusiveMinimum": 0},
             "soh_interval_s": {"type": "number", "exclusiveMinimum": 0},
             "max_unacked": {"type": "integer", "minimum": 1},
+            "acknack_trust": {"type": "string", "minLength": 1},
+            "acknack_key_ids": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                "items": {"type": "integer", "minimum": 1, "maximum": 2147483647}},
         }},
 }
 
@@ -97,7 +102,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "framer": {"frame_seconds": 10, "max_wait_s": 30.0, "clock_diff_limit_us": 1000, "max_clock_offset_s": 86400.0},
     "outbox": {"max_bytes": 2_000_000_000, "max_age_days": 7, "min_free_bytes": None, "synchronous": "FULL"},
     "uplink": {"prefix": "ims", "protocol": "auto", "inflight": 32, "max_unacked": 2000, "live_window_s": 60.0,
-               "ack_timeout_s": 300.0, "soh_interval_s": 60.0},
+               "ack_timeout_s": 300.0, "soh_interval_s": 60.0, "acknack_trust": None, "acknack_key_ids": None},
 }
 
 
@@ -113,6 +118,24 @@ class UplinkSettings:
     def get(self, table: str, key: str) -> Any:
         """The configured value of ``[table] key``, else its default."""
         return getattr(self, table).get(key, DEFAULTS[table][key])
+
+
+def acknack_options(settings: UplinkSettings) -> dict[str, Any]:
+    """``Uplink`` keyword arguments for acknack authentication: the relay's trust store (loaded and
+    checked now, so a bad directory stops the start-up) and the pinned key ids; empty when
+    ``[uplink] acknack_trust`` is not set (acknacks then rely on the broker ACL and the PUBACK rule)."""
+    path = settings.uplink.get("acknack_trust")
+    if path is None:
+        return {}
+    from ims_station.auth import TrustStore
+
+    try:
+        trust = TrustStore.load(path)
+    except ConfigError:
+        raise
+    except Exception as err:      # AuthError and friends: name the setting that led here
+        raise ConfigError(str(settings.file), "uplink.acknack_trust", f"{path}: {err}") from err
+    return {"acknack_trust": trust, "acknack_key_ids": settings.uplink.get("acknack_key_ids")}
 
 
 def load_uplink_settings(path: str | os.PathLike[str]) -> UplinkSettings:
@@ -149,4 +172,8 @@ def settings_from_data(data: dict[str, Any], file: Path) -> UplinkSettings:
     if "path" in outbox:
         outbox["path"] = resolve(outbox["path"])
     uplink = {k: v for k, v in data.get("uplink", {}).items() if k != "brokers"}
+    if "acknack_trust" in uplink:
+        uplink["acknack_trust"] = resolve(uplink["acknack_trust"])
+    elif "acknack_key_ids" in uplink:
+        raise ConfigError(str(file), "uplink.acknack_key_ids", "acknack key ids given but no acknack_trust directory")
     return UplinkSettings(file, dict(data.get("framer", {})), outbox, keys, uplink, brokers)

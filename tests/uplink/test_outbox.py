@@ -24,6 +24,14 @@ def make(tmp_path, clock, **kw) -> Outbox:
     return Outbox(tmp_path / "outbox.sqlite", clock=clock, **kw)
 
 
+def published(box: Outbox, n: int = 1000) -> list:
+    """Send the pending frames and let the broker PUBACK them (what the uplink records)."""
+    items = box.next_to_send(n, live_window_s=1e9)
+    box.mark_sent([i.id for i in items])
+    box.mark_pubacked([i.id for i in items])
+    return items
+
+
 def test_put_is_idempotent_for_same_bytes_and_refuses_reuse(tmp_path, clock):
     box = make(tmp_path, clock)
     assert box.put("cd11", FS, 10, clock.t, b"frame-10")
@@ -32,7 +40,8 @@ def test_put_is_idempotent_for_same_bytes_and_refuses_reuse(tmp_path, clock):
         box.put("cd11", FS, 10, clock.t, b"other bytes")
     assert box.stats()["frames"] == 1
     # After the relay acknowledged 10 it is gone, but the number stays used, across a reopen too.
-    box.apply_acknack(FS, 10, 10, [])
+    published(box)
+    assert box.apply_acknack(FS, 10, 10, []) == 1
     box.close()
     box = make(tmp_path, clock)
     assert box.highest_committed(FS) == 10
@@ -59,9 +68,8 @@ def test_acknack_deletes_covered_frames_and_requeues_gaps_and_implied_gaps(tmp_p
     box = make(tmp_path, clock, resend_holdoff_s=5)
     for seq in range(100, 110):
         box.put("cd11", FS, seq, clock.t + seq, b"x%d" % seq)
-    items = box.next_to_send(100, live_window_s=1e9)
+    items = published(box, 100)
     assert [i.seq for i in items] == list(range(100, 110))
-    box.mark_sent([i.id for i in items])
     assert box.next_to_send(100, live_window_s=1e9) == []
     clock.advance(10)  # past the resend hold-off
     # Relay has 101..107 except the gap [103, 105): 100 is below its lowest, 108/109 above its highest.
@@ -79,7 +87,7 @@ def test_resend_holdoff_keeps_frames_in_flight_from_being_sent_twice(tmp_path, c
     box = make(tmp_path, clock, resend_holdoff_s=5)
     box.put("cd11", FS, 1, clock.t, b"a")
     box.put("cd11", FS, 2, clock.t, b"b")
-    box.mark_sent([i.id for i in box.next_to_send(10, live_window_s=1e9)])
+    published(box)
     clock.advance(1)
     assert box.apply_acknack(FS, 1, 1, []) == 1                    # 2 was just sent: not a gap yet
     assert box.next_to_send(10, live_window_s=1e9) == []

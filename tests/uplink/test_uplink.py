@@ -290,6 +290,9 @@ def test_acknack_parsing_uses_the_codec_and_checks_the_frame_set(outbox, clock):
     with pytest.raises(cd11.Cd11Error):
         up._handle_acknack(bytes(good))
     good[-1] ^= 1
+    items = outbox.next_to_send(10, live_window_s=1e9)     # published, and the broker PUBACKed them
+    outbox.mark_sent([i.id for i in items])
+    outbox.mark_pubacked([i.id for i in items])
     up._handle_acknack(bytes(good))
     assert outbox.stats()["frames"] == 0
     assert struct.unpack(">i", bytes(good[:4]))[0] == 6

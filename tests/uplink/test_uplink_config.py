@@ -36,6 +36,10 @@ def test_paths_resolve_against_the_file_and_defaults_fill_the_rest(tmp_path):
     ("[keys]\nchannel_key_ids = { BHZ = 1 }\n", "keys.keystore", "no keystore"),
     ("[outbox]\nmax_bytes = 1000\n", "outbox.max_bytes", "minimum"),
     ("[framer]\nmax_clock_offset_s = 0\n", "framer.max_clock_offset_s", ""),
+    ("[uplink]\nacknack_key_ids = [900]\n[[uplink.brokers]]\nhost = \"h\"\n", "uplink.acknack_key_ids",
+     "no acknack_trust"),
+    ("[uplink]\nacknack_trust = \"t\"\nacknack_key_ids = [0]\n[[uplink.brokers]]\nhost = \"h\"\n",
+     "uplink.acknack_key_ids[0]", ""),
 ])
 def test_errors_name_file_key_and_reason(tmp_path, text, key, reason):
     f = write(tmp_path, text)
@@ -49,3 +53,22 @@ def test_a_toml_syntax_error_names_the_file_and_line(tmp_path):
     with pytest.raises(ConfigError) as ei:
         load_uplink_settings(f)
     assert ei.value.file == str(f) and "line 1" in str(ei.value)
+
+
+def test_acknack_trust_is_loaded_from_the_file_s_folder_and_checked(tmp_path):
+    from ims_station.auth import export_public, generate_key
+    from ims_station.edge.uplink_config import acknack_options
+
+    f = write(tmp_path, '[uplink]\nacknack_trust = "relay-trust"\nacknack_key_ids = [900]\n'
+                        '[[uplink.brokers]]\nhost = "h"\n')
+    st = load_uplink_settings(f)
+    assert st.get("uplink", "acknack_trust") == str(tmp_path / "relay-trust")
+    with pytest.raises(ConfigError) as ei:                 # the directory does not exist yet
+        acknack_options(st)
+    assert ei.value.file in (str(f), str(tmp_path / "relay-trust")), str(ei.value)
+    generate_key("ed25519", 900, tmp_path / "relay-keys", station="RELAY", valid_from="2000-01-01T00:00:00Z")
+    (tmp_path / "relay-trust").mkdir(mode=0o755)
+    export_public(tmp_path / "relay-keys", 900, tmp_path / "relay-trust")
+    opts = acknack_options(st)
+    assert opts["acknack_key_ids"] == [900] and opts["acknack_trust"].key_ids() == [900]
+    assert acknack_options(load_uplink_settings(write(tmp_path, '[uplink]\n[[uplink.brokers]]\nhost = "h"\n'))) == {}

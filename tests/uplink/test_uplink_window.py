@@ -184,3 +184,96 @@ def test_the_ack_timeout_runs_on_the_injected_clock_not_on_wall_time(rig, clock)
     clock.advance(301)
     up._periodic(c)
     assert c.frames() == [0, 1, 0, 1] and up.stats()["requeued_ack_timeout"] == 2
+
+
+# -- acknack authentication (docs/uplink.md, "Acknack authentication") ----------------------------
+
+def forged(up: Uplink, client: RecordingClient, wire: bytes) -> None:
+    up._on_message(client, None, types.SimpleNamespace(topic=topics.topic("ims", STA, "acknack"), payload=wire))
+
+
+def test_an_acknack_deletes_only_frames_the_broker_pubacked_and_one_beyond_them_is_suspicious(rig, clock):
+    """Without signatures a forged acknack 'lowest = min, highest = max' used to empty the outbox."""
+    fill(rig, range(10))
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, inflight=4, live_window_s=0)
+    c = connected(up)
+    up._periodic(c)                                 # 0..3 published
+    assert c.frames() == [0, 1, 2, 3]
+    for mid in sorted(up._pending_mids)[:2]:        # the broker PUBACKed 0 and 1 only
+        up._on_publish(c, None, mid, 0, None)
+    forged(up, c, cd11.Acknack(creator="RELAY", frame_set=FS, lowest=-(2**31), highest=2**31 - 1).to_bytes())
+    # 0 and 1 went (the broker took them), 2 and 3 await their PUBACK, 4..9 were never sent.
+    assert sorted(i.seq for i in rig.next_to_send(100, live_window_s=0)) == [4, 5, 6, 7, 8, 9]
+    assert rig.stats()["frames"] == 8 and rig.in_flight_count() == 2
+    st = up.stats()
+    assert st["frames_acked"] == 2 and st["acknacks_suspicious"] == 1
+    acknack(up, c, 0, 3)                            # the relay's own view, within what was sent
+    assert up.stats()["acknacks_suspicious"] == 1   # not suspicious
+    assert rig.stats()["frames"] == 8               # 2 and 3 still wait for their PUBACK
+    c.puback_all(up)
+    acknack(up, c, 0, 3)
+    assert rig.stats()["frames"] == 6 and up.stats()["frames_acked"] == 4
+
+
+def test_pubacks_are_recorded_durably_so_acknacks_after_a_restart_can_delete(tmp_path, clock):
+    clock.t = T0 + 10 * 30
+    box = Outbox(tmp_path / "o.sqlite", max_bytes=10 << 20, max_age_s=7 * 86400, clock=clock)
+    fill(box, range(3))
+    up = Uplink(STA, [BrokerConfig()], box, clock=clock, live_window_s=0)
+    c = connected(up)
+    up._periodic(c)
+    c.puback_all(up)
+    up._periodic(c)                                 # records the PUBACKs in the outbox
+    box.close()
+    box = Outbox(tmp_path / "o.sqlite", max_bytes=10 << 20, max_age_s=7 * 86400, clock=clock)
+    assert box.highest_sent(FS) == 2
+    assert box.apply_acknack(FS, 0, 2, []) == 3
+    box.close()
+
+
+@pytest.fixture(scope="module")
+def relay_keys(tmp_path_factory):
+    """The relay's acknack key (id 900, trusted for creator 'RELAY') and a stranger's (901, same
+    name, not in the station's trust store), as ``ims-station keys generate/export`` make them."""
+    from ims_station.auth import Keystore, TrustStore, export_public, generate_key
+
+    ks, tr = tmp_path_factory.mktemp("relay-keys"), tmp_path_factory.mktemp("station-trust")
+    for kid in (900, 901, 902):
+        generate_key("ed25519", kid, ks, station="RELAY", valid_from="2000-01-01T00:00:00Z")
+    export_public(ks, 900, tr)
+    export_public(ks, 902, tr)                      # trusted, but not pinned as an acknack key
+    return Keystore.load(ks), TrustStore.load(tr)
+
+
+def test_with_a_trust_store_only_acknacks_signed_by_the_relay_are_applied(rig, clock, relay_keys):
+    keystore, trust = relay_keys
+    fill(rig, range(4))
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0, acknack_trust=trust,
+                acknack_key_ids=[900])
+    c = connected(up)
+    up._periodic(c)
+    c.puback_all(up)
+
+    def ack(signer=None, creator="RELAY"):
+        return cd11.Acknack(creator=creator, frame_set=FS, lowest=0, highest=3).to_bytes(signer)
+
+    tampered = bytearray(ack(keystore.signer(900)))
+    tampered[-20] ^= 1                              # in the signature; CRC recomputed
+    tampered = cd11.parse_frame(bytes(tampered), check_crc=False)[0].to_bytes()
+    forged(up, c, ack())                            # unsigned
+    forged(up, c, ack(keystore.signer(901)))        # a key the station does not trust
+    forged(up, c, ack(keystore.signer(902)))        # trusted key, but not the relay's acknack key
+    forged(up, c, ack(keystore.signer(900), creator="EVIL"))   # key not trusted for that creator
+    forged(up, c, tampered)
+    st = up.stats()
+    assert (st["acknacks_unsigned"], st["acknacks_bad_signature"], st["acknacks"]) == (1, 4, 0)
+    assert rig.stats()["frames"] == 4
+    forged(up, c, ack(keystore.signer(900)))
+    assert rig.stats()["frames"] == 0 and up.stats()["acknacks"] == 1
+
+
+def test_key_ids_without_a_trust_store_are_refused(rig, clock):
+    from ims_station.edge.uplink import UplinkError
+
+    with pytest.raises(UplinkError, match="no acknack trust store"):
+        Uplink(STA, [BrokerConfig()], rig, clock=clock, acknack_key_ids=[900])
