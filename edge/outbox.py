@@ -39,7 +39,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import math
 import os
+import shutil
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -131,6 +133,70 @@ def _is_disk_full(err: BaseException) -> bool:
         msg = str(err).lower()
         return "database or disk is full" in msg or "no space" in msg
     return isinstance(err, OSError) and err.errno == errno.ENOSPC
+
+
+# -- default byte bound (docs/uplink.md, "Default byte bound") --------------------------------------
+# Bytes a CD-1.1 data frame needs, at worst: every sample as uncompressed s4 (CA is what we send
+# where it helps, typically 1-2.5 bytes a sample, so s4 is the headroom), plus per channel subframe
+# its header, channel status, key id and a 64-byte signature, plus per frame the headers, trailer
+# signature and CRC.  Measured with the codec on incompressible int32 samples and Ed25519 keys:
+# 3 ch x 100 sps 12,612 bytes, 30 ch x 40 sps 52,768, 1 ch x 1 sps 344 (tests/uplink/test_outbox.py
+# checks the estimate stays above a built frame).
+BOUND_BYTES_PER_SAMPLE = 4
+BOUND_SUBFRAME_OVERHEAD = 160
+BOUND_FRAME_OVERHEAD = 192
+BOUND_DAYS = 7
+# SQLite stores a payload with its row, index entries and page slack: keep the bound below the
+# space the file system has for it.
+BOUND_DISK_FRACTION = 0.9
+MIN_MAX_BYTES = 1 << 20              # the schema's minimum for [outbox] max_bytes
+FALLBACK_MAX_BYTES = 2_000_000_000   # no channels known (a separate --uplink file): the old default
+
+
+def estimate_frame_bytes(streams: Iterable[tuple[int, float]], frame_seconds: float = 10.0) -> int:
+    """Worst-case bytes of one data frame of *streams* (channel count, samples/s per channel)."""
+    streams = list(streams)
+    n = sum(ch for ch, _ in streams)
+    samples = sum(ch * math.ceil(rate * frame_seconds) for ch, rate in streams)
+    return samples * BOUND_BYTES_PER_SAMPLE + n * BOUND_SUBFRAME_OVERHEAD + BOUND_FRAME_OVERHEAD
+
+
+def disk_bound(path: str | os.PathLike[str], min_free_bytes: int | None = None) -> int:
+    """Payload bytes an outbox at *path* can hold on its file system now: free space plus what the
+    outbox files already use, less the free-space margin (``min_free_bytes``, default min(16 MiB,
+    a quarter of the file system)), times :data:`BOUND_DISK_FRACTION`."""
+    p = Path(path)
+    used = sum(f.stat().st_size for f in (p, p.with_name(p.name + "-wal"), p.with_name(p.name + ".reserve"))
+               if f.exists())
+    d = p.parent
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    du = shutil.disk_usage(d)
+    margin = min_free_bytes if min_free_bytes is not None else min(16 << 20, du.total // 4)
+    return max(0, int((du.free + used - margin) * BOUND_DISK_FRACTION))
+
+
+def default_max_bytes(streams: Iterable[tuple[int, float]], *, frame_seconds: float = 10.0,
+                      days: float = BOUND_DAYS, path: str | os.PathLike[str] | None = None,
+                      min_free_bytes: int | None = None) -> tuple[int, dict]:
+    """The byte bound when the operator set none: *days* of frames at the configured rates
+    (:func:`estimate_frame_bytes` x frames in *days*), capped by :func:`disk_bound` of *path*.
+    Returns (bound, how) where *how* says which figures gave it (logged, and shown in the stats)."""
+    streams = [(int(c), float(r)) for c, r in streams if c > 0 and r > 0]
+    if streams:
+        per_frame = estimate_frame_bytes(streams, frame_seconds)
+        want = math.ceil(days * 86400 / frame_seconds) * per_frame
+        how = {"rule": f"{days:g} days", "frame_bytes": per_frame, "frames": math.ceil(days * 86400 / frame_seconds)}
+    else:
+        want, how = FALLBACK_MAX_BYTES, {"rule": "no channels known: fixed fallback"}
+    how["wanted"] = want
+    bound = want
+    if path is not None:
+        disk = disk_bound(path, min_free_bytes)
+        how["disk"] = disk
+        if disk < bound:
+            bound, how["capped_by"] = disk, "disk"
+    return max(bound, MIN_MAX_BYTES), how
 
 
 class Outbox:

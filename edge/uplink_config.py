@@ -14,7 +14,8 @@ Example::
     max_wait_s = 30
 
     [outbox]
-    max_bytes = 2_000_000_000       # bytes
+    # max_bytes = 2_000_000_000     # payload bytes; default: 7 days of frames at the station's
+    #                                 channels x rates (s4 worst case), capped by free disk space
     max_age_days = 7
 
     [keys]
@@ -42,6 +43,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,8 @@ from typing import Any
 
 from ims_station.config import load_toml, validate
 from ims_station.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 _BROKER = {
     "type": "object",
@@ -100,7 +104,8 @@ SCHEMA: dict[str, Any] = {"type": "object", "additionalProperties": True, "prope
 # Defaults of every key (docs/configuration.md lists them; station.build() applies them).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "framer": {"frame_seconds": 10, "max_wait_s": 30.0, "clock_diff_limit_us": 1000, "max_clock_offset_s": 86400.0},
-    "outbox": {"max_bytes": 2_000_000_000, "max_age_days": 7, "min_free_bytes": None, "synchronous": "FULL"},
+    # max_bytes None: derived (UplinkSettings.get, docs/uplink.md "Default byte bound").
+    "outbox": {"max_bytes": None, "max_age_days": 7, "min_free_bytes": None, "synchronous": "FULL"},
     "uplink": {"prefix": "ims", "protocol": "auto", "inflight": 32, "max_unacked": 2000, "live_window_s": 60.0,
                "ack_timeout_s": 300.0, "soh_interval_s": 60.0, "acknack_trust": None, "acknack_key_ids": None},
 }
@@ -114,10 +119,30 @@ class UplinkSettings:
     keys: dict = field(default_factory=dict)
     uplink: dict = field(default_factory=dict)
     brokers: list = field(default_factory=list)     # BrokerConfig, paths resolved
+    # What the default byte bound is derived from: (channels, samples/s) per port, and where the
+    # outbox lives (as edge/station.py places it: [outbox] path, else <data_dir>/outbox.sqlite).
+    streams: list = field(default_factory=list)
+    outbox_path: str | None = None
+    max_bytes_how: dict | None = None               # how the default bound was derived (logged)
 
     def get(self, table: str, key: str) -> Any:
-        """The configured value of ``[table] key``, else its default."""
+        """The configured value of ``[table] key``, else its default (``[outbox] max_bytes``: derived,
+        see :meth:`default_max_bytes`)."""
+        if table == "outbox" and key == "max_bytes" and "max_bytes" not in self.outbox:
+            return self.default_max_bytes()
         return getattr(self, table).get(key, DEFAULTS[table][key])
+
+    def default_max_bytes(self) -> int:
+        """7 days of frames at the configured channels x rates, capped by the free disk space of the
+        outbox's file system (measured now: call at start-up).  ``max_bytes_how`` says how."""
+        from ims_station.edge.outbox import default_max_bytes
+
+        bound, how = default_max_bytes(self.streams, frame_seconds=float(self.get("framer", "frame_seconds")),
+                                       days=float(self.get("outbox", "max_age_days")), path=self.outbox_path,
+                                       min_free_bytes=self.get("outbox", "min_free_bytes"))
+        self.max_bytes_how = how
+        log.info("%s: [outbox] max_bytes not set: %d bytes (%s)", self.file, bound, how)
+        return bound
 
 
 def acknack_options(settings: UplinkSettings) -> dict[str, Any]:
@@ -176,4 +201,24 @@ def settings_from_data(data: dict[str, Any], file: Path) -> UplinkSettings:
         uplink["acknack_trust"] = resolve(uplink["acknack_trust"])
     elif "acknack_key_ids" in uplink:
         raise ConfigError(str(file), "uplink.acknack_key_ids", "acknack key ids given but no acknack_trust directory")
-    return UplinkSettings(file, dict(data.get("framer", {})), outbox, keys, uplink, brokers)
+    data_dir = Path(data.get("station", {}).get("data_dir", "data"))
+    outbox_path = outbox.get("path") or str((data_dir if data_dir.is_absolute() else base / data_dir) / "outbox.sqlite")
+    return UplinkSettings(file, dict(data.get("framer", {})), outbox, keys, uplink, brokers,
+                          streams=_streams(data.get("ports", [])), outbox_path=outbox_path)
+
+
+def _streams(ports: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """(mapped channels, samples/s) per port: the rate is the board definition's ``default_rate``
+    (what the firmware acquires unless told otherwise); a board that cannot be read here counts at
+    100 sps (edge/config.py reports the bad board itself)."""
+    from ims_station import boards
+
+    out = []
+    for p in ports:
+        n = len(p.get("channels", {}))
+        try:
+            rate = float(boards.load_board(p.get("board", "sim"))["acquisition"]["default_rate"])
+        except Exception:
+            rate = 100.0
+        out.append((n, rate))
+    return out

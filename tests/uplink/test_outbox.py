@@ -259,3 +259,60 @@ def test_sigkill_mid_write_loses_nothing_committed(tmp_path):
         start = box.highest_committed(FS) + 1       # what the framer does after a restart
         box.close()
     assert len(committed) >= 80
+
+
+# -- default byte bound (docs/uplink.md, "Default byte bound") ------------------------------------
+
+def test_default_bound_is_seven_days_at_the_configured_rates_worked_examples():
+    from ims_station.edge.outbox import default_max_bytes
+
+    # The examples of docs/uplink.md and docs/configuration.md, to the byte.
+    assert default_max_bytes([(3, 100.0)])[0] == 60480 * (3 * (4000 + 160) + 192) == 766_402_560
+    assert default_max_bytes([(30, 40.0)])[0] == 60480 * (30 * (1600 + 160) + 192) == 3_204_956_160
+    # Ports add up; a shorter age gives a smaller bound; no channels known: the fixed fallback.
+    assert default_max_bytes([(3, 100.0), (27, 40.0)])[0] < default_max_bytes([(3, 100.0)] * 10)[0]
+    assert default_max_bytes([(3, 100.0)], days=1)[0] == 8640 * 12672
+    assert default_max_bytes([])[0] == 2_000_000_000
+
+
+@pytest.mark.parametrize("channels, rate, algorithm", [(3, 100.0, "ed25519"), (30, 40.0, "ed25519"),
+                                                      (1, 1.0, "ed25519"), (4, 20.0, "ecdsa-p256"),
+                                                      (2, 100.0, "dsa")])
+def test_the_estimate_covers_a_signed_frame_of_incompressible_s4_samples(tmp_path, channels, rate, algorithm):
+    """The worst case the bound is sized for: samples CA cannot compress, every subframe signed."""
+    from datetime import datetime, timezone
+
+    import numpy as np
+
+    from ims_station import cd11
+    from ims_station.auth import Keystore, generate_key
+    from ims_station.edge.outbox import estimate_frame_bytes
+
+    generate_key(algorithm, 1, tmp_path, station="STA01", valid_from="2000-01-01T00:00:00Z")
+    signer = Keystore.load(tmp_path).signer(1)
+    t = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    rng = np.random.default_rng(channels)
+    n = int(10 * rate)
+    chans = [cd11.ChannelInput("STA01", f"C{i:02d}", "00", rng.integers(-2**31, 2**31 - 1, n).astype(np.int32),
+                               rate, t, None, signer) for i in range(channels)]
+    size = len(cd11.build_data_frame("STA01", 1, t, chans, signer))
+    est = estimate_frame_bytes([(channels, rate)], 10.0)
+    assert size <= est <= size * 1.15 + 200, (size, est)
+
+
+def test_default_bound_is_capped_by_free_disk_space(tmp_path, monkeypatch):
+    import shutil as _shutil
+
+    from ims_station.edge import outbox as ob
+
+    usage = _shutil.disk_usage(tmp_path)._replace(total=10 << 30, free=500 << 20)
+    monkeypatch.setattr(ob.shutil, "disk_usage", lambda p: usage)
+    box_path = tmp_path / "sub" / "outbox.sqlite"                 # not created yet: its folder's disk
+    bound, how = ob.default_max_bytes([(30, 40.0)], path=box_path)
+    assert bound == int(((500 << 20) - (16 << 20)) * 0.9) and how["capped_by"] == "disk"
+    box_path.parent.mkdir()
+    box_path.write_bytes(b"\0" * (100 << 20))                      # an outbox already holding data
+    assert ob.default_max_bytes([(30, 40.0)], path=box_path)[0] == int(((600 << 20) - (16 << 20)) * 0.9)
+    assert ob.default_max_bytes([(3, 100.0)], path=box_path, min_free_bytes=0)[0] == int((600 << 20) * 0.9)
+    usage = usage._replace(free=0)
+    assert ob.default_max_bytes([(3, 100.0)], path=tmp_path / "x.sqlite")[0] == 1 << 20   # the floor

@@ -72,3 +72,18 @@ def test_acknack_trust_is_loaded_from_the_file_s_folder_and_checked(tmp_path):
     opts = acknack_options(st)
     assert opts["acknack_key_ids"] == [900] and opts["acknack_trust"].key_ids() == [900]
     assert acknack_options(load_uplink_settings(write(tmp_path, '[uplink]\n[[uplink.brokers]]\nhost = "h"\n'))) == {}
+
+
+def test_outbox_bound_defaults_to_seven_days_of_the_stations_channels_unless_set(tmp_path):
+    from ims_station.edge.uplink_config import settings_from_data
+
+    f = tmp_path / "station.toml"
+    ports = [{"url": "sim://a", "board": "pico", "channels": {"0": "00.BHZ", "1": "00.BHN", "2": "00.BHE"}}]
+    st = settings_from_data({"station": {"data_dir": "d"}, "ports": ports}, f)
+    assert st.streams == [(3, 100.0)] and st.outbox_path == str(tmp_path / "d" / "outbox.sqlite")
+    assert st.get("outbox", "max_bytes") == 766_402_560          # 3 ch x 100 sps (pico), 7 days
+    assert st.max_bytes_how["frame_bytes"] == 12672
+    st = settings_from_data({"ports": ports, "outbox": {"max_age_days": 1}}, f)
+    assert st.get("outbox", "max_bytes") == 8640 * 12672
+    st = settings_from_data({"ports": ports, "outbox": {"max_bytes": 5 << 20}}, f)
+    assert st.get("outbox", "max_bytes") == 5 << 20               # the operator's value, uncapped
