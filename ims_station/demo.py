@@ -152,6 +152,10 @@ class StationKeys:
     channel_key_ids: dict[str, int]   # channel code -> key id
 
 
+RELAY_NAME = "RELAY"            # creator of the relay's acknacks
+RELAY_ACKNACK_KEY = 900
+
+
 def make_keys(root: Path, stations: list[str], channels: list[str], *, algorithm: str = "ed25519",
               valid_from: float) -> tuple[dict[str, StationKeys], Path]:
     """Per station: a link HMAC key for its board, a frame key and one key per channel (keystore),
@@ -177,6 +181,10 @@ def make_keys(root: Path, stations: list[str], channels: list[str], *, algorithm
         board_key = os.urandom(32)
         bk = write_secret_file(root / sta / "board.key", board_key)
         out[sta] = StationKeys(sta, board_key, bk, ks, base, ch_ids)
+    # The relay signs its acknacks; the stations trust only that key for them (docs/uplink.md,
+    # "Acknack authentication").
+    generate_key(algorithm, RELAY_ACKNACK_KEY, root / "relay" / "keys", station=RELAY_NAME, valid_from=start)
+    export_public(root / "relay" / "keys", RELAY_ACKNACK_KEY, root / "acknack-trust")
     return out, trust
 
 
@@ -263,8 +271,11 @@ def _make_rig(i: int, station: str, keys: StationKeys, opts: DemoOptions, start_
                         keystore=Keystore.load(keys.keystore), station_key_id=keys.frame_key_id,
                         frame_seconds=int(opts.frame_seconds), on_commit=on_commit)
         cfg = broker.config
+        from ims_station.auth import TrustStore
+
         rig.uplink = Uplink(station, [cfg], rig.outbox, clock=sim.clock, backoff_base_s=0.1, backoff_max_s=2.0,
-                            protocol="auto" if broker.caps.mqtt5 else "3.1.1")
+                            protocol="auto" if broker.caps.mqtt5 else "3.1.1",
+                            acknack_trust=TrustStore.load(root / "acknack-trust"), acknack_key_ids=[RELAY_ACKNACK_KEY])
         rig.gateway = Gateway(f"{NETWORK}.{station}", framer, uplink=rig.uplink)
 
     def on_events(events: list) -> None:
@@ -326,7 +337,7 @@ class ArrivalLog:
 def _make_relay(root: Path, trust_dir: Path, broker: Any, clock: PacedClock, arrivals: ArrivalLog) -> Any:
     """R's relay with its embedded state store and file archive; the archive reports each commit
     to *arrivals* (a subclass, so the relay code path is unchanged)."""
-    from ims_station.auth import TrustStore
+    from ims_station.auth import Keystore, TrustStore
     from ims_station.relay.archive import FileArchive
     from ims_station.relay.relay import Relay
     from ims_station.relay.state import SqliteStateStore
@@ -342,7 +353,8 @@ def _make_relay(root: Path, trust_dir: Path, broker: Any, clock: PacedClock, arr
     archive = TimedArchive(root / "relay" / "archive")
     group = "relay" if broker.caps.shared_subscriptions else None
     relay = Relay(broker.config, trust, state, archive, group=group, clock=clock, instance="demo-relay",
-                  protocol="auto" if broker.caps.mqtt5 else "3.1.1", backoff_base_s=0.05, backoff_max_s=1.0)
+                  protocol="auto" if broker.caps.mqtt5 else "3.1.1", backoff_base_s=0.05, backoff_max_s=1.0,
+                  name=RELAY_NAME, acknack_signer=Keystore.load(root / "relay" / "keys").signer(RELAY_ACKNACK_KEY))
     return relay
 
 
