@@ -139,6 +139,7 @@ def build(station_cfg: Any, settings: Any = None, *, clock: Any) -> tuple[Gatewa
     from ims_station.edge.framer import ChannelSpec
     from ims_station.edge.outbox import Outbox
     from ims_station.edge.uplink import Uplink
+    from ims_station.edge.uplink_config import acknack_options
 
     if settings is None:
         settings = station_cfg.settings
@@ -176,7 +177,8 @@ def build(station_cfg: Any, settings: Any = None, *, clock: Any) -> tuple[Gatewa
                         protocol=up("protocol"), inflight=up("inflight"), max_unacked=up("max_unacked"),
                         live_window_s=up("live_window_s"), ack_timeout_s=up("ack_timeout_s"),
                         soh_interval_s=up("soh_interval_s"),
-                        soh_provider=lambda: {"gateway": gw_ref[0].stats()} if gw_ref else {})
+                        soh_provider=lambda: {"gateway": gw_ref[0].stats()} if gw_ref else {},
+                        **acknack_options(settings))
         uplink_box.append(uplink)
     gw = Gateway(f"{station_cfg.network}.{station_cfg.code}", framer, uplink=uplink)
     gw_ref.append(gw)

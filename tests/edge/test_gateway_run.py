@@ -107,3 +107,24 @@ def test_uplink_file_and_gateway_tables_in_the_station_file_are_not_both_allowed
     cfg = station_file(tmp_path, None, tables=False)
     _, settings = load(str(cfg), str(up))                    # compatibility: the tables from --uplink
     assert settings.get("outbox", "max_age_days") == 1 and settings.file == up
+
+
+def test_the_gateway_checks_acknacks_against_the_trust_store_the_station_file_names(tmp_path):
+    """[uplink] acknack_trust reaches the running uplink (built by station.build, as `edge run` does)."""
+    from ims_station.auth import export_public, generate_key
+    from ims_station.clock import SystemClock
+    from ims_station.edge.config import load_station_config
+    from ims_station.edge.station import build
+
+    f = station_file(tmp_path, 1883)
+    generate_key("ed25519", 900, tmp_path / "relay-keys", station="RELAY", valid_from="2000-01-01T00:00:00Z")
+    (tmp_path / "relay-trust").mkdir(mode=0o755)
+    export_public(tmp_path / "relay-keys", 900, tmp_path / "relay-trust")
+    f.write_text(f.read_text().replace('prefix = "ims"\n', 'prefix = "ims"\nacknack_trust = "relay-trust"\n'
+                                                          'acknack_key_ids = [900]\n'))
+    gw, outbox, uplink = build(load_station_config(f), clock=SystemClock())
+    try:
+        assert uplink.acknack_trust is not None and uplink.acknack_trust.key_ids() == [900]
+        assert set(uplink.acknack_key_ids) == {900}
+    finally:
+        outbox.close()
