@@ -24,7 +24,7 @@ import binascii
 try:
     from micropython import const
 except ImportError:  # CPython
-    def const(x):
+    def const(x):  # type: ignore[misc]  # CPython shim; the stub's const is a generic
         return x
 
 CMD_NULL = const(0x0000)
@@ -112,7 +112,7 @@ def crc16(data, ansi=False, crc=0xFFFF):
 
 
 try:
-    _crc_hqx = binascii.crc_hqx
+    _crc_hqx = binascii.crc_hqx  # type: ignore[attr-defined]  # CPython only, AttributeError on the board
 except AttributeError:  # MicroPython
     _crc_hqx = None
 

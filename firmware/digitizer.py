@@ -103,7 +103,7 @@ class Digitizer:
         self._new_block(0)
 
     def _new_block(self, status):
-        self._bufs = [[] for _ in range(self.nchan)]
+        self._bufs = [[] for _ in range(self.nchan)]  # type: ignore[var-annotated]  # lists of int samples
         self._n = 0
         self._t0 = 0
         self._tq = link.TQ_LOCKED

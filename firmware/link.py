@@ -36,7 +36,7 @@ import hashlib
 try:
     from micropython import const
 except ImportError:  # CPython
-    def const(x):
+    def const(x):  # type: ignore[misc]  # CPython shim; the stub's const is a generic
         return x
 
 VERSION = const(1)
@@ -251,7 +251,7 @@ def _cobs_decode_py(data):
 
 
 try:
-    from cobs import cobs as _cobs_lib
+    from cobs import cobs as _cobs_lib  # type: ignore[import-not-found]  # CPython fast path, optional
 
     def cobs_encode(data):
         return _cobs_lib.encode(bytes(data))
@@ -285,7 +285,7 @@ class Authenticator:
         self._key = key
         self._std = None
         try:
-            import hmac as _hmac
+            import hmac as _hmac  # type: ignore[import-not-found]  # CPython only; board: RFC 2104 below
             if hasattr(_hmac, "digest"):
                 self._std = _hmac
         except ImportError:
@@ -622,8 +622,8 @@ def unpack_hello(payload):
     off += lv
     name = bytes(payload[off:off + lb])
     try:
-        version = version.decode()
-        name = name.decode()
+        version = version.decode()  # type: ignore[assignment]  # bytes -> str on purpose
+        name = name.decode()  # type: ignore[assignment]  # bytes -> str on purpose
     except UnicodeError:
         raise PayloadError("HELLO strings are not ASCII")
     return {"capabilities": caps, "rate_mhz": rate, "ring_capacity": cap, "samples_per_packet": spp,

@@ -100,7 +100,7 @@ def main():
     while True:
         dig.poll()
         if gnss_uart is not None and gnss_uart.any():
-            for ch in gnss_uart.read(gnss_uart.any()):
+            for ch in gnss_uart.read(gnss_uart.any()):  # type: ignore[union-attr]  # any() > 0: not None
                 if ch == 10:
                     utc = gnss.parse_rmc(bytes(line))
                     if utc is not None:
