@@ -99,6 +99,16 @@ class BrokerConfig:
         raw = read_secret_file(self.password_file, what="MQTT password", min_bytes=1, max_bytes=4096)
         return raw.decode("utf-8").strip("\r\n")
 
+    def check_secrets(self) -> None:
+        """Read the password file and the TLS client key now, so a missing or world-readable file
+        stops the start-up with a :class:`~ims_station.errors.KeyFileError` naming it, instead of
+        failing every reconnect later on the session thread."""
+        if self.tls_key is not None:
+            from ims_station.config import read_secret_file
+
+            read_secret_file(self.tls_key, what="TLS client key", min_bytes=32)
+        self.password()
+
     def apply(self, client: Any) -> None:
         """Configure TLS and credentials on a ``paho.mqtt.client.Client`` (before ``connect``)."""
         if self.tls:

@@ -152,6 +152,8 @@ class MqttSession:
             raise MqttSessionError(f"{label}: at least one broker is needed")
         if protocol not in PROTOCOLS:
             raise MqttSessionError(f"{label}: protocol must be one of {PROTOCOLS}, not {protocol!r}")
+        for b in brokers:
+            b.check_secrets()   # a bad key or password file is a start-up error, not a retry loop
         self.brokers = [BrokerState(b, "3.1.1" if protocol == "3.1.1" else "5") for b in brokers]
         self.index = 0
         self.client_name = client_name

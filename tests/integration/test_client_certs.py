@@ -270,7 +270,7 @@ def test_station_certificate_cannot_publish_for_another_station(certbroker, clai
 
 def test_world_readable_client_key_refused(certbroker, tmp_path):
     """Requirement 5: a 0644 client key is refused before any connection, naming the file; an
-    uplink configured with it never connects."""
+    uplink configured with it does not start."""
     import paho.mqtt.client as mqtt
 
     from ims_station.edge.logutil import SystemClock
@@ -285,13 +285,12 @@ def test_world_readable_client_key_refused(certbroker, tmp_path):
     assert info.value.file == str(key)
     assert str(key) in str(info.value) and "0644" in str(info.value)
 
+    # The gateway refuses to start with it (a start-up error naming the file, not a retry loop).
     clock = SystemClock()
     outbox = Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 20, max_age_s=86400, clock=clock)
-    up = Uplink("STA1", [cfg], outbox, clock=clock, backoff_base_s=0.05, backoff_max_s=0.2)
-    up.start()
     try:
-        wait_until(lambda: up.stats()["connect_failures"] >= 2, what="two failed connection attempts")
-        assert up.stats()["connects"] == 0, up.stats()
+        with pytest.raises(KeyFileError) as info:
+            Uplink("STA1", [cfg], outbox, clock=clock, backoff_base_s=0.05, backoff_max_s=0.2)
+        assert info.value.file == str(key) and "0644" in str(info.value)
     finally:
-        up.stop()
         outbox.close()
