@@ -274,7 +274,7 @@ port = {mosquitto.port}
         out, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0, err
     last = [line for line in out.splitlines() if '"stopped"' in line]
-    assert last and '"archived": 2' in last[0]
+    assert last and '"archived": 2' in last[0], (out[-2000:], err[-3000:])   # say why if it ever fails
     out_dir = tmp_path / "mseed"
     r = subprocess.run([sys.executable, "-m", "ims_station", "relay", "export-mseed", "--config", str(conf),
                         "--station", "STA01", "--out", str(out_dir), "--json"], cwd=tmp_path, capture_output=True,
