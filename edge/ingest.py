@@ -99,6 +99,29 @@ def sample_offset_us(i: int, rate_mhz: int) -> int:
     return (i * 1_000_000_000 + rate_mhz // 2) // rate_mhz
 
 
+class SampleSpan:
+    """Time arithmetic shared by every multi-channel sample block (link DataBlock, stream Chunk):
+    the subclass has ``t_first_us``, ``rate_mhz`` and ``samples`` of shape (channels, n)."""
+
+    __slots__ = ()
+    t_first_us: int
+    rate_mhz: int
+    samples: np.ndarray
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.samples.shape[1])
+
+    @property
+    def t_end_us(self) -> int:
+        """End of the last sample: the time the next sample is due."""
+        return self.t_first_us + sample_offset_us(self.n_samples, self.rate_mhz)
+
+    @property
+    def t_last_us(self) -> int:
+        return self.t_first_us + sample_offset_us(self.n_samples - 1, self.rate_mhz)
+
+
 # ---------------------------------------------------------------- events
 
 
@@ -117,7 +140,7 @@ class Hello:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class DataBlock:
+class DataBlock(SampleSpan):
     board_id: int
     epoch: int
     seq: int
@@ -129,19 +152,6 @@ class DataBlock:
     channel_ids: tuple[int, ...]
     samples: np.ndarray            # int32, shape (channels, n)
     retransmitted: bool = False
-
-    @property
-    def n_samples(self) -> int:
-        return int(self.samples.shape[1])
-
-    @property
-    def t_end_us(self) -> int:
-        """End of the last sample: the time the next sample is due."""
-        return self.t_first_us + sample_offset_us(self.n_samples, self.rate_mhz)
-
-    @property
-    def t_last_us(self) -> int:
-        return self.t_first_us + sample_offset_us(self.n_samples - 1, self.rate_mhz)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, DataBlock):

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .ingest import DataBlock, GapReport, sample_offset_us
+from .ingest import DataBlock, GapReport, SampleSpan, sample_offset_us
 
 MAX_INTERVALS = 10_000   # exact intervals kept per channel (counts and durations are never capped)
 
@@ -76,7 +76,7 @@ class ChannelStream:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class Chunk:
+class Chunk(SampleSpan):
     """Samples of several channels of one station, aligned in time: ``samples[i]`` is ``codes[i]``."""
     station: str
     codes: tuple[str, ...]
@@ -87,14 +87,6 @@ class Chunk:
     status: int
     clip_mask: int                # bit i: codes[i] clipped in this chunk
     contiguous: bool              # True: continues the previous chunk of these channels without gap
-
-    @property
-    def n_samples(self) -> int:
-        return int(self.samples.shape[1])
-
-    @property
-    def t_end_us(self) -> int:
-        return self.t_first_us + sample_offset_us(self.n_samples, self.rate_mhz)
 
 
 def parse_code(code: str) -> tuple[str, str, str, str]:
