@@ -20,6 +20,8 @@ errors naming file, key and reason; relative paths are taken from the config fil
     gap_expiry_days = 8.0               # then a gap is given up (frames counted as lost)
     quarantine_max_bytes = 1073741824
     batch_max = 64
+    max_past_s = 2592000.0              # time plausibility: frames older than 30 days are quarantined
+    max_future_s = 86400.0              # ... and frames ending more than a day ahead of our clock
     [relay.acknack_key]                 # optional: sign acknacks with one of our keys
     keystore = "/etc/ims/relay-keys"
     key_id = 900
@@ -68,6 +70,8 @@ RELAY_SCHEMA: dict[str, Any] = {
                 "gap_expiry_days": {"type": "number", "exclusiveMinimum": 0},
                 "quarantine_max_bytes": {"type": "integer", "minimum": 0},
                 "batch_max": {"type": "integer", "minimum": 1, "maximum": 10000},
+                "max_past_s": {"type": "number", "exclusiveMinimum": 0},
+                "max_future_s": {"type": "number", "exclusiveMinimum": 0},
                 "acknack_key": {
                     "type": "object",
                     "additionalProperties": False,
@@ -118,7 +122,12 @@ def build_relay(conf: dict[str, Any], *, clock: Any = None):
     from ims_station.relay.archive import FileArchive
     from ims_station.relay.relay import Relay
     from ims_station.relay.state import SqliteStateStore
-    from ims_station.relay.verify import DEFAULT_MAX_PAYLOAD, Verifier
+    from ims_station.relay.verify import (
+        DEFAULT_MAX_FUTURE_S,
+        DEFAULT_MAX_PAST_S,
+        DEFAULT_MAX_PAYLOAD,
+        Verifier,
+    )
 
     r = conf["relay"]
     data = Path(r["data_dir"])
@@ -139,7 +148,9 @@ def build_relay(conf: dict[str, Any], *, clock: Any = None):
                  verifier=verifier, name=r.get("name", "RELAY"), acknack_signer=signer,
                  acknack_interval_s=r.get("acknack_interval_s", 50.0),
                  acknack_min_spacing_s=r.get("acknack_min_spacing_s", 2.0),
-                 max_gaps=r.get("max_gaps", 4000), gap_expiry_s=r.get("gap_expiry_days", 8.0) * 86400)
+                 max_gaps=r.get("max_gaps", 4000), gap_expiry_s=r.get("gap_expiry_days", 8.0) * 86400,
+                 max_past_s=r.get("max_past_s", DEFAULT_MAX_PAST_S),
+                 max_future_s=r.get("max_future_s", DEFAULT_MAX_FUTURE_S))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -160,9 +171,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if args.json:
                 print_json({"event": "stats", **s})
             else:
-                log.warning("relay %s: received %d, archived %d, duplicates %d, quarantined %d, "
-                            "acknacks %d, connected %s", relay.instance, s["received"], s["archived"],
-                            s["duplicates"], s["quarantined"], s["acknacks_sent"], s["transport"]["connected"])
+                log.warning("relay %s: received %d, archived %d, duplicates %d, quarantined %d "
+                            "(security %d, clock %d, internal errors %d), acknacks %d, connected %s",
+                            relay.instance, s["received"], s["archived"], s["duplicates"], s["quarantined"],
+                            s["security_events"], s["clock_events"], s["internal_errors"], s["acknacks_sent"],
+                            s["transport"]["connected"])
     finally:
         relay.close()
     if args.json:

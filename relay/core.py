@@ -22,6 +22,21 @@ A crash after 2 and before 3 makes the acknack under-report, so the station rese
 archive counts duplicates; a crash before 4 makes the broker redeliver, with the same effect.
 Nothing is ever acknowledged (to broker or station) before it is on disk.
 
+Poison-message boundary (why one payload can never stop the relay): whatever a payload makes our
+code raise is the payload's outcome, not the batch's.  The per-message checks run under a guard
+that turns an unexpected exception into a rejection with reason ``internal_error`` (quarantined,
+counted, logged rate-limited, then acknowledged like any rejection).  An unexpected exception from
+the batch-wide steps (archive commit, state update) cannot be pinned on one message, so the batch is
+split in halves and each half processed again (already archived frames come back as duplicates);
+a single message that still fails is quarantined as ``internal_error``.  Only a
+:class:`~ims_station.relay.errors.RelayError` -- the archive or state store could not write, i.e. the
+disk, not the data -- leaves ``process``, with nothing acknowledged, so the broker redelivers.
+
+Time plausibility: a verified frame whose span is not within ``max_past_s`` before / ``max_future_s``
+after the injected clock's ``time()`` is quarantined as ``implausible_time`` and counted as a clock
+event (``clock_events``); it never reaches the archive or the frame-set state, so a frame dated 2100
+cannot open a gap of hundreds of millions of frames.
+
 Acknacks: one per frame set, as the consumer's current state (spec §6.3): whenever a gap opened
 (rate-limited by ``acknack_min_spacing_s``), on the first frame of a frame set seen by this process,
 and at least every ``acknack_interval_s`` (default 50 s, "at least once a minute") while the frame set
@@ -30,17 +45,30 @@ has been active within ``acknack_idle_s``.
 
 from __future__ import annotations
 
+import copy
 import logging
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ims_station import topics
 from ims_station.clock import Clock, SystemClock
+from ims_station.logutil import RateLimitedLog
 from ims_station.relay.archive import Archive, FrameRecord, QuarantineRecord, StoreOutcome
 from ims_station.relay.gaps import DEFAULT_GAP_EXPIRY_S, DEFAULT_MAX_GAPS, Arrival, FrameSetState
+from ims_station.relay.errors import RelayError
 from ims_station.relay.state import StateStore
-from ims_station.relay.verify import Control, Rejection, Verified, Verifier, check_sequence
+from ims_station.relay.verify import (
+    DEFAULT_MAX_FUTURE_S,
+    DEFAULT_MAX_PAST_S,
+    Control,
+    Rejection,
+    Verified,
+    Verifier,
+    check_sequence,
+    check_time_window,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +106,8 @@ class RelayCounters:
     quarantined: int = 0
     rejected: Counter = field(default_factory=Counter)     # by reason code
     security_events: int = 0          # duplicate_conflict, replay, sequence_time, station_mismatch, keys
+    clock_events: int = 0             # implausible_time: a station's clock (or a forger) far from ours
+    internal_errors: int = 0          # payloads that made our code raise (quarantined as internal_error)
     acknacks_sent: int = 0
     gaps_opened: int = 0
     gaps_expired: int = 0
@@ -99,6 +129,20 @@ class RelayCounters:
 
 SECURITY_REASONS = frozenset({"duplicate_conflict", "replay", "sequence_time", "station_mismatch",
                               "wrong_station_key", "frame_signature", "subframe_signature"})
+CLOCK_REASONS = frozenset({"implausible_time"})
+#: Longest exception text kept in an ``internal_error`` detail.
+_MAX_ERROR_DETAIL = 500
+
+
+def describe_exception(err: BaseException) -> str:
+    """``Type: message (at file:line in function)`` of *err*'s innermost frame, for logs and
+    quarantine details (a traceback per poison message would flood the log)."""
+    where = ""
+    tb = traceback.extract_tb(err.__traceback__)
+    if tb:
+        f = tb[-1]
+        where = f" (at {f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name})"
+    return f"{type(err).__name__}: {str(err)[:_MAX_ERROR_DETAIL]}{where}"
 
 
 @dataclass
@@ -116,7 +160,14 @@ class RelayCore:
                  acknack_signer: Any = None, acknack_interval_s: float = 50.0,
                  acknack_min_spacing_s: float = 2.0, acknack_idle_s: float = 900.0,
                  max_gaps: int = DEFAULT_MAX_GAPS, gap_expiry_s: float = DEFAULT_GAP_EXPIRY_S,
-                 sequence_check: bool = True, expiry_sweep_s: float = 60.0) -> None:
+                 sequence_check: bool = True, expiry_sweep_s: float = 60.0,
+                 max_past_s: float | None = DEFAULT_MAX_PAST_S,
+                 max_future_s: float | None = DEFAULT_MAX_FUTURE_S,
+                 log_rate: float = 0.2, log_burst: int = 5) -> None:
+        """*max_past_s* / *max_future_s*: the time-plausibility window around ``clock.time()``
+        (None: that side unbounded).  *log_rate* / *log_burst*: rejections and internal errors are
+        logged at most *log_burst* at once, then one per ``1 / log_rate`` s per reason (the
+        counters are exact)."""
         self.trust = trust
         self.state_store = state
         self.archive = archive
@@ -130,6 +181,9 @@ class RelayCore:
         self.acknack_idle_s = acknack_idle_s
         self.sequence_check = sequence_check
         self.expiry_sweep_s = expiry_sweep_s
+        self.max_past_s = max_past_s
+        self.max_future_s = max_future_s
+        self._log = RateLimitedLog(log, self.clock, rate=log_rate, burst=log_burst)
         self._next_sweep = float("-inf")
         self.counters = RelayCounters()
         self._state_kw = {"max_gaps": max_gaps, "gap_expiry_s": gap_expiry_s}
@@ -138,9 +192,48 @@ class RelayCore:
 
     # -- processing --------------------------------------------------------------------------------
     def process(self, batch: Sequence[Incoming]) -> list[Outcome]:
-        """Verify, archive/quarantine durably and update state for *batch*.  Raises
-        :class:`~ims_station.relay.errors.RelayError` (archive/state failure) without having
-        acknowledged anything; the caller must then not ack the batch."""
+        """Verify, archive/quarantine durably and update state for *batch*; one outcome per item,
+        in order.  Raises only :class:`~ims_station.relay.errors.RelayError` (archive/state could
+        not write), without having acknowledged anything; the caller must then not ack the batch.
+        Any other exception is the poison-message boundary's (module docstring): never raised."""
+        saved = copy.deepcopy(self.counters)
+        try:
+            return self._process(batch)
+        except RelayError:
+            raise
+        except Exception as err:
+            # Counters back to before the batch: its items are counted again below.
+            self.counters.__dict__.update(saved.__dict__)
+            if len(batch) > 1:
+                mid = len(batch) // 2
+                return self.process(batch[:mid]) + self.process(batch[mid:])
+            return [self._quarantine_poison(batch[0], err)]
+
+    def _quarantine_poison(self, item: Incoming, err: Exception) -> Outcome:
+        """*item* alone made ``_process`` raise *err*: quarantine it as ``internal_error``."""
+        c = self.counters
+        c.received += 1
+        c.bytes_received += len(item.payload)
+        try:
+            station, _ = topics.parse(self.prefix, item.topic)
+        except Exception:  # noqa: BLE001 - any topic at all: the station is just unknown then
+            station = None
+        detail = f"{item.topic!r}: processing raised {describe_exception(err)}"
+        rec = QuarantineRecord(reason="internal_error", detail=detail, raw=bytes(item.payload), station=station,
+                               topic=str(item.topic), received_at=item.received_at or self.clock.time())
+        try:
+            self.archive.commit([], [rec])       # RelayError (disk) propagates: not acknowledged
+        except RelayError:
+            raise
+        except Exception as qerr:
+            # Not even the quarantine takes it: acknowledge anyway (a payload that can never be
+            # stored must not block every station), with its digest in the log.
+            detail += f"; not quarantined: {describe_exception(qerr)}"
+        outcome = Outcome(item.token, "internal_error", station, detail=detail)
+        self._account([outcome])
+        return outcome
+
+    def _process(self, batch: Sequence[Incoming]) -> list[Outcome]:
         c = self.counters
         now = self.clock.time()
         outcomes: list[Outcome | None] = [None] * len(batch)
@@ -153,15 +246,13 @@ class RelayCore:
             received_at = item.received_at or now
             c.received += 1
             c.bytes_received += len(item.payload)
+            station = None
             try:
-                station, kind = topics.parse(self.prefix, item.topic)
-                if kind != "cd11":
-                    raise topics.TopicError(f"topic {item.topic!r}: kind {kind!r} is not cd11")
-            except topics.TopicError as err:
-                r = Rejection("bad_topic", str(err))
-                station = None
-            else:
-                r = self.verifier.check(station, item.payload)
+                station, r = self._check(item, now, offsets)
+            except RelayError:
+                raise                              # the state store could not read: disk, not data
+            except Exception as err:
+                r = Rejection("internal_error", f"{item.topic!r}: checking raised {describe_exception(err)}")
             if isinstance(r, Control):
                 c.control += 1
                 c.station(station)["control"] += 1
@@ -169,19 +260,6 @@ class RelayCore:
                     log.warning("station %s sent an alert: %s", station, getattr(r.frame, "message", ""))
                 outcomes[i] = Outcome(item.token, "control", station, detail=r.kind)
                 continue
-            if isinstance(r, Verified) and self.sequence_check:
-                st = self.states.get(r.frame_set)
-                if (st is None or st.sequence_offset is None) and r.frame_set not in offsets:
-                    # Another relay process may have learned it: ask the store once per batch.
-                    st = self.state_store.load(r.frame_set, **self._state_kw) or st
-                    if st is not None:
-                        self.states[r.frame_set] = st
-                learned = offsets.get(r.frame_set, st.sequence_offset if st else None)
-                off, bad = check_sequence(r, learned)
-                if bad is None:
-                    offsets.setdefault(r.frame_set, off)
-                else:
-                    r = bad
             if isinstance(r, Rejection):
                 quarantine.append(QuarantineRecord(reason=r.reason, detail=r.detail, raw=bytes(item.payload),
                                                    station=station, topic=item.topic, frame_set=r.frame_set,
@@ -224,8 +302,43 @@ class RelayCore:
                 sched.gap_pending = True      # tell a frame set new to this process where we stand
             c.frames_overreported += add.merged
 
+        self._account(outcomes)  # type: ignore[arg-type]
+        c.batches += 1
+        return outcomes  # type: ignore[return-value]
+
+    def _check(self, item: Incoming, now: float, offsets: dict[str, int]) -> tuple[str | None, Any]:
+        """The per-message checks: topic, verifier, time window, sequence/time (-> station and a
+        Verified, Control or Rejection).  May raise only on a bug: ``_process`` guards it."""
+        try:
+            station, kind = topics.parse(self.prefix, item.topic)
+            if kind != "cd11":
+                raise topics.TopicError(f"topic {item.topic!r}: kind {kind!r} is not cd11")
+        except topics.TopicError as err:
+            return None, Rejection("bad_topic", str(err))
+        r = self.verifier.check(station, item.payload)
+        if not isinstance(r, Verified):
+            return station, r
+        bad = check_time_window(r, now, self.max_past_s, self.max_future_s)
+        if bad is not None:
+            return station, bad
+        if self.sequence_check:
+            st = self.states.get(r.frame_set)
+            if (st is None or st.sequence_offset is None) and r.frame_set not in offsets:
+                # Another relay process may have learned it: ask the store once per batch.
+                st = self.state_store.load(r.frame_set, **self._state_kw) or st
+                if st is not None:
+                    self.states[r.frame_set] = st
+            learned = offsets.get(r.frame_set, st.sequence_offset if st else None)
+            off, bad = check_sequence(r, learned)
+            if bad is not None:
+                return station, bad
+            offsets.setdefault(r.frame_set, off)
+        return station, r
+
+    def _account(self, outcomes: Sequence[Outcome]) -> None:
+        """Count *outcomes* and log the rejections (rate-limited per reason)."""
+        c = self.counters
         for o in outcomes:
-            assert o is not None
             if o.station:
                 c.station(o.station)[o.result] += 1
             if o.result == "archived":
@@ -237,13 +350,19 @@ class RelayCore:
             elif o.result != "control":
                 c.quarantined += 1
                 c.rejected[o.result] += 1
-                if o.result in SECURITY_REASONS:
+                who = o.station or "?"
+                if o.result == "internal_error":
+                    c.internal_errors += 1
+                    self._log(o.result, logging.ERROR, "internal_error: a payload from %s made the relay "
+                              "raise; quarantined and acknowledged: %s", who, o.detail)
+                elif o.result in CLOCK_REASONS:
+                    c.clock_events += 1
+                    self._log(o.result, logging.WARNING, "CLOCK %s from %s: %s", o.result, who, o.detail)
+                elif o.result in SECURITY_REASONS:
                     c.security_events += 1
-                    log.warning("SECURITY %s from %s: %s", o.result, o.station or "?", o.detail)
+                    self._log(o.result, logging.WARNING, "SECURITY %s from %s: %s", o.result, who, o.detail)
                 else:
-                    log.info("rejected %s from %s: %s", o.result, o.station or "?", o.detail)
-        c.batches += 1
-        return outcomes  # type: ignore[return-value]
+                    self._log(o.result, logging.INFO, "rejected %s from %s: %s", o.result, who, o.detail)
 
     # -- acknacks ----------------------------------------------------------------------------------
     def acknack_bytes(self, frame_set: str) -> bytes:

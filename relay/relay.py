@@ -16,8 +16,10 @@ quarantined durably and the frame-set state is saved.  If the relay dies before 
 still holds the message in the persistent session and redelivers it on reconnect; if the broker
 loses it too (peers.md §3), the station's outbox still holds the frame and resends it when the
 acknack shows the gap.  If storing fails (disk full), the batch is not acknowledged and the relay
-drops the connection so that the broker redelivers it later.  PUBACKs are sent in the order the
-messages arrived (MQTT 3.1.1 §4.6).
+drops the connection so that the broker redelivers it later.  A message that makes processing raise
+anything else (a poison message) is quarantined by the core as ``internal_error`` and acknowledged
+like any rejection: the persistent session never redelivers it forever.  PUBACKs are sent in the
+order the messages arrived (MQTT 3.1.1 §4.6).
 
 Threading: the session's thread owns the paho client and runs its network loop (``Client.loop``),
 so paho callbacks, batch processing, acks and acknack publishing all happen on it (the hooks below
@@ -27,6 +29,7 @@ run there); no locks around paho.  Messages are processed in batches (up to ``ba
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections import Counter
@@ -169,6 +172,31 @@ class Relay(SessionOwner):
             log.error("relay %s: could not store a batch of %d message(s), not acknowledged: %s",
                       self.instance, len(items), err)
             return False
+        except Exception:
+            # RelayCore.process is the poison-message boundary and raises nothing else; should a
+            # bug get past it, no message may block the session: each one alone, and one that
+            # still fails is acknowledged unstored (counted, logged) rather than redelivered forever.
+            log.exception("relay %s: processing a batch of %d message(s) raised; retrying one by one",
+                          self.instance, len(items))
+            outcomes = []
+            for item in items:
+                try:
+                    with self._lock:
+                        outcomes += self.core.process([item])
+                except RelayError as err:
+                    self.core.counters.store_errors += 1
+                    log.error("relay %s: could not store a message, not acknowledged: %s", self.instance, err)
+                    return False
+                except Exception as err:
+                    from ims_station.relay.core import describe_exception
+
+                    digest = hashlib.sha256(item.payload).hexdigest()[:16]
+                    self.transport["poison_unstored"] += 1
+                    self.core.counters.internal_errors += 1
+                    log.error("relay %s: message on %s (sha256 %s..) could not be processed nor quarantined, "
+                              "acknowledged unstored: %s", self.instance, item.topic, digest,
+                              describe_exception(err))
+                    outcomes.append(Outcome(item.token, "internal_error", detail=describe_exception(err)))
         for o in outcomes:               # in arrival order (MQTT requires PUBACKs in order)
             mid, qos = o.token
             if qos > 0:

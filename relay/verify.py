@@ -19,8 +19,14 @@ reason code                 check
 ``subframe_signature``      a channel subframe's signature fails (same sub-reasons)
 ``subframe_time``           a subframe's first sample lies outside its frame's time window
 ``undecodable``             channel data that cannot be decoded (e.g. CA stream overrun)
+``implausible_time``        the frame's time span is not within ``max_past_s`` before /
+                            ``max_future_s`` after the relay's clock (checked by
+                            :func:`check_time_window` with the clock; a clock event)
 ``sequence_time``           sequence number inconsistent with the nominal time (replay under a
                             new sequence number; checked by :func:`check_sequence` with state)
+``internal_error``          processing the payload raised an unexpected exception (a bug of ours
+                            that this payload triggers): the relay's poison-message boundary
+                            quarantines it instead of stopping (``relay.core``)
 ==========================  ==================================================================
 
 The archive adds ``duplicate_conflict`` (same frame set and sequence number, different bytes) and
@@ -32,7 +38,12 @@ the frame's nominal time.  The topic station, the frame creator and the key's st
 the topic is what the broker ACL ties to the station's credentials, the creator is what the frame
 claims, and the key is what proves it.
 
-Pure: no I/O, no clock; the relay core and a future CD-1.1/TCP consumer share it.
+Time fields are converted only after ``parse_frame`` accepted them, which guarantees that they
+convert (``ims_station.cd11.timefmt``): a time no ``datetime`` can hold is a ``malformed`` frame
+(a codec error naming the field and offset), never an exception out of :meth:`Verifier.check`.
+
+Pure: no I/O, no clock (the time window takes the relay's ``now``); the relay core and a future
+CD-1.1/TCP consumer share it.
 """
 
 from __future__ import annotations
@@ -47,7 +58,14 @@ _EPOCH_2000_MS = 946_684_800_000
 
 REASONS = ("oversize", "bad_topic", "crc", "malformed", "frame_type", "station_mismatch", "unsigned",
            "wrong_station_key", "frame_signature", "subframe_signature", "subframe_time", "undecodable",
-           "sequence_time", "duplicate_conflict", "replay")
+           "implausible_time", "sequence_time", "duplicate_conflict", "replay", "internal_error")
+
+#: Default time-plausibility window (``[relay] max_past_s`` / ``max_future_s``).  The future bound
+#: is the edge's ``max_clock_offset_s`` default (a day): a frame the edge would frame with a sane
+#: gateway clock is accepted.  The past bound leaves room for a station's outbox backlog (the
+#: edge keeps 7 days by default, the relay gives gaps up after 8) with margin.
+DEFAULT_MAX_PAST_S = 30 * 86400.0
+DEFAULT_MAX_FUTURE_S = 86400.0
 
 
 @dataclass
@@ -126,7 +144,7 @@ class Verifier:
         def reject(reason: str, detail: str) -> Rejection:
             return Rejection(reason, f"{frame_set} seq {frame.sequence}: {detail}", frame_set, frame.sequence)
 
-        nominal = to_datetime(frame.nominal_time)
+        nominal = to_datetime(frame.nominal_time)     # the parser accepted it: it converts
         nominal_ms = _ms(nominal)
         res = cd11.verify_frame(frame, self.trust, station=station, at=nominal)
         if res.frame is None:
@@ -191,6 +209,28 @@ def sequence_index(nominal_ms: int, frame_ms: int) -> int:
     """Frame index of a nominal time: frames of *frame_ms* since 2000-01-01 (the USGS/our edge's
     sequence numbering; ``ims_station.cd11.sequence_from_time``)."""
     return (nominal_ms - _EPOCH_2000_MS) // max(frame_ms, 1)
+
+
+def check_time_window(v: Verified, now_s: float, max_past_s: float | None,
+                      max_future_s: float | None) -> Rejection | None:
+    """Time plausibility (``implausible_time``): the frame's span, nominal time to its end, must lie
+    within *max_past_s* before and *max_future_s* after *now_s* (the relay's clock; None: no
+    bound).  A signed frame dated 2100 would otherwise be archived and open a gap of hundreds of
+    millions of frames in its frame set; like the edge's ``max_clock_offset_s`` rule
+    (``edge/framer.py``), both ends are checked."""
+    now_ms = int(now_s * 1000)
+    start, end = v.nominal_ms, v.nominal_ms + max(v.frame_ms, 0)
+    if max_past_s is not None and start < now_ms - int(max_past_s * 1000):
+        off = (now_ms - start) / 1000
+        return Rejection("implausible_time", f"{v.frame_set} seq {v.sequence}: nominal time "
+                         f"{v.frame.nominal_time} is {off:.0f} s before the relay's clock "
+                         f"(max_past_s {max_past_s:g})", v.frame_set, v.sequence)
+    if max_future_s is not None and end > now_ms + int(max_future_s * 1000):
+        off = (end - now_ms) / 1000
+        return Rejection("implausible_time", f"{v.frame_set} seq {v.sequence}: frame ending "
+                         f"{off:.0f} s after the relay's clock (nominal time {v.frame.nominal_time} + "
+                         f"{v.frame_ms} ms; max_future_s {max_future_s:g})", v.frame_set, v.sequence)
+    return None
 
 
 def check_sequence(v: Verified, learned_offset: int | None) -> tuple[int, Rejection | None]:

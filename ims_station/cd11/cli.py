@@ -43,13 +43,18 @@ def register(subparsers) -> None:
 
 def _frames(path: str, errors: list[str]):
     """Yield the frames of a file; a parse error ends the file (CD-1.1 cannot resynchronise)."""
-    from ims_station.cd11 import Cd11Error, parse_frame
-
     try:
         buf = Path(path).read_bytes()
     except OSError as err:
         errors.append(f"{path}: cannot read: {err.strerror}")
         return
+    yield from _frames_of(buf, path, errors)
+
+
+def _frames_of(buf: bytes, path: str, errors: list[str]):
+    """Yield the frames of *buf* (read from *path*); a codec error is one line in *errors*."""
+    from ims_station.cd11 import Cd11Error, parse_frame
+
     if not buf:
         errors.append(f"{path}: empty file")
     offset = 0
@@ -108,17 +113,15 @@ def _print_human(path: str, d: dict) -> None:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from ims_station.auth import TrustStore
-    from ims_station.cd11 import verify_frame
     from ims_station.output import print_json
 
     trust = TrustStore.load(args.trust)
     errors: list[str] = []
     nframes = 0
     for path in args.files:
-        for frame in _frames(path, errors):
+        for res, fails in verify_frames(_frames(path, errors), trust, station=args.station,
+                                        require_signatures=not args.allow_unsigned):
             nframes += 1
-            res = verify_frame(frame, trust, station=args.station)
-            fails = res.failures(require_signatures=not args.allow_unsigned)
             errors.extend(f"{path}: {line}" for line in fails)
             if args.json:
                 print_json({"file": path, "offset": res.offset, "frame_type": res.frame_type,
@@ -133,6 +136,29 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"{len(errors)} failures" if errors else "all CRCs and signatures OK")
     print(summary, file=sys.stderr if args.json else sys.stdout)
     return 1 if errors else 0
+
+
+def verify_frames(frames, trust, *, station: str | None = None, require_signatures: bool = True):
+    """Yield (``FrameVerification``, failure lines) for each of *frames*: what ``cd11 verify``
+    checks per frame.  Raises nothing for any parsed frame (``tests/relay/test_fuzz.py`` feeds it
+    mutated frames through :func:`verify_buffer`)."""
+    from ims_station.cd11 import verify_frame
+
+    for frame in frames:
+        res = verify_frame(frame, trust, station=station)
+        yield res, res.failures(require_signatures=require_signatures)
+
+
+def verify_buffer(buf: bytes, trust, *, path: str = "<buffer>", station: str | None = None,
+                  require_signatures: bool = True) -> tuple[int, list[str]]:
+    """``cd11 verify`` of the bytes of one file: (frames verified, failure lines)."""
+    errors: list[str] = []
+    n = 0
+    for _, fails in verify_frames(_frames_of(buf, path, errors), trust, station=station,
+                                  require_signatures=require_signatures):
+        n += 1
+        errors.extend(f"{path}: {line}" for line in fails)
+    return n, errors
 
 
 def _vjson(v) -> dict | None:

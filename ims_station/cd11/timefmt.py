@@ -7,6 +7,13 @@ re-encoding is byte-identical.  Does not own clocks (callers pass datetimes or e
 and it is ~20x slower than the fixed-position check below, which runs once per channel per frame.
 A leap second (``ss`` = 60) is accepted, as a station's GPS clock may emit one; converting it to
 a datetime rolls over to the next minute.
+
+Both directions are total on what this module accepts: :func:`check_time` passes only texts that
+:func:`to_datetime` / :func:`to_epoch` / :func:`to_ms` convert (year 0001 to 9999, and not the leap
+second that would roll ``9999365 23:59:60`` into year 10000), so code holding a parsed frame may
+convert its times without a try.  :func:`format_time` refuses a datetime or epoch value outside
+that range (or NaN) with :class:`~ims_station.cd11.errors.Cd11BuildError`, never a
+``ValueError``/``OverflowError`` from ``datetime``.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import re
 from datetime import datetime, timedelta, timezone
 
 TIME_LEN = 20
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _RE = re.compile(rb"\d{7} \d\d:\d\d:\d\d\.\d{3}\Z")
 
 
@@ -31,6 +39,13 @@ def check_time(raw: bytes) -> str | None:
         return f"time stamp {raw.decode()!r}: day of year {doy} out of range"
     if int(raw[8:10]) > 23 or int(raw[11:13]) > 59 or int(raw[14:16]) > 60:
         return f"time stamp {raw.decode()!r}: hour/minute/second out of range"
+    if year == 0:
+        return f"time stamp {raw.decode()!r}: year 0000 is before the first representable year 0001"
+    try:
+        to_datetime(raw.decode("ascii"))
+    except (OverflowError, ValueError):
+        # Only 9999365/9999366 23:59:60.xxx gets here: the leap second rolls into year 10000.
+        return f"time stamp {raw.decode()!r}: after the last representable instant (9999-12-31)"
     return None
 
 
@@ -54,12 +69,17 @@ def format_time(t: datetime | float | int | str) -> str:
 
             raise Cd11BuildError(reason)
         return t
-    if not isinstance(t, datetime):
-        # Integer milliseconds avoid float rounding (…59.9999 -> "…59.999" not "…60.000").
-        ms = int(round(float(t) * 1000))
-        t = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=ms)
-    elif t.tzinfo is not None:
-        t = t.astimezone(timezone.utc)
+    try:
+        if not isinstance(t, datetime):
+            # Integer milliseconds avoid float rounding (…59.9999 -> "…59.999" not "…60.000").
+            ms = int(round(float(t) * 1000))
+            t = _EPOCH + timedelta(milliseconds=ms)
+        elif t.tzinfo is not None:
+            t = t.astimezone(timezone.utc)
+    except (OverflowError, ValueError) as err:   # NaN, inf, beyond year 1..9999
+        from ims_station.cd11.errors import Cd11BuildError
+
+        raise Cd11BuildError(f"time {t!r} cannot be a CD-1.1 time stamp (years 0001-9999): {err}") from None
     doy = t.timetuple().tm_yday
     return f"{t.year:04d}{doy:03d} {t.hour:02d}:{t.minute:02d}:{t.second:02d}.{t.microsecond // 1000:03d}"
 
@@ -67,3 +87,8 @@ def format_time(t: datetime | float | int | str) -> str:
 def to_epoch(text: str) -> float:
     """POSIX seconds of a (valid) time stamp."""
     return to_datetime(text).timestamp()
+
+
+def to_ms(text: str) -> int:
+    """Integer milliseconds since 1970-01-01 of a (valid) time stamp (exact, no float rounding)."""
+    return (to_datetime(text) - _EPOCH) // timedelta(milliseconds=1)

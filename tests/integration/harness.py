@@ -208,6 +208,7 @@ class RelayProcess:
     broker: BrokerConfig
     trust: Path
     acknack_interval_s: float = 1.0
+    max_past_s: float | None = None      # [relay] max_past_s (None: the relay's default)
     proc: subprocess.Popen | None = None
     starts: int = 0
     log_files: list[Path] = field(default_factory=list)
@@ -224,6 +225,7 @@ class RelayProcess:
             'name = "IDC"\n'
             f"acknack_interval_s = {self.acknack_interval_s}\n"
             "acknack_min_spacing_s = 0.1\n"
+            + (f"max_past_s = {self.max_past_s}\n" if self.max_past_s is not None else "") +
             "\n[[broker]]\n"
             f'host = "{self.broker.host}"\n'
             f"port = {self.broker.port}\n")

@@ -166,7 +166,8 @@ def killed_run(tmp_path_factory):
     rng = random.Random(20260101)
     ks, trust, board_key = _keys(tmp_path)
     broker = start_mosquitto(tmp_path)
-    relay = RelayProcess(tmp_path / "relay", broker.config, trust).start()
+    # The HIL board's clock starts at 2026-01-01, whatever today is: no 30-day time bound here.
+    relay = RelayProcess(tmp_path / "relay", broker.config, trust, max_past_s=630_720_000).start()
     board = subprocess.Popen([sys.executable, "-m", "ims_station", "hil", "run", "--key-file", str(board_key),
                               "--speed", str(SPEED), "--seed", "5"],
                              stdout=subprocess.PIPE, stderr=open(tmp_path / "board.log", "wb"), text=True,

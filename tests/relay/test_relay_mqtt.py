@@ -75,6 +75,9 @@ def make_relay(broker, keys, data: Path, *, instance="r1", seen: Observed | None
     seen = seen or Observed()
     kw.setdefault("acknack_interval_s", 0.5)
     kw.setdefault("acknack_min_spacing_s", 0.05)
+    # BASE frames are of 2023 and these relays run on the system clock: no lower time bound here
+    # (the time-plausibility rule has its own tests, test_poison.py).
+    kw.setdefault("max_past_s", None)
     r = Relay(broker.config, keys.trust, SqliteStateStore(data / "state.sqlite"),
               FileArchive(data / "archive", writer=instance), instance=instance, group="relays",
               on_outcomes=lambda outs: seen.add([(instance, o) for o in outs]), backoff_base_s=0.05, backoff_max_s=0.2, **kw)
@@ -247,6 +250,7 @@ data_dir = "data"
 trust_dir = "{keys.trust_dir}"
 instance = "cli1"
 acknack_interval_s = 1.0
+max_past_s = 1e10              # BASE frames are of 2023
 
 [[broker]]
 host = "{mosquitto.host}"
