@@ -214,10 +214,7 @@ class RelayCore:
         c = self.counters
         c.received += 1
         c.bytes_received += len(item.payload)
-        try:
-            station, _ = topics.parse(self.prefix, item.topic)
-        except Exception:  # noqa: BLE001 - any topic at all: the station is just unknown then
-            station = None
+        station = self._station_of(item.topic)
         detail = f"{item.topic!r}: processing raised {describe_exception(err)}"
         rec = QuarantineRecord(reason="internal_error", detail=detail, raw=bytes(item.payload), station=station,
                                topic=str(item.topic), received_at=item.received_at or self.clock.time())
@@ -232,6 +229,13 @@ class RelayCore:
         outcome = Outcome(item.token, "internal_error", station, detail=detail)
         self._account([outcome])
         return outcome
+
+    def _station_of(self, topic: Any) -> str | None:
+        """The station named by *topic*, or None (for the record of a poison message)."""
+        try:
+            return topics.parse(self.prefix, topic)[0]
+        except Exception:  # noqa: BLE001 - any topic at all: the station is just unknown then
+            return None
 
     def _process(self, batch: Sequence[Incoming]) -> list[Outcome]:
         c = self.counters
@@ -252,6 +256,7 @@ class RelayCore:
             except RelayError:
                 raise                              # the state store could not read: disk, not data
             except Exception as err:
+                station = self._station_of(item.topic)
                 r = Rejection("internal_error", f"{item.topic!r}: checking raised {describe_exception(err)}")
             if isinstance(r, Control):
                 c.control += 1
