@@ -62,6 +62,8 @@ def base_frames(keys) -> list[bytes]:
 def mutate(rng: random.Random, frames: list[bytes]) -> bytes:
     raw = bytearray(rng.choice(frames))
     for _ in range(rng.choice((1, 1, 1, 2, 3))):
+        if not raw:
+            break                                    # truncated to nothing: an empty payload
         times = [m.start() for m in TIME_RE.finditer(raw)]
         kind = rng.randrange(10)
         if kind <= 1 and times:                      # one digit of a time string, or of all alike

@@ -285,3 +285,46 @@ port = {mosquitto.port}
                        text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr
     assert len(list(out_dir.glob("XX.STA01.00.BH?.*.mseed"))) == 3
+
+
+def test_a_poison_message_in_a_live_stream_is_quarantined_acked_and_not_redelivered(mosquitto, keys, factory,
+                                                                                   tmp_path):
+    """Issue 7 §1: an exception injected into the verifier for one message of a live stream: that
+    message is quarantined as ``internal_error`` and acknowledged, every other frame is archived,
+    and a restarted relay (same persistent session) does not get the poison message again."""
+    relay, seen = make_relay(mosquitto, keys, tmp_path)
+    n = 12
+    frames = [factory.build(BASE + s) for s in range(n)]
+    poison = frames[5]
+    real = relay.core.verifier.check
+
+    def check(station, payload):
+        if payload == poison:
+            raise RuntimeError("injected bug")
+        return real(station, payload)
+
+    relay.core.verifier.check = check
+    sta = StationClient(mosquitto)
+    with relay:
+        assert relay.wait_connected(TIMEOUT)
+        for raw in frames:
+            sta.publish(raw)
+        seen.wait(lambda it: len(it) == n)
+        st = relay.stats()
+    assert sorted(results(seen.items)) == sorted(["archived"] * (n - 1) + ["internal_error"])
+    assert st["internal_errors"] == 1 and st["transport"]["acked"] == n and st["store_errors"] == 0
+    with FileArchive(tmp_path / "archive", writer="check") as arc:
+        assert sorted(s for _, s in arc.frame_keys()) == [BASE + s for s in range(n) if s != 5]
+        (q,) = arc.quarantine_entries(reason="internal_error")
+        assert "RuntimeError: injected bug" in q["detail"] and arc.read_quarantined(q) == poison
+    # Restart: the persistent session holds nothing of the old stream; the next frame is the first
+    # (and only) message the new relay sees, and the station resends the poison's frame normally.
+    relay2, seen2 = make_relay(mosquitto, keys, tmp_path)
+    with relay2:
+        assert relay2.wait_connected(TIMEOUT)
+        sta.publish(factory.build(BASE + n))
+        sta.publish(poison)
+        got = seen2.wait(lambda it: len(it) == 2)
+    sta.close()
+    assert [(o.result, o.sequence) for _, o in got] == [("archived", BASE + n), ("archived", BASE + 5)]
+    assert relay2.stats()["received"] == 2
