@@ -203,9 +203,9 @@ port = 1883
 
 
 @pytest.mark.parametrize("extra,key,reason", [
-    ("max_past_s = 0", "relay.max_past_s", "0"),
-    ("max_future_s = -5", "relay.max_future_s", "-5"),
-    ('max_future_s = "1d"', "relay.max_future_s", "1d"),
+    ("max_past_s = 0", "relay.max_past_s", "0 is less than or equal to the minimum of 0"),
+    ("max_future_s = -5", "relay.max_future_s", "-5 is less than or equal to the minimum of 0"),
+    ('max_future_s = "1d"', "relay.max_future_s", "'1d' is not of type 'number'"),
 ])
 def test_time_window_config_errors_name_file_key_and_reason(tmp_path, keys, extra, key, reason):
     from ims_station.errors import ConfigError
