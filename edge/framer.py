@@ -49,7 +49,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from ims_station.cd11 import ChannelInput, ChannelStatus, build_data_frame, format_time
+from ims_station.cd11 import ChannelInput, ChannelStatus, build_data_frame
+from ims_station.cd11.timefmt import try_format_time
 from ims_station.firmware import link
 
 log = logging.getLogger(__name__)
@@ -220,8 +221,9 @@ class Framer:
                  "sample_time": t_first_us / 1e6, "gateway_time": gw_time,
                  "offset_s": t_first_us / 1e6 - gw_time, "max_clock_offset_s": self.max_clock_offset_s}
         self.last_alarm = alarm
+        stamp = try_format_time(max(t_first_us, 0) / 1e6) or f"{t_first_us} us"   # beyond year 9999: raw
         log.error("framer %s: samples stamped %s are %.0f s from the gateway's clock (or before 2000): "
-                  "not framed", self.station, format_time(max(t_first_us, 0) / 1e6), alarm["offset_s"])
+                  "not framed", self.station, stamp, alarm["offset_s"])
         if self._on_alarm is not None:
             try:
                 self._on_alarm(alarm)
@@ -302,7 +304,7 @@ class Framer:
             gps_receiver_off=h.last_sync_us == 0 and p.time_quality == link.TQ_UNLOCKED,
             gps_receiver_unlocked=p.time_quality != link.TQ_LOCKED,
             main_power_failure=bool(p.status & link.S_SUPPLY_LOW),
-            last_gps_sync=format_time(h.last_sync_us / 1e6) if h.last_sync_us else "",
+            last_gps_sync=(try_format_time(h.last_sync_us / 1e6) or "") if h.last_sync_us else "",
             clock_differential_us=max(-(2 ** 31), min(2 ** 31 - 1, h.clock_diff_us)),
         )
 

@@ -84,6 +84,17 @@ def format_time(t: datetime | float | int | str) -> str:
     return f"{t.year:04d}{doy:03d} {t.hour:02d}:{t.minute:02d}:{t.second:02d}.{t.microsecond // 1000:03d}"
 
 
+def try_format_time(t: datetime | float | int) -> str | None:
+    """:func:`format_time`, or None where no time stamp can hold *t* (for values read from a
+    peer -- a board's clock -- that go into a log line or an optional field)."""
+    from ims_station.cd11.errors import Cd11BuildError
+
+    try:
+        return format_time(t)
+    except Cd11BuildError:
+        return None
+
+
 def to_epoch(text: str) -> float:
     """POSIX seconds of a (valid) time stamp."""
     return to_datetime(text).timestamp()

@@ -97,6 +97,16 @@ def test_channel_status_format1_from_board_flags(tmp_path, clock):
         assert not s.dead_sensor_channel
 
 
+def test_a_last_gps_sync_beyond_year_9999_is_left_empty_not_a_framing_error(tmp_path, clock):
+    """Issue 7 §1 (the same class on the edge): a board's SOH ``last_sync_us`` no CD-1.1 time stamp
+    can hold made building every frame raise; the field is then unknown ('')."""
+    box, fr = framer(tmp_path, clock)
+    fr.add_soh("XX.STA01", last_sync_us=2 ** 62, clock_diff_us=0)
+    fr.add_chunk(chunk(T0_US, 400))
+    f = frames_in(box)[0]
+    assert all(sf.status_format1.last_gps_sync == "" for sf in f.subframes)
+
+
 def test_incomplete_window_waits_then_commits_partial_and_late_samples_are_dropped(tmp_path, clock):
     box, fr = framer(tmp_path, clock, max_wait_s=30)
     # BHN stops half-way through the window (a dead board): nothing is committed yet...
@@ -150,6 +160,7 @@ def test_restart_never_rebuilds_a_committed_seq(tmp_path, clock):
     (EPOCH_2000_US - 10_000_000, "before 2000-01-01: the sequence number would be negative"),
     (T0_US - 1024 * 7 * 86400 * 1_000_000, "GPS week roll-over: 19.6 years in the past"),
     (T0_US + 2 * 86400 * 1_000_000, "two days ahead of the gateway's clock"),
+    (2 ** 62, "beyond year 9999: no CD-1.1 time stamp holds it (issue 7 §1: the alarm's log line raised)"),
 ])
 def test_samples_with_implausible_time_are_never_framed_counted_and_alarmed(tmp_path, clock, t_us, why):
     alarms = []
