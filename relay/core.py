@@ -45,7 +45,6 @@ has been active within ``acknack_idle_s``.
 
 from __future__ import annotations
 
-import copy
 import logging
 import traceback
 from collections import Counter
@@ -119,6 +118,7 @@ class RelayCounters:
 
     def station(self, name: str) -> Counter:
         return self.per_station.setdefault(name, Counter())
+
 
     def snapshot(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k not in ("rejected", "per_station")}
@@ -196,14 +196,12 @@ class RelayCore:
         in order.  Raises only :class:`~ims_station.relay.errors.RelayError` (archive/state could
         not write), without having acknowledged anything; the caller must then not ack the batch.
         Any other exception is the poison-message boundary's (module docstring): never raised."""
-        saved = copy.deepcopy(self.counters)
         try:
             return self._process(batch)
         except RelayError:
             raise
         except Exception as err:
-            # Counters back to before the batch: its items are counted again below.
-            self.counters.__dict__.update(saved.__dict__)
+            # _process counts nothing before its last step that can fail: no double counting.
             if len(batch) > 1:
                 mid = len(batch) // 2
                 return self.process(batch[:mid]) + self.process(batch[mid:])
@@ -246,10 +244,9 @@ class RelayCore:
         quarantine: list[QuarantineRecord] = []
         offsets: dict[str, int] = {}          # offsets learned in this batch (not yet saved)
 
+        controls: list[str] = []               # counted at the end, with everything else
         for i, item in enumerate(batch):
             received_at = item.received_at or now
-            c.received += 1
-            c.bytes_received += len(item.payload)
             station = None
             try:
                 station, r = self._check(item, now, offsets)
@@ -259,8 +256,7 @@ class RelayCore:
                 station = self._station_of(item.topic)
                 r = Rejection("internal_error", f"{item.topic!r}: checking raised {describe_exception(err)}")
             if isinstance(r, Control):
-                c.control += 1
-                c.station(station)["control"] += 1
+                controls.append(station)
                 if r.kind == "alert":
                     log.warning("station %s sent an alert: %s", station, getattr(r.frame, "message", ""))
                 outcomes[i] = Outcome(item.token, "control", station, detail=r.kind)
@@ -296,6 +292,12 @@ class RelayCore:
 
         if adds:
             self.states.update(self.state_store.update(adds, apply, **self._state_kw))
+        # Counting starts here, after the last step that may raise (see ``process``).
+        c.received += len(batch)
+        c.bytes_received += sum(len(item.payload) for item in batch)
+        for station in controls:
+            c.control += 1
+            c.station(station)["control"] += 1
         mono = self.clock.monotonic()
         for name, add in added:
             sched = self._schedule.setdefault(name, _Schedule())
