@@ -55,8 +55,8 @@ from ims_station import topics
 from ims_station.clock import Clock, SystemClock
 from ims_station.logutil import RateLimitedLog
 from ims_station.relay.archive import Archive, FrameRecord, QuarantineRecord, StoreOutcome
-from ims_station.relay.gaps import DEFAULT_GAP_EXPIRY_S, DEFAULT_MAX_GAPS, Arrival, FrameSetState
 from ims_station.relay.errors import RelayError
+from ims_station.relay.gaps import DEFAULT_GAP_EXPIRY_S, DEFAULT_MAX_GAPS, Arrival, FrameSetState
 from ims_station.relay.state import StateStore
 from ims_station.relay.verify import (
     DEFAULT_MAX_FUTURE_S,
@@ -118,7 +118,6 @@ class RelayCounters:
 
     def station(self, name: str) -> Counter:
         return self.per_station.setdefault(name, Counter())
-
 
     def snapshot(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k not in ("rejected", "per_station")}
@@ -210,12 +209,16 @@ class RelayCore:
     def _quarantine_poison(self, item: Incoming, err: Exception) -> Outcome:
         """*item* alone made ``_process`` raise *err*: quarantine it as ``internal_error``."""
         c = self.counters
+        try:
+            raw = bytes(item.payload)
+        except Exception:  # noqa: BLE001 - not even bytes (a transport bug): keep the record
+            raw = b""
         c.received += 1
-        c.bytes_received += len(item.payload)
+        c.bytes_received += len(raw)
         station = self._station_of(item.topic)
         detail = f"{item.topic!r}: processing raised {describe_exception(err)}"
-        rec = QuarantineRecord(reason="internal_error", detail=detail, raw=bytes(item.payload), station=station,
-                               topic=str(item.topic), received_at=item.received_at or self.clock.time())
+        rec = QuarantineRecord(reason="internal_error", detail=detail, raw=raw, station=station,
+                               topic=str(item.topic), received_at=self.clock.time())
         try:
             self.archive.commit([], [rec])       # RelayError (disk) propagates: not acknowledged
         except RelayError:

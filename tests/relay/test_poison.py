@@ -234,3 +234,12 @@ def test_time_window_config_reaches_the_core(tmp_path, keys):
         assert (relay.core.max_past_s, relay.core.max_future_s) == (30 * 86400, 86400)
     finally:
         relay.core.close()
+
+
+def test_even_a_payload_that_is_not_bytes_does_not_raise_out_of_process(core, factory):
+    """A transport bug handing over something that is not bytes, or a topic that is not text: the
+    boundary still holds (the record keeps what it can)."""
+    out = core.process([Incoming(T, None, 0), Incoming(12345, factory.build(BASE), 1),
+                        Incoming(T, factory.build(BASE + 1), 2)])
+    assert [o.result for o in out] == ["internal_error", "internal_error", "archived"]
+    assert core.stats()["received"] == 3
