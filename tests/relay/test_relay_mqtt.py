@@ -328,3 +328,34 @@ def test_a_poison_message_in_a_live_stream_is_quarantined_acked_and_not_redelive
     sta.close()
     assert [(o.result, o.sequence) for _, o in got] == [("archived", BASE + n), ("archived", BASE + 5)]
     assert relay2.stats()["received"] == 2
+
+
+def test_the_session_loop_acks_a_message_even_if_a_bug_gets_past_the_core(keys, factory, tmp_path):
+    """Defence in depth behind RelayCore.process's boundary: should process() itself raise anything
+    but RelayError, the session retries message by message and acknowledges the one that still
+    fails (counted) instead of reconnecting for a redelivery that would fail forever."""
+    relay = Relay(BrokerConfig(), keys.trust, SqliteStateStore(tmp_path / "s.sqlite"),
+                  FileArchive(tmp_path / "a", writer="r"), max_past_s=None)
+    frames = [factory.build(BASE + s) for s in range(3)]
+    real = relay.core.process
+
+    def process(items):
+        if any(i.payload == frames[1] for i in items):
+            raise RuntimeError("a bug past the boundary")
+        return real(items)
+
+    relay.core.process = process
+
+    class Client:
+        acked: list = []
+
+        def ack(self, mid, qos):
+            self.acked.append(mid)
+
+    c = Client()
+    relay._inbox = [("ims/STA01/cd11", raw, mid, 1) for mid, raw in enumerate(frames, start=1)]
+    assert relay._process(c) is True
+    assert c.acked == [1, 2, 3]
+    st = relay.stats()
+    assert st["archived"] == 2 and st["internal_errors"] == 1 and st["transport"]["poison_unstored"] == 1
+    relay.core.close()
