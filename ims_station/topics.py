@@ -31,6 +31,9 @@ from ims_station.errors import RemoteProtocolError
 DEFAULT_PREFIX = "ims"
 KINDS = ("cd11", "acknack", "soh", "status", "events", "cmd", "cmd/response", "ims20")
 STATION_RE = re.compile(r"^[A-Z0-9]{1,8}$")  # CD-1.1 frame creator: up to 8 ASCII characters
+# The creator of the relay's acknacks on ``{p}/{sta}/acknack`` when the relay's ``[relay] name`` is
+# not set (relay/cli.py, RelayCore); a station expects it unless ``[uplink] relay_name`` says otherwise.
+DEFAULT_RELAY_NAME = "RELAY"
 
 
 class TopicError(RemoteProtocolError):
