@@ -215,7 +215,7 @@ class Uplink(SessionOwner):
 
     # -- session hooks (on the session thread) -------------------------------------------------------
     def _setup_client(self, client: Any) -> None:
-        client.will_set(self.t_status, self._status_payload("offline", "connection lost"), qos=1, retain=True)
+        client.will_set(self.t_status, self._will_payload(), qos=1, retain=True)
         # Our window, not paho's: paho queues beyond max_inflight in memory, which we do not want.
         client.max_inflight_messages_set(max(self.inflight, 1))
         client.on_publish = self._on_publish
@@ -387,6 +387,15 @@ class Uplink(SessionOwner):
                 log.exception("uplink %s: requeue failed", self.station)
                 return
             self._counters["requeued_on_disconnect"] += len(ids)
+
+    def _will_payload(self) -> bytes:
+        """The Last Will (``offline``, ``connection lost``).  It is registered now, before the
+        CONNECT, and published by the broker whenever it notices the loss -- a moment this process
+        cannot know -- so it carries no time (``"time": null``: consumers use the time they receive
+        it) and, labelled as such, the time this connection was opened (``connected_at``)."""
+        doc = {"station": self.station, "status": "offline", "reason": "connection lost", "time": None,
+               "connected_at": self._clock.time()}
+        return json.dumps(doc).encode()
 
     def _status_payload(self, status: str, reason: str = "") -> bytes:
         doc = {"station": self.station, "status": status, "time": self._clock.time()}

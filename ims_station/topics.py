@@ -11,7 +11,7 @@ topic                              direction  retained  payload
 ``{p}/{sta}/cd11``                 sta->relay no        one CD-1.1 frame, raw bytes (data, alert, ...)
 ``{p}/{sta}/acknack``              relay->sta no        one CD-1.1 acknack frame, raw bytes
 ``{p}/{sta}/soh``                  sta->all   yes       station state of health, JSON
-``{p}/{sta}/status``               sta->all   yes       ``online`` / ``offline`` (Last Will), JSON
+``{p}/{sta}/status``               sta->all   yes       ``online`` / ``offline`` (Last Will: no time), JSON
 ``{p}/{sta}/events``               sta->all   no        trigger events, JSON
 ``{p}/{sta}/cmd``                  ops->sta   no        command request, JSON
 ``{p}/{sta}/cmd/response``         sta->ops   no        command response, JSON
