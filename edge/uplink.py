@@ -78,8 +78,9 @@ class UplinkError(ImsStationError):
 
 
 class AcknackTrustError(UplinkError):
-    """The acknack trust settings cannot identify the relay; *setting* is the ``[uplink]`` key at
-    fault (``acknack_trust``, ``acknack_key_ids`` or ``relay_name``)."""
+    """The acknack trust settings cannot identify the relay's keys; *setting* is the ``[uplink]``
+    key at fault (``acknack_trust`` or ``acknack_key_ids``; the reason names ``relay_name`` when the
+    name may be what is wrong)."""
 
     def __init__(self, setting: str, reason: str) -> None:
         super().__init__(f"uplink: {setting}: {reason}")
