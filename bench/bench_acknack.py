@@ -19,6 +19,7 @@ Each is printed beside a reference measured in the same run on the same outbox c
 * for the 100 000-gap case (the old code takes minutes there), a **plain sorted merge in Python** over
   the same (seq, state, pubacked) rows already in memory, no SQLite: the floor of the classification.
   The ratio says how close the outbox gets to it (the rest is SQLite reading and deleting rows).
+  With ``BENCH_ACKNACK_OLD=1`` the old quadratic code is timed there too (once; minutes), in the note.
 
 The outbox is built once per case with the outbox's own ``put`` (``synchronous=NORMAL`` to build it
 fast) and copied for every timed round.  Files go to ``$BENCH_OUTBOX_DIR`` (default: the project
@@ -184,6 +185,11 @@ def run(quick: bool) -> list[Result]:
                     ref_s = min(ref_s, time.perf_counter() - t0)
                 assert ndel == deleted, (ndel, deleted)
                 reference = f"plain sorted merge in Python, rows in memory, no SQLite ({ref_s * 1e3:.1f} ms)"
+                if os.environ.get("BENCH_ACKNACK_OLD"):     # the old code here too: minutes
+                    old_s, old_deleted = _timed(src, work, lambda b: quadratic_apply_acknack(
+                        b, FS, lowest, highest, gaps), 1)
+                    assert old_deleted == deleted, (old_deleted, deleted)
+                    note += f"; old quadratic apply_acknack {old_s:.1f} s ({old_s / new_s:.0f}x)"
             out.append(Result(GROUP, f"apply_acknack {name}", 1 / new_s, "acknacks/s", reference=reference,
                               reference_value=1 / ref_s, note=note,
                               extra={"seconds": new_s, "reference_seconds": ref_s, "frames": nframes,
