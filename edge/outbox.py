@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -49,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ims_station.cd11.wire import MAX_GAPS
 from ims_station.errors import ImsStationError, LocalProtocolError
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,28 @@ class SequenceReuseError(OutboxError, LocalProtocolError):
     A bug in the framer (or a clock stepping backwards): CD-1.1 receivers dedupe by sequence
     number, so reusing one for different content would silently lose data at the relay.
     """
+
+
+class AcknackTooLargeError(OutboxError, ValueError):
+    """An acknack lists more gaps than the codec allows (:data:`MAX_GAPS`): not applied."""
+
+
+def merge_gaps(lowest: int, highest: int, gaps: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The gaps ``[start, end)`` of an acknack that matter for [lowest, highest]: each clipped to
+    ``[lowest, highest + 1)``, empty ones dropped, sorted and merged into disjoint ranges in
+    increasing order (touching ones joined).  A sequence number lies in one of the result exactly
+    when it lies in [lowest, highest] and in one of *gaps*."""
+    clipped = sorted((max(int(a), lowest), min(int(b), highest + 1)) for a, b in gaps)
+    out: list[tuple[int, int]] = []
+    for a, b in clipped:
+        if a >= b:
+            continue
+        if out and a <= out[-1][1]:
+            if b > out[-1][1]:
+                out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
 
 
 @dataclass(frozen=True)
@@ -606,17 +630,30 @@ class Outbox:
         gap, and (after the resend hold-off) sent frames outside [lowest, highest] -- the "implied
         gaps" -- go back to pending.  The hold-off keeps a frame that is still on its way from being
         sent twice because an acknack was generated just before it arrived.
+
+        Cost (this runs on the uplink's MQTT thread): at most :data:`MAX_GAPS` gaps (the codec's own
+        bound on an acknack; more raise :class:`AcknackTooLargeError` and nothing is applied); they
+        are clipped to [lowest, highest], sorted and merged (:func:`merge_gaps`, G log G), then walked
+        once beside the frame set's frames in sequence order: O(F + G log G), not F x G.
         """
-        gaps = [(int(a), int(b)) for a, b in gaps]
+        gaps = list(itertools.islice(gaps, MAX_GAPS + 1))
+        if len(gaps) > MAX_GAPS:
+            raise AcknackTooLargeError(f"outbox: acknack for {frame_set!r} lists more than {MAX_GAPS} gaps "
+                                       "(the codec's bound): not applied")
+        lowest, highest = int(lowest), int(highest)
+        empty = highest < lowest
+        merged = [] if empty else merge_gaps(lowest, highest, gaps)
         with self._lock:
             hold = self._clock.monotonic() - self.resend_holdoff_s
             rows = self._db.execute(
-                "SELECT id, seq, size, state, last_sent, pubacked FROM frames WHERE frame_set = ?",
-                (frame_set,)).fetchall()
+                "SELECT id, seq, size, state, last_sent, pubacked FROM frames WHERE frame_set = ? "
+                "ORDER BY seq", (frame_set,)).fetchall()
             delete, resend = [], []
-            empty = highest < lowest
+            j, ngaps = 0, len(merged)
             for rid, seq, size, state, last_sent, pubacked in rows:
-                in_gap = any(a <= seq < b for a, b in gaps)
+                while j < ngaps and merged[j][1] <= seq:      # gaps wholly below this frame
+                    j += 1
+                in_gap = j < ngaps and merged[j][0] <= seq
                 if not empty and lowest <= seq <= highest and not in_gap:
                     if pubacked:
                         delete.append((rid, size))

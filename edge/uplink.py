@@ -19,11 +19,15 @@ the relay dedupes by (frame set, sequence number).
 Acknack trust (defence in depth; docs/uplink.md, "Acknack authentication"): an acknack deletes
 frames, so
 
-* with *acknack_trust* (a :class:`ims_station.auth.TrustStore` holding the relay's public key, and
-  optionally *acknack_key_ids* pinning which of its keys may sign acknacks), an acknack is applied
-  only if its CD-1.1 frame signature verifies for its creator (the relay's name, listed in the key's
-  ``stations``); unsigned ones are counted ``acknacks_unsigned``, bad ones
-  ``acknacks_bad_signature``, and both are dropped;
+* with *acknack_trust* (a :class:`ims_station.auth.TrustStore` holding the relay's public key), an
+  acknack is applied only if it comes from the relay by name *and* key: its creator is *relay_name*
+  (the relay's ``[relay] name``, default :data:`ims_station.topics.DEFAULT_RELAY_NAME`), it is
+  signed by one of the relay's keys (:func:`relay_acknack_keys`: *acknack_key_ids* when given, else
+  every key of the trust store listed for *relay_name*; a key also listed for any other station is
+  refused at start-up, since that station holds it), and the signature verifies for *relay_name*.
+  Unsigned ones are counted ``acknacks_unsigned``, the others ``acknacks_bad_signature``, and both
+  are dropped.  Another station's key in the same trust store therefore never deletes anything,
+  whatever creator the acknack claims;
 * whatever the signatures, the outbox deletes only frames the broker PUBACKed
   (:meth:`Outbox.apply_acknack`), and an acknack whose ``highest`` lies above the highest sequence
   number this station ever published in the frame set is counted ``acknacks_suspicious`` and logged
@@ -64,11 +68,56 @@ from ims_station.errors import ImsStationError
 # backoff_delay is re-exported: it was defined here before the session moved to ims_station.mqtt.
 from ims_station.mqtt import PROTOCOLS, MqttSession, SessionOwner, backoff_delay  # noqa: F401
 
+from .logutil import RateLimitedLog
+
 log = logging.getLogger(__name__)
 
 
 class UplinkError(ImsStationError):
     """The uplink was configured wrongly (no brokers, bad protocol name)."""
+
+
+class AcknackTrustError(UplinkError):
+    """The acknack trust settings cannot identify the relay's keys; *setting* is the ``[uplink]``
+    key at fault (``acknack_trust`` or ``acknack_key_ids``; the reason names ``relay_name`` when the
+    name may be what is wrong)."""
+
+    def __init__(self, setting: str, reason: str) -> None:
+        super().__init__(f"uplink: {setting}: {reason}")
+        self.setting = setting
+        self.reason = reason
+
+
+def relay_acknack_keys(trust: Any, relay_name: str, key_ids: Sequence[int] | None = None) -> frozenset[int]:
+    """The key ids that may sign the relay's acknacks: *key_ids* when given (each must be in *trust*
+    and listed for *relay_name*), else every key of *trust* listed for *relay_name*.  A chosen key
+    that the trust store also lists for another station is refused: that station holds the private
+    key and could sign "the relay's" acknacks.  Raises :class:`AcknackTrustError` naming the setting."""
+    by_id = {k: frozenset(trust.key(k).info.stations) for k in trust.key_ids()}
+    if key_ids is None:
+        setting = "acknack_trust"
+        chosen = sorted(k for k, st in by_id.items() if relay_name in st)
+        if not chosen:
+            raise AcknackTrustError(setting, f"no key in trust store {trust.directory} is the relay's: none "
+                                    f"lists the relay's name {relay_name!r} under stations (set [uplink] "
+                                    "relay_name to the relay's [relay] name, or export the relay's acknack key)")
+    else:
+        setting = "acknack_key_ids"
+        chosen = sorted(int(k) for k in key_ids)
+        for k in chosen:
+            if k not in by_id:
+                raise AcknackTrustError(setting, f"key {k} is not in trust store {trust.directory}")
+            if relay_name not in by_id[k]:
+                raise AcknackTrustError(setting, f"key {k} is not the relay's: trust store {trust.directory} "
+                                        f"lists it for {', '.join(sorted(by_id[k]))}, not for the relay's name "
+                                        f"{relay_name!r} ([uplink] relay_name)")
+    for k in chosen:
+        others = by_id[k] - {relay_name}
+        if others:
+            raise AcknackTrustError(setting, f"key {k} is listed for the relay {relay_name!r} and also for "
+                                    f"{', '.join(sorted(others))} in trust store {trust.directory}: a key "
+                                    "another station holds cannot authenticate the relay's acknacks")
+    return frozenset(chosen)
 
 
 class Uplink(SessionOwner):
@@ -82,7 +131,8 @@ class Uplink(SessionOwner):
                  connect_timeout_s: float = 10.0, soh_interval_s: float = 60.0,
                  soh_provider: Callable[[], dict] | None = None, rng: random.Random | None = None,
                  client_name: str | None = None, acknack_trust: Any = None,
-                 acknack_key_ids: Sequence[int] | None = None) -> None:
+                 acknack_key_ids: Sequence[int] | None = None,
+                 relay_name: str = topics.DEFAULT_RELAY_NAME) -> None:
         if not brokers:
             raise UplinkError("uplink: at least one broker is needed")
         if protocol not in PROTOCOLS:
@@ -92,11 +142,15 @@ class Uplink(SessionOwner):
         self.frame_set = frame_set or f"{station}:0"
         self.outbox = outbox
         self._clock = clock
+        self._rlog = RateLimitedLog(log, clock)   # acknacks are untrusted input
         self._on_acknack = on_acknack
         self.acknack_trust = acknack_trust
-        self.acknack_key_ids = None if acknack_key_ids is None else frozenset(int(k) for k in acknack_key_ids)
-        if self.acknack_key_ids is not None and acknack_trust is None:
+        self.relay_name = relay_name
+        if acknack_key_ids is not None and acknack_trust is None:
             raise UplinkError("uplink: acknack_key_ids given but no acknack trust store")
+        # The relay's keys (never "any key of the trust store": it may hold station keys too).
+        self.acknack_key_ids = (None if acknack_trust is None
+                                else relay_acknack_keys(acknack_trust, relay_name, acknack_key_ids))
         self._pubacked: list[int] = []    # outbox ids PUBACKed, not yet recorded in the outbox
         self.inflight = int(inflight)
         self.max_unacked = int(max_unacked)
@@ -162,7 +216,7 @@ class Uplink(SessionOwner):
 
     # -- session hooks (on the session thread) -------------------------------------------------------
     def _setup_client(self, client: Any) -> None:
-        client.will_set(self.t_status, self._status_payload("offline", "connection lost"), qos=1, retain=True)
+        client.will_set(self.t_status, self._will_payload(), qos=1, retain=True)
         # Our window, not paho's: paho queues beyond max_inflight in memory, which we do not want.
         client.max_inflight_messages_set(max(self.inflight, 1))
         client.on_publish = self._on_publish
@@ -217,7 +271,8 @@ class Uplink(SessionOwner):
             self._handle_acknack(bytes(msg.payload))
         except Exception as err:  # a bad acknack must never stop the uplink
             self._counters["acknacks_invalid"] += 1
-            log.warning("uplink %s: rejected acknack (%d bytes): %s", self.station, len(msg.payload), err)
+            self._rlog("acknack_invalid", logging.WARNING, "uplink %s: rejected acknack (%d bytes): %s",
+                       self.station, len(msg.payload), err)
 
     def _handle_acknack(self, payload: bytes) -> None:
         from ims_station.cd11 import Acknack, parse_frame
@@ -248,24 +303,29 @@ class Uplink(SessionOwner):
             self._on_acknack(frame)
 
     def _acknack_authentic(self, frame: Any) -> bool:
-        """The acknack's frame signature, by a pinned key, verifies for its creator (the relay)."""
+        """The acknack comes from the relay: its creator is the relay's name, and its frame
+        signature, by one of the relay's keys, verifies for that name."""
         from ims_station.cd11 import verify_frame
 
         if not frame.auth_key_id and not frame.auth_value:
             self._counters["acknacks_unsigned"] += 1
-            log.warning("uplink %s: dropped an unsigned acknack from %r (acknack trust is configured)",
-                        self.station, frame.creator)
+            self._rlog("acknack_unsigned", logging.WARNING,
+                       "uplink %s: dropped an unsigned acknack from %r (acknack trust is configured)",
+                       self.station, frame.creator)
             return False
-        if self.acknack_key_ids is not None and frame.auth_key_id not in self.acknack_key_ids:
+        if frame.creator != self.relay_name:
+            reason = f"its creator is not the relay {self.relay_name!r}"
+        elif frame.auth_key_id not in self.acknack_key_ids:
             reason = f"key {frame.auth_key_id} is not one of the relay's keys {sorted(self.acknack_key_ids)}"
         else:
-            res = verify_frame(frame, self.acknack_trust).frame
+            res = verify_frame(frame, self.acknack_trust, station=self.relay_name).frame
             if res is not None and res.ok:
                 return True
             reason = "not signed" if res is None else res.reason
         self._counters["acknacks_bad_signature"] += 1
-        log.warning("uplink %s: dropped an acknack from %r with a bad signature: %s", self.station,
-                    frame.creator, reason)
+        self._rlog("acknack_bad_signature", logging.WARNING,
+                   "uplink %s: dropped an acknack from %r (key %s) not authenticated as the relay's: %s",
+                   self.station, frame.creator, frame.auth_key_id, reason)
         return False
 
     # -- sending -----------------------------------------------------------------------------------
@@ -328,6 +388,15 @@ class Uplink(SessionOwner):
                 log.exception("uplink %s: requeue failed", self.station)
                 return
             self._counters["requeued_on_disconnect"] += len(ids)
+
+    def _will_payload(self) -> bytes:
+        """The Last Will (``offline``, ``connection lost``).  It is registered now, before the
+        CONNECT, and published by the broker whenever it notices the loss -- a moment this process
+        cannot know -- so it carries no time (``"time": null``: consumers use the time they receive
+        it) and, labelled as such, the time this connection was opened (``connected_at``)."""
+        doc = {"station": self.station, "status": "offline", "reason": "connection lost", "time": None,
+               "connected_at": self._clock.time()}
+        return json.dumps(doc).encode()
 
     def _status_payload(self, status: str, reason: str = "") -> bytes:
         doc = {"station": self.station, "status": status, "time": self._clock.time()}

@@ -27,7 +27,8 @@ Example::
     prefix = "ims"
     protocol = "auto"               # MQTT 5 if the broker offers it, else 3.1.1
     acknack_trust = "relay-trust"   # trust store with the relay's public key: unsigned acknacks dropped
-    acknack_key_ids = [900]         # the relay's acknack key(s)
+    acknack_key_ids = [900]         # the relay's acknack key(s); default: the store's keys for relay_name
+    relay_name = "IDC"              # the relay's [relay] name (acknack creator); default "RELAY"
     [[uplink.brokers]]
     host = "broker1.example.org"
     port = 8883
@@ -49,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ims_station import topics
 from ims_station.config import load_toml, validate
 from ims_station.errors import ConfigError
 
@@ -95,6 +97,8 @@ TABLES: dict[str, Any] = {
             "acknack_trust": {"type": "string", "minLength": 1},
             "acknack_key_ids": {"type": "array", "minItems": 1, "uniqueItems": True,
                                 "items": {"type": "integer", "minimum": 1, "maximum": 2147483647}},
+            # The relay's [relay] name (relay/cli.py has the same pattern): the creator of its acknacks.
+            "relay_name": {"type": "string", "pattern": "^[ -~]{1,8}$"},
         }},
 }
 
@@ -107,7 +111,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # max_bytes None: derived (UplinkSettings.get, docs/uplink.md "Default byte bound").
     "outbox": {"max_bytes": None, "max_age_days": 7, "min_free_bytes": None, "synchronous": "FULL"},
     "uplink": {"prefix": "ims", "protocol": "auto", "inflight": 32, "max_unacked": 2000, "live_window_s": 60.0,
-               "ack_timeout_s": 300.0, "soh_interval_s": 60.0, "acknack_trust": None, "acknack_key_ids": None},
+               "ack_timeout_s": 300.0, "soh_interval_s": 60.0, "acknack_trust": None, "acknack_key_ids": None,
+               "relay_name": topics.DEFAULT_RELAY_NAME},
 }
 
 
@@ -147,12 +152,16 @@ class UplinkSettings:
 
 def acknack_options(settings: UplinkSettings) -> dict[str, Any]:
     """``Uplink`` keyword arguments for acknack authentication: the relay's trust store (loaded and
-    checked now, so a bad directory stops the start-up) and the pinned key ids; empty when
-    ``[uplink] acknack_trust`` is not set (acknacks then rely on the broker ACL and the PUBACK rule)."""
+    checked now, so a bad directory stops the start-up), the pinned key ids and the relay's name;
+    empty when ``[uplink] acknack_trust`` is not set (acknacks then rely on the broker ACL and the
+    PUBACK rule).  The relay's keys are resolved now too (:func:`edge.uplink.relay_acknack_keys`):
+    a trust store with no key for the relay's name, a pinned key that is not the relay's, or a key
+    shared with a station is a :class:`ConfigError` naming the file and the key at fault."""
     path = settings.uplink.get("acknack_trust")
     if path is None:
         return {}
     from ims_station.auth import TrustStore
+    from ims_station.edge.uplink import AcknackTrustError, relay_acknack_keys
 
     try:
         trust = TrustStore.load(path)
@@ -160,7 +169,13 @@ def acknack_options(settings: UplinkSettings) -> dict[str, Any]:
         raise
     except Exception as err:      # AuthError and friends: name the setting that led here
         raise ConfigError(str(settings.file), "uplink.acknack_trust", f"{path}: {err}") from err
-    return {"acknack_trust": trust, "acknack_key_ids": settings.uplink.get("acknack_key_ids")}
+    relay_name = settings.get("uplink", "relay_name")
+    key_ids = settings.uplink.get("acknack_key_ids")
+    try:
+        relay_acknack_keys(trust, relay_name, key_ids)
+    except AcknackTrustError as err:
+        raise ConfigError(str(settings.file), f"uplink.{err.setting}", err.reason) from None
+    return {"acknack_trust": trust, "acknack_key_ids": key_ids, "relay_name": relay_name}
 
 
 def load_uplink_settings(path: str | os.PathLike[str]) -> UplinkSettings:
@@ -199,8 +214,11 @@ def settings_from_data(data: dict[str, Any], file: Path) -> UplinkSettings:
     uplink = {k: v for k, v in data.get("uplink", {}).items() if k != "brokers"}
     if "acknack_trust" in uplink:
         uplink["acknack_trust"] = resolve(uplink["acknack_trust"])
-    elif "acknack_key_ids" in uplink:
-        raise ConfigError(str(file), "uplink.acknack_key_ids", "acknack key ids given but no acknack_trust directory")
+    else:
+        for k in ("acknack_key_ids", "relay_name"):    # they only mean something with a trust store
+            if k in uplink:
+                raise ConfigError(str(file), f"uplink.{k}", f"{k} given but no acknack_trust directory: "
+                                  "acknacks are not authenticated without one")
     data_dir = Path(data.get("station", {}).get("data_dir", "data"))
     outbox_path = outbox.get("path") or str((data_dir if data_dir.is_absolute() else base / data_dir) / "outbox.sqlite")
     return UplinkSettings(file, dict(data.get("framer", {})), outbox, keys, uplink, brokers,

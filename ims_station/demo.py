@@ -275,7 +275,8 @@ def _make_rig(i: int, station: str, keys: StationKeys, opts: DemoOptions, start_
 
         rig.uplink = Uplink(station, [cfg], rig.outbox, clock=sim.clock, backoff_base_s=0.1, backoff_max_s=2.0,
                             protocol="auto" if broker.caps.mqtt5 else "3.1.1",
-                            acknack_trust=TrustStore.load(root / "acknack-trust"), acknack_key_ids=[RELAY_ACKNACK_KEY])
+                            acknack_trust=TrustStore.load(root / "acknack-trust"), acknack_key_ids=[RELAY_ACKNACK_KEY],
+                            relay_name=RELAY_NAME)
         rig.gateway = Gateway(f"{NETWORK}.{station}", framer, uplink=rig.uplink)
 
     def on_events(events: list) -> None:

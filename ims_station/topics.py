@@ -11,7 +11,7 @@ topic                              direction  retained  payload
 ``{p}/{sta}/cd11``                 sta->relay no        one CD-1.1 frame, raw bytes (data, alert, ...)
 ``{p}/{sta}/acknack``              relay->sta no        one CD-1.1 acknack frame, raw bytes
 ``{p}/{sta}/soh``                  sta->all   yes       station state of health, JSON
-``{p}/{sta}/status``               sta->all   yes       ``online`` / ``offline`` (Last Will), JSON
+``{p}/{sta}/status``               sta->all   yes       ``online`` / ``offline`` (Last Will: no time), JSON
 ``{p}/{sta}/events``               sta->all   no        trigger events, JSON
 ``{p}/{sta}/cmd``                  ops->sta   no        command request, JSON
 ``{p}/{sta}/cmd/response``         sta->ops   no        command response, JSON
@@ -31,6 +31,9 @@ from ims_station.errors import RemoteProtocolError
 DEFAULT_PREFIX = "ims"
 KINDS = ("cd11", "acknack", "soh", "status", "events", "cmd", "cmd/response", "ims20")
 STATION_RE = re.compile(r"^[A-Z0-9]{1,8}$")  # CD-1.1 frame creator: up to 8 ASCII characters
+# The creator of the relay's acknacks on ``{p}/{sta}/acknack`` when the relay's ``[relay] name`` is
+# not set (relay/cli.py, RelayCore); a station expects it unless ``[uplink] relay_name`` says otherwise.
+DEFAULT_RELAY_NAME = "RELAY"
 
 
 class TopicError(RemoteProtocolError):
