@@ -5,7 +5,8 @@ errors naming file, key and reason; relative paths are taken from the config fil
 
     [relay]
     data_dir = "/var/lib/ims-relay"     # archive (frames, quarantine, index) and state.sqlite
-    trust_dir = "/etc/ims/trust"        # public keys of the stations (ims-station keys export)
+    trust_dir = "/etc/ims/trust"        # public keys of the stations (ims-station keys export);
+                                        # reloaded on SIGHUP and when it changes (trust_poll_s)
     instance = "relay1"                 # unique per relay process sharing a data_dir / broker group
     prefix = "ims"                      # topic prefix
     group = "relay"                     # shared subscription group ("" = plain subscription)
@@ -20,6 +21,7 @@ errors naming file, key and reason; relative paths are taken from the config fil
     gap_expiry_days = 8.0               # then a gap is given up (frames counted as lost)
     quarantine_max_bytes = 1073741824
     batch_max = 64
+    trust_poll_s = 5.0                  # how often trust_dir is checked for changes (0: SIGHUP only)
     [relay.acknack_key]                 # optional: sign acknacks with one of our keys
     keystore = "/etc/ims/relay-keys"
     key_id = 900
@@ -68,6 +70,7 @@ RELAY_SCHEMA: dict[str, Any] = {
                 "gap_expiry_days": {"type": "number", "exclusiveMinimum": 0},
                 "quarantine_max_bytes": {"type": "integer", "minimum": 0},
                 "batch_max": {"type": "integer", "minimum": 1, "maximum": 10000},
+                "trust_poll_s": {"type": "number", "minimum": 0, "maximum": 86400},
                 "acknack_key": {
                     "type": "object",
                     "additionalProperties": False,
@@ -114,7 +117,7 @@ def load_config(file: str | Path) -> dict[str, Any]:
 
 def build_relay(conf: dict[str, Any], *, clock: Any = None):
     """A :class:`~ims_station.relay.relay.Relay` from a loaded config (not started)."""
-    from ims_station.auth import Keystore, TrustStore
+    from ims_station.auth import Keystore, ReloadingTrustStore
     from ims_station.relay.archive import FileArchive
     from ims_station.relay.relay import Relay
     from ims_station.relay.state import SqliteStateStore
@@ -122,7 +125,8 @@ def build_relay(conf: dict[str, Any], *, clock: Any = None):
 
     r = conf["relay"]
     data = Path(r["data_dir"])
-    trust = TrustStore.load(r["trust_dir"])
+    # Reloaded between messages on SIGHUP (relay run) and when the directory changes.
+    trust = ReloadingTrustStore(r["trust_dir"], poll_s=r.get("trust_poll_s", 5.0))
     signer = None
     if "acknack_key" in r:
         signer = Keystore.load(r["acknack_key"]["keystore"]).signer(r["acknack_key"]["key_id"])
@@ -152,6 +156,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # The relay thread swaps the new trust store in between two messages (ReloadingTrustStore).
+    signal.signal(signal.SIGHUP, lambda *_: relay.core.trust.request_reload())
     relay.start()
     log = logging.getLogger("ims_station.relay")
     try:
