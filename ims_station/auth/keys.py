@@ -552,7 +552,8 @@ class ReloadingTrustStore:
     Change detection polls, at most every *poll_s* seconds of *clock* (injectable), the directory's
     and its files' (name, mtime_ns, size, inode): no inotify dependency, and a copy that replaces
     a file (``mv``/``os.replace``, which ``keys export`` does) changes the inode even within one
-    mtime tick.  ``poll_s = 0`` turns polling off (SIGHUP only).
+    mtime tick.  A change is loaded once it held still for one poll interval (a copy in progress is
+    not loaded half-way).  ``poll_s = 0`` turns polling off (SIGHUP only).
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, clock: Any = None, poll_s: float = 5.0,
@@ -567,6 +568,7 @@ class ReloadingTrustStore:
         self._store = TrustStore.load(self.directory, clock=store_clock)   # start-up: errors raise
         self._signature = self._snapshot()
         self._requested = threading.Event()
+        self._settling: tuple | None = None
         self._next_poll = self._mono() + self.poll_s
         self.counters = {"reloads": 0, "reload_errors": 0}
         self.last_error: str | None = None
@@ -610,8 +612,16 @@ class ReloadingTrustStore:
             if now < self._next_poll:
                 return False
             self._next_poll = now + self.poll_s
-            if self._snapshot() == self._signature:
+            snap = self._snapshot()
+            if snap == self._signature:
+                self._settling = None
                 return False
+            if snap != self._settling:
+                # Changed since the last poll: wait until it holds still for one interval, so that
+                # a copy in progress (key file there, metadata not yet) is not loaded half-way.
+                self._settling = snap
+                return False
+        self._settling = None
         self._requested.clear()
         return self.reload("SIGHUP" if requested else "directory changed")
 

@@ -54,6 +54,8 @@ def test_a_changed_directory_is_reloaded_at_the_next_poll(dirs):
     export_public(ks, 102, trust)
     assert store.refresh() is False               # not polled yet: nothing changes mid-interval
     clock.advance(5)
+    assert store.refresh() is False               # changed: loaded once it held still for a poll
+    clock.advance(5)
     assert store.refresh() is True
     assert ok(store, keystore, 102) and ok(store, keystore, 101)
     clock.advance(5)
@@ -78,6 +80,8 @@ def test_a_bad_trust_directory_keeps_the_old_store_and_logs_an_error(dirs, caplo
     (trust / "7.pem").write_text("not a key\n")   # no metadata beside it: the store does not load
     os.chmod(trust / "7.pem", 0o644)
     clock.advance(1)
+    assert store.refresh() is False               # settling
+    clock.advance(1)
     with caplog.at_level(logging.ERROR, "ims_station.auth"):
         assert store.refresh() is False
     assert any("reload (directory changed) failed, keeping the 1 key(s)" in r.message and "7.pem" in r.message
@@ -87,6 +91,8 @@ def test_a_bad_trust_directory_keeps_the_old_store_and_logs_an_error(dirs, caplo
     assert store.refresh() is False and store.stats()["reload_errors"] == 1   # not retried until it changes
     (trust / "7.pem").unlink()
     export_public(ks, 102, trust)
+    clock.advance(1)
+    store.refresh()
     clock.advance(1)
     assert store.refresh() is True and ok(store, keystore, 102)
 
