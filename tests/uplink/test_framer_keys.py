@@ -146,3 +146,19 @@ def test_frames_after_the_last_key_ended_are_committed_unsigned_with_an_alarm(tm
     assert [sf.auth_key_id for sf in frames[-1].subframes] == [0, 0]
     assert fr.stats()["unsigned_frames"] == 2
     assert [a["alarm"] for a in alarms] == ["no_signing_key"]      # one per episode
+
+
+def test_edge_run_refuses_to_start_with_an_expired_key_and_names_the_file(tmp_path, capsys):
+    from ims_station.cli import main
+    from ims_station.config import write_secret_file
+
+    ks, _ = rotated_keys(tmp_path, switch=int(dt.datetime.now(UTC).timestamp()) - 86400)
+    (ks / "2.pem").unlink()
+    (ks / "2.toml").unlink()
+    write_secret_file(tmp_path / "board.key", bytes(range(32)))
+    station = tmp_path / "station.toml"
+    station.write_text(f'[station]\ncode = "{STA}"\nnetwork = "XX"\ndata_dir = "{tmp_path / "data"}"\n\n'
+                       f'[[ports]]\nurl = "loop://"\nkey_file = "board.key"\n\n[keys]\nkeystore = "keys"\n')
+    assert main(["edge", "run", "--config", str(station), "--seconds", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert f"{ks / '1.toml'}: valid_until: key 1 expired at" in err and "no key for station 'STA01'" in err
