@@ -54,7 +54,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from ims_station.errors import ImsStationError, LocalProtocolError
 
@@ -699,13 +699,15 @@ class Outbox:
             }
 
     # -- maintenance (needs exclusive=True: see the module docstring) ----------------------------
-    def items(self, kind: str | None = None) -> list[tuple[OutboxItem, int]]:
-        """Every stored frame (of *kind*) with its state, in (frame set, seq) order."""
+    def items(self, kind: str | None = None) -> Iterator[tuple[OutboxItem, int]]:
+        """Every stored frame (of *kind*) with its state, in (frame set, seq) order, streamed (a
+        week of frames does not fit a small gateway's memory at once)."""
         with self._lock:
-            rows = self._db.execute(
+            cur = self._db.execute(
                 "SELECT id, kind, frame_set, seq, nominal_time, payload, sent_count, state FROM frames "
-                "WHERE ? IS NULL OR kind = ? ORDER BY frame_set, seq", (kind, kind)).fetchall()
-        return [(OutboxItem(*r[:7]), int(r[7])) for r in rows]
+                "WHERE ? IS NULL OR kind = ? ORDER BY frame_set, seq", (kind, kind))
+            for r in cur:
+                yield OutboxItem(*r[:7]), int(r[7])
 
     def delete(self, ids: Iterable[int]) -> tuple[int, int]:
         """Delete frames by id in one transaction (counted as ``purged_frames``); (frames, bytes)."""

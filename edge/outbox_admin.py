@@ -141,13 +141,15 @@ def resign(outbox: Any, keystore: Any, frames: list[StuckFrame], *, key_id: int 
     from ims_station import cd11
     from ims_station.auth import AuthError
 
-    by_id = {item.id: item for item, _ in outbox.items("cd11")}
+    selected = {f.id: f for f in frames}
     result = ResignResult([], [], [])
     replacements = []
-    for f in frames:
-        item = by_id.get(f.id)
-        if item is None or f.frame_key_id is None:
-            result.skipped.append((f, f.error or "no longer in the outbox"))
+    found = set()
+    for item, _ in list_payloads(outbox, selected):
+        f = selected[item.id]
+        found.add(item.id)
+        if f.frame_key_id is None:
+            result.skipped.append((f, f.error))
             continue
         frame, _ = cd11.parse_frame(item.payload)
         at = cd11.to_datetime(frame.nominal_time).replace(tzinfo=UTC)
@@ -175,6 +177,12 @@ def resign(outbox: Any, keystore: Any, frames: list[StuckFrame], *, key_id: int 
             continue
         replacements.append((f.id, raw))
         result.resigned.append(describe(dataclasses.replace(item, payload=raw), 0))
+    result.skipped += [(f, "no longer in the outbox") for i, f in selected.items() if i not in found]
     if replacements:
         outbox.replace_payload(replacements)
     return result
+
+
+def list_payloads(outbox: Any, ids: Any) -> list[tuple[Any, int]]:
+    """The stored items whose id is in *ids* (only those payloads are kept in memory)."""
+    return [(item, state) for item, state in outbox.items("cd11") if item.id in ids]
