@@ -152,6 +152,9 @@ def resign(outbox: Any, keystore: Any, frames: list[StuckFrame], *, key_id: int 
             result.skipped.append((f, f.error))
             continue
         frame, _ = cd11.parse_frame(item.payload)
+        if not isinstance(frame, cd11.DataFrame):
+            result.skipped.append((f, f"frame type {frame.FRAME_TYPE} is not a data frame"))
+            continue
         at = cd11.to_datetime(frame.nominal_time).replace(tzinfo=UTC)
         try:
             if key_id is not None:

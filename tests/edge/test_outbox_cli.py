@@ -144,3 +144,21 @@ def test_the_station_file_locates_outbox_and_keystore(tmp_path, setup, capsys):
     (ks / "5.toml").unlink()
     code, doc, _ = run(capsys, "resign", "--config", str(station), "--key-id", "5", "--json")
     assert code == 0 and len(doc["resigned"]) == 3
+
+
+def test_resign_signs_frames_committed_unsigned_when_no_key_was_valid(tmp_path, capsys):
+    """The framer commits frames unsigned while no key is valid (docs/keys.md); once a key is
+    installed, ``resign --key-id 0`` signs them."""
+    ks, trust = tmp_path / "keys", tmp_path / "trust"
+    generate_key("ed25519", 3, ks, station=STA, valid_from="2020-01-01T00:00:00Z")
+    export_public(ks, 3, trust)
+    path = tmp_path / "outbox.sqlite"
+    with Outbox(path, max_bytes=1 << 30, max_age_s=1e12, clock=FakeClock()) as box:
+        chans = [cd11.ChannelInput(STA, "BHZ", "00", np.arange(400, dtype=np.int32), 40.0, T0)]
+        seq = cd11.sequence_from_time(T0)
+        box.put("cd11", f"{STA}:0", seq, T0, cd11.build_data_frame(STA, seq, T0, chans))
+    code, doc, _ = run(capsys, "resign", "--outbox", str(path), "--keystore", str(ks), "--key-id", "0", "--json")
+    assert code == 0 and [(f["frame_key_id"], f["subframe_key_ids"]) for f in doc["resigned"]] == [(3, [3])]
+    with Outbox(path, max_bytes=1 << 30, max_age_s=1e12, clock=FakeClock()) as box:
+        (item, _), = box.items()
+        assert cd11.verify_frame(cd11.parse_frame(item.payload)[0], TrustStore.load(trust)).failures() == []
