@@ -29,6 +29,18 @@ restart) or recorded as a gap in it.  The outbox enforces the same rule durably
 Within a window, each contiguous run of a channel is one channel subframe (a gap inside a window
 gives two subframes of that channel; the channel string lists it twice, which the format allows).
 
+Signing keys (docs/keys.md, "Rotation"): with a keystore, each frame *and* each channel subframe
+is signed with the key the keystore holds for the station at the frame's nominal time
+(``Keystore.signer_for``), chosen per frame: the next key takes over at its ``valid_from`` without
+a restart, and a frame keeps the key of its own time (a backlog from before the switch is signed
+with the old key, which the relay accepts for that time).  ``station_key_id`` and a channel's
+``key_id`` pin a fixed key instead (no rotation).  At start-up a station (or pin) with no key
+valid now is a ``ConfigError`` naming the key file; a key expiring within ``key_warn_days``
+(30) with no successor is a WARNING (again once a day) and the SOH field
+``keys.key_expires_in_days``.  A frame for whose time no key is valid (keys ended during a run)
+is committed unsigned -- its samples are not lost, the relay quarantines it, ``ims-station edge
+outbox resign`` can sign it later -- counted (``unsigned_frames``) with an alarm.
+
 Implausible time: the firmware sends no DATA before its first time fix, but the framer does not
 rely on it (an old firmware, a GNSS week roll-over, a corrupted time base).  A chunk whose samples
 lie before 2000-01-01 (the CD-1.1 sequence origin: the seq would be negative) or more than
@@ -42,6 +54,7 @@ roll-over) is caught.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -80,7 +93,7 @@ class ChannelSpec:
     """How one stream (``NET.STA.LOC.CHA``) appears in the frames and who signs its subframes."""
 
     code: str
-    key_id: int | None = None          # subframe signing key (None: unsigned)
+    key_id: int | None = None          # pinned subframe key (None: the station's key at the frame's time)
     sensor_type: int = 0               # 0 seismic, 1 hydroacoustic, 2 infrasonic, 3 weather
     calib: float | None = None
     calper: float | None = None
@@ -131,7 +144,7 @@ class Framer:
                  max_wait_s: float = 30.0, destination: str = "0", compress: bool = True,
                  clock_diff_limit_us: int = 1000, on_commit: Callable[[int, bytes], None] | None = None,
                  max_clock_offset_s: float | None = 86400.0,
-                 on_alarm: Callable[[dict], None] | None = None) -> None:
+                 on_alarm: Callable[[dict], None] | None = None, key_warn_days: float = 30.0) -> None:
         if frame_seconds <= 0:
             raise ValueError("frame_seconds must be positive")
         self.station = station
@@ -152,27 +165,99 @@ class Framer:
         self._implausible_episode = False
         self._signers: dict[int, Any] = {}
         self._keystore = keystore
-        self._frame_signer = self._signer(station_key_id)
+        self.station_key_id = station_key_id
+        self.key_warn_days = float(key_warn_days)
+        self._no_key_episode = False
+        self._frame_missing_key = False
+        self._next_key_warning = float("-inf")
+        if station_key_id is not None and keystore is None:
+            raise ValueError(f"key id {station_key_id} configured but no keystore given")
         for c in self.channels.values():
-            self._signer(c.key_id)          # fail at start-up, not at the first frame
+            if c.key_id is not None and keystore is None:
+                raise ValueError(f"key id {c.key_id} configured but no keystore given")
+        self.key_status()                   # fail at start-up (ConfigError), not at the first frame
         self.health: dict[str, BoardHealth] = {}   # station code -> latest SOH
         self._windows: dict[int, _Window] = {}
         hi = outbox.highest_committed(self.frame_set)
         self.committed_seq: int | None = hi   # highest seq committed (ever, incl. previous runs)
         self.counters = dict(frames=0, frame_bytes=0, samples=0, late_samples=0, partial_frames=0,
                              outbox_errors=0, implausible_time_samples=0, implausible_time_chunks=0,
-                             alarms=0)
+                             alarms=0, unsigned_frames=0)
 
-    # -- configuration helpers --------------------------------------------------------------------
-    def _signer(self, key_id: int | None) -> Any:
-        if key_id is None:
+    # -- keys ----------------------------------------------------------------------------------------
+    def _roles(self) -> list[tuple[str, Any]]:
+        """Who signs what: ("station", code) for keys chosen by time, ("pin", key id) for pins."""
+        roles = [("pin", self.station_key_id) if self.station_key_id is not None else ("station", self.station)]
+        for c in self.channels.values():
+            roles.append(("pin", c.key_id) if c.key_id is not None else ("station", c.site_chan_loc[0]))
+        return list(dict.fromkeys(roles))
+
+    def key_status(self) -> dict | None:
+        """The keys in use now and how long the keystore can still sign (None without a keystore):
+        ``{"key_ids": [...], "key_expires_in_days": float | None}`` (None: no end).  Raises
+        ``ConfigError`` (naming the key file) if a station or pin has no key valid now."""
+        if self._keystore is None:
             return None
-        s = self._signers.get(key_id)
-        if s is None:
-            if self._keystore is None:
-                raise ValueError(f"key id {key_id} configured but no keystore given")
-            s = self._signers[key_id] = self._keystore.signer(key_id)
-        return s
+        now = datetime.fromtimestamp(self._clock.time(), timezone.utc)
+        ids, ends = [], []
+        for kind, who in self._roles():
+            if kind == "pin":
+                signer = self._signers[who] = self._keystore.check_pinned(who, now)
+                ids.append(signer.key_id)
+                end, last = signer.info.valid_until, signer
+            else:
+                cov = self._keystore.coverage(who, now)
+                ids.append(cov.current.key_id)
+                end, last = cov.until, cov.last
+            if end is not None:
+                ends.append((end, last))
+        status: dict = {"key_ids": sorted(set(ids)), "key_expires_in_days": None}
+        if ends:
+            end, last = min(ends, key=lambda e: e[0])
+            days = (end - now).total_seconds() / 86400.0
+            status["key_expires_in_days"] = round(days, 3)
+            status["key_expires"] = end.isoformat().replace("+00:00", "Z")
+            mono = self._clock.monotonic()
+            if days < self.key_warn_days and mono >= self._next_key_warning:
+                self._next_key_warning = mono + 86400.0      # once a day, not at every SOH
+                log.warning("framer %s: signing key %d (%s) expires in %.1f days (%s) and no key in %s "
+                            "follows it: generate and export the next key (docs/keys.md, Rotation)",
+                            self.station, last.key_id, last.info.file, days, status["key_expires"],
+                            self._keystore.directory)
+        return status
+
+    def _signer_at(self, pin: int | None, station: str, at: dt.datetime) -> Any:
+        """The key for one signature of a frame whose nominal time is *at*; None if unsigned."""
+        if self._keystore is None:
+            return None
+        if pin is not None:
+            if pin not in self._signers:
+                self._signers[pin] = self._keystore.signer(pin)
+            return self._signers[pin]
+        from ims_station.auth import UnknownKeyError
+
+        try:
+            return self._keystore.signer_for(station, at)
+        except UnknownKeyError as err:
+            self._no_signing_key(station, at, err)
+            return None
+
+    def _no_signing_key(self, station: str, at: dt.datetime, err: Exception) -> None:
+        self._frame_missing_key = True
+        if self._no_key_episode:
+            return
+        self._no_key_episode = True          # one error and alarm per episode, not per frame
+        self.counters["alarms"] += 1
+        alarm = {"alarm": "no_signing_key", "station": station, "frame_time": at.timestamp(),
+                 "reason": str(err)}
+        self.last_alarm = alarm
+        log.error("framer %s: %s: frames are committed unsigned (the relay quarantines them) until a key "
+                  "is installed; then run ims-station edge outbox resign", self.station, err)
+        if self._on_alarm is not None:
+            try:
+                self._on_alarm(alarm)
+            except Exception:
+                log.exception("framer %s: alarm callback failed", self.station)
 
     def seq_of(self, t_us: int) -> int:
         return (t_us - EPOCH_2000_US) // self.frame_us
@@ -322,17 +407,27 @@ class Framer:
         return runs
 
     def build(self, w: _Window) -> bytes:
+        # Keys by the frame's nominal time, not the clock: a backlog frame from before a switch
+        # keeps the old key (docs/keys.md, "Rotation").
+        at = datetime.fromtimestamp(w.start_us / 1e6, timezone.utc)
+        self._frame_missing_key = False
         inputs = []
         for code in sorted(w.pieces):
             spec = self.channels.get(code) or ChannelSpec(code)
             site, chan, loc = spec.site_chan_loc
             station = ".".join(code.split(".")[:2])
+            signer = self._signer_at(spec.key_id, site, at)
             for run in self._runs(w.pieces[code]):
                 inputs.append(ChannelInput(site, chan, loc, np.ascontiguousarray(run.samples, dtype=np.int32),
                                            run.rate_mhz / 1000.0, run.t_first_us / 1e6,
-                                           self.status_for(station, run), self._signer(spec.key_id),
+                                           self.status_for(station, run), signer,
                                            spec.sensor_type, spec.calib, spec.calper))
-        return build_data_frame(self.station, w.seq, w.start_us / 1e6, inputs, self._frame_signer,
+        frame_signer = self._signer_at(self.station_key_id, self.station, at)
+        if self._frame_missing_key:
+            self.counters["unsigned_frames"] += 1
+        else:
+            self._no_key_episode = False     # keys are back: a later failure is a new episode
+        return build_data_frame(self.station, w.seq, w.start_us / 1e6, inputs, frame_signer,
                                 destination=self.destination, frame_time_length_ms=self.frame_us // 1000,
                                 compress=self.compress)
 
@@ -361,5 +456,9 @@ class Framer:
         return True
 
     def stats(self) -> dict:
+        try:
+            keys = self.key_status()
+        except Exception as err:     # keys ended during the run: the SOH says so, it does not fail
+            keys = {"error": str(err), "key_ids": [], "key_expires_in_days": 0.0}
         return {**self.counters, "open_windows": len(self._windows), "committed_seq": self.committed_seq,
-                "channels": sorted(self.channels), "last_alarm": self.last_alarm}
+                "channels": sorted(self.channels), "last_alarm": self.last_alarm, "keys": keys}

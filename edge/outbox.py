@@ -26,6 +26,13 @@ which every sample is inside committed frames (the board's ACK point), written b
 right after the frames' commit and before the board is acknowledged, so a restarted gateway resumes
 from it and asks the board's ring for the rest (docs/uplink.md, "Board -> disk").
 
+Maintenance (``ims-station edge outbox``, ``edge/outbox_admin.py``): :meth:`Outbox.items`,
+:meth:`Outbox.delete` and :meth:`Outbox.replace_payload` change stored frames outside the normal
+flow, so they need the outbox to themselves.  Every ``Outbox`` holds a shared ``flock`` on
+``<path>.lock`` while open; ``Outbox(..., exclusive=True)`` takes it exclusively and fails with
+:class:`OutboxBusyError` while a gateway has the outbox open (and a gateway does not start while a
+maintenance command holds it).  A lock held by a process that died is released by the kernel.
+
 Disk full: SQLite reports ``SQLITE_FULL`` ("database or disk is full") both for a full file system
 and for ``max_page_count``.  ``put`` then checkpoints and truncates the WAL, evicts the oldest
 frames (alarm ``disk_full``), and retries, a bounded number of times.  Deleted pages go to SQLite's
@@ -48,7 +55,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from ims_station.cd11.wire import MAX_GAPS
 from ims_station.errors import ImsStationError, LocalProtocolError
@@ -104,6 +111,11 @@ class OutboxError(ImsStationError):
     """The outbox cannot do what was asked (see subclasses)."""
 
 
+class OutboxBusyError(OutboxError):
+    """The outbox is in use: a gateway has it open (maintenance refused), or a maintenance command
+    holds it (the gateway does not start)."""
+
+
 class OutboxFullError(OutboxError):
     """The disk is full and there is nothing left to evict: the frame was not committed."""
 
@@ -157,6 +169,27 @@ def _is_disk_full(err: BaseException) -> bool:
         msg = str(err).lower()
         return "database or disk is full" in msg or "no space" in msg
     return isinstance(err, OSError) and err.errno == errno.ENOSPC
+
+
+def _lock_outbox(path: Path, exclusive: bool) -> tuple[int, bool] | None:
+    """flock ``<path>.lock``: shared for a gateway, exclusive for maintenance, never waiting.
+    Returns (fd, exclusive); None where flock does not exist (not POSIX)."""
+    try:
+        import fcntl
+    except ImportError:      # pragma: no cover - Windows: no concurrent-maintenance protection
+        return None
+    lock = path.with_name(path.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        if exclusive:
+            raise OutboxBusyError(f"outbox {path} is in use (is the gateway running? stop it first: "
+                                  "the outbox must not change under it)") from None
+        raise OutboxBusyError(f"outbox {path} is locked by a maintenance command "
+                              "(ims-station edge outbox); retry when it has finished") from None
+    return fd, exclusive
 
 
 # -- default byte bound (docs/uplink.md, "Default byte bound") --------------------------------------
@@ -230,7 +263,7 @@ class Outbox:
     def __init__(self, path: str | os.PathLike[str], *, max_bytes: int, max_age_s: float, clock: Any,
                  on_alarm: Callable[[dict], None] | None = None, synchronous: str = "FULL",
                  resend_holdoff_s: float = 5.0, reserve_bytes: int = 256 * 1024,
-                 min_free_bytes: int | None = None) -> None:
+                 min_free_bytes: int | None = None, exclusive: bool = False) -> None:
         if max_bytes <= 0 or max_age_s <= 0:
             raise ValueError("max_bytes and max_age_s must be positive")
         if synchronous not in ("FULL", "NORMAL", "EXTRA"):
@@ -243,6 +276,7 @@ class Outbox:
         self._on_alarm = on_alarm
         self._lock = threading.RLock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock_outbox(self.path, exclusive)
         # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves, so a transaction is
         # exactly one put (or one acknack) and nothing is left open by the sqlite3 module.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -267,7 +301,8 @@ class Outbox:
         # not have them): queue them again; the relay dedupes.
         self._db.execute("UPDATE frames SET state = 0, last_sent = NULL WHERE state = 1")
         self._counters = {k: int(self._meta(k, 0)) for k in ("evicted_frames", "evicted_bytes", "alarms",
-                                                             "disk_full_events", "acked_frames")}
+                                                             "disk_full_events", "acked_frames",
+                                                             "purged_frames")}
         self.last_alarm: dict | None = None
         self._alarms_pending: list[dict] = []
         self._resends_queued = 0
@@ -700,6 +735,64 @@ class Outbox:
                 "last_alarm": self.last_alarm,
             }
 
+    # -- maintenance (needs exclusive=True: see the module docstring) ----------------------------
+    def items(self, kind: str | None = None) -> Iterator[tuple[OutboxItem, int]]:
+        """Every stored frame (of *kind*) with its state, in (frame set, seq) order, streamed (a
+        week of frames does not fit a small gateway's memory at once)."""
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT id, kind, frame_set, seq, nominal_time, payload, sent_count, state FROM frames "
+                "WHERE ? IS NULL OR kind = ? ORDER BY frame_set, seq", (kind, kind))
+            for r in cur:
+                yield OutboxItem(*r[:7]), int(r[7])
+
+    def delete(self, ids: Iterable[int]) -> tuple[int, int]:
+        """Delete frames by id in one transaction (counted as ``purged_frames``); (frames, bytes)."""
+        self._check_exclusive("delete")
+        ids = [(int(i),) for i in ids]
+        with self._lock, self._txn():
+            n, nbytes = 0, 0
+            for (i,) in ids:
+                row = self._db.execute("SELECT size FROM frames WHERE id = ?", (i,)).fetchone()
+                if row is None:
+                    continue
+                self._db.execute("DELETE FROM frames WHERE id = ?", (i,))
+                n, nbytes = n + 1, nbytes + int(row[0])
+            self._frames -= n
+            self._bytes -= nbytes
+            self._counters["purged_frames"] += n
+            self._save_counters()
+        return n, nbytes
+
+    def replace_payload(self, replacements: Iterable[tuple[int, bytes]]) -> int:
+        """Give frames new bytes under the same (frame set, seq), in one transaction (all or none):
+        they become pending and un-PUBACKed, so they are published again.  For re-signing only --
+        the content must be the same; the framer's rule "one seq, one content" still holds."""
+        self._check_exclusive("replace_payload")
+        n = 0
+        with self._lock, self._txn():
+            for i, payload in replacements:
+                payload = bytes(payload)
+                row = self._db.execute("SELECT size FROM frames WHERE id = ?", (int(i),)).fetchone()
+                if row is None:
+                    continue
+                self._db.execute(
+                    "UPDATE frames SET payload = ?, digest = ?, size = ?, state = 0, pubacked = 0, "
+                    "last_sent = NULL WHERE id = ?",
+                    (payload, hashlib.sha256(payload).digest(), len(payload), int(i)))
+                self._bytes += len(payload) - int(row[0])
+                n += 1
+        return n
+
+    def _check_exclusive(self, what: str) -> None:
+        if not self._exclusive:
+            raise OutboxError(f"outbox {self.path}: {what} needs the outbox opened with exclusive=True "
+                              "(no gateway running)")
+
+    @property
+    def _exclusive(self) -> bool:
+        return self._lock_fd is not None and self._lock_fd[1]
+
     def close(self) -> None:
         """Close the database (the reserve file stays: it belongs to the store)."""
         with self._lock:
@@ -708,6 +801,9 @@ class Outbox:
             except sqlite3.Error:
                 pass
             self._db.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd[0])          # releases the flock
+                self._lock_fd = None
 
     def __enter__(self) -> "Outbox":
         return self

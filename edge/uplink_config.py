@@ -19,9 +19,10 @@ Example::
     max_age_days = 7
 
     [keys]
-    keystore = "keys"               # directory of <key_id>.pem (mode 0600) + metadata
-    station_key_id = 1
-    channel_key_ids = { "BHZ" = 101, "BHN" = 102, "BHE" = 103 }   # by channel code, or "LOC.CHA"
+    keystore = "keys"               # directory of <key_id>.pem (mode 0600) + metadata; the key
+                                    # valid at a frame's time signs it (rotation, docs/keys.md)
+    # station_key_id = 1            # optional pins (no rotation): frame key, and per channel
+    # channel_key_ids = { "BHZ" = 101, "BHN" = 102, "BHE" = 103 }   # by channel code, or "LOC.CHA"
 
     [uplink]
     prefix = "ims"

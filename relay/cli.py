@@ -5,7 +5,8 @@ errors naming file, key and reason; relative paths are taken from the config fil
 
     [relay]
     data_dir = "/var/lib/ims-relay"     # archive (frames, quarantine, index) and state.sqlite
-    trust_dir = "/etc/ims/trust"        # public keys of the stations (ims-station keys export)
+    trust_dir = "/etc/ims/trust"        # public keys of the stations (ims-station keys export);
+                                        # reloaded on SIGHUP and when it changes (trust_poll_s)
     instance = "relay1"                 # unique per relay process sharing a data_dir / broker group
     prefix = "ims"                      # topic prefix
     group = "relay"                     # shared subscription group ("" = plain subscription)
@@ -22,6 +23,7 @@ errors naming file, key and reason; relative paths are taken from the config fil
     batch_max = 64
     max_past_s = 2592000.0              # time plausibility: frames older than 30 days are quarantined
     max_future_s = 86400.0              # ... and frames ending more than a day ahead of our clock
+    trust_poll_s = 5.0                  # how often trust_dir is checked for changes (0: SIGHUP only)
     [relay.acknack_key]                 # optional: sign acknacks with one of our keys
     keystore = "/etc/ims/relay-keys"
     key_id = 900
@@ -72,6 +74,7 @@ RELAY_SCHEMA: dict[str, Any] = {
                 "batch_max": {"type": "integer", "minimum": 1, "maximum": 10000},
                 "max_past_s": {"type": "number", "exclusiveMinimum": 0},
                 "max_future_s": {"type": "number", "exclusiveMinimum": 0},
+                "trust_poll_s": {"type": "number", "minimum": 0, "maximum": 86400},
                 "acknack_key": {
                     "type": "object",
                     "additionalProperties": False,
@@ -118,7 +121,7 @@ def load_config(file: str | Path) -> dict[str, Any]:
 
 def build_relay(conf: dict[str, Any], *, clock: Any = None):
     """A :class:`~ims_station.relay.relay.Relay` from a loaded config (not started)."""
-    from ims_station.auth import Keystore, TrustStore
+    from ims_station.auth import Keystore, ReloadingTrustStore
     from ims_station.relay.archive import FileArchive
     from ims_station.relay.relay import Relay
     from ims_station.relay.state import SqliteStateStore
@@ -131,7 +134,8 @@ def build_relay(conf: dict[str, Any], *, clock: Any = None):
 
     r = conf["relay"]
     data = Path(r["data_dir"])
-    trust = TrustStore.load(r["trust_dir"])
+    # Reloaded between messages on SIGHUP (relay run) and when the directory changes.
+    trust = ReloadingTrustStore(r["trust_dir"], poll_s=r.get("trust_poll_s", 5.0))
     signer = None
     if "acknack_key" in r:
         signer = Keystore.load(r["acknack_key"]["keystore"]).signer(r["acknack_key"]["key_id"])
@@ -163,6 +167,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # The relay thread swaps the new trust store in between two messages (ReloadingTrustStore).
+    signal.signal(signal.SIGHUP, lambda *_: relay.core.trust.request_reload())
     relay.start()
     log = logging.getLogger("ims_station.relay")
     try:

@@ -116,6 +116,8 @@ class Relay(SessionOwner):
     def stats(self) -> dict[str, Any]:
         with self._lock:
             d = self.core.stats()
+        if hasattr(self.core.trust, "stats"):
+            d["trust"] = self.core.trust.stats()
         d["transport"] = dict(self.transport, connected=self.connected, protocol=self._mqtt.protocol,
                               subscription=self._subscribed_filter)
         return d
@@ -135,6 +137,11 @@ class Relay(SessionOwner):
         props.MaximumPacketSize = self.core.verifier.max_payload + 4096
 
     def _turn(self, client: Any) -> bool:
+        # Between batches, never inside one: each message is verified against one trust store.
+        refresh = getattr(self.core.trust, "refresh", None)
+        if refresh is not None:
+            with self._lock:
+                refresh()
         if self._inbox:
             self._gather(client)
             if not self._process(client):

@@ -55,7 +55,7 @@ def canonical_algorithm(name: str) -> str:
     return name
 
 
-_LAZY = {"Signer", "Keystore", "Verification", "TrustStore", "TrustedKey", "generate_key", "export_public"}
+_LAZY = {"Signer", "Keystore", "Verification", "TrustStore", "TrustedKey", "KeyCoverage", "ReloadingTrustStore", "generate_key", "export_public"}
 
 
 def __getattr__(name: str) -> Any:

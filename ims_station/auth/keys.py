@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable
 
 from ims_station import config
 from ims_station.auth import SIGNATURE_SIZE, AuthError, UnknownKeyError, algorithms, canonical_algorithm
-from ims_station.errors import ConfigError, KeyFileError
+from ims_station.errors import ConfigError, ImsStationError, KeyFileError
 
 KEY_ID_MAX = (1 << 31) - 1   # int32 on the wire; 0 means "not signed"
 UTC = dt.timezone.utc
@@ -251,6 +251,73 @@ class Keystore:
                                   f"at {_iso(when)}")
         return max(usable, key=lambda s: (s.info.valid_from, s.key_id))
 
+    def coverage(self, station: str, at: dt.datetime | None = None) -> "KeyCoverage":
+        """Which key signs *station*'s frames at *at* (default now) and until when the keystore can
+        sign for it without a gap: the current key's ``valid_until``, extended by every key valid at
+        that instant (a successor), and so on.  Raises :class:`ConfigError` naming the key file
+        when no key of the station is valid at *at* (a start-up error: the gateway would sign with
+        an expired or not-yet-valid key, and the relay would reject every frame)."""
+        when = as_utc(at) if at is not None else utc_now()
+        mine = sorted((s for s in self._signers.values() if station in s.stations),
+                      key=lambda s: (s.info.valid_from, s.key_id))
+        if not mine:
+            raise ConfigError(str(self.directory), "", f"no key lists station {station!r} "
+                              f"(keys: {self.key_ids() or 'none'}); generate one (docs/keys.md)")
+        try:
+            current = self.signer_for(station, when)
+        except UnknownKeyError:
+            raise _no_valid_key(mine, station, when) from None
+        end, last = current.info.valid_until, current
+        while end is not None:
+            nxt = [s for s in mine if s.info.valid_at(end)]
+            if not nxt:
+                break
+            last = max(nxt, key=lambda s: (s.info.valid_until is None, s.info.valid_until or end))
+            end = last.info.valid_until
+        return KeyCoverage(station, current, end, last)
+
+    def check_pinned(self, key_id: int, at: dt.datetime | None = None) -> Signer:
+        """Key *key_id* (a configured pin), which must be valid at *at* (default now): else a
+        :class:`ConfigError` naming its metadata file."""
+        signer = self.signer(key_id)
+        when = as_utc(at) if at is not None else utc_now()
+        if not signer.info.valid_at(when):
+            raise _no_valid_key([signer], f"key id {key_id}", when, pinned=True)
+        return signer
+
+
+@dataclass(frozen=True)
+class KeyCoverage:
+    """What :meth:`Keystore.coverage` found: the key valid now, and the end of the keystore's
+    gap-free validity for the station (None: open end) with the key that ends it."""
+
+    station: str
+    current: Signer
+    until: dt.datetime | None
+    last: Signer
+
+    def expires_in_days(self, now: dt.datetime) -> float | None:
+        if self.until is None:
+            return None
+        return (self.until - as_utc(now)).total_seconds() / 86400.0
+
+
+def _no_valid_key(signers: list[Signer], what: str, when: dt.datetime, *, pinned: bool = False) -> ConfigError:
+    """The start-up error for "no key valid now", naming the key file an operator must look at:
+    the key that expired last, else the one that becomes valid first."""
+    who = what if pinned else f"station {what!r}"
+    expired = [s for s in signers if s.info.valid_until is not None and s.info.valid_until <= when]
+    if expired:
+        s = max(expired, key=lambda s: s.info.valid_until)
+        return ConfigError(str(s.info.file), "valid_until",
+                           f"key {s.key_id} expired at {_iso(s.info.valid_until)} and no key for {who} "
+                           f"is valid now ({_iso(when)}): generate and export the next key "
+                           "(docs/keys.md, Rotation)")
+    s = min(signers, key=lambda s: s.info.valid_from)
+    return ConfigError(str(s.info.file), "valid_from",
+                       f"key {s.key_id} is not valid before {_iso(s.info.valid_from)} and no key for {who} "
+                       f"is valid now ({_iso(when)})")
+
 
 def _load_private(pem: Path, info: KeyInfo) -> algorithms.PrivateKey:
     data = config.read_secret_file(pem, what="private key", min_bytes=32)
@@ -464,3 +531,123 @@ def _check_key_id(key_id: Any) -> int:
     if isinstance(key_id, bool) or not isinstance(key_id, int) or not 1 <= key_id <= KEY_ID_MAX:
         raise AuthError(f"key id must be an integer 1..{KEY_ID_MAX} (0 means unsigned), got {key_id!r}")
     return key_id
+
+
+# --------------------------------------------------------------------------------------------------
+# a trust store that follows its directory (the relay)
+
+
+class ReloadingTrustStore:
+    """A :class:`TrustStore` that can be replaced while a daemon runs (the relay: SIGHUP, or a change
+    of the directory), without a restart and without dropping a message.
+
+    It has the trust store's interface (``verify``, ``key``, ``key_ids``, ``directory``) and
+    delegates to the store loaded last.  Loading and swapping happen only in :meth:`refresh`,
+    which the daemon calls on its processing thread *between* messages: a message is verified
+    against one store from its first signature to its last.  The swap is one reference
+    assignment.  A directory that does not load (a bad file, wrong permissions, a half-copied key)
+    keeps the old store, is logged as an error naming the file, and counted; it is tried again
+    when the directory changes again or on the next SIGHUP.
+
+    Change detection polls, at most every *poll_s* seconds of *clock* (injectable), the directory's
+    and its files' (name, mtime_ns, size, inode): no inotify dependency, and a copy that replaces
+    a file (``mv``/``os.replace``, which ``keys export`` does) changes the inode even within one
+    mtime tick.  A change is loaded once it held still for one poll interval (a copy in progress is
+    not loaded half-way).  ``poll_s = 0`` turns polling off (SIGHUP only).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, clock: Any = None, poll_s: float = 5.0,
+                 store_clock: Callable[[], dt.datetime] = utc_now) -> None:
+        import threading
+        import time as _time
+
+        self.directory = Path(directory)
+        self._mono = clock.monotonic if clock is not None else _time.monotonic
+        self._store_clock = store_clock
+        self.poll_s = float(poll_s)
+        self._store = TrustStore.load(self.directory, clock=store_clock)   # start-up: errors raise
+        self._signature = self._snapshot()
+        self._requested = threading.Event()
+        self._settling: tuple | None = None
+        self._next_poll = self._mono() + self.poll_s
+        self.counters = {"reloads": 0, "reload_errors": 0}
+        self.last_error: str | None = None
+
+    # -- the trust store's interface --------------------------------------------------------------
+    @property
+    def current(self) -> TrustStore:
+        return self._store
+
+    def key_ids(self) -> list[int]:
+        return self._store.key_ids()
+
+    def key(self, key_id: int) -> TrustedKey:
+        return self._store.key(key_id)
+
+    def verify(self, *args: Any, **kw: Any) -> Verification:
+        return self._store.verify(*args, **kw)
+
+    # -- reloading -------------------------------------------------------------------------------
+    def request_reload(self) -> None:
+        """Ask for a reload at the next :meth:`refresh` (safe from a signal handler: sets a flag)."""
+        self._requested.set()
+
+    def _snapshot(self) -> tuple:
+        try:
+            st = self.directory.stat()
+            entries = sorted((p.name, p.stat()) for p in self.directory.iterdir())
+        except OSError as err:
+            return ("error", str(err))
+        return ((st.st_mtime_ns, st.st_ino, st.st_mode),
+                tuple((n, s.st_mtime_ns, s.st_size, s.st_ino, s.st_mode) for n, s in entries))
+
+    def refresh(self) -> bool:
+        """Reload if a reload was requested or (polling) the directory changed; True if a new store
+        is now in use.  Never raises: a failed load is logged and the old store stays."""
+        requested = self._requested.is_set()
+        if not requested:
+            if self.poll_s <= 0:
+                return False
+            now = self._mono()
+            if now < self._next_poll:
+                return False
+            self._next_poll = now + self.poll_s
+            snap = self._snapshot()
+            if snap == self._signature:
+                self._settling = None
+                return False
+            if snap != self._settling:
+                # Changed since the last poll: wait until it holds still for one interval, so that
+                # a copy in progress (key file there, metadata not yet) is not loaded half-way.
+                self._settling = snap
+                return False
+        self._settling = None
+        self._requested.clear()
+        return self.reload("SIGHUP" if requested else "directory changed")
+
+    def reload(self, why: str = "reload") -> bool:
+        """Load the directory now; on success swap it in (True), else keep the old store (False)."""
+        import logging
+
+        log = logging.getLogger("ims_station.auth")
+        signature = self._snapshot()
+        try:
+            store = TrustStore.load(self.directory, clock=self._store_clock)
+        except (ImsStationError, OSError, ValueError) as err:
+            self._signature = signature        # do not retry a broken directory on every poll
+            self.counters["reload_errors"] += 1
+            self.last_error = str(err)
+            log.error("trust store %s: reload (%s) failed, keeping the %d key(s) loaded before: %s",
+                      self.directory, why, len(self._store.key_ids()), err)
+            return False
+        old = set(self._store.key_ids())
+        self._store, self._signature = store, signature
+        self.counters["reloads"] += 1
+        self.last_error = None
+        new = set(store.key_ids())
+        log.warning("trust store %s reloaded (%s): %d key(s); added %s, removed %s", self.directory, why,
+                    len(new), sorted(new - old) or "none", sorted(old - new) or "none")
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.counters, "keys": self.key_ids(), "last_error": self.last_error}

@@ -49,7 +49,7 @@ _EXPORTS = {
     "data": ["SAMPLE_FORMATS", "TRANSFORM_CA_AFTER_SIGNATURE", "TRANSFORM_CA_BEFORE_SIGNATURE",
              "TRANSFORM_NONE", "Cd1Encapsulation", "ChannelDescription", "ChannelId", "ChannelInput",
              "ChannelSubframe", "DataFrame", "build_data_frame", "make_data_frame", "make_subframe",
-             "sequence_from_time"],
+             "resign_data_frame", "sequence_from_time"],
     "status": ["ChannelStatus"],
     "timefmt": ["format_time", "to_datetime"],
     "verify": ["FrameVerification", "SubframeVerification", "verify_frame"],

@@ -1,8 +1,8 @@
 """CD-1.1 data frames (type 5) and CD-1 encapsulation frames (type 13, parse only).
 
 Owns the channel subframe header (§4.1), channel subframes (§4.2) with their channel description
-(§4.3), the uncompressed sample formats s4, s3, s2, i4, i2 (§4.4), subframe signatures and the edge's
-builder :func:`build_data_frame`.  Channel status blocks are interpreted by ``status.py``; CA by
+(§4.3), the uncompressed sample formats s4, s3, s2, i4, i2 (§4.4), subframe signatures, the edge's
+builder :func:`build_data_frame` and re-signer :func:`resign_data_frame`.  Channel status blocks are interpreted by ``status.py``; CA by
 ``ca.py``; the frame envelope by ``frames.py``.
 
 A :class:`ChannelSubframe` keeps its channel data as sent (``data``: CA stream or uncompressed
@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, ClassVar, NamedTuple, Sequence
+from typing import Any, Callable, ClassVar, NamedTuple, Sequence
 
 import numpy as np
 
@@ -479,3 +479,32 @@ def build_data_frame(station: str, sequence: int, nominal_time: datetime | float
     sample_rate, time, status, signer)``; keyword arguments as :func:`make_data_frame`."""
     frame, subframe_bytes = _make_data_frame(station, sequence, nominal_time, channels, **kw)
     return frame.to_bytes(frame_signer, _payload=frame.payload_bytes(_subframe_bytes=subframe_bytes))
+
+
+def resign_data_frame(raw: bytes, frame_signer: Signer | None,
+                      subframe_signer: Callable[[ChannelSubframe], Signer | None] | None = None) -> bytes:
+    """The data frame *raw* (CRC checked) signed again: each subframe for which *subframe_signer*
+    gives a signer, then the frame with *frame_signer* (None: the frame signature is kept).  Header,
+    sequence number, channel data and status are unchanged; a subframe without a new signer keeps
+    its bytes.  Used to re-sign frames waiting in a station's outbox (``ims-station edge outbox
+    resign``).  Transformation 2 subframes are refused: their signed bytes are not the sent bytes."""
+    from ims_station.cd11.errors import Cd11FrameTypeError
+    from ims_station.cd11.frames import parse_frame
+
+    frame, end = parse_frame(raw)
+    if not isinstance(frame, DataFrame) or isinstance(frame, Cd1Encapsulation):
+        raise Cd11FrameTypeError(f"frame type {frame.FRAME_TYPE} is not a data frame: only data frames "
+                                 "are re-signed")
+    if end != len(raw):
+        raise Cd11BuildError(f"{len(raw) - end} bytes after the frame: expected exactly one frame")
+    parts = []
+    for sf in frame.subframes:
+        signer = subframe_signer(sf) if subframe_signer is not None else None
+        if signer is None:
+            parts.append(sf.to_bytes())
+            continue
+        if sf.description.transformation == TRANSFORM_CA_AFTER_SIGNATURE:
+            raise Cd11BuildError(f"subframe {sf.site}/{sf.channel}: transformation 2 (CA after signature) "
+                                 "cannot be re-signed")
+        parts.append(sf.to_bytes(_body=sf.sign(signer)))
+    return frame.to_bytes(frame_signer, _payload=frame.payload_bytes(_subframe_bytes=parts))

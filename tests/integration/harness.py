@@ -93,7 +93,10 @@ class PacedStation:
     """
 
     def __init__(self, root: Path, station: str, broker: MosquittoBroker, *, speed: float, seed: int = 3,
-                 frame_seconds: int = FRAME_S, start_utc: int | None = None, ack_timeout_s: float = 300.0) -> None:
+                 frame_seconds: int = FRAME_S, start_utc: int | None = None, ack_timeout_s: float = 300.0,
+                 keystore: Path | None = None) -> None:
+        """*keystore*: sign with its keys chosen per frame by time (docs/keys.md, "Rotation") instead
+        of the pinned frame and channel keys of ``make_keys``."""
         from ims_station.auth import Keystore
         from ims_station.demo import SIM_CHANNELS, PacedClock, make_keys
         from ims_station.edge.framer import ChannelSpec, Framer
@@ -134,10 +137,20 @@ class PacedStation:
             self.committed[seq] = sha256(raw)
             self.commit_times[seq] = clock.monotonic()
 
-        specs = [ChannelSpec(code, k.channel_key_ids[code.rsplit(".", 1)[1]]) for code in codes.values()]
-        self.framer = Framer(station, self.outbox, clock=clock, channels=specs, keystore=Keystore.load(k.keystore),
-                             station_key_id=k.frame_key_id, frame_seconds=frame_seconds, on_commit=on_commit,
-                             on_alarm=self.alarms.append)
+        self.committed_raw: dict[int, bytes] = {}
+        if keystore is None:
+            specs = [ChannelSpec(code, k.channel_key_ids[code.rsplit(".", 1)[1]]) for code in codes.values()]
+            pin = k.frame_key_id
+        else:
+            specs, pin = [ChannelSpec(code) for code in codes.values()], None
+
+        def on_commit_raw(seq: int, raw: bytes) -> None:
+            self.committed_raw[seq] = raw
+            on_commit(seq, raw)
+
+        self.framer = Framer(station, self.outbox, clock=clock, channels=specs,
+                             keystore=Keystore.load(keystore or k.keystore), station_key_id=pin,
+                             frame_seconds=frame_seconds, on_commit=on_commit_raw, on_alarm=self.alarms.append)
         self.uplink = Uplink(station, [broker.config], self.outbox, clock=clock, backoff_base_s=0.05,
                              backoff_max_s=0.5, connect_timeout_s=3.0, ack_timeout_s=ack_timeout_s)
         self.gateway = Gateway(f"XX.{station}", self.framer, uplink=self.uplink)
