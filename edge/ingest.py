@@ -300,6 +300,8 @@ class _Board:
     ack_sent: int = -1
     resume_t_us: int | None = None      # end of the last sample of a resumed session's ACK point
     ack_sent_at: float | None = None
+    hold_from: int | None = None        # the consumer refused this seq (hold): nothing from it on is
+                                        # delivered or asked for until release()
 
 
 def _digest(ptype: int, payload: bytes) -> bytes:
@@ -373,7 +375,7 @@ class LinkDecoder:
             "packets_recovered", "packets_unrecoverable", "gaps_reported", "unavailable_received",
             "held_overflow", "late_packets", "board_restarts", "hellos", "data_blocks", "samples_delivered", "soh",
             "acks_sent", "commands_sent", "replies", "replies_unmatched", "command_timeouts",
-            "packet_ms_commands", "packet_ms_changes", "resumed",
+            "packet_ms_commands", "packet_ms_changes", "resumed", "holds", "held_back_packets",
         ), 0)
 
     # ------------------------------------------------------------ sans-IO surface
@@ -422,6 +424,46 @@ class LinkDecoder:
         if epoch is not None and epoch != b.epoch:
             return
         b.acked = max(b.acked, min(seq, b.next_seq - 1))
+
+    def hold(self, seq: int, board_id: int | None = None, epoch: int | None = None,
+             t_first_us: int | None = None) -> bool:
+        """The consumer cannot take packet *seq* of the board's current epoch yet (e.g. its time
+        disagrees with the gateway's clock and neither can be trusted): forget that it and what
+        followed were delivered, and neither deliver nor ask for anything from *seq* on until
+        :meth:`release`.  Nothing from *seq* on is acknowledged, so the board's ring keeps it.
+        *t_first_us* (the refused block's first sample) is where a gap reported later starts.
+        Returns False (and does nothing) for another epoch or a seq not delivered."""
+        b = self._board_for(board_id)
+        if b is None or (epoch is not None and epoch != b.epoch) or seq >= b.next_seq or seq <= b.acked:
+            return False
+        if b.hold_from is not None and b.hold_from <= seq:
+            return True
+        b.hold_from = seq
+        b.next_seq = seq
+        b.highest = max(b.highest, seq - 1)
+        for s in [s for s in b.held if s >= seq]:
+            del b.held[s]
+            b.lost_reason.pop(s, None)
+        b.holes = [h for h in b.holes if h.last < seq]
+        for h in b.holes:
+            h.last = min(h.last, seq - 1)
+        d = b.last_data
+        if d is not None and d.seq >= seq:
+            # A gap opened later starts where the refused block started.
+            b.last_data, b.resume_t_us = None, t_first_us
+        self.counters["holds"] += 1
+        return True
+
+    def release(self, board_id: int | None = None) -> None:
+        """End a :meth:`hold`: everything the board sent from the held seq on is asked for again
+        (RESEND, paced, oldest first; what left the ring is settled by UNAVAILABLE and reported)."""
+        b = self._board_for(board_id)
+        if b is None or b.hold_from is None:
+            return
+        first, b.hold_from = b.hold_from, None
+        if b.highest >= first:
+            self._add_hole(b, first, b.highest, self._clock.monotonic())
+        self._service()
 
     def resume(self, board_id: int, epoch: int, seq: int, t_end_us: int | None = None) -> None:
         """Continue from a persisted ACK point: *seq* of *epoch* and everything before it are safe
@@ -556,6 +598,11 @@ class LinkDecoder:
                           b.board_id, hdr.epoch, b.epoch)
                 return
         seq = hdr.seq
+        if b.hold_from is not None and seq >= b.hold_from:
+            # Held back by the consumer: the board's ring keeps it; release() asks for it again.
+            b.highest = max(b.highest, seq)
+            self.counters["held_back_packets"] += 1
+            return
         dig = _digest(hdr.ptype, payload)
         if hdr.ptype == link.T_DATA:
             b.frame_bytes = max(b.frame_bytes, wire_size(hdr.length))
@@ -854,6 +901,11 @@ class LinkDecoder:
             self._deliver(b)
 
     def _end_epoch(self, b: _Board, reason: str) -> None:
+        if b.hold_from is not None:
+            # Held back and not yet asked for again: gone with the old epoch's ring.
+            if b.highest >= b.hold_from:
+                b.holes.append(_Hole(b.hold_from, b.highest))
+            b.hold_from = None
         for h in b.holes:
             self._give_up_range(b, h.first, h.last, reason)
         b.holes = []
