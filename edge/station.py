@@ -70,12 +70,13 @@ class Gateway:
         self.uplink = uplink
         self.outbox = outbox if outbox is not None else getattr(framer, "outbox", None)
         self._lock = threading.Lock()       # one call at a time: several port threads feed us
-        # (id(decoder), board) -> (seq, ack_after_us, epoch, t_end_us), in link order
+        # (id(decoder), board) -> (seq, ack_after_us, epoch, t_end_us, boot), in link order
         self._pending: dict[tuple[int, int], deque] = {}
         self._decoders: dict[int, Any] = {}
         self._holds: dict[tuple[int, int], _ClockHold] = {}
         self._log = RateLimitedLog(log, framer.clock, rate=1 / 60, burst=1)
-        self.counters = dict(blocks=0, acks=0, ack_point_errors=0, resumed=0, clock_holds=0, clock_releases=0)
+        self.counters = dict(blocks=0, acks=0, ack_point_errors=0, resumed=0, clock_holds=0, clock_releases=0,
+                             board_restarts=0)
 
     def resume(self, decoder: Any, board_id: int | None = None) -> int:
         """Give *decoder* the persisted ACK point of *board_id* (of every board with one if None:
@@ -83,9 +84,10 @@ class Gateway:
         if self.outbox is None or not hasattr(self.outbox, "ack_points"):
             return 0
         n = 0
+        boots = self.outbox.ack_point_boots() if hasattr(self.outbox, "ack_point_boots") else {}
         for bid, (epoch, seq, t_end_us) in self.outbox.ack_points().items():
             if board_id is None or bid == board_id:
-                decoder.resume(bid, epoch, seq, t_end_us)
+                decoder.resume(bid, epoch, seq, t_end_us, boots.get(bid, 0))
                 n += 1
         self.counters["resumed"] += n
         return n
@@ -99,6 +101,7 @@ class Gateway:
                 if isinstance(ev, BoardRestarted):
                     # The decoder gave the held packets up with the old epoch's ring (GapReport).
                     self._holds.pop((id(decoder), ev.board_id), None)
+                    self._board_restarted(ev)
                 elif self._held_back(decoder, ev):
                     continue
                 if isinstance(ev, DataBlock):
@@ -114,7 +117,7 @@ class Gateway:
                     # would break.
                     ok = verdict in ("ok", "board")
                     self._pending.setdefault(key, deque()).append(
-                        (ev.seq, ev.t_end_us if ok else -(1 << 62), ev.epoch, ev.t_end_us))
+                        (ev.seq, ev.t_end_us if ok else -(1 << 62), ev.epoch, ev.t_end_us, ev.boot))
                     if not ok:
                         self.framer.refuse_implausible(ev.t_first_us, ev.samples.size,
                                                        [f"{ev.board_id}/{c}" for c in ev.channel_ids])
@@ -139,6 +142,16 @@ class Gateway:
         if done and self.uplink is not None:
             self.uplink.notify()
         return done
+
+    def _board_restarted(self, ev: BoardRestarted) -> None:
+        """A new run of a board (the decoder logged the WARNING): alarm in the SOH.  A new run that
+        a newer epoch does not explain (``new_run``: a replaced board, a wiped epoch file) is
+        alarmed as ``board_replaced``: someone should know the hardware changed."""
+        self.counters["board_restarts"] += 1
+        self.framer.alarm({"alarm": "board_replaced" if ev.reason == "new_run" else "board_restarted",
+                           "station": self.station_id, "board": ev.board_id, "old_epoch": ev.old_epoch,
+                           "new_epoch": ev.new_epoch, "old_boot": ev.old_boot, "new_boot": ev.new_boot,
+                           "time": self.framer.clock.time()})
 
     # -- clock holds ---------------------------------------------------------------------------
     def _held_back(self, decoder: Any, ev: Any) -> bool:
@@ -198,10 +211,10 @@ class Gateway:
                 n += 1
             if not n:
                 continue
-            seq, _, epoch, t_end_us = q[n - 1]
+            seq, _, epoch, t_end_us, boot = q[n - 1]
             if self.outbox is not None and hasattr(self.outbox, "set_ack_point"):
                 try:
-                    self.outbox.set_ack_point(board, epoch, seq, t_end_us)
+                    self.outbox.set_ack_point(board, epoch, seq, t_end_us, boot)
                 except Exception as err:   # full disk, I/O error: do not ACK; retried at the next commit
                     self.counters["ack_point_errors"] += 1
                     log.error("gateway %s: cannot persist the ACK point of board %d (seq %d): %s",
