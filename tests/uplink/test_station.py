@@ -203,3 +203,32 @@ def test_blocks_before_2000_are_never_framed_and_do_not_hold_the_board_acknowled
     assert box.stats()["frames"] == 1
     # ...and the board hears of everything up to the last committed block, the refused ones included.
     assert dec.acked == [(7, 9)] and box.ack_points()[7][:2] == (1, 9)
+
+
+def test_a_board_replaced_while_the_gateway_restarts_is_framed_within_seconds_and_alarmed(tmp_path, clock, caplog):
+    """issue 7: the gateway has the persisted ACK point of a board deep into epoch 0; the board is
+    replaced while the gateway restarts, and the new one starts at epoch 0 / seq 0.  Its data is
+    framed within seconds (it used to be dropped as duplicates for minutes, with an INFO line), the
+    ACK point becomes the new board's, and a WARNING and a SOH alarm say what happened."""
+    from tests.edge.fakeboard import FakeBoard
+
+    old = FakeBoard(channels=2, spp=50, ring=2048, epoch=0, boot=0xA1, t0_us=T0_US)
+    clock.t = T0_US / 1e6
+    box, framer, gw, dec, asm, alarms = _live_gateway(tmp_path, clock, old, CODES)
+    _run(gw, dec, asm, old, clock, 600, first=old.hello())     # 10 minutes: seq 1200
+    assert box.ack_points()[7][:2] == (0, old.acked) and old.acked > 1100
+    box.close()
+    new = FakeBoard(channels=2, spp=50, ring=2048, epoch=0, boot=0xB2, seed=5, t0_us=old.t_us + 30_000_000)
+    clock.advance(30)
+    box, framer, gw, dec, asm, alarms = _live_gateway(tmp_path, clock, new, CODES)
+    frames0 = box.stats()["frames"]
+    _run(gw, dec, asm, new, clock, 25, first=new.hello())
+    windows = {s: n for s, n in _window_sample_counts(box).items() if s >= framer.seq_of(new.sent[1][1])}
+    first = framer.seq_of(new.sent[1][1])
+    assert windows and min(windows) == first and box.stats()["frames"] > frames0
+    assert all(n == {"BHZ": 1000, "BHN": 1000} for s, n in windows.items() if s > first), windows
+    assert box.ack_point_boots() == {7: 0xB2} and box.ack_points()[7][1] < 100 and new.acked >= 0
+    assert [a["alarm"] for a in alarms] == ["board_replaced"]
+    assert (alarms[0]["old_boot"], alarms[0]["new_boot"]) == (0xA1, 0xB2)
+    assert any("a replaced board or a wiped epoch" in r.getMessage() and r.levelname == "WARNING"
+               for r in caplog.records)
