@@ -42,7 +42,16 @@ Sequence policy, per board epoch (the board's boot counter; sequence numbers res
   them -> set_packet_ms 0, the board's own default.  Shorter packets are hit less often (a
   packet survives a byte-damage rate q with p = (1-q)^size), at the cost of more overhead;
 * the same sequence number twice is a duplicate (dropped, counted); with different content it is
-  a security event (counted, logged, :class:`SecurityAlert`), and the first copy wins.
+  a security event (counted, logged, :class:`SecurityAlert`), and the first copy wins;
+* a board *run* is (epoch, boot number), both in every packet's header: a newer epoch is a reboot
+  at once; another run that is not a newer epoch (a replaced board or a wiped epoch file, back at
+  an epoch and seq seen before -- or an old packet replayed on the line) is believed only when it
+  is still talking ``new_run_confirm_s`` after its first packet with nothing of the current run in
+  between, and then its packets are taken from seq 0 (:class:`BoardRestarted`, ``new_run``); the
+  same rule guards a persisted ACK point before first contact (:meth:`LinkDecoder.resume`);
+* the consumer may :meth:`LinkDecoder.hold` a delivered packet it cannot take yet (board time and
+  gateway clock disagree, neither trusted): nothing from it on is delivered, asked for or
+  acknowledged until :meth:`LinkDecoder.release`, which asks the board's ring for it again.
 """
 
 from __future__ import annotations
