@@ -568,10 +568,10 @@ class LinkDecoder:
             reason = "epoch" if run == "newer" else "new_run"
             if reason == "new_run":
                 self.counters["new_runs"] += 1
+            why = "" if reason == "epoch" else ": a replaced board or a wiped epoch; the persisted ACK point is dropped"
             self._log("restart", logging.WARNING, "link: board %d restarted while the gateway was down "
-                      "(epoch %d boot %d -> epoch %d boot %d%s): packets after seq %d are lost", hdr.board_id,
-                      r[0], r[3], hdr.epoch, hdr.boot, "" if reason == "epoch" else ": a replaced board or a "
-                      "wiped epoch; the persisted ACK point is dropped", r[1])
+                      "(epoch %d boot %d -> epoch %d boot %d%s): packets of the old run after seq %d are lost",
+                      hdr.board_id, r[0], r[3], hdr.epoch, hdr.boot, why, r[1])
             self._events.append(BoardRestarted(hdr.board_id, r[0], hdr.epoch, reason, r[3], hdr.boot))
         return b
 
