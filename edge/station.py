@@ -156,7 +156,8 @@ class Gateway:
     # -- clock holds ---------------------------------------------------------------------------
     def _held_back(self, decoder: Any, ev: Any) -> bool:
         """Is *ev* after the held seq of a board on hold (the decoder delivers it again later)?"""
-        h = self._holds.get((id(decoder), getattr(ev, "board_id", None)))
+        bid = getattr(ev, "board_id", None)
+        h = self._holds.get((id(decoder), bid)) if bid is not None else None
         if h is None or getattr(ev, "epoch", None) != h.epoch:
             return False
         seq = ev.first_seq if isinstance(ev, GapReport) else getattr(ev, "seq", None)
