@@ -323,6 +323,7 @@ class _Board:
     ack_sent_at: float | None = None
     boot: int = 0                       # the run's boot number (0: not known yet / not stated)
     candidate: list | None = None       # [epoch, boot, first seen (monotonic), packets]: another run
+    release_asked: bool = False         # release() was called: end the hold at the next service
     hold_from: int | None = None        # the consumer refused this seq (hold): nothing from it on is
                                         # delivered or asked for until release()
 
@@ -483,14 +484,21 @@ class LinkDecoder:
 
     def release(self, board_id: int | None = None) -> None:
         """End a :meth:`hold`: everything the board sent from the held seq on is asked for again
-        (RESEND, paced, oldest first; what left the ring is settled by UNAVAILABLE and reported)."""
+        (RESEND, paced, oldest first; what left the ring is settled by UNAVAILABLE and reported).
+
+        Like :meth:`acknowledge`, it only records the request (the gateway calls it from its own
+        thread, not the port's): the decoder acts on it at its next ``receive_data`` or ``tick``."""
         b = self._board_for(board_id)
-        if b is None or b.hold_from is None:
+        if b is not None and b.hold_from is not None:
+            b.release_asked = True
+
+    def _release(self, b: _Board) -> None:
+        b.release_asked = False
+        if b.hold_from is None:
             return
         first, b.hold_from = b.hold_from, None
         if b.highest >= first:
             self._add_hole(b, first, b.highest, self._clock.monotonic())
-        self._service()
 
     def resume(self, board_id: int, epoch: int, seq: int, t_end_us: int | None = None, boot: int = 0) -> None:
         """Continue from a persisted ACK point: *seq* of *epoch* and everything before it are safe
@@ -1034,6 +1042,8 @@ class LinkDecoder:
     def _service(self) -> None:
         now = self._clock.monotonic()
         for b in self._boards.values():
+            if b.release_asked:
+                self._release(b)
             self._service_holes(b, now)
             self._deliver(b)
             if b.acked > b.ack_sent and (b.ack_sent_at is None or now - b.ack_sent_at >= self.ack_interval):

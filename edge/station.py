@@ -200,6 +200,7 @@ class Gateway:
             self.counters["clock_releases"] += 1
             log.warning("gateway %s: board %d and the gateway's clock agree again: asking the board for "
                         "the held packets from seq %d", self.station_id, h.board_id, h.seq)
+            # (Only recorded: the decoder belongs to its port's thread and acts at its next read.)
             self._decoders[key[0]].release(h.board_id)
 
     def _acknowledge(self) -> None:
