@@ -42,14 +42,31 @@ is committed unsigned -- its samples are not lost, the relay quarantines it, ``i
 outbox resign`` can sign it later -- counted (``unsigned_frames``) with an alarm.
 
 Implausible time: the firmware sends no DATA before its first time fix, but the framer does not
-rely on it (an old firmware, a GNSS week roll-over, a corrupted time base).  A chunk whose samples
-lie before 2000-01-01 (the CD-1.1 sequence origin: the seq would be negative) or more than
-``max_clock_offset_s`` (default one day) from the gateway's clock is never framed: its samples are
-counted (``implausible_time_samples``), and the first chunk of each such episode raises an alarm
-(``on_alarm``, which the gateway turns into an immediate SOH publication; ``stats()["last_alarm"]``).
-A day leaves room for the board's ring-buffer backlog after a long gateway outage and for a gateway
-clock that lost NTP, while a board stamping 1970 + uptime or a date 19.6 years off (GPS week
-roll-over) is caught.
+rely on it (an old firmware, a GNSS week roll-over, a corrupted time base).  :meth:`Framer.judge_time`
+is the one rule, used here and by the gateway (``edge/station.py``), which acts on it before the
+streams:
+
+* samples before 2000-01-01 (the CD-1.1 sequence origin: the seq would be negative) or after year 9999
+  (no CD-1.1 time stamp holds them) are ``refuse``:
+  no clock can place them.  They are counted (``implausible_time_samples``), the first chunk of each
+  episode raises an alarm (``on_alarm``, which the gateway turns into an immediate SOH publication;
+  ``stats()["last_alarm"]``), and they are never framed;
+* samples within ``max_clock_offset_s`` (default one day) of the gateway's clock are ``ok``;
+* samples further away whose board time is GNSS/PPS **locked** (``link.TQ_LOCKED``) and *ahead* of
+  the gateway's clock are ``board``: the locked board is the better clock (a Raspberry Pi without
+  RTC boots with the time it had at shutdown, or its build date, until NTP answers: a wrong
+  gateway clock lags), so they are framed by board time, and the gateway's clock is alarmed:
+  ``gateway_clock`` alarm (SOH, ``stats()["clock_alarm"]``), counter
+  ``board_time_trusted_samples``, a rate-limited WARNING;
+* every other disagreement is ``hold``: a board that is not locked (holdover, unlocked), or a
+  locked one *behind* the gateway's clock -- the failure of a GNSS receiver after a week-number
+  roll-over (1024 weeks, 19.6 years back) while it reports a lock.  Neither clock can be trusted,
+  so the gateway holds the samples unacknowledged in the board's ring until the clocks agree
+  (``Gateway`` and ``LinkDecoder.hold``); a framer fed such a chunk directly refuses it like a
+  ``refuse`` chunk.
+
+A day leaves room for the board's ring-buffer backlog after a long gateway outage, while a board
+stamping a date 19.6 years off (GPS week roll-over) without a lock is caught.
 """
 
 from __future__ import annotations
@@ -65,6 +82,8 @@ import numpy as np
 from ims_station.cd11 import ChannelInput, ChannelStatus, build_data_frame
 from ims_station.cd11.timefmt import try_format_time
 from ims_station.firmware import link
+
+from .logutil import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +181,9 @@ class Framer:
         self.max_clock_offset_s = None if max_clock_offset_s is None else float(max_clock_offset_s)
         self._on_alarm = on_alarm
         self.last_alarm: dict | None = None
+        self.clock_alarm: dict | None = None      # the gateway's clock disagrees with a locked board
         self._implausible_episode = False
+        self._clock_log = RateLimitedLog(log, clock, rate=1 / 60, burst=1)
         self._signers: dict[int, Any] = {}
         self._keystore = keystore
         self.station_key_id = station_key_id
@@ -182,7 +203,8 @@ class Framer:
         self.committed_seq: int | None = hi   # highest seq committed (ever, incl. previous runs)
         self.counters = dict(frames=0, frame_bytes=0, samples=0, late_samples=0, partial_frames=0,
                              outbox_errors=0, implausible_time_samples=0, implausible_time_chunks=0,
-                             alarms=0, unsigned_frames=0)
+                             alarms=0, unsigned_frames=0, board_time_trusted_samples=0,
+                             gateway_clock_alarms=0)
 
     # -- keys ----------------------------------------------------------------------------------------
     def _roles(self) -> list[tuple[str, Any]]:
@@ -259,6 +281,11 @@ class Framer:
             except Exception:
                 log.exception("framer %s: alarm callback failed", self.station)
 
+    @property
+    def clock(self) -> Any:
+        """The injected clock (the gateway's holds read it too)."""
+        return self._clock
+
     def seq_of(self, t_us: int) -> int:
         return (t_us - EPOCH_2000_US) // self.frame_us
 
@@ -277,15 +304,63 @@ class Framer:
         self.health[station] = BoardHealth(last_sync_us, clock_diff_us)
 
     def time_plausible(self, t_first_us: int, t_end_us: int) -> bool:
-        """May samples from *t_first_us* to *t_end_us* be framed?  Not before 2000-01-01, and
-        within ``max_clock_offset_s`` of the gateway's clock at both ends."""
+        """Are samples from *t_first_us* to *t_end_us* after 2000-01-01 and within
+        ``max_clock_offset_s`` of the gateway's clock at both ends?"""
         if t_first_us < EPOCH_2000_US:
             return False
+        return self.clock_offset_ok(t_first_us, t_end_us)
+
+    def clock_offset_ok(self, t_first_us: int, t_end_us: int, *, limit_s: float | None = None) -> bool:
+        """Do the board time span and the gateway's clock agree within *limit_s* (default
+        ``max_clock_offset_s``; always True when that is None)?"""
         if self.max_clock_offset_s is None:
             return True
         now_us = self._clock.time() * 1e6
-        limit = self.max_clock_offset_s * 1e6
+        limit = (self.max_clock_offset_s if limit_s is None else limit_s) * 1e6
         return abs(t_first_us - now_us) <= limit and abs(t_end_us - now_us) <= limit
+
+    def judge_time(self, t_first_us: int, t_end_us: int, time_quality: int) -> str:
+        """The time rule (module docstring): ``ok``, ``board`` (frame by the locked board's time,
+        alarm the gateway's clock), ``hold`` (keep unacknowledged until the clocks agree) or
+        ``refuse`` (before 2000 or after year 9999: never framed)."""
+        if t_first_us < EPOCH_2000_US or try_format_time(t_end_us / 1e6) is None:
+            return "refuse"              # before the sequence origin, or past what CD-1.1 can stamp
+        if self.clock_offset_ok(t_first_us, t_end_us):
+            return "ok"
+        ahead = t_first_us > self._clock.time() * 1e6
+        return "board" if time_quality == link.TQ_LOCKED and ahead else "hold"
+
+    def _gateway_clock_wrong(self, chunk: Any) -> None:
+        """A locked board's samples far from the gateway's clock: framed by board time; the
+        gateway's clock is alarmed (once per episode in the SOH, a WARNING at most once a minute)."""
+        self.counters["board_time_trusted_samples"] += int(chunk.samples.size)
+        gw_time = self._clock.time()
+        offset = chunk.t_first_us / 1e6 - gw_time
+        if self.clock_alarm is None:
+            self.counters["gateway_clock_alarms"] += 1
+            self.clock_alarm = alarm = {
+                "alarm": "gateway_clock", "station": self.station, "sample_time": chunk.t_first_us / 1e6,
+                "gateway_time": gw_time, "offset_s": offset, "max_clock_offset_s": self.max_clock_offset_s}
+            self.last_alarm = alarm
+            self._fire(alarm)
+        self._clock_log("gateway_clock", logging.WARNING,
+                        "framer %s: the gateway's clock is %.0f s off the GNSS-locked board time (%s): "
+                        "framing by board time; check NTP", self.station, -offset,
+                        try_format_time(chunk.t_first_us / 1e6))
+
+    def alarm(self, alarm: dict) -> None:
+        """Raise *alarm* (a dict with an ``alarm`` name) for the SOH: counted, kept as
+        ``last_alarm``, passed to ``on_alarm`` (the gateway publishes the SOH at once)."""
+        self.counters["alarms"] += 1
+        self.last_alarm = alarm
+        self._fire(alarm)
+
+    def _fire(self, alarm: dict) -> None:
+        if self._on_alarm is not None:
+            try:
+                self._on_alarm(alarm)
+            except Exception:   # an SOH publisher failing must not stop the framing
+                log.exception("framer %s: alarm callback failed", self.station)
 
     def _implausible(self, chunk: Any) -> None:
         self.refuse_implausible(chunk.t_first_us, int(chunk.samples.size), chunk.codes)
@@ -309,21 +384,23 @@ class Framer:
         stamp = try_format_time(max(t_first_us, 0) / 1e6) or f"{t_first_us} us"   # beyond year 9999: raw
         log.error("framer %s: samples stamped %s are %.0f s from the gateway's clock (or before 2000): "
                   "not framed", self.station, stamp, alarm["offset_s"])
-        if self._on_alarm is not None:
-            try:
-                self._on_alarm(alarm)
-            except Exception:   # an SOH publisher failing must not stop the framing
-                log.exception("framer %s: alarm callback failed", self.station)
+        self._fire(alarm)
 
     def add_chunk(self, chunk: Any) -> list[int]:
         """Take a :class:`~ims_station.edge.streams.Chunk`; return the seqs committed as a result."""
         now = self._clock.monotonic()
         n = chunk.samples.shape[1]
         t0, rate = chunk.t_first_us, chunk.rate_mhz
-        if not self.time_plausible(t0, chunk.t_end_us):
+        verdict = self.judge_time(t0, chunk.t_end_us, chunk.time_quality)
+        if verdict in ("refuse", "hold"):
             self._implausible(chunk)
             return self.poll()
         self._implausible_episode = False
+        if verdict == "board":
+            self._gateway_clock_wrong(chunk)
+        elif self.clock_alarm is not None and chunk.time_quality == link.TQ_LOCKED:
+            log.warning("framer %s: the gateway's clock agrees with the board time again", self.station)
+            self.clock_alarm = None
         i = 0
         while i < n:
             t_i = t0 + sample_offset_us(i, rate)
@@ -461,4 +538,5 @@ class Framer:
         except Exception as err:     # keys ended during the run: the SOH says so, it does not fail
             keys = {"error": str(err), "key_ids": [], "key_expires_in_days": 0.0}
         return {**self.counters, "open_windows": len(self._windows), "committed_seq": self.committed_seq,
-                "channels": sorted(self.channels), "last_alarm": self.last_alarm, "keys": keys}
+                "channels": sorted(self.channels), "last_alarm": self.last_alarm, "keys": keys,
+                "clock_alarm": self.clock_alarm}

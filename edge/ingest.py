@@ -42,7 +42,16 @@ Sequence policy, per board epoch (the board's boot counter; sequence numbers res
   them -> set_packet_ms 0, the board's own default.  Shorter packets are hit less often (a
   packet survives a byte-damage rate q with p = (1-q)^size), at the cost of more overhead;
 * the same sequence number twice is a duplicate (dropped, counted); with different content it is
-  a security event (counted, logged, :class:`SecurityAlert`), and the first copy wins.
+  a security event (counted, logged, :class:`SecurityAlert`), and the first copy wins;
+* a board *run* is (epoch, boot number), both in every packet's header: a newer epoch is a reboot
+  at once; another run that is not a newer epoch (a replaced board or a wiped epoch file, back at
+  an epoch and seq seen before -- or an old packet replayed on the line) is believed only when it
+  is still talking ``new_run_confirm_s`` after its first packet with nothing of the current run in
+  between, and then its packets are taken from seq 0 (:class:`BoardRestarted`, ``new_run``); the
+  same rule guards a persisted ACK point before first contact (:meth:`LinkDecoder.resume`);
+* the consumer may :meth:`LinkDecoder.hold` a delivered packet it cannot take yet (board time and
+  gateway clock disagree, neither trusted): nothing from it on is delivered, asked for or
+  acknowledged until :meth:`LinkDecoder.release`, which asks the board's ring for it again.
 """
 
 from __future__ import annotations
@@ -81,6 +90,11 @@ DEFAULT_MAX_INFLIGHT_BYTES = 8192
 # up, the board's main-loop period and the USB adapters' latency timers (16 ms each way), and
 # DATA packets the board interleaves.
 DEFAULT_RESEND_MARGIN = 0.25
+# A packet of another run of the board that is not a newer epoch (a replaced board, a wiped epoch
+# file -- or an old packet replayed on the line, e.g. left in a buffer at start-up) is believed
+# only when that run is still talking this long after its first packet, with nothing of the
+# current run in between: a replay is a burst, a new run goes on.
+DEFAULT_NEW_RUN_CONFIRM_S = 2.0
 _SIZE_SAMPLES = 16     # DATA frames of a packet length seen before their largest replaces the worst case
 
 
@@ -152,6 +166,7 @@ class DataBlock(SampleSpan):
     channel_ids: tuple[int, ...]
     samples: np.ndarray            # int32, shape (channels, n)
     retransmitted: bool = False
+    boot: int = 0                  # the board run's boot number (link header; 0: not stated)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, DataBlock):
@@ -238,9 +253,15 @@ class GapReport:
 
 @dataclass(frozen=True, slots=True)
 class BoardRestarted:
+    """The board is in a new run: a newer epoch (``reason="epoch"``), or a run the epoch alone does
+    not tell apart (``"new_run"``: a replaced board, or a wiped epoch file, with an epoch seen
+    before and another boot number).  Nothing of the new run is taken for data of the old."""
     board_id: int
     old_epoch: int
     new_epoch: int
+    reason: str = "epoch"
+    old_boot: int = 0
+    new_boot: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +321,11 @@ class _Board:
     ack_sent: int = -1
     resume_t_us: int | None = None      # end of the last sample of a resumed session's ACK point
     ack_sent_at: float | None = None
+    boot: int = 0                       # the run's boot number (0: not known yet / not stated)
+    candidate: list | None = None       # [epoch, boot, first seen (monotonic), packets]: another run
+    release_asked: bool = False         # release() was called: end the hold at the next service
+    hold_from: int | None = None        # the consumer refused this seq (hold): nothing from it on is
+                                        # delivered or asked for until release()
 
 
 def _digest(ptype: int, payload: bytes) -> bytes:
@@ -327,6 +353,7 @@ class LinkDecoder:
                  max_hole_span: int = 1 << 16, dup_window: int = 4096,
                  adapt_packet_ms: bool = True, adapt_window: int = 50, adapt_high: float = 0.30,
                  adapt_low: float = 0.05, min_packet_ms: int = 250,
+                 new_run_confirm_s: float = DEFAULT_NEW_RUN_CONFIRM_S,
                  log_rate: float = 1.0, log_burst: int = 5) -> None:
         self._auth = link.Authenticator(key)
         self._clock = clock
@@ -351,6 +378,7 @@ class LinkDecoder:
         self.adapt_high = float(adapt_high)
         self.adapt_low = float(adapt_low)
         self.min_packet_ms = int(min_packet_ms)
+        self.new_run_confirm_s = float(new_run_confirm_s)
         self._outcomes: deque[bool] = deque(maxlen=self.adapt_window)   # True: frame rejected
         self._packet_ms: dict[int, int] = {}      # board -> current DATA packet length, ms (HELLO)
         self._shortened: set[int] = set()         # boards whose packets this decoder shortened
@@ -361,7 +389,8 @@ class LinkDecoder:
         self._events: list[Event] = []
         self._out = bytearray()
         self._boards: dict[int, _Board] = {}
-        self._resume: dict[int, tuple[int, int, int | None]] = {}   # board -> persisted ACK point
+        self._pending_runs: dict[int, _Board] = {}   # board -> candidate run before first contact
+        self._resume: dict[int, tuple[int, int, int | None, int]] = {}   # board -> persisted ACK point
         self._tx_seq = 0
         self._commands: dict[int, tuple[int, int, float]] = {}   # cmd_seq -> (board, code, sent_at)
         self._log = RateLimitedLog(log, clock, rate=log_rate, burst=log_burst)
@@ -373,7 +402,8 @@ class LinkDecoder:
             "packets_recovered", "packets_unrecoverable", "gaps_reported", "unavailable_received",
             "held_overflow", "late_packets", "board_restarts", "hellos", "data_blocks", "samples_delivered", "soh",
             "acks_sent", "commands_sent", "replies", "replies_unmatched", "command_timeouts",
-            "packet_ms_commands", "packet_ms_changes", "resumed",
+            "packet_ms_commands", "packet_ms_changes", "resumed", "holds", "held_back_packets",
+            "new_runs",
         ), 0)
 
     # ------------------------------------------------------------ sans-IO surface
@@ -423,7 +453,54 @@ class LinkDecoder:
             return
         b.acked = max(b.acked, min(seq, b.next_seq - 1))
 
-    def resume(self, board_id: int, epoch: int, seq: int, t_end_us: int | None = None) -> None:
+    def hold(self, seq: int, board_id: int | None = None, epoch: int | None = None,
+             t_first_us: int | None = None) -> bool:
+        """The consumer cannot take packet *seq* of the board's current epoch yet (e.g. its time
+        disagrees with the gateway's clock and neither can be trusted): forget that it and what
+        followed were delivered, and neither deliver nor ask for anything from *seq* on until
+        :meth:`release`.  Nothing from *seq* on is acknowledged, so the board's ring keeps it.
+        *t_first_us* (the refused block's first sample) is where a gap reported later starts.
+        Returns False (and does nothing) for another epoch or a seq not delivered."""
+        b = self._board_for(board_id)
+        if b is None or (epoch is not None and epoch != b.epoch) or seq >= b.next_seq or seq <= b.acked:
+            return False
+        if b.hold_from is not None and b.hold_from <= seq:
+            return True
+        b.hold_from = seq
+        b.next_seq = seq
+        b.highest = max(b.highest, seq - 1)
+        for s in [s for s in b.held if s >= seq]:
+            del b.held[s]
+            b.lost_reason.pop(s, None)
+        b.holes = [h for h in b.holes if h.last < seq]
+        for h in b.holes:
+            h.last = min(h.last, seq - 1)
+        d = b.last_data
+        if d is not None and d.seq >= seq:
+            # A gap opened later starts where the refused block started.
+            b.last_data, b.resume_t_us = None, t_first_us
+        self.counters["holds"] += 1
+        return True
+
+    def release(self, board_id: int | None = None) -> None:
+        """End a :meth:`hold`: everything the board sent from the held seq on is asked for again
+        (RESEND, paced, oldest first; what left the ring is settled by UNAVAILABLE and reported).
+
+        Like :meth:`acknowledge`, it only records the request (the gateway calls it from its own
+        thread, not the port's): the decoder acts on it at its next ``receive_data`` or ``tick``."""
+        b = self._board_for(board_id)
+        if b is not None and b.hold_from is not None:
+            b.release_asked = True
+
+    def _release(self, b: _Board) -> None:
+        b.release_asked = False
+        if b.hold_from is None:
+            return
+        first, b.hold_from = b.hold_from, None
+        if b.highest >= first:
+            self._add_hole(b, first, b.highest, self._clock.monotonic())
+
+    def resume(self, board_id: int, epoch: int, seq: int, t_end_us: int | None = None, boot: int = 0) -> None:
         """Continue from a persisted ACK point: *seq* of *epoch* and everything before it are safe
         (committed by a previous gateway process); *t_end_us* is the end of its last sample.
 
@@ -434,32 +511,76 @@ class LinkDecoder:
         :class:`GapReport` from *t_end_us*.  It re-sends ACK *seq* (the previous process may have died
         before it did).  If the board is in another epoch (it rebooted meanwhile, its ring is gone), a
         :class:`BoardRestarted` is emitted and the new epoch starts as at any first contact.
+        *boot* is the run's boot number (0: not known): a board at the same epoch with another boot
+        number (replaced, or its epoch file wiped) is a new run, and so is an older epoch -- once it
+        is confirmed (``new_run_confirm_s``), since an old packet replayed on the line at start-up
+        looks the same; until then, and if the persisted run speaks first, the point is kept.
         """
         if board_id in self._boards:
             raise LocalProtocolError(f"resume: board {board_id} has spoken already")
-        self._resume[board_id] = (int(epoch), int(seq), t_end_us)
+        self._resume[board_id] = (int(epoch), int(seq), t_end_us, int(boot))
 
-    def _first_contact(self, hdr: link.Header) -> _Board:
-        r = self._resume.pop(hdr.board_id, None)
-        if r is not None and r[0] == hdr.epoch:
-            epoch, acked, t_end_us = r
+    def _run_of(self, epoch: int, boot: int, hdr: link.Header) -> str:
+        """How the packet's run relates to the run (*epoch*, *boot*): ``same``, ``newer`` (a
+        newer epoch: a reboot) or ``other`` (same epoch with another boot number, or an older
+        epoch: a new run of a replaced or wiped board, or an old packet replayed on the line)."""
+        if hdr.epoch == epoch:
+            return "same" if not boot or not hdr.boot or hdr.boot == boot else "other"
+        return "newer" if 0 < (hdr.epoch - epoch) % EPOCH_MOD < EPOCH_MOD // 2 else "other"
+
+    def _candidate(self, holder: Any, hdr: link.Header, now: float) -> bool:
+        """A packet of another run (``other``): True once that run is confirmed -- it is still
+        talking ``new_run_confirm_s`` after its first packet, nothing of the current run between."""
+        c = holder.candidate
+        if c is None or c[0] != hdr.epoch or c[1] != hdr.boot:
+            holder.candidate = [hdr.epoch, hdr.boot, now, 1]
+            self._log("epoch", logging.WARNING, "link: board %d: packet of another run (epoch %d boot %d, "
+                      "seq %d) than the current one: a new board or an old packet; waiting to see",
+                      hdr.board_id, hdr.epoch, hdr.boot, hdr.seq)
+            return False
+        c[3] += 1
+        return now - c[2] >= self.new_run_confirm_s
+
+    def _first_contact(self, hdr: link.Header, now: float) -> _Board | None:
+        r = self._resume.get(hdr.board_id)
+        run = self._run_of(r[0], r[3], hdr) if r is not None else None
+        if run == "same":
+            del self._resume[hdr.board_id]
+            self._pending_runs.pop(hdr.board_id, None)    # old packets on the line, if any
+            epoch, acked, t_end_us, boot = r
             b = self._boards[hdr.board_id] = _Board(hdr.board_id, hdr.epoch, acked + 1, acked)
-            b.acked, b.resume_t_us = acked, t_end_us
+            b.acked, b.resume_t_us, b.boot = acked, t_end_us, hdr.boot or boot
             self.counters["resumed"] += 1
             self._log("resume", logging.INFO, "link: board %d epoch %d: resuming after seq %d (now at %d)",
                       hdr.board_id, epoch, acked, hdr.seq)
             return b
+        if run == "other":
+            # Not the persisted run and not a newer epoch: keep the ACK point until it is clear
+            # whether the board really is a new run or this is an old packet on the line.
+            holder = self._pending_runs.setdefault(hdr.board_id, _Board(hdr.board_id, r[0], 0, -1))
+            if not self._candidate(holder, hdr, now):
+                self.counters["stale_epoch"] += 1
+                return None
+        self._pending_runs.pop(hdr.board_id, None)
+        self._resume.pop(hdr.board_id, None)
         # A board that booted recently still has its first packets in the ring: ask for them (a
         # gateway started together with the board loses nothing).
         start = 0 if hdr.seq <= self.backfill else hdr.seq
         b = self._boards[hdr.board_id] = _Board(hdr.board_id, hdr.epoch, start, start - 1)
+        b.boot = hdr.boot
         if r is not None:
-            # Rebooted while no gateway listened: what it sent after the ACK point is gone with its
-            # ring (an unknown number of packets, so no GapReport; the streams see the time gap).
+            # Rebooted (or replaced) while no gateway listened: what it sent after the ACK point is
+            # gone with its ring (an unknown number of packets, so no GapReport; the streams see the
+            # time gap).
             self.counters["board_restarts"] += 1
+            reason = "epoch" if run == "newer" else "new_run"
+            if reason == "new_run":
+                self.counters["new_runs"] += 1
+            why = "" if reason == "epoch" else ": a replaced board or a wiped epoch; the persisted ACK point is dropped"
             self._log("restart", logging.WARNING, "link: board %d restarted while the gateway was down "
-                      "(epoch %d -> %d): packets after seq %d are lost", hdr.board_id, r[0], hdr.epoch, r[1])
-            self._events.append(BoardRestarted(hdr.board_id, r[0], hdr.epoch))
+                      "(epoch %d boot %d -> epoch %d boot %d%s): packets of the old run after seq %d are lost",
+                      hdr.board_id, r[0], r[3], hdr.epoch, hdr.boot, why, r[1])
+            self._events.append(BoardRestarted(hdr.board_id, r[0], hdr.epoch, reason, r[3], hdr.boot))
         return b
 
     def send_command(self, code: int, args: bytes = b"", *, board_id: int | None = None) -> int:
@@ -470,7 +591,8 @@ class LinkDecoder:
                 raise LocalProtocolError("send_command: board id unknown (pass board_id)")
             bid = next(iter(self._boards))
         b = self._boards.get(bid)
-        seq = self._send(bid, b.epoch if b else 0, link.T_COMMAND, link.pack_command(code, args))
+        seq = self._send(bid, b.epoch if b else 0, link.T_COMMAND, link.pack_command(code, args),
+                         b.boot if b else 0)
         self._commands[seq] = (bid, code, self._clock.monotonic())
         self.counters["commands_sent"] += 1
         return seq
@@ -546,16 +668,35 @@ class LinkDecoder:
         now = self._clock.monotonic()
         b = self._boards.get(hdr.board_id)
         if b is None:
-            b = self._first_contact(hdr)
-        elif hdr.epoch != b.epoch:
-            if 0 < (hdr.epoch - b.epoch) % EPOCH_MOD < EPOCH_MOD // 2:
-                self._restart(b, hdr.epoch)
+            b = self._first_contact(hdr, now)
+            if b is None:
+                return
+        else:
+            run = self._run_of(b.epoch, b.boot, hdr)
+            if run == "same":
+                # The current run is still talking: what looked like another run was old packets
+                # on the line.
+                b.candidate = None
+                if hdr.boot and not b.boot:
+                    b.boot = hdr.boot
+            elif run == "newer":
+                self._restart(b, hdr, "epoch")
+            elif self._candidate(b, hdr, now):
+                self._restart(b, hdr, "new_run")
+                # Its first packets are still in its ring: ask for them, as at first contact.
+                if hdr.seq <= self.backfill:
+                    b.next_seq, b.highest = 0, -1
+                else:
+                    b.next_seq, b.highest = hdr.seq, hdr.seq - 1
             else:
                 self.counters["stale_epoch"] += 1
-                self._log("epoch", logging.WARNING, "link: board %d packet of old epoch %d (now %d) dropped",
-                          b.board_id, hdr.epoch, b.epoch)
                 return
         seq = hdr.seq
+        if b.hold_from is not None and seq >= b.hold_from:
+            # Held back by the consumer: the board's ring keeps it; release() asks for it again.
+            b.highest = max(b.highest, seq)
+            self.counters["held_back_packets"] += 1
+            return
         dig = _digest(hdr.ptype, payload)
         if hdr.ptype == link.T_DATA:
             b.frame_bytes = max(b.frame_bytes, wire_size(hdr.length))
@@ -613,7 +754,7 @@ class LinkDecoder:
                 t_first, rate, tq, status, clip, chan_ids, channels = link.unpack_data(payload)
                 return DataBlock(hdr.board_id, hdr.epoch, hdr.seq, t_first, rate, tq, status, clip,
                                  tuple(chan_ids), np.array(channels, dtype=np.int32),
-                                 bool(hdr.flags & link.F_RETRANSMIT))
+                                 bool(hdr.flags & link.F_RETRANSMIT), hdr.boot)
             if t == link.T_SOH:
                 s = link.unpack_soh(payload)
                 return Soh(hdr.board_id, hdr.epoch, hdr.seq, s["time_us"], s["last_sync_us"],
@@ -854,6 +995,11 @@ class LinkDecoder:
             self._deliver(b)
 
     def _end_epoch(self, b: _Board, reason: str) -> None:
+        if b.hold_from is not None:
+            # Held back and not yet asked for again: gone with the old epoch's ring.
+            if b.highest >= b.hold_from:
+                b.holes.append(_Hole(b.hold_from, b.highest))
+            b.hold_from = None
         for h in b.holes:
             self._give_up_range(b, h.first, h.last, reason)
         b.holes = []
@@ -864,34 +1010,44 @@ class LinkDecoder:
             self._deliver(b)
         self._gap_close(b, None, None)
 
-    def _restart(self, b: _Board, new_epoch: int) -> None:
-        old = b.epoch
+    def _restart(self, b: _Board, hdr: link.Header, reason: str) -> None:
+        old, old_boot = b.epoch, b.boot
         self._end_epoch(b, "restart")
         self.counters["board_restarts"] += 1
-        self._log("restart", logging.WARNING, "link: board %d restarted (epoch %d -> %d)", b.board_id, old, new_epoch)
-        self._events.append(BoardRestarted(b.board_id, old, new_epoch))
+        if reason == "new_run":
+            self.counters["new_runs"] += 1
+            self._log("restart", logging.WARNING, "link: board %d is a new run (epoch %d boot %d -> epoch %d "
+                      "boot %d): a replaced board or a wiped epoch; its data is taken from seq 0",
+                      b.board_id, old, old_boot, hdr.epoch, hdr.boot)
+        else:
+            self._log("restart", logging.WARNING, "link: board %d restarted (epoch %d -> %d)", b.board_id, old,
+                      hdr.epoch)
+        self._events.append(BoardRestarted(b.board_id, old, hdr.epoch, reason, old_boot, hdr.boot))
         ring = b.ring_capacity
-        b.__init__(b.board_id, new_epoch, 0, -1)
+        b.__init__(b.board_id, hdr.epoch, 0, -1)
         b.ring_capacity = ring
+        b.boot = hdr.boot
         # A rebooted board is back at its default packet length (its HELLO will say so).
         self._shortened.discard(b.board_id)
         self._packet_ms.pop(b.board_id, None)
 
     # ------------------------------------------------------------ output
 
-    def _send(self, board_id: int, epoch: int, ptype: int, payload: bytes) -> int:
+    def _send(self, board_id: int, epoch: int, ptype: int, payload: bytes, boot: int = 0) -> int:
         seq = self._tx_seq
         self._tx_seq = (self._tx_seq + 1) % SEQ_MOD
-        self._out += link.encode(self._auth, ptype, board_id, epoch, seq, payload)
+        self._out += link.encode(self._auth, ptype, board_id, epoch, seq, payload, 0, boot)
         return seq
 
     def _service(self) -> None:
         now = self._clock.monotonic()
         for b in self._boards.values():
+            if b.release_asked:
+                self._release(b)
             self._service_holes(b, now)
             self._deliver(b)
             if b.acked > b.ack_sent and (b.ack_sent_at is None or now - b.ack_sent_at >= self.ack_interval):
-                self._send(b.board_id, b.epoch, link.T_ACK, link.pack_ack(b.acked))
+                self._send(b.board_id, b.epoch, link.T_ACK, link.pack_ack(b.acked), b.boot)
                 b.ack_sent, b.ack_sent_at = b.acked, now
                 self.counters["acks_sent"] += 1
         for seq, (bid, code, t0) in list(self._commands.items()):
@@ -1009,7 +1165,7 @@ class LinkDecoder:
                 else:
                     ask.due = now + self.resend_timeout
                     inflight += ask.size
-                self._send(b.board_id, b.epoch, link.T_RESEND, link.pack_range(ask.first, ask.last))
+                self._send(b.board_id, b.epoch, link.T_RESEND, link.pack_range(ask.first, ask.last), b.boot)
                 self.counters["resend_requests"] += 1
                 self.counters["resend_packets_requested"] += ask.size
             b.holes = out

@@ -96,7 +96,8 @@ CREATE TABLE IF NOT EXISTS ack_points (
     epoch INTEGER NOT NULL,            -- its boot counter (sequence numbers restart with it)
     seq INTEGER NOT NULL,              -- highest link seq whose samples are all committed here
     t_end_us INTEGER,                  -- end of the last sample of that packet (gap reports)
-    updated REAL NOT NULL              -- clock.time() of the update
+    updated REAL NOT NULL,             -- clock.time() of the update
+    boot INTEGER NOT NULL DEFAULT 0    -- the run's boot number (link header; 0: not stated)
 );
 """
 
@@ -293,6 +294,10 @@ class Outbox:
             # An outbox written before acknacks were limited to PUBACKed frames: its frames count as
             # not PUBACKed, so they are published again before an acknack can delete them.
             self._db.execute("ALTER TABLE frames ADD COLUMN pubacked INTEGER NOT NULL DEFAULT 0")
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(ack_points)")}
+        if cols and "boot" not in cols:
+            # ACK points written before runs had boot numbers: 0, "not known", matches any run.
+            self._db.execute("ALTER TABLE ack_points ADD COLUMN boot INTEGER NOT NULL DEFAULT 0")
         self._db.executescript(_SCHEMA)
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM frames").fetchone()
@@ -555,24 +560,32 @@ class Outbox:
             return n > 0
         return False
 
-    def set_ack_point(self, board_id: int, epoch: int, seq: int, t_end_us: int | None = None) -> None:
+    def set_ack_point(self, board_id: int, epoch: int, seq: int, t_end_us: int | None = None,
+                      boot: int = 0) -> None:
         """Record durably (own transaction, fsync'd like a frame) that every sample of *board_id*'s
-        packets up to *seq* of *epoch* is in committed frames.  Only moves forward within an epoch
-        (a lower *seq* of the same epoch is ignored); another epoch replaces it."""
+        packets up to *seq* of *epoch* (run *boot*) is in committed frames.  Only moves forward
+        within a run (a lower *seq* of the same epoch and boot is ignored); another run replaces it."""
         with self._lock:
             with self._txn():
                 self._db.execute(
-                    "INSERT INTO ack_points VALUES (?, ?, ?, ?, ?) ON CONFLICT (board_id) DO UPDATE SET "
+                    "INSERT INTO ack_points (board_id, epoch, seq, t_end_us, updated, boot) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (board_id) DO UPDATE SET "
                     "epoch = excluded.epoch, seq = excluded.seq, t_end_us = excluded.t_end_us, "
-                    "updated = excluded.updated WHERE ack_points.epoch != excluded.epoch "
-                    "OR excluded.seq > ack_points.seq",
-                    (int(board_id), int(epoch), int(seq), t_end_us, self._clock.time()))
+                    "updated = excluded.updated, boot = excluded.boot WHERE ack_points.epoch != excluded.epoch "
+                    "OR ack_points.boot != excluded.boot OR excluded.seq > ack_points.seq",
+                    (int(board_id), int(epoch), int(seq), t_end_us, self._clock.time(), int(boot)))
 
     def ack_points(self) -> dict[int, tuple[int, int, int | None]]:
         """board id -> (epoch, seq, t_end_us) of every persisted ACK point."""
         with self._lock:
             rows = self._db.execute("SELECT board_id, epoch, seq, t_end_us FROM ack_points").fetchall()
         return {int(b): (int(e), int(s), None if t is None else int(t)) for b, e, s, t in rows}
+
+    def ack_point_boots(self) -> dict[int, int]:
+        """board id -> boot number of the run of its persisted ACK point (0: not stated)."""
+        with self._lock:
+            rows = self._db.execute("SELECT board_id, boot FROM ack_points").fetchall()
+        return {int(b): int(n) for b, n in rows}
 
     def highest_committed(self, frame_set: str) -> int | None:
         """Highest sequence number ever committed in *frame_set* (survives deletion), or None."""

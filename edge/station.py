@@ -10,6 +10,17 @@ everything after them (docs/uplink.md, "ACK point and restart").  A block stradd
 window stays unacknowledged, so after a crash it is asked for again and the framer takes the
 uncommitted part (the committed part is counted late and dropped).
 
+Clock disagreement (:meth:`Framer.judge_time` is the rule): a block whose board time is more than
+``max_clock_offset_s`` from the gateway's clock is framed by board time when the board is
+GNSS/PPS-locked (the framer alarms the gateway's clock).  When it is not locked, neither clock can
+be trusted: the block and everything after it are *held* -- :meth:`LinkDecoder.hold` forgets their
+delivery, nothing from them on is acknowledged, so the board's ring keeps them -- with a
+``clock_hold`` alarm (SOH, ``stats()["clock_hold"]``) and a WARNING.  Once the board's time
+(the held block's, run on by the monotonic clock) is within half ``max_clock_offset_s`` of the
+gateway's clock, the hold is released and the decoder asks the board for everything held
+(RESEND; what left the ring meanwhile is reported exactly as a link gap).  Only samples no clock
+can place (before 2000-01-01) are acknowledged without being framed.
+
 Usable in-process (:class:`Gateway`, with an injected clock, for the demo and tests) and as a
 process, :func:`run`: ``ims-station edge run --config station.toml`` or, the same code,
 ``python -m ims_station.edge.station --config station.toml`` (which the gateway-kill test SIGKILLs).  Does not own the serial I/O (``serialport.PortPump``), the link protocol
@@ -22,12 +33,26 @@ import logging
 import sys
 import threading
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from ims_station.edge.framer import Framer
-from ims_station.edge.ingest import DataBlock, Soh
+from ims_station.edge.ingest import BoardRestarted, DataBlock, GapReport, Soh
+from ims_station.edge.logutil import RateLimitedLog
+from ims_station.firmware import link
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _ClockHold:
+    board_id: int
+    epoch: int
+    seq: int                 # the first seq held back
+    t_first_us: int          # its board time span
+    t_end_us: int
+    seen: float              # clock.monotonic() when it was held
+    offset_s: float          # board time minus the gateway's clock then
 
 
 class Gateway:
@@ -45,10 +70,13 @@ class Gateway:
         self.uplink = uplink
         self.outbox = outbox if outbox is not None else getattr(framer, "outbox", None)
         self._lock = threading.Lock()       # one call at a time: several port threads feed us
-        # (id(decoder), board) -> (seq, ack_after_us, epoch, t_end_us), in link order
+        # (id(decoder), board) -> (seq, ack_after_us, epoch, t_end_us, boot), in link order
         self._pending: dict[tuple[int, int], deque] = {}
         self._decoders: dict[int, Any] = {}
-        self.counters = dict(blocks=0, acks=0, ack_point_errors=0, resumed=0)
+        self._holds: dict[tuple[int, int], _ClockHold] = {}
+        self._log = RateLimitedLog(log, framer.clock, rate=1 / 60, burst=1)
+        self.counters = dict(blocks=0, acks=0, ack_point_errors=0, resumed=0, clock_holds=0, clock_releases=0,
+                             board_restarts=0)
 
     def resume(self, decoder: Any, board_id: int | None = None) -> int:
         """Give *decoder* the persisted ACK point of *board_id* (of every board with one if None:
@@ -56,9 +84,10 @@ class Gateway:
         if self.outbox is None or not hasattr(self.outbox, "ack_points"):
             return 0
         n = 0
+        boots = self.outbox.ack_point_boots() if hasattr(self.outbox, "ack_point_boots") else {}
         for bid, (epoch, seq, t_end_us) in self.outbox.ack_points().items():
             if board_id is None or bid == board_id:
-                decoder.resume(bid, epoch, seq, t_end_us)
+                decoder.resume(bid, epoch, seq, t_end_us, boots.get(bid, 0))
                 n += 1
         self.counters["resumed"] += n
         return n
@@ -67,19 +96,28 @@ class Gateway:
         """Process one batch of a port's events; return the frame seqs committed."""
         committed: list[int] = []
         with self._lock:
+            self._release_holds()
             for ev in events:
+                if isinstance(ev, BoardRestarted):
+                    # The decoder gave the held packets up with the old epoch's ring (GapReport).
+                    self._holds.pop((id(decoder), ev.board_id), None)
+                    self._board_restarted(ev)
+                elif self._held_back(decoder, ev):
+                    continue
                 if isinstance(ev, DataBlock):
                     self.counters["blocks"] += 1
                     key = (id(decoder), ev.board_id)
                     self._decoders[id(decoder)] = decoder
-                    # A block the framer refuses (implausible time) is never framed: nothing to wait
-                    # for, it is acknowledged with the blocks around it (else a block stamped in the
-                    # future would hold every later ACK back).  Nor does it reach the streams, whose
-                    # continuity a bogus time would break (a block from the future makes every
-                    # later one look like an overlap).
-                    ok = self.framer.time_plausible(ev.t_first_us, ev.t_end_us)
+                    verdict = self.framer.judge_time(ev.t_first_us, ev.t_end_us, ev.time_quality)
+                    if verdict == "hold" and self._hold(decoder, ev):
+                        continue
+                    # A block no clock can place (before 2000) is never framed: nothing to wait
+                    # for, it is acknowledged with the blocks around it (else it would hold every
+                    # later ACK back).  Nor does it reach the streams, whose continuity a bogus time
+                    # would break.
+                    ok = verdict in ("ok", "board")
                     self._pending.setdefault(key, deque()).append(
-                        (ev.seq, ev.t_end_us if ok else -(1 << 62), ev.epoch, ev.t_end_us))
+                        (ev.seq, ev.t_end_us if ok else -(1 << 62), ev.epoch, ev.t_end_us, ev.boot))
                     if not ok:
                         self.framer.refuse_implausible(ev.t_first_us, ev.samples.size,
                                                        [f"{ev.board_id}/{c}" for c in ev.channel_ids])
@@ -95,13 +133,75 @@ class Gateway:
         return committed
 
     def poll(self) -> list[int]:
-        """Commit timed-out windows (call periodically when no data arrives)."""
+        """Commit timed-out windows and end clock holds whose clocks agree now (call periodically
+        when no data arrives)."""
         with self._lock:
+            self._release_holds()
             done = self.framer.poll()
             self._acknowledge()
         if done and self.uplink is not None:
             self.uplink.notify()
         return done
+
+    def _board_restarted(self, ev: BoardRestarted) -> None:
+        """A new run of a board (the decoder logged the WARNING): alarm in the SOH.  A new run that
+        a newer epoch does not explain (``new_run``: a replaced board, a wiped epoch file) is
+        alarmed as ``board_replaced``: someone should know the hardware changed."""
+        self.counters["board_restarts"] += 1
+        self.framer.alarm({"alarm": "board_replaced" if ev.reason == "new_run" else "board_restarted",
+                           "station": self.station_id, "board": ev.board_id, "old_epoch": ev.old_epoch,
+                           "new_epoch": ev.new_epoch, "old_boot": ev.old_boot, "new_boot": ev.new_boot,
+                           "time": self.framer.clock.time()})
+
+    # -- clock holds ---------------------------------------------------------------------------
+    def _held_back(self, decoder: Any, ev: Any) -> bool:
+        """Is *ev* after the held seq of a board on hold (the decoder delivers it again later)?"""
+        bid = getattr(ev, "board_id", None)
+        h = self._holds.get((id(decoder), bid)) if bid is not None else None
+        if h is None or getattr(ev, "epoch", None) != h.epoch:
+            return False
+        seq = ev.first_seq if isinstance(ev, GapReport) else getattr(ev, "seq", None)
+        return seq is not None and seq >= h.seq
+
+    def _hold(self, decoder: Any, ev: DataBlock) -> bool:
+        """Neither clock can be trusted (the board is not GNSS-locked and disagrees with the
+        gateway): keep the block and what follows unacknowledged in the board's ring."""
+        if not decoder.hold(ev.seq, ev.board_id, ev.epoch, ev.t_first_us):
+            return False
+        self._decoders[id(decoder)] = decoder
+        now = self.framer.clock.monotonic()
+        offset = ev.t_first_us / 1e6 - self.framer.clock.time()
+        self._holds[(id(decoder), ev.board_id)] = _ClockHold(ev.board_id, ev.epoch, ev.seq, ev.t_first_us,
+                                                             ev.t_end_us, now, offset)
+        self.counters["clock_holds"] += 1
+        self.framer.alarm({"alarm": "clock_hold", "station": self.station_id, "board": ev.board_id,
+                           "epoch": ev.epoch, "seq": ev.seq, "sample_time": ev.t_first_us / 1e6,
+                           "gateway_time": self.framer.clock.time(), "offset_s": offset,
+                           "time_quality": link.TQ_NAMES[ev.time_quality],
+                           "max_clock_offset_s": self.framer.max_clock_offset_s})
+        self._log("hold", logging.WARNING, "gateway %s: board %d (time %s) is %.0f s from the gateway's "
+                  "clock: samples from seq %d held unacknowledged in the board's ring until the clocks agree",
+                  self.station_id, ev.board_id, link.TQ_NAMES[ev.time_quality], offset, ev.seq)
+        return True
+
+    def _release_holds(self) -> None:
+        if not self._holds:
+            return
+        now = self.framer.clock.monotonic()
+        limit = self.framer.max_clock_offset_s
+        for key, h in list(self._holds.items()):
+            # The board's clock runs on meanwhile: where it is now, from the held block's time.
+            # Released within half the limit, so that a block right at it is not held again at once.
+            dt = int((now - h.seen) * 1e6)
+            if limit is not None and not self.framer.clock_offset_ok(h.t_first_us + dt, h.t_end_us + dt,
+                                                                     limit_s=limit / 2):
+                continue
+            del self._holds[key]
+            self.counters["clock_releases"] += 1
+            log.warning("gateway %s: board %d and the gateway's clock agree again: asking the board for "
+                        "the held packets from seq %d", self.station_id, h.board_id, h.seq)
+            # (Only recorded: the decoder belongs to its port's thread and acts at its next read.)
+            self._decoders[key[0]].release(h.board_id)
 
     def _acknowledge(self) -> None:
         until = self.framer.committed_until_us
@@ -113,10 +213,10 @@ class Gateway:
                 n += 1
             if not n:
                 continue
-            seq, _, epoch, t_end_us = q[n - 1]
+            seq, _, epoch, t_end_us, boot = q[n - 1]
             if self.outbox is not None and hasattr(self.outbox, "set_ack_point"):
                 try:
-                    self.outbox.set_ack_point(board, epoch, seq, t_end_us)
+                    self.outbox.set_ack_point(board, epoch, seq, t_end_us, boot)
                 except Exception as err:   # full disk, I/O error: do not ACK; retried at the next commit
                     self.counters["ack_point_errors"] += 1
                     log.error("gateway %s: cannot persist the ACK point of board %d (seq %d): %s",
@@ -129,7 +229,9 @@ class Gateway:
 
     def stats(self) -> dict:
         return {**self.counters, "framer": self.framer.stats(),
-                "unacknowledged_blocks": sum(len(q) for q in self._pending.values())}
+                "unacknowledged_blocks": sum(len(q) for q in self._pending.values()),
+                "clock_hold": [{"board": h.board_id, "epoch": h.epoch, "seq": h.seq, "offset_s": h.offset_s}
+                               for h in self._holds.values()]}
 
 
 def build(station_cfg: Any, settings: Any = None, *, clock: Any) -> tuple[Gateway, Any, Any]:

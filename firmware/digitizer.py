@@ -30,7 +30,7 @@ _TEMP_UNKNOWN = -32768
 
 class Digitizer:
     def __init__(self, board, uart, adc, timebase, key, epoch=0, tamper=None, supply=None,
-                 calibrator=None, reboot=None, temperature=None, configure_adc=True):
+                 calibrator=None, reboot=None, temperature=None, configure_adc=True, boot=None):
         self.board = board
         ident = board["board"]
         acq = board["acquisition"]
@@ -41,6 +41,10 @@ class Digitizer:
         self.tb = timebase
         self.auth = link.Authenticator(key)
         self.epoch = epoch & 0xFFFF
+        # This run's boot number (link header): drawn at random unless given (the HIL passes a
+        # seeded one).  With it the gateway tells a new run from an old one even when the epoch
+        # file was wiped or the board was replaced (both restart at an epoch seen before).
+        self.boot = (boot & 0xFFFF) if boot else draw_boot()
         self.tamper = tamper
         self.supply = supply
         self.calibrator = calibrator
@@ -74,6 +78,7 @@ class Digitizer:
             "rx_invalid_errors": 0, "rx_garbage_bytes": 0, "rx_rejected_frame_bytes": 0, "wrong_board": 0, "bad_type": 0,
             "resend_future": 0, "samples": 0, "samples_discarded_no_time": 0, "adc_errors": 0, "timeline_breaks": 0,
             "clock_steps": 0, "tx_dropped_packets": 0, "ring_overrun": 0, "tamper_events": 0,
+            "other_boot": 0,
         }
         self._deframer = link.Deframer()
         self._out = bytearray()
@@ -246,7 +251,7 @@ class Digitizer:
     def _send(self, ptype, payload):
         seq = self.seq
         self.seq = seq + 1
-        pkt = link.build_packet(self.auth, ptype, self.board_id, self.epoch, seq, payload)
+        pkt = link.build_packet(self.auth, ptype, self.board_id, self.epoch, seq, payload, 0, self.boot)
         self.ring.put(seq, pkt)
         self._queue(link.frame(pkt))
         self.counters["packets_sent"] += 1
@@ -325,6 +330,11 @@ class Digitizer:
             return
         if hdr.board_id != self.board_id:
             self.counters["wrong_board"] += 1
+            return
+        if hdr.boot and hdr.boot != self.boot:
+            # Meant for an earlier run of this board (or the board it replaced): its ACK or RESEND
+            # numbers name packets of that run, not ours.  (0: the gateway has not heard us yet.)
+            self.counters["other_boot"] += 1
             return
         self.counters["rx_packets"] += 1
         try:
@@ -476,6 +486,20 @@ class Digitizer:
     def _request_reboot(self):
         self.flush_block()
         self.reboot_requested = True
+
+
+def draw_boot():
+    """A random boot number, 1..65535 (the hardware RNG through os.urandom where there is one)."""
+    b = 0
+    while not b:
+        try:
+            import os
+            r = os.urandom(2)
+            b = (r[0] << 8) | r[1]
+        except (ImportError, AttributeError, OSError, NotImplementedError):
+            import random
+            b = random.getrandbits(16)
+    return b
 
 
 def _clamp32(v):

@@ -20,7 +20,11 @@
 #     8  u32  sequence number (board->gateway: one space for every packet it sends;
 #             gateway->board: the gateway's own space)
 #     12 u16  payload length
-#     14 u16  reserved (0)
+#     14 u16  boot: a random number the board draws at each boot, never 0 (0: not stated, older
+#             firmware).  (board id, epoch, boot) names one run of one board: a replaced board or
+#             one whose stored epoch was wiped restarts at an epoch and seq the gateway has seen
+#             before, but not with the same boot.  Gateway->board packets carry the boot of the
+#             board run they are meant for (0 before the gateway has heard the board).
 #   payload (payload length bytes, <= MAX_PAYLOAD)
 #   tag     (16 bytes) HMAC-SHA256(key, header | payload), truncated
 #   crc     (4 bytes)  CRC-32/ISO-HDLC (binascii.crc32) of header | payload | tag
@@ -328,9 +332,9 @@ def crc32(data):
 # ---------------------------------------------------------------- packets
 
 class Header:
-    __slots__ = ("version", "ptype", "board_id", "epoch", "flags", "seq", "length")
+    __slots__ = ("version", "ptype", "board_id", "epoch", "flags", "seq", "length", "boot")
 
-    def __init__(self, ptype, board_id, epoch, seq, length, flags=0, version=VERSION):
+    def __init__(self, ptype, board_id, epoch, seq, length, flags=0, version=VERSION, boot=0):
         self.version = version
         self.ptype = ptype
         self.board_id = board_id
@@ -338,20 +342,21 @@ class Header:
         self.flags = flags
         self.seq = seq
         self.length = length
+        self.boot = boot
 
     def __repr__(self):
-        return "Header(%s board=%d epoch=%d seq=%d len=%d flags=%d)" % (
-            TYPE_NAMES.get(self.ptype, str(self.ptype)), self.board_id, self.epoch, self.seq,
+        return "Header(%s board=%d epoch=%d boot=%d seq=%d len=%d flags=%d)" % (
+            TYPE_NAMES.get(self.ptype, str(self.ptype)), self.board_id, self.epoch, self.boot, self.seq,
             self.length, self.flags)
 
 
-def build_packet(auth, ptype, board_id, epoch, seq, payload, flags=0):
+def build_packet(auth, ptype, board_id, epoch, seq, payload, flags=0, boot=0):
     """Packet bytes (not yet COBS-encoded): header | payload | tag | crc."""
     n = len(payload)
     if n > MAX_PAYLOAD:
         raise LengthError("payload of %d bytes exceeds %d" % (n, MAX_PAYLOAD))
     buf = bytearray(HEADER_SIZE + n + TAG_SIZE + CRC_SIZE)
-    struct.pack_into(HEADER_FMT, buf, 0, VERSION, ptype, board_id, epoch, flags, 0, seq, n, 0)
+    struct.pack_into(HEADER_FMT, buf, 0, VERSION, ptype, board_id, epoch, flags, 0, seq, n, boot)
     buf[HEADER_SIZE:HEADER_SIZE + n] = payload
     end = HEADER_SIZE + n
     buf[end:end + TAG_SIZE] = auth.tag(memoryview(buf)[:end])
@@ -360,9 +365,9 @@ def build_packet(auth, ptype, board_id, epoch, seq, payload, flags=0):
     return bytes(buf)
 
 
-def encode(auth, ptype, board_id, epoch, seq, payload, flags=0):
+def encode(auth, ptype, board_id, epoch, seq, payload, flags=0, boot=0):
     """Wire bytes: 0x00 + COBS(packet) + 0x00."""
-    return frame(build_packet(auth, ptype, board_id, epoch, seq, payload, flags))
+    return frame(build_packet(auth, ptype, board_id, epoch, seq, payload, flags, boot))
 
 
 def frame(packet):
@@ -403,7 +408,7 @@ def parse_packet(auth, packet):
     (crc,) = struct.unpack_from(">I", packet, n - CRC_SIZE)
     if crc32(mv[:n - CRC_SIZE]) != crc:
         raise CrcError("CRC-32 mismatch")
-    version, ptype, board_id, epoch, flags, _r1, seq, length, _r2 = struct.unpack_from(HEADER_FMT, packet, 0)
+    version, ptype, board_id, epoch, flags, _r1, seq, length, boot = struct.unpack_from(HEADER_FMT, packet, 0)
     if version != VERSION:
         raise VersionError("unknown link protocol version %d (this side speaks %d)" % (version, VERSION))
     if length != n - OVERHEAD:
@@ -411,7 +416,7 @@ def parse_packet(auth, packet):
     end = HEADER_SIZE + length
     if not _equal(auth.tag(mv[:end]), mv[end:end + TAG_SIZE]):
         raise AuthError("HMAC tag mismatch (wrong key or tampering) for board %d seq %d" % (board_id, seq))
-    return Header(ptype, board_id, epoch, seq, length, flags, version), bytes(mv[HEADER_SIZE:end])
+    return Header(ptype, board_id, epoch, seq, length, flags, version, boot), bytes(mv[HEADER_SIZE:end])
 
 
 def decode(auth, wire_frame):

@@ -670,6 +670,10 @@ def _digitizer_extra(cls: Any, vb: VirtualBoard) -> dict:
             extra[name] = vb.firmware_reset
     if "ticks_us" in params:
         extra["ticks_us"] = lambda: vb._ticks()
+    if "boot" in params:
+        # A boot number per run, from the simulation's seed: reproducible, and new at every boot.
+        rng = np.random.default_rng([vb.sim.seed & 0xFFFFFFFF, 0xB007, vb.board_id & 0xFFFF, vb.generation])
+        extra["boot"] = int(rng.integers(1, 1 << 16))
     return extra
 
 

@@ -20,9 +20,10 @@ KEY = bytes(range(32))
 class FakeBoard:
     def __init__(self, key: bytes = KEY, board_id: int = 7, epoch: int = 3, rate_mhz: int = 100_000,
                  channels: int = 3, spp: int = 50, ring: int = 256, seed: int = 1,
-                 t0_us: int = 1_700_000_000_000_000) -> None:
+                 t0_us: int = 1_700_000_000_000_000, boot: int = 0x1234) -> None:
         self.auth = link.Authenticator(key)
-        self.board_id, self.epoch = board_id, epoch
+        self.board_id, self.epoch, self.boot = board_id, epoch, boot
+        self.other_boot = 0                     # gateway packets meant for another run, ignored
         self.rate_mhz, self.spp = rate_mhz, spp
         self.chan_ids = list(range(channels))
         self.ring_cap = ring
@@ -42,7 +43,7 @@ class FakeBoard:
     def _packet(self, ptype: int, payload: bytes) -> bytes:
         seq = self.seq
         self.seq += 1
-        pkt = link.build_packet(self.auth, ptype, self.board_id, self.epoch, seq, payload)
+        pkt = link.build_packet(self.auth, ptype, self.board_id, self.epoch, seq, payload, 0, self.boot)
         self.ring[seq] = pkt
         while len(self.ring) > self.ring_cap:
             self.ring.popitem(last=False)
@@ -76,6 +77,15 @@ class FakeBoard:
         self.epoch += 1
         self.seq = 0
         self.ring.clear()
+        self.boot = self.boot % 0xFFFF + 1
+
+    def replace(self, epoch: int = 0, boot: int = 0xB0B) -> None:
+        """Another board (or this one with its epoch file wiped) in its place: it starts again at
+        *epoch*, seq 0, with its own boot number; its clock goes on (GNSS time)."""
+        self.epoch, self.boot = epoch, boot
+        self.seq = 0
+        self.ring.clear()
+        self.acked = -1
 
     # -- gateway -> board
     def receive(self, data: bytes) -> bytes:
@@ -83,6 +93,9 @@ class FakeBoard:
         out = bytearray()
         for fr in self.deframer.feed(data):
             hdr, payload = link.decode(self.auth, fr)
+            if hdr.boot and hdr.boot != self.boot:
+                self.other_boot += 1            # as the firmware: meant for another run
+                continue
             if hdr.ptype == link.T_ACK:
                 self.acked = link.unpack_ack(payload)
             elif hdr.ptype == link.T_RESEND:
@@ -95,7 +108,7 @@ class FakeBoard:
                         # Same packet, flagged as a copy (new header flags, so new tag and CRC).
                         h, pl = link.parse_packet(self.auth, self.ring[s])
                         out += link.encode(self.auth, h.ptype, h.board_id, h.epoch, h.seq, pl,
-                                           link.F_RETRANSMIT)
+                                           link.F_RETRANSMIT, h.boot)
                 if gone:
                     # The ring is FIFO: what is gone is a prefix of the range, and so is everything
                     # up to the oldest packet held (said too, as the firmware does).

@@ -543,7 +543,7 @@ def test_board_reboot_ends_the_epoch_and_starts_the_next_at_zero():
     gap = ev[2]
     assert (gap.epoch, gap.first_seq, gap.last_seq, gap.reason) == (3, 2, 2, "restart")
     assert gap.start_us == ev[1].t_end_us and gap.end_us == ev[3].t_first_us
-    assert ev[4] == BoardRestarted(7, 3, 4)
+    assert ev[4] == BoardRestarted(7, 3, 4, "epoch", 0x1234, 0x1235)
     assert [(e.epoch, e.seq) for e in ev[5:]] == [(4, 0), (4, 1)]
     assert dec.state()["epoch"] == 4 and b.acked == 1
 

@@ -116,17 +116,20 @@ def case_packet_vectors():
         payload = unhex(p["payload"])
         if p["fields"] is not None:
             assert _payload_from_fields(p) == payload, p["name"]
-        pkt = link.build_packet(auth, p["type"], p["board"], p["epoch"], p["seq"], payload, p["flags"])
+        boot = p.get("boot", 0)
+        pkt = link.build_packet(auth, p["type"], p["board"], p["epoch"], p["seq"], payload, p["flags"], boot)
         assert pkt == unhex(p["packet"]), p["name"]
-        wire = link.encode(auth, p["type"], p["board"], p["epoch"], p["seq"], payload, p["flags"])
+        wire = link.encode(auth, p["type"], p["board"], p["epoch"], p["seq"], payload, p["flags"], boot)
         assert wire == unhex(p["wire"]), p["name"]
         assert wire[0] == 0 and wire[-1] == 0 and 0 not in wire[1:-1]
         hdr, got = link.decode(auth, wire[1:-1])
         assert got == payload
-        assert (hdr.ptype, hdr.board_id, hdr.epoch, hdr.seq, hdr.flags, hdr.length) == (
-            p["type"], p["board"], p["epoch"], p["seq"], p["flags"], len(payload))
+        assert (hdr.ptype, hdr.board_id, hdr.epoch, hdr.seq, hdr.flags, hdr.length, hdr.boot) == (
+            p["type"], p["board"], p["epoch"], p["seq"], p["flags"], len(payload), boot)
     copy = link.retransmit_copy(auth, unhex(by_name["data"]["packet"]))
     assert copy == unhex(by_name["data_retransmit"]["packet"])
+    copy = link.retransmit_copy(auth, unhex(by_name["data_boot"]["packet"]))
+    assert copy == unhex(by_name["data_boot_retransmit"]["packet"])
 
 
 def case_payload_round_trips():
@@ -549,10 +552,10 @@ class Rig:
         self.uart.tx = bytearray()
         return out
 
-    def send(self, ptype, payload, key=None, board_id=None):
+    def send(self, ptype, payload, key=None, board_id=None, boot=0):
         auth = self.auth if key is None else link.Authenticator(key)
         bid = self.board["board"]["id"] if board_id is None else board_id
-        self.uart.rx += link.encode(auth, ptype, bid, 0, self.gw_seq, payload)
+        self.uart.rx += link.encode(auth, ptype, bid, 0, self.gw_seq, payload, 0, boot)
         self.gw_seq += 1
         self.dig.poll()
 
@@ -778,6 +781,31 @@ def case_digitizer_splits_blocks_at_clock_steps_and_lost_samples():
     assert any(d[3] & link.S_ADC_FAULT for d in data)
     for d in data:                                    # every block is evenly spaced in itself
         assert len(d[6][0]) <= spp
+
+
+def case_digitizer_names_its_run_and_ignores_packets_for_another():
+    # Every packet of a run carries its boot number, drawn at random (never 0) at each boot; the
+    # gateway's packets for another run (the board this one replaced, or its own previous boot)
+    # are ignored: their ACK and RESEND numbers name that run's packets, not ours.
+    rig = Rig()
+    rig.run(2 * rig.dig.spp)
+    pk = rig.packets()
+    boot = rig.dig.boot
+    assert 0 < boot <= 0xFFFF and all(h.boot == boot for h, p in pk)
+    boots = set([boot])
+    for _ in range(8):
+        boots.add(Rig().dig.boot)
+    assert len(boots) > 1 and 0 not in boots
+    assert Rig(boot=0x1234).dig.boot == 0x1234
+    other = boot % 0xFFFF + 1
+    rig.send(link.T_ACK, link.pack_ack(1), boot=other)
+    rig.send(link.T_RESEND, link.pack_range(0, 1), boot=other)
+    rig.send(link.T_COMMAND, link.pack_command(link.CMD_REBOOT), boot=other)
+    assert rig.dig.counters["other_boot"] == 3 and rig.dig.ring.acked != 1 and not rig.dig.reboot_requested
+    assert rig.packets() == [] and rig.dig.counters["resend_requests"] == 0
+    rig.send(link.T_ACK, link.pack_ack(1), boot=boot)      # ours, and 0 (a gateway that has not
+    rig.send(link.T_RESEND, link.pack_range(0, 0))         # heard us yet) are served
+    assert rig.dig.ring.acked == 1 and rig.dig.counters["resend_requests"] == 1
 
 
 def case_digitizer_ack_and_ring_overrun_flag():

@@ -30,8 +30,9 @@ def h(b: bytes) -> str:
     return b.hex()
 
 
-def packet(ptype: int, board: int, epoch: int, seq: int, payload: bytes, flags: int = 0, key: bytes = KEY) -> bytes:
-    head = struct.pack(">BBHHBBIHH", 1, ptype, board, epoch, flags, 0, seq, len(payload), 0)
+def packet(ptype: int, board: int, epoch: int, seq: int, payload: bytes, flags: int = 0, key: bytes = KEY,
+           boot: int = 0) -> bytes:
+    head = struct.pack(">BBHHBBIHH", 1, ptype, board, epoch, flags, 0, seq, len(payload), boot)
     tag = hmac.new(key, head + payload, hashlib.sha256).digest()[:16]
     body = head + payload + tag
     return body + struct.pack(">I", zlib.crc32(body))
@@ -119,8 +120,17 @@ def main() -> None:
                "fields": [1, "00030d40"], "payload": h(struct.pack(">BBH", 1, 0, 4) + struct.pack(">I", 200000))})
     pk.append({"name": "data_retransmit", "type": 2, "board": 1, "epoch": 7, "seq": 123456, "flags": 1,
                "fields": None, "payload": h(payload)})
+    # The boot number of the board's run (header offset 14): on every packet of the run, kept by a
+    # retransmitted copy, echoed by the gateway's packets to that run.
+    pk.append({"name": "data_boot", "type": 2, "board": 1, "epoch": 7, "seq": 123458, "flags": 0, "boot": 0xBEEF,
+               "fields": None, "payload": h(payload)})
+    pk.append({"name": "data_boot_retransmit", "type": 2, "board": 1, "epoch": 7, "seq": 123458, "flags": 1,
+               "boot": 0xBEEF, "fields": None, "payload": h(payload)})
+    pk.append({"name": "ack_boot", "type": 0x81, "board": 1, "epoch": 7, "seq": 4, "flags": 0, "boot": 0xBEEF,
+               "fields": None, "payload": h(struct.pack(">I", 99))})
     for p in pk:
-        raw = packet(p["type"], p["board"], p["epoch"], p["seq"], bytes.fromhex(p["payload"]), p["flags"])
+        raw = packet(p["type"], p["board"], p["epoch"], p["seq"], bytes.fromhex(p["payload"]), p["flags"],
+                     boot=p.get("boot", 0))
         p["packet"] = h(raw)
         p["wire"] = h(b"\x00" + cobs.encode(raw) + b"\x00")
     v["packets"] = pk

@@ -155,19 +155,21 @@ def test_restart_never_rebuilds_a_committed_seq(tmp_path, clock):
     assert np.array_equal(z1, np.arange(400, 800, dtype=np.int32))
 
 
-@pytest.mark.parametrize("t_us, why", [
-    (12 * 1_000_000, "1970 + uptime: a board without a time fix"),
-    (EPOCH_2000_US - 10_000_000, "before 2000-01-01: the sequence number would be negative"),
-    (T0_US - 1024 * 7 * 86400 * 1_000_000, "GPS week roll-over: 19.6 years in the past"),
-    (T0_US + 2 * 86400 * 1_000_000, "two days ahead of the gateway's clock"),
-    (2 ** 62, "beyond year 9999: no CD-1.1 time stamp holds it (issue 7 §1: the alarm's log line raised)"),
+@pytest.mark.parametrize("t_us, tq, why", [
+    (12 * 1_000_000, link.TQ_LOCKED, "1970 + uptime: a board without a time fix"),
+    (EPOCH_2000_US - 10_000_000, link.TQ_LOCKED, "before 2000-01-01: the sequence number would be negative"),
+    (T0_US - 1024 * 7 * 86400 * 1_000_000, link.TQ_LOCKED,
+     "GPS week roll-over: 19.6 years in the past, although the receiver says it is locked"),
+    (T0_US + 2 * 86400 * 1_000_000, link.TQ_HOLDOVER, "two days ahead of the gateway's clock, not locked"),
+    (2 ** 62, link.TQ_LOCKED,
+     "beyond year 9999, locked: no CD-1.1 time stamp holds it (issue 7 §1: the alarm's log line raised)"),
 ])
-def test_samples_with_implausible_time_are_never_framed_counted_and_alarmed(tmp_path, clock, t_us, why):
+def test_samples_with_implausible_time_are_never_framed_counted_and_alarmed(tmp_path, clock, t_us, tq, why):
     alarms = []
     box, fr = framer(tmp_path, clock, on_alarm=alarms.append)
     clock.t = T0_US / 1e6 + 30                 # the gateway's clock: 30 s after T0
     for k in range(30):                        # 30 s of bad time, then 25 s of good
-        assert fr.add_chunk(chunk(t_us + k * 1_000_000, 40, base=40 * k)) == [], why
+        assert fr.add_chunk(chunk(t_us + k * 1_000_000, 40, base=40 * k, tq=tq)) == [], why
     clock.advance(60)                          # beyond max_wait_s: nothing is waiting to be forced out
     assert fr.poll() == [] and box.stats()["frames"] == 0, why
     st = fr.stats()
@@ -179,8 +181,21 @@ def test_samples_with_implausible_time_are_never_framed_counted_and_alarmed(tmp_
     for k in range(25):
         committed += fr.add_chunk(chunk(T0_US + k * 1_000_000, 40, base=40 * k))
     assert committed == [fr.seq_of(T0_US), fr.seq_of(T0_US) + 1]     # good time frames as usual
-    fr.add_chunk(chunk(t_us, 40))                                    # a new episode: a new alarm
+    fr.add_chunk(chunk(t_us, 40, tq=tq))                             # a new episode: a new alarm
     assert len(alarms) == 2
+
+
+def test_the_time_rule_trusts_a_locked_board_ahead_of_a_lagging_gateway_clock(tmp_path, clock):
+    box, fr = framer(tmp_path, clock, max_clock_offset_s=3600)
+    clock.t = T0_US / 1e6
+    hours = 5 * 3600 * 1_000_000
+    assert fr.judge_time(T0_US + 10, T0_US + 20, link.TQ_UNLOCKED) == "ok"
+    # The gateway's clock lags a locked board (no RTC, before NTP): the board is the better clock.
+    assert fr.judge_time(T0_US + hours, T0_US + hours + 10, link.TQ_LOCKED) == "board"
+    # Not locked, or locked but in the past (a receiver after a week roll-over): hold until they agree.
+    assert fr.judge_time(T0_US + hours, T0_US + hours + 10, link.TQ_HOLDOVER) == "hold"
+    assert fr.judge_time(T0_US - hours, T0_US - hours + 10, link.TQ_LOCKED) == "hold"
+    assert fr.judge_time(EPOCH_2000_US - 10, EPOCH_2000_US + 10, link.TQ_LOCKED) == "refuse"
 
 
 def test_the_ring_backlog_within_the_clock_offset_is_framed(tmp_path, clock):

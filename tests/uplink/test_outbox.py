@@ -64,6 +64,34 @@ def test_board_ack_points_are_durable_and_only_move_forward_within_an_epoch(tmp_
     assert box.ack_points()[1] == (5, 3, 1_767_225_700_000_000)
 
 
+def test_an_ack_point_of_a_new_board_run_at_the_same_epoch_replaces_the_old_one(tmp_path, clock):
+    """A replaced board (or a wiped epoch file) is back at epoch 0 / seq 0 with another boot number:
+    its ACK point replaces the old run's although its seq is lower, and survives a reopen."""
+    box = Outbox(tmp_path / "o.sqlite", max_bytes=1 << 30, max_age_s=1e9, clock=clock)
+    box.set_ack_point(1, 0, 1100, 1_767_225_610_000_000, boot=0xA1)
+    box.set_ack_point(1, 0, 900, 1_767_225_600_000_000, boot=0xA1)    # same run, older: ignored
+    assert box.ack_points()[1] == (0, 1100, 1_767_225_610_000_000) and box.ack_point_boots() == {1: 0xA1}
+    box.set_ack_point(1, 0, 5, 1_767_225_700_000_000, boot=0xB2)      # the new board's first frames
+    box.close()
+    box = Outbox(tmp_path / "o.sqlite", max_bytes=1 << 30, max_age_s=1e9, clock=clock)
+    assert box.ack_points()[1] == (0, 5, 1_767_225_700_000_000) and box.ack_point_boots() == {1: 0xB2}
+
+
+def test_ack_points_written_before_boot_numbers_open_with_boot_0(tmp_path, clock):
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "o.sqlite")
+    db.execute("CREATE TABLE ack_points (board_id INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, "
+               "seq INTEGER NOT NULL, t_end_us INTEGER, updated REAL NOT NULL)")
+    db.execute("INSERT INTO ack_points VALUES (3, 2, 77, NULL, 0)")
+    db.commit()
+    db.close()
+    box = Outbox(tmp_path / "o.sqlite", max_bytes=1 << 30, max_age_s=1e9, clock=clock)
+    assert box.ack_points() == {3: (2, 77, None)} and box.ack_point_boots() == {3: 0}
+    box.set_ack_point(3, 2, 80, None, boot=0x33)
+    assert box.ack_points()[3] == (2, 80, None) and box.ack_point_boots() == {3: 0x33}
+
+
 def test_acknack_deletes_covered_frames_and_requeues_gaps_and_implied_gaps(tmp_path, clock):
     box = make(tmp_path, clock, resend_holdoff_s=5)
     for seq in range(100, 110):
