@@ -35,7 +35,7 @@ from tests.conftest import ROOT, need_amqtt
 RUNTIME_FOLDERS = {"ims_station", "edge", "hil", "relay", "firmware", "boards"}
 
 
-def _tracked_files() -> list[str]:
+def tracked_files() -> list[str]:
     """The source tree as a clone would have it: tracked and new (not ignored) files."""
     out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                          capture_output=True, check=True).stdout
@@ -61,7 +61,7 @@ def wheel(tmp_path_factory) -> Path:
     """The wheel pip builds from a copy of the source tree (pip builds in the tree: build/, egg-info)."""
     work = tmp_path_factory.mktemp("wheel")
     src = work / "src"
-    for f in _tracked_files():
+    for f in tracked_files():
         (src / f).parent.mkdir(parents=True, exist_ok=True)
         (src / f).write_bytes((ROOT / f).read_bytes())
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(work / "dist"), str(src)],
@@ -116,7 +116,7 @@ def test_the_wheel_holds_every_file_of_the_installed_folders(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     by_dir = {d: pkg for pkg, d in dirs.items()}
     missing, unpackaged = [], set()
-    for f in _tracked_files():
+    for f in tracked_files():
         folder, _, name = f.rpartition("/")
         if folder.split("/")[0] not in {d.split("/")[0] for d in dirs.values()}:
             continue                                  # docs/, tests/, bench/: not part of the install
