@@ -1,5 +1,9 @@
 """Board definitions (``boards/*.toml``): validation, loading, ring-capacity figures and freezing.
 
+The definitions are package data: ``boards/`` is installed as the package ``ims_station.boards_data``
+(pyproject.toml) and found through :mod:`importlib.resources`, never through a path relative to this
+file, so a wheel install knows the same boards as the source tree.
+
 Owns: the board schema (JSON Schema, checked through :func:`ims_station.config.validate`), the
 semantic checks a schema cannot express (pins used twice or unusable on the MCU, duplicate SEED
 channel codes, rates the ADC cannot produce from its clock, DATA packets larger than
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +29,18 @@ from ims_station.config import load_toml, validate
 from ims_station.errors import ConfigError
 from ims_station.firmware import ads131m0x, link
 
-BOARDS_DIR = Path(__file__).resolve().parent.parent / "boards"
+BOARDS_PACKAGE = "ims_station.boards_data"     # boards/ in the repository (pyproject.toml's package-dir)
+
+
+def _boards_dir() -> Path:
+    d = resources.files(BOARDS_PACKAGE)
+    if not isinstance(d, Path):      # a zip import: the TOML files are not files; we install unpacked
+        raise ConfigError(str(d), "", "the board definitions are not on a file system; install "
+                          "ims-station unpacked (pip install), not as a zip")
+    return d
+
+
+BOARDS_DIR = _boards_dir()
 DEFAULT_BOARD = "sim"
 SOH_PACKET_BYTES = link.OVERHEAD + link.SOH_SIZE
 UART_BITS_PER_BYTE = 10          # 8N1
@@ -186,7 +202,7 @@ def board_path(name_or_path: str | os.PathLike[str]) -> Path:
 
 
 def list_boards() -> list[str]:
-    """Names of the boards in ``boards/`` (sorted)."""
+    """Names of the installed boards (``boards/*.toml``, sorted)."""
     return sorted(p.stem for p in BOARDS_DIR.glob("*.toml"))
 
 

@@ -1,11 +1,12 @@
 """``ims-station relay ...``: run the central relay, export miniSEED, inspect the archive.
 
 Owns the relay's command line and its configuration file (TOML, validated by JSON Schema with
-errors naming file, key and reason; relative paths are taken from the config file's folder)::
+errors naming file, key and reason; relative paths are taken from the config file's folder;
+deployed as ``/etc/ims-relay/<instance>.toml``, docs/deployment.md)::
 
     [relay]
     data_dir = "/var/lib/ims-relay"     # archive (frames, quarantine, index) and state.sqlite
-    trust_dir = "/etc/ims/trust"        # public keys of the stations (ims-station keys export);
+    trust_dir = "trust"                 # public keys of the stations (ims-station keys export);
                                         # reloaded on SIGHUP and when it changes (trust_poll_s)
     instance = "relay1"                 # unique per relay process sharing a data_dir / broker group
     prefix = "ims"                      # topic prefix
@@ -25,7 +26,7 @@ errors naming file, key and reason; relative paths are taken from the config fil
     max_future_s = 86400.0              # ... and frames ending more than a day ahead of our clock
     trust_poll_s = 5.0                  # how often trust_dir is checked for changes (0: SIGHUP only)
     [relay.acknack_key]                 # optional: sign acknacks with one of our keys
-    keystore = "/etc/ims/relay-keys"
+    keystore = "relay-keys"
     key_id = 900
 
     [[broker]]                          # one or more, tried in order (fail-over)

@@ -1,7 +1,7 @@
 """``ims-station keys``: create signing keys and publish their public halves into a trust store.
 
-    ims-station keys generate --algorithm ed25519 --key-id 7 --out /etc/ims-station/keys --station STA01
-    ims-station keys export --keystore /etc/ims-station/keys --key-id 7 --trust /etc/ims-station/trust
+    ims-station keys generate --algorithm ed25519 --key-id 7 --out /etc/ims-station/keystore --station STA01
+    ims-station keys export --keystore /etc/ims-station/keystore --key-id 7 --trust STA01-trust
 
 Cheap to import: ``cryptography`` is loaded by the handlers (``ims_station.auth.keys``).
 """

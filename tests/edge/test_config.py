@@ -145,9 +145,9 @@ def test_the_complete_example_of_the_documentation_loads(tmp_path):
     assert "station_key_id" not in st.keys and "channel_key_ids" not in st.keys   # keys rotate by time
     assert cfg.ports[0].channels == {0: "IM.XS01.00.SHZ", 1: "IM.XS01.00.SHN", 2: "IM.XS01.00.SHE"}
     b1, b2 = st.brokers
-    assert (b1.host, b1.port, b1.tls_ca, b1.tls_key) == ("broker1.example.org", 8883, str(tmp_path / "tls/ca.pem"),
-                                                        str(tmp_path / "tls/xs01.key"))
-    assert (b2.username, b2.password_file) == ("XS01", str(tmp_path / "mqtt.pass"))
+    assert (b1.host, b1.port, b1.tls_ca, b1.tls_key) == ("broker1.example.org", 8883, str(tmp_path / "ca.crt"),
+                                                        str(tmp_path / "XS01.key"))
+    assert (b2.username, b2.password_file) == ("XS01", str(tmp_path / "mqtt.password"))
     assert st.get("uplink", "ack_timeout_s") == 300 and st.get("uplink", "max_unacked") == 2000
 
 
