@@ -26,6 +26,13 @@ which every sample is inside committed frames (the board's ACK point), written b
 right after the frames' commit and before the board is acknowledged, so a restarted gateway resumes
 from it and asks the board's ring for the rest (docs/uplink.md, "Board -> disk").
 
+One process, an intact file: the outbox holds an exclusive lock beside its database
+(``<path>.lock``, :class:`ims_station.locks.PidLock`) from opening to :meth:`Outbox.close`, so a
+second gateway on the same outbox is refused naming the first (:class:`OutboxLockedError`); and it
+refuses, before writing anything, a file it cannot use -- damaged, truncated, read-only, another
+program's database, a missing database beside its WAL, a missing directory tree -- with an
+:class:`OutboxOpenError` naming the file and the fix (docs/uplink.md, "Opening").
+
 Disk full: SQLite reports ``SQLITE_FULL`` ("database or disk is full") both for a full file system
 and for ``max_page_count``.  ``put`` then checkpoints and truncates the WAL, evicts the oldest
 frames (alarm ``disk_full``), and retries, a bounded number of times.  Deleted pages go to SQLite's

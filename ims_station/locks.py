@@ -58,8 +58,8 @@ def flock_holders(path: str | os.PathLike[str]) -> list[int]:
     pids = []
     for line in lines:
         f = line.split()
-        # "1: FLOCK  ADVISORY  WRITE 1234 00:19:5 0 EOF"; blocked waiters are marked "->".
-        if len(f) < 6 or f[1] != "FLOCK" or f[1] == "->":
+        # "1: FLOCK  ADVISORY  WRITE 1234 00:19:5 0 EOF"; blocked waiters ("1: -> FLOCK ...") skipped.
+        if len(f) < 6 or f[1] != "FLOCK":
             continue
         try:
             major, minor, ino = f[5].split(":")
