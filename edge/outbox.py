@@ -26,12 +26,18 @@ which every sample is inside committed frames (the board's ACK point), written b
 right after the frames' commit and before the board is acknowledged, so a restarted gateway resumes
 from it and asks the board's ring for the rest (docs/uplink.md, "Board -> disk").
 
+One process, an intact file: the outbox holds an exclusive lock beside its database
+(``<path>.lock``, :class:`ims_station.locks.PidLock`) from opening to :meth:`Outbox.close`, so a
+second gateway on the same outbox is refused naming the first (:class:`OutboxLockedError`); and it
+refuses, before writing anything, a file it cannot use -- damaged, truncated, read-only, another
+program's database, a missing database beside its WAL, a missing directory tree -- with an
+:class:`OutboxOpenError` naming the file and the fix (docs/uplink.md, "Opening").
+
 Maintenance (``ims-station edge outbox``, ``edge/outbox_admin.py``): :meth:`Outbox.items`,
 :meth:`Outbox.delete` and :meth:`Outbox.replace_payload` change stored frames outside the normal
-flow, so they need the outbox to themselves.  Every ``Outbox`` holds a shared ``flock`` on
-``<path>.lock`` while open; ``Outbox(..., exclusive=True)`` takes it exclusively and fails with
-:class:`OutboxBusyError` while a gateway has the outbox open (and a gateway does not start while a
-maintenance command holds it).  A lock held by a process that died is released by the kernel.
+flow; they are allowed only on an outbox opened with ``exclusive=True`` (maintenance mode).  The
+lock above keeps them off an outbox a gateway has open, and a gateway off one a maintenance command
+holds: whichever comes second is refused with :class:`OutboxLockedError` naming the other process.
 
 Disk full: SQLite reports ``SQLITE_FULL`` ("database or disk is full") both for a full file system
 and for ``max_page_count``.  ``put`` then checkpoints and truncates the WAL, evicts the oldest
@@ -59,6 +65,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ims_station.cd11.wire import MAX_GAPS
 from ims_station.errors import ImsStationError, LocalProtocolError
+from ims_station.locks import PidLock, ResourceBusyError
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +119,28 @@ class OutboxError(ImsStationError):
     """The outbox cannot do what was asked (see subclasses)."""
 
 
-class OutboxBusyError(OutboxError):
-    """The outbox is in use: a gateway has it open (maintenance refused), or a maintenance command
-    holds it (the gateway does not start)."""
-
-
 class OutboxFullError(OutboxError):
     """The disk is full and there is nothing left to evict: the frame was not committed."""
+
+
+class OutboxOpenError(OutboxError):
+    """The outbox cannot be opened: its directory is missing or not writable, the database file is
+    read-only, or only its write-ahead log is left.  The message names the file and the fix; nothing
+    was written to the database."""
+
+
+class OutboxCorruptError(OutboxOpenError):
+    """The database file is not a usable SQLite outbox (not a database, truncated, malformed).  It
+    was left byte for byte as it was, for recovery (``sqlite3 FILE .recover``)."""
+
+
+class OutboxLockedError(OutboxOpenError):
+    """Another process (``pid``, None if unknown) has the outbox open: two gateways on one outbox
+    would send, delete and acknowledge each other's frames."""
+
+    def __init__(self, message: str, pid: int | None) -> None:
+        super().__init__(message)
+        self.pid = pid
 
 
 class SequenceReuseError(OutboxError, LocalProtocolError):
@@ -171,26 +193,6 @@ def _is_disk_full(err: BaseException) -> bool:
         return "database or disk is full" in msg or "no space" in msg
     return isinstance(err, OSError) and err.errno == errno.ENOSPC
 
-
-def _lock_outbox(path: Path, exclusive: bool) -> tuple[int, bool] | None:
-    """flock ``<path>.lock``: shared for a gateway, exclusive for maintenance, never waiting.
-    Returns (fd, exclusive); None where flock does not exist (not POSIX)."""
-    try:
-        import fcntl
-    except ImportError:      # pragma: no cover - Windows: no concurrent-maintenance protection
-        return None
-    lock = path.with_name(path.name + ".lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        if exclusive:
-            raise OutboxBusyError(f"outbox {path} is in use (is the gateway running? stop it first: "
-                                  "the outbox must not change under it)") from None
-        raise OutboxBusyError(f"outbox {path} is locked by a maintenance command "
-                              "(ims-station edge outbox); retry when it has finished") from None
-    return fd, exclusive
 
 
 # -- default byte bound (docs/uplink.md, "Default byte bound") --------------------------------------
@@ -257,6 +259,99 @@ def default_max_bytes(streams: Iterable[tuple[int, float]], *, frame_seconds: fl
     return max(bound, MIN_MAX_BYTES), how
 
 
+def _lock(path: Path) -> PidLock:
+    """The outbox's directory (created if missing, but only if its parent exists: a missing parent
+    is more often an unmounted file system or a typo than a fresh install) and the exclusive lock
+    ``<db>.lock`` beside the database, held until :meth:`Outbox.close` (or the process ends)."""
+    d = path.parent
+    if not d.is_dir():
+        if d.exists():
+            raise OutboxOpenError(f"outbox {path}: {d} is not a directory: set [outbox] path or "
+                                  "[station] data_dir to a directory")
+        if not d.parent.is_dir():
+            raise OutboxOpenError(f"outbox {path}: its directory {d} does not exist, nor does {d.parent}: "
+                                  "create it (is its file system mounted?) or correct [station] data_dir")
+        try:
+            d.mkdir()
+        except OSError as err:
+            raise OutboxOpenError(f"outbox {path}: cannot create its directory {d} ({err.strerror}): "
+                                  "create it, writable by the gateway's user") from err
+    lock = path.with_name(path.name + ".lock")
+    try:
+        return PidLock(lock, f"outbox {path}", "stop that gateway first; two gateways must never share an "
+                                                "outbox (each station needs its own [station] data_dir)")
+    except ResourceBusyError as err:
+        raise OutboxLockedError(str(err), err.pid) from None
+    except OSError as err:
+        raise OutboxOpenError(f"outbox {path}: cannot create its lock file {lock} ({err.strerror}): "
+                              f"the directory {d} must be writable by the gateway's user "
+                              "(is the file system mounted read-only?)") from err
+
+
+def _check_store(path: Path) -> None:
+    """Refuse, before anything writes to it, a database file the outbox cannot use: missing while
+    its write-ahead log is there (the frames are in a file SQLite would discard), not a regular
+    file, not writable, not an SQLite database, another program's database, truncated, or
+    malformed where the start-up reads (schema, frame index, counters).  Looked at through a
+    read-only connection, which never writes to the file, so a damaged outbox stays as it was."""
+    wal = path.with_name(path.name + "-wal")
+    if not path.exists():
+        if path.is_symlink():
+            raise OutboxOpenError(f"outbox {path} is a symbolic link to a missing file: restore the "
+                                  "database or remove the link")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise OutboxOpenError(f"outbox {path} is missing but its write-ahead log {wal} is there: "
+                                  f"restore the database, or move {wal} aside to start an empty outbox")
+        return
+    if not path.is_file():
+        raise OutboxOpenError(f"outbox {path} is not a regular file: set [outbox] path to a database file")
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise OutboxOpenError(f"outbox {path} is not readable and writable by this user: give it to the "
+                              "gateway's user (chown, chmod 600)")
+    from urllib.parse import quote
+
+    ro = None
+    try:
+        ro = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
+        page_size = ro.execute("PRAGMA page_size").fetchone()[0]
+        tables = {r[0] for r in ro.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "frames" not in tables:
+            raise OutboxCorruptError(f"outbox {path} is an SQLite database but not an outbox (tables: "
+                                     f"{', '.join(sorted(tables))}): set [outbox] path to the outbox's file")
+        pages = ro.execute("PRAGMA page_count").fetchone()[0]
+        size = path.stat().st_size
+        if not (wal.exists() and wal.stat().st_size > 0) and pages * page_size > size:
+            # The header's page count is SQLite's own (valid only if the change counter agrees).
+            raise OutboxCorruptError(f"outbox {path} is truncated ({size} bytes; its header says "
+                                     f"{pages * page_size}): {_CORRUPT_ADVICE.format(path=path)}")
+        if "frames" in tables:
+            ro.execute("SELECT COUNT(*), SUM(size), MIN(nominal_time) FROM frames").fetchone()
+            for t in ("meta", "frame_sets", "ack_points", "sent_marks"):
+                if t in tables:
+                    ro.execute(f"SELECT * FROM {t}").fetchall()
+    except sqlite3.DatabaseError as err:
+        raise _open_error(path, err) from err
+    finally:
+        if ro is not None:
+            ro.close()
+
+
+_CORRUPT_ADVICE = ("move it (and its -wal and -shm files) aside and start again with an empty outbox; "
+                   "frames it held that were not delivered can be salvaged with `sqlite3 {path} .recover`")
+
+
+def _open_error(path: Path, err: sqlite3.DatabaseError) -> OutboxOpenError:
+    """The one-line error for an SQLite error met while opening *path*."""
+    code = getattr(err, "sqlite_errorcode", None)
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or type(err) is sqlite3.DatabaseError:
+        return OutboxCorruptError(f"outbox {path} is damaged ({err}): {_CORRUPT_ADVICE.format(path=path)}")
+    if code == sqlite3.SQLITE_READONLY or "readonly" in str(err):
+        return OutboxOpenError(f"outbox {path} cannot be written ({err}): make it and its directory "
+                               "writable by the gateway's user (is the file system mounted read-only?)")
+    return OutboxOpenError(f"outbox {path} cannot be opened ({err}): check the file, its directory "
+                           "and the file system")
+
+
 class Outbox:
     """Durable, bounded store of outgoing frames.  Thread-safe (one connection, one lock): the
     gateway's ingest thread ``put``s while paho's network thread applies acknacks."""
@@ -276,11 +371,34 @@ class Outbox:
         self._clock = clock
         self._on_alarm = on_alarm
         self._lock = threading.RLock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock_outbox(self.path, exclusive)
-        # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves, so a transaction is
-        # exactly one put (or one acknack) and nothing is left open by the sqlite3 module.
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._maintenance = bool(exclusive)
+        self._pidlock = _lock(self.path)
+        try:
+            _check_store(self.path)
+            # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves, so a transaction is
+            # exactly one put (or one acknack) and nothing is left open by the sqlite3 module.
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            try:
+                self._open_schema(synchronous)
+            except sqlite3.DatabaseError as err:
+                self._db.close()
+                raise _open_error(self.path, err) from err
+        except BaseException:
+            self._pidlock.release()
+            raise
+        self.last_alarm: dict | None = None
+        self._alarms_pending: list[dict] = []
+        self._resends_queued = 0
+        self.reserve_bytes = int(reserve_bytes)
+        # Free space kept on the file system (default: 16 MiB, or a quarter of a small one).
+        self.min_free_bytes = None if min_free_bytes is None else int(min_free_bytes)
+        self._reserve = self.path.with_name(self.path.name + ".reserve")
+        self._ensure_reserve()
+
+    def _open_schema(self, synchronous: str) -> None:
+        """Journal mode, pragmas, schema (created or upgraded), counters; frames left "sent" by a
+        previous process go back to pending.  After :func:`_check_store`, so a damaged file is
+        refused before anything here writes to it."""
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         # Keep the WAL file from staying large after a burst (matters on a small SD card / tmpfs).
@@ -308,14 +426,6 @@ class Outbox:
         self._counters = {k: int(self._meta(k, 0)) for k in ("evicted_frames", "evicted_bytes", "alarms",
                                                              "disk_full_events", "acked_frames",
                                                              "purged_frames")}
-        self.last_alarm: dict | None = None
-        self._alarms_pending: list[dict] = []
-        self._resends_queued = 0
-        self.reserve_bytes = int(reserve_bytes)
-        # Free space kept on the file system (default: 16 MiB, or a quarter of a small one).
-        self.min_free_bytes = None if min_free_bytes is None else int(min_free_bytes)
-        self._reserve = self.path.with_name(self.path.name + ".reserve")
-        self._ensure_reserve()
 
     # -- helpers ---------------------------------------------------------------------------------
     def _meta(self, key: str, default: Any = None) -> Any:
@@ -804,7 +914,7 @@ class Outbox:
 
     @property
     def _exclusive(self) -> bool:
-        return self._lock_fd is not None and self._lock_fd[1]
+        return self._maintenance
 
     def close(self) -> None:
         """Close the database (the reserve file stays: it belongs to the store)."""
@@ -814,9 +924,7 @@ class Outbox:
             except sqlite3.Error:
                 pass
             self._db.close()
-            if self._lock_fd is not None:
-                os.close(self._lock_fd[0])          # releases the flock
-                self._lock_fd = None
+            self._pidlock.release()
 
     def __enter__(self) -> "Outbox":
         return self

@@ -78,8 +78,8 @@ def locate(config: str | None, outbox: str | None, keystore: str | None) -> tupl
 
 
 def open_exclusive(path: Path):
-    """The outbox, for maintenance; :class:`~ims_station.edge.outbox.OutboxBusyError` if a gateway
-    has it open."""
+    """The outbox, for maintenance; :class:`~ims_station.edge.outbox.OutboxLockedError` (naming it)
+    if a gateway has it open."""
     from ims_station.clock import SystemClock
     from ims_station.edge.outbox import Outbox
 

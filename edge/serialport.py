@@ -13,10 +13,14 @@ written by the HIL), threads or event loops (the caller runs :meth:`PortPump.run
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any, Callable
 
 import serial
+
+from ims_station.errors import ImsStationError
+from ims_station.locks import ResourceBusyError, flock_holders
 
 from .logutil import RateLimitedLog, SystemClock
 
@@ -32,10 +36,36 @@ def register_sim() -> None:
         serial.protocol_handler_packages.append(SIM_HANDLER_PACKAGE)
 
 
+class PortInUseError(ImsStationError, serial.SerialException):
+    """Another process holds the port (``pid``, None if unknown).  A ``SerialException``, so a
+    reconnecting :class:`PortPump` keeps retrying; at start-up the gateway stops on it."""
+
+    def __init__(self, message: str, pid: int | None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
 def open_port(url: str, baudrate: int = 115200, timeout: float | None = 0.05, **kw: Any) -> serial.SerialBase:
-    """Open a serial port by URL or device path (8N1, no flow control unless *kw* says so)."""
+    """Open a serial port by URL or device path (8N1, no flow control unless *kw* says so).
+
+    Exclusively (``exclusive=True``: pyserial takes a ``flock`` on the device, as on a pty), so two
+    gateways cannot split one board's bytes between them: if another process holds the port,
+    :class:`PortInUseError` names it.  The URL handlers (``sim://``, ``loop://``, ``socket://``)
+    ignore the flag: a ``sim://`` board lives inside the process that opened it, so there is
+    nothing to share; a TCP serial server decides itself whether it takes a second client.
+    """
     register_sim()
-    return serial.serial_for_url(url, baudrate=baudrate, timeout=timeout, **kw)
+    kw.setdefault("exclusive", True)
+    try:
+        return serial.serial_for_url(url, baudrate=baudrate, timeout=timeout, **kw)
+    except serial.SerialException as err:
+        if getattr(err, "errno", None) not in (errno.EAGAIN, errno.EWOULDBLOCK) or "://" in url:
+            raise
+        holders = flock_holders(url)
+        pid = holders[0] if holders else None
+        raise PortInUseError(str(ResourceBusyError(
+            f"serial port {url}", pid, "stop that process first; two gateways must never share a board's "
+            "port")), pid) from err
 
 
 class PortPump:
@@ -75,20 +105,9 @@ class PortPump:
         Returns True if bytes were read."""
         now = self.clock.monotonic()
         if self.port is None:
-            if now < self._retry_at:
+            if now < self._retry_at or not self._open(now):
                 self._finish()
                 return False
-            try:
-                self.port = self.opener(self.url, baudrate=self.baudrate, timeout=self.timeout)
-            except (serial.SerialException, OSError, ValueError) as err:
-                self.counters["open_failures"] += 1
-                self._schedule_retry(now)
-                self._log("open", logging.WARNING, "edge: cannot open %s: %s (retry in %.1f s)",
-                          self.url, err, self._retry_at - now)
-                self._finish()
-                return False
-            self.counters["opens"] += 1
-            self._backoff = self.backoff_initial
         got = False
         try:
             waiting = self.port.in_waiting
@@ -109,6 +128,27 @@ class PortPump:
             self._drop(now)
         self._finish()
         return got
+
+    def open_now(self) -> bool:
+        """Try to open the port once, from the caller's thread (the gateway does at start-up): a
+        port held by another process raises :class:`PortInUseError`; any other failure is logged and
+        retried by :meth:`step` as usual (a USB adapter may be plugged in later).  True if open."""
+        return self.port is not None or self._open(self.clock.monotonic(), busy_is_fatal=True)
+
+    def _open(self, now: float, busy_is_fatal: bool = False) -> bool:
+        try:
+            self.port = self.opener(self.url, baudrate=self.baudrate, timeout=self.timeout)
+        except (serial.SerialException, OSError, ValueError) as err:
+            if busy_is_fatal and isinstance(err, PortInUseError):
+                raise
+            self.counters["open_failures"] += 1
+            self._schedule_retry(now)
+            self._log("open", logging.WARNING, "edge: cannot open %s: %s (retry in %.1f s)",
+                      self.url, err, self._retry_at - now)
+            return False
+        self.counters["opens"] += 1
+        self._backoff = self.backoff_initial
+        return True
 
     def _finish(self) -> None:
         if self.on_events is not None:

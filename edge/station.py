@@ -238,10 +238,7 @@ def build(station_cfg: Any, settings: Any = None, *, clock: Any) -> tuple[Gatewa
     """Outbox, framer, uplink and gateway from a StationConfig (its own ``settings``, the tables
     of the station file, unless *settings* from a separate ``--uplink`` file are given).  Without
     an ``[uplink]`` table there is no uplink: frames stay in the outbox."""
-    from ims_station.edge.framer import ChannelSpec
     from ims_station.edge.outbox import Outbox
-    from ims_station.edge.uplink import Uplink
-    from ims_station.edge.uplink_config import acknack_options
 
     if settings is None:
         settings = station_cfg.settings
@@ -253,6 +250,38 @@ def build(station_cfg: Any, settings: Any = None, *, clock: Any) -> tuple[Gatewa
                     synchronous=settings.get("outbox", "synchronous"),
                     min_free_bytes=settings.get("outbox", "min_free_bytes"),
                     on_alarm=lambda a: uplink_box and uplink_box[0].request_soh())
+    try:
+        return _build_rest(station_cfg, settings, outbox, uplink_box, clock)
+    except BaseException:
+        outbox.close()      # and its lock: a caller may try again in this process
+        raise
+
+
+def channel_specs(board: str | dict, codes: dict[int, str],
+                  key_id: Callable[[str], int | None] = lambda code: None) -> list[Any]:
+    """The framer's :class:`ChannelSpec` for each board channel id -> SEED code in *codes*: the
+    subframe signing key (*key_id*) and, from the board definition's channel, the sensor type,
+    ``calib`` and ``calper`` that every CD-1.1 channel subframe carries (docs/boards.md).  The one
+    place this is derived (the gateway process and the demo both call it)."""
+    from ims_station import boards
+    from ims_station.cd11.data import (SENSOR_HYDROACOUSTIC, SENSOR_INFRASONIC, SENSOR_SEISMIC,
+                                       SENSOR_WEATHER)
+    from ims_station.edge.framer import ChannelSpec
+
+    sensor_types = {"seismic": SENSOR_SEISMIC, "hydroacoustic": SENSOR_HYDROACOUSTIC,
+                    "infrasonic": SENSOR_INFRASONIC, "weather": SENSOR_WEATHER}
+    chans = (boards.load_board(board) if isinstance(board, str) else board)["channels"]
+    # edge/config.py has checked that the board has every channel id of the station file.
+    return [ChannelSpec(code, key_id(code), sensor_type=sensor_types[chans[ch]["sensor"]],
+                        calib=float(chans[ch]["calib"]), calper=float(chans[ch]["calper"]))
+            for ch, code in codes.items()]
+
+
+def _build_rest(station_cfg: Any, settings: Any, outbox: Any, uplink_box: list, clock: Any
+                ) -> tuple[Gateway, Any, Any]:
+    from ims_station.edge.uplink import Uplink
+    from ims_station.edge.uplink_config import acknack_options
+
     keys = settings.keys
     keystore = None
     if keys.get("keystore"):
@@ -260,11 +289,14 @@ def build(station_cfg: Any, settings: Any = None, *, clock: Any) -> tuple[Gatewa
 
         keystore = Keystore.load(keys["keystore"])
     chan_keys = keys.get("channel_key_ids", {})
+
+    def key_id(code: str) -> int | None:
+        net, sta, loc, cha = code.split(".")
+        return chan_keys.get(f"{loc}.{cha}", chan_keys.get(cha))
+
     specs = []
     for port in station_cfg.ports:
-        for code in port.channels.values():
-            net, sta, loc, cha = code.split(".")
-            specs.append(ChannelSpec(code, chan_keys.get(f"{loc}.{cha}", chan_keys.get(cha))))
+        specs += channel_specs(port.board, port.channels, key_id)
     fr = lambda key: settings.get("framer", key)  # noqa: E731
     framer = Framer(station_cfg.code, outbox, clock=clock, channels=specs, keystore=keystore,
                     station_key_id=keys.get("station_key_id"), frame_seconds=fr("frame_seconds"),
@@ -343,6 +375,17 @@ def run(station_file: str, uplink_file: str | None = None, *, seconds: float = 0
         pump = PortPump(port.url, dec, baudrate=port.baudrate, timeout=port.timeout, clock=clock,
                         on_events=on_events)
         pumps.append((port, pump, assembler))
+    try:
+        # Each port opened once here: one held by another process (a second gateway) stops us now
+        # with its PID, rather than two gateways splitting a board's bytes (serialport.open_port).
+        for _, pump, _ in pumps:
+            pump.open_now()
+    except BaseException:
+        for _, pump, _ in pumps:
+            pump.close()
+        outbox.close()
+        raise
+    for port, pump, _ in pumps:
         t = threading.Thread(target=pump.run, args=(stop,), name=f"pump-{port.name}", daemon=True)
         threads.append(t)
         t.start()
@@ -370,8 +413,10 @@ def run(station_file: str, uplink_file: str | None = None, *, seconds: float = 0
         gw.poll()
         if uplink is not None:
             uplink.stop()
-        show()
-        outbox.close()
+        try:
+            show()          # may raise BrokenPipeError (stdout's reader gone): close regardless
+        finally:
+            outbox.close()
     return 0
 
 
@@ -423,6 +468,12 @@ def _main(argv: list[str] | None = None) -> int:
     except ImsStationError as err:
         print(f"ims_station.edge.station: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        from ims_station.output import stdout_broken, stdout_gone
+
+        if not stdout_broken():
+            raise
+        return stdout_gone()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,7 +3,9 @@
 * ``hil soak`` -- the HIL board through a faulty line into the edge ingest; JSON report (``--json``)
   or a progress display and a summary.
 * ``hil run --pty`` -- the HIL board behind a pseudo-terminal in real time, for another process
-  (the gateway) to open; prints the slave path.
+  (the gateway) to open; prints the slave path (``--link PATH``: also a stable symbolic link to it).
+  The board's clock starts now (``--start``), its epoch comes from a state file (``--state``) or the
+  start time.
 
 Cheap to import: the simulator, numpy and rich are imported inside the handlers.
 """
@@ -101,10 +103,35 @@ def register(subparsers) -> None:
     run.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second (default 1)")
     run.add_argument("--key-file", required=True, metavar="PATH",
                      help="the board's HMAC key (mode 0600; the gateway's station config names the same file)")
+    run.add_argument("--start", type=_start_time, default="now", metavar="now|ISO-TIME",
+                     help="UTC time of the simulation's start: 'now' (default: the board's clock is the "
+                          "wall clock) or e.g. 2026-01-01T00:00:00Z")
+    run.add_argument("--link", metavar="PATH", default=None,
+                     help="also make PATH a symbolic link to the pty (e.g. /run/ims/board1), so a station "
+                          "file can name a stable port; removed on exit")
+    run.add_argument("--state", metavar="FILE", default=None,
+                     help="the board's boot counter (epoch), kept in FILE like the firmware's /epoch: +1 at "
+                          "every start and reboot (default: derived from the start time)")
     _add_board_options(run)
     _add_fault_options(run)
     run.set_defaults(handler=_run)
     hil.set_defaults(handler=lambda args: (hil.print_help(), 2)[1])
+
+
+def _start_time(text: str):
+    """'now' or an ISO 8601 time (naive = UTC) -> POSIX seconds, or the string 'now'."""
+    if text == "now":
+        return text
+    from datetime import datetime, timezone
+
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'now' nor an ISO 8601 time "
+                                         "(e.g. 2026-01-01T00:00:00Z)") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return t.timestamp()
 
 
 def _plan_kwargs(args) -> dict:
@@ -178,9 +205,14 @@ def _summary(console, r: dict) -> None:
 
 
 def _run(args) -> int:
+    import math
+    import signal
+    import threading
+    import time
+
     from .faults import FaultPlan, LineFaults
-    from .ptyport import PtyBridge
-    from .sim import Simulation
+    from .ptyport import PtyBridge, PtyLink
+    from .sim import NS, EpochFile, Simulation
 
     line = LineFaults(args.ber, args.drop, args.dup)
     plan = FaultPlan(down=line, up=line, disconnects=args.disconnect, gateway_outages=args.outage,
@@ -189,14 +221,36 @@ def _run(args) -> int:
     from ims_station.config import read_secret_file
 
     key = read_secret_file(args.key_file, what="board HMAC key")
+    start = time.time() if args.start == "now" else float(args.start)
+    # The simulation starts on a whole second (PPS edges fall on simulated whole seconds) and is
+    # advanced at once to the fraction, so that at speed 1 its clock is the wall clock.
+    start_utc = math.floor(start)
+    epochs = EpochFile(args.state) if args.state else None
+    # Without a state file the epoch comes from the start second: a restarted board never repeats
+    # the last epoch the gateway saw (it would take the new sequence numbers for old ones), and
+    # counts forward for 2**15 s (9 h) -- a board that is off longer needs --state (docs/hil.md).
     sim = Simulation(board=args.board, seed=args.seed, plan=plan, baud=args.baud, rate_sps=args.rate,
-                     holdover_s=args.holdover, packet_ms=args.packet_ms, key=key)
+                     holdover_s=args.holdover, packet_ms=args.packet_ms, key=key, start_utc=start_utc,
+                     epochs=epochs, first_epoch=start_utc & 0xFFFF)
+    sim.run_until(int((start - start_utc) * NS))
     bridge = PtyBridge(sim, speed=args.speed)
-    print(bridge.path, flush=True)
-    print(f"hil run: board {sim.board_name} (id {sim.board.board_id}) on {bridge.path}; the simulator's "
-          f"HMAC key from {args.key_file}; Ctrl-C stops", file=sys.stderr)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
     try:
-        bridge.run(args.seconds)
+        link = PtyLink(args.link, bridge.path) if args.link else None
+    except BaseException:
+        bridge.close()
+        raise
+    print(bridge.path, flush=True)
+    print(f"hil run: board {sim.board_name} (id {sim.board.board_id}, epoch {sim.board.epoch}) on {bridge.path}"
+          f"{f' (link {args.link})' if link else ''}, starting {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(start_utc))}; "
+          f"the simulator's HMAC key from {args.key_file}; Ctrl-C stops", file=sys.stderr)
+    try:
+        bridge.run(args.seconds, stop)
+    except KeyboardInterrupt:
+        pass
     finally:
+        if link is not None:
+            link.remove()
         bridge.close()
     return 0

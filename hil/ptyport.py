@@ -6,6 +6,9 @@ seconds per wall second; 1.0 = real time).  Another process (``ims-station edge 
 pyserial) opens the slave path like any serial device; the line's baud-rate pacing and faults are the
 simulation's, since a pty itself has no baud rate.
 
+Also owns :class:`PtyLink`, the stable name of the pty (``hil run --link /run/ims/board1``): the
+slave's ``/dev/pts/N`` changes with every run, a station file's ``[[ports]] url`` should not.
+
 Does not own the simulation or the in-process ``sim://`` transport (``hil/protocol_sim.py``).
 """
 
@@ -15,8 +18,9 @@ import os
 import select
 import time
 import tty
+from pathlib import Path
 
-from .sim import NS, Simulation
+from .sim import NS, SimError, Simulation
 
 
 class PtyBridge:
@@ -75,3 +79,37 @@ class PtyBridge:
                 os.close(fd)
             except OSError:
                 pass
+
+
+class PtyLink:
+    """A symbolic link *path* -> the pty slave *target*, made atomically (a temporary link renamed
+    over it).  A link left by a run that was killed (its pty gone) is replaced; a link to a pty that
+    still exists (another ``hil run``?) or anything that is not a link is refused.  :meth:`remove`
+    deletes it if it still points at *target*."""
+
+    def __init__(self, path: str | os.PathLike[str], target: str) -> None:
+        self.path = Path(path)
+        self.target = target
+        if self.path.is_symlink():
+            old = os.readlink(self.path)
+            if os.path.exists(self.path):
+                raise SimError(f"--link {self.path} already points at {old}, which exists (another hil run?): "
+                               "stop it or choose another path")
+        elif self.path.exists():
+            raise SimError(f"--link {self.path} exists and is not a symbolic link: choose another path")
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if tmp.is_symlink():
+                tmp.unlink()
+            os.symlink(target, tmp)
+            os.replace(tmp, self.path)
+        except OSError as err:
+            raise SimError(f"--link {self.path}: cannot create the link: {err.strerror}") from err
+
+    def remove(self) -> None:
+        try:
+            if os.readlink(self.path) == self.target:
+                self.path.unlink()
+        except OSError:
+            pass

@@ -33,8 +33,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import os
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -61,6 +63,39 @@ def simulation_key(seed: int) -> bytes:
 
 class SimError(ImsStationError):
     """The simulation was set up wrongly (unknown board, bad parameter)."""
+
+
+class EpochFile:
+    """The board's boot counter kept in a file, as the firmware keeps it in ``/epoch``
+    (``firmware/main.py`` ``next_epoch``): each boot reads it, adds one (1 if the file is missing),
+    writes it back, and the link's sequence numbers restart under the new epoch.  Written to a
+    temporary file, fsync'd and renamed, so a killed simulator never leaves half a number."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            text = self.path.read_text() if self.path.exists() else None
+        except OSError as err:
+            raise SimError(f"board state file {self.path}: cannot read: {err.strerror}") from err
+        if text is not None and not text.strip().isdigit():
+            raise SimError(f"board state file {self.path}: {text.strip()[:20]!r} is not a boot counter "
+                           "(a whole number): remove the file to start again at epoch 1")
+        self._last = None if text is None else int(text)
+
+    def next(self) -> int:
+        epoch = 1 if self._last is None else (self._last + 1) & 0xFFFF
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w") as f:
+                f.write(f"{epoch}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as err:
+            raise SimError(f"board state file {self.path}: cannot write: {err.strerror}") from err
+        self._last = epoch
+        return epoch
 
 
 # ---------------------------------------------------------------- clock and scheduler
@@ -448,7 +483,7 @@ class VirtualBoard:
         sim = self.sim
         self.generation += 1
         gen = self.generation
-        self.epoch += 1
+        self.epoch = sim.epochs.next() if sim.epochs is not None else (self.epoch + 1) & 0xFFFF
         self.running = True
         tick0 = sim.tick_offset_us
         self._ticks = lambda: tick0 + sim.clock.now_ns // US
@@ -686,8 +721,11 @@ class Simulation:
                  baud: int = DEFAULT_BAUD, rate_sps: float | None = None, key: bytes | None = None,
                  scenario: signals.Scenario | None = None, start_utc: int = DEFAULT_START_UTC,
                  poll_s: float = 0.005, holdover_s: int | None = None, latency_ms: float = 16.0,
-                 packet_ms: int | None = None) -> None:
+                 packet_ms: int | None = None, epochs: EpochFile | None = None, first_epoch: int = 0) -> None:
         self.seed = int(seed)
+        # The board's epoch (boot counter): from *epochs* (a state file, as the firmware's) at every
+        # boot, or *first_epoch* at the first boot and one more at each reboot.
+        self.epochs = epochs
         self.key = key if key is not None else simulation_key(self.seed)
         key = self.key
         self.clock = SimClock(start_utc)
@@ -714,6 +752,7 @@ class Simulation:
         board_dict = load_board(board) if isinstance(board, str) else board
         self.board_name = board if isinstance(board, str) else str(_get(board, "name", "custom"))
         self.board = VirtualBoard(self, board_dict, key, rate_sps, packet_ms)
+        self.board.epoch = (int(first_epoch) - 1) & 0xFFFF
         for t in self.plan.reboots:
             self.at(int(t * NS), self._reboot_fault)
         self.board.boot()

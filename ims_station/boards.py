@@ -163,7 +163,8 @@ SCHEMA: dict[str, Any] = {
                                     "description": "volts at the ADC input per physical unit"},
                     "gain": {"enum": list(ads131m0x.GAINS)},
                     "calib": {"type": "number", "exclusiveMinimum": 0,
-                              "description": "CD-1.1 calibration factor (physical units per count)"},
+                              "description": "CD-1.1 (CSS 3.0) calibration factor: seismic nm of "
+                                             "displacement per count at calper, otherwise units per count"},
                     "calper": {"type": "number", "exclusiveMinimum": 0,
                                "description": "CD-1.1 calibration period, seconds"},
                 },
@@ -283,6 +284,29 @@ def _check_pins(b: dict[str, Any], file: str) -> None:
         if pin in seen:
             raise ConfigError(file, where, f"GPIO {pin} is already used by {seen[pin]}")
         seen[pin] = where
+
+
+def nominal_calib(ch: dict[str, Any], calper: float | None = None) -> float:
+    """The CD-1.1 ``calib`` of board channel *ch* as its nominal sensitivity and PGA gain give it.
+
+    CD-1.1 takes CSS 3.0's ``calib``: for a seismic channel nanometres of ground *displacement* per
+    count at the period ``calper`` (a velocity sensor's m/s become displacement by T/2pi, an
+    accelerometer's m/s**2 by (T/2pi)**2); for hydroacoustic, infrasonic and weather channels the
+    channel's unit (Pa, ...) per count.  One count is ``VREF / gain / 2**23`` volts at the ADC input
+    (``firmware/ads131m0x.py``), and the sensor gives ``sensitivity`` volts per unit.  A station puts
+    its measured calibration in the board file; this is what it should be near (a test holds the
+    shipped boards to it, which catches a value in the wrong unit).
+    """
+    import math
+
+    per_count = ads131m0x.VREF / ch["gain"] / (ads131m0x.FULL_SCALE + 1) / ch["sensitivity"]
+    if ch["sensor"] != "seismic":
+        return per_count
+    period = float(ch["calper"] if calper is None else calper)
+    to_displacement = {"m": 1.0, "m/s": period / (2 * math.pi), "m/s**2": (period / (2 * math.pi)) ** 2}
+    if ch["unit"] not in to_displacement:
+        raise ValueError(f"seismic unit {ch['unit']!r} is not one of {sorted(to_displacement)}")
+    return per_count * 1e9 * to_displacement[ch["unit"]]
 
 
 def _check_channels(b: dict[str, Any], file: str) -> None:

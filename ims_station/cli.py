@@ -10,6 +10,8 @@ Conventions for every command:
   long-running commands show progress on the terminal (rich) and a human summary.
 * Errors of ours (:class:`~ims_station.errors.ImsStationError`) end the command with a one-line
   message on stderr and exit status 2; they never print a traceback.
+* A reader that closes our stdout early (``ims-station cd11 dump FILE | head``) ends the command
+  quietly with exit status 141 (128 + SIGPIPE, as ``cat`` would): :func:`ims_station.output.stdout_gone`.
 """
 
 from __future__ import annotations
@@ -70,3 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        from ims_station.output import stdout_broken, stdout_gone
+
+        if not stdout_broken():   # a socket's, not our reader's: a real error
+            raise
+        return stdout_gone()

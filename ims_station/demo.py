@@ -254,14 +254,15 @@ def _make_rig(i: int, station: str, keys: StationKeys, opts: DemoOptions, start_
         # The production gateway (edge/station.py), wired as its build() does, on the simulation's
         # clock (as the soak does: the edge's timeouts run in simulated time).
         from ims_station.auth import Keystore
-        from ims_station.edge.framer import ChannelSpec, Framer
+        from ims_station.edge.framer import Framer
         from ims_station.edge.outbox import Outbox
-        from ims_station.edge.station import Gateway
+        from ims_station.edge.station import Gateway, channel_specs
         from ims_station.edge.uplink import Uplink
 
         rig.outbox = Outbox(root / station / "outbox.sqlite", max_bytes=1 << 30, max_age_s=7 * 86400,
                             clock=sim.clock)
-        specs = [ChannelSpec(code, keys.channel_key_ids[code.rsplit(".", 1)[1]]) for code in codes.values()]
+        specs = channel_specs(sim.board.board, {ch: code for (_, ch), code in codes.items()},
+                              lambda code: keys.channel_key_ids[code.rsplit(".", 1)[1]])
 
         def on_commit(seq: int, raw: bytes) -> None:
             rig.frames_built += 1

@@ -90,3 +90,42 @@ def test_console_script_runs_without_importing_numpy_for_help():
             "print('numpy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _dump_into_closed_pipe(args: list[str]) -> tuple[int, str, bytes]:
+    """Run ``ims-station ARGS`` as a real process whose reader takes one line and closes the pipe
+    (``| head -1``); return (exit status, stderr, the line read)."""
+    proc = subprocess.Popen([sys.executable, "-m", "ims_station", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    return proc.wait(timeout=60), err, first
+
+
+def test_dump_into_a_pipe_closed_early_ends_quietly_with_141(cd11_samples, tmp_path):
+    # More output than a pipe buffers (64 KiB), so the writer is still writing when the reader goes.
+    many = tmp_path / "many.cd11"
+    many.write_bytes((cd11_samples / "generated_data_5ch_mixed.cd11").read_bytes() * 400)
+    for extra in ([], ["--json"]):
+        rc, err, first = _dump_into_closed_pipe(["cd11", "dump", *extra, str(many)])
+        assert first, "the command wrote nothing"
+        assert rc == 141, err
+        assert err == "", err          # no BrokenPipeError traceback, no "Exception ignored"
+
+
+def test_broken_pipe_elsewhere_is_not_hidden(monkeypatch):
+    # Only our reader going away ends quietly: a BrokenPipeError of a socket is a real error.
+    import argparse
+
+    import pytest
+
+    from ims_station import cli
+
+    def handler(args):
+        raise BrokenPipeError(32, "Broken pipe (a socket)")
+
+    monkeypatch.setattr(cli.argparse.ArgumentParser, "parse_args",
+                        lambda self, argv=None: argparse.Namespace(verbose=0, handler=handler, command="x"))
+    with pytest.raises(BrokenPipeError):
+        cli.main([])

@@ -5,6 +5,8 @@ is refused while a gateway has the outbox open (docs/keys.md, "Rotation")."""
 
 from __future__ import annotations
 
+import os
+
 import json
 
 import numpy as np
@@ -14,7 +16,7 @@ from ims_station import cd11
 from ims_station.auth import Keystore, TrustStore, export_public, generate_key
 from ims_station.cli import main
 from ims_station.clock import FakeClock
-from ims_station.edge.outbox import Outbox, OutboxBusyError
+from ims_station.edge.outbox import Outbox, OutboxLockedError
 
 STA = "STA01"
 T0 = 1_700_000_000.0
@@ -114,7 +116,7 @@ def test_every_action_is_refused_while_a_gateway_has_the_outbox_open(setup, caps
     path, ks, _ = setup
     with Outbox(path, max_bytes=1 << 30, max_age_s=1e12, clock=FakeClock()):    # the running gateway
         code, _, err = run(capsys, *action, "--outbox", str(path), "--keystore", str(ks))
-    assert code == 2 and "is in use (is the gateway running?" in err
+    assert code == 2 and f"is in use by process {os.getpid()}" in err
     _, doc, _ = run(capsys, "list", "--outbox", str(path), "--json")
     assert len(doc["frames"]) == 5                                             # nothing changed
 
@@ -125,7 +127,7 @@ def test_a_gateway_does_not_start_while_a_maintenance_command_holds_the_outbox(s
 
     box = open_exclusive(path)
     try:
-        with pytest.raises(OutboxBusyError, match="locked by a maintenance command"):
+        with pytest.raises(OutboxLockedError, match=f"is in use by process {os.getpid()}"):
             Outbox(path, max_bytes=1 << 30, max_age_s=1e12, clock=FakeClock())
     finally:
         box.close()

@@ -80,7 +80,10 @@ def test_an_ack_point_of_a_new_board_run_at_the_same_epoch_replaces_the_old_one(
 def test_ack_points_written_before_boot_numbers_open_with_boot_0(tmp_path, clock):
     import sqlite3
 
+    # An outbox of the previous release: the whole schema, but ack_points without its boot column.
+    Outbox(tmp_path / "o.sqlite", max_bytes=1 << 30, max_age_s=1e9, clock=clock).close()
     db = sqlite3.connect(tmp_path / "o.sqlite")
+    db.execute("DROP TABLE ack_points")
     db.execute("CREATE TABLE ack_points (board_id INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, "
                "seq INTEGER NOT NULL, t_end_us INTEGER, updated REAL NOT NULL)")
     db.execute("INSERT INTO ack_points VALUES (3, 2, 77, NULL, 0)")

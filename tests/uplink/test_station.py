@@ -95,6 +95,7 @@ def test_a_restarted_gateway_recovers_what_the_board_ring_held_while_it_was_down
     for _ in range(20):                                       # 10 s: the board talks to nobody
         board.data()
         clock.advance(0.5)
+    box1._pidlock.release()     # the kernel drops a killed process's lock; nothing else is closed
     box2, gw2, dec2, asm2 = start()                           # a new process: same files, new objects
     assert gw2.counters["resumed"] == 1
     run(gw2, dec2, asm2, 40)
