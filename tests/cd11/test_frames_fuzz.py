@@ -18,8 +18,9 @@ from ims_station.cd11.crc64 import crc64
 
 CASES = 100_000
 SEED = 20261124
-PROFILE_FIELDS = (r"header\.creator|subframe\.(sensor_type|site|channel)|connection\.(station|service)_type"
-                  r"|option\.count|option\[\d+\]\.(type|value)|acknack\.frame_set|alert\.message")
+PROFILE_FIELDS = (r"header\.creator|subframe\.(sensor_type|site|channel|channel_length)"
+                  r"|connection\.(station|service)_type|option\.count|option\[\d+\]\.(type|value)"
+                  r"|acknack\.frame_set|alert\.message")
 INTERESTING = (0, 1, -1, 3, 4, 20, 0x7FFFFFFF, -0x80000000, 0x10000, 36, 40, 400, 1 << 24)
 
 
