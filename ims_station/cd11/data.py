@@ -464,10 +464,9 @@ def _make_subframes(ch, compress: bool) -> list[tuple[ChannelSubframe, bytes]]:
     boundaries, so the pieces still compress; each piece's first-sample time is the original
     time plus its offset, rounded to the millisecond like every CD-1.1 time stamp)."""
     ch = ch if isinstance(ch, ChannelInput) else ChannelInput(*ch)
-    sf, body = _subframe_unsigned(ch, compress)
-    if len(body) <= _MAX_SIGNED:
-        if ch.signer is not None:
-            body = sf.sign(ch.signer)
+    sf = _subframe_unsigned(ch, compress)
+    if sf.auth_offset - 8 <= _MAX_SIGNED:          # the signed range's length, not serialised yet
+        body = sf.sign(ch.signer) if ch.signer is not None else sf.signed_bytes()
         return [(sf, sf.to_bytes(_body=body))]
     n = sf.nsamples
     half = n // 2 // ca.BLOCK * ca.BLOCK or n // 2
@@ -480,8 +479,8 @@ def _make_subframes(ch, compress: bool) -> list[tuple[ChannelSubframe, bytes]]:
                               compress))
 
 
-def _subframe_unsigned(ch: ChannelInput, compress: bool) -> tuple[ChannelSubframe, bytes]:
-    """(subframe, its signed range), not signed yet."""
+def _subframe_unsigned(ch: ChannelInput, compress: bool) -> ChannelSubframe:
+    """The subframe of *ch* (all its samples), not signed yet."""
     x = np.asarray(ch.samples)
     if x.ndim != 1 or (x.size and x.dtype.kind not in "iu"):
         raise Cd11BuildError(f"{ch.site}/{ch.channel}: samples must be a 1-D integer array")
@@ -507,7 +506,7 @@ def _subframe_unsigned(ch: ChannelInput, compress: bool) -> tuple[ChannelSubfram
         time=format_time(ch.time), time_length_ms=int(round(x.size * 1000 / ch.sample_rate)),
         nsamples=int(x.size), status=bytes(status), data=data)
     sf.description.check_readable()
-    return sf, sf.signed_bytes()
+    return sf
 
 
 def make_data_frame(station: str, sequence: int, nominal_time: datetime | float | str,
