@@ -32,6 +32,7 @@ import importlib
 import os
 import shutil
 import socket
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
@@ -107,9 +108,19 @@ def need_module(name: str, how: str = "pip install -e .[test] (./run installs it
         missing_prerequisite(f"the Python module {name} ({err})", how)
 
 
+def find_micropython() -> str | None:
+    """The MicroPython unix port: the one installed beside this interpreter (the venv's ``bin``, where
+    ``pip install -e .[test]`` puts it -- ``.venv/bin/python -m pytest`` does not put that folder on
+    ``PATH``), else the first on ``PATH``; None if neither."""
+    beside = Path(sys.executable).parent / "micropython"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("micropython")
+
+
 def need_micropython() -> str:
     """Path of the MicroPython unix port (its wheel, in the test extra, is built for x86_64 Linux only)."""
-    exe = shutil.which("micropython")
+    exe = find_micropython()
     if exe is None:
         import platform
 

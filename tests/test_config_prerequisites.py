@@ -8,7 +8,6 @@ install step.  And no test module decides this for itself.
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -67,7 +66,9 @@ def _missing_module(monkeypatch):
 
 
 def _missing_micropython(monkeypatch):
-    monkeypatch.setattr(conftest.shutil, "which", lambda name: None)
+    # Neither on PATH nor beside the interpreter (the venv's bin, where pip installs it).
+    monkeypatch.setenv("PATH", "/nonexistent-ims-test")
+    monkeypatch.setattr(conftest.sys, "executable", "/nonexistent-ims-test/venv/bin/python")
     return need_micropython
 
 
@@ -91,9 +92,47 @@ def test_a_present_module_is_returned(ci):
     assert need_module("json") is __import__("json")
 
 
-def test_a_present_binary_is_returned(ci):
-    if shutil.which("micropython"):
-        assert need_micropython() == shutil.which("micropython")
+def _executable(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def fake_venv(tmp_path, monkeypatch):
+    """A venv-like ``bin`` folder holding the interpreter, and an empty PATH: the situation of
+    ``.venv/bin/python -m pytest`` without an activated venv."""
+    bin_dir = tmp_path / "venv" / "bin"
+    _executable(bin_dir / "python")
+    monkeypatch.setattr(conftest.sys, "executable", str(bin_dir / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    return bin_dir
+
+
+def test_micropython_beside_the_interpreter_is_found_without_path(ci, fake_venv):
+    # The defect this pins: the helper looked only at PATH, so `.venv/bin/python -m pytest`
+    # skipped every MicroPython test although the test extra had installed the binary.
+    exe = _executable(fake_venv / "micropython")
+    assert need_micropython() == str(exe)
+
+
+def test_micropython_on_path_is_found(ci, fake_venv, tmp_path, monkeypatch):
+    exe = _executable(tmp_path / "elsewhere" / "micropython")
+    monkeypatch.setenv("PATH", str(exe.parent))
+    assert need_micropython() == str(exe)
+
+
+def test_the_venv_micropython_wins_over_path(ci, fake_venv, tmp_path, monkeypatch):
+    venv_exe = _executable(fake_venv / "micropython")
+    monkeypatch.setenv("PATH", str(_executable(tmp_path / "elsewhere" / "micropython").parent))
+    assert need_micropython() == str(venv_exe)
+
+
+def test_a_non_executable_file_beside_the_interpreter_is_not_taken(ci, fake_venv):
+    (fake_venv / "micropython").write_text("not a program")
+    with pytest.raises(pytest.fail.Exception, match="micropython"):
+        need_micropython()
 
 
 # Ways a test module could decide on its own that a missing prerequisite is a skip (or a failure).

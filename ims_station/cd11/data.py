@@ -2,8 +2,10 @@
 
 Owns the channel subframe header (§4.1), channel subframes (§4.2) with their channel description
 (§4.3), the uncompressed sample formats s4, s3, s2, i4, i2 (§4.4), subframe signatures, the edge's
-builder :func:`build_data_frame` and re-signer :func:`resign_data_frame`.  Channel status blocks are interpreted by ``status.py``; CA by
-``ca.py``; the frame envelope by ``frames.py``.
+builder :func:`build_data_frame` (which keeps every subframe below 64 KiB, splitting a channel into
+consecutive subframes if need be: ``MAX_CHANNEL_LENGTH``) and re-signer :func:`resign_data_frame`.
+Channel status blocks are interpreted by ``status.py``; CA by ``ca.py``; the frame envelope by
+``frames.py``.
 
 A :class:`ChannelSubframe` keeps its channel data as sent (``data``: CA stream or uncompressed
 bytes, unpadded) and its signature bytes, so a parsed frame re-encodes byte-identically;
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, ClassVar, NamedTuple, Sequence
 
 import numpy as np
@@ -52,6 +54,12 @@ TRANSFORM_STEIM_AFTER_SIGNATURE = 4
 CA_TRANSFORMS = (TRANSFORM_CA_BEFORE_SIGNATURE, TRANSFORM_CA_AFTER_SIGNATURE)
 
 SENSOR_SEISMIC, SENSOR_HYDROACOUSTIC, SENSOR_INFRASONIC, SENSOR_WEATHER = 0, 1, 2, 3
+MAX_SENSOR_TYPE = 127      # GMS reads the byte signed: >= 128 is a negative, unknown sensor type
+# A subframe's channel length must stay below 64 KiB: in a frame with an odd channel count GMS finds
+# the channel string's 2 pad bytes by peeking whether the next int32 is 0, i.e. whether the high 16
+# bits of the first subframe's channel length are 0 (spec §4.1).  We keep every subframe below it,
+# wherever it stands; the builder splits a channel into consecutive subframes to get there.
+MAX_CHANNEL_LENGTH = 0xFFFF
 
 # Uncompressed formats: numpy dtype (None = 3-byte, handled apart) and bytes per sample.
 SAMPLE_FORMATS: dict[str, tuple[str | None, int]] = {
@@ -116,6 +124,16 @@ class ChannelDescription:
     data_format: str = "s4"            # format of the samples before any compression
     calib: float = 0.0
     calper: float = 0.0
+
+    def check_readable(self, where: str = "subframe") -> None:
+        """Refuse what the data centres' readers refuse although the layout could carry it (the
+        reader profile of ``frames.py``): a sensor type >= 128, an empty site or channel name."""
+        if not 0 <= self.sensor_type <= MAX_SENSOR_TYPE:
+            raise Cd11BuildError(f"{self.sensor_type} outside 0..{MAX_SENSOR_TYPE} (readers take the byte "
+                                 "as signed and refuse a negative type)", field=f"{where}.sensor_type")
+        for name in ("site", "channel"):
+            if not getattr(self, name):
+                raise Cd11BuildError("empty (readers refuse it)", field=f"{where}.{name}")
 
 
 @dataclass(kw_only=True)
@@ -184,7 +202,8 @@ class ChannelSubframe:
 
     # -- wire ------------------------------------------------------------------------------------
     def signed_bytes(self) -> bytes:
-        """The bytes a subframe signature covers: channel description .. subframe count."""
+        """The bytes a subframe signature covers: channel description .. subframe count.  (No reader-
+        profile check here: verification re-serialises received subframes with it.)"""
         d = self.description
         if not (math.isfinite(d.calib) and math.isfinite(d.calper)):
             raise Cd11BuildError(f"subframe {d.site}/{d.channel}: calib/calper must be finite")
@@ -199,18 +218,24 @@ class ChannelSubframe:
                          _padded(self.data), _pack(SIZE, self.subframe_count)))
 
     def to_bytes(self, *, _body: bytes | None = None) -> bytes:
+        self.description.check_readable()
         body = self.signed_bytes() if _body is None else _body
         auth = self.auth_value
         if len(auth) > MAX_AUTH_SIZE:
             raise Cd11BuildError(f"subframe auth_value: {len(auth)} bytes exceeds {MAX_AUTH_SIZE}")
         auth_offset = 8 + len(body)
         channel_length = auth_offset + 8 + pad4(len(auth)) - 4
+        if channel_length > MAX_CHANNEL_LENGTH:
+            raise Cd11BuildError(f"{channel_length} bytes ({self.nsamples} samples of {self.site}/{self.channel}) "
+                                 f"exceed {MAX_CHANNEL_LENGTH}, which readers misparse (build_data_frame "
+                                 "splits such a channel)", field="subframe.channel_length")
         return b"".join((_pack(SIZE, channel_length), _pack(SIZE, auth_offset), body,
                          _pack(SIZE, self.auth_key_id), _pack(SIZE, len(auth)), _padded(auth)))
 
     def sign(self, signer: Signer) -> bytes:
         """Set the authentication flag and key id and sign the subframe (in place); returns the
         signed bytes (so a builder need not serialise them twice)."""
+        self.description.check_readable()     # never sign what will not be sent
         self.description.authentication = 1
         self.auth_key_id = signer.key_id
         body = self.signed_bytes()
@@ -411,13 +436,52 @@ def sequence_from_time(nominal_time: datetime | float | str, frame_seconds: int 
 
 
 def make_subframe(ch: ChannelInput | Sequence, *, compress: bool = True) -> ChannelSubframe:
-    """Build (and sign, if the channel has a signer) one subframe."""
-    return _make_subframe(ch, compress)[0]
+    """Build (and sign, if the channel has a signer) one subframe.  A channel too long for one
+    subframe (:data:`MAX_CHANNEL_LENGTH`) is a :class:`Cd11BuildError`: use :func:`build_data_frame`."""
+    built = _make_subframes(ch, compress)
+    if len(built) > 1:
+        raise Cd11BuildError(f"{len(built)} subframes needed to stay below {MAX_CHANNEL_LENGTH} bytes each",
+                             field="subframe.channel_length")
+    return built[0][0]
 
 
-def _make_subframe(ch, compress: bool) -> tuple[ChannelSubframe, bytes]:
-    """(subframe, its wire bytes): serialised once, signed over those bytes."""
+# Largest signed range (channel description .. subframe count) that leaves room for any signature
+# (up to MAX_AUTH_SIZE) within MAX_CHANNEL_LENGTH: channel length = signed range + 12 + pad4(auth).
+_MAX_SIGNED = MAX_CHANNEL_LENGTH - 12 - MAX_AUTH_SIZE
+
+
+def _later(t: Any, seconds: float) -> Any:
+    """*t* (datetime, POSIX seconds or time-stamp text) plus *seconds*, in a form format_time takes."""
+    if isinstance(t, datetime):
+        return t + timedelta(seconds=seconds)
+    if isinstance(t, str):
+        return to_datetime(t) + timedelta(seconds=seconds)
+    return float(t) + seconds
+
+
+def _make_subframes(ch, compress: bool) -> list[tuple[ChannelSubframe, bytes]]:
+    """[(subframe, its wire bytes)] for one channel: one subframe, or consecutive ones when a
+    single subframe would reach :data:`MAX_CHANNEL_LENGTH` (split in halves on CA block
+    boundaries, so the pieces still compress; each piece's first-sample time is the original
+    time plus its offset, rounded to the millisecond like every CD-1.1 time stamp)."""
     ch = ch if isinstance(ch, ChannelInput) else ChannelInput(*ch)
+    sf = _subframe_unsigned(ch, compress)
+    if sf.auth_offset - 8 <= _MAX_SIGNED:          # the signed range's length, not serialised yet
+        body = sf.sign(ch.signer) if ch.signer is not None else sf.signed_bytes()
+        return [(sf, sf.to_bytes(_body=body))]
+    n = sf.nsamples
+    half = n // 2 // ca.BLOCK * ca.BLOCK or n // 2
+    if half == 0:
+        raise Cd11BuildError(f"one sample of {ch.site}/{ch.channel} exceeds {MAX_CHANNEL_LENGTH} bytes",
+                             field="subframe.channel_length")
+    x = np.asarray(ch.samples)
+    return (_make_subframes(ch._replace(samples=x[:half]), compress)
+            + _make_subframes(ch._replace(samples=x[half:], time=_later(ch.time, half / ch.sample_rate)),
+                              compress))
+
+
+def _subframe_unsigned(ch: ChannelInput, compress: bool) -> ChannelSubframe:
+    """The subframe of *ch* (all its samples), not signed yet."""
     x = np.asarray(ch.samples)
     if x.ndim != 1 or (x.size and x.dtype.kind not in "iu"):
         raise Cd11BuildError(f"{ch.site}/{ch.channel}: samples must be a 1-D integer array")
@@ -442,8 +506,8 @@ def _make_subframe(ch, compress: bool) -> tuple[ChannelSubframe, bytes]:
             calib=float(ch.calib or 0.0), calper=float(ch.calper or (1.0 if calibrated else 0.0))),
         time=format_time(ch.time), time_length_ms=int(round(x.size * 1000 / ch.sample_rate)),
         nsamples=int(x.size), status=bytes(status), data=data)
-    body = sf.sign(ch.signer) if ch.signer is not None else sf.signed_bytes()
-    return sf, sf.to_bytes(_body=body)
+    sf.description.check_readable()
+    return sf
 
 
 def make_data_frame(station: str, sequence: int, nominal_time: datetime | float | str,
@@ -459,7 +523,7 @@ def make_data_frame(station: str, sequence: int, nominal_time: datetime | float 
 
 def _make_data_frame(station, sequence, nominal_time, channels, *, creator=None, destination="0",
                      frame_time_length_ms=10_000, series=0, compress=True):
-    built = [_make_subframe(ch, compress) for ch in channels]
+    built = [piece for ch in channels for piece in _make_subframes(ch, compress)]
     subframes = [sf for sf, _ in built]
     frame = DataFrame(creator=creator or station, destination=destination, sequence=sequence,
                       series=series, frame_time_length_ms=frame_time_length_ms,
@@ -474,6 +538,8 @@ def build_data_frame(station: str, sequence: int, nominal_time: datetime | float
                      **kw: Any) -> bytes:
     """Wire bytes of a data frame: each channel CA-compressed when CA can carry it (else s4),
     each subframe signed by its channel's signer, the frame signed by *frame_signer*, CRC-64.
+    A channel whose subframe would reach :data:`MAX_CHANNEL_LENGTH` (64 KiB, which readers
+    misparse) is sent as several consecutive subframes of that channel, each below it.
 
     ``channels`` items are :class:`ChannelInput` or tuples ``(site, chan, loc, samples,
     sample_rate, time, status, signer)``; keyword arguments as :func:`make_data_frame`."""

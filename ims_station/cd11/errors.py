@@ -93,4 +93,10 @@ class Cd11DataError(Cd11Error):
 
 
 class Cd11BuildError(LocalProtocolError):
-    """We were asked to build a frame CD-1.1 cannot represent (a bug in the caller)."""
+    """We were asked to build a frame CD-1.1 cannot represent, or one the data centres' readers
+    refuse (a bug in the caller).  ``field`` is the path of the offending field when known; the
+    message then starts with it."""
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)

@@ -14,6 +14,17 @@ frame whose padding bytes are NUL (true of every implementation seen).  ``raw`` 
 wire bytes, which is what signatures are verified against.
 
 Layouts per spec ``shared/specs/cd11.md`` (§ numbers below); tables in ``wire.py`` and ``docs/cd11.md``.
+
+Reader profile: what we *build* must be accepted by the data centres' readers (the GMS receiver is
+the reference), so ``to_bytes`` refuses, with a :class:`Cd11BuildError` naming the field, what they
+refuse although the layout could carry it: an empty frame creator or acknack frame set, a station
+type other than ``IDC``/``IMS``/empty, a service type other than ``TCP``, an option request/response
+with other than exactly one option (type 1, value of 1..8 characters), alert text with leading or
+trailing blanks (a reader strips them and then finds the size wrong) and, in ``data.py``, a sensor
+type >= 128 (a signed byte there) or an empty site/channel name.  Parsing stays lenient about all of
+these (the USGS consumer answers with responder type ``USGS``, several options are in the layout):
+a received frame is judged by the relay, not refused by the codec.  Command messages are written
+unpadded (as GMS writes and reads them) and read padded or not.
 """
 
 from __future__ import annotations
@@ -55,6 +66,12 @@ from ims_station.cd11.wire import (
 
 HEADER_SIZE = HEADER.size          # 36
 _ZERO4 = b"\0\0\0"
+
+# The reader profile (module docstring): values the data centres' readers accept.
+STATION_TYPES = ("IDC", "IMS", "")        # GMS Cd11Validator.KNOWN_STATION_TYPES
+SERVICE_TYPES = ("TCP",)                  # GMS: "UDP is not yet implemented", anything else invalid
+OPTION_CONNECTION = 1                     # the only option type defined (connection establishment)
+MAX_OPTION_VALUE = 8                      # GMS: option value of 1..8 characters
 
 
 class Signer(Protocol):
@@ -121,7 +138,7 @@ class Frame:
     FRAME_TYPE: ClassVar[int] = 0
     PAYLOAD: ClassVar[str] = ""        # field-path prefix in errors
 
-    creator: str = ""
+    creator: str                       # required: readers refuse a frame without one
     destination: str = "0"
     sequence: int = 0
     series: int = 0
@@ -145,6 +162,8 @@ class Frame:
         trailer_offset = HEADER_SIZE + payload_length
         if trailer_offset > MAX_FRAME_SIZE:
             raise Cd11BuildError(f"frame of {trailer_offset} bytes exceeds MAX_FRAME_SIZE")
+        if not self.creator:
+            raise Cd11BuildError("empty (readers refuse a frame without a creator)", field="header.creator")
         return _pack(HEADER, self.FRAME_TYPE, trailer_offset,
                      encode_ascii(self.creator, 8, "header.creator"),
                      encode_ascii(self.destination, 8, "header.destination"),
@@ -214,6 +233,12 @@ class _ConnectionExchange(Frame):
     port2: int = 0
 
     def payload_bytes(self) -> bytes:
+        if self.station_type not in STATION_TYPES:
+            raise Cd11BuildError(f"{self.station_type!r} is not one of {STATION_TYPES} (readers refuse "
+                                 "other types)", field="connection.station_type")
+        if self.service_type not in SERVICE_TYPES:
+            raise Cd11BuildError(f"{self.service_type!r} is not one of {SERVICE_TYPES} (readers refuse "
+                                 "other services)", field="connection.service_type")
         try:
             ip = ipaddress.IPv4Address(self.ip).packed
             ip2 = ipaddress.IPv4Address(self.ip2).packed
@@ -277,6 +302,15 @@ class _OptionExchange(Frame):
     options: list[Option] = field(default_factory=list)
 
     def payload_bytes(self) -> bytes:
+        if len(self.options) != 1:
+            raise Cd11BuildError(f"{len(self.options)} options (readers take exactly one)", field="option.count")
+        for i, opt in enumerate(self.options):
+            if opt.type != OPTION_CONNECTION:
+                raise Cd11BuildError(f"type {opt.type} (only {OPTION_CONNECTION}, connection establishment, "
+                                     "is defined)", field=f"option[{i}].type")
+            if not 1 <= len(opt.name) <= MAX_OPTION_VALUE:
+                raise Cd11BuildError(f"{opt.name!r} is not 1..{MAX_OPTION_VALUE} characters (readers "
+                                     "refuse it)", field=f"option[{i}].value")
         parts = [_pack(OPTION_COUNT, len(self.options))]
         for i, opt in enumerate(self.options):
             raw = encode_ascii(opt.value.rstrip("\0"), None, f"option[{i}].value")
@@ -330,7 +364,7 @@ class Acknack(Frame):
     FRAME_TYPE: ClassVar[int] = 6
     PAYLOAD: ClassVar[str] = "acknack"
 
-    frame_set: str = ""
+    frame_set: str                     # required: readers refuse an empty one
     lowest: int = 0
     highest: int = -1
     gaps: list[tuple[int, int]] = field(default_factory=list)
@@ -338,6 +372,8 @@ class Acknack(Frame):
     def payload_bytes(self) -> bytes:
         if len(self.gaps) > MAX_GAPS:
             raise Cd11BuildError(f"acknack.gaps: {len(self.gaps)} gaps exceed {MAX_GAPS}")
+        if not self.frame_set:
+            raise Cd11BuildError("empty (readers refuse it)", field="acknack.frame_set")
         head = _pack(ACKNACK, encode_ascii(self.frame_set, 20, "acknack.frame_set"),
                      self.lowest, self.highest, len(self.gaps))
         return head + b"".join(_pack(GAP, a, b) for a, b in self.gaps)
@@ -368,6 +404,10 @@ class Alert(Frame):
     message: str = ""
 
     def payload_bytes(self) -> bytes:
+        if self.message != self.message.strip(" "):
+            # GMS strips blanks from the text it read and then refuses it: size != length.
+            raise Cd11BuildError(f"{self.message!r} has leading or trailing blanks (readers refuse it)",
+                                 field="alert.message")
         raw = encode_ascii(self.message, None, "alert.message")
         return _pack(SIZE, len(raw)) + _padded(raw)
 
@@ -394,6 +434,10 @@ class _Command(Frame):
     location: str = ""
     time: str = "1970001 00:00:00.000"
     command: str = ""
+    # How the messages were laid out when parsed: True if padded to 4 (older ims-station wrote so),
+    # kept so a parsed frame re-encodes identically; new frames are unpadded (spec §3.5: GMS writes
+    # and reads them so, and misreads a padded odd-length command message).
+    padded_messages: bool = field(default=False, compare=False, repr=False)
 
     def _head(self) -> bytes:
         return _pack(COMMAND, encode_ascii(self.station, 8, "command.station"),
@@ -402,11 +446,9 @@ class _Command(Frame):
                      encode_ascii(self.location, 2, "command.location"), b"\0\0",
                      format_time(self.time).encode("ascii"))
 
-    @staticmethod
-    def _message(text: str, what: str) -> bytes:
-        # Padded to 4 (keeps the trailer aligned; GMS, which writes unpadded, reads it).
+    def _message(self, text: str, what: str) -> bytes:
         raw = encode_ascii(text, None, what)
-        return _pack(SIZE, len(raw)) + _padded(raw)
+        return _pack(SIZE, len(raw)) + (_padded(raw) if self.padded_messages else raw)
 
     @classmethod
     def _parse_head(cls, r: Reader) -> dict[str, Any]:
@@ -420,10 +462,11 @@ class _Command(Frame):
                     time=_time_field(r, time, "time", at + o["time"]))
 
     @staticmethod
-    def _parse_message(r: Reader, field: str, *, last: bool) -> str:
-        """A size-prefixed message.  Writers differ on padding (GMS: none, ours: to 4), so the
-        message is taken as *size* bytes and padding is skipped only where the layout allows it:
-        up to the payload end for the last message, or when the next size field then fits."""
+    def _parse_message(r: Reader, field: str, *, last: bool) -> tuple[str, bool]:
+        """A size-prefixed message and whether padding followed it.  Writers differ on padding
+        (GMS and we: none; older ims-station: to 4), so the message is taken as *size* bytes and
+        padding is skipped only where the layout allows it: up to the payload end for the last
+        message, or when the next size field then fits (for ASCII text only one reading fits)."""
         at = r.pos
         (size,) = r.block(SIZE)
         r.length(size, f"{field}_size", at)
@@ -441,7 +484,7 @@ class _Command(Frame):
             if not 0 <= r.end - (r.pos + skip + 4) - nxt <= 3:
                 skip = 0
         r.pos += skip
-        return r.ascii(raw, field, at + 4)
+        return r.ascii(raw, field, at + 4), skip > 0
 
     def payload_dict(self, *, samples: bool = True) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("station", "site", "channel", "location", "time",
@@ -461,7 +504,7 @@ class CommandRequest(_Command):
     @classmethod
     def _parse_payload(cls, r: Reader) -> dict[str, Any]:
         d = cls._parse_head(r)
-        d["command"] = cls._parse_message(r, "command", last=True)
+        d["command"], d["padded_messages"] = cls._parse_message(r, "command", last=True)
         return d
 
 
@@ -480,8 +523,9 @@ class CommandResponse(_Command):
     @classmethod
     def _parse_payload(cls, r: Reader) -> dict[str, Any]:
         d = cls._parse_head(r)
-        d["command"] = cls._parse_message(r, "command", last=False)
-        d["response"] = cls._parse_message(r, "response", last=True)
+        d["command"], pad1 = cls._parse_message(r, "command", last=False)
+        d["response"], pad2 = cls._parse_message(r, "response", last=True)
+        d["padded_messages"] = pad1 or pad2
         return d
 
 

@@ -1,5 +1,6 @@
 """Property tests: for every frame type, build -> parse -> build is the identity (bytes and objects),
-and parsing keeps every value including the decoded samples."""
+and parsing keeps every value including the decoded samples.  The generators cover what the builder
+may send (the reader profile of ``ims_station.cd11.frames``; what it refuses: test_reader_profile.py)."""
 
 from __future__ import annotations
 
@@ -43,20 +44,23 @@ def common():
 
 def connection(cls):
     return st.builds(cls, **common(), major_version=I16, minor_version=I16, station=text(8),
-                     station_type=text(4), service_type=text(4), ip=ipv4, port=U16, ip2=ipv4,
+                     station_type=st.sampled_from(cd11.frames.STATION_TYPES),
+                     service_type=st.sampled_from(cd11.frames.SERVICE_TYPES), ip=ipv4, port=U16, ip2=ipv4,
                      port2=U16)
 
 
-option = st.builds(cd11.Option, type=I32,
-                   value=st.tuples(text(12), st.sampled_from(["", "\0"])).map("".join))
+# Exactly one option of type 1, 1..8 characters (USGS adds a NUL to the size: kept as sent).
+option = st.builds(cd11.Option, type=st.just(cd11.frames.OPTION_CONNECTION),
+                   value=st.tuples(text(8, 1), st.sampled_from(["", "\0"])).map("".join))
+no_blank_ends = st.text(PRINTABLE, max_size=100).map(lambda t: t.strip(" "))
 CONTROL_FRAMES = {
     "connection_request": connection(cd11.ConnectionRequest),
     "connection_response": connection(cd11.ConnectionResponse),
-    "option_request": st.builds(cd11.OptionRequest, **common(), options=st.lists(option, max_size=4)),
-    "option_response": st.builds(cd11.OptionResponse, **common(), options=st.lists(option, max_size=4)),
-    "acknack": st.builds(cd11.Acknack, **common(), frame_set=text(20), lowest=I64, highest=I64,
+    "option_request": st.builds(cd11.OptionRequest, **common(), options=st.lists(option, min_size=1, max_size=1)),
+    "option_response": st.builds(cd11.OptionResponse, **common(), options=st.lists(option, min_size=1, max_size=1)),
+    "acknack": st.builds(cd11.Acknack, **common(), frame_set=text(20, 1), lowest=I64, highest=I64,
                          gaps=st.lists(st.tuples(I64, I64), max_size=20)),
-    "alert": st.builds(cd11.Alert, **common(), message=text(100)),
+    "alert": st.builds(cd11.Alert, **common(), message=no_blank_ends),
     "command_request": st.builds(cd11.CommandRequest, **common(), station=text(8), site=text(5),
                                  channel=text(3), location=text(2), time=times(), command=text(60)),
     "command_response": st.builds(cd11.CommandResponse, **common(), station=text(8), site=text(5),
@@ -91,8 +95,8 @@ def subframes(draw):
     sf = cd11.ChannelSubframe(
         description=cd11.ChannelDescription(
             authentication=draw(st.integers(0, 1)), transformation=transformation,
-            sensor_type=draw(st.integers(0, 255)), option_flag=draw(st.integers(0, 1)),
-            site=draw(text(5)), channel=draw(text(3)), location=draw(text(2)), data_format=fmt,
+            sensor_type=draw(st.integers(0, cd11.data.MAX_SENSOR_TYPE)), option_flag=draw(st.integers(0, 1)),
+            site=draw(text(5, 1)), channel=draw(text(3, 1)), location=draw(text(2)), data_format=fmt,
             calib=draw(F32), calper=draw(F32)),
         time=draw(times()), time_length_ms=draw(st.integers(0, (1 << 31) - 1)),
         nsamples=len(samples), status=status, data=data, subframe_count=draw(I32),
@@ -117,7 +121,9 @@ def roundtrip(frame):
     assert type(parsed) is type(frame)
     assert parsed == frame
     assert parsed.to_bytes() == wire
-    assert parsed.trailer.crc_ok and len(wire) % 4 == 0
+    assert parsed.trailer.crc_ok
+    # Every field is padded to 4 but the command messages (written unpadded, spec §3.5).
+    assert len(wire) % 4 == 0 or isinstance(frame, (cd11.CommandRequest, cd11.CommandResponse))
     return parsed
 
 
@@ -136,6 +142,25 @@ FRAME_CLASS = {"connection_request": cd11.ConnectionRequest, "connection_respons
                "option_request": cd11.OptionRequest, "option_response": cd11.OptionResponse,
                "acknack": cd11.Acknack, "alert": cd11.Alert, "command_request": cd11.CommandRequest,
                "command_response": cd11.CommandResponse}
+
+
+@pytest.mark.parametrize("kind", ["command_request", "command_response"])
+def test_command_messages_read_the_same_padded_or_not(kind):
+    """Written unpadded; frames from writers that pad to 4 (older ims-station) read to the same
+    fields and re-encode as they came."""
+    @SETTINGS
+    @given(CONTROL_FRAMES[kind])
+    def check(frame):
+        unpadded = frame.to_bytes()
+        frame.padded_messages = True
+        padded = frame.to_bytes()
+        assert len(padded) % 4 == 0
+        a, b = cd11.parse_frame(unpadded)[0], cd11.parse_frame(padded)[0]
+        assert a == b == frame
+        assert (a.padded_messages, b.padded_messages) == (False, padded != unpadded)
+        assert a.to_bytes() == unpadded and b.to_bytes() == padded
+
+    check()
 
 
 def test_every_frame_type_has_a_property_test():

@@ -7,9 +7,10 @@ A simulated board (``sim://``, the HIL in-process: simulated time runs as fast a
 from __future__ import annotations
 
 import json
+import queue
+import socket
 import threading
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from ims_station import cd11
@@ -18,6 +19,7 @@ from ims_station.cli import main
 from ims_station.config import write_secret_file
 from ims_station.errors import ConfigError
 from tests.conftest import need_mosquitto
+from tests.integration.conftest import Collector
 
 SEED = 3
 
@@ -56,30 +58,35 @@ channels = {{ 0 = "00.BHZ", 1 = "00.BHN", 2 = "00.BHE", 3 = "10.BDF" }}
     return f
 
 
+def subscriber(host: str, port: int, topic: str, timeout: float = 10.0) -> Collector:
+    """A client subscribed to *topic*, returned once the broker granted the subscription (SUBACK):
+    a message published between the CONNACK and the SUBACK may not reach it."""
+    sub = Collector(host, port, client_id="check")
+    try:
+        sub.connect(timeout)
+        try:
+            rcs = sub.subscribe(topic, qos=1, timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no SUBACK for {topic} within {timeout} s") from None
+        assert rcs and not any(r.is_failure for r in rcs), f"subscription to {topic} refused: {rcs}"
+    except BaseException:
+        sub.close()
+        raise
+    return sub
+
+
 def test_edge_run_runs_the_full_gateway_from_one_station_file(tmp_path, capsys):
     need_mosquitto()
     with MosquittoBroker(tmp_path / "broker") as broker:
-        got: list[int] = []
-        lock = threading.Lock()
-        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="check")
-        ready = threading.Event()
-        sub.on_connect = lambda c, u, f, rc, p: (c.subscribe("ims/XS01/cd11", qos=1), ready.set())
-
-        def on_message(c, u, msg):
-            frame, _ = cd11.parse_frame(msg.payload)
-            with lock:
-                got.append(frame.sequence)
-
-        sub.on_message = on_message
-        sub.connect(broker.config.host, broker.config.port)
-        sub.loop_start()
+        sub = subscriber(broker.config.host, broker.config.port, "ims/XS01/cd11")
         try:
-            assert ready.wait(10)
             cfg = station_file(tmp_path, broker.config.port)
             rc = main(["edge", "run", "--config", str(cfg), "--seconds", "3", "--json"])
         finally:
-            sub.loop_stop()
-            sub.disconnect()
+            sub.close()
+    got = []
+    while not sub.empty():
+        got.append(cd11.parse_frame(sub.get()[1])[0].sequence)
     assert rc == 0
     doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     framer, outbox, uplink = doc["gateway"]["framer"], doc["outbox"], doc["uplink"]
@@ -88,11 +95,53 @@ def test_edge_run_runs_the_full_gateway_from_one_station_file(tmp_path, capsys):
     assert sorted(framer["channels"]) == ["IM.XS01.00.BHE", "IM.XS01.00.BHN", "IM.XS01.00.BHZ", "IM.XS01.10.BDF"]
     # Every frame is on disk (no relay acknowledged any), and went out over MQTT.
     assert outbox["frames"] == framer["frames"] and uplink["published"] >= 1 and uplink["connects"] >= 1
-    with lock:
-        assert got and set(got) <= set(range(framer["committed_seq"] - framer["frames"] + 1,
-                                              framer["committed_seq"] + 1))
+    assert got and set(got) <= set(range(framer["committed_seq"] - framer["frames"] + 1,
+                                         framer["committed_seq"] + 1))
     # The board was acknowledged from the persisted ACK point.
     assert doc["ports"][0]["link"]["acks_sent"] >= 1 and doc["gateway"]["acks"] >= 1
+
+
+class _SilentBroker:
+    """Answers CONNECT with a CONNACK, then SUBSCRIBE with *suback* (None: never)."""
+
+    def __init__(self, suback: int | None) -> None:
+        self.suback = suback
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.settimeout(15)
+            try:
+                while True:
+                    head = conn.recv(2)
+                    if len(head) < 2:
+                        return
+                    body = conn.recv(head[1]) if head[1] else b""   # small packets: 1-byte length
+                    if head[0] >> 4 == 1:                              # CONNECT
+                        conn.sendall(b"\x20\x02\x00\x00")
+                    elif head[0] >> 4 == 8 and self.suback is not None:  # SUBSCRIBE: packet id first
+                        conn.sendall(b"\x90\x03" + body[:2] + bytes([self.suback]))
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("suback, error", [(None, "no SUBACK"), (0x80, "refused")])
+def test_the_subscriber_is_ready_at_the_suback_not_the_connack(suback, error):
+    """The test above counts on its subscriber seeing the gateway's frames: it may only start the
+    gateway once the subscription is granted.  A broker that sends the CONNACK but no SUBACK, or a
+    failed one, must not count as ready (it did when readiness was taken at the CONNACK)."""
+    broker = _SilentBroker(suback)
+    try:
+        with pytest.raises(AssertionError, match=error):
+            subscriber("127.0.0.1", broker.port, "ims/XS01/cd11", timeout=1.0)
+    finally:
+        broker.close()
 
 
 def test_uplink_file_and_gateway_tables_in_the_station_file_are_not_both_allowed(tmp_path):

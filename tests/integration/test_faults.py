@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
+import time
 
 import pytest
 
@@ -146,18 +148,42 @@ def test_broker_stopped_for_5_of_30_minutes_loses_nothing(tmp_path):
 
 
 def test_relay_killed_and_restarted_mid_run_loses_nothing(net):
-    """Must-show 3: the relay SIGKILLed mid-run (while frames flow), restarted later; acknack-driven
-    resend fills whatever the dead relay never archived."""
+    """Must-show 3: the relay SIGKILLed mid-run (while frames flow), restarted later; the station
+    resends what the dead relay never acknowledged, and the relay archives each frame once.
+
+    Checked from counters, not assumed: the kill came while frames were awaiting the relay's
+    acknack, nothing was archived while it was dead, the station resent frames (its ack timeout
+    ran out while the relay was dead), and the restarted relay received copies it already had
+    (``duplicates``) and dropped them."""
     broker, relay, sta = net
     sta.uplink.start()
     times = frame_times(180)
-    for t in times[:60]:
-        sta.commit(t)
-    wait_for(lambda: len(archived_sequences(relay.root / "data" / "archive", FRAME_SET)) >= 30, 30,
-             "first frames archived", on_timeout=relay.logs)
-    relay.kill()
+    archive = relay.root / "data" / "archive"
+
+    def paced(ts):                          # frames keep coming while the relay is killed
+        for t in ts:
+            sta.commit(t)
+            time.sleep(0.05)
+
+    committer = threading.Thread(target=paced, args=(times[:60],))
+    committer.start()
+    try:
+        wait_for(lambda: len(archived_sequences(archive, FRAME_SET)) >= 30, 30, "first frames archived",
+                 on_timeout=relay.logs)
+        relay.kill()
+        archived_at_kill = set(archived_sequences(archive, FRAME_SET))
+        unacked_at_kill = sta.outbox.stats()["frames"]
+        still_committing = committer.is_alive()
+        resent_at_kill = sta.uplink.stats()["resent"]
+    finally:
+        committer.join()
     for t in times[60:120]:
         sta.commit(t)
+    # Dead for longer than the station's ack timeout: what it sent goes unacknowledged, is resent.
+    wait_for(lambda: sta.uplink.stats()["requeued_ack_timeout"] > 0
+             and sta.uplink.stats()["resent"] > resent_at_kill, 30, "the station resending unacknowledged frames",
+             on_timeout=lambda: f"{sta.uplink.stats()}\n{sta.outbox.stats()}")
+    archived_while_dead = set(archived_sequences(archive, FRAME_SET)) - archived_at_kill
     relay.start()
     for t in times[120:]:
         sta.commit(t)
@@ -165,8 +191,16 @@ def test_relay_killed_and_restarted_mid_run_loses_nothing(net):
              on_timeout=lambda: f"{sta.uplink.stats()}\n{sta.outbox.stats()}\n{relay.logs()}")
     assert_archive_exact(relay, sta.built)
     relay.stop()
-    s = relay_stats(relay)
+    # The kill interrupted delivery: frames were flowing and awaiting the relay's acknack.
+    assert still_committing and unacked_at_kill > 0, (still_committing, unacked_at_kill)
+    assert 30 <= len(archived_at_kill) < 60 and archived_while_dead == set(), (len(archived_at_kill),
+                                                                             archived_while_dead)
+    up = sta.uplink.stats()
+    assert up["resent"] > 0 and up["requeued_ack_timeout"] > 0, up
+    s = relay_stats(relay)                  # the restarted process's counters
     assert s["quarantined"] == 0, s
+    assert s["duplicates"] > 0, s           # the resent copies reached it and were dropped
+    assert s["archived"] == len(sta.built) - len(archived_at_kill), s
 
 
 @pytest.fixture

@@ -108,7 +108,7 @@ class RelayRun:
         self.root = root
         self.config = root / "relay.toml"
         self.config.write_text(
-            f'[relay]\ndata_dir = "{root / "data"}"\ntrust_dir = "{trust}"\ninstance = "r1"\nname = "IDC"\n'
+            f'[relay]\ndata_dir = "{root / "data"}"\ntrust_dir = "{trust}"\ninstance = "r1"\nname = "IDC"\nmax_past_s = 1e10   # the frames are of 2025\n'
             f"trust_poll_s = {poll_s}\nacknack_interval_s = 1.0\n\n"
             f'[[broker]]\nhost = "{broker.host}"\nport = {broker.port}\n')
         self.log = root / "relay.log"

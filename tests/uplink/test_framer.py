@@ -205,3 +205,25 @@ def test_the_ring_backlog_within_the_clock_offset_is_framed(tmp_path, clock):
     for k in range(10):
         committed += fr.add_chunk(chunk(T0_US + k * 1_000_000, 40, base=40 * k))
     assert committed == [fr.seq_of(T0_US)] and fr.stats()["implausible_time_samples"] == 0
+
+
+def test_a_high_rate_uncompressed_channel_never_gives_a_subframe_of_64_kib(tmp_path, clock, keys):
+    """Issue 8: a subframe of 64 KiB or more, first in a frame with an odd channel count, is misread
+    by the data centre's reader.  2000 sps sent uncompressed is 80 000 bytes per channel and 10-s
+    window: the frame carries each channel as consecutive subframes below 64 KiB, all signed, and
+    every sample once."""
+    codes = ("XX.STA01.00.BHZ", "XX.STA01.00.BHN", "XX.STA01.00.BHE")           # odd count
+    box = Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 30, max_age_s=1e12, clock=clock)
+    fr = Framer(STA, box, clock=clock, channels=[ChannelSpec(c, 101) for c in codes], keystore=keys[0],
+                station_key_id=1, compress=False)
+    rate = 2_000_000                                                         # mHz
+    for k in range(11):
+        x = np.vstack([np.arange(2000 * k, 2000 * (k + 1), dtype=np.int32) * (j + 1) for j in range(3)])
+        fr.add_chunk(Chunk(STA, codes, T0_US + k * 1_000_000, rate, x, link.TQ_LOCKED, 0, 0, True))
+    (frame,) = frames_in(box)
+    lengths = [int.from_bytes(frame.raw[sf.span[0]:sf.span[0] + 4], "big") for sf in frame.subframes]
+    assert max(lengths) < 65536 and len(frame.subframes) == 6, lengths
+    assert cd11.verify_frame(frame, keys[1]).failures() == []
+    for chan in ("BHZ", "BHN", "BHE"):
+        got = np.concatenate([sf.samples() for sf in frame.subframes if sf.channel == chan])
+        assert np.array_equal(got, np.arange(20_000, dtype=np.int32) * (codes.index(f"XX.STA01.00.{chan}") + 1))

@@ -282,10 +282,10 @@ def test_acknack_parsing_uses_the_codec_and_checks_the_frame_set(outbox, clock):
     """Sans broker: the acknack handler on its own (what the relay sends is CD-1.1, CRC checked)."""
     fill(outbox, [1, 2])
     up = Uplink(STA, [BrokerConfig()], outbox, clock=clock)
-    other = cd11.Acknack(frame_set="OTHER:0", lowest=1, highest=2).to_bytes()
+    other = cd11.Acknack(creator="RELAY", frame_set="OTHER:0", lowest=1, highest=2).to_bytes()
     up._handle_acknack(other)
     assert outbox.stats()["frames"] == 2 and up.stats()["acknacks_other_set"] == 1
-    good = bytearray(cd11.Acknack(frame_set=FS, lowest=1, highest=2).to_bytes())
+    good = bytearray(cd11.Acknack(creator="RELAY", frame_set=FS, lowest=1, highest=2).to_bytes())
     good[-1] ^= 1                      # CRC broken
     with pytest.raises(cd11.Cd11Error):
         up._handle_acknack(bytes(good))
