@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ims_station.durable import makedirs
 from ims_station.errors import ImsStationError, LocalProtocolError
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,9 @@ class Outbox:
         self._clock = clock
         self._on_alarm = on_alarm
         self._lock = threading.RLock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A directory made here must be durable too: SQLite syncs the directory of its files,
+        # not the directories above it (ims_station.durable).
+        makedirs(self.path.parent)
         # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves, so a transaction is
         # exactly one put (or one acknack) and nothing is left open by the sqlite3 module.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
