@@ -41,7 +41,8 @@ def test_relay_keeps_every_frame_acknowledged_to_the_broker_or_the_station(power
 def test_the_harness_detects_a_store_that_does_not_sync(powerfs_works, tmp_path, relay_keys, mutant):
     scenario = "outbox" if mutant.startswith("outbox") else "relay"
     with pytest.raises(harness.DataLoss) as err:
-        harness.run(tmp_path, scenario, rounds=2, mutant=mutant, extra=relay_keys if scenario == "relay" else ())
+        harness.run(tmp_path, scenario, rounds=2, mutant=mutant, cut_after=(5, 20),
+                    extra=relay_keys if scenario == "relay" else ())
     assert "after cut 1" in str(err.value) or "after cut 2" in str(err.value)
 
 
