@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from ims_station.cd11.wire import MAX_GAPS
+from ims_station.durable import makedirs
 from ims_station.errors import ImsStationError, LocalProtocolError
 from ims_station.locks import PidLock, ResourceBusyError
 
@@ -272,7 +273,8 @@ def _lock(path: Path) -> PidLock:
             raise OutboxOpenError(f"outbox {path}: its directory {d} does not exist, nor does {d.parent}: "
                                   "create it (is its file system mounted?) or correct [station] data_dir")
         try:
-            d.mkdir()
+            # Durable: SQLite syncs the directory of its files, not the one above (ims_station.durable).
+            makedirs(d)
         except OSError as err:
             raise OutboxOpenError(f"outbox {path}: cannot create its directory {d} ({err.strerror}): "
                                   "create it, writable by the gateway's user") from err

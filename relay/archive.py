@@ -50,6 +50,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from ims_station.durable import fsync_dir, makedirs
 from ims_station.relay.errors import ArchiveError
 
 log = logging.getLogger(__name__)
@@ -214,14 +215,6 @@ def _day_of_ms(ms: int) -> date:
     return (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=ms)).date()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class FileArchive(Archive):
     """Append-only day files per station + an SQLite index (see the module docstring)."""
 
@@ -236,7 +229,7 @@ class FileArchive(Archive):
         self._handles: dict[str, Any] = {}
         self._lock = threading.Lock()
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            makedirs(self.root)
             self._db = sqlite3.connect(self.root / "index.sqlite", isolation_level=None,
                                        check_same_thread=False, timeout=30.0)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -281,15 +274,13 @@ class FileArchive(Archive):
         fh = self._handles.pop(rel, None)
         if fh is None:
             p = self.root / rel
-            created = not p.parent.exists()
-            p.parent.mkdir(parents=True, exist_ok=True)
+            # The names must be durable too, not only the bytes: every directory level made here
+            # (frames/STA/YYYY/, quarantine/YYYY/) and the new file's entry.
+            makedirs(p.parent)
             new = not p.exists()
             fh = open(p, "ab")
-            if new or created:
-                # Make the new directory entries durable too, not only the bytes.
-                _fsync_dir(p.parent)
-                if created:
-                    _fsync_dir(p.parent.parent)
+            if new:
+                fsync_dir(p.parent)
             if len(self._handles) >= self._max_open:
                 old = next(iter(self._handles))
                 self._handles.pop(old).close()

@@ -39,6 +39,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ims_station.durable import makedirs
 from ims_station.relay.errors import StateStoreError
 from ims_station.relay.gaps import FrameSetState
 
@@ -113,7 +114,7 @@ class SqliteStateStore(StateStore):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            makedirs(self.path.parent)      # durably: SQLite syncs only the directory of its files
             # check_same_thread=False: opened by the constructor's thread, used by the relay worker;
             # the lock below keeps use serialised.
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)

