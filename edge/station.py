@@ -1,6 +1,10 @@
 """The gateway process: serial ports -> LinkDecoder -> StreamAssembler -> Framer -> Outbox -> Uplink.
 
-Owns the wiring and one rule: **the board is acknowledged only for samples that are committed**.
+Owns the wiring -- :func:`assemble`, the one place the station is put together from its station
+file, used by ``edge run`` (:func:`run`), ``ims-station demo`` and the fault tests' harness, which
+inject a clock, a ``sim://`` port and observing hooks but never rebuild the chain; the stream
+stages after the framer (:data:`STAGES`) are plugged in there -- and one rule: **the board is
+acknowledged only for samples that are committed**.
 Each DataBlock's (board, epoch, link seq, end time) is remembered; after the framer commits, every
 block that ends at or before :attr:`Framer.committed_until_us` is covered by frames on disk (or was
 late for a committed window), and the highest such seq is the board's ACK point: written to the
@@ -21,10 +25,11 @@ gateway's clock, the hold is released and the decoder asks the board for everyth
 (RESEND; what left the ring meanwhile is reported exactly as a link gap).  Only samples no clock
 can place (before 2000-01-01) are acknowledged without being framed.
 
-Usable in-process (:class:`Gateway`, with an injected clock, for the demo and tests) and as a
-process, :func:`run`: ``ims-station edge run --config station.toml`` or, the same code,
-``python -m ims_station.edge.station --config station.toml`` (which the gateway-kill test SIGKILLs).  Does not own the serial I/O (``serialport.PortPump``), the link protocol
-(``ingest``), framing (``framer``), storage (``outbox``) or MQTT (``uplink``).
+Usable in-process (:func:`assemble` -> :class:`Station`, with an injected clock, for the demo and
+tests) and as a process, :func:`run`: ``ims-station edge run --config station.toml`` or, the same
+code, ``python -m ims_station.edge.station --config station.toml`` (which the gateway-kill test
+SIGKILLs).  Does not own the serial I/O (``serialport.PortPump``), the link protocol (``ingest``),
+framing (``framer``), storage (``outbox``) or MQTT (``uplink``).
 """
 
 from __future__ import annotations
@@ -150,8 +155,8 @@ class Gateway:
 
     def _to_stages(self, method: str, *args: Any) -> None:
         """Hand a chunk (``push``) or a timer turn (``poll``) to each stream stage, in order.  A
-        stage failing is counted and logged and does not stop the framing or the ACKs: the data
-        is durable before any stage sees it."""
+        stage failing is counted and logged and does not stop the framing or the ACKs (the
+        framer has taken each chunk before any stage sees it)."""
         for stage in self.stages:
             fn = getattr(stage, method, None)
             if fn is None:
@@ -160,8 +165,9 @@ class Gateway:
                 fn(*args)
             except Exception as err:
                 self.counters["stage_errors"] += 1
-                self._log(f"stage-{type(stage).__name__}", logging.ERROR, "gateway %s: stage %s failed in %s: %s: %s",
-                          self.station_id, type(stage).__name__, method, type(err).__name__, err)
+                self._log(f"stage-{type(stage).__name__}", logging.ERROR,
+                          "gateway %s: stage %s failed in %s: %s: %s", self.station_id, type(stage).__name__,
+                          method, type(err).__name__, err)
 
     def _board_restarted(self, ev: BoardRestarted) -> None:
         """A new run of a board (the decoder logged the WARNING): alarm in the SOH.  A new run that
