@@ -1,6 +1,10 @@
 """The gateway process: serial ports -> LinkDecoder -> StreamAssembler -> Framer -> Outbox -> Uplink.
 
-Owns the wiring and one rule: **the board is acknowledged only for samples that are committed**.
+Owns the wiring -- :func:`assemble`, the one place the station is put together from its station
+file, used by ``edge run`` (:func:`run`), ``ims-station demo`` and the fault tests' harness, which
+inject a clock, a ``sim://`` port and observing hooks but never rebuild the chain; the stream
+stages after the framer (:data:`STAGES`) are plugged in there -- and one rule: **the board is
+acknowledged only for samples that are committed**.
 Each DataBlock's (board, epoch, link seq, end time) is remembered; after the framer commits, every
 block that ends at or before :attr:`Framer.committed_until_us` is covered by frames on disk (or was
 late for a committed window), and the highest such seq is the board's ACK point: written to the
@@ -21,10 +25,11 @@ gateway's clock, the hold is released and the decoder asks the board for everyth
 (RESEND; what left the ring meanwhile is reported exactly as a link gap).  Only samples no clock
 can place (before 2000-01-01) are acknowledged without being framed.
 
-Usable in-process (:class:`Gateway`, with an injected clock, for the demo and tests) and as a
-process, :func:`run`: ``ims-station edge run --config station.toml`` or, the same code,
-``python -m ims_station.edge.station --config station.toml`` (which the gateway-kill test SIGKILLs).  Does not own the serial I/O (``serialport.PortPump``), the link protocol
-(``ingest``), framing (``framer``), storage (``outbox``) or MQTT (``uplink``).
+Usable in-process (:func:`assemble` -> :class:`Station`, with an injected clock, for the demo and
+tests) and as a process, :func:`run`: ``ims-station edge run --config station.toml`` or, the same
+code, ``python -m ims_station.edge.station --config station.toml`` (which the gateway-kill test
+SIGKILLs).  Does not own the serial I/O (``serialport.PortPump``), the link protocol (``ingest``),
+framing (``framer``), storage (``outbox``) or MQTT (``uplink``).
 """
 
 from __future__ import annotations
@@ -64,9 +69,11 @@ class Gateway:
     a new process's decoders, which then ask the board's ring for everything after them.
     """
 
-    def __init__(self, station_id: str, framer: Framer, *, uplink: Any = None, outbox: Any = None) -> None:
+    def __init__(self, station_id: str, framer: Framer, *, uplink: Any = None, outbox: Any = None,
+                 stages: Iterable[Any] = ()) -> None:
         self.station_id = station_id       # "NET.STA": the key of board SOH for the channel status
         self.framer = framer
+        self.stages = list(stages)         # stream stages after the framer (STAGES, assemble())
         self.uplink = uplink
         self.outbox = outbox if outbox is not None else getattr(framer, "outbox", None)
         self._lock = threading.Lock()       # one call at a time: several port threads feed us
@@ -76,7 +83,7 @@ class Gateway:
         self._holds: dict[tuple[int, int], _ClockHold] = {}
         self._log = RateLimitedLog(log, framer.clock, rate=1 / 60, burst=1)
         self.counters = dict(blocks=0, acks=0, ack_point_errors=0, resumed=0, clock_holds=0, clock_releases=0,
-                             board_restarts=0)
+                             board_restarts=0, stage_errors=0)
 
     def resume(self, decoder: Any, board_id: int | None = None) -> int:
         """Give *decoder* the persisted ACK point of *board_id* (of every board with one if None:
@@ -126,7 +133,9 @@ class Gateway:
                     self.framer.add_soh(self.station_id, ev.last_sync_us, ev.clock_diff_us)
                 for chunk in assembler.push(ev):
                     committed += self.framer.add_chunk(chunk)
+                    self._to_stages("push", chunk)
             committed += self.framer.poll()
+            self._to_stages("poll")
             self._acknowledge()
         if committed and self.uplink is not None:
             self.uplink.notify()
@@ -138,10 +147,27 @@ class Gateway:
         with self._lock:
             self._release_holds()
             done = self.framer.poll()
+            self._to_stages("poll")
             self._acknowledge()
         if done and self.uplink is not None:
             self.uplink.notify()
         return done
+
+    def _to_stages(self, method: str, *args: Any) -> None:
+        """Hand a chunk (``push``) or a timer turn (``poll``) to each stream stage, in order.  A
+        stage failing is counted and logged and does not stop the framing or the ACKs (the
+        framer has taken each chunk before any stage sees it)."""
+        for stage in self.stages:
+            fn = getattr(stage, method, None)
+            if fn is None:
+                continue
+            try:
+                fn(*args)
+            except Exception as err:
+                self.counters["stage_errors"] += 1
+                self._log(f"stage-{type(stage).__name__}", logging.ERROR,
+                          "gateway %s: stage %s failed in %s: %s: %s", self.station_id, type(stage).__name__,
+                          method, type(err).__name__, err)
 
     def _board_restarted(self, ev: BoardRestarted) -> None:
         """A new run of a board (the decoder logged the WARNING): alarm in the SOH.  A new run that
@@ -234,10 +260,98 @@ class Gateway:
                                for h in self._holds.values()]}
 
 
-def build(station_cfg: Any, settings: Any = None, *, clock: Any) -> tuple[Gateway, Any, Any]:
-    """Outbox, framer, uplink and gateway from a StationConfig (its own ``settings``, the tables
-    of the station file, unless *settings* from a separate ``--uplink`` file are given).  Without
-    an ``[uplink]`` table there is no uplink: frames stay in the outbox."""
+# -- the one assembly ------------------------------------------------------------------------------
+
+# Stream stages after the framer, in order: (station-file table, factory(station_cfg, clock) -> stage).
+# A stage is built when the station file has its table, and gets every chunk the framer gets
+# (``stage.push(chunk)``, after the framer) and every :meth:`Gateway.poll` (``stage.poll()``).
+# The trigger stage and the noble-gas driver (issue 9) are registered here, once, and so run the
+# same in ``edge run``, the demo and the fault tests.  None is registered yet (and edge/config.py
+# rejects unknown tables, so no station file can name one).
+STAGES: list[tuple[str, Callable[[Any, Any], Any]]] = []
+
+
+def stages_from_config(station_cfg: Any, clock: Any) -> list[Any]:
+    """The stream stages the station file configures, in :data:`STAGES` order."""
+    raw = getattr(station_cfg, "raw", None) or {}
+    return [factory(station_cfg, clock) for table, factory in STAGES if table in raw]
+
+
+@dataclass
+class StationPort:
+    """One serial port of the station: its config, link decoder, stream assembler and pump."""
+
+    config: Any
+    decoder: Any
+    assembler: Any
+    pump: Any
+
+
+@dataclass
+class Station:
+    """A station gateway as :func:`assemble` wires it: outbox -> framer (and stages) -> gateway ->
+    uplink, with one :class:`StationPort` per serial port.  Who runs it decides the threads:
+    :func:`run` one pump thread per port; the demo and the fault tests :meth:`step` it on a
+    simulation's clock."""
+
+    config: Any
+    settings: Any
+    clock: Any
+    outbox: Any
+    framer: Framer
+    uplink: Any
+    gateway: Gateway
+    ports: list[StationPort]
+    stages: list[Any]
+
+    def open_ports(self) -> None:
+        """Open every port now: one held by another process stops us here with its PID
+        (``serialport.open_port``), rather than two gateways splitting a board's bytes."""
+        for p in self.ports:
+            p.pump.open_now()
+
+    def step(self) -> None:
+        """One turn of every port (read, decode, write) and of the gateway's timeouts: for a
+        caller that drives the station itself on an injected clock (demo, fault tests)."""
+        for p in self.ports:
+            p.pump.step()
+        self.gateway.poll()
+
+    def close(self) -> None:
+        """Ports, uplink (``offline`` on a clean stop) and outbox; each attempted."""
+        try:
+            for p in self.ports:
+                p.pump.close()
+            if self.uplink is not None:
+                self.uplink.stop()
+        finally:
+            self.outbox.close()
+
+    def status(self) -> dict:
+        return status(self.config, self.gateway, [(p.config, p.pump, p.assembler) for p in self.ports],
+                      self.outbox, self.uplink)
+
+
+def assemble(station_cfg: Any, settings: Any = None, *, clock: Any,
+             on_commit: Callable[[int, bytes], None] | None = None,
+             on_alarm: Callable[[dict], None] | None = None,
+             on_events: Callable[[StationPort, list], None] | None = None,
+             uplink_options: dict | None = None, pump_options: dict | None = None) -> Station:
+    """The station gateway from a StationConfig: outbox, framer, stream stages, uplink, gateway and
+    the ports (decoder, assembler, pump; not opened).  The one place this chain is wired: ``edge
+    run`` (:func:`run`), ``ims-station demo`` and the fault tests' harness all call it.
+
+    *settings*: the gateway tables (default: the station file's own, ``station_cfg.settings``).
+    Without brokers (no ``[uplink]`` table) there is no uplink: frames stay in the outbox.
+    What an in-process caller injects, beside the *clock* (the simulation's, for the demo):
+    hooks that observe and never replace a production action -- *on_commit* (seq, frame bytes)
+    after each outbox commit, *on_alarm* for every framer and outbox alarm (after the SOH is
+    requested), *on_events* (port, events) before the gateway takes a port's events -- and
+    keyword arguments for timings the station file does not set: *uplink_options* (``Uplink``:
+    e.g. ``backoff_base_s``, ``connect_timeout_s``) and *pump_options* (``PortPump``:
+    ``backoff_initial``, ``backoff_max``).  The board transport is the port's URL (``sim://``
+    for a HIL board, a device for a real one).
+    """
     from ims_station.edge.outbox import Outbox
 
     if settings is None:
@@ -245,16 +359,30 @@ def build(station_cfg: Any, settings: Any = None, *, clock: Any) -> tuple[Gatewa
     ob = settings.outbox
     path = ob.get("path") or str(station_cfg.data_dir / "outbox.sqlite")
     uplink_box: list[Any] = []
+
+    def alarm(a: dict) -> None:
+        # Every alarm publishes the SOH at once (the gateway's statistics say what happened).
+        if uplink_box:
+            uplink_box[0].request_soh()
+        if on_alarm is not None:
+            on_alarm(a)
+
     outbox = Outbox(path, max_bytes=settings.get("outbox", "max_bytes"),
                     max_age_s=float(settings.get("outbox", "max_age_days")) * 86400, clock=clock,
                     synchronous=settings.get("outbox", "synchronous"),
-                    min_free_bytes=settings.get("outbox", "min_free_bytes"),
-                    on_alarm=lambda a: uplink_box and uplink_box[0].request_soh())
+                    min_free_bytes=settings.get("outbox", "min_free_bytes"), on_alarm=alarm)
     try:
-        return _build_rest(station_cfg, settings, outbox, uplink_box, clock)
+        return _assemble_rest(station_cfg, settings, outbox, uplink_box, clock, alarm, on_commit, on_events,
+                              uplink_options or {}, pump_options or {})
     except BaseException:
         outbox.close()      # and its lock: a caller may try again in this process
         raise
+
+
+def build(station_cfg: Any, settings: Any = None, *, clock: Any) -> tuple[Gateway, Any, Any]:
+    """(gateway, outbox, uplink) of :func:`assemble` (the ports are built, not opened)."""
+    st = assemble(station_cfg, settings, clock=clock)
+    return st.gateway, st.outbox, st.uplink
 
 
 def channel_specs(board: str | dict, codes: dict[int, str],
@@ -277,8 +405,12 @@ def channel_specs(board: str | dict, codes: dict[int, str],
             for ch, code in codes.items()]
 
 
-def _build_rest(station_cfg: Any, settings: Any, outbox: Any, uplink_box: list, clock: Any
-                ) -> tuple[Gateway, Any, Any]:
+def _assemble_rest(station_cfg: Any, settings: Any, outbox: Any, uplink_box: list, clock: Any,
+                   alarm: Callable[[dict], None], on_commit: Any, on_events: Any, uplink_options: dict,
+                   pump_options: dict) -> Station:
+    from ims_station.edge.ingest import LinkDecoder
+    from ims_station.edge.serialport import PortPump
+    from ims_station.edge.streams import StreamAssembler
     from ims_station.edge.uplink import Uplink
     from ims_station.edge.uplink_config import acknack_options
 
@@ -301,8 +433,8 @@ def _build_rest(station_cfg: Any, settings: Any, outbox: Any, uplink_box: list, 
     framer = Framer(station_cfg.code, outbox, clock=clock, channels=specs, keystore=keystore,
                     station_key_id=keys.get("station_key_id"), frame_seconds=fr("frame_seconds"),
                     max_wait_s=fr("max_wait_s"), clock_diff_limit_us=fr("clock_diff_limit_us"),
-                    max_clock_offset_s=fr("max_clock_offset_s"),
-                    on_alarm=lambda a: uplink_box and uplink_box[0].request_soh())
+                    max_clock_offset_s=fr("max_clock_offset_s"), on_commit=on_commit, on_alarm=alarm)
+    stages = stages_from_config(station_cfg, clock)
     uplink = None
     gw_ref: list[Gateway] = []
     if settings.brokers:
@@ -312,11 +444,33 @@ def _build_rest(station_cfg: Any, settings: Any, outbox: Any, uplink_box: list, 
                         live_window_s=up("live_window_s"), ack_timeout_s=up("ack_timeout_s"),
                         soh_interval_s=up("soh_interval_s"),
                         soh_provider=lambda: {"gateway": gw_ref[0].stats()} if gw_ref else {},
-                        **acknack_options(settings))
+                        **acknack_options(settings), **uplink_options)
         uplink_box.append(uplink)
-    gw = Gateway(f"{station_cfg.network}.{station_cfg.code}", framer, uplink=uplink)
+    gw = Gateway(f"{station_cfg.network}.{station_cfg.code}", framer, uplink=uplink, stages=stages)
     gw_ref.append(gw)
-    return gw, outbox, uplink
+    ports = []
+    for port in station_cfg.ports:
+        assembler = StreamAssembler()
+        # auto_ack=False: the board is acknowledged from the persisted ACK point only (Gateway).
+        dec = LinkDecoder(port.key, clock, board_id=port.board_id, auto_ack=False, baudrate=port.baudrate,
+                          **port.link)
+        gw.resume(dec, port.board_id)
+        sp = StationPort(port, dec, assembler, None)
+
+        def port_events(events: list, sp: StationPort = sp) -> None:
+            for ev in events:
+                # Codes are known once the board id is (from the config or the first packet).
+                bid = getattr(ev, "board_id", None)
+                if bid is not None and sp.config.channels:
+                    sp.assembler.add_codes(sp.config.codes(bid))
+            if on_events is not None:
+                on_events(sp, events)
+            gw.on_events(sp.decoder, sp.assembler, events)
+
+        sp.pump = PortPump(port.url, dec, baudrate=port.baudrate, timeout=port.timeout, clock=clock,
+                           on_events=port_events, **pump_options)
+        ports.append(sp)
+    return Station(station_cfg, settings, clock, outbox, framer, uplink, gw, ports, stages)
 
 
 def load(station_file: str, uplink_file: str | None = None) -> tuple[Any, Any]:
@@ -346,52 +500,28 @@ def run(station_file: str, uplink_file: str | None = None, *, seconds: float = 0
     import time
 
     from ims_station.clock import SystemClock
-    from ims_station.edge.ingest import LinkDecoder
-    from ims_station.edge.serialport import PortPump
-    from ims_station.edge.streams import StreamAssembler
 
     cfg, settings = load(station_file, uplink_file)
-    clock = SystemClock()
-    gw, outbox, uplink = build(cfg, settings, clock=clock)
+    st = assemble(cfg, settings, clock=SystemClock())
+    gw, outbox, uplink = st.gateway, st.outbox, st.uplink
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *a: stop.set())
-    threads, pumps = [], []
-    for port in cfg.ports:
-        assembler = StreamAssembler()
-        # auto_ack=False: the board is acknowledged from the persisted ACK point only (Gateway).
-        dec = LinkDecoder(port.key, clock, board_id=port.board_id, auto_ack=False, baudrate=port.baudrate,
-                          **port.link)
-        gw.resume(dec, port.board_id)
-
-        def on_events(events, dec=dec, assembler=assembler, port=port):
-            for ev in events:
-                # Codes are known once the board id is (from the config or the first packet).
-                bid = getattr(ev, "board_id", None)
-                if bid is not None and port.channels:
-                    assembler.add_codes(port.codes(bid))
-            gw.on_events(dec, assembler, events)
-
-        pump = PortPump(port.url, dec, baudrate=port.baudrate, timeout=port.timeout, clock=clock,
-                        on_events=on_events)
-        pumps.append((port, pump, assembler))
+    threads = []
     try:
-        # Each port opened once here: one held by another process (a second gateway) stops us now
-        # with its PID, rather than two gateways splitting a board's bytes (serialport.open_port).
-        for _, pump, _ in pumps:
-            pump.open_now()
+        st.open_ports()
     except BaseException:
-        for _, pump, _ in pumps:
-            pump.close()
+        for p in st.ports:
+            p.pump.close()
         outbox.close()
         raise
-    for port, pump, _ in pumps:
-        t = threading.Thread(target=pump.run, args=(stop,), name=f"pump-{port.name}", daemon=True)
+    for p in st.ports:
+        t = threading.Thread(target=p.pump.run, args=(stop,), name=f"pump-{p.config.name}", daemon=True)
         threads.append(t)
         t.start()
     if uplink is not None:
         uplink.start()
-    show = (lambda: on_status(status(cfg, gw, pumps, outbox, uplink))) if on_status else (lambda: None)
+    show = (lambda: on_status(st.status())) if on_status else (lambda: None)
     t0 = time.monotonic()
     next_status = t0 + status_interval if status_interval > 0 else float("inf")
     try:

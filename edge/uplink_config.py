@@ -106,7 +106,7 @@ TABLES: dict[str, Any] = {
 # A separate --uplink file: the same tables (the station tables may share it).
 SCHEMA: dict[str, Any] = {"type": "object", "additionalProperties": True, "properties": TABLES}
 
-# Defaults of every key (docs/configuration.md lists them; station.build() applies them).
+# Defaults of every key (docs/configuration.md lists them; station.assemble() applies them).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "framer": {"frame_seconds": 10, "max_wait_s": 30.0, "clock_diff_limit_us": 1000, "max_clock_offset_s": 86400.0},
     # max_bytes None: derived (UplinkSettings.get, docs/uplink.md "Default byte bound").

@@ -9,8 +9,10 @@ latency p50/p99 (sample time -> archived at the relay).
 
 Owns: the orchestration of a demo run (keys in a temporary directory, broker, relay, gateways, the
 pacing of simulated time against the wall clock, the live summary and the report) and the ``demo``
-command.  Owns no protocol logic: every stage is the production module; the demo only wires them,
-as ``edge/station.py`` and ``relay/cli.py`` do in deployment.
+command.  Owns no protocol logic and does not wire the station: each station is written as a
+station file (:func:`write_station_file`) and assembled by ``edge/station.assemble``, the code
+``ims-station edge run`` uses, on the simulation's clock with a ``sim://`` port; the demo adds only
+observing hooks (frames built, samples ingested).  The relay is built as ``relay/cli.py`` builds it.
 
 Time: each station's simulation has its own clock (``SimClock``); the demo paces every simulation
 so that simulated time runs ``--speed`` times faster than the wall clock, and gives the relay a
@@ -196,102 +198,131 @@ SIM_CHANNELS = [("00", "BHZ"), ("00", "BHN"), ("00", "BHE"), ("10", "BDF")]
 NETWORK = "XX"
 
 
+def write_station_file(path: Path, station: str, keys: StationKeys, *, sim_name: str, board_id: int, baud: int,
+                       broker: Any, protocol: str = "auto", frame_seconds: int = 10, pin_keys: bool = True,
+                       keystore: Path | None = None, acknack_trust: Path | None = None,
+                       ack_timeout_s: float | None = None) -> Path:
+    """The station file (docs/configuration.md) of a simulated station: one ``sim://`` port to the
+    HIL board *sim_name* (``sim`` board, channels :data:`SIM_CHANNELS`), the outbox in the file's
+    folder, the keys of *keys* (pinned, or chosen by time from *keystore* with ``pin_keys=False``),
+    the broker *broker* (a :class:`ims_station.broker.BrokerConfig`) and, with *acknack_trust*, the
+    relay's acknack key.  The demo and the fault tests load it and call
+    :func:`ims_station.edge.station.assemble`, as ``edge run`` does with an operator's file (its
+    ``sim://NAME`` port exists only in the process that registered the simulation)."""
+    import json
+
+    q = json.dumps          # a TOML basic string is a JSON string for these values
+    chans = ", ".join(f'"{i}" = {q(f"{loc}.{cha}")}' for i, (loc, cha) in enumerate(SIM_CHANNELS))
+    lines = ["[station]", f"code = {q(station)}", f"network = {q(NETWORK)}", f"data_dir = {q(str(path.parent))}",
+             "", "[[ports]]", 'name = "board"', f"url = {q('sim://' + sim_name)}", 'board = "sim"',
+             f"board_id = {int(board_id)}", f"baudrate = {int(baud)}", f"key_file = {q(str(keys.board_key_file))}",
+             f"channels = {{ {chans} }}",
+             "", "[framer]", f"frame_seconds = {int(frame_seconds)}",
+             # A fixed bound, not the default derived from the free disk space of a shared machine.
+             "", "[outbox]", f"max_bytes = {1 << 30}",
+             "", "[keys]", f"keystore = {q(str(keystore or keys.keystore))}"]
+    if pin_keys:
+        ids = ", ".join(f"{q(cha)} = {kid}" for cha, kid in keys.channel_key_ids.items())
+        lines += [f"station_key_id = {keys.frame_key_id}", f"channel_key_ids = {{ {ids} }}"]
+    lines += ["", "[uplink]", f"protocol = {q(protocol)}"]
+    if ack_timeout_s is not None:
+        lines.append(f"ack_timeout_s = {float(ack_timeout_s)}")
+    if acknack_trust is not None:
+        lines += [f"acknack_trust = {q(str(acknack_trust))}", f"acknack_key_ids = [{RELAY_ACKNACK_KEY}]",
+                  f"relay_name = {q(RELAY_NAME)}"]
+    lines += ["[[uplink.brokers]]", f"host = {q(broker.host)}", f"port = {int(broker.port)}"]
+    for k in ("tls_ca", "tls_cert", "tls_key", "username", "password_file"):
+        if getattr(broker, k) is not None:
+            lines.append(f"{k} = {q(str(getattr(broker, k)))}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 @dataclass
 class StationRig:
-    """One simulated station: its simulation (board + line) and the gateway reading it."""
+    """One simulated station: its simulation (board + line) and the gateway reading it, assembled by
+    :func:`ims_station.edge.station.assemble` from the station's file (``<root>/<station>/station.toml``)."""
 
     station: str
     sim: Any
     sim_name: str
-    pump: Any
-    decoder: Any
-    assembler: Any
-    gateway: Any = None              # edge/station.py's gateway, when it exists
-    outbox: Any = None
-    uplink: Any = None
+    edge: Any                        # the assembled station (edge/station.py's Station)
     chunks: int = 0
     samples: int = 0
     frames_built: int = 0
     build_times: dict[int, float] = field(default_factory=dict)   # seq -> sim time frame committed
     error: str | None = None
 
+    @property
+    def gateway(self) -> Any:
+        return self.edge.gateway
+
+    @property
+    def outbox(self) -> Any:
+        return self.edge.outbox
+
+    @property
+    def uplink(self) -> Any:
+        return self.edge.uplink
+
+    @property
+    def decoder(self) -> Any:
+        return self.edge.ports[0].decoder
+
+    @property
+    def assembler(self) -> Any:
+        return self.edge.ports[0].assembler
+
     def close(self) -> None:
         from ims_station.hil.sim import unregister
 
         try:
-            self.pump.close()
-            if self.uplink is not None:
-                self.uplink.stop()
-            if self.outbox is not None:
-                self.outbox.close()
+            self.edge.close()
         finally:
             unregister(self.sim_name)
 
 
 def _make_rig(i: int, station: str, keys: StationKeys, opts: DemoOptions, start_utc: int, root: Path,
               broker: Any, stages: dict) -> StationRig:
-    from ims_station.edge.ingest import LinkDecoder
-    from ims_station.edge.serialport import PortPump
-    from ims_station.edge.streams import StreamAssembler
+    from ims_station.edge.config import load_station_config
+    from ims_station.edge.station import assemble
     from ims_station.hil.faults import FaultPlan, LineFaults
     from ims_station.hil.sim import Simulation
     from ims_station.hil.sim import register as register_sim
+    from ims_station.hil.sim import unregister
 
     line = LineFaults(ber=opts.ber, drop=opts.drop)
     plan = FaultPlan(down=line, up=line)
     sim = Simulation(board="sim", seed=opts.seed + i, plan=plan, key=keys.board_key, start_utc=start_utc)
     name = f"demo-{os.getpid()}-{next(_names)}-{station}"
     register_sim(name, sim)
-    board_id = sim.board.board_id
-    # As the production gateway builds it (edge/station.py): the board is acknowledged only from
-    # the ACK point persisted after the outbox commit, and resends are paced to the line rate.
-    decoder = LinkDecoder(keys.board_key, sim.clock, board_id=board_id, auto_ack=False, baudrate=sim.baud)
-    codes = {(board_id, ch): f"{NETWORK}.{station}.{loc}.{cha}" for ch, (loc, cha) in enumerate(SIM_CHANNELS)}
-    assembler = StreamAssembler(codes)
-    rig = StationRig(station, sim, name, None, decoder, assembler)
-
-    if stages["framer"] and stages["station"] and stages["outbox"] and stages["uplink"]:
-        # The production gateway (edge/station.py), wired as its build() does, on the simulation's
-        # clock (as the soak does: the edge's timeouts run in simulated time).
-        from ims_station.auth import Keystore
-        from ims_station.edge.framer import Framer
-        from ims_station.edge.outbox import Outbox
-        from ims_station.edge.station import Gateway, channel_specs
-        from ims_station.edge.uplink import Uplink
-
-        rig.outbox = Outbox(root / station / "outbox.sqlite", max_bytes=1 << 30, max_age_s=7 * 86400,
-                            clock=sim.clock)
-        specs = channel_specs(sim.board.board, {ch: code for (_, ch), code in codes.items()},
-                              lambda code: keys.channel_key_ids[code.rsplit(".", 1)[1]])
+    try:
+        cfg = load_station_config(write_station_file(
+            root / station / "station.toml", station, keys, sim_name=name, board_id=sim.board.board_id,
+            baud=sim.baud, broker=broker.config, protocol="auto" if broker.caps.mqtt5 else "3.1.1",
+            frame_seconds=int(opts.frame_seconds), acknack_trust=root / "acknack-trust"))
+        rig = StationRig(station, sim, name, None)
 
         def on_commit(seq: int, raw: bytes) -> None:
             rig.frames_built += 1
             rig.build_times[seq] = sim.clock.time()
 
-        framer = Framer(station, rig.outbox, clock=sim.clock, channels=specs,
-                        keystore=Keystore.load(keys.keystore), station_key_id=keys.frame_key_id,
-                        frame_seconds=int(opts.frame_seconds), on_commit=on_commit)
-        cfg = broker.config
-        from ims_station.auth import TrustStore
+        def on_events(port: Any, events: list) -> None:
+            for ev in events:
+                if type(ev).__name__ == "DataBlock":
+                    rig.chunks += 1
+                    rig.samples += int(ev.samples.size)
 
-        rig.uplink = Uplink(station, [cfg], rig.outbox, clock=sim.clock, backoff_base_s=0.1, backoff_max_s=2.0,
-                            protocol="auto" if broker.caps.mqtt5 else "3.1.1",
-                            acknack_trust=TrustStore.load(root / "acknack-trust"), acknack_key_ids=[RELAY_ACKNACK_KEY],
-                            relay_name=RELAY_NAME)
-        rig.gateway = Gateway(f"{NETWORK}.{station}", framer, uplink=rig.uplink)
-
-    def on_events(events: list) -> None:
-        for ev in events:
-            if type(ev).__name__ == "DataBlock":
-                rig.chunks += 1
-                rig.samples += int(ev.samples.size)
-        if rig.gateway is not None:
-            rig.gateway.on_events(decoder, assembler, events)
-        else:
-            assembler.push_all(events)
-
-    rig.pump = PortPump(f"sim://{name}", decoder, timeout=0.05, clock=sim.clock, on_events=on_events,
-                        backoff_initial=0.5, backoff_max=4.0)
+        # The production assembly (as `ims-station edge run --config station.toml`), on the
+        # simulation's clock (as the soak does: the edge's timeouts run in simulated time); only
+        # the retry pacing is shortened for a run of minutes.
+        rig.edge = assemble(cfg, clock=sim.clock, on_commit=on_commit, on_events=on_events,
+                            uplink_options={"backoff_base_s": 0.1, "backoff_max_s": 2.0},
+                            pump_options={"backoff_initial": 0.5, "backoff_max": 4.0})
+    except BaseException:
+        unregister(name)
+        raise
     return rig
 
 
@@ -305,9 +336,7 @@ def _drive(rig: StationRig, clock: PacedClock, t_end: float, stop: threading.Eve
                 # The simulation is ahead of the paced clock: let the wall clock catch up.
                 stop.wait(min(0.05, -ahead))
                 continue
-            rig.pump.step()
-            if rig.gateway is not None:
-                rig.gateway.poll()
+            rig.edge.step()
     except Exception as err:  # reported, never silent
         log.exception("demo: station %s stopped", rig.station)
         rig.error = f"{type(err).__name__}: {err}"

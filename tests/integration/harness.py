@@ -12,9 +12,10 @@ codec's ``build_data_frame`` from deterministic samples.  It stands in for the e
 (``edge/framer.py``) in the tests that are about store-and-forward (broker, relay, disk), where
 *which* samples are in a frame does not matter; the gateway-kill test uses the real gateway.
 :class:`PacedStation` runs the real station path in the test process (HIL board -> ``sim://`` ->
-LinkDecoder -> StreamAssembler -> Framer -> Outbox -> Uplink, wired as ``ims_station.demo`` wires
-it) on a :class:`ims_station.demo.PacedClock`, for the tests whose fault is defined in simulated
-time (the broker stopped for 5 of 30 minutes).
+LinkDecoder -> StreamAssembler -> Framer -> Outbox -> Uplink), assembled by
+``edge/station.assemble`` from a station file (``demo.write_station_file``) as ``ims-station edge
+run`` and the demo assemble it, paced by a :class:`ims_station.demo.PacedClock`, for the tests whose
+fault is defined in simulated time (the broker stopped for 5 of 30 minutes).
 """
 
 from __future__ import annotations
@@ -97,16 +98,10 @@ class PacedStation:
                  keystore: Path | None = None) -> None:
         """*keystore*: sign with its keys chosen per frame by time (docs/keys.md, "Rotation") instead
         of the pinned frame and channel keys of ``make_keys``."""
-        from ims_station.auth import Keystore
-        from ims_station.demo import SIM_CHANNELS, PacedClock, make_keys
-        from ims_station.edge.framer import ChannelSpec, Framer
-        from ims_station.edge.ingest import LinkDecoder
-        from ims_station.edge.outbox import Outbox
-        from ims_station.edge.serialport import PortPump
-        from ims_station.edge.station import Gateway
-        from ims_station.edge.streams import StreamAssembler
-        from ims_station.edge.uplink import Uplink
-        from ims_station.hil.sim import Simulation, register
+        from ims_station.demo import SIM_CHANNELS, PacedClock, make_keys, write_station_file
+        from ims_station.edge.config import load_station_config
+        from ims_station.edge.station import assemble
+        from ims_station.hil.sim import Simulation, register, unregister
 
         if start_utc is None:                   # on a window boundary: every window of the run is full
             start_utc = int(time.time()) // frame_seconds * frame_seconds
@@ -120,43 +115,35 @@ class PacedStation:
         clock = self.sim.clock
         self.paced = PacedClock(start_utc, speed)
         self.committed: dict[int, str] = {}
+        self.committed_raw: dict[int, bytes] = {}
         self.commit_times: dict[int, float] = {}
         self.alarms: list[dict] = []
         self.error: str | None = None
-        bid = self.sim.board.board_id
-        codes = {(bid, ch): f"XX.{station}.{loc}.{cha}" for ch, (loc, cha) in enumerate(SIM_CHANNELS)}
-        # As edge/station.py builds it: the board hears only the ACK point persisted after the
-        # outbox commit, and resends are paced to the line rate.
-        self.decoder = LinkDecoder(k.board_key, clock, board_id=bid, auto_ack=False, baudrate=self.sim.baud)
-        self.assembler = StreamAssembler(codes)
-        self.outbox = Outbox(root / station / "outbox.sqlite", max_bytes=1 << 30, max_age_s=7 * 86400,
-                             clock=clock, on_alarm=self.alarms.append)
 
         def on_commit(seq: int, raw: bytes) -> None:
             assert seq not in self.committed or self.committed[seq] == sha256(raw), f"seq {seq} reused"
             self.committed[seq] = sha256(raw)
+            self.committed_raw[seq] = raw
             self.commit_times[seq] = clock.monotonic()
 
-        self.committed_raw: dict[int, bytes] = {}
-        if keystore is None:
-            specs = [ChannelSpec(code, k.channel_key_ids[code.rsplit(".", 1)[1]]) for code in codes.values()]
-            pin = k.frame_key_id
-        else:
-            specs, pin = [ChannelSpec(code) for code in codes.values()], None
-
-        def on_commit_raw(seq: int, raw: bytes) -> None:
-            self.committed_raw[seq] = raw
-            on_commit(seq, raw)
-
-        self.framer = Framer(station, self.outbox, clock=clock, channels=specs,
-                             keystore=Keystore.load(keystore or k.keystore), station_key_id=pin,
-                             frame_seconds=frame_seconds, on_commit=on_commit_raw, on_alarm=self.alarms.append)
-        self.uplink = Uplink(station, [broker.config], self.outbox, clock=clock, backoff_base_s=0.05,
-                             backoff_max_s=0.5, connect_timeout_s=3.0, ack_timeout_s=ack_timeout_s)
-        self.gateway = Gateway(f"XX.{station}", self.framer, uplink=self.uplink)
-        self.pump = PortPump(f"sim://{self.sim_name}", self.decoder, timeout=0.05, clock=clock,
-                             on_events=lambda evs: self.gateway.on_events(self.decoder, self.assembler, evs),
-                             backoff_initial=0.5, backoff_max=4.0)
+        # The production assembly from a station file (as `ims-station edge run` builds it), on
+        # the simulation's clock; only the retry pacing is shortened.
+        try:
+            cfg = load_station_config(write_station_file(
+                root / station / "station.toml", station, k, sim_name=self.sim_name,
+                board_id=self.sim.board.board_id, baud=self.sim.baud, broker=broker.config,
+                frame_seconds=frame_seconds, pin_keys=keystore is None, keystore=keystore,
+                ack_timeout_s=ack_timeout_s))
+            self.edge = assemble(cfg, clock=clock, on_commit=on_commit, on_alarm=self.alarms.append,
+                                 uplink_options={"backoff_base_s": 0.05, "backoff_max_s": 0.5,
+                                                 "connect_timeout_s": 3.0},
+                                 pump_options={"backoff_initial": 0.5, "backoff_max": 4.0})
+        except BaseException:
+            unregister(self.sim_name)
+            raise
+        e = self.edge
+        self.outbox, self.framer, self.uplink, self.gateway = e.outbox, e.framer, e.uplink, e.gateway
+        self.decoder, self.assembler, self.pump = e.ports[0].decoder, e.ports[0].assembler, e.ports[0].pump
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -182,8 +169,7 @@ class PacedStation:
                 if ahead < 0:               # ahead of the paced clock: let the wall clock catch up
                     self._stop.wait(min(0.05, -ahead))
                     continue
-                self.pump.step()
-                self.gateway.poll()
+                self.edge.step()
         except Exception as err:            # reported by done(), never silent
             self.error = f"{type(err).__name__}: {err}"
             raise
@@ -200,9 +186,7 @@ class PacedStation:
         if self._thread is not None:
             self._thread.join(10)
         try:
-            self.pump.close()
-            self.uplink.stop()
-            self.outbox.close()
+            self.edge.close()
         finally:
             unregister(self.sim_name)
 
