@@ -163,6 +163,7 @@ class Framer:
                  max_wait_s: float = 30.0, destination: str = "0", compress: bool = True,
                  clock_diff_limit_us: int = 1000, on_commit: Callable[[int, bytes], None] | None = None,
                  max_clock_offset_s: float | None = 86400.0,
+                 max_board_ahead_s: float | None = 30 * 86400.0,
                  on_alarm: Callable[[dict], None] | None = None, key_warn_days: float = 30.0) -> None:
         if frame_seconds <= 0:
             raise ValueError("frame_seconds must be positive")
@@ -179,6 +180,7 @@ class Framer:
         self._on_commit = on_commit
         # None: no comparison with the gateway's clock (the 2000-01-01 floor always applies).
         self.max_clock_offset_s = None if max_clock_offset_s is None else float(max_clock_offset_s)
+        self.max_board_ahead_s = None if max_board_ahead_s is None else float(max_board_ahead_s)
         self._on_alarm = on_alarm
         self.last_alarm: dict | None = None
         self.clock_alarm: dict | None = None      # the gateway's clock disagrees with a locked board
@@ -303,13 +305,6 @@ class Framer:
     def add_soh(self, station: str, last_sync_us: int, clock_diff_us: int) -> None:
         self.health[station] = BoardHealth(last_sync_us, clock_diff_us)
 
-    def time_plausible(self, t_first_us: int, t_end_us: int) -> bool:
-        """Are samples from *t_first_us* to *t_end_us* after 2000-01-01 and within
-        ``max_clock_offset_s`` of the gateway's clock at both ends?"""
-        if t_first_us < EPOCH_2000_US:
-            return False
-        return self.clock_offset_ok(t_first_us, t_end_us)
-
     def clock_offset_ok(self, t_first_us: int, t_end_us: int, *, limit_s: float | None = None) -> bool:
         """Do the board time span and the gateway's clock agree within *limit_s* (default
         ``max_clock_offset_s``; always True when that is None)?"""
@@ -327,8 +322,11 @@ class Framer:
             return "refuse"              # before the sequence origin, or past what CD-1.1 can stamp
         if self.clock_offset_ok(t_first_us, t_end_us):
             return "ok"
-        ahead = t_first_us > self._clock.time() * 1e6
-        return "board" if time_quality == link.TQ_LOCKED and ahead else "hold"
+        ahead_us = t_first_us - self._clock.time() * 1e6
+        # A locked board is believed only so far ahead: one glitched block years ahead would
+        # otherwise move the committed point past every later good sample (all "late", lost).
+        plausible = self.max_board_ahead_s is None or ahead_us <= self.max_board_ahead_s * 1e6
+        return "board" if time_quality == link.TQ_LOCKED and 0 < ahead_us and plausible else "hold"
 
     def _gateway_clock_wrong(self, chunk: Any) -> None:
         """A locked board's samples far from the gateway's clock: framed by board time; the

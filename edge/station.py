@@ -433,7 +433,8 @@ def _assemble_rest(station_cfg: Any, settings: Any, outbox: Any, uplink_box: lis
     framer = Framer(station_cfg.code, outbox, clock=clock, channels=specs, keystore=keystore,
                     station_key_id=keys.get("station_key_id"), frame_seconds=fr("frame_seconds"),
                     max_wait_s=fr("max_wait_s"), clock_diff_limit_us=fr("clock_diff_limit_us"),
-                    max_clock_offset_s=fr("max_clock_offset_s"), on_commit=on_commit, on_alarm=alarm)
+                    max_clock_offset_s=fr("max_clock_offset_s"), max_board_ahead_s=fr("max_board_ahead_s"),
+                    on_commit=on_commit, on_alarm=alarm)
     stages = stages_from_config(station_cfg, clock)
     uplink = None
     gw_ref: list[Gateway] = []

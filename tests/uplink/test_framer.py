@@ -198,6 +198,20 @@ def test_the_time_rule_trusts_a_locked_board_ahead_of_a_lagging_gateway_clock(tm
     assert fr.judge_time(EPOCH_2000_US - 10, EPOCH_2000_US + 10, link.TQ_LOCKED) == "refuse"
 
 
+def test_a_locked_board_years_ahead_is_held_not_framed_and_later_samples_are_not_lost(tmp_path, clock):
+    """Review of issue 7: a locked board is believed ahead of the gateway only up to
+    max_board_ahead_s.  One glitched locked block ten years ahead, framed by board time, moved the
+    committed point past every later good sample: all counted late, acknowledged and lost."""
+    box, fr = framer(tmp_path, clock, max_clock_offset_s=3600, max_board_ahead_s=30 * 86400)
+    clock.t = T0_US / 1e6
+    day, years = 86400 * 1_000_000, 10 * 365 * 86400 * 1_000_000
+    assert fr.judge_time(T0_US + 29 * day, T0_US + 29 * day + 10, link.TQ_LOCKED) == "board"
+    assert fr.judge_time(T0_US + years, T0_US + years + 10, link.TQ_LOCKED) == "hold"
+    committed = fr.add_chunk(chunk(T0_US + years, 40))          # fed directly: refused, not framed
+    committed += [s for k in range(12) for s in fr.add_chunk(chunk(T0_US + k * 1_000_000, 40, base=40 * k))]
+    assert committed == [fr.seq_of(T0_US)] and fr.stats()["late_samples"] == 0
+
+
 def test_the_ring_backlog_within_the_clock_offset_is_framed(tmp_path, clock):
     box, fr = framer(tmp_path, clock, max_clock_offset_s=3600)
     clock.t = T0_US / 1e6 + 3000               # 50 minutes after the samples: a long gateway outage
