@@ -95,6 +95,7 @@ class PortPump:
         self._retry_at = 0.0
         self._log = RateLimitedLog(log, self.clock, rate=0.2, burst=3)
         self.counters = {"opens": 0, "open_failures": 0, "disconnects": 0, "bytes_in": 0, "bytes_out": 0}
+        self.failed: BaseException | None = None   # set when run() stopped on a bug (see run)
 
     @property
     def connected(self) -> bool:
@@ -177,12 +178,24 @@ class PortPump:
                 self.port = None
 
     def run(self, stop: Any, idle_sleep: float = 0.05) -> None:
-        """Loop until ``stop.is_set()`` (a threading.Event).  Sleeps only while waiting to reconnect."""
+        """Loop until ``stop.is_set()`` (a threading.Event).  Sleeps only while waiting to reconnect.
+
+        Crash-only on a bug: an exception out of the chain behind ``on_events`` (framer, outbox)
+        is logged with its traceback, kept in :attr:`failed`, and sets *stop*, so the gateway ends
+        with a non-zero status and its supervisor restarts it.  Nothing is lost that way: only
+        committed samples were acknowledged, and the restarted gateway asks the board's ring for
+        the rest from the persisted ACK point.  A thread that died quietly would leave a gateway
+        that publishes SOH but ingests nothing."""
         try:
             while not stop.is_set():
                 self.step()
                 if self.port is None:
                     stop.wait(min(idle_sleep, max(0.0, self._retry_at - self.clock.monotonic())) or idle_sleep)
+        except Exception as err:
+            self.failed = err
+            log.exception("edge: port %s: ingest failed; stopping the gateway so that it restarts from "
+                          "the persisted ACK point", self.url)
+            stop.set()
         finally:
             self.close()
 

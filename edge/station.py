@@ -548,7 +548,11 @@ def run(station_file: str, uplink_file: str | None = None, *, seconds: float = 0
             show()          # may raise BrokenPipeError (stdout's reader gone): close regardless
         finally:
             outbox.close()
-    return 0
+    failed = [p for p in st.ports if p.pump.failed is not None]
+    for p in failed:
+        log.error("edge: port %s stopped the gateway: %s: %s", p.config.name, type(p.pump.failed).__name__,
+                  p.pump.failed)
+    return 1 if failed else 0
 
 
 def status(cfg: Any, gw: Gateway, pumps: list, outbox: Any, uplink: Any) -> dict:

@@ -42,6 +42,32 @@ def test_pump_over_loop_url():
     pump.close()
 
 
+def test_a_bug_behind_the_pump_stops_the_gateway_instead_of_killing_the_thread_quietly(caplog):
+    """Review of issue 7: an exception out of on_events (framer, outbox) ended the pump's thread
+    without a word while the gateway went on publishing SOH and ingesting nothing.  Now it is
+    logged, kept in ``failed`` and sets the stop event: the gateway exits non-zero and is
+    restarted from its persisted ACK point."""
+    import threading
+
+    clock = FakeClock()
+    dec = LinkDecoder(KEY, clock)
+
+    def broken(events):
+        raise RuntimeError("framer bug")
+
+    pump = PortPump("loop://", dec, timeout=0.01, clock=clock, on_events=broken)
+    b = FakeBoard()
+    pump.step()
+    pump.port.write(b.hello() + b.data())
+    stop = threading.Event()
+    t = threading.Thread(target=pump.run, args=(stop,), daemon=True)
+    t.start()
+    t.join(timeout=30)
+    assert not t.is_alive() and stop.is_set()
+    assert isinstance(pump.failed, RuntimeError) and pump.port is None
+    assert "ingest failed; stopping the gateway" in caplog.text
+
+
 def _read_all(fd: int, timeout: float = 1.0) -> bytes:
     out = b""
     while select.select([fd], [], [], timeout)[0]:
