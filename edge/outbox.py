@@ -925,8 +925,10 @@ class Outbox:
                 self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error:
                 pass
-            self._db.close()
-            self._pidlock.release()
+            try:
+                self._db.close()
+            finally:
+                self._pidlock.release()
 
     def __enter__(self) -> "Outbox":
         return self

@@ -633,7 +633,7 @@ class ReloadingTrustStore:
         signature = self._snapshot()
         try:
             store = TrustStore.load(self.directory, clock=self._store_clock)
-        except (ImsStationError, OSError, ValueError) as err:
+        except Exception as err:   # whatever a bad directory raises: keep the old store, say why
             self._signature = signature        # do not retry a broken directory on every poll
             self.counters["reload_errors"] += 1
             self.last_error = str(err)
