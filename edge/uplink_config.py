@@ -110,7 +110,7 @@ SCHEMA: dict[str, Any] = {"type": "object", "additionalProperties": True, "prope
 # Defaults of every key (docs/configuration.md lists them; station.assemble() applies them).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "framer": {"frame_seconds": 10, "max_wait_s": 30.0, "clock_diff_limit_us": 1000, "max_clock_offset_s": 86400.0,
-               "max_board_ahead_s": 30 * 86400.0},
+               "max_board_ahead_s": 2592000},   # 30 days
     # max_bytes None: derived (UplinkSettings.get, docs/uplink.md "Default byte bound").
     "outbox": {"max_bytes": None, "max_age_days": 7, "min_free_bytes": None, "synchronous": "FULL"},
     "uplink": {"prefix": "ims", "protocol": "auto", "inflight": 32, "max_unacked": 2000, "live_window_s": 60.0,
