@@ -460,6 +460,8 @@ class StreamFilter:
         """Filtered chunk (float64, same shape).  Non-finite samples are filtered as 0 and the
         channel's state is then reset, so they cannot ring on forever."""
         x, one_d = _as_chunk(chunk, self.channels)
+        if x.shape[1] == 0:                  # sosfilt cannot reshape an empty chunk
+            return x[0] if one_d else x
         bad = ~np.isfinite(x)
         if bad.any():
             self.nonfinite += int(bad.sum())
