@@ -16,6 +16,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <math.h>
 
 #define BLOCK 8
 
@@ -44,6 +45,7 @@ static PyObject *py_recstalta(PyObject *self, PyObject *args)
     PyObject *ox, *oout, *osta, *olta, *on;
     Py_ssize_t channels, m, nsta, nlta;
     Py_buffer x, out, sta, lta, n;
+    int all_finite = 1;
     if (!PyArg_ParseTuple(args, "OOOOOnn", &ox, &oout, &osta, &olta, &on, &nsta, &nlta))
         return NULL;
     if (nsta < 1 || nlta < 1) {
@@ -76,75 +78,78 @@ static PyObject *py_recstalta(PyObject *self, PyObject *args)
         int64_t *cnt = (int64_t *)n.buf;
         const double csta = 1. / (double)nsta, clta = 1. / (double)nlta;
         const double icsta = 1. - csta, iclta = 1. - clta;
-        double *den = PyMem_RawMalloc(channels * m * sizeof(double) + 1);
-        if (den == NULL) {
+
+        double *buf = PyMem_RawMalloc((3 * BLOCK * (m + 1) + 2 * channels) * sizeof(double));
+        double *new_s = buf + 3 * BLOCK * (m + 1), *new_l = new_s + channels;
+        if (buf == NULL) {
             PyErr_NoMemory();
             goto fail5;
         }
         Py_BEGIN_ALLOW_THREADS
-        /* Channels are independent: stepping BLOCK of them together in time breaks the serial
-         * dependency of one channel's recursion (latency-bound) into parallel chains. */
+        /* Channels are independent: BLOCK of them are transposed into a (sample, channel) buffer
+         * and stepped together in time, which turns one channel's latency-bound recursion into
+         * BLOCK parallel chains the compiler vectorises; the divisions come after, off the chains. */
         for (Py_ssize_t c0 = 0; c0 < channels; c0 += BLOCK) {
-            Py_ssize_t nb = channels - c0 < BLOCK ? channels - c0 : BLOCK;
-            double s[BLOCK], l[BLOCK];
-            int64_t i0[BLOCK];
-            for (Py_ssize_t k = 0; k < nb; k++) {
-                s[k] = st[c0 + k];
-                l[k] = lt[c0 + k];
-                i0[k] = cnt[c0 + k];
+            const Py_ssize_t nb = channels - c0 < BLOCK ? channels - c0 : BLOCK;
+            double *tx = buf, *tn = buf + BLOCK * (m + 1), *td = buf + 2 * BLOCK * (m + 1);
+            double s[BLOCK], l[BLOCK], first[BLOCK];
+            for (Py_ssize_t k = 0; k < BLOCK; k++) {
+                const int live = k < nb;
+                s[k] = live ? st[c0 + k] : 0.;
+                l[k] = live ? lt[c0 + k] : 1.;
+                first[k] = live && cnt[c0 + k] == 0 ? 0. : 1.;
             }
-            Py_ssize_t j0 = 0;
-            for (Py_ssize_t k = 0; k < nb; k++)
-                if (i0[k] == 0 && m > 0) {  /* ObsPy's loop starts at sample 1 */
-                    j0 = 1;
-                    break;
-                }
-            if (j0) {
-                for (Py_ssize_t k = 0; k < nb; k++) {
-                    const Py_ssize_t at = (c0 + k) * m;
-                    if (i0[k] != 0) {
-                        const double sq = xs[at] * xs[at];
-                        s[k] = csta * sq + icsta * s[k];
-                        l[k] = clta * sq + iclta * l[k];
-                    }
-                    cf[at] = s[k] / l[k];
-                }
-            }
-            for (Py_ssize_t j = j0; j < m; j++) {
-                for (Py_ssize_t k = 0; k < nb; k++) {
-                    const Py_ssize_t at = (c0 + k) * m + j;
-                    const double sq = xs[at] * xs[at];
-                    s[k] = csta * sq + icsta * s[k];
-                    l[k] = clta * sq + iclta * l[k];
-                    cf[at] = s[k];
-                    den[at] = l[k];
+            for (Py_ssize_t k = 0; k < BLOCK; k++)
+                for (Py_ssize_t j = 0; j < m; j++)
+                    tx[j * BLOCK + k] = k < nb ? xs[(c0 + k) * m + j] : 0.;
+            for (Py_ssize_t j = 0; j < m; j++) {
+                const double *restrict a = tx + j * BLOCK;
+                double *restrict pn = tn + j * BLOCK, *restrict pd = td + j * BLOCK;
+                for (Py_ssize_t k = 0; k < BLOCK; k++) {
+                    const double sq = a[k] * a[k];
+                    const double ns = csta * sq + icsta * s[k];
+                    const double nl = clta * sq + iclta * l[k];
+                    /* ObsPy's loop starts at sample 1: a stream's sample 0 leaves the state */
+                    const int keep = j == 0 && first[k] == 0.;
+                    s[k] = keep ? s[k] : ns;
+                    l[k] = keep ? l[k] : nl;
+                    pn[k] = s[k];
+                    pd[k] = l[k];
                 }
             }
-            /* the divisions, off the recursion and over contiguous memory (vectorised) */
+            for (Py_ssize_t at = 0; at < m * BLOCK; at++)
+                tn[at] = tn[at] / td[at];
             for (Py_ssize_t k = 0; k < nb; k++) {
-                double *restrict num = cf + (c0 + k) * m;
-                const double *restrict d = den + (c0 + k) * m;
-                for (Py_ssize_t j = j0; j < m; j++)
-                    num[j] = num[j] / d[j];
-            }
-            for (Py_ssize_t k = 0; k < nb; k++)      /* warm-up: ObsPy outputs 0 before nlta */
-                for (Py_ssize_t j = 0; j < m && i0[k] + j < nlta; j++)
-                    cf[(c0 + k) * m + j] = 0.;
-            for (Py_ssize_t k = 0; k < nb; k++) {
-                st[c0 + k] = s[k];
-                lt[c0 + k] = l[k];
-                cnt[c0 + k] = i0[k] + m;
+                double *o = cf + (c0 + k) * m;
+                const int64_t i0 = cnt[c0 + k];
+                for (Py_ssize_t j = 0; j < m; j++)
+                    o[j] = tn[j * BLOCK + k];
+                for (Py_ssize_t j = 0; j < m && i0 + j < nlta; j++)   /* ObsPy: 0 before nlta */
+                    o[j] = 0.;
+                new_s[c0 + k] = s[k];
+                new_l[c0 + k] = l[k];
+                /* NaN and inf never leave the recursion: a non-finite state means non-finite input
+                 * (or a square beyond the double range) in this chunk */
+                if (!isfinite(s[k]) || !isfinite(l[k]))
+                    all_finite = 0;
             }
         }
+        /* the state is committed only for an all-finite chunk; otherwise the caller takes its
+         * general path (reset after the bad sample) from the unchanged state */
+        for (Py_ssize_t c = 0; all_finite && c < channels; c++) {
+            st[c] = new_s[c];
+            lt[c] = new_l[c];
+            cnt[c] += m;
+        }
         Py_END_ALLOW_THREADS
-        PyMem_RawFree(den);
+        PyMem_RawFree(buf);
     }
     PyBuffer_Release(&n);
     PyBuffer_Release(&lta);
     PyBuffer_Release(&sta);
     PyBuffer_Release(&out);
     PyBuffer_Release(&x);
-    Py_RETURN_NONE;
+    return PyBool_FromLong(all_finite);
 fail5:
     PyBuffer_Release(&n);
 fail4:
@@ -159,7 +164,8 @@ fail2:
 
 static PyMethodDef methods[] = {
     {"recstalta", py_recstalta, METH_VARARGS,
-     "recstalta(x, out, sta, lta, n, nsta, nlta) -> None; (channels, m) float64 chunk, state updated"},
+     "recstalta(x, out, sta, lta, n, nsta, nlta) -> bool; (channels, m) float64 chunk; True: state "
+     "updated; False: non-finite state, nothing updated (out is garbage)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -207,26 +207,24 @@ class RecursiveStaLta(_ArrayState):
         self._lta[rows] = 1e-99
 
     def process(self, chunk: np.ndarray) -> np.ndarray:
-        # Fast path: run the kernel first and look for non-finite input in the 2*channels state
-        # values afterwards (NaN and inf never leave the recursion), instead of scanning the chunk;
-        # on a hit, roll the state back and take the general path.
+        # Fast path: the kernel itself tells whether the chunk was all finite (NaN and inf never
+        # leave the recursion) and then commits the state; otherwise nothing changed and the
+        # general path (zero the bad samples, reset after them) runs, instead of scanning every chunk.
         x = chunk
         if (_fast is None or not isinstance(x, np.ndarray) or x.dtype != np.float64 or x.ndim != 2
                 or x.shape[0] != self.channels or not x.flags.c_contiguous):
             return super().process(chunk)
-        saved = (self._sta.copy(), self._lta.copy(), self._n.copy())
         out = np.empty_like(x)
-        _fast.recstalta(x, out, self._sta, self._lta, self._n, self.nsta, self.nlta)
-        if np.isfinite(self._sta).all() and np.isfinite(self._lta).all():
+        if _fast.recstalta(x, out, self._sta, self._lta, self._n, self.nsta, self.nlta):
             return out
-        self._sta, self._lta, self._n = saved
         return super().process(chunk)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         if _fast is not None:
             out = np.empty_like(x)
-            _fast.recstalta(x, out, self._sta, self._lta, self._n, self.nsta, self.nlta)
-            return out
+            if _fast.recstalta(x, out, self._sta, self._lta, self._n, self.nsta, self.nlta):
+                return out
+        # finite samples whose squares overflow: the reference carries the inf as ObsPy would
         return recstalta_reference(x, self._sta, self._lta, self._n, self.nsta, self.nlta)
 
 

@@ -47,3 +47,19 @@ def test_kernel_refuses_wrong_buffers():
         T._fast.recstalta(x.astype(np.float32), np.empty((2, 4)), *state, 2, 4)
     with pytest.raises(ValueError):
         T._fast.recstalta(x, np.empty((2, 4)), state[0], state[1], np.zeros(2, np.int32), 2, 4)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_kernel_reports_non_finite_input_and_leaves_the_state(bad):
+    if T._fast is None:
+        pytest.skip("kernel not built")
+    x = random_series(400, channels=9, seed=3)
+    state = (np.zeros(9), np.full(9, 1e-99), np.zeros(9, np.int64))
+    out = np.empty_like(x)
+    assert T._fast.recstalta(x, out, *state, 5, 60) is True
+    before = tuple(s.copy() for s in state)
+    y = x.copy()
+    y[8, 17] = bad
+    assert T._fast.recstalta(y, out, *state, 5, 60) is False
+    for a, b in zip(state, before):
+        np.testing.assert_array_equal(a, b)
