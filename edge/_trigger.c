@@ -18,7 +18,19 @@
 #include <string.h>
 #include <math.h>
 
-#define BLOCK 8
+#define LANES 4
+/* one time step of the LANES chains, written out so the state stays in registers */
+#define STEP_FROM(J0)                                                                   \
+    for (Py_ssize_t j = (J0); j < m; j++) {                                             \
+        const double q0 = a[0][j] * a[0][j], q1 = a[1][j] * a[1][j];                    \
+        const double q2 = a[2][j] * a[2][j], q3 = a[3][j] * a[3][j];                    \
+        s[0] = csta * q0 + icsta * s[0]; l[0] = clta * q0 + iclta * l[0];               \
+        s[1] = csta * q1 + icsta * s[1]; l[1] = clta * q1 + iclta * l[1];               \
+        s[2] = csta * q2 + icsta * s[2]; l[2] = clta * q2 + iclta * l[2];               \
+        s[3] = csta * q3 + icsta * s[3]; l[3] = clta * q3 + iclta * l[3];               \
+        pn[0][j] = s[0]; pd[0][j] = l[0]; pn[1][j] = s[1]; pd[1][j] = l[1];             \
+        pn[2][j] = s[2]; pd[2][j] = l[2]; pn[3][j] = s[3]; pd[3][j] = l[3];             \
+    }
 
 static int get(PyObject *obj, Py_buffer *view, int writable, const char *fmt, Py_ssize_t n,
                const char *what)
@@ -79,53 +91,50 @@ static PyObject *py_recstalta(PyObject *self, PyObject *args)
         const double csta = 1. / (double)nsta, clta = 1. / (double)nlta;
         const double icsta = 1. - csta, iclta = 1. - clta;
 
-        double *buf = PyMem_RawMalloc((3 * BLOCK * (m + 1) + 2 * channels) * sizeof(double));
-        double *new_s = buf + 3 * BLOCK * (m + 1), *new_l = new_s + channels;
-        if (buf == NULL) {
+        double *den = PyMem_RawMalloc((channels * m + 2 * channels + 1) * sizeof(double));
+        if (den == NULL) {
             PyErr_NoMemory();
             goto fail5;
         }
+        double *new_s = den + channels * m, *new_l = new_s + channels;
         Py_BEGIN_ALLOW_THREADS
-        /* Channels are independent: BLOCK of them are transposed into a (sample, channel) buffer
-         * and stepped together in time, which turns one channel's latency-bound recursion into
-         * BLOCK parallel chains the compiler vectorises; the divisions come after, off the chains. */
-        for (Py_ssize_t c0 = 0; c0 < channels; c0 += BLOCK) {
-            const Py_ssize_t nb = channels - c0 < BLOCK ? channels - c0 : BLOCK;
-            double *tx = buf, *tn = buf + BLOCK * (m + 1), *td = buf + 2 * BLOCK * (m + 1);
-            double s[BLOCK], l[BLOCK], first[BLOCK];
-            for (Py_ssize_t k = 0; k < BLOCK; k++) {
-                const int live = k < nb;
-                s[k] = live ? st[c0 + k] : 0.;
-                l[k] = live ? lt[c0 + k] : 1.;
-                first[k] = live && cnt[c0 + k] == 0 ? 0. : 1.;
-            }
-            for (Py_ssize_t k = 0; k < BLOCK; k++)
-                for (Py_ssize_t j = 0; j < m; j++)
-                    tx[j * BLOCK + k] = k < nb ? xs[(c0 + k) * m + j] : 0.;
-            for (Py_ssize_t j = 0; j < m; j++) {
-                const double *restrict a = tx + j * BLOCK;
-                double *restrict pn = tn + j * BLOCK, *restrict pd = td + j * BLOCK;
-                for (Py_ssize_t k = 0; k < BLOCK; k++) {
-                    const double sq = a[k] * a[k];
-                    const double ns = csta * sq + icsta * s[k];
-                    const double nl = clta * sq + iclta * l[k];
-                    /* ObsPy's loop starts at sample 1: a stream's sample 0 leaves the state */
-                    const int keep = j == 0 && first[k] == 0.;
-                    s[k] = keep ? s[k] : ns;
-                    l[k] = keep ? l[k] : nl;
-                    pn[k] = s[k];
-                    pd[k] = l[k];
+        /* Channels are independent: stepping LANES of them together in time gives the CPU LANES
+         * independent dependency chains (one channel's recursion alone is latency-bound), with the
+         * state in registers; numerator and denominator are stored and the divisions done after,
+         * off the chains, over contiguous memory (vectorised). */
+        for (Py_ssize_t c0 = 0; c0 < channels; c0 += LANES) {
+            double s[LANES], l[LANES];
+            const double *a[LANES];
+            double *pn[LANES], *pd[LANES];
+            Py_ssize_t j0[LANES];
+            for (Py_ssize_t k = 0; k < LANES; k++) {
+                /* a short last group repeats its last channel: same inputs, same (unused) output */
+                const Py_ssize_t c = c0 + k < channels ? c0 + k : channels - 1;
+                s[k] = st[c];
+                l[k] = lt[c];
+                a[k] = xs + c * m;
+                pn[k] = cf + c * m;
+                pd[k] = den + c * m;
+                j0[k] = cnt[c] == 0 && m > 0;   /* ObsPy's loop starts at sample 1 */
+                if (j0[k]) {
+                    pn[k][0] = s[k];
+                    pd[k][0] = l[k];
                 }
             }
-            for (Py_ssize_t at = 0; at < m * BLOCK; at++)
-                tn[at] = tn[at] / td[at];
-            for (Py_ssize_t k = 0; k < nb; k++) {
-                double *o = cf + (c0 + k) * m;
-                const int64_t i0 = cnt[c0 + k];
-                for (Py_ssize_t j = 0; j < m; j++)
-                    o[j] = tn[j * BLOCK + k];
-                for (Py_ssize_t j = 0; j < m && i0 + j < nlta; j++)   /* ObsPy: 0 before nlta */
-                    o[j] = 0.;
+            if (j0[0] | j0[1] | j0[2] | j0[3]) {   /* rare: a stream's first chunk */
+                for (Py_ssize_t k = 0; k < LANES; k++)
+                    if (!j0[k] && m > 0) {
+                        const double sq = a[k][0] * a[k][0];
+                        s[k] = csta * sq + icsta * s[k];
+                        l[k] = clta * sq + iclta * l[k];
+                        pn[k][0] = s[k];
+                        pd[k][0] = l[k];
+                    }
+                STEP_FROM(1)
+            } else {
+                STEP_FROM(0)
+            }
+            for (Py_ssize_t k = 0; k < LANES && c0 + k < channels; k++) {
                 new_s[c0 + k] = s[k];
                 new_l[c0 + k] = l[k];
                 /* NaN and inf never leave the recursion: a non-finite state means non-finite input
@@ -134,6 +143,11 @@ static PyObject *py_recstalta(PyObject *self, PyObject *args)
                     all_finite = 0;
             }
         }
+        for (Py_ssize_t at = 0; at < channels * m; at++)
+            cf[at] = cf[at] / den[at];
+        for (Py_ssize_t c = 0; c < channels; c++)      /* warm-up: ObsPy outputs 0 before nlta */
+            for (Py_ssize_t j = 0; j < m && cnt[c] + j < nlta; j++)
+                cf[c * m + j] = 0.;
         /* the state is committed only for an all-finite chunk; otherwise the caller takes its
          * general path (reset after the bad sample) from the unchanged state */
         for (Py_ssize_t c = 0; all_finite && c < channels; c++) {
@@ -142,7 +156,7 @@ static PyObject *py_recstalta(PyObject *self, PyObject *args)
             cnt[c] += m;
         }
         Py_END_ALLOW_THREADS
-        PyMem_RawFree(buf);
+        PyMem_RawFree(den);
     }
     PyBuffer_Release(&n);
     PyBuffer_Release(&lta);
