@@ -32,6 +32,18 @@
         pn[2][j] = s[2]; pd[2][j] = l[2]; pn[3][j] = s[3]; pd[3][j] = l[3];             \
     }
 
+/* cf[i] /= den[i]: the bulk of the kernel's time is division throughput, twice as high with AVX
+ * as with the SSE2 baseline; where GCC supports it, the loader picks the AVX clone at run time
+ * (IEEE division either way: the same doubles). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+__attribute__((target_clones("avx", "default")))
+#endif
+static void divide(double *restrict num, const double *restrict den, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        num[i] = num[i] / den[i];
+}
+
 static int get(PyObject *obj, Py_buffer *view, int writable, const char *fmt, Py_ssize_t n,
                const char *what)
 {
@@ -143,8 +155,7 @@ static PyObject *py_recstalta(PyObject *self, PyObject *args)
                     all_finite = 0;
             }
         }
-        for (Py_ssize_t at = 0; at < channels * m; at++)
-            cf[at] = cf[at] / den[at];
+        divide(cf, den, channels * m);
         for (Py_ssize_t c = 0; c < channels; c++)      /* warm-up: ObsPy outputs 0 before nlta */
             for (Py_ssize_t j = 0; j < m && cnt[c] + j < nlta; j++)
                 cf[c * m + j] = 0.;
