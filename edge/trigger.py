@@ -4,7 +4,7 @@ Owns the *numerics* of the station's trigger: Butterworth filters with carried s
 (:class:`StreamFilter`), the STA/LTA characteristic functions (:class:`RecursiveStaLta`,
 :class:`ClassicStaLta`, :class:`DelayedStaLta`, :class:`CarlStaTrig`), the on/off decision with
 hysteresis, minimum duration, maximum length and margins (:class:`TriggerOnset`), and coincidence
-across channels and stations (:func:`coincidence`).  Every object is fed numpy chunks and returns
+across channels and stations on completed triggers (:func:`coincidence`).  Every object is fed numpy chunks and returns
 numpy arrays or event tuples; it does no I/O, reads no clock and keeps no thread.  Chunks are 2-D
 ``(channels, samples)`` (a 1-D chunk is one channel); each channel carries its own state, so feeding a
 series in chunks of any size gives the same output, bit for bit, as feeding it whole.
@@ -28,8 +28,8 @@ batch function on the same series (tests/trigger/test_obspy_equality.py):
   the start* with negative indices, i.e. from the end of the series (non-causal); a stream cannot,
   so they are zero here: equality holds against ObsPy on a series whose last ``nsta + nlta + 1``
   samples are zero (what the tests check) and otherwise differs by that wrapped-around constant;
-* Earthworm carlSTAtrig (Johnson et al. 1995, "Robust regional phase association", Earthworm
-  ``carlstatrig``; ObsPy ``carl_sta_trig``): ``eta = star - ratio*ltar - |sta - lta| - quiet``,
+* Earthworm carlSTAtrig (Johnson et al. 1995, "Earthworm: a flexible approach to seismic network
+  processing"; Earthworm ``carlstatrig``; ObsPy ``carl_sta_trig``): ``eta = star - ratio*ltar - |sta - lta| - quiet``,
   window sums in ObsPy's order; outputs before ``nlta`` are -1.
 
 Gaps, NaN and rate changes: a characteristic function never sees a gap.  The caller calls
@@ -636,6 +636,74 @@ class TriggerOnset:
                 self._close(c, int(self._n[c]) - 1, True, out)
             self._above_on[c] = False
         return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Coincidence
+
+
+@dataclass(frozen=True, slots=True)
+class CoincidenceEvent:
+    """A network trigger: ``time`` (s) of the first single-channel onset, ``duration`` (s) to the
+    latest off of the channels that joined, and who joined, in joining order."""
+    time: float
+    duration: float
+    stations: tuple[str, ...]
+    trace_ids: tuple[str, ...]
+    coincidence_sum: float
+
+
+def coincidence(triggers: Iterable[tuple[float, float, str]], thr_coincidence_sum: float,
+                weights: dict[str, float] | Sequence[str], *,
+                trigger_off_extension: float = 0.0) -> list[CoincidenceEvent]:
+    """Coincidence across channels and stations, as ObsPy's ``coincidence_trigger`` does it on the
+    single-channel triggers (``(on, off, trace_id)``, times in seconds, ``trace_id`` as
+    ``NET.STA.LOC.CHA``).
+
+    In time order of onsets, each trigger opens a candidate; every later trigger of another channel
+    with ``on <= off + trigger_off_extension`` joins it (``off`` grows to the latest joined off, so A
+    overlapping B and B overlapping C gives ABC); the candidate is kept when the sum of the weights
+    reaches ``thr_coincidence_sum`` and its off is later than the last kept event's (ObsPy's rule for
+    dropping subsets).  ``weights`` maps channel ids to weights (a list gives weight 1 each); triggers
+    of other channels are disregarded, as ObsPy does.  Equal to ObsPy where the options overlap
+    (``trigger_type=None`` on the same characteristic functions, no event templates, no
+    ``delete_long_trigger``): tests/trigger/test_coincidence.py.
+
+    This is the decision on completed single-channel triggers; running it while a stream goes on,
+    re-deciding as triggers complete, is the station stage's job (not wired yet).
+    """
+    if not isinstance(weights, dict):
+        weights = dict.fromkeys(weights, 1.0)
+    for tid, w in weights.items():
+        if not isinstance(tid, str) or len(tid.split(".")) != 4:
+            raise TriggerConfigError("weights", f"channel id {tid!r} is not NET.STA.LOC.CHA")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or w <= 0:
+            raise TriggerConfigError("weights", f"weight of {tid} must be a positive number, got {w!r}")
+    if not np.isfinite(thr_coincidence_sum) or thr_coincidence_sum <= 0:
+        raise TriggerConfigError("thr_coincidence_sum",
+                                 f"must be a positive number, got {thr_coincidence_sum!r}")
+    if not np.isfinite(trigger_off_extension) or trigger_off_extension < 0:
+        raise TriggerConfigError("trigger_off_extension",
+                                 f"must not be negative, got {trigger_off_extension!r}")
+    pending = sorted((float(on), float(off), tid) for on, off, tid in triggers if tid in weights)
+    out: list[CoincidenceEvent] = []
+    last_off = 0.0
+    for i, (on, off, tid) in enumerate(pending):
+        ids = [tid]
+        total = float(weights[tid])
+        for t_on, t_off, t_id in pending[i + 1:]:
+            if t_id in ids:
+                continue
+            if t_on > off + trigger_off_extension:
+                break
+            ids.append(t_id)
+            total += weights[t_id]
+            off = max(off, t_off)
+        if total < thr_coincidence_sum or off <= last_off:
+            continue
+        out.append(CoincidenceEvent(on, off - on, tuple(t.split(".")[1] for t in ids), tuple(ids), total))
+        last_off = off
+    return out
 
 
 try:  # the optional compiled kernel (setup.py builds it when a C compiler is present)
