@@ -8,7 +8,7 @@ import pytest
 
 from ims_station.edge import trigger as T
 
-from .conftest import feed, random_series
+from .conftest import random_series
 
 
 def _ours(cf_stream, thr_on, thr_off, thr_sum, weights, ext=0.0, max_len_s=1e6):
