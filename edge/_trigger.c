@@ -40,8 +40,10 @@ __attribute__((target_clones("avx", "default")))
 #endif
 static void divide(double *restrict num, const double *restrict den, Py_ssize_t n)
 {
+    /* den is 0 only on exact zeros with nlta = 2 (ObsPy's 1e-99 start decays to the smallest
+     * double, which a factor 1/2 rounds to 0): read 0/0 as 0 */
     for (Py_ssize_t i = 0; i < n; i++)
-        num[i] = num[i] / den[i];
+        num[i] = den[i] > 0. ? num[i] / den[i] : 0.;
 }
 
 static int get(PyObject *obj, Py_buffer *view, int writable, const char *fmt, Py_ssize_t n,

@@ -248,7 +248,10 @@ def recstalta_reference(x: np.ndarray, sta: np.ndarray, lta: np.ndarray, n: np.n
             new_lta = np.where(first, lta, new_lta)
         sta[:] = new_sta
         lta[:] = new_lta
-        out[:, j] = sta / lta
+        # lta reaches 0 only on exact zeros with nlta = 2 (1e-99 decays to the smallest double,
+        # which a factor 1/2 rounds to 0): read 0/0 as 0, as the kernel does
+        out[:, j] = 0.0
+        np.divide(sta, lta, out=out[:, j], where=lta > 0.0)
     idx = n[:, None] + np.arange(x.shape[1])
     out[idx < nlta] = 0.0
     n += x.shape[1]
@@ -293,6 +296,7 @@ class ClassicStaLta(_ArrayState):
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, 0 where den is 0 or below the smallest normal double (a flat or dead channel)."""
     out = np.zeros_like(num)
     np.divide(num, den, out=out, where=den >= _TINY)
     return out

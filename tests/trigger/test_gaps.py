@@ -93,3 +93,17 @@ def test_trigger_treats_nan_as_below_thresholds():
     t = T.TriggerOnset(2.0, 1.0)
     out = t.process(np.array([0, 3, 3, np.nan, 0, 3, 0]))
     assert [(e.on, e.off) for e in out if isinstance(e, T.Event)] == [(1, 2), (5, 5)]
+
+
+def test_recursive_lta_underflow_on_a_dead_channel_gives_zero_not_nan(impl):
+    """On a dead channel (exact zeros) ObsPy's initial LTA of 1e-99 decays to the smallest double;
+    with nlta = 2 the next factor 1/2 rounds it to 0 (larger nlta keep it there): 0/0 must read 0,
+    and the channel must come back when data returns.  (The decayed LTA is set directly.)"""
+    f = T.RecursiveStaLta(1, 2, channels=2)
+    f.process(np.zeros((2, 100)))
+    f._lta[:] = 5e-324                     # the smallest double: the next zero sample makes it 0
+    out = f.process(np.zeros((2, 10)))
+    np.testing.assert_array_equal(out, 0.0)
+    assert (f._lta == 0).all()
+    back = f.process(random_series(200, channels=2))
+    assert np.isfinite(back).all() and (back[:, -1] > 0).all()
