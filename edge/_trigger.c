@@ -40,10 +40,8 @@ __attribute__((target_clones("avx", "default")))
 #endif
 static void divide(double *restrict num, const double *restrict den, Py_ssize_t n)
 {
-    /* den is 0 only on exact zeros with nlta = 2 (ObsPy's 1e-99 start decays to the smallest
-     * double, which a factor 1/2 rounds to 0): read 0/0 as 0 */
     for (Py_ssize_t i = 0; i < n; i++)
-        num[i] = den[i] > 0. ? num[i] / den[i] : 0.;
+        num[i] = num[i] / den[i];
 }
 
 static int get(PyObject *obj, Py_buffer *view, int writable, const char *fmt, Py_ssize_t n,
@@ -158,6 +156,13 @@ static PyObject *py_recstalta(PyObject *self, PyObject *args)
             }
         }
         divide(cf, den, channels * m);
+        /* The LTA starts at 1e-99 and is never below (1 - 1/nlta) times its last value, so with
+         * nlta >= 3 rounding keeps it at least the smallest double.  With nlta = 2 a factor 1/2
+         * rounds that to 0 on exact zeros (a dead channel): read 0/0 as 0 there. */
+        if (nlta == 2)
+            for (Py_ssize_t at = 0; at < channels * m; at++)
+                if (den[at] == 0.)
+                    cf[at] = 0.;
         for (Py_ssize_t c = 0; c < channels; c++)      /* warm-up: ObsPy outputs 0 before nlta */
             for (Py_ssize_t j = 0; j < m && cnt[c] + j < nlta; j++)
                 cf[c * m + j] = 0.;
