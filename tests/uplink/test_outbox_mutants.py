@@ -1,0 +1,222 @@
+"""The outbox's bookkeeping that a station operator reads or relies on, stated exactly: what an
+acknack deletes and counts, what an eviction removes and reports, what the SOH statistics say, what
+the maintenance commands change.  Written from the survivors of a mutation run (docs/testing.md,
+"Mutation testing"): each test names the behaviour, with figures exact enough that an off-by-one
+or a swapped field fails it."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sqlite3
+
+import pytest
+
+from ims_station.cd11.wire import MAX_GAPS
+from ims_station.edge.outbox import AcknackTooLargeError, Outbox, OutboxError, OutboxFullError
+
+FS = "STA01:0"
+
+
+def make(tmp_path, clock, **kw) -> Outbox:
+    kw.setdefault("max_bytes", 10_000_000)
+    kw.setdefault("max_age_s", 7 * 86400)
+    return Outbox(tmp_path / "outbox.sqlite", clock=clock, **kw)
+
+
+def published(box: Outbox, n: int = 1000) -> list:
+    """Send the pending frames and let the broker PUBACK them (what the uplink records)."""
+    items = box.next_to_send(n, live_window_s=1e9)
+    box.mark_sent([i.id for i in items])
+    box.mark_pubacked([i.id for i in items])
+    return items
+
+
+def pending(box: Outbox) -> list[int]:
+    return [i.seq for i in box.next_to_send(10_000, live_window_s=1e9)]
+
+
+# -- acknack ------------------------------------------------------------------------------------
+def test_acknowledged_frames_are_counted_across_acknacks_and_restarts_and_free_their_bytes(tmp_path, clock):
+    box = make(tmp_path, clock)
+    for seq, size in ((1, 100), (2, 200), (3, 300), (4, 400)):
+        box.put("cd11", FS, seq, clock.t, bytes([seq]) * size)
+    published(box)
+    assert box.apply_acknack(FS, 1, 2, []) == 2
+    st = box.stats()
+    assert (st["acked_frames"], st["frames"], st["bytes"]) == (2, 2, 700)
+    assert box.apply_acknack(FS, 3, 3, []) == 1
+    st = box.stats()
+    assert (st["acked_frames"], st["frames"], st["bytes"]) == (3, 1, 400)
+    box.close()
+    st = make(tmp_path, clock).stats()
+    assert (st["acked_frames"], st["frames"], st["bytes"]) == (3, 1, 400)
+
+
+def test_resends_queued_counts_every_frame_an_acknack_sent_back(tmp_path, clock):
+    box = make(tmp_path, clock, resend_holdoff_s=5)
+    for seq in range(1, 6):
+        box.put("cd11", FS, seq, clock.t, bytes([seq]))
+    published(box)
+    clock.advance(10)
+    assert box.apply_acknack(FS, 1, 5, [(2, 4)]) == 3                # 2 and 3 in a gap
+    assert box.stats()["resends_queued"] == 2
+    published(box)
+    clock.advance(10)
+    assert box.apply_acknack(FS, 2, 2, [(2, 3)]) == 0                # 2 a gap, 3 an implied gap
+    assert box.stats()["resends_queued"] == 4
+
+
+def test_a_frame_sent_exactly_the_holdoff_ago_is_sent_again(tmp_path, clock):
+    box = make(tmp_path, clock, resend_holdoff_s=5)
+    box.put("cd11", FS, 1, clock.t, b"a")
+    box.put("cd11", FS, 2, clock.t, b"b")
+    published(box)
+    clock.advance(5)
+    assert box.apply_acknack(FS, 1, 1, []) == 1
+    assert pending(box) == [2]
+
+
+def test_frames_between_several_gaps_are_deleted_and_those_inside_them_kept(tmp_path, clock):
+    box = make(tmp_path, clock)
+    for seq in range(0, 8):
+        box.put("cd11", FS, seq, clock.t, bytes([seq]))
+    published(box)
+    clock.advance(10)
+    assert box.apply_acknack(FS, 0, 7, [(1, 2), (3, 4), (5, 6)]) == 5
+    assert pending(box) == [1, 3, 5]
+
+
+def test_an_acknack_reads_at_most_one_gap_more_than_the_codec_allows(tmp_path, clock):
+    box = make(tmp_path, clock)
+    box.put("cd11", FS, 1, clock.t, b"a")
+    drawn = itertools.count()
+
+    def endless_gaps():
+        for n in drawn:
+            yield (n, n + 1)
+
+    with pytest.raises(AcknackTooLargeError):
+        box.apply_acknack(FS, 0, 10, endless_gaps())
+    assert next(drawn) == MAX_GAPS + 1             # the bound is on what is read, not only on the list
+    assert box.contains(FS, 1)
+
+
+# -- bounds and evictions -------------------------------------------------------------------------
+def test_an_eviction_alarm_names_frames_bytes_and_sequence_range_and_counters_add_up(tmp_path, clock):
+    alarms = []
+    box = make(tmp_path, clock, max_bytes=300, on_alarm=alarms.append)
+    for seq in (1, 2, 3):
+        box.put("cd11", FS, seq, clock.t + seq, bytes(100))
+    assert alarms == []                                        # exactly at the bound: nothing evicted
+    box.put("cd11", FS, 4, clock.t + 4, bytes(100))
+    assert alarms == [{"alarm": "outbox_eviction", "reason": "bytes", "time": clock.t,
+                       "frames": 1, "bytes": 100, "first_seq": 1, "last_seq": 1}]
+    clock.advance(1)
+    box.put("cd11", FS, 5, clock.t + 5, bytes(250))            # 550 bytes: 2, 3 and 4 must go
+    assert alarms[-1] == {"alarm": "outbox_eviction", "reason": "bytes", "time": clock.t,
+                          "frames": 3, "bytes": 300, "first_seq": 2, "last_seq": 4}
+    st = box.stats()
+    assert (st["evicted"], st["evicted_bytes"], st["alarms"]) == (4, 400, 2)
+    assert st["last_alarm"] == alarms[-1]
+    assert pending(box) == [5]
+
+
+def test_the_byte_bound_holds_when_exceeded_by_a_single_byte(tmp_path, clock):
+    box = make(tmp_path, clock, max_bytes=300)
+    for seq in (1, 2, 3):
+        box.put("cd11", FS, seq, clock.t + seq, bytes(100))
+    box.put("cd11", FS, 4, clock.t + 4, bytes(101))            # 401 bytes: one frame is not enough
+    st = box.stats()
+    assert st["bytes"] <= 300 and (st["frames"], st["bytes"], st["evicted"]) == (2, 201, 2)
+    assert pending(box) == [3, 4]
+
+
+# -- what the SOH statistics report ---------------------------------------------------------------
+def test_stats_of_an_empty_outbox(tmp_path, clock):
+    st = make(tmp_path, clock, max_bytes=1000, max_age_s=60).stats()
+    assert {k: st[k] for k in ("frames", "bytes", "max_bytes", "max_age_s", "fill", "oldest",
+                               "oldest_age_s", "pending", "in_flight", "resends_queued", "last_alarm")} == {
+        "frames": 0, "bytes": 0, "max_bytes": 1000, "max_age_s": 60.0, "fill": 0.0, "oldest": None,
+        "oldest_age_s": None, "pending": 0, "in_flight": 0, "resends_queued": 0, "last_alarm": None}
+
+
+def test_stats_report_fill_age_of_the_oldest_frame_pending_and_in_flight(tmp_path, clock):
+    box = make(tmp_path, clock, max_bytes=1000, max_age_s=3600)
+    box.put("cd11", FS, 1, clock.t - 300, bytes(100))
+    box.put("cd11", FS, 2, clock.t - 200, bytes(150))
+    box.put("cd11", FS, 3, clock.t - 100, bytes(250))
+    first = box.next_to_send(1, live_window_s=1e9)
+    box.mark_sent([first[0].id])
+    clock.advance(20)
+    st = box.stats()
+    assert {k: st[k] for k in ("frames", "bytes", "max_bytes", "max_age_s", "fill", "oldest",
+                               "oldest_age_s", "pending", "in_flight")} == {
+        "frames": 3, "bytes": 500, "max_bytes": 1000, "max_age_s": 3600.0, "fill": 0.5,
+        "oldest": clock.t - 320, "oldest_age_s": 320.0, "pending": 2, "in_flight": 1}
+
+
+def test_next_to_send_with_a_limit_of_one_gives_one_frame(tmp_path, clock):
+    box = make(tmp_path, clock)
+    box.put("cd11", FS, 1, clock.t, b"a")
+    box.put("cd11", FS, 2, clock.t, b"b")
+    assert [i.seq for i in box.next_to_send(1, live_window_s=60)] == [1]
+    assert box.next_to_send(0, live_window_s=60) == []
+
+
+def test_an_ack_point_set_without_a_boot_number_records_boot_0(tmp_path, clock):
+    box = make(tmp_path, clock)
+    box.set_ack_point(3, 1, 42)
+    assert box.ack_point_boots() == {3: 0}
+    assert box.ack_points() == {3: (1, 42, None)}
+
+
+# -- maintenance: delete and replace_payload ------------------------------------------------------
+def test_maintenance_refuses_delete_and_replace_on_an_outbox_a_gateway_could_hold(tmp_path, clock):
+    box = make(tmp_path, clock)
+    box.put("cd11", FS, 1, clock.t, b"a")
+    with pytest.raises(OutboxError, match=r": delete needs the outbox opened with exclusive=True "
+                                          r"\(no gateway running\)"):
+        box.delete([1])
+    with pytest.raises(OutboxError, match=r": replace_payload needs the outbox opened with exclusive=True"):
+        box.replace_payload([(1, b"b")])
+    assert box.contains(FS, 1)
+
+
+def test_delete_skips_unknown_ids_counts_what_it_removed_and_the_purge_count_is_durable(tmp_path, clock):
+    box = make(tmp_path, clock, exclusive=True)
+    for seq, size in ((1, 10), (2, 20), (3, 30)):
+        box.put("cd11", FS, seq, clock.t, bytes([seq]) * size)
+    ids = {i.seq: i.id for i in box.next_to_send(10, live_window_s=1e9)}
+    assert box.delete([ids[1], 9999, ids[3]]) == (2, 40)
+    st = box.stats()
+    assert (st["frames"], st["bytes"], st["purged_frames"]) == (1, 20, 2)
+    assert box.delete([ids[2]]) == (1, 20)
+    assert (box.stats()["frames"], box.stats()["bytes"], box.stats()["purged_frames"]) == (0, 0, 3)
+    box.close()
+    assert make(tmp_path, clock).stats()["purged_frames"] == 3
+
+
+def test_replace_payload_skips_unknown_ids_and_the_byte_count_follows_the_new_sizes(tmp_path, clock):
+    box = make(tmp_path, clock, exclusive=True)
+    for seq, size in ((1, 10), (2, 20), (3, 30)):
+        box.put("cd11", FS, seq, clock.t, bytes([seq]) * size)
+    ids = {i.seq: i.id for i in published(box)}
+    assert box.replace_payload([(ids[1], bytes(15)), (9999, b"x"), (ids[3], bytes(5))]) == 2
+    assert box.stats()["bytes"] == 15 + 20 + 5
+    # The new bytes are pending and not PUBACKed: an acknack cannot delete them before they are
+    # published again; the untouched frame 2 it can.
+    assert pending(box) == [1, 3]
+    clock.advance(10)
+    assert box.apply_acknack(FS, 1, 3, []) == 1
+    assert [it.seq for it, _ in box.items()] == [1, 3]
+    assert [bytes(it.payload) for it, _ in box.items()] == [bytes(15), bytes(5)]
+
+
+def test_outbox_full_says_why_the_disk_was_full(tmp_path, clock):
+    box = make(tmp_path, clock)
+    box._db.execute("PRAGMA max_page_count=30")
+    with pytest.raises(OutboxFullError) as info:
+        box.put("cd11", FS, 1, clock.t, os.urandom(500_000))
+    assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+    assert "full" in str(info.value.__cause__)
