@@ -6,9 +6,12 @@ or a swapped field fails it."""
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
+import shutil
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -220,3 +223,103 @@ def test_outbox_full_says_why_the_disk_was_full(tmp_path, clock):
         box.put("cd11", FS, 1, clock.t, os.urandom(500_000))
     assert isinstance(info.value.__cause__, sqlite3.OperationalError)
     assert "full" in str(info.value.__cause__)
+
+
+# -- what counts as a full disk (put evicts and retries on it, and only on it) ----------------------
+def _sqlite_error(cls, message: str, code: int | None = None):
+    err = cls(message)
+    if code is not None:
+        err.sqlite_errorcode = code
+    return err
+
+
+@pytest.mark.parametrize("err, full", [
+    (_sqlite_error(sqlite3.OperationalError, "whatever the message", sqlite3.SQLITE_FULL), True),
+    (_sqlite_error(sqlite3.OperationalError, "database or disk is full"), True),
+    (_sqlite_error(sqlite3.OperationalError, "Database or disk is full"), True),
+    (_sqlite_error(sqlite3.OperationalError, "disk I/O error: No space left on device"), True),
+    (_sqlite_error(sqlite3.OperationalError, "database is locked", sqlite3.SQLITE_BUSY), False),
+    (_sqlite_error(sqlite3.OperationalError, "database is locked"), False),
+    (OSError(errno.ENOSPC, "No space left on device"), True),
+    (OSError(errno.EIO, "Input/output error"), False),
+    (ValueError("database or disk is full"), False),
+])
+def test_a_full_disk_is_recognised_by_sqlite_code_message_or_errno_and_nothing_else(err, full):
+    from ims_station.edge.outbox import _is_disk_full
+
+    assert _is_disk_full(err) is full
+
+
+# -- the error an operator reads when the database cannot be opened --------------------------------
+def test_open_errors_say_damaged_read_only_or_other_and_name_the_file(tmp_path):
+    from ims_station.edge.outbox import OutboxCorruptError, OutboxOpenError, _open_error
+
+    p = tmp_path / "outbox.sqlite"
+    for err in (_sqlite_error(sqlite3.DatabaseError, "file is not a database", sqlite3.SQLITE_NOTADB),
+                _sqlite_error(sqlite3.OperationalError, "database disk image is malformed", sqlite3.SQLITE_CORRUPT),
+                sqlite3.DatabaseError("file is not a database")):
+        e = _open_error(p, err)
+        assert type(e) is OutboxCorruptError
+        assert str(e).startswith(f"outbox {p} is damaged ({err}): move it")
+        assert f"`sqlite3 {p} .recover`" in str(e)
+    for err in (_sqlite_error(sqlite3.OperationalError, "attempt to write a database", sqlite3.SQLITE_READONLY),
+                sqlite3.OperationalError("attempt to write a readonly database")):
+        e = _open_error(p, err)
+        assert type(e) is OutboxOpenError
+        assert str(e) == (f"outbox {p} cannot be written ({err}): make it and its directory writable by "
+                          "the gateway's user (is the file system mounted read-only?)")
+    err = _sqlite_error(sqlite3.OperationalError, "disk I/O error", sqlite3.SQLITE_IOERR)
+    e = _open_error(p, err)
+    assert type(e) is OutboxOpenError
+    assert str(e) == f"outbox {p} cannot be opened ({err}): check the file, its directory and the file system"
+
+
+# -- the default byte bound ---------------------------------------------------------------------------
+def test_the_default_bound_counts_only_streams_with_channels_and_a_rate_and_says_how(tmp_path):
+    from ims_station.edge.outbox import FALLBACK_MAX_BYTES, default_max_bytes, estimate_frame_bytes
+
+    assert estimate_frame_bytes([(1, 1.0)]) == 10 * 4 + 160 + 192          # 10-s frames by default
+    # One channel at 1 sps (a real weather channel) counts; no channels or no rate do not.
+    bound, how = default_max_bytes([(1, 1.0), (3, 0.0), (0, 100.0)])
+    assert (bound, how) == (60480 * 392, {"rule": "7 days", "frame_bytes": 392, "frames": 60480,
+                                          "wanted": 60480 * 392})
+    bound, how = default_max_bytes([(1, 1.0)], frame_seconds=5.0)
+    assert (bound, how["frame_bytes"], how["frames"]) == (120960 * 372, 5 * 4 + 160 + 192, 120960)
+    assert default_max_bytes([(2, 0.0)]) == (FALLBACK_MAX_BYTES, {"rule": "no channels known: fixed fallback",
+                                                                 "wanted": FALLBACK_MAX_BYTES})
+
+
+def test_the_default_bound_is_capped_only_by_a_disk_smaller_than_it(tmp_path, monkeypatch):
+    from ims_station.edge import outbox as ob
+
+    want = 60480 * 392
+    for disk, capped in ((want, False), (want - 1, True)):
+        monkeypatch.setattr(ob, "disk_bound", lambda path, min_free_bytes=None, d=disk: d)
+        bound, how = ob.default_max_bytes([(1, 1.0)], path=tmp_path / "outbox.sqlite")
+        assert bound == disk and how["disk"] == disk and ("capped_by" in how) is capped
+
+
+def test_the_disk_bound_counts_the_outbox_files_and_looks_at_the_nearest_existing_folder(tmp_path, monkeypatch):
+    from ims_station.edge import outbox as ob
+
+    asked = []
+    total, free = 40_000_003, 20_000_000
+    real = shutil.disk_usage(tmp_path)
+
+    def usage(path):
+        asked.append(Path(path))
+        return real._replace(total=total, free=free)
+
+    monkeypatch.setattr(ob.shutil, "disk_usage", usage)
+    p = tmp_path / "outbox.sqlite"
+    p.write_bytes(bytes(1000))
+    p.with_name("outbox.sqlite-wal").write_bytes(bytes(300))
+    p.with_name("outbox.sqlite.reserve").write_bytes(bytes(50))
+    margin = min(16 << 20, total // 4)
+    assert ob.disk_bound(p) == int((free + 1350 - margin) * 0.9)
+    assert ob.disk_bound(p, min_free_bytes=0) == int((free + 1350) * 0.9)
+    assert asked[-1] == tmp_path
+    assert ob.disk_bound(tmp_path / "a" / "b" / "outbox.sqlite", min_free_bytes=0) == int(free * 0.9)
+    assert asked[-1] == tmp_path                                   # not a folder that does not exist
+    free = 0
+    assert ob.disk_bound(p) == 0                                   # never negative
