@@ -323,3 +323,53 @@ def test_the_disk_bound_counts_the_outbox_files_and_looks_at_the_nearest_existin
     assert asked[-1] == tmp_path                                   # not a folder that does not exist
     free = 0
     assert ob.disk_bound(p) == 0                                   # never negative
+
+
+# -- low free space: evict before SQLite meets a full disk -------------------------------------------
+def _low_space_box(tmp_path, clock, frames: int, **kw) -> Outbox:
+    box = make(tmp_path, clock, reserve_bytes=0, **kw)
+    box._free_bytes = lambda: (1 << 40, 1 << 41)                   # plenty while filling
+    for seq in range(frames):
+        box.put("cd11", FS, seq, clock.t + seq, bytes([seq % 256]) * 1000)
+    return box
+
+
+@pytest.mark.parametrize("total, free, min_free, evicts", [
+    (1 << 30, 16 << 20, None, False),          # margin min(16 MiB, a quarter): exactly at it is enough
+    (1 << 30, (16 << 20) - 1, None, True),
+    (1 << 30, (16 << 20) + (1 << 19), None, False),
+    (40 << 20, 10 << 20, None, False),         # a small file system: a quarter of it
+    (40 << 20, 9 << 20, None, True),
+    (1 << 30, 1 << 20, 0, False),              # the operator's min_free_bytes replaces the default
+    (1 << 30, 1 << 20, 2 << 20, True),
+])
+def test_eviction_starts_when_free_space_falls_under_the_margin(tmp_path, clock, total, free, min_free, evicts):
+    box = _low_space_box(tmp_path, clock, 100, min_free_bytes=min_free)
+    box._free_bytes = lambda: (free, total)
+    box.put("cd11", FS, 1000, clock.t + 1000, bytes(1000))
+    assert (box.stats()["evicted"] > 0) is evicts
+
+
+def test_on_low_space_the_oldest_frames_go_in_steps_of_at_least_64_kib_plus_the_frames_overhead(tmp_path, clock):
+    box = _low_space_box(tmp_path, clock, 300)
+    page = box._db.execute("PRAGMA page_size").fetchone()[0]
+    assert box._db.execute("PRAGMA freelist_count").fetchone()[0] == 0
+    box._free_bytes = lambda: (0, 1 << 30)
+    box.put("cd11", FS, 1000, clock.t + 1000, bytes(1000))         # small frame: 64 KiB at least
+    st = box.stats()
+    assert st["evicted"] == -(-(64 << 10) // 1000) == 66 and st["low_space_events"] == 1
+    assert pending(box)[0] == 66                                      # the oldest went
+    # A large frame: its size + a quarter + 4 pages, less the pages freed by the first eviction.
+    reusable = box._db.execute("PRAGMA freelist_count").fetchone()[0] * page
+    size = 200_000
+    need = size + size // 4 + 4 * page - reusable
+    box.put("cd11", FS, 1001, clock.t + 1001, bytes(size))
+    st = box.stats()
+    assert st["evicted"] == 66 + -(-need // 1000) and st["low_space_events"] == 2
+
+
+def test_the_only_frame_stored_is_evicted_for_a_new_one_when_space_is_low(tmp_path, clock):
+    box = _low_space_box(tmp_path, clock, 1)
+    box._free_bytes = lambda: (0, 1 << 30)
+    box.put("cd11", FS, 1, clock.t + 1, bytes(1000))
+    assert pending(box) == [1] and box.stats()["evicted"] == 1
