@@ -340,6 +340,7 @@ def _low_space_box(tmp_path, clock, frames: int, **kw) -> Outbox:
     (1 << 30, (16 << 20) + (1 << 19), None, False),
     (40 << 20, 10 << 20, None, False),         # a small file system: a quarter of it
     (40 << 20, 9 << 20, None, True),
+    ((40 << 20) + 3, 10 << 20, None, False),   # a quarter in whole bytes
     (1 << 30, 1 << 20, 0, False),              # the operator's min_free_bytes replaces the default
     (1 << 30, 1 << 20, 2 << 20, True),
 ])
