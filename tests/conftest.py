@@ -144,6 +144,16 @@ def need_fuse() -> None:
     need_module("mfusepy")
 
 
+def need_trigger_kernel() -> None:
+    """The optional C kernel of the trigger (``ims_station.edge._triggerfast``), built by
+    ``pip install`` where a C compiler exists (tests/trigger/test_kernel.py checks that it is)."""
+    from ims_station.edge import trigger
+
+    if trigger._fast is None:
+        missing_prerequisite("the trigger's C kernel (ims_station.edge._triggerfast)",
+                             "install a C compiler (apt-get install build-essential) and reinstall (./run)")
+
+
 @pytest.fixture(scope="session")
 def mosquitto_installed() -> str:
     """For ``pytestmark = pytest.mark.usefixtures("mosquitto_installed")``; session-scoped so that

@@ -9,6 +9,8 @@ import pytest
 
 from ims_station.edge import trigger as T
 
+from tests.conftest import need_trigger_kernel
+
 from .conftest import random_series
 
 
@@ -28,8 +30,8 @@ NAMES = ["recursive", "classic", "delayed", "carl", "filter"]
 def impl(request, monkeypatch):
     if request.param == "numpy":
         monkeypatch.setattr(T, "_fast", None)
-    elif T._fast is None:
-        pytest.skip("the C kernel is not built (tests/trigger/test_kernel.py says whether it must be)")
+    else:
+        need_trigger_kernel()
     return request.param
 
 

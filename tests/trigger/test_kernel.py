@@ -9,6 +9,7 @@ import pytest
 
 from ims_station.edge import trigger as T
 
+from tests.conftest import need_trigger_kernel
 from .conftest import random_series
 
 
@@ -22,8 +23,7 @@ def test_c_extension_is_built_here():
 
 @pytest.mark.parametrize("channels", [1, 7, 8, 9, 100])
 def test_kernel_equals_reference(channels):
-    if T._fast is None:
-        pytest.skip("kernel not built: test_c_extension_is_built_here decides whether that is a failure")
+    need_trigger_kernel()
     x = random_series(3000, channels=channels, seed=channels)
     state_c = (np.zeros(channels), np.full(channels, 1e-99), np.zeros(channels, np.int64))
     state_r = tuple(s.copy() for s in state_c)
@@ -37,8 +37,7 @@ def test_kernel_equals_reference(channels):
 
 
 def test_kernel_refuses_wrong_buffers():
-    if T._fast is None:
-        pytest.skip("kernel not built")
+    need_trigger_kernel()
     x = np.zeros((2, 4))
     state = (np.zeros(2), np.ones(2), np.zeros(2, np.int64))
     with pytest.raises(ValueError):
@@ -51,8 +50,7 @@ def test_kernel_refuses_wrong_buffers():
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_kernel_reports_non_finite_input_and_leaves_the_state(bad):
-    if T._fast is None:
-        pytest.skip("kernel not built")
+    need_trigger_kernel()
     x = random_series(400, channels=9, seed=3)
     state = (np.zeros(9), np.full(9, 1e-99), np.zeros(9, np.int64))
     out = np.empty_like(x)
