@@ -910,13 +910,9 @@ class Outbox:
         return n
 
     def _check_exclusive(self, what: str) -> None:
-        if not self._exclusive:
+        if not self._maintenance:
             raise OutboxError(f"outbox {self.path}: {what} needs the outbox opened with exclusive=True "
                               "(no gateway running)")
-
-    @property
-    def _exclusive(self) -> bool:
-        return self._maintenance
 
     def close(self) -> None:
         """Close the database (the reserve file stays: it belongs to the store)."""

@@ -174,6 +174,12 @@ class _ArrayState(_CharacteristicFunction):
 
     _fields: tuple[str, ...] = ()
 
+    def _reset_rows(self, rows: np.ndarray) -> None:
+        """A reset channel starts from zero in every state array (subclasses whose start is not
+        zero override this)."""
+        for name in self._fields:
+            getattr(self, name)[rows] = 0.0
+
     def _take(self, rows: np.ndarray) -> dict:
         full = {name: getattr(self, name) for name in self._fields + ("_n",)}
         for name, arr in full.items():
@@ -271,11 +277,6 @@ class ClassicStaLta(_ArrayState):
         self._sta = np.zeros(self.channels)
         self._lta = np.zeros(self.channels)
 
-    def _reset_rows(self, rows: np.ndarray) -> None:
-        self._hist[rows] = 0.0
-        self._sta[rows] = 0.0
-        self._lta[rows] = 0.0
-
     def _run(self, x: np.ndarray) -> np.ndarray:
         nsta, nlta = self.nsta, self.nlta
         m = x.shape[1]
@@ -312,11 +313,6 @@ class DelayedStaLta(_ArrayState):
         self._hist = np.zeros((self.channels, self.nsta + self.nlta + 1))
         self._sta = np.zeros(self.channels)
         self._lta = np.zeros(self.channels)
-
-    def _reset_rows(self, rows: np.ndarray) -> None:
-        self._hist[rows] = 0.0
-        self._sta[rows] = 0.0
-        self._lta[rows] = 0.0
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         nsta, nlta = self.nsta, self.nlta
@@ -367,10 +363,6 @@ class CarlStaTrig(_ArrayState):
         self._hd = np.zeros((c, self.nsta))
         self._hstar = np.zeros((c, self.nlta))
         self._last_lta = np.zeros((c, 1))
-
-    def _reset_rows(self, rows: np.ndarray) -> None:
-        for name in self._fields:
-            getattr(self, name)[rows] = 0.0
 
     @staticmethod
     def _window_mean(hist: np.ndarray, x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -18,21 +18,7 @@ import pytest
 from ims_station.cd11.wire import MAX_GAPS
 from ims_station.edge.outbox import AcknackTooLargeError, Outbox, OutboxError, OutboxFullError
 
-FS = "STA01:0"
-
-
-def make(tmp_path, clock, **kw) -> Outbox:
-    kw.setdefault("max_bytes", 10_000_000)
-    kw.setdefault("max_age_s", 7 * 86400)
-    return Outbox(tmp_path / "outbox.sqlite", clock=clock, **kw)
-
-
-def published(box: Outbox, n: int = 1000) -> list:
-    """Send the pending frames and let the broker PUBACK them (what the uplink records)."""
-    items = box.next_to_send(n, live_window_s=1e9)
-    box.mark_sent([i.id for i in items])
-    box.mark_pubacked([i.id for i in items])
-    return items
+from tests.uplink.test_outbox import FS, make, published
 
 
 def pending(box: Outbox) -> list[int]:
