@@ -70,10 +70,12 @@ class Gateway:
     """
 
     def __init__(self, station_id: str, framer: Framer, *, uplink: Any = None, outbox: Any = None,
-                 stages: Iterable[Any] = ()) -> None:
+                 stages: Iterable[Any] = (), stage_names: Iterable[str] | None = None) -> None:
         self.station_id = station_id       # "NET.STA": the key of board SOH for the channel status
         self.framer = framer
         self.stages = list(stages)         # stream stages after the framer (STAGES, assemble())
+        self.stage_names = list(stage_names) if stage_names is not None else [
+            type(st).__name__ for st in self.stages]
         self.uplink = uplink
         self.outbox = outbox if outbox is not None else getattr(framer, "outbox", None)
         self._lock = threading.Lock()       # one call at a time: several port threads feed us
@@ -254,7 +256,8 @@ class Gateway:
             self.counters["acks"] += 1
 
     def stats(self) -> dict:
-        return {**self.counters, "framer": self.framer.stats(),
+        stages = {name: st.stats() for name, st in zip(self.stage_names, self.stages) if hasattr(st, "stats")}
+        return {**self.counters, "framer": self.framer.stats(), "stages": stages,
                 "unacknowledged_blocks": sum(len(q) for q in self._pending.values()),
                 "clock_hold": [{"board": h.board_id, "epoch": h.epoch, "seq": h.seq, "offset_s": h.offset_s}
                                for h in self._holds.values()]}
@@ -262,19 +265,56 @@ class Gateway:
 
 # -- the one assembly ------------------------------------------------------------------------------
 
-# Stream stages after the framer, in order: (station-file table, factory(station_cfg, clock) -> stage).
+@dataclass
+class StageContext:
+    """What a stream stage may use of the assembled station (handed to its factory).
+
+    *emit_event*: a station message (a trigger event, JSON-able dict) made durable in the outbox
+    (kind ``events``, its own frame set ``STA:events``) and sent on the station's ``events`` topic
+    like any data; returns the event's sequence number.  *alarm*: a framer-style alarm (publishes
+    the SOH at once)."""
+
+    station_cfg: Any
+    clock: Any
+    outbox: Any
+    framer: Any
+    alarm: Callable[[dict], None]
+    emit_event: Callable[[dict], int]
+
+
+# Stream stages after the framer, in order: (station-file table, factory(ctx: StageContext) -> stage).
 # A stage is built when the station file has its table, and gets every chunk the framer gets
-# (``stage.push(chunk)``, after the framer) and every :meth:`Gateway.poll` (``stage.poll()``).
-# The trigger stage and the noble-gas driver (issue 9) are registered here, once, and so run the
-# same in ``edge run``, the demo and the fault tests.  None is registered yet (and edge/config.py
-# rejects unknown tables, so no station file can name one).
-STAGES: list[tuple[str, Callable[[Any, Any], Any]]] = []
+# (``stage.push(chunk)``, after the framer) and every :meth:`Gateway.poll` (``stage.poll()``);
+# ``stage.stats()`` (if any) appears in the SOH under ``gateway.stages.<table>``.
+# The trigger stage and the noble-gas driver are registered here, once, and so run the
+# same in ``edge run``, the demo and the fault tests.
+STAGES: list[tuple[str, Callable[[StageContext], Any]]] = []
 
 
-def stages_from_config(station_cfg: Any, clock: Any) -> list[Any]:
-    """The stream stages the station file configures, in :data:`STAGES` order."""
-    raw = getattr(station_cfg, "raw", None) or {}
-    return [factory(station_cfg, clock) for table, factory in STAGES if table in raw]
+def stages_from_config(ctx: StageContext) -> list[tuple[str, Any]]:
+    """(table, stage) for each stream stage the station file configures, in :data:`STAGES` order."""
+    raw = getattr(ctx.station_cfg, "raw", None) or {}
+    return [(table, factory(ctx)) for table, factory in STAGES if table in raw]
+
+
+def event_emitter(station: str, outbox: Any, clock: Any, notify: Callable[[], None]) -> Callable[[dict], int]:
+    """The station's durable event path: each event document is committed to the outbox (kind
+    ``events``, frame set ``STA:events``, the next sequence number) before the uplink hears of it."""
+    import json
+
+    frame_set = f"{station}:events"
+    lock = threading.Lock()
+
+    def emit(doc: dict) -> int:
+        with lock:
+            hi = outbox.highest_committed(frame_set)
+            seq = 0 if hi is None else hi + 1
+            body = {**doc, "station": station, "seq": seq}
+            outbox.put("events", frame_set, seq, clock.time(), json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+        notify()
+        return seq
+
+    return emit
 
 
 @dataclass
@@ -435,7 +475,6 @@ def _assemble_rest(station_cfg: Any, settings: Any, outbox: Any, uplink_box: lis
                     max_wait_s=fr("max_wait_s"), clock_diff_limit_us=fr("clock_diff_limit_us"),
                     max_clock_offset_s=fr("max_clock_offset_s"), max_board_ahead_s=fr("max_board_ahead_s"),
                     on_commit=on_commit, on_alarm=alarm)
-    stages = stages_from_config(station_cfg, clock)
     uplink = None
     gw_ref: list[Gateway] = []
     if settings.brokers:
@@ -447,7 +486,11 @@ def _assemble_rest(station_cfg: Any, settings: Any, outbox: Any, uplink_box: lis
                         soh_provider=lambda: {"gateway": gw_ref[0].stats()} if gw_ref else {},
                         **acknack_options(settings), **uplink_options)
         uplink_box.append(uplink)
-    gw = Gateway(f"{station_cfg.network}.{station_cfg.code}", framer, uplink=uplink, stages=stages)
+    emit = event_emitter(station_cfg.code, outbox, clock, uplink.notify if uplink is not None else (lambda: None))
+    named_stages = stages_from_config(StageContext(station_cfg, clock, outbox, framer, alarm, emit))
+    stages = [st for _, st in named_stages]
+    gw = Gateway(f"{station_cfg.network}.{station_cfg.code}", framer, uplink=uplink, stages=stages,
+                 stage_names=[name for name, _ in named_stages])
     gw_ref.append(gw)
     ports = []
     for port in station_cfg.ports:

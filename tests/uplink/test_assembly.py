@@ -57,11 +57,28 @@ def test_stages_get_every_chunk_after_the_framer_and_a_failing_stage_stops_nothi
 def test_the_stages_are_those_whose_table_the_station_file_has_in_registry_order(monkeypatch, clock):
     made = []
     monkeypatch.setattr(station, "STAGES", [
-        ("trigger", lambda cfg, clk: made.append("trigger") or "T"),
-        ("noble_gas", lambda cfg, clk: made.append("noble_gas") or "N"),
-        ("other", lambda cfg, clk: made.append("other") or "O")])
+        ("trigger", lambda ctx: made.append(("trigger", ctx.clock)) or "T"),
+        ("noble_gas", lambda ctx: made.append(("noble_gas", ctx.clock)) or "N"),
+        ("other", lambda ctx: made.append(("other", ctx.clock)) or "O")])
     cfg = SimpleNamespace(raw={"station": {}, "other": {}, "trigger": {}})
-    assert station.stages_from_config(cfg, clock) == ["T", "O"]
-    assert made == ["trigger", "other"]
+    ctx = station.StageContext(cfg, clock, None, None, lambda a: None, lambda d: 0)
+    assert station.stages_from_config(ctx) == [("trigger", "T"), ("other", "O")]
+    assert made == [("trigger", clock), ("other", clock)]
     monkeypatch.setattr(station, "STAGES", [])
-    assert station.stages_from_config(cfg, clock) == []
+    assert station.stages_from_config(ctx) == []
+
+
+def test_emitted_events_are_in_the_outbox_before_the_uplink_hears_of_them(tmp_path, clock):
+    import json
+
+    from ims_station.edge.outbox import Outbox
+
+    with Outbox(tmp_path / "o.sqlite", max_bytes=1 << 20, max_age_s=86400, clock=clock) as box:
+        told = []
+        emit = station.event_emitter("STA01", box, clock,
+                                     lambda: told.append(box.highest_committed("STA01:events")))
+        assert emit({"peak": 5.0}) == 0 and emit({"peak": 6.0}) == 1
+        assert told == [0, 1]
+        rows = [(it.kind, it.frame_set, it.seq, json.loads(it.payload)) for it, _ in box.items("events")]
+        assert rows == [("events", "STA01:events", 0, {"peak": 5.0, "station": "STA01", "seq": 0}),
+                        ("events", "STA01:events", 1, {"peak": 6.0, "station": "STA01", "seq": 1})]
