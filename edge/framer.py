@@ -250,6 +250,12 @@ class Framer:
                             self._keystore.directory)
         return status
 
+    def station_signer(self, at: dt.datetime) -> Any:
+        """The key that signs a station-level message (a trigger event's envelope) made at *at*:
+        the pinned station key, else the keystore's key for the station then; None without a
+        keystore, or when no key is valid (alarmed once per episode, as for frames)."""
+        return self._signer_at(self.station_key_id, self.station, at)
+
     def _signer_at(self, pin: int | None, station: str, at: dt.datetime) -> Any:
         """The key for one signature of a frame whose nominal time is *at*; None if unsigned."""
         if self._keystore is None:

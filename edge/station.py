@@ -270,8 +270,9 @@ class StageContext:
     """What a stream stage may use of the assembled station (handed to its factory).
 
     *emit_event*: a station message (a trigger event, JSON-able dict) made durable in the outbox
-    (kind ``events``, its own frame set ``STA:events``) and sent on the station's ``events`` topic
-    like any data; returns the event's sequence number.  *alarm*: a framer-style alarm (publishes
+    (kind ``events``, its own frame set ``STA:events``) in a signed envelope and sent on the
+    station's ``events`` topic like any data (:func:`event_emitter`); returns the event's sequence
+    number.  *alarm*: a framer-style alarm (publishes
     the SOH at once)."""
 
     station_cfg: Any
@@ -297,20 +298,34 @@ def stages_from_config(ctx: StageContext) -> list[tuple[str, Any]]:
     return [(table, factory(ctx)) for table, factory in STAGES if table in raw]
 
 
-def event_emitter(station: str, outbox: Any, clock: Any, notify: Callable[[], None]) -> Callable[[dict], int]:
-    """The station's durable event path: each event document is committed to the outbox (kind
-    ``events``, frame set ``STA:events``, the next sequence number) before the uplink hears of it."""
-    import json
+def event_emitter(station: str, outbox: Any, clock: Any, notify: Callable[[], None],
+                  signer: Callable[[Any], Any] | None = None) -> Callable[[dict], int]:
+    """The station's durable event path: each event document becomes the body of a signed
+    envelope (``ims_station.envelope``, kind ``event``, sender the station, time the clock's now,
+    signed by ``signer(now)`` -- the framer's :meth:`~Framer.station_signer` -- or unsigned when it
+    gives None) that is committed to the outbox (kind ``events``, frame set ``STA:events``, the
+    next sequence number, which the body carries as ``seq`` with ``station``) before the uplink
+    hears of it.  The uplink publishes it on ``{p}/STA/events`` and the relay's acknack of frame
+    set ``STA:events`` deletes it (docs/topics.md, docs/relay.md)."""
+    import datetime as dt
 
-    frame_set = f"{station}:events"
+    from ims_station import envelope, topics
+
+    frame_set = topics.events_frame_set(station)
     lock = threading.Lock()
 
     def emit(doc: dict) -> int:
         with lock:
             hi = outbox.highest_committed(frame_set)
             seq = 0 if hi is None else hi + 1
+            now = clock.time()
+            time_us = int(round(now * 1e6))
+            key = None
+            if signer is not None:
+                key = signer(dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=time_us))
             body = {**doc, "station": station, "seq": seq}
-            outbox.put("events", frame_set, seq, clock.time(), json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+            wire = envelope.pack_json("event", station, body, time_us=time_us, signer=key)
+            outbox.put("events", frame_set, seq, now, wire)
         notify()
         return seq
 
@@ -343,6 +358,7 @@ class Station:
     gateway: Gateway
     ports: list[StationPort]
     stages: list[Any]
+    emit_event: Callable[[dict], int] | None = None   # the stages' StageContext.emit_event
 
     def open_ports(self) -> None:
         """Open every port now: one held by another process stops us here with its PID
@@ -486,7 +502,8 @@ def _assemble_rest(station_cfg: Any, settings: Any, outbox: Any, uplink_box: lis
                         soh_provider=lambda: {"gateway": gw_ref[0].stats()} if gw_ref else {},
                         **acknack_options(settings), **uplink_options)
         uplink_box.append(uplink)
-    emit = event_emitter(station_cfg.code, outbox, clock, uplink.notify if uplink is not None else (lambda: None))
+    emit = event_emitter(station_cfg.code, outbox, clock, uplink.notify if uplink is not None else (lambda: None),
+                         signer=framer.station_signer)
     named_stages = stages_from_config(StageContext(station_cfg, clock, outbox, framer, alarm, emit))
     stages = [st for _, st in named_stages]
     gw = Gateway(f"{station_cfg.network}.{station_cfg.code}", framer, uplink=uplink, stages=stages,
@@ -514,7 +531,7 @@ def _assemble_rest(station_cfg: Any, settings: Any, outbox: Any, uplink_box: lis
         sp.pump = PortPump(port.url, dec, baudrate=port.baudrate, timeout=port.timeout, clock=clock,
                            on_events=port_events, **pump_options)
         ports.append(sp)
-    return Station(station_cfg, settings, clock, outbox, framer, uplink, gw, ports, stages)
+    return Station(station_cfg, settings, clock, outbox, framer, uplink, gw, ports, stages, emit)
 
 
 def load(station_file: str, uplink_file: str | None = None) -> tuple[Any, Any]:

@@ -16,6 +16,13 @@ lists as gaps, or that lie outside its [lowest, highest] range (implied gaps, sp
 from the outbox with their original bytes (§6.4).  A frame is therefore published at least once and
 the relay dedupes by (frame set, sequence number).
 
+Kinds and frame sets: each outbox item is published on the topic of its kind
+(:func:`ims_station.topics.outbox_topic`: ``cd11`` frames on ``{p}/STA/cd11``, trigger ``events``
+-- signed envelopes, ``edge/station.event_emitter`` -- on ``{p}/STA/events``), and the relay's
+acknacks are applied for every frame set the station owns (:attr:`Uplink.frame_sets`: ``STA:0``
+and ``STA:events``), so an event leaves the outbox only when the relay archived it, exactly like a
+frame.  Acknacks of any other frame set are counted ``acknacks_other_set`` and ignored.
+
 Acknack trust (defence in depth; docs/uplink.md, "Acknack authentication"): an acknack deletes
 frames, so
 
@@ -140,6 +147,9 @@ class Uplink(SessionOwner):
         self.station = topics.check_station(station)
         self.prefix = prefix
         self.frame_set = frame_set or f"{station}:0"
+        self.events_frame_set = topics.events_frame_set(station)
+        # Every frame set this station owns: the relay's acknack of any of them deletes from the outbox.
+        self.frame_sets = frozenset({self.frame_set, self.events_frame_set})
         self.outbox = outbox
         self._clock = clock
         self._rlog = RateLimitedLog(log, clock)   # acknacks are untrusted input
@@ -160,6 +170,8 @@ class Uplink(SessionOwner):
         self._soh_provider = soh_provider
         self.client_name = client_name or station
         self.t_cd11 = topics.topic(prefix, station, "cd11")
+        # Each outbox kind on its own topic (ims_station.topics.OUTBOX_TOPICS: the one mapping).
+        self._topics = {k: topics.outbox_topic(prefix, station, k) for k in topics.OUTBOX_TOPICS}
         self.t_acknack = topics.topic(prefix, station, "acknack")
         self.t_soh = topics.topic(prefix, station, "soh")
         self.t_status = topics.topic(prefix, station, "status")
@@ -172,9 +184,10 @@ class Uplink(SessionOwner):
         self._last_requeue = None        # injected clock
         self._counters = dict(connects=0, connect_failures=0, disconnects=0, failovers=0, published=0,
                               resent=0, pubacks=0, acknacks=0, acknacks_invalid=0, acknacks_other_set=0,
-                              frames_acked=0, acknacks_unsigned=0,
+                              frames_acked=0, events_published=0, events_acked=0, acknacks_unsigned=0,
                               acknacks_bad_signature=0, acknacks_suspicious=0, requeued_on_disconnect=0, requeued_ack_timeout=0,
-                              soh_published=0, protocol_fallbacks=0, acknack_subscribe_refused=0)
+                              soh_published=0, protocol_fallbacks=0, acknack_subscribe_refused=0,
+                              unknown_kind=0)
         self.last_acknack: dict | None = None
         self._mqtt = MqttSession(
             brokers, client_name=self.client_name, label=f"uplink {self.station}", protocol=protocol,
@@ -281,7 +294,7 @@ class Uplink(SessionOwner):
         if end != len(payload) or not isinstance(frame, Acknack):
             raise ValueError(f"not exactly one acknack frame ({type(frame).__name__}, {end} of "
                              f"{len(payload)} bytes)")
-        if frame.frame_set != self.frame_set:
+        if frame.frame_set not in self.frame_sets:
             self._counters["acknacks_other_set"] += 1
             return
         if self.acknack_trust is not None and not self._acknack_authentic(frame):
@@ -295,9 +308,9 @@ class Uplink(SessionOwner):
                         "station published is %s: only PUBACKed frames are deleted", self.station,
                         frame.creator, frame.lowest, frame.highest, sent)
         n = self.outbox.apply_acknack(frame.frame_set, frame.lowest, frame.highest, frame.gaps)
-        self._counters["frames_acked"] += n
+        self._counters["events_acked" if frame.frame_set == self.events_frame_set else "frames_acked"] += n
         self.last_acknack = {"lowest": frame.lowest, "highest": frame.highest, "gaps": len(frame.gaps),
-                             "deleted": n, "time": self._clock.time()}
+                             "deleted": n, "time": self._clock.time(), "frame_set": frame.frame_set}
         self._wake.set()
         if self._on_acknack is not None:
             self._on_acknack(frame)
@@ -363,12 +376,22 @@ class Uplink(SessionOwner):
         items = self.outbox.next_to_send(room, live_window_s=self.live_window_s)
         sent = []
         for it in items:
-            info = client.publish(self.t_cd11, it.payload, qos=1)
+            t = self._topics.get(it.kind)
+            if t is None:
+                # Only our own code writes the outbox: a kind without a topic is a bug, never data.
+                self._counters["unknown_kind"] += 1
+                self._rlog("unknown_kind", logging.ERROR, "uplink %s: outbox item %s seq %d has kind %r, "
+                           "which has no topic (ims_station.topics.OUTBOX_TOPICS); not sent", self.station,
+                           it.frame_set, it.seq, it.kind)
+                continue
+            info = client.publish(t, it.payload, qos=1)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 break
             self._pending_mids[info.mid] = it.id
             sent.append(it.id)
             self._counters["published"] += 1
+            if it.kind == "events":
+                self._counters["events_published"] += 1
             if it.sent_count:
                 self._counters["resent"] += 1
         if sent:

@@ -374,9 +374,9 @@ def _make_relay(root: Path, trust_dir: Path, broker: Any, clock: PacedClock, arr
     from ims_station.relay.state import SqliteStateStore
 
     class TimedArchive(FileArchive):
-        def commit(self, frames, quarantined=()):
-            results = super().commit(frames, quarantined)
-            arrivals.record(results)
+        def commit(self, frames, quarantined=(), *, events=()):
+            results = super().commit(frames, quarantined, events=events)
+            arrivals.record(results[:len(frames)])      # the frames' (events follow them)
             return results
 
     trust = TrustStore.load(trust_dir)

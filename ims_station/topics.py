@@ -12,14 +12,17 @@ topic                              direction  retained  payload
 ``{p}/{sta}/acknack``              relay->sta no        one CD-1.1 acknack frame, raw bytes
 ``{p}/{sta}/soh``                  sta->all   yes       station state of health, JSON
 ``{p}/{sta}/status``               sta->all   yes       ``online`` / ``offline`` (Last Will: no time), JSON
-``{p}/{sta}/events``               sta->all   no        trigger events, JSON
+``{p}/{sta}/events``               sta->relay no        trigger event, signed envelope (kind event), JSON body
 ``{p}/{sta}/cmd``                  ops->sta   no        command request, JSON
 ``{p}/{sta}/cmd/response``         sta->ops   no        command response, JSON
 ``{p}/{sta}/ims20``                sta->relay no        IMS 2.0 message (roadmap), text
 =================================  =========  ========  ==================================================
 
-The relay subscribes through a shared subscription group (``$share/{group}/{p}/+/cd11``) so several
-relay processes share the load.
+Outbox items travel on the topic of their outbox kind (:data:`OUTBOX_TOPICS`, :func:`outbox_topic`):
+the uplink publishes them and the relay acknowledges them the same way, by frame set.
+
+The relay subscribes through a shared subscription group (``$share/{group}/{p}/+/cd11`` and
+``.../+/events``, :data:`RELAY_KINDS`) so several relay processes share the load.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ STATION_RE = re.compile(r"^[A-Z0-9]{1,8}$")  # CD-1.1 frame creator: up to 8 ASC
 # The creator of the relay's acknacks on ``{p}/{sta}/acknack`` when the relay's ``[relay] name`` is
 # not set (relay/cli.py, RelayCore); a station expects it unless ``[uplink] relay_name`` says otherwise.
 DEFAULT_RELAY_NAME = "RELAY"
+#: Outbox kind (``edge/outbox.py`` rows) -> topic kind it is published on by the uplink.
+OUTBOX_TOPICS = {"cd11": "cd11", "events": "events", "ims20": "ims20"}
+#: Topic kinds the relay subscribes to (each a shared subscription) and archives.
+RELAY_KINDS = ("cd11", "events")
 
 
 class TopicError(RemoteProtocolError):
@@ -50,6 +57,19 @@ def topic(prefix: str, station: str, kind: str) -> str:
     if kind not in KINDS:
         raise ValueError(f"unknown topic kind {kind!r}")
     return f"{prefix}/{check_station(station)}/{kind}"
+
+
+def outbox_topic(prefix: str, station: str, outbox_kind: str) -> str:
+    """The topic an outbox item of *outbox_kind* is published on (ValueError for an unknown kind)."""
+    try:
+        return topic(prefix, station, OUTBOX_TOPICS[outbox_kind])
+    except KeyError:
+        raise ValueError(f"outbox kind {outbox_kind!r} has no topic (known: {', '.join(OUTBOX_TOPICS)})") from None
+
+
+def events_frame_set(station: str) -> str:
+    """The frame set of a station's events (``STA:events``): sequenced and acknowledged like data."""
+    return f"{check_station(station)}:events"
 
 
 def shared_subscription(prefix: str, kind: str, group: str | None) -> str:

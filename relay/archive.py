@@ -1,4 +1,4 @@
-"""The relay's archive: verified raw CD-1.1 frames, their index, the quarantine, miniSEED export.
+"""The relay's archive: verified raw CD-1.1 frames and trigger events, their index, the quarantine, miniSEED export.
 
 Owns where verified frames and rejected payloads are kept, deduplication by (frame set, sequence
 number), detection of a frame replayed under a new sequence number (same frame set and nominal
@@ -7,12 +7,14 @@ authentic (``relay.verify``), nor frame-set gap state (``relay.gaps``/``relay.st
 
 Interface (:class:`Archive`): ``commit(frames, quarantined)`` stores a batch durably and returns one
 :class:`StoreResult` per frame; ``lookup``, ``read_frame``, ``iter_day``, ``quarantine_entries``,
-``export_mseed``, ``stats``.  A PostgreSQL/object-store archive (ROADMAP item 7) is a new subclass.
+``export_mseed``, ``stats``; events: ``commit(..., events=...)``, ``iter_events``, ``read_event``.  A PostgreSQL/object-store archive (ROADMAP item 7) is a new subclass.
 
 :class:`FileArchive` (the embedded default), under ``root``::
 
     frames/{STA}/{YYYY}/{STA}.{YYYY}.{DDD}.{writer}.cd11   raw frames of a UTC day (by nominal time),
                                                           concatenated: `ims-station cd11 dump` reads them
+    events/{STA}/{YYYY}/{STA}.{YYYY}.{DDD}.{writer}.ev     verified event envelopes of a UTC day (by event
+                                                          time), verbatim, concatenated (self-delimiting)
     quarantine/{YYYY}/{YYYY}.{DDD}.{writer}.q              rejected payloads of a day (by reception)
     index.sqlite                                          frames, quarantine and file tables (WAL)
 
@@ -26,6 +28,11 @@ Interface (:class:`Archive`): ``commit(frames, quarantined)`` stores a batch dur
   with reason ``duplicate_conflict``; the archived frame is never overwritten.
 * **Replay**: a frame of the same frame set and the same nominal time already archived under another
   sequence number -> ``REPLAY``, quarantined with reason ``replay``.
+* **Events** (``{p}/STA/events``, frame set ``STA:events``): the signed envelope bytes as received,
+  indexed in table ``events`` by (frame set, seq) with the station, event time, event id, state
+  (``on``/``off``) and the verifying key id.  Deduplicated exactly like frames (same bytes:
+  ``DUPLICATE``; different bytes: ``CONFLICT``, quarantined); no replay rule (events have no
+  nominal-time grid).  Same commit, same fsync-before-index rule.
 * Several relay processes may share one root (shared-subscription load sharing on one host): each
   writes only its own files (``writer`` names them) and the SQLite index serialises the decisions.
   Across hosts, use a networked backend (ROADMAP item 7).
@@ -109,9 +116,49 @@ class QuarantineRecord:
 
 
 @dataclass
+class EventRecord:
+    """A verified trigger event to archive (``relay.verify.VerifiedEvent``): *raw* is the envelope."""
+
+    station: str
+    frame_set: str
+    sequence: int
+    time_ms: int                 # event time (its ``time`` field, else the envelope's), ms since 1970
+    raw: bytes
+    event_id: str | None = None
+    state: str | None = None
+    key_id: int = 0
+    received_at: float = 0.0
+    sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.sha256:
+            self.sha256 = hashlib.sha256(self.raw).hexdigest()
+
+    @property
+    def day(self) -> date:
+        return _day_of_ms(self.time_ms)
+
+
+@dataclass
+class ArchivedEvent:
+    station: str
+    frame_set: str
+    sequence: int
+    time_ms: int
+    event_id: str | None
+    state: str | None
+    key_id: int
+    file: str
+    offset: int
+    length: int
+    sha256: str
+    received_at: float
+
+
+@dataclass
 class StoreResult:
     outcome: StoreOutcome
-    record: FrameRecord
+    record: Any                  # FrameRecord (or EventRecord)
     detail: str = ""
     existing_sequence: int | None = None     # for REPLAY: the sequence number archived before
 
@@ -134,10 +181,11 @@ class Archive(ABC):
 
     @abstractmethod
     def commit(self, frames: Sequence[FrameRecord],
-               quarantined: Sequence[QuarantineRecord] = ()) -> list[StoreResult]:
-        """Durably store a batch; one result per frame, in order.  When it returns, everything
-        reported ARCHIVED and every quarantined payload (including CONFLICT/REPLAY frames) survives
-        a crash."""
+               quarantined: Sequence[QuarantineRecord] = (), *,
+               events: Sequence[EventRecord] = ()) -> list[StoreResult]:
+        """Durably store a batch; one result per frame, in order, then one per event.  When it
+        returns, everything reported ARCHIVED and every quarantined payload (including
+        CONFLICT/REPLAY frames and CONFLICT events) survives a crash."""
 
     @abstractmethod
     def lookup(self, frame_set: str, sequence: int) -> ArchivedFrame | None: ...
@@ -148,6 +196,15 @@ class Archive(ABC):
     @abstractmethod
     def iter_day(self, station: str, day: date) -> Iterator[tuple[ArchivedFrame, bytes]]:
         """Frames of *station* whose nominal time falls on *day* (UTC), by nominal time."""
+
+    @abstractmethod
+    def iter_events(self, station: str | None = None, *, since_ms: int | None = None,
+                    until_ms: int | None = None) -> Iterator[tuple[ArchivedEvent, bytes]]:
+        """Archived events (index entry, envelope bytes) of *station* (default: all), with event
+        time in [*since_ms*, *until_ms*), by event time."""
+
+    @abstractmethod
+    def read_event(self, frame_set: str, sequence: int) -> bytes | None: ...
 
     @abstractmethod
     def quarantine_entries(self, *, reason: str | None = None) -> list[dict[str, Any]]: ...
@@ -203,6 +260,23 @@ CREATE TABLE IF NOT EXISTS quarantine (
     length      INTEGER
 );
 CREATE INDEX IF NOT EXISTS quarantine_by_reason ON quarantine(reason);
+CREATE TABLE IF NOT EXISTS events (
+    frame_set   TEXT NOT NULL,          -- STA:events
+    seq         INTEGER NOT NULL,
+    station     TEXT NOT NULL,
+    time_ms     INTEGER NOT NULL,       -- event time, ms since 1970 (UTC)
+    day         TEXT NOT NULL,          -- YYYY-MM-DD (UTC) of time_ms
+    event_id    TEXT,
+    state       TEXT,                   -- "on" / "off" (trigger events)
+    key_id      INTEGER NOT NULL,       -- the key that verified the envelope (0: unsigned)
+    file        TEXT NOT NULL,
+    offset      INTEGER NOT NULL,
+    length      INTEGER NOT NULL,
+    sha256      TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (frame_set, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_by_time ON events(station, time_ms);
 CREATE TABLE IF NOT EXISTS files (
     file        TEXT PRIMARY KEY,
     writer      TEXT NOT NULL,
@@ -296,17 +370,23 @@ class FileArchive(Archive):
         return f"quarantine/{d.year:04d}/{d.year:04d}.{d.timetuple().tm_yday:03d}.{self.writer}.q"
 
     def commit(self, frames: Sequence[FrameRecord],
-               quarantined: Sequence[QuarantineRecord] = ()) -> list[StoreResult]:
+               quarantined: Sequence[QuarantineRecord] = (), *,
+               events: Sequence[EventRecord] = ()) -> list[StoreResult]:
         with self._lock:
             try:
-                return self._commit(list(frames), list(quarantined))
+                return self._commit(list(frames), list(quarantined), list(events))
             except sqlite3.Error as err:
                 raise ArchiveError(f"{self.root}/index.sqlite: commit of {len(frames)} frame(s) "
                                    f"failed: {err}") from err
             except OSError as err:
                 raise ArchiveError(f"{self.root}: writing archive files failed: {err}") from err
 
-    def _commit(self, frames: list[FrameRecord], quarantined: list[QuarantineRecord]) -> list[StoreResult]:
+    def _event_file(self, station: str, day: date) -> str:
+        return (f"events/{station}/{day.year:04d}/"
+                f"{station}.{day.year:04d}.{day.timetuple().tm_yday:03d}.{self.writer}.ev")
+
+    def _commit(self, frames: list[FrameRecord], quarantined: list[QuarantineRecord],
+                events: list[EventRecord] = ()) -> list[StoreResult]:  # type: ignore[assignment]
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -370,6 +450,36 @@ class FileArchive(Archive):
                 pending_time[tkey] = fr.sequence
                 results.append(StoreResult(StoreOutcome.ARCHIVED, fr))
 
+            erows = []
+            pending_ev: dict[tuple[str, int], str] = {}          # new events in this batch -> sha256
+            for ev in events:
+                key = (ev.frame_set, ev.sequence)
+                prev_sha = pending_ev.get(key)
+                if prev_sha is None:
+                    row = db.execute("SELECT sha256 FROM events WHERE frame_set = ? AND seq = ?", key).fetchone()
+                    prev_sha = row[0] if row else None
+                if prev_sha is not None:
+                    if prev_sha == ev.sha256:
+                        results.append(StoreResult(StoreOutcome.DUPLICATE, ev))
+                    else:
+                        detail = (f"frame set {ev.frame_set} seq {ev.sequence}: different bytes (sha256 "
+                                  f"{ev.sha256[:16]}..) than the archived event ({prev_sha[:16]}..)")
+                        log.error("SECURITY: %s", detail)
+                        results.append(StoreResult(StoreOutcome.CONFLICT, ev, detail))
+                        extra_q.append(QuarantineRecord(reason=StoreOutcome.CONFLICT.value, detail=detail,
+                                                        raw=ev.raw, station=ev.station, topic="",
+                                                        frame_set=ev.frame_set, sequence=ev.sequence,
+                                                        received_at=ev.received_at, sha256=ev.sha256))
+                    continue
+                rel = self._event_file(ev.station, ev.day)
+                off = offset_of(rel)
+                sizes[rel] = off + len(ev.raw)
+                appends.setdefault(rel, []).append(ev.raw)
+                erows.append((ev.frame_set, ev.sequence, ev.station, ev.time_ms, ev.day.isoformat(), ev.event_id,
+                              ev.state, ev.key_id, rel, off, len(ev.raw), ev.sha256, ev.received_at or time.time()))
+                pending_ev[key] = ev.sha256
+                results.append(StoreResult(StoreOutcome.ARCHIVED, ev))
+
             qrows = []
             for q in [*quarantined, *extra_q]:
                 keep = q.raw[:QUARANTINE_MAX_ITEM]
@@ -391,6 +501,7 @@ class FileArchive(Archive):
                 fh.flush()
                 os.fsync(fh.fileno())
             db.executemany("INSERT INTO frames VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+            db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", erows)
             db.executemany("INSERT INTO quarantine(received_at, station, topic, reason, detail, frame_set,"
                            " seq, sha256, size, file, offset, length) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", qrows)
             db.executemany("INSERT INTO files(file, writer, size) VALUES (?,?,?) "
@@ -473,6 +584,30 @@ class FileArchive(Archive):
                                     (station,)).fetchall()
         return [date.fromisoformat(r[0]) for r in rows]
 
+    _EVENT_COLS = ("station, frame_set, seq, time_ms, event_id, state, key_id, file, offset, length, "
+                   "sha256, received_at")
+
+    def iter_events(self, station: str | None = None, *, since_ms: int | None = None,
+                    until_ms: int | None = None) -> Iterator[tuple[ArchivedEvent, bytes]]:
+        """Archived events (index entry, envelope bytes) of *station* (default: all), with event
+        time in [*since_ms*, *until_ms*), by event time."""
+        q = f"SELECT {self._EVENT_COLS} FROM events WHERE (? IS NULL OR station = ?)" \
+            " AND (? IS NULL OR time_ms >= ?) AND (? IS NULL OR time_ms < ?) ORDER BY time_ms, frame_set, seq"
+        with self._lock:
+            rows = self._db.execute(q, (station, station, since_ms, since_ms, until_ms, until_ms)).fetchall()
+        for row in rows:
+            a = ArchivedEvent(*row)
+            yield a, self._read(a.file, a.offset, a.length)
+
+    def read_event(self, frame_set: str, sequence: int) -> bytes | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {self._EVENT_COLS} FROM events WHERE frame_set = ? AND seq = ?",
+                                   (frame_set, sequence)).fetchone()
+        if row is None:
+            return None
+        a = ArchivedEvent(*row)
+        return self._read(a.file, a.offset, a.length)
+
     def quarantine_entries(self, *, reason: str | None = None) -> list[dict[str, Any]]:
         cols = ("id", "received_at", "station", "topic", "reason", "detail", "frame_set", "seq",
                 "sha256", "size", "file", "offset", "length")
@@ -494,7 +629,8 @@ class FileArchive(Archive):
         with self._lock:
             frames, nbytes = self._db.execute("SELECT COUNT(*), COALESCE(SUM(length), 0) FROM frames").fetchone()
             by_reason = dict(self._db.execute("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason").fetchall())
-        return {"frames": frames, "bytes": nbytes, "quarantined": sum(by_reason.values()),
+            (events,) = self._db.execute("SELECT COUNT(*) FROM events").fetchone()
+        return {"frames": frames, "bytes": nbytes, "events": events, "quarantined": sum(by_reason.values()),
                 "quarantined_by_reason": by_reason, "quarantine_bytes": self._quarantine_bytes}
 
     def close(self) -> None:

@@ -32,6 +32,11 @@ a single message that still fails is quarantined as ``internal_error``.  Only a
 :class:`~ims_station.relay.errors.RelayError` -- the archive or state store could not write, i.e. the
 disk, not the data -- leaves ``process``, with nothing acknowledged, so the broker redelivers.
 
+Trigger events (topic ``{p}/STA/events``, signed envelopes) take the same path:
+``Verifier.check_event`` (signature before body), :func:`check_event_time`, ``archive.commit`` (dedupe
+by frame set ``STA:events`` and the body's ``seq``), the frame-set state and its acknacks -- so the
+station's outbox deletes an event only once it is archived, exactly like a frame.
+
 Time plausibility: a verified frame whose span is not within ``max_past_s`` before / ``max_future_s``
 after the injected clock's ``time()`` is quarantined as ``implausible_time`` and counted as a clock
 event (``clock_events``); it never reaches the archive or the frame-set state, so a frame dated 2100
@@ -54,7 +59,7 @@ from typing import Any, Sequence
 from ims_station import topics
 from ims_station.clock import Clock, SystemClock
 from ims_station.logutil import RateLimitedLog
-from ims_station.relay.archive import Archive, FrameRecord, QuarantineRecord, StoreOutcome
+from ims_station.relay.archive import Archive, EventRecord, FrameRecord, QuarantineRecord, StoreOutcome
 from ims_station.relay.errors import RelayError
 from ims_station.relay.gaps import DEFAULT_GAP_EXPIRY_S, DEFAULT_MAX_GAPS, Arrival, FrameSetState
 from ims_station.relay.state import StateStore
@@ -64,7 +69,9 @@ from ims_station.relay.verify import (
     Control,
     Rejection,
     Verified,
+    VerifiedEvent,
     Verifier,
+    check_event_time,
     check_sequence,
     check_time_window,
 )
@@ -100,6 +107,7 @@ class RelayCounters:
     bytes_received: int = 0
     verified: int = 0                 # data frames that passed every check (archived or duplicate)
     archived: int = 0
+    events_archived: int = 0          # trigger events (frame sets STA:events), included in archived
     duplicates: int = 0               # identical bytes already archived
     control: int = 0                  # acknack / alert frames from stations
     quarantined: int = 0
@@ -127,10 +135,15 @@ class RelayCounters:
 
 
 SECURITY_REASONS = frozenset({"duplicate_conflict", "replay", "sequence_time", "station_mismatch",
-                              "wrong_station_key", "frame_signature", "subframe_signature"})
+                              "wrong_station_key", "frame_signature", "subframe_signature", "event_signature"})
 CLOCK_REASONS = frozenset({"implausible_time"})
 #: Longest exception text kept in an ``internal_error`` detail.
 _MAX_ERROR_DETAIL = 500
+
+
+def _text(v: Any) -> str | None:
+    """An event's id or state for the index (the verifier bounded strings; anything else: None)."""
+    return v if isinstance(v, str) else None
 
 
 def describe_exception(err: BaseException) -> str:
@@ -244,6 +257,8 @@ class RelayCore:
         outcomes: list[Outcome | None] = [None] * len(batch)
         frames: list[FrameRecord] = []
         frame_idx: list[int] = []
+        events: list[EventRecord] = []
+        event_idx: list[int] = []
         quarantine: list[QuarantineRecord] = []
         offsets: dict[str, int] = {}          # offsets learned in this batch (not yet saved)
 
@@ -270,14 +285,22 @@ class RelayCore:
                                                    sequence=r.sequence, received_at=received_at))
                 outcomes[i] = Outcome(item.token, r.reason, station, r.frame_set, r.sequence, r.detail)
                 continue
+            if isinstance(r, VerifiedEvent):
+                events.append(EventRecord(r.station, r.frame_set, r.sequence, r.time_ms, r.raw,
+                                          event_id=_text(r.doc.get("event_id")), state=_text(r.doc.get("state")),
+                                          key_id=r.key_id, received_at=received_at))
+                event_idx.append(i)
+                continue
             frames.append(FrameRecord(r.station, r.frame_set, r.sequence, r.nominal_ms, r.raw,
                                       received_at=received_at))
             frame_idx.append(i)
 
-        results = self.archive.commit(frames, quarantine)     # durable, or raises: nothing acked
+        # Durable, or raises: nothing acked.  (Without events, the archive's original call.)
+        results = (self.archive.commit(frames, quarantine, events=events) if events
+                   else self.archive.commit(frames, quarantine))
 
         adds: dict[str, list[int]] = {}
-        for i, res in zip(frame_idx, results):
+        for i, res in zip(frame_idx + event_idx, results):
             fr = res.record
             if res.outcome in (StoreOutcome.ARCHIVED, StoreOutcome.DUPLICATE):
                 adds.setdefault(fr.frame_set, []).append(fr.sequence)
@@ -321,10 +344,16 @@ class RelayCore:
         Verified, Control or Rejection).  May raise only on a bug: ``_process`` guards it."""
         try:
             station, kind = topics.parse(self.prefix, item.topic)
-            if kind != "cd11":
-                raise topics.TopicError(f"topic {item.topic!r}: kind {kind!r} is not cd11")
+            if kind not in topics.RELAY_KINDS:
+                raise topics.TopicError(f"topic {item.topic!r}: kind {kind!r} is not one of "
+                                        f"{', '.join(topics.RELAY_KINDS)}")
         except topics.TopicError as err:
             return None, Rejection("bad_topic", str(err))
+        if kind == "events":
+            ev = self.verifier.check_event(station, item.payload)
+            if isinstance(ev, VerifiedEvent):
+                return station, check_event_time(ev, now, self.max_past_s, self.max_future_s) or ev
+            return station, ev
         r = self.verifier.check(station, item.payload)
         if not isinstance(r, Verified):
             return station, r
@@ -354,6 +383,8 @@ class RelayCore:
             if o.result == "archived":
                 c.archived += 1
                 c.verified += 1
+                if o.frame_set and o.frame_set.endswith(":events"):
+                    c.events_archived += 1
             elif o.result == "duplicate":
                 c.duplicates += 1
                 c.verified += 1

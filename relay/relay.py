@@ -1,8 +1,8 @@
 """The central relay process: an MQTT client around :class:`~ims_station.relay.core.RelayCore`.
 
-Owns what the relay does over MQTT: a shared subscription ``$share/{group}/{prefix}/+/cd11`` at QoS 1
-so several relay processes share the stations (ready -- :attr:`connected` -- only once the broker
-acknowledged that subscription with a SUBACK), manual PUBACKs, batching, and publishing the core's
+Owns what the relay does over MQTT: shared subscriptions ``$share/{group}/{prefix}/+/cd11`` and
+``.../+/events`` (trigger events) at QoS 1 so several relay processes share the stations (ready --
+:attr:`connected` -- only once the broker acknowledged every subscription with a SUBACK), manual PUBACKs, batching, and publishing the core's
 acknacks on each station's acknack topic.  The connection itself -- paho-mqtt 2.x, MQTT 5 with a
 session expiry (MQTT 3.1.1 with ``clean_session=False`` as fall-back), TLS / username + password via
 :class:`ims_station.broker.BrokerConfig` (no default credentials), fail-over along a list of brokers,
@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 
 
 class Relay(SessionOwner):
-    """Subscribe to every station's CD-1.1 topic, verify, dedupe, archive, track gaps, send acknacks."""
+    """Subscribe to every station's CD-1.1 and events topics, verify, dedupe, archive, track gaps,
+    send acknacks."""
 
     def __init__(self, broker: BrokerConfig | Sequence[BrokerConfig], trust: Any, state: StateStore, archive: Archive, *,
                  prefix: str = topics.DEFAULT_PREFIX, group: str | None = "relay", clock: Clock | None = None,
@@ -74,7 +75,8 @@ class Relay(SessionOwner):
         self.batch_wait_s = batch_wait_s
         self._inbox: list[tuple[str, bytes, int, int]] = []       # topic, payload, mid, qos
         self._lock = threading.Lock()            # guards core counters for stats() from other threads
-        self._subscribed_filter: str | None = None
+        self._filters: dict[str, str] = {}         # topic kind -> filter subscribed on this connection
+        self._sub_kinds: dict[int, str] = {}       # SUBSCRIBE mid -> topic kind
         self.transport = Counter()
         self._mqtt = MqttSession(
             self.brokers, client_name=f"relay-{instance}", label=f"relay {instance}", protocol=protocol,
@@ -95,7 +97,13 @@ class Relay(SessionOwner):
 
     @property
     def subscription(self) -> str:
+        """The CD-1.1 subscription filter (:attr:`subscriptions` has every kind's)."""
         return topics.shared_subscription(self.prefix, "cd11", self.group)
+
+    @property
+    def subscriptions(self) -> list[str]:
+        """One (shared) subscription filter per kind the relay archives (``topics.RELAY_KINDS``)."""
+        return [topics.shared_subscription(self.prefix, k, self.group) for k in topics.RELAY_KINDS]
 
     def start(self) -> "Relay":
         if not self._mqtt.start(f"relay-{self.instance}"):
@@ -119,7 +127,8 @@ class Relay(SessionOwner):
         if hasattr(self.core.trust, "stats"):
             d["trust"] = self.core.trust.stats()
         d["transport"] = dict(self.transport, connected=self.connected, protocol=self._mqtt.protocol,
-                              subscription=self._subscribed_filter)
+                              subscription=self._filters.get("cd11"),
+                              subscriptions=[self._filters[k] for k in topics.RELAY_KINDS if k in self._filters])
         return d
 
     def __enter__(self) -> "Relay":
@@ -150,12 +159,21 @@ class Relay(SessionOwner):
         return True
 
     def _on_connected(self, client: Any, flags: Any) -> None:
-        self._subscribed_filter = self.subscription
-        # Through the session: the relay counts as connected only after the SUBACK.  Before it, a
+        # Through the session: the relay counts as connected only after every SUBACK.  Before it, a
         # frame published by a station may find no subscription (shared group, or first session).
-        self._mqtt.subscribe(client, self._subscribed_filter, qos=1)
+        self._filters.clear()
+        self._sub_kinds.clear()
+        for kind in topics.RELAY_KINDS:
+            self._subscribe(client, kind, topics.shared_subscription(self.prefix, kind, self.group))
         log.info("relay %s: connected (MQTT %s, session present: %s), subscribing %s", self.instance,
-                 self._mqtt.protocol, flags.session_present, self._subscribed_filter)
+                 self._mqtt.protocol, flags.session_present, ", ".join(self._filters.values()))
+
+    def _subscribe(self, client: Any, kind: str, filt: str) -> int | None:
+        self._filters[kind] = filt
+        mid = self._mqtt.subscribe(client, filt, qos=1)
+        if mid is not None:
+            self._sub_kinds[mid] = kind
+        return mid
 
     def _gather(self, client: Any) -> None:
         """Read more already-arrived messages (without waiting long) to fill the batch."""
@@ -228,18 +246,19 @@ class Relay(SessionOwner):
     def _on_subscribed(self, client: Any, mid: int, reason_codes: Any) -> bool:
         """A SUBACK: True if the relay can work on this connection (the session then reports it
         connected once no other SUBACK is due)."""
+        kind = self._sub_kinds.pop(mid, "cd11")
         if not any(rc.is_failure for rc in reason_codes):
             self.transport["subscriptions_acknowledged"] += 1
             return True
-        if self.group and self._subscribed_filter != topics.shared_subscription(self.prefix, "cd11", None):
+        plain = topics.shared_subscription(self.prefix, kind, None)
+        if self.group and self._filters.get(kind) != plain:
             # A broker without shared subscriptions (e.g. the embedded amqtt): one relay still works.
             self.transport["shared_subscription_refused"] += 1
-            self._subscribed_filter = topics.shared_subscription(self.prefix, "cd11", None)
             log.warning("relay %s: broker refused the shared subscription; subscribing %s (run a single "
-                        "relay process on this broker)", self.instance, self._subscribed_filter)
+                        "relay process on this broker)", self.instance, plain)
             # Replaced: readiness now waits for this SUBACK instead.
-            return self._mqtt.subscribe(client, self._subscribed_filter, qos=1) is not None
-        log.error("relay %s: broker refused subscription %s", self.instance, self._subscribed_filter)
+            return self._subscribe(client, kind, plain) is not None
+        log.error("relay %s: broker refused subscription %s", self.instance, self._filters.get(kind))
         self.transport["subscription_refused"] += 1
         return False
 

@@ -24,10 +24,21 @@ reason code                 check
                             :func:`check_time_window` with the clock; a clock event)
 ``sequence_time``           sequence number inconsistent with the nominal time (replay under a
                             new sequence number; checked by :func:`check_sequence` with state)
+``event_signature``         (events) the envelope's signature is invalid / unknown key / outside the
+                            key's validity (``wrong_station_key`` when the key is another station's)
 ``internal_error``          processing the payload raised an unexpected exception (a bug of ours
                             that this payload triggers): the relay's poison-message boundary
                             quarantines it instead of stopping (``relay.core``)
 ==========================  ==================================================================
+
+Trigger events (``{p}/STA/events``, :meth:`Verifier.check_event`) are signed envelopes
+(``ims_station.envelope``, kind ``event``) with a JSON body; the same reason codes apply in this
+order: ``oversize``; ``malformed`` (not an event envelope, or -- only once the signature verified --
+a body that is not a JSON object with an integer ``seq`` and the event fields' types);
+``station_mismatch`` (envelope sender or body ``station`` is not the topic's station);
+``unsigned`` / ``wrong_station_key`` / ``event_signature``; ``implausible_time`` (envelope time or
+event ``time`` outside the window, :func:`check_event_time`).  The body's ``seq`` is the event's
+sequence number in frame set ``STA:events``: deduplicated, acknowledged and gap-tracked like data.
 
 The archive adds ``duplicate_conflict`` (same frame set and sequence number, different bytes) and
 ``replay`` (same frame set and nominal time archived under another sequence number).
@@ -58,7 +69,12 @@ _EPOCH_2000_MS = 946_684_800_000
 
 REASONS = ("oversize", "bad_topic", "crc", "malformed", "frame_type", "station_mismatch", "unsigned",
            "wrong_station_key", "frame_signature", "subframe_signature", "subframe_time", "undecodable",
-           "implausible_time", "sequence_time", "duplicate_conflict", "replay", "internal_error")
+           "implausible_time", "sequence_time", "duplicate_conflict", "replay", "event_signature",
+           "internal_error")
+#: Bounds of an event body's fields (the JSON body itself is bounded by ``envelope.MAX_JSON_BODY``).
+MAX_EVENT_SEQ = (1 << 62) - 1
+MAX_EVENT_TEXT = 64
+MAX_EVENT_LIST = 1000
 
 #: Default time-plausibility window (``[relay] max_past_s`` / ``max_future_s``).  The future bound
 #: is the edge's ``max_clock_offset_s`` default (a day): a frame the edge would frame with a sane
@@ -98,6 +114,28 @@ class Verified:
     @property
     def raw(self) -> bytes:
         return self.frame.raw
+
+
+@dataclass
+class VerifiedEvent:
+    """A trigger event whose envelope signature verified (or, without ``require_signatures``, an
+    unsigned one) and whose body has the fields the relay relies on."""
+
+    envelope: Any                    # ims_station.envelope.Envelope
+    doc: dict
+    station: str
+    frame_set: str                   # STA:events
+    sequence: int                    # the body's seq
+    time_ms: int                     # the event's ``time`` (ms since 1970), else the envelope's time
+    raw: bytes                       # the envelope, verbatim
+
+    @property
+    def key_id(self) -> int:
+        return self.envelope.key_id
+
+    @property
+    def sent_ms(self) -> int:
+        return self.envelope.time_us // 1000
 
 
 def _ms(dt: datetime) -> int:
@@ -194,6 +232,45 @@ class Verifier:
                              f"{res.frame.key_id}): {res.frame.reason}", frame_set, frame.sequence)
         return Control(frame, kind)
 
+    def check_event(self, station: str, payload: bytes) -> VerifiedEvent | Rejection:
+        """Verify a trigger event received on *station*'s events topic (module docstring, "Trigger
+        events").  The signature is checked before the body is parsed.  Never raises for any payload."""
+        from ims_station import envelope, topics
+
+        frame_set = topics.events_frame_set(station)
+        if len(payload) > self.max_payload:
+            return Rejection("oversize", f"{len(payload)} bytes exceeds max_payload {self.max_payload}")
+        try:
+            env = envelope.unpack(payload, kind="event")
+        except envelope.EnvelopeError as err:
+            return Rejection("malformed", str(err))
+        if env.sender != station:
+            return Rejection("station_mismatch", f"event envelope from {env.sender!r} published on station "
+                             f"{station!r}'s topic", frame_set)
+        if env.key_id == 0:
+            if self.require_signatures:
+                return Rejection("unsigned", f"{frame_set}: event envelope is not signed", frame_set)
+        else:
+            res = envelope.verify(env, self.trust, station)
+            if not res.ok:
+                return Rejection(self._key_reason(res, station, "event_signature"),
+                                 f"{frame_set}: event signature (key {env.key_id}): {res.reason}", frame_set)
+        try:
+            doc = env.json()
+        except envelope.EnvelopeError as err:
+            return Rejection("malformed", f"{frame_set}: {err}", frame_set)
+        problem = _event_problem(doc)
+        if problem:
+            return Rejection("malformed", f"{frame_set}: event body: {problem}", frame_set,
+                             doc.get("seq") if isinstance(doc, dict) and _is_int(doc.get("seq")) else None)
+        seq = doc["seq"]
+        if doc["station"] != station:
+            return Rejection("station_mismatch", f"{frame_set} seq {seq}: event body names station "
+                             f"{doc['station']!r}", frame_set, seq)
+        t = _event_time_ms(doc.get("time"))
+        return VerifiedEvent(env, doc, station, frame_set, seq, env.time_us // 1000 if t is None else t,
+                             bytes(payload))
+
     def _key_reason(self, result: Any, station: str, default: str) -> str:
         """``wrong_station_key`` when the key is known but trusted only for other stations."""
         from ims_station.auth import UnknownKeyError
@@ -246,3 +323,67 @@ def check_sequence(v: Verified, learned_offset: int | None) -> tuple[int, Reject
         "sequence_time", f"{v.frame_set} seq {v.sequence}: nominal time {v.frame.nominal_time} implies "
         f"seq {v.sequence - offset + learned_offset} (offset {learned_offset} learned for this frame set); "
         "replayed or renumbered", v.frame_set, v.sequence)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _event_time_ms(v: Any) -> int | None:
+    """Milliseconds since 1970 of an event's ``time`` (ISO 8601, naive = UTC); None if absent or
+    not such a time (``_event_problem`` refuses that first)."""
+    if not isinstance(v, str) or len(v) > MAX_EVENT_TEXT:
+        return None
+    try:
+        t = datetime.fromisoformat(v)
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=timezone.utc)
+        return _ms(t)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _event_problem(doc: Any) -> str:
+    """What is wrong with an event body ("" if nothing): a JSON object with an integer ``seq`` and
+    ``station``; optional fields, when present, of the documented types and bounded."""
+    if not isinstance(doc, dict):
+        return f"a JSON {type(doc).__name__}, not an object"
+    seq = doc.get("seq")
+    if not _is_int(seq) or not 0 <= seq <= MAX_EVENT_SEQ:
+        return f"seq {seq!r} is not an integer in 0..{MAX_EVENT_SEQ}"
+    if not isinstance(doc.get("station"), str):
+        return "station missing or not a string"
+    for k in ("type", "state", "event_id", "algorithm", "time"):
+        v = doc.get(k)
+        if v is not None and (not isinstance(v, str) or len(v) > MAX_EVENT_TEXT):
+            return f"{k} is not a string of at most {MAX_EVENT_TEXT} characters"
+    if doc.get("time") is not None and _event_time_ms(doc["time"]) is None:
+        return f"time {doc['time']!r} is not an ISO 8601 time"
+    for k in ("stations", "channels"):
+        v = doc.get(k)
+        if v is not None and (not isinstance(v, list) or len(v) > MAX_EVENT_LIST
+                              or not all(isinstance(x, str) and len(x) <= MAX_EVENT_TEXT for x in v)):
+            return f"{k} is not a list of at most {MAX_EVENT_LIST} short strings"
+    for k in ("onset_s", "end_s", "duration", "peak", "coincidence_sum", "decided_s", "pre_s", "post_s"):
+        v = doc.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            return f"{k} is not a number"
+    return ""
+
+
+def check_event_time(v: VerifiedEvent, now_s: float, max_past_s: float | None,
+                     max_future_s: float | None) -> Rejection | None:
+    """Time plausibility of an event (``implausible_time``), as :func:`check_time_window` for a
+    frame: the envelope's (signing) time and the event's ``time`` must both lie within *max_past_s*
+    before and *max_future_s* after *now_s*."""
+    now_ms = int(now_s * 1000)
+    for what, t in (("envelope time", v.sent_ms), ("event time", v.time_ms)):
+        if max_past_s is not None and t < now_ms - int(max_past_s * 1000):
+            return Rejection("implausible_time", f"{v.frame_set} seq {v.sequence}: {what} is "
+                             f"{(now_ms - t) / 1000:.0f} s before the relay's clock (max_past_s {max_past_s:g})",
+                             v.frame_set, v.sequence)
+        if max_future_s is not None and t > now_ms + int(max_future_s * 1000):
+            return Rejection("implausible_time", f"{v.frame_set} seq {v.sequence}: {what} is "
+                             f"{(t - now_ms) / 1000:.0f} s after the relay's clock (max_future_s {max_future_s:g})",
+                             v.frame_set, v.sequence)
+    return None
