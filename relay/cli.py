@@ -1,4 +1,4 @@
-"""``ims-station relay ...``: run the central relay, export miniSEED, inspect the archive.
+"""``ims-station relay ...``: run the central relay, export miniSEED, inspect the archive, list events.
 
 Owns the relay's command line and its configuration file (TOML, validated by JSON Schema with
 errors naming file, key and reason; relative paths are taken from the config file's folder;
@@ -239,6 +239,93 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_time(text: str) -> int:
+    """ISO 8601 (naive = UTC) -> milliseconds since 1970."""
+    from datetime import datetime, timezone
+
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (e.g. 2026-12-03T13:00:00Z)") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return int(t.timestamp() * 1000)
+
+
+def merge_events(entries: Any) -> tuple[list[dict[str, Any]], int]:
+    """One row per event from archived (index entry, envelope bytes): the ``on`` and ``off``
+    documents of one ``event_id`` (per station) merged -- time and onset from ``on``, duration and
+    end from ``off``, the highest peak and coincidence sum, the stations and channels of both,
+    clipped if either says so, the verifying key ids.  Returns (rows by time, unreadable count)."""
+    from datetime import datetime, timezone
+
+    from ims_station import envelope
+
+    rows: dict[tuple, dict[str, Any]] = {}
+    unreadable = 0
+    for a, raw in entries:
+        try:
+            doc = envelope.unpack(raw, kind="event").json()
+            if not isinstance(doc, dict):
+                raise envelope.EnvelopeError("body is not an object")
+        except envelope.EnvelopeError:
+            unreadable += 1
+            continue
+        key = (a.station, a.event_id) if a.event_id is not None else (a.station, a.frame_set, a.sequence)
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = {"station": a.station, "event_id": a.event_id, "type": doc.get("type"),
+                               "time": None, "duration": None, "peak": None, "coincidence_sum": None,
+                               "stations": [], "channels": [], "clipped": False, "states": [],
+                               "time_quality": None, "key_ids": [], "seqs": [], "_ms": a.time_ms}
+        state = doc.get("state")
+        row["states"].append(state)
+        row["seqs"].append(a.sequence)
+        if a.key_id not in row["key_ids"]:
+            row["key_ids"].append(a.key_id)
+        if state != "off" or row["time"] is None:
+            row["time"] = doc.get("time") or datetime.fromtimestamp(a.time_ms / 1000, timezone.utc).isoformat()
+            row["_ms"] = a.time_ms
+            if doc.get("time_quality") is not None:
+                row["time_quality"] = doc.get("time_quality")
+        if state == "off" and doc.get("duration") is not None:
+            row["duration"] = doc["duration"]
+        for k in ("peak", "coincidence_sum"):
+            v = doc.get(k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and (row[k] is None or v > row[k]):
+                row[k] = v
+        for k in ("stations", "channels"):
+            for x in doc.get(k) or []:
+                if x not in row[k]:
+                    row[k].append(x)
+        row["clipped"] = bool(row["clipped"] or doc.get("clipped"))
+    out = sorted(rows.values(), key=lambda r: (r["_ms"], r["station"], str(r["event_id"])))
+    for r in out:
+        del r["_ms"]
+        r["open"] = "off" not in r["states"]
+    return out, unreadable
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    from ims_station.output import print_json
+
+    with _archive_from(args) as archive:
+        rows, unreadable = merge_events(archive.iter_events(args.station, since_ms=args.since,
+                                                            until_ms=args.until))
+    if args.json:
+        print_json({"events": rows, "unreadable": unreadable})
+        return 0
+    for r in rows:
+        dur = "open" if r["duration"] is None else f"{r['duration']:.2f}s"
+        peak = "-" if r["peak"] is None else f"{r['peak']:.2f}"
+        print(f"{r['time']}  {r['station']:<8} {str(r['event_id']):<24} {dur:>9}  peak {peak:>7}  "
+              f"stations {','.join(r['stations']) or '-'}  channels {','.join(r['channels']) or '-'}"
+              f"{'  CLIPPED' if r['clipped'] else ''}  key {','.join(str(k) for k in r['key_ids'])}")
+    if unreadable:
+        print(f"({unreadable} archived event(s) could not be read)")
+    return 0
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("relay", help="the central relay: verify, dedupe, archive, acknack",
                               description="The central relay (see docs/relay.md).")
@@ -268,4 +355,14 @@ def register(subparsers: Any) -> None:
     src.add_argument("--archive", help="archive folder (data_dir/archive)")
     st.add_argument("--quarantine", action="store_true", help="list quarantined payloads")
     st.set_defaults(handler=_cmd_stats)
+
+    ev = sub.add_parser("events", help="list archived trigger events (on/off of one event merged)")
+    src = ev.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="relay TOML configuration (its data_dir)")
+    src.add_argument("--archive", help="archive folder (data_dir/archive)")
+    ev.add_argument("--station", help="station code (default: all)")
+    ev.add_argument("--since", type=_parse_time, metavar="ISO", help="events at or after this UTC time")
+    ev.add_argument("--until", type=_parse_time, metavar="ISO", help="events before this UTC time")
+    ev.add_argument("--json", action="store_true", help='print {"events": [...]} as JSON')
+    ev.set_defaults(handler=_cmd_events)
     p.set_defaults(handler=lambda a: (p.print_help(), 2)[1])
