@@ -261,15 +261,21 @@ class Verifier:
             return Rejection("malformed", f"{frame_set}: {err}", frame_set)
         problem = _event_problem(doc)
         if problem:
+            seq = doc.get("seq") if isinstance(doc, dict) else None
             return Rejection("malformed", f"{frame_set}: event body: {problem}", frame_set,
-                             doc.get("seq") if isinstance(doc, dict) and _is_int(doc.get("seq")) else None)
+                             seq if _is_int(seq) and 0 <= seq <= MAX_EVENT_SEQ else None)
         seq = doc["seq"]
         if doc["station"] != station:
             return Rejection("station_mismatch", f"{frame_set} seq {seq}: event body names station "
                              f"{doc['station']!r}", frame_set, seq)
         t = _event_time_ms(doc.get("time"))
-        return VerifiedEvent(env, doc, station, frame_set, seq, env.time_us // 1000 if t is None else t,
-                             bytes(payload))
+        t = env.time_us // 1000 if t is None else t
+        try:            # the archive files events by UTC day: a time no date can hold is not plausible
+            _EPOCH + timedelta(milliseconds=t)
+        except OverflowError:
+            return Rejection("implausible_time", f"{frame_set} seq {seq}: event time {t} ms is not a date",
+                             frame_set, seq)
+        return VerifiedEvent(env, doc, station, frame_set, seq, t, bytes(payload))
 
     def _key_reason(self, result: Any, station: str, default: str) -> str:
         """``wrong_station_key`` when the key is known but trusted only for other stations."""
