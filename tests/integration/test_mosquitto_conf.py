@@ -66,14 +66,17 @@ def test_plain_tcp_and_untrusted_server_refused(secured, tmp_path):
 def test_station_cannot_publish_or_read_another_stations_topics(secured):
     relay = client(secured, "relay")
     relay.connect()
-    relay.subscribe("$share/relay/ims/+/cd11", 1)       # the relay's shared subscription passes the ACL
+    relay.subscribe("$share/relay/ims/+/cd11", 1)       # the relay's shared subscriptions pass the ACL
+    relay.subscribe("$share/relay/ims/+/events", 1)
     sta1 = client(secured, "STA1")
     sta1.connect()
-    for topic, payload in (("ims/STA2/cd11", b"forged by STA1"), ("ims/STA1/acknack", b"STA1 acking itself"),
+    for topic, payload in (("ims/STA2/cd11", b"forged by STA1"), ("ims/STA2/events", b"forged event"),
+                           ("ims/STA1/acknack", b"STA1 acking itself"), ("ims/STA1/events", b"STA1 own event"),
                            ("ims/STA1/cd11", b"STA1 own frame")):
         sta1.client.publish(topic, payload, qos=1).wait_for_publish(10)
-    # Mosquitto handles one client's messages in order: once the allowed frame arrives, the forged
-    # one would have arrived before it had the broker let it through.
+    # Mosquitto handles one client's messages in order: once the allowed ones arrive, the forged
+    # ones would have arrived before them had the broker let them through.
+    assert relay.get() == ("ims/STA1/events", b"STA1 own event", False)
     assert relay.get() == ("ims/STA1/cd11", b"STA1 own frame", False)
     assert relay.empty()
 
