@@ -69,8 +69,7 @@ def test_the_stages_are_those_whose_table_the_station_file_has_in_registry_order
 
 
 def test_emitted_events_are_in_the_outbox_before_the_uplink_hears_of_them(tmp_path, clock):
-    import json
-
+    from ims_station import envelope
     from ims_station.edge.outbox import Outbox
 
     with Outbox(tmp_path / "o.sqlite", max_bytes=1 << 20, max_age_s=86400, clock=clock) as box:
@@ -79,6 +78,8 @@ def test_emitted_events_are_in_the_outbox_before_the_uplink_hears_of_them(tmp_pa
                                      lambda: told.append(box.highest_committed("STA01:events")))
         assert emit({"peak": 5.0}) == 0 and emit({"peak": 6.0}) == 1
         assert told == [0, 1]
-        rows = [(it.kind, it.frame_set, it.seq, json.loads(it.payload)) for it, _ in box.items("events")]
+        # Each payload is an (here unsigned: no signer) event envelope with the document as body.
+        rows = [(it.kind, it.frame_set, it.seq, envelope.unpack(it.payload, kind="event").json())
+                for it, _ in box.items("events")]
         assert rows == [("events", "STA01:events", 0, {"peak": 5.0, "station": "STA01", "seq": 0}),
                         ("events", "STA01:events", 1, {"peak": 6.0, "station": "STA01", "seq": 1})]
