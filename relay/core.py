@@ -105,7 +105,7 @@ class RelayCounters:
 
     received: int = 0
     bytes_received: int = 0
-    verified: int = 0                 # data frames that passed every check (archived or duplicate)
+    verified: int = 0                 # data frames and events that passed every check (archived or duplicate)
     archived: int = 0
     events_archived: int = 0          # trigger events (frame sets STA:events), included in archived
     duplicates: int = 0               # identical bytes already archived
