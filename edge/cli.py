@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_run_arguments(run)
     run.set_defaults(handler=_run)
     _register_outbox(esub)
+    from ims_station.doctor import add_check_parser
+
+    add_check_parser(esub, "station")
     p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
 
 

@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ims_station import boards
 from ims_station.config import load_toml, read_secret_file, validate
@@ -113,7 +113,7 @@ class PortConfig:
     board: str
     board_id: int | None
     key_file: Path
-    key: bytes = field(repr=False)
+    key: bytes = field(repr=False)     # (None only from a doctor's lenient load_station_config)
     channels: dict[int, str]          # channel id -> SEED code NET.STA.LOC.CHA
     link: dict[str, Any]              # LinkDecoder keyword arguments
 
@@ -138,8 +138,13 @@ class StationConfig:
         return [t for t in GATEWAY_TABLES if t in self.raw]
 
 
-def load_station_config(path: str | os.PathLike[str]) -> StationConfig:
-    """Read, validate and resolve a station file; every error is ``ConfigError(file, key, reason)``."""
+def load_station_config(path: str | os.PathLike[str], *,
+                        read_key: Callable[..., bytes | None] = read_secret_file) -> StationConfig:
+    """Read, validate and resolve a station file; every error is ``ConfigError(file, key, reason)``.
+
+    *read_key* reads each port's ``key_file`` (``read_secret_file(path, what=...)``); ``ims-station
+    doctor`` passes one that records a bad key file and goes on, so one problem does not hide the
+    others."""
     file = Path(path)
     data = load_toml(file)
     validate(data, SCHEMA, file)
@@ -186,7 +191,7 @@ def load_station_config(path: str | os.PathLike[str]) -> StationConfig:
         if not key_file.is_absolute():
             key_file = base / key_file
         # KeyFileError names the key file itself; the key says which entry of this file asked for it.
-        key = read_secret_file(key_file, what=f"{file}: {where}.key_file")
+        key = read_key(key_file, what=f"{file}: {where}.key_file")
         ports.append(PortConfig(
             name=p.get("name", f"port{i}"), url=url, baudrate=p.get("baudrate", DEFAULTS["baudrate"]),
             timeout=float(p.get("timeout", DEFAULTS["timeout"])), board=board,

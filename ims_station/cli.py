@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "ims_station.edge.cli",      # edge run
     "ims_station.relay.cli",     # relay run
     "ims_station.demo",          # demo (the main job)
+    "ims_station.doctor",        # doctor
 ]
 
 

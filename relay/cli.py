@@ -365,4 +365,8 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--until", type=_parse_time, metavar="ISO", help="events before this UTC time")
     ev.add_argument("--json", action="store_true", help='print {"events": [...]} as JSON')
     ev.set_defaults(handler=_cmd_events)
+
+    from ims_station.doctor import add_check_parser
+
+    add_check_parser(sub, "relay")
     p.set_defaults(handler=lambda a: (p.print_help(), 2)[1])
