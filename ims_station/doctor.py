@@ -62,6 +62,8 @@ from ims_station.errors import ConfigError, ImsStationError
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 _RANK = {OK: 0, WARN: 1, FAIL: 2}
+#: every check, in the order they run (docs/doctor.md has one section per check)
+CHECKS = ("config", "keys", "trust", "clock_sync", "disk", "port", "board", "board_clock", "broker", "tls")
 #: checks that open no port and touch no network (``edge check``, ``relay check``)
 OFFLINE = ("config", "keys", "trust")
 
@@ -388,6 +390,10 @@ def _existing_dir(path: Path) -> Path:
     return d
 
 
+def _size(n: float) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if abs(n) >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
+
+
 def check_outbox_disk(settings: Any, probes: Probes) -> list[Finding]:
     """Free space of the outbox's file system: below the eviction margin ([outbox] min_free_bytes)
     fails (frames are being evicted), less than the outbox's bound (configured, or days of frames at
@@ -412,16 +418,15 @@ def check_outbox_disk(settings: Any, probes: Probes) -> list[Finding]:
         why = f"{days:g} days of frames at the configured rates"
     room = du.free + used - margin
     subject = str(path)
-    mib = lambda n: f"{n / (1 << 20):.1f} MiB"   # noqa: E731
     fix = (f"free space on the file system of {d} (df -h {d}; du -xsh {d}/*), or move the outbox to a bigger "
            f"disk ([outbox] path in {settings.file})")
     if du.free < margin:
-        return [Finding("disk", FAIL, f"{mib(du.free)} free on {d}, below the outbox's margin of {mib(margin)}: "
+        return [Finding("disk", FAIL, f"{_size(du.free)} free on {d}, below the outbox's margin of {_size(margin)}: "
                         "the outbox evicts its oldest frames to make room", fix, subject=subject)]
     if want and room < want:
-        return [Finding("disk", WARN, f"{mib(du.free)} free on {d}: the outbox can grow to {mib(max(room, 0))}, "
-                        f"less than {why} ({mib(want)})", fix, subject=subject)]
-    return [Finding("disk", OK, f"{mib(du.free)} free on {d} (outbox {mib(used)}, margin {mib(margin)})",
+        return [Finding("disk", WARN, f"{_size(du.free)} free on {d}: the outbox can grow to {_size(max(room, 0))}, "
+                        f"less than {why} ({_size(want)})", fix, subject=subject)]
+    return [Finding("disk", OK, f"{_size(du.free)} free on {d} (outbox {_size(used)}, margin {_size(margin)})",
                     subject=subject)]
 
 
@@ -522,7 +527,7 @@ def check_ports(station: Any, probes: Probes, bad_keys: set[str]) -> list[Findin
         except PortInUseError as err:
             out.append(Finding("port", WARN, f"in use ({err}): the board was not probed",
                                "if that is the running gateway, its SOH shows the board; stop it "
-                               "(sudo systemctl stop ims-station-gateway) to probe here", subject=subj))
+                               "(sudo systemctl stop ims-gateway) to probe here", subject=subj))
             continue
         except (serial.SerialException, OSError, ValueError) as err:
             out.append(Finding("port", FAIL, f"cannot open: {err}",
@@ -962,7 +967,7 @@ def print_table(findings: list[Finding], out: Any = None, *, verbose: bool = Tru
     for f in findings:
         if f.status == OK and not verbose:
             continue
-        where = f" [{f.subject}]" if f.subject else ""
+        where = f" [{f.subject}]" if f.subject and f.subject not in f.detail else ""
         print(f"{_MARK[f.status]:<4} {f.check:<11} {f.detail}{where}", file=out)
         if f.fix and f.status != OK:
             print(f"     {'':<11} fix: {f.fix}", file=out)
