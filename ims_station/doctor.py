@@ -227,6 +227,9 @@ def check_clock_sync(probes: Probes) -> list[Finding]:
                         "install chrony (sudo apt-get install chrony) and run: chronyc tracking")]
     if s.source == "gnss":
         return [Finding("clock_sync", OK, f"synchronised to GNSS/PPS ({s.detail})")]
+    if s.source == "unknown":
+        return [Finding("clock_sync", WARN, f"synchronised, by what is unknown ({s.detail})",
+                        "install chrony (sudo apt-get install chrony) to see the reference: chronyc tracking")]
     return [Finding("clock_sync", WARN, f"synchronised by NTP only, no GNSS/PPS reference ({s.detail}): "
                     "the gateway's clock is only as good as the network path",
                     "add a GNSS/PPS reference clock to chrony (refclock PPS /dev/pps0 lock NMEA, "
@@ -787,9 +790,13 @@ def check_brokers(brokers: list, probes: Probes, *, cfg_file: str, table: str) -
             out.append(Finding("broker", OK, "reachable; MQTT CONNECT accepted" + (" over TLS" if cfg.tls else ""),
                                subject=subj))
         else:
-            fix = (f"check {key}.username and the password in {cfg.password_file} against the broker's "
-                   "password file (mosquitto_passwd) and its ACL" if "password" in why or "authoris" in why
-                   else f"check the broker's log (journalctl -u mosquitto) and {key} in {cfg_file}")
+            if not any(w in why.lower() for w in ("password", "authori", "user name")):
+                fix = f"check the broker's log (journalctl -u mosquitto) and {key} in {cfg_file}"
+            elif cfg.password_file is None:
+                fix = f"the broker wants an account: set {key}.username and password_file in {cfg_file}"
+            else:
+                fix = (f"check {key}.username and the password in {cfg.password_file} against the broker's "
+                       "password file (mosquitto_passwd) and its ACL (docs/mosquitto/README.md)")
             out.append(Finding("broker", FAIL, f"reachable, but {why}", fix, subject=subj, file=cfg_file, key=key))
     return out
 

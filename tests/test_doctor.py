@@ -323,6 +323,7 @@ def test_plain_listener_where_tls_is_configured(tls_broker):
     (ClockSync("unsynced", "unknown", "chrony: Not synchronised", "chronyc"), FAIL),
     (ClockSync("synced", "ntp", "timedatectl: NTPSynchronized=yes", "timedatectl"), WARN),
     (ClockSync("unknown"), WARN),
+    (ClockSync("synced", "unknown", "kernel: clock synchronised", "adjtimex"), WARN),
     (ClockSync("synced", "gnss", "chrony: reference PPS", "chronyc"), OK),
 ])
 def test_clock_sync(sync, status):
@@ -389,6 +390,35 @@ def test_disk_nearly_full(tmp_path):
     assert f.status == WARN and "7 days of frames" in f.detail
     (f,) = doctor.check_outbox_disk(settings, probes())
     assert f.status == OK
+
+
+def test_relay_disk_nearly_full(tmp_path):
+    (f,) = doctor.check_dir_disk(str(tmp_path), probes(disk_usage=lambda p: DiskUsage(100 * GIB, 99.5 * GIB, GIB // 2)),
+                                 what="the relay's archive")
+    assert f.status == FAIL and "0.5% of 100.0 GiB" in f.detail
+    (f,) = doctor.check_dir_disk(str(tmp_path), probes(disk_usage=lambda p: DiskUsage(100 * GIB, 97 * GIB, 3 * GIB)),
+                                 what="the relay's archive")
+    assert f.status == WARN
+
+
+def test_broker_refuses_our_credentials(tmp_path):
+    """The production Mosquitto configuration (docs/mosquitto/) over TLS: the right password is
+    accepted, a wrong one is a failure naming the password file."""
+    from tests.integration.tlsconf import start_secured_broker
+
+    need_mosquitto()
+    sb = start_secured_broker(tmp_path / "broker", ["STA01"])
+    try:
+        good = doctor.check_brokers([sb.client_config("STA01")], probes(), cfg_file="f", table="uplink.brokers")
+        # tlsconf's certificates are valid for one day: near their end, a warning with the fix
+        assert [(f.check, f.status) for f in good] == [("tls", WARN), ("broker", OK)], good
+        assert "expires in" in good[0].detail and "renew" in good[0].fix and "over TLS" in good[1].detail
+        bad_cfg = sb.client_config("STA01", password="wrong")
+        bad = doctor.check_brokers([bad_cfg], probes(), cfg_file="f", table="uplink.brokers")
+    finally:
+        sb.broker.close()
+    (b,) = [f for f in bad if f.check == "broker"]
+    assert b.status == FAIL and "refused" in b.detail and bad_cfg.password_file in b.fix, b
 
 
 def test_relay_trust_store_without_the_station_key(tmp_path):
