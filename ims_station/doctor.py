@@ -563,7 +563,7 @@ def _board_findings(res: BoardProbe, p: Any, probes: Probes, subj: str, f: str, 
                             f"put the board's HMAC key in {p.key_file} (ports[{i}].key_file in {f})",
                             subject=subj, file=f, key=f"ports[{i}].key_file")]
         if c.get("wrong_board"):
-            return [Finding("board", FAIL, "a board answers but with another board id than ports[{i}].board_id",
+            return [Finding("board", FAIL, f"a board answers but with another board id than ports[{i}].board_id",
                             f"correct ports[{i}].board_id in {f}", subject=subj, file=f, key=f"ports[{i}].board_id")]
         if c.get("bytes_received"):
             return [Finding("board", FAIL, f"{c['bytes_received']} bytes in {probes.timeout:g} s but no valid "
@@ -606,11 +606,9 @@ def _board_findings(res: BoardProbe, p: Any, probes: Probes, subj: str, f: str, 
             fix = "the board is not GNSS-locked: check its antenna; then compare again"
         out.append(Finding("board_clock", FAIL, f"board time ({what}) and the gateway's clock differ by {off:+.1f} s "
                            f"(tolerance {probes.clock_tolerance_s:g} s; time quality {tq_name})", fix, subject=subj))
-    else:
-        out.append(Finding("board_clock", OK if tq == link.TQ_LOCKED else WARN,
-                           f"board time ({what}) within {abs(off):.2f} s of the gateway's clock "
-                           f"(time quality {tq_name})", "" if tq == link.TQ_LOCKED else
-                           "check the GNSS antenna", subject=subj))
+    elif tq == link.TQ_LOCKED:          # (not locked: warned above)
+        out.append(Finding("board_clock", OK, f"GNSS-locked; board time ({what}) within {abs(off):.2f} s of the "
+                           "gateway's clock", subject=subj))
     return out
 
 
