@@ -285,6 +285,23 @@ def test_key_near_its_end_is_a_warning(tmp_path):
     assert doctor.exit_status(found) == 1
 
 
+def test_key_expiry_is_judged_by_the_injected_clock(tmp_path):
+    """The time source is a seam: the same keystore is fine today and expired 20 days on."""
+    from ims_station.clock import FakeClock
+
+    now = dt.datetime.now(UTC).replace(microsecond=0)
+    st = make_station(tmp_path, url=str(tmp_path / "ttyUSB9"), key_valid_until=now + dt.timedelta(days=100))
+    clock = FakeClock(t=time.time())
+    found, _ = doctor.station_checks(str(st), probes(clock=clock), offline=True)
+    assert doctor.exit_status(found) == 0
+    clock.advance(90 * 86400)
+    found, _ = doctor.station_checks(str(st), probes(clock=clock), offline=True)
+    assert doctor.exit_status(found) == 1          # 10 days left: a warning
+    clock.advance(20 * 86400)
+    found, _ = doctor.station_checks(str(st), probes(clock=clock), offline=True)
+    assert [(f.check, f.key) for f in found if f.status == FAIL] == [("keys", "valid_until")]
+
+
 def test_broker_unreachable(tmp_path):
     from ims_station.broker import BrokerConfig
 
@@ -370,7 +387,7 @@ def test_board_with_another_key_is_named(tmp_path):
     board = HilBoard(b"x" * 32)
     try:
         st = make_station(tmp_path, url=board.path)          # board.key holds b"k" * 32
-        found, _ = doctor.station_checks(str(st), probes(timeout=2.0))
+        found, _ = doctor.station_checks(str(st), probes(timeout=1.0))
     finally:
         board.close()
     (b,) = by_check(found, "board")
