@@ -474,3 +474,18 @@ def test_config_error_is_file_key_reason(tmp_path, capsys):
     r.write_text('[relay]\ndata_dir = "d"\n[broker]\nhost = "127.0.0.1"\n')
     assert cli.main(["relay", "check", "--config", str(r)]) == 2
     assert capsys.readouterr().out.startswith(f"{r}: relay.trust_dir: required key is missing")
+
+
+def test_clock_probe_parsers_take_any_text():
+    """The clock probes parse another program's output: any text gives a ClockSync or None."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(alphabet=st.sampled_from("abcNOTsyn=,.0123456789\n PPS-yes"), max_size=200))
+    def check(text):
+        for parse in (doctor.parse_chronyc_tracking, doctor.parse_timedatectl):
+            r = parse(text)
+            assert r is None or r.state in ("synced", "unsynced")
+
+    check()
