@@ -163,9 +163,10 @@ _PARAMETER_KEYS = {"nsta": "sta", "nlta": "lta", "thr_on": "on", "thr_off": "off
 
 
 class _Pipeline:
-    """One channel's filter -> characteristic function -> on/off logic at one rate (edge/trigger.py)."""
+    """Filter -> characteristic function -> on/off logic of *channels* channels at one rate
+    (edge/trigger.py), vectorised across the channels."""
 
-    def __init__(self, s: TriggerSettings, rate_hz: float) -> None:
+    def __init__(self, s: TriggerSettings, rate_hz: float, channels: int = 1) -> None:
         from . import trigger as T
 
         if not (math.isfinite(rate_hz) and rate_hz > 0):
@@ -174,19 +175,26 @@ class _Pipeline:
         # coincidence_trigger does max_trigger_length (rounded).
         nsta, nlta = int(s.sta * rate_hz), int(s.lta * rate_hz)
         if s.algorithm == "carlstatrig":
-            self.cf: Any = T.CarlStaTrig(nsta, nlta, s.ratio, s.quiet)
+            self.cf: Any = T.CarlStaTrig(nsta, nlta, s.ratio, s.quiet, channels=channels)
         else:
             cls = {"recstalta": T.RecursiveStaLta, "classicstalta": T.ClassicStaLta,
                    "delayedstalta": T.DelayedStaLta}[s.algorithm]
-            self.cf = cls(nsta, nlta)
-        self.filter = (T.StreamFilter(s.filter.kind, rate_hz, corners=s.corners, **s.filter.kwargs())
-                       if s.filter is not None else None)
-        self.onset = T.TriggerOnset(s.on, s.off, min_len=int(s.min_duration * rate_hz + 0.5),
+            self.cf = cls(nsta, nlta, channels=channels)
+        self.filter = (T.StreamFilter(s.filter.kind, rate_hz, corners=s.corners, channels=channels,
+                                      **s.filter.kwargs()) if s.filter is not None else None)
+        self.onset = T.TriggerOnset(s.on, s.off, channels=channels, min_len=int(s.min_duration * rate_hz + 0.5),
                                     max_len=int(s.max_duration * rate_hz + 0.5))
 
     def process(self, x: np.ndarray) -> list:
         y = x if self.filter is None else self.filter.process(x)
         return self.onset.process(self.cf.process(y))
+
+    def restart(self, rows: list[int]) -> list:
+        """Rows start again as new series (a gap); returns the events this closes."""
+        if self.filter is not None:
+            self.filter.reset(rows)
+        self.cf.reset(rows)
+        return self.onset.reset(rows)
 
 
 def _key_error(file: str, prefix: str, key: str, reason: str) -> ConfigError:
@@ -388,28 +396,45 @@ class _Trig:
         return (self.on_us / 1e6, self.off_us / 1e6, self.code)
 
 
+class _Group:
+    """Channels that arrive together (the same selected codes at the same rate: one board's
+    chunks), run as one vectorised pipeline; ``n`` samples fed to each row so far."""
+
+    def __init__(self, codes: tuple[str, ...], rate_mhz: int, pipe: _Pipeline | None, problem: str) -> None:
+        self.codes = codes
+        self.rate_mhz = rate_mhz
+        self.pipe = pipe
+        self.problem = problem                  # why pipe is None (the settings do not fit the rate)
+        self.n = 0
+
+
 class _Channel:
-    """A channel's stream since its last (re)start: sample *i* is at ``t0_us + offset(i)``."""
+    """A channel in its group: row *row*; its sample *i* (the group's count) is at
+    ``base_us + offset(i - base_i)`` (the base moves at a gap)."""
 
     MAX_HISTORY = 256
 
-    def __init__(self, code: str, rate_mhz: int, t0_us: int, pipeline: _Pipeline | None, problem: str) -> None:
+    def __init__(self, code: str, group: _Group, row: int, t0_us: int) -> None:
         self.code = code
-        self.rate_mhz = rate_mhz
-        self.t0_us = t0_us
-        self.n = 0
-        self.pipe = pipeline
-        self.problem = problem                  # why pipeline is None (the settings do not fit the rate)
+        self.group = group
+        self.row = row
+        self.base_i = group.n
+        self.base_us = t0_us
         self.tq: deque = deque(maxlen=self.MAX_HISTORY)     # (first sample, time quality) at changes
         self.clips: deque = deque(maxlen=self.MAX_HISTORY)  # (first, last) sample of clipped chunks
         self.declared = False                   # its open trigger has lasted min_duration
 
     def time_us(self, i: int) -> int:
-        return self.t0_us + sample_offset_us(i, self.rate_mhz)
+        return self.base_us + sample_offset_us(i - self.base_i, self.group.rate_mhz)
 
     @property
     def next_us(self) -> int:
-        return self.time_us(self.n)
+        return self.time_us(self.group.n)
+
+    def rebase(self, t_us: int) -> None:
+        self.base_i = self.group.n
+        self.base_us = t_us
+        self.declared = False
 
     def tq_at(self, i: int) -> int:
         q = self.tq[0][1] if self.tq else 0
@@ -450,11 +475,12 @@ class Detector:
         self.station = station
         self.stale_us = int(stale_s * 1e6)
         self._chans: dict[str, _Channel] = {}
+        self._groups: dict[tuple[tuple[str, ...], int], _Group] = {}
         self._done: list[_Trig] = []            # completed channel triggers, sorted by key
         self._last_off = 0.0                    # off of the last kept event (ObsPy's last_off_time)
         self._active: _Active | None = None
-        self.counters = dict(events=0, retracted=0, resets_gap=0, rate_changes=0, clipped_chunks=0,
-                             errors=0, dropped_triggers=0)
+        self.counters = dict(events=0, retracted=0, resets_gap=0, rate_changes=0, regroups=0,
+                             clipped_chunks=0, errors=0, dropped_triggers=0)
         self.last_event: dict | None = None
         self.problems: deque = deque(maxlen=16)  # (code, reason) of channels that cannot run
 
@@ -477,35 +503,53 @@ class Detector:
             raise ValueError(f"rate_mhz must be positive, got {rate_mhz!r}")
         rate_mhz = int(rate_mhz)
         m = x.shape[1]
-        clipped_chunk = False
-        for r, code in enumerate(codes):
-            if not self.settings.selects(code):
-                continue
-            ch = self._chans.get(code)
-            if ch is not None and ch.rate_mhz != rate_mhz:
-                self.counters["rate_changes"] += 1
-                self._restart(ch)
-                ch = None
-            elif ch is not None and (not contiguous or
-                                     abs(t_first_us - ch.next_us) * 2 * rate_mhz > 1_000_000_000):
-                self.counters["resets_gap"] += 1
-                self._restart(ch)
-                ch = None
-            if ch is None:
-                ch = self._chans[code] = self._new_channel(code, rate_mhz, t_first_us)
-            if m == 0:
-                continue
-            if not ch.tq or ch.tq[-1][1] != time_quality:
-                ch.tq.append((ch.n, int(time_quality)))
-            if clip_mask >> r & 1:
-                clipped_chunk = True
-                ch.clips.append((ch.n, ch.n + m - 1))
-            if ch.pipe is not None:
-                self._take(ch, ch.pipe.process(np.ascontiguousarray(x[r], dtype=np.float64)))
-            ch.n += m
-        if clipped_chunk:
-            self.counters["clipped_chunks"] += 1
+        rows = [r for r, code in enumerate(codes) if self.settings.selects(code)]
+        if rows:
+            self._feed(tuple(codes[r] for r in rows), rows, t_first_us, rate_mhz, x, int(time_quality),
+                       int(clip_mask), bool(contiguous), m)
         return self.decide() if decide else []
+
+    def _feed(self, key: tuple[str, ...], rows: list[int], t_first_us: int, rate_mhz: int, x: np.ndarray,
+              tq: int, clip_mask: int, contiguous: bool, m: int) -> None:
+        g = self._groups.get((key, rate_mhz))
+        if g is None:
+            # New channels, or channels that came in other company or at another rate: they
+            # (and the rest of their old groups) start again in a new group.
+            for code in key:
+                ch = self._chans.get(code)
+                if ch is not None:
+                    self._dissolve(ch.group, code, t_first_us, rate_mhz, contiguous)
+            g = self._new_group(key, rate_mhz)
+            for i, code in enumerate(key):
+                self._chans[code] = _Channel(code, g, i, t_first_us)
+        else:
+            gap = [i for i, code in enumerate(key) if not contiguous or self._gap(self._chans[code], t_first_us)]
+            if gap:
+                self.counters["resets_gap"] += len(gap)
+                found = g.pipe.restart(gap) if g.pipe is not None else []
+                self._take(g, found)
+                for i in gap:
+                    self._chans[key[i]].rebase(t_first_us)
+        if m == 0:
+            return
+        clipped = False
+        for i, r in enumerate(rows):
+            ch = self._chans[key[i]]
+            if not ch.tq or ch.tq[-1][1] != tq:
+                ch.tq.append((g.n, tq))
+            if clip_mask >> r & 1:
+                clipped = True
+                ch.clips.append((g.n, g.n + m - 1))
+        if clipped:
+            self.counters["clipped_chunks"] += 1
+        if g.pipe is not None:
+            self._take(g, g.pipe.process(np.ascontiguousarray(x[rows], dtype=np.float64)))
+        g.n += m
+
+    @staticmethod
+    def _gap(ch: _Channel, t_first_us: int) -> bool:
+        """More than half a sample period from where the channel's last chunk ended."""
+        return abs(t_first_us - ch.next_us) * 2 * ch.group.rate_mhz > 1_000_000_000
 
     def decide(self) -> list[Decision]:
         """The decisions the data fed so far allows (:meth:`push` calls it unless told not to)."""
@@ -514,35 +558,50 @@ class Detector:
     def flush(self) -> list[Decision]:
         """End of the data (a replay): channel triggers still on are closed at their last sample,
         as ObsPy's ``trigger_onset`` closes them at the end of a trace; every event is decided."""
-        for ch in self._chans.values():
-            if ch.pipe is not None:
-                self._take(ch, ch.pipe.onset.flush())
+        for g in self._groups.values():
+            if g.pipe is not None:
+                self._take(g, g.pipe.onset.flush())
         return self._decide(None)
 
     # -- channels ----------------------------------------------------------------------------------
-    def _new_channel(self, code: str, rate_mhz: int, t0_us: int) -> _Channel:
+    def _new_group(self, codes: tuple[str, ...], rate_mhz: int) -> _Group:
         from . import trigger as T
 
         try:
-            pipe, problem = _Pipeline(self.settings, rate_mhz / 1000.0), ""
+            pipe, problem = _Pipeline(self.settings, rate_mhz / 1000.0, len(codes)), ""
         except T.TriggerConfigError as e:
             # Checked at start-up for the board's rate; a rate the board switched to later may not
-            # fit (a corner above its Nyquist): this channel sits out, counted and reported.
+            # fit (a corner above its Nyquist): these channels sit out, counted and reported.
             pipe, problem = None, f"trigger.{_PARAMETER_KEYS.get(e.parameter, e.parameter)}: {e.reason}"
             self.counters["errors"] += 1
-            self.problems.append((code, f"{problem} at {rate_mhz / 1000:g} sps"))
-        return _Channel(code, rate_mhz, t0_us, pipe, problem)
+            for code in codes:
+                self.problems.append((code, f"{problem} at {rate_mhz / 1000:g} sps"))
+        g = self._groups[(codes, rate_mhz)] = _Group(codes, rate_mhz, pipe, problem)
+        return g
 
-    def _restart(self, ch: _Channel) -> None:
-        """A gap or a rate change: the channel's open trigger ends at its last sample before it."""
-        if ch.pipe is not None:
-            self._take(ch, ch.pipe.onset.reset())
-        del self._chans[ch.code]
+    def _dissolve(self, g: _Group, code: str, t_first_us: int, rate_mhz: int, contiguous: bool) -> None:
+        """*code* comes in a new company: its old group ends; open triggers end at their last sample."""
+        ch = self._chans[code]
+        if g.rate_mhz != rate_mhz:
+            self.counters["rate_changes"] += 1
+        elif not contiguous or self._gap(ch, t_first_us):
+            self.counters["resets_gap"] += 1
+        else:
+            self.counters["regroups"] += 1
+        if g.pipe is not None:
+            self._take(g, g.pipe.onset.reset())
+        for c in g.codes:
+            if self._chans.get(c) is not None and self._chans[c].group is g:
+                del self._chans[c]
+        del self._groups[(g.codes, g.rate_mhz)]
 
-    def _take(self, ch: _Channel, found: list) -> None:
+    def _take(self, g: _Group, found: list) -> None:
         from . import trigger as T
 
         for ev in found:
+            ch = self._chans.get(g.codes[ev.channel])
+            if ch is None or ch.group is not g:
+                continue
             if isinstance(ev, T.Onset):
                 ch.declared = True
             elif isinstance(ev, T.Event):
@@ -556,17 +615,19 @@ class Detector:
     # -- deciding ----------------------------------------------------------------------------------
     def _horizon(self) -> int | None:
         """Every channel trigger with an onset before this time (us) is known and complete."""
-        live = [ch for ch in self._chans.values() if ch.pipe is not None]
+        live = [g for g in self._groups.values() if g.pipe is not None]
         if not live:
             return None
-        newest = max(ch.next_us for ch in live)
+        ends = {g: [self._chans[c].next_us for c in g.codes] for g in live}
+        newest = max(max(v) for v in ends.values())
         h = None
-        for ch in live:
-            if ch.next_us < newest - self.stale_us:
-                continue
-            on, _ = ch.pipe.onset.open_events()
-            t = ch.time_us(int(on[0])) if on[0] >= 0 else ch.next_us
-            h = t if h is None else min(h, t)
+        for g in live:
+            on, _ = g.pipe.onset.open_events()
+            for i, code in enumerate(g.codes):
+                if ends[g][i] < newest - self.stale_us:
+                    continue
+                t = self._chans[code].time_us(int(on[i])) if on[i] >= 0 else ends[g][i]
+                h = t if h is None else min(h, t)
         return h
 
     def _chain(self, trigs: list[_Trig], i: int, horizon: int | None) -> tuple[list[_Trig], float, int, float] | None:
@@ -623,11 +684,13 @@ class Detector:
         #    min_duration count with their off so far (a lower bound: the group can only grow).
         if self._active is None and horizon is not None:
             opened = []
-            for ch in self._chans.values():
-                if ch.declared and ch.pipe is not None:
-                    on, peak = ch.pipe.onset.open_events()
-                    if on[0] >= 0:
-                        opened.append(ch.trig(int(on[0]), ch.n - 1, float(peak[0])))
+            for g in self._groups.values():
+                declared = [i for i, c in enumerate(g.codes) if self._chans[c].declared]
+                if declared and g.pipe is not None:
+                    on, peak = g.pipe.onset.open_events()
+                    for i in declared:
+                        if on[i] >= 0:
+                            opened.append(self._chans[g.codes[i]].trig(int(on[i]), g.n - 1, float(peak[i])))
             if opened or done:
                 cand = sorted(done + opened, key=lambda tr: tr.key)
                 for j in range(len(cand)):
@@ -673,7 +736,7 @@ class Detector:
 
     def stats(self) -> dict:
         return {**self.counters, "active": self.active, "channels": len(self._chans),
-                "suppressed": sum(ch.pipe.onset.suppressed for ch in self._chans.values() if ch.pipe),
+                "suppressed": sum(g.pipe.onset.suppressed for g in self._groups.values() if g.pipe),
                 "last_event": self.last_event,
                 "problems": [f"{code}: {reason}" for code, reason in self.problems]}
 
