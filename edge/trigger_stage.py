@@ -398,43 +398,51 @@ class _Trig:
 
 class _Group:
     """Channels that arrive together (the same selected codes at the same rate: one board's
-    chunks), run as one vectorised pipeline; ``n`` samples fed to each row so far."""
+    chunks), run as one vectorised pipeline; ``n`` samples fed to each row so far.  Every chunk
+    gives all rows the same first sample time, so they share one time base: sample *i* is at
+    ``base_us + offset(i - base_i)`` (the base moves at a gap)."""
 
-    def __init__(self, codes: tuple[str, ...], rate_mhz: int, pipe: _Pipeline | None, problem: str) -> None:
+    def __init__(self, codes: tuple[str, ...], rate_mhz: int, pipe: _Pipeline | None, problem: str,
+                 t0_us: int) -> None:
         self.codes = codes
         self.rate_mhz = rate_mhz
         self.pipe = pipe
         self.problem = problem                  # why pipe is None (the settings do not fit the rate)
         self.n = 0
+        self.base_i = 0
+        self.base_us = t0_us
+
+    def time_us(self, i: int) -> int:
+        return self.base_us + sample_offset_us(i - self.base_i, self.rate_mhz)
+
+    @property
+    def next_us(self) -> int:
+        return self.time_us(self.n)
+
+    def gap(self, t_first_us: int) -> bool:
+        """More than half a sample period from where the group's last chunk ended."""
+        return abs(t_first_us - self.next_us) * 2 * self.rate_mhz > 1_000_000_000
+
+    def rebase(self, t_us: int) -> None:
+        self.base_i = self.n
+        self.base_us = t_us
 
 
 class _Channel:
-    """A channel in its group: row *row*; its sample *i* (the group's count) is at
-    ``base_us + offset(i - base_i)`` (the base moves at a gap)."""
+    """A channel: row *row* of its group, its time-quality and clipping history."""
 
     MAX_HISTORY = 256
 
-    def __init__(self, code: str, group: _Group, row: int, t0_us: int) -> None:
+    def __init__(self, code: str, group: _Group, row: int) -> None:
         self.code = code
         self.group = group
         self.row = row
-        self.base_i = group.n
-        self.base_us = t0_us
         self.tq: deque = deque(maxlen=self.MAX_HISTORY)     # (first sample, time quality) at changes
         self.clips: deque = deque(maxlen=self.MAX_HISTORY)  # (first, last) sample of clipped chunks
         self.declared = False                   # its open trigger has lasted min_duration
 
     def time_us(self, i: int) -> int:
-        return self.base_us + sample_offset_us(i - self.base_i, self.group.rate_mhz)
-
-    @property
-    def next_us(self) -> int:
-        return self.time_us(self.group.n)
-
-    def rebase(self, t_us: int) -> None:
-        self.base_i = self.group.n
-        self.base_us = t_us
-        self.declared = False
+        return self.group.time_us(i)
 
     def tq_at(self, i: int) -> int:
         q = self.tq[0][1] if self.tq else 0
@@ -476,6 +484,7 @@ class Detector:
         self.stale_us = int(stale_s * 1e6)
         self._chans: dict[str, _Channel] = {}
         self._groups: dict[tuple[tuple[str, ...], int], _Group] = {}
+        self._selected: dict[str, bool] = {}     # code -> settings.selects(code), remembered
         self._done: list[_Trig] = []            # completed channel triggers, sorted by key
         self._last_off = 0.0                    # off of the last kept event (ObsPy's last_off_time)
         self._active: _Active | None = None
@@ -503,7 +512,16 @@ class Detector:
             raise ValueError(f"rate_mhz must be positive, got {rate_mhz!r}")
         rate_mhz = int(rate_mhz)
         m = x.shape[1]
-        rows = [r for r, code in enumerate(codes) if self.settings.selects(code)]
+        sel = self._selected
+        if len(sel) > 4096:             # codes are few; a bound all the same
+            sel.clear()
+        rows = []
+        for r, code in enumerate(codes):
+            ok = sel.get(code)
+            if ok is None:
+                ok = sel[code] = self.settings.selects(code)
+            if ok:
+                rows.append(r)
         if rows:
             self._feed(tuple(codes[r] for r in rows), rows, t_first_us, rate_mhz, x, int(time_quality),
                        int(clip_mask), bool(contiguous), m)
@@ -519,17 +537,16 @@ class Detector:
                 ch = self._chans.get(code)
                 if ch is not None:
                     self._dissolve(ch.group, code, t_first_us, rate_mhz, contiguous)
-            g = self._new_group(key, rate_mhz)
+            g = self._new_group(key, rate_mhz, t_first_us)
             for i, code in enumerate(key):
-                self._chans[code] = _Channel(code, g, i, t_first_us)
-        else:
-            gap = [i for i, code in enumerate(key) if not contiguous or self._gap(self._chans[code], t_first_us)]
-            if gap:
-                self.counters["resets_gap"] += len(gap)
-                found = g.pipe.restart(gap) if g.pipe is not None else []
-                self._take(g, found)
-                for i in gap:
-                    self._chans[key[i]].rebase(t_first_us)
+                self._chans[code] = _Channel(code, g, i)
+        elif not contiguous or g.gap(t_first_us):
+            rows_all = list(range(len(key)))
+            self.counters["resets_gap"] += len(key)
+            self._take(g, g.pipe.restart(rows_all) if g.pipe is not None else [])
+            for code in key:
+                self._chans[code].declared = False
+            g.rebase(t_first_us)
         if m == 0:
             return
         clipped = False
@@ -546,11 +563,6 @@ class Detector:
             self._take(g, g.pipe.process(np.ascontiguousarray(x[rows], dtype=np.float64)))
         g.n += m
 
-    @staticmethod
-    def _gap(ch: _Channel, t_first_us: int) -> bool:
-        """More than half a sample period from where the channel's last chunk ended."""
-        return abs(t_first_us - ch.next_us) * 2 * ch.group.rate_mhz > 1_000_000_000
-
     def decide(self) -> list[Decision]:
         """The decisions the data fed so far allows (:meth:`push` calls it unless told not to)."""
         return self._decide(self._horizon())
@@ -564,7 +576,7 @@ class Detector:
         return self._decide(None)
 
     # -- channels ----------------------------------------------------------------------------------
-    def _new_group(self, codes: tuple[str, ...], rate_mhz: int) -> _Group:
+    def _new_group(self, codes: tuple[str, ...], rate_mhz: int, t0_us: int) -> _Group:
         from . import trigger as T
 
         try:
@@ -576,7 +588,7 @@ class Detector:
             self.counters["errors"] += 1
             for code in codes:
                 self.problems.append((code, f"{problem} at {rate_mhz / 1000:g} sps"))
-        g = self._groups[(codes, rate_mhz)] = _Group(codes, rate_mhz, pipe, problem)
+        g = self._groups[(codes, rate_mhz)] = _Group(codes, rate_mhz, pipe, problem, t0_us)
         return g
 
     def _dissolve(self, g: _Group, code: str, t_first_us: int, rate_mhz: int, contiguous: bool) -> None:
@@ -584,7 +596,7 @@ class Detector:
         ch = self._chans[code]
         if g.rate_mhz != rate_mhz:
             self.counters["rate_changes"] += 1
-        elif not contiguous or self._gap(ch, t_first_us):
+        elif not contiguous or g.gap(t_first_us):
             self.counters["resets_gap"] += 1
         else:
             self.counters["regroups"] += 1
@@ -618,16 +630,16 @@ class Detector:
         live = [g for g in self._groups.values() if g.pipe is not None]
         if not live:
             return None
-        ends = {g: [self._chans[c].next_us for c in g.codes] for g in live}
-        newest = max(max(v) for v in ends.values())
+        newest = max(g.next_us for g in live)
         h = None
         for g in live:
+            t = g.next_us
+            if t < newest - self.stale_us:
+                continue
             on, _ = g.pipe.onset.open_events()
-            for i, code in enumerate(g.codes):
-                if ends[g][i] < newest - self.stale_us:
-                    continue
-                t = self._chans[code].time_us(int(on[i])) if on[i] >= 0 else ends[g][i]
-                h = t if h is None else min(h, t)
+            if (on >= 0).any():
+                t = g.time_us(int(on[on >= 0].min()))
+            h = t if h is None else min(h, t)
         return h
 
     def _chain(self, trigs: list[_Trig], i: int, horizon: int | None) -> tuple[list[_Trig], float, int, float] | None:
