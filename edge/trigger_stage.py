@@ -536,7 +536,7 @@ class Detector:
             for code in key:
                 ch = self._chans.get(code)
                 if ch is not None:
-                    self._dissolve(ch.group, code, t_first_us, rate_mhz, contiguous)
+                    self._dissolve(ch.group, t_first_us, rate_mhz, contiguous)
             g = self._new_group(key, rate_mhz, t_first_us)
             for i, code in enumerate(key):
                 self._chans[code] = _Channel(code, g, i)
@@ -591,15 +591,16 @@ class Detector:
         g = self._groups[(codes, rate_mhz)] = _Group(codes, rate_mhz, pipe, problem, t0_us)
         return g
 
-    def _dissolve(self, g: _Group, code: str, t_first_us: int, rate_mhz: int, contiguous: bool) -> None:
-        """*code* comes in a new company: its old group ends; open triggers end at their last sample."""
-        ch = self._chans[code]
+    def _dissolve(self, g: _Group, t_first_us: int, rate_mhz: int, contiguous: bool) -> None:
+        """A channel of *g* comes in new company: the group ends, its channels' open triggers end at
+        their last sample and each of them starts anew when its data comes."""
+        n = sum(1 for c in g.codes if c in self._chans and self._chans[c].group is g)   # channels restarted
         if g.rate_mhz != rate_mhz:
-            self.counters["rate_changes"] += 1
+            self.counters["rate_changes"] += n
         elif not contiguous or g.gap(t_first_us):
-            self.counters["resets_gap"] += 1
+            self.counters["resets_gap"] += n
         else:
-            self.counters["regroups"] += 1
+            self.counters["regroups"] += n
         if g.pipe is not None:
             self._take(g, g.pipe.onset.reset())
         for c in g.codes:

@@ -242,6 +242,21 @@ def test_clipped_chunks_are_counted_and_mark_the_events_they_touch():
     assert ev.clipped and ev.onset_us <= T0_US + sample_offset_us(2100, 40_000) <= ev.end_us
 
 
+def test_a_channel_arriving_in_other_company_restarts_with_its_old_group():
+    codes = ["XX.S.00.BHZ", "XX.S.00.BHN", "XX.S.00.BHE"]
+    x = random_series(300, channels=3, seed=4)
+    det = TS.Detector(settings(sta=0.5, lta=2, on=3, off=1.5), "S")
+    det.push(codes, T0_US, 40_000, x[:, :100])
+    t = T0_US + sample_offset_us(100, 40_000)
+    det.push(codes[:2], t, 40_000, x[:2, 100:200])        # the assembler split the board's chunk
+    det.push(codes[2:], t, 40_000, x[2:, 100:200])
+    st = det.stats()
+    assert (st["regroups"], st["resets_gap"], st["channels"]) == (3, 0, 3)
+    t = T0_US + sample_offset_us(200, 40_000)
+    det.push(codes, t, 40_000, x[:, 200:300])
+    assert det.stats()["regroups"] == 6
+
+
 def test_unselected_and_unnamed_channels_are_ignored_and_bad_chunks_raise_value_errors():
     det = TS.Detector(settings(channels=["00.BHZ"]), "S")
     assert det.push(["1/0", "XX.S.00.BHN"], T0_US, 40_000, np.ones((2, 10))) == []
