@@ -485,6 +485,7 @@ class Detector:
         self._chans: dict[str, _Channel] = {}
         self._groups: dict[tuple[tuple[str, ...], int], _Group] = {}
         self._selected: dict[str, bool] = {}     # code -> settings.selects(code), remembered
+        self._recent_ids: deque = deque(maxlen=64)
         self._done: list[_Trig] = []            # completed channel triggers, sorted by key
         self._last_off = 0.0                    # off of the last kept event (ObsPy's last_off_time)
         self._active: _Active | None = None
@@ -720,10 +721,11 @@ class Detector:
         keys = {(t.on_us, t.code) for t in members}
         if self._active is not None and self._active.starter in keys:
             event_id = self._active.event_id
+            self._active = None
         else:
+            # an earlier group, complete before the declared one (which stays declared)
             event_id = self._event_id(members[0].on_us)
             out.append(self._decision("on", event_id, members, None, total))
-        self._active = None
         d = self._decision("off", event_id, members, off_us, total)
         out.append(d)
         self.counters["events"] += 1
@@ -731,7 +733,15 @@ class Detector:
         return out
 
     def _event_id(self, onset_us: int) -> str:
-        return f"{self.station}-{onset_us}"
+        """``<STA>-<onset us>``, unique per station (two groups starting at the same microsecond
+        get ``-2``, ``-3``, ...)."""
+        base = eid = f"{self.station}-{onset_us}"
+        k = 1
+        while eid in self._recent_ids:
+            k += 1
+            eid = f"{base}-{k}"
+        self._recent_ids.append(eid)
+        return eid
 
     @staticmethod
     def _decision(state: str, event_id: str, members: list[_Trig], off_us: int | None, total: float,
