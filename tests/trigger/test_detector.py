@@ -117,6 +117,21 @@ def test_random_network_equals_obspy(obspy, seed):
     assert_same_events(offs(run(det, IDS6, x, 40_000, 40)), ref)
 
 
+@pytest.mark.parametrize("algorithm, on, off, extra", [
+    ("delayedstalta", 11.0, 10.3, {}), ("carlstatrig", 1500.0, 300.0, {"ratio": 0.8, "quiet": 0.8})])
+def test_delayed_and_carl_networks_equal_obspy(obspy, algorithm, on, off, extra):
+    """The other characteristic functions through the same pipeline; the series ends in zeros, where
+    ObsPy's delayed STA/LTA wraps around to (docs/trigger.md)."""
+    x = random_series(6000, channels=6, seed=3)
+    x[:, -200:] = 0.0
+    ref = obspy_events(obspy, stream_of(obspy, x, 40.0, IDS6), on, off, 2, algorithm=algorithm, sta=0.25,
+                       lta=2.5, **extra)
+    assert len(ref) >= 2, len(ref)
+    det = TS.Detector(settings(algorithm=algorithm, sta=0.25, lta=2.5, on=on, off=off, coincidence_sum=2,
+                               **extra), "S")
+    assert_same_events(offs(run(det, IDS6, x, 40_000, 40)), ref)
+
+
 def test_gapped_series_equals_obspy_on_the_pieces_as_separate_traces(obspy):
     """A gap restarts a channel as a new trace: ObsPy's pipeline on the pieces, ours across the gap."""
     x = random_series(6000, channels=4, seed=11)
