@@ -121,3 +121,12 @@ def test_every_key_and_default_is_documented():
             expect = f"`{value}`"
         assert shown == expect, (key, row)
     assert set(re.findall(r"^\| `(\w+)` \|", section, re.M)) == set(TS.DEFAULTS)
+
+
+def test_edge_run_stops_at_start_up_with_the_key_named(station, capsys):
+    from ims_station.cli import main
+
+    f = station('filter = "highpass:70"')
+    assert main(["edge", "run", "--config", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert f"{f}: trigger.filter: 70.0 Hz is at or above Nyquist" in err and err.count("\n") == 1, err
