@@ -523,6 +523,8 @@ class Detector:
                 ok = sel[code] = self.settings.selects(code)
             if ok:
                 rows.append(r)
+        if len(set(codes)) != len(codes):
+            raise ValueError(f"a channel code twice in one chunk: {list(codes)}")
         if rows:
             self._feed(tuple(codes[r] for r in rows), rows, t_first_us, rate_mhz, x, int(time_quality),
                        int(clip_mask), bool(contiguous), m)

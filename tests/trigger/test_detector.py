@@ -280,3 +280,5 @@ def test_unselected_and_unnamed_channels_are_ignored_and_bad_chunks_raise_value_
         det.push(["XX.S.00.BHZ"], T0_US, 40_000, np.ones((2, 10)))
     with pytest.raises(ValueError):
         det.push(["XX.S.00.BHZ"], T0_US, 0, np.ones((1, 10)))
+    with pytest.raises(ValueError):
+        det.push(["XX.S.00.BHZ", "XX.S.00.BHZ"], T0_US, 40_000, np.ones((2, 10)))
