@@ -8,7 +8,7 @@ docs/configuration.md documents every key and default; keep the two in step.
 Does not own: TOML parsing and JSON-Schema validation mechanics (``ims_station.config``, which
 makes every error read ``file: key: reason``), board definitions (``boards/``), and the gateway's
 ``[framer]``, ``[outbox]``, ``[keys]`` and ``[uplink]`` tables: their schema, defaults and resolution
-are ``edge/uplink_config.py``'s, merged into :data:`SCHEMA` here so that one station file configures
+are ``edge/uplink_config.py``'s (``[trigger]``'s are ``edge/trigger_stage.py``'s), merged into :data:`SCHEMA` here so that one station file configures
 the whole gateway (unknown top-level tables are rejected, so a typo never goes unnoticed).
 """
 
@@ -25,6 +25,7 @@ from ims_station.config import load_toml, read_secret_file, validate
 from ims_station.errors import ConfigError
 
 from .ingest import DEFAULT_MAX_RESEND_TRIES, DEFAULT_RESEND_TIMEOUT
+from .trigger_stage import SCHEMA as TRIGGER_SCHEMA
 from .uplink_config import TABLES as GATEWAY_TABLES
 from .uplink_config import UplinkSettings, settings_from_data
 
@@ -91,6 +92,7 @@ SCHEMA: dict[str, Any] = {
             },
         },
         **GATEWAY_TABLES,
+        "trigger": TRIGGER_SCHEMA,          # edge/trigger_stage.py owns it
     },
 }
 
@@ -200,8 +202,15 @@ def load_station_config(path: str | os.PathLike[str], *,
     data_dir = Path(st.get("data_dir", DEFAULTS["data_dir"]))
     if not data_dir.is_absolute():
         data_dir = base / data_dir
-    return StationConfig(file=file, code=st["code"], network=st["network"], data_dir=data_dir,
-                         ports=ports, raw=data, settings=settings_from_data(data, file))
+    cfg = StationConfig(file=file, code=st["code"], network=st["network"], data_dir=data_dir,
+                        ports=ports, raw=data, settings=settings_from_data(data, file))
+    if "trigger" in data:
+        # Checked now against the ports' channels and rates, so that a bad [trigger] stops the
+        # start-up with the key named (the stage resolves the same table again when it is built).
+        from .trigger_stage import settings_from_station
+
+        settings_from_station(cfg)
+    return cfg
 
 
 def _board_channel_count(file: Path, key: str, board: str) -> int:

@@ -44,6 +44,7 @@ from typing import Any, Callable, Iterable
 from ims_station.edge.framer import Framer
 from ims_station.edge.ingest import BoardRestarted, DataBlock, GapReport, Soh
 from ims_station.edge.logutil import RateLimitedLog
+from ims_station.edge.trigger_stage import TriggerStage
 from ims_station.firmware import link
 
 log = logging.getLogger(__name__)
@@ -289,7 +290,9 @@ class StageContext:
 # ``stage.stats()`` (if any) appears in the SOH under ``gateway.stages.<table>``.
 # The trigger stage and the noble-gas driver are registered here, once, and so run the
 # same in ``edge run``, the demo and the fault tests.
-STAGES: list[tuple[str, Callable[[StageContext], Any]]] = []
+STAGES: list[tuple[str, Callable[[StageContext], Any]]] = [
+    ("trigger", TriggerStage),          # local triggering, docs/trigger.md "The station stage"
+]
 
 
 def stages_from_config(ctx: StageContext) -> list[tuple[str, Any]]:

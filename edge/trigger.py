@@ -557,6 +557,12 @@ class TriggerOnset:
         """Which channels are triggered now (a copy)."""
         return self._on >= 0
 
+    def open_events(self) -> tuple[np.ndarray, np.ndarray]:
+        """(onset sample, peak so far) of each channel's open event, -1 and -inf where none
+        (copies): a caller deciding on several channels needs to know which onsets may still
+        complete (the station stage's coincidence, ``edge/trigger_stage.py``)."""
+        return self._on.copy(), self._peak.copy()
+
     def _close(self, c: int, off: int, truncated: bool, out: list) -> None:
         on = int(self._on[c])
         if off - on + 1 >= self.min_len:

@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "ims_station.auth.cli",      # keys generate / export
     "ims_station.hil.cli",       # hil soak / hil run
     "ims_station.edge.cli",      # edge run
+    "ims_station.edge.trigger_cli",  # trigger replay
     "ims_station.relay.cli",     # relay run
     "ims_station.demo",          # demo (the main job)
     "ims_station.doctor",        # doctor
