@@ -6,10 +6,10 @@ the stage's statistics are in the gateway's SOH statistics."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
+from ims_station import envelope
 from ims_station.config import write_secret_file
 
 MIN_DURATION = 0.5
@@ -70,7 +70,8 @@ def test_an_earthquake_is_committed_as_on_and_off_events_within_a_chunk_of_the_d
     sim, st, blocks = station
     while sim.clock.monotonic() < 100:        # past the P wave, before the S wave
         st.step()
-    docs = [json.loads(it.payload) for it, _ in st.outbox.items("events")]
+    # Each event is a signed envelope (ims_station/envelope.py) around its JSON document.
+    docs = [envelope.unpack(it.payload, kind="event").json() for it, _ in st.outbox.items("events")]
     assert [(d["state"], d["seq"]) for d in docs] == [("on", 0), ("off", 1)], docs
     on, off = docs
     assert all(set(d) == KEYS | {"station", "seq"} for d in docs)
