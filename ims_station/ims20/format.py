@@ -127,7 +127,7 @@ def format_float(v: Any, fmt: str = "") -> str:
     v = float(v)
     if not math.isfinite(v):
         raise ValueError(f"not a finite number: {v!r}")
-    if fmt:
+    if fmt and abs(v) < 1e15:          # fixed-point only where it stays short
         s = format(v, fmt)
         if float(s) == v:
             return s
@@ -655,7 +655,7 @@ def parse(data: bytes | bytearray | memoryview | str, limits: Limits = DEFAULT_L
             env["msg_id"] = t[0]
             env["source"] = t[1] if len(t) > 1 else None
         elif key == "REF_ID":
-            env["ref_id"] = _parse_ref_id(_envelope_tokens(ln, i + 1, key, 1, 5), i + 1)
+            env["ref_id"] = _parse_ref_id(_envelope_tokens(ln, i + 1, key, 1, 6), i + 1)
         elif key == "PROD_ID":
             t = _envelope_tokens(ln, i + 1, key, 2, 2)
             try:
