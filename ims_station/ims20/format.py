@@ -739,12 +739,15 @@ class _Writer:
                                   f"{self.limits.max_line_chars}", block=block, field=field)
         self.out.append(text)
 
-    def body_line(self, text: str, block: str, field: str = "") -> None:
-        """A free-text line inside a body: it must not read as structure when parsed back."""
+    def body_line(self, text: str, block: str, field: str = "", *, blocks: bool = True) -> None:
+        """A line inside a body: it must not read as structure when parsed back (a keyword line, or
+        where the body has blocks, a line starting with '#')."""
+        if not isinstance(text, str):
+            raise Ims20BuildError(f"not text: {text!r}", block=block, field=field)
         if text != text.rstrip():
             raise Ims20BuildError(f"line ends in blanks, which IMS 2.0 does not keep: {text!r}",
                                   block=block, field=field)
-        if text.startswith("#"):
+        if blocks and text.startswith("#"):
             raise Ims20BuildError(f"line starts with '#' (would start a block): {text!r}", block=block,
                                   field=field)
         if _keyword(text) in ("DATA_TYPE", "STOP"):
@@ -949,7 +952,7 @@ def _write_section(w: _Writer, sec: m.Section) -> None:
         w.body_line(_format_cols(body, ALERT_HEAD, where), where)
         if body.description:
             for ln in body.description.split("\n"):
-                w.body_line(ln, where, "description")
+                w.body_line(ln, where, "description", blocks=False)
     else:
         for ln in body.lines:
-            w.body_line(ln, where, "lines")
+            w.body_line(ln, where, "lines", blocks=False)

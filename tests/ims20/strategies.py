@@ -27,6 +27,8 @@ free_lines = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126)
                      max_size=30).map(str.rstrip).filter(
     lambda t: not t.startswith("#") and (t.split() or [""])[0].upper() not in KEYWORDS)
 texts = st.lists(free_lines, max_size=4).map("\n".join)
+# Bodies without blocks (ALERT_* descriptions, unknown data types) may have lines starting with '#'.
+unblocked_lines = free_lines | free_lines.map(lambda t: "#" + t)
 
 
 def col_strategy(col: fmt.Col):
@@ -92,8 +94,8 @@ def body_strategy(defs, cls, mandatory: set[str]):
 
 phd_bodies = body_strategy(fmt.PHD_BLOCKS, m.PhdBody, {"header", "acquisition"})
 soh_bodies = body_strategy(fmt.SOH_BLOCKS, m.RmsSohBody, {"header"})
-alert_bodies = st.builds(m.AlertBody, tokens, tokens, times, texts)
-raw_bodies = st.lists(free_lines, max_size=4).map(tuple).map(m.RawBody)
+alert_bodies = st.builds(m.AlertBody, tokens, tokens, times, st.lists(unblocked_lines, max_size=4).map("\n".join))
+raw_bodies = st.lists(unblocked_lines, max_size=4).map(tuple).map(m.RawBody)
 
 
 @st.composite
