@@ -42,7 +42,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
     status = 0
     for path in args.files:
         try:
-            msg = parse(_read(path, DEFAULT_LIMITS.max_message_bytes))
+            msg = parse(_read(path, DEFAULT_LIMITS.max_message_bytes), DEFAULT_LIMITS)
         except OSError as err:
             print(f"ims-station ims2 dump: {path}: cannot read: {err.strerror}", file=sys.stderr)
             status = 2
