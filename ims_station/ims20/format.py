@@ -956,3 +956,59 @@ def _write_section(w: _Writer, sec: m.Section) -> None:
     else:
         for ln in body.lines:
             w.body_line(ln, where, "lines", blocks=False)
+
+
+# ------------------------------------------------------------------------------------ block tables
+
+
+def _col_doc(col: Col) -> str:
+    kind = {"float": "number", "int": "integer", "time": "date time", "count": "number of rows"}.get(
+        col.kind, "token")
+    text = f"`{col.name}` {kind}"
+    if col.choices:
+        text += " (" + "/".join(sorted(col.choices)) + ")"
+    if col.tag:
+        text = f"`{col.tag}` " + text
+    if col.optional:
+        text = f"[{text}]"
+    return text
+
+
+def block_tables() -> str:
+    """The block tables of docs/ims20.md, generated from the declarations above (a test compares)."""
+    out: list[str] = []
+    for title, defs in (("PHD (SAMPLEPHD, BLANKPHD, DETBKPHD, GASBKPHD, QCPHD, CALIBPHD, SPIKEPHD, REGENPHD)",
+                         PHD_BLOCKS), ("RMSSOH", SOH_BLOCKS)):
+        out += [f"#### {title}", "", "| block | attribute | line | fields |", "| --- | --- | --- | --- |"]
+        for bd in defs:
+            name = f"`{bd.name}" + (f" [{bd.arg}]`" if bd.arg else "`")
+            first = f"| {name} | `{bd.attr}` "
+            if bd.kind == "comment":
+                out.append(first + "| any | free text up to the next block (`text`) |")
+            elif bd.kind == "spectrum":
+                out.append(first + "| 1 | `channels` integer · `energy_span` number |")
+                out.append("| | | rows | first channel label (0 or 1, then consecutive) · counts |")
+            elif bd.kind == "histogram":
+                out.append(first + "| 1 | `gamma_channels` · `beta_channels` integers · `gamma_span` · "
+                           "`beta_span` numbers |")
+                out.append("| | | rows | gamma_channels x beta_channels counts, gamma row by gamma row "
+                           "(any wrapping) |")
+            else:
+                for k, cols in enumerate(bd.head, 1):
+                    out.append((first if k == 1 else "| | ") + f"| {k} | " + " · ".join(map(_col_doc, cols)) + " |")
+                if bd.row is not None:
+                    out.append((first if not bd.head else "| | ") + "| rows (`rows`) | "
+                               + " · ".join(map(_col_doc, bd.row)) + " |")
+        out.append("")
+    out += ["#### ALERT_FLOW, ALERT_TEMP, ALERT_SYSTEM, ALERT_UPS (no blocks)", "",
+            "| line | fields |", "| --- | --- |",
+            "| 1 | " + " · ".join(map(_col_doc, ALERT_HEAD)) + " |",
+            "| further lines | `description`, free text |", ""]
+    return "\n".join(out)
+
+
+def limits_table() -> str:
+    """The limits table of docs/ims20.md, from :class:`Limits` (a test compares)."""
+    rows = ["| limit | default |", "| --- | --- |"]
+    rows += [f"| `{f.name}` | {getattr(DEFAULT_LIMITS, f.name)} |" for f in fields(Limits)]
+    return "\n".join(rows) + "\n"
