@@ -10,9 +10,9 @@ command line are :mod:`ims_station.ims20.cli` (``ims-station ims2 dump``); signi
 """
 
 from ims_station.ims20.errors import Ims20BuildError, Ims20Error
-from ims_station.ims20.format import DEFAULT_LIMITS, Limits, parse, write
+from ims_station.ims20.format import DEFAULT_LIMITS, Limits, measurement_id, parse, write
 from ims_station.ims20.model import *  # noqa: F401,F403 - the dataclasses are the package's API
 from ims_station.ims20.model import Message, to_jsonable
 
-__all__ = ["DEFAULT_LIMITS", "Ims20BuildError", "Ims20Error", "Limits", "Message", "parse", "to_jsonable",
+__all__ = ["DEFAULT_LIMITS", "Ims20BuildError", "Ims20Error", "Limits", "Message", "measurement_id", "parse", "to_jsonable",
            "write"]

@@ -120,6 +120,13 @@ def format_time(t: datetime) -> str:
             f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}.{frac}")
 
 
+def measurement_id(detector: str, acquisition_start: datetime) -> str:
+    """A measurement id as #Header line 3 holds it: ``<detector>-<yyyy/mm/dd>-<hh:mm:ss.s>`` of the
+    measurement's acquisition start (``MIX58_222-2021/12/02-17:00:54.4``)."""
+    _check_token(detector)
+    return detector + "-" + format_time(acquisition_start).replace(" ", "-")
+
+
 def format_float(v: Any, fmt: str = "") -> str:
     """*v* with *fmt* when that reads back as the same float, else the shortest round-trip form."""
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):

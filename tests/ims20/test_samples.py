@@ -73,3 +73,11 @@ def test_the_prel_spike_file(ims20_samples):
     assert msg.body.header.qualifier == "PREL"
     assert msg.body.acquisition.live_time == 6986.41
     assert int(msg.body.histogram.counts.sum()) == 736255
+
+
+@pytest.mark.parametrize("path", SAMPLE_FILES, ids=lambda p: p.name)
+def test_measurement_ids_are_detector_and_acquisition_start(path):
+    from ims_station.ims20 import measurement_id
+
+    b = parse(path.read_bytes()).body
+    assert measurement_id(b.header.detector, b.acquisition.start) == b.header.measurement_id
