@@ -38,3 +38,11 @@ def test_the_names_the_doc_uses_are_exported():
                  "Ims20BuildError", "to_jsonable"):
         assert hasattr(ims20, name), name
     assert ims20.parse(ims20.write(ims20.parse(MINIMAL))) == ims20.parse(MINIMAL)
+
+
+def test_every_model_class_is_exported():
+    from ims_station.ims20 import model
+
+    assert sorted(set(model.__all__) - {"format_time"}) == sorted(
+        n for n in ims20.__all__ if n in model.__all__)
+    assert set(model.__all__) - {"format_time"} <= set(ims20.__all__)
