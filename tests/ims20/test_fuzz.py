@@ -11,10 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ims_station.ims20 import Ims20Error, parse, write
-from tests.ims20.conftest import SAMPLES
 from tests.ims20.test_errors import MINIMAL
-
-REAL = (SAMPLES / "SAMPLE20211203070613605.PHD").read_bytes() if SAMPLES.is_dir() else b""
 
 NASTY = [b"", b"nan", b"inf", b"-1", b"1e999", b"99999999999999999999", b"#Header", b"#g_Spectrum", b"STOP",
          b"DATA_TYPE", b"DATA_TYPE RMSSOH", b"\x00", b"\xc3\xa9", b"0", b"65536", b"1048576 1048576", b"1.5",
