@@ -27,6 +27,7 @@ from ims_station.errors import ImsStationError
 # (module path) -- each registers one or more top-level subcommands.
 COMMAND_MODULES = [
     "ims_station.cd11.cli",      # cd11 dump / verify
+    "ims_station.ims20.cli",     # ims2 dump
     "ims_station.auth.cli",      # keys generate / export
     "ims_station.hil.cli",       # hil soak / hil run
     "ims_station.edge.cli",      # edge run

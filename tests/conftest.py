@@ -24,7 +24,8 @@ Missing prerequisites -- one rule, :func:`missing_prerequisite`, for every test 
 Use the helpers, never a bare ``skipif`` / ``importorskip`` / ``pytest.skip``: :func:`need_mosquitto`,
 :func:`need_amqtt`, :func:`need_root`, :func:`need_module`, :func:`need_micropython`, or for a whole
 module ``pytestmark = pytest.mark.usefixtures("mosquitto_installed")``.  FUSE (the power-loss
-tests' file system): :func:`need_fuse`.
+tests' file system): :func:`need_fuse`.  openSpex (the IMS 2.0 tests' independent reader):
+:func:`need_openspex`.
 """
 
 from __future__ import annotations
@@ -142,6 +143,23 @@ def need_fuse() -> None:
     if shutil.which("fusermount3") is None or find_library("fuse3") is None:
         missing_prerequisite("fusermount3 and libfuse 3", "apt-get install fuse3 (./run installs it)")
     need_module("mfusepy")
+
+
+OPENSPEX_PIN = "open-spex==1.0.7"
+
+
+def need_openspex() -> ModuleType:
+    """openSpex's reader (``open_spex.BGMeasurement``), the independent IMS 2.0 beta-gamma reader the
+    IMS 2.0 tests check our messages against.  It is installed *without its dependencies*
+    (``pip install --no-deps``), which pyproject.toml cannot express: open-spex requires wxPython for
+    its GUI, and wxPython has no Linux wheel (its source build needs GTK and an hour).  The reader
+    itself needs numpy, scipy and matplotlib, which the test extra installs.  ``./run`` installs it."""
+    os.environ.setdefault("MPLBACKEND", "Agg")   # the reader imports pyplot; never open a window
+    try:
+        return importlib.import_module("open_spex.BGMeasurement")
+    except ImportError as err:
+        missing_prerequisite(f"open-spex, the independent IMS 2.0 reader ({err})",
+                             f"pip install --no-deps {OPENSPEX_PIN} (./run installs it; see docs/ims20.md)")
 
 
 def need_trigger_kernel() -> None:

@@ -72,8 +72,24 @@ def _missing_micropython(monkeypatch):
     return need_micropython
 
 
+def _missing_openspex(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_openspex(name, *args, **kwargs):
+        if name.startswith("open_spex"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_openspex)
+    for mod in [m for m in conftest.sys.modules if m.startswith("open_spex")]:
+        monkeypatch.delitem(conftest.sys.modules, mod)
+    return conftest.need_openspex
+
+
 MISSING = [(_missing_mosquitto, "mosquitto"), (_missing_root, "root"), (_missing_module, "ims_station_no_such_module"),
-           (_missing_micropython, "micropython")]
+           (_missing_micropython, "micropython"), (_missing_openspex, "open-spex")]
 
 
 @pytest.mark.parametrize("make, what", MISSING)
