@@ -411,3 +411,33 @@ class NobleGasDetector:
             "ACQ_START": f"{u + s.acquisition_start:.1f}", "ACQ_STOP": f"{u + s.acquisition_stop:.1f}",
         })
         return f
+
+
+# ------------------------------------------------------------------ registry (noblegas://NAME)
+
+_REGISTRY: dict[str, NobleGasDetector] = {}
+
+
+def register(name: str, detector: NobleGasDetector) -> None:
+    """Make ``noblegas://NAME`` attach to *detector* (tests and the soak hold it to inspect it)."""
+    _REGISTRY[name] = detector
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def lookup(name: str) -> NobleGasDetector | None:
+    return _REGISTRY.get(name)
+
+
+def parse_concentration(text: str) -> tuple[str, float]:
+    """``NUCLIDE:MBQ_PER_M3`` (e.g. ``XE-133:1.5``) -> (nuclide, value); ValueError names the problem."""
+    nuc, sep, val = str(text).partition(":")
+    nuc = nuc.strip().upper()
+    if not sep or nuc not in rx.HALF_LIFE_S:
+        raise ValueError(f"expected NUCLIDE:MBQ_PER_M3 with NUCLIDE one of {', '.join(rx.HALF_LIFE_S)}, got {text!r}")
+    v = float(val)
+    if not (v >= 0 and math.isfinite(v)):
+        raise ValueError(f"concentration must be >= 0, got {text!r}")
+    return nuc, v
