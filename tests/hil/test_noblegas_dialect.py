@@ -158,3 +158,23 @@ def test_encoder_refuses_values_the_dialect_cannot_carry():
                 mca.Fields({"a": "1"}), mca.Ack(256, 0)):
         with pytest.raises(LocalProtocolError):
             mca.encode_reply(bad)
+
+
+def test_docs_table_lists_every_verb_error_code_and_fault():
+    """docs/noblegas.md promises the whole dialect: every verb, every error code, every fault."""
+    from pathlib import Path
+
+    from ims_station.hil.noblegas.faults import RATE_KINDS, WINDOW_KINDS
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "noblegas.md").read_text()
+    for verb, (nargs, kind) in mca.COMMANDS.items():
+        rows = [ln for ln in doc.splitlines() if ln.startswith("| `") and f"`{verb}" in ln]
+        assert rows, verb
+        assert any(f"| `{'%' if kind == '%' else '$' + kind}` |" in r for r in rows), (verb, kind)
+    for macro, micro in mca.ERROR_TEXT:
+        assert f"| `{macro:03d} {micro:03d}` |" in doc
+    for k in RATE_KINDS + WINDOW_KINDS:
+        assert f"`{k}=" in doc, k
+    for rec in (b"%000000069", b"$C00001088", b"$C08192107", b"$G0007892556117"):
+        assert rec.decode() in doc
+        mca.parse_reply(rec)
