@@ -30,13 +30,15 @@ from dataclasses import dataclass
 DAY = 86_400.0
 HOUR = 3_600.0
 
-# Half-lives (s).  Xe: ENSDF; Rn-222 stands for its short-lived progeny (Pb-214, Bi-214) in
+# Half-lives (s).  Xe: the decay constants of openSpex const.py (FOI-R--3451--SE), so that an
+# independent β-γ reader decay-corrects exactly as we do (Xe-133 5.2449 d, Xe-131m 11.930 d,
+# Xe-133m 2.190 d, Xe-135 9.140 h); Rn-222 stands for its short-lived progeny (Pb-214, Bi-214) in
 # secular equilibrium with it, which is what a β-γ cell counts.
 HALF_LIFE_S: dict[str, float] = {
-    "XE-131M": 11.934 * DAY,
-    "XE-133": 5.2475 * DAY,
-    "XE-133M": 2.198 * DAY,
-    "XE-135": 9.14 * HOUR,
+    "XE-131M": math.log(2) / 6.72467e-7,
+    "XE-133": math.log(2) / 1.52956e-6,
+    "XE-133M": math.log(2) / 3.66326e-6,
+    "XE-135": math.log(2) / 2.10657e-5,
     "RN-222": 3.8235 * DAY,
 }
 
@@ -47,11 +49,11 @@ XENON = ("XE-131M", "XE-133", "XE-133M", "XE-135")
 BG_SIGNATURE: dict[str, tuple[int, float]] = {
     "RN-222": (1, 0.376),     # Pb-214 351.9 keV γ × β
     "XE-135": (2, 0.90),      # 249.8 keV γ × β
-    "XE-133": (3, 0.373),     # 81.0 keV γ × β
+    "XE-133": (3, 0.37289),   # 81.0 keV γ × β
     "XE-131M": (5, 0.54),     # Xe K X-ray × 129 keV K conversion electron
-    "XE-133M": (6, 0.558),    # Xe K X-ray × 199 keV K conversion electron
+    "XE-133M": (6, 0.5577),   # Xe K X-ray × 199 keV K conversion electron
 }
-XE133_XRAY_ROI = (4, 0.489)   # Xe-133: Cs K X-ray × (β + 45 keV CE), the second Xe-133 ROI
+XE133_XRAY_ROI = (4, 0.4894)   # Xe-133: Cs K X-ray × (β + 45 keV CE), the second Xe-133 ROI
 
 # γ lines for gamma-only (HPGe) measurement: nuclide -> (energy keV, emission probability).
 GAMMA_LINE: dict[str, tuple[float, float]] = {

@@ -16,8 +16,8 @@ Owns:
   efficiency curve, photopeak + Compton continuum.
 * the ambient background (NaI and plastic singles, random coincidences) and the Rn-222 progeny
   (Pb-214, Bi-214 in equilibrium, with Compton continua) that the sample brings along.
-* :func:`roi_mask` -- which histogram channels belong to an ROI (``low ≤ channel < high`` after the
-  keV limits are converted with the quadratic calibration fit, as openSpex does).
+* ``roi_mask`` -- which histogram channels belong to an ROI (``low ≤ channel < high`` after the
+  keV limits are converted with the quadratic calibration fit and rounded, as openSpex does).
 
 Simplifications (documented in docs/noblegas.md): Xe γ lines have no Compton continuum (only the
 Rn progeny do), β spectra have the allowed shape with a non-relativistic Fermi function, K X-rays
@@ -99,8 +99,8 @@ def _pf(e_kev: float) -> float:
 
 BRANCHES: dict[str, list[Branch]] = {
     "XE-133": [
-        Branch(0.373, Deposit(80.997), Deposit(beta_qmax=346.4)),
-        Branch(0.489, Deposit(CS_KX), Deposit(45.0, beta_qmax=346.4)),   # K-CE + β, Cs K X-ray
+        Branch(0.37289, Deposit(80.997), Deposit(beta_qmax=346.4)),
+        Branch(0.4894, Deposit(CS_KX), Deposit(45.0, beta_qmax=346.4)),   # K-CE + β, Cs K X-ray
         Branch(0.10, None, Deposit(beta_qmax=346.4)),
     ],
     "XE-131M": [
@@ -109,7 +109,7 @@ BRANCHES: dict[str, list[Branch]] = {
         Branch(0.0195, Deposit(163.93), None),
     ],
     "XE-133M": [
-        Branch(0.558, Deposit(XE_KX), Deposit(198.7)),
+        Branch(0.5577, Deposit(XE_KX), Deposit(198.7)),
         Branch(0.21, None, Deposit(227.8)),
         Branch(0.1012, Deposit(233.22), None),
     ],
@@ -324,11 +324,12 @@ class BetaGammaModel:
 
     # ----- analysis helpers (what a PHD file's calibration blocks say about this model)
     def roi_channels(self, roi: int) -> tuple[tuple[int, int], tuple[int, int]]:
-        """(γ lo, γ hi), (β lo, β hi) channel bounds: channel c is in when lo <= c < hi."""
+        """(γ lo, γ hi), (β lo, β hi) channel bounds: channel c is in when lo <= c < hi, the limits
+        being the keV limits through the calibration fit, rounded (openSpex ``calibrate``)."""
         b_lo, b_hi, g_lo, g_hi = ROI_LIMITS[roi]
         cg = np.polyval(self.g_cal, [g_lo, g_hi])
         cb = np.polyval(self.b_cal, [b_lo, b_hi])
-        return (int(math.ceil(cg[0])), int(math.ceil(cg[1]))), (int(math.ceil(cb[0])), int(math.ceil(cb[1])))
+        return (int(cg[0] + 0.5), int(cg[1] + 0.5)), (int(cb[0] + 0.5), int(cb[1] + 0.5))
 
     def roi_mask(self, roi: int) -> np.ndarray:
         (g0, g1), (b0, b1) = self.roi_channels(roi)
