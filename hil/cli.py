@@ -134,6 +134,9 @@ def register(subparsers) -> None:
                     help="activity concentration in air, e.g. XE-133:1.5 (repeatable; nuclides XE-131M, "
                          "XE-133, XE-133M, XE-135, RN-222; default a typical background)")
     ng.add_argument("--link", metavar="PATH", default=None, help="also make PATH a symbolic link to the pty")
+    ng.add_argument("--calibration", action="store_true",
+                    help="print the detector's calibration blocks (energy, resolution, efficiencies, ROI "
+                         "limits, ratios) as JSON and exit: what a station file needs to write its PHD")
     cyc = ng.add_argument_group("cycle (seconds)")
     cyc.add_argument("--collection", type=float, default=43_200.0)
     cyc.add_argument("--processing", type=float, default=21_600.0)
@@ -175,6 +178,13 @@ def _noblegas(args) -> int:
     from .noblegas.ptyrun import DetectorPty
     from .ptyport import PtyLink
 
+    if args.calibration:
+        from ims_station.output import print_json
+
+        from .noblegas.device import detector_model
+
+        print_json(detector_model(args.mode).calibration())
+        return 0
     try:
         faults = NobleGasFaults(garble=args.garble, checksum=args.checksum, timeout=args.timeout)
         for opt in ("disappear", "hv_drop", "flow_fail", "power_fail", "temp_high"):

@@ -467,6 +467,17 @@ class HPGeModel:
     def channel(self, e: float) -> float:
         return float(np.polyval(self.cal, e))
 
+    def calibration(self) -> dict:
+        """The calibration blocks a gamma-only PHD file of this detector carries."""
+        pts = (30.0, 81.0, 163.93, 233.22, 249.79, 351.93, 609.32, 1000.0)
+        return {
+            "g_energy": [(e, self.channel(e)) for e in pts],
+            "g_resolution": [(e, float(self.fwhm(e))) for e in pts],
+            "g_efficiency": [(e, self.efficiency(e)) for e in pts],
+            "channels": HPGE_NCH, "g_span_kev": int(HPGE_NCH * HPGE_KEV_PER_CH),
+            "peak_efficiency": {n: self.peak_efficiency(n) for n in rx.XENON},
+        }
+
     def peak_efficiency(self, nuclide: str) -> float:
         """Counts in the ±1.5 FWHM window of the nuclide's main line per decay / emission probability."""
         e, p = rx.GAMMA_LINE[nuclide]

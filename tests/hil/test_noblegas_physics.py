@@ -162,3 +162,42 @@ def test_uneven_polling_does_not_change_the_data():
             det.handle(mca.encode_command("SHOW_LIVE"))
         out.append(det.memory()[2].copy())
     assert (out[0] == out[1]).all()
+
+
+def _real_sample(shared_dir):
+    """The real MIX58 SAMPLEPHD's spectra (a minimal reader of three blocks, for comparison only;
+    the IMS 2.0 codec is ims_station/ims20)."""
+    lines = (shared_dir / "samples" / "ims20" / "SAMPLE20211203070613605.PHD").read_text().splitlines()
+
+    def spectrum(name):
+        i = lines.index(name)
+        out = []
+        for ln in lines[i + 2:]:
+            if ln.startswith(("#", "STOP")):
+                break
+            out += [int(x) for x in ln.split()[1:]]
+        return np.array(out)
+    i = lines.index("#Histogram")
+    hist = np.array([[int(x) for x in lines[i + 2 + k].split()] for k in range(256)])
+    return spectrum("#g_Spectrum"), spectrum("#b_Spectrum"), hist, 50400.0
+
+
+def test_synthesised_sample_looks_like_the_real_mix58_sample(shared_dir):
+    """Default background concentrations, one 11 h acquisition: count rates within a factor of two
+    of the real file's, the same empty threshold channels, the X-ray and 81 keV bands at the same
+    γ channels."""
+    g_real, b_real, h_real, live_real = _real_sample(shared_dir)
+    clk = ManualClock()
+    det = NobleGasDetector(seed=8, clock=clk)
+    s = det.schedule
+    clk.advance(s.first_gasbk() + det.cycle.gasbk_s)
+    count, _, _ = _driver_count(det, clk, det.now() + det.cycle.acquisition_s)
+    mem = det.memory()
+    for ours, real in ((mem[2].sum(), g_real.sum()), (mem[1].sum(), b_real.sum()), (mem[0].sum(), h_real.sum())):
+        rate, rate_real = ours / count.live_s, real / live_real
+        assert 0.5 < rate / rate_real < 2.0, (rate, rate_real)
+    for h in (mem[0], h_real):
+        assert h[:4].sum() == 0 and h[:, :4].sum() == 0
+        proj = h.sum(axis=1)
+        assert 11 <= int(np.argmax(proj[:20])) <= 13          # ~31 keV X-rays
+        assert 29 <= 20 + int(np.argmax(proj[20:60])) <= 32   # 81 keV
