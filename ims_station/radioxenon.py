@@ -40,6 +40,7 @@ HALF_LIFE_S: dict[str, float] = {
     "XE-133M": math.log(2) / 3.66326e-6,
     "XE-135": math.log(2) / 2.10657e-5,
     "RN-222": 3.8235 * DAY,
+    "CS-137": 30.08 * 365.25 * DAY,    # the QC check source
 }
 
 XENON = ("XE-131M", "XE-133", "XE-133M", "XE-135")

@@ -399,6 +399,9 @@ class NobleGasDetector:
         ph = self.schedule.phase_at(t)
         u = self.schedule.t0_utc
         f: dict = {"KIND": ph.name, "PHASE_START": f"{u + ph.start:.1f}", "PHASE_END": f"{u + ph.end:.1f}"}
+        if ph.name == "QC":
+            f.update({"SRID": "0", "SOURCE": "CS-137", "SOURCE_BQ": self.cycle.qc_source_bq})
+            return f
         if ph.sample < 0:
             f["SRID"] = "0"
             return f

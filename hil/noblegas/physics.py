@@ -126,6 +126,12 @@ BRANCHES: dict[str, list[Branch]] = {
         Branch(0.455, Deposit(609.32, photo_fraction=_pf(609.32)), Deposit(beta_qmax=2270.0)),
         Branch(0.19, None, Deposit(beta_qmax=3270.0)),
     ],
+    # The QC check source beside the cell: 661.7 keV γ × β (Q 514 keV), Ba K X-ray × 624 keV CE.
+    "CS-137": [
+        Branch(0.851, Deposit(661.66, photo_fraction=_pf(661.66)), Deposit(beta_qmax=514.0)),
+        Branch(0.078, Deposit(32.2), Deposit(624.2)),
+        Branch(0.056, None, Deposit(beta_qmax=1175.6)),
+    ],
 }
 
 
@@ -407,6 +413,7 @@ HPGE_LINES: dict[str, list[tuple[float, float]]] = {
     "XE-133M": [(XE_KX, 0.56), (233.22, 0.1012)],
     "XE-135": [(249.79, 0.90), (608.19, 0.029)],
     "RN-222": [(241.99, 0.073), (295.22, 0.184), (351.93, 0.356), (609.32, 0.455), (1120.29, 0.149)],
+    "CS-137": [(32.2, 0.07), (661.66, 0.851)],
 }
 
 

@@ -12,12 +12,14 @@ Owns:
       DETBK      cell empty, never filled yet (the start of a run: a detector background count)
       GASBK      cell evacuated before the next sample: memory of the previous sample
       ACQUIRE    sample k in the cell
+      QC         after each acquisition (every ``qc_every`` cycles): the Cs-137 check source is moved
+                 beside the evacuated cell for ``qc_s`` (a quality-control count)
       EVACUATED  sample k pumped out to the archive bottle; memory remains
 
   Collection k runs over [k·P, (k+1)·P) (P = collection time); its processing over
   [(k+1)·P, (k+1)·P + t_proc); the cell counts the gas background over the last ``gasbk_s`` of the
   processing, and sample k over [(k+1)·P + t_proc, (k+1)·P + t_proc + t_acq).  Requires
-  t_acq + t_gasbk <= P (one cell).
+  t_acq + t_gasbk + t_qc <= P (one cell).
 * :class:`SampleRecord` -- SRID, collection times, air volume (flow integrated over the collection,
   zero during flow failures), stable-xenon volume and yield (with uncertainties), archive bottle,
   and the true concentrations the emulator was given (``truth``).
@@ -54,6 +56,9 @@ class CycleConfig:
     station: str = "MIX58"
     station_number: int = 58
     hv_v: int = 1150                      # detector high voltage set point
+    qc_s: float = 600.0                   # QC count after an acquisition (0: none)
+    qc_every: int = 1                     # ... after every n-th acquisition
+    qc_source_bq: float = 50.0            # Cs-137 check source, as seen by the detector
 
     def __post_init__(self) -> None:
         for k in ("collection_s", "processing_s", "gasbk_s", "acquisition_s", "flow_m3h", "xe_yield"):
@@ -62,15 +67,17 @@ class CycleConfig:
         if self.gasbk_s > self.processing_s:
             raise ValueError("gasbk_s must fit in processing_s (the gas background is counted while "
                              "the next sample is processed)")
-        if self.acquisition_s + self.gasbk_s > self.collection_s:
-            raise ValueError("acquisition_s + gasbk_s must be <= collection_s (one detector cell)")
+        if self.qc_s < 0 or self.qc_every < 1 or self.qc_source_bq < 0:
+            raise ValueError("qc_s and qc_source_bq must be >= 0, qc_every >= 1")
+        if self.acquisition_s + self.gasbk_s + self.qc_s > self.collection_s:
+            raise ValueError("acquisition_s + gasbk_s + qc_s must be <= collection_s (one detector cell)")
         if not 0 < self.live_fraction <= 1 or not 0 <= self.memory_fraction < 1:
             raise ValueError("live_fraction in (0, 1], memory_fraction in [0, 1)")
 
 
 @dataclass(frozen=True)
 class Phase:
-    name: str            # DETBK, GASBK, ACQUIRE, EVACUATED
+    name: str            # DETBK, GASBK, ACQUIRE, QC, EVACUATED
     sample: int          # index of the sample in the cell (ACQUIRE) or the last one counted; -1: none
     start: float         # seconds from the start of the run
     end: float
@@ -136,6 +143,10 @@ class Schedule:
         acq1 = acq0 + c.acquisition_s
         if t < acq1:
             return Phase("ACQUIRE", k, acq0, acq1)
+        if c.qc_s > 0 and k % c.qc_every == 0:
+            if t < acq1 + c.qc_s:
+                return Phase("QC", k, acq1, acq1 + c.qc_s)
+            return Phase("EVACUATED", k, acq1 + c.qc_s, base + P)
         return Phase("EVACUATED", k, acq1, base + P)
 
     def collecting(self, t: float) -> int:
@@ -196,8 +207,10 @@ class Schedule:
         if phase.name == "ACQUIRE":
             add(phase.sample, 1.0, False)
             add(phase.sample - 1, mem, True)
-        elif phase.name in ("GASBK", "EVACUATED"):
+        elif phase.name in ("GASBK", "EVACUATED", "QC"):
             add(phase.sample, mem, True)
+        if phase.name == "QC" and self.cfg.qc_source_bq > 0:
+            out["CS-137"] = self.cfg.qc_source_bq
         return out
 
 

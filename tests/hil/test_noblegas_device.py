@@ -33,12 +33,13 @@ def q(det, verb, *args):
 
 def test_cycle_phases_follow_the_schedule_on_an_accelerated_clock():
     """12 h collection, 6 h processing with the last 30 min a gas background, 11 h acquisition:
-    the cell goes DETBK -> GASBK -> ACQUIRE -> EVACUATED -> GASBK ... at the computed instants."""
+    the cell goes DETBK -> GASBK -> ACQUIRE -> QC -> EVACUATED -> GASBK ... at the computed instants."""
     clk = ManualClock()
     det = NobleGasDetector(clock=clk)
     H = 3600.0
-    expected = [(0, "DETBK"), (17.5 * H, "GASBK"), (18 * H, "ACQUIRE"), (29 * H, "EVACUATED"),
-                (29.5 * H, "GASBK"), (30 * H, "ACQUIRE"), (41 * H, "EVACUATED"), (41.5 * H, "GASBK")]
+    expected = [(0, "DETBK"), (17.5 * H, "GASBK"), (18 * H, "ACQUIRE"), (29 * H, "QC"), (29 * H + 600, "EVACUATED"),
+                (29.5 * H, "GASBK"), (30 * H, "ACQUIRE"), (41 * H, "QC"), (41 * H + 600, "EVACUATED"),
+                (41.5 * H, "GASBK")]
     seen = []
     step = 300.0
     last = None
@@ -379,3 +380,20 @@ def test_48_hours_accelerated_with_faults_every_sample_is_counted():
         assert gamma > 3.5 * live                                     # ~4.6 γ/s of singles
     c = det.counters
     assert c["garbled"] > 0 and c["checksum_errors"] > 0 and c["timeouts"] > 0
+
+
+def test_qc_count_sees_the_cs137_check_source():
+    clk = ManualClock()
+    det = NobleGasDetector(clock=clk, seed=2)
+    clk.now_s = 29 * 3600 + 1
+    smp = q(det, "SHOW_SAMPLE").fields
+    assert smp["KIND"] == "QC" and smp["SOURCE"] == "CS-137" and smp["SRID"] == "0"
+    q(det, "SET_TRUE_PRESET", 590 * 50)
+    q(det, "START")
+    clk.advance(600)
+    gamma = det.memory()[2]
+    ch662 = int(round(float(det.model.g.channel(661.66))))
+    assert 226 <= ch662 <= 233                                   # MIX58: 661.66 keV at channel 229.7
+    peak = gamma[ch662 - 8:ch662 + 9].sum()
+    side = gamma[ch662 - 40:ch662 - 23].sum()
+    assert peak > 3 * side > 0
