@@ -30,7 +30,7 @@ dialect (``ims_station.mca``) or the concentration formula (``ims_station.radiox
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import ndtr
@@ -231,22 +231,39 @@ def _loglog(pairs):
 
 @dataclass
 class Expected:
-    """Expected counts of one measurement: the coincidence histogram (γ rows × β columns) and the
-    singles spectra (β-γ mode), or only ``gamma`` (HPGe)."""
+    """Expected (or drawn) counts of one measurement.  β-γ: the coincidence histogram (γ rows × β
+    columns) and the singles counts that are *not* coincidences (``g_only``, ``b_only``); the
+    singles spectra are derived (projections + singles-only), so a coincidence counts in both, as
+    in the hardware.  HPGe: only ``g_only`` (the γ spectrum)."""
 
-    gamma: np.ndarray
-    beta: np.ndarray | None = None
+    g_only: np.ndarray
+    b_only: np.ndarray | None = None
     hist: np.ndarray | None = None
 
-    def categories(self) -> np.ndarray:
-        """Flattened event categories: histogram cells (γ*256+β), then γ-only, then β-only.
-        (HPGe: the γ channels.)"""
-        if self.hist is None:
-            return self.gamma.ravel()
-        return np.concatenate([self.hist.ravel(), self._g_only, self._b_only])
+    @property
+    def gamma(self) -> np.ndarray:
+        return self.g_only if self.hist is None else self.hist.sum(axis=1) + self.g_only
 
-    _g_only: np.ndarray = field(default=None, repr=False)   # singles beyond the histogram projections
-    _b_only: np.ndarray = field(default=None, repr=False)
+    @property
+    def beta(self) -> np.ndarray | None:
+        return None if self.hist is None else self.hist.sum(axis=0) + self.b_only
+
+    def scaled(self, k: float) -> "Expected":
+        if self.hist is None:
+            return Expected(self.g_only * k)
+        return Expected(self.g_only * k, self.b_only * k, self.hist * k)
+
+    def __add__(self, other: "Expected") -> "Expected":
+        if self.hist is None:
+            return Expected(self.g_only + other.g_only)
+        return Expected(self.g_only + other.g_only, self.b_only + other.b_only, self.hist + other.hist)
+
+    def categories(self) -> np.ndarray:
+        """Flattened event categories: histogram cells (γ·256 + β), then γ-only, then β-only
+        (HPGe: the γ channels)."""
+        if self.hist is None:
+            return self.g_only.ravel()
+        return np.concatenate([self.hist.ravel(), self.g_only, self.b_only])
 
 
 @dataclass(frozen=True)
@@ -381,26 +398,7 @@ def _roi_br(nuclide: str, roi: int) -> float:
 
 
 def _expected(hist, g_only, b_only) -> Expected:
-    e = Expected(gamma=hist.sum(axis=1) + g_only, beta=hist.sum(axis=0) + b_only, hist=hist)
-    e._g_only = g_only
-    e._b_only = b_only
-    return e
-
-
-def _scaled(e: Expected, k: float) -> Expected:
-    if e.hist is None:
-        return Expected(e.gamma * k)
-    return _expected(e.hist * k, e._g_only * k, e._b_only * k)
-
-
-def _added(a: Expected, b: Expected) -> Expected:
-    if a.hist is None:
-        return Expected(a.gamma + b.gamma)
-    return _expected(a.hist + b.hist, a._g_only + b._g_only, a._b_only + b._b_only)
-
-
-Expected.scaled = _scaled          # keep the split into histogram / γ-only / β-only parts
-Expected.__add__ = _added          # (defined here: they need _expected)
+    return Expected(g_only, b_only, hist)
 
 
 # ----------------------------------------------------------------- HPGe
@@ -465,11 +463,11 @@ class HPGeModel:
         return self._ambient
 
     def expected(self, decays: dict[str, float], live_s: float) -> Expected:
-        out = self._ambient.gamma * live_s
+        out = self._ambient.scaled(live_s)
         for nuc, n in decays.items():
             if n:
-                out = out + self.per_decay(nuc).gamma * n
-        return Expected(out)
+                out = out + self.per_decay(nuc).scaled(n)
+        return out
 
     def channel(self, e: float) -> float:
         return float(np.polyval(self.cal, e))
@@ -511,11 +509,9 @@ def synthesise(expected: Expected, rng: np.random.Generator) -> Expected:
     independently; the singles spectra are the histogram's projections plus the singles-only
     counts (so a coincidence counts in both singles spectra, as in the hardware)."""
     if expected.hist is None:
-        return Expected(rng.poisson(expected.gamma).astype(np.int64))
-    hist = rng.poisson(expected.hist).astype(np.int64)
-    g_only = rng.poisson(expected._g_only).astype(np.int64)
-    b_only = rng.poisson(expected._b_only).astype(np.int64)
-    return _expected(hist, g_only, b_only)
+        return Expected(rng.poisson(expected.g_only).astype(np.int64))
+    return Expected(rng.poisson(expected.g_only).astype(np.int64), rng.poisson(expected.b_only).astype(np.int64),
+                    rng.poisson(expected.hist).astype(np.int64))
 
 
 def decays_during(activities_bq: dict[str, float], real_s: float, live_fraction: float) -> dict[str, float]:
