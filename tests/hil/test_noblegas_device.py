@@ -274,7 +274,7 @@ def test_emulator_behind_a_real_pty_with_pyserial():
 
 
 def test_cli_serves_the_emulator_on_a_pty():
-    proc = subprocess.Popen([sys.executable, "-m", "ims_station", "hil", "noblegas", "--pty", "--seconds", "7200",
+    proc = subprocess.Popen([sys.executable, "-m", "ims_station", "hil", "noblegas", "--pty", "--seconds", "360000",
                              "--speed", "3600", "--mode", "hpge", "--conc", "XE-133:5", "--garble", "0.01"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -288,6 +288,9 @@ def test_cli_serves_the_emulator_on_a_pty():
                     break
                 except mca.MCAProtocolError:
                     continue
+            else:
+                pytest.fail("no good reply in three tries")
+        proc.terminate()                            # SIGTERM: a clean stop
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
