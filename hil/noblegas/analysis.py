@@ -10,7 +10,10 @@ concentrations it was given:
   and Xe-133 (ROI 3) into ROIs 5 and 6::
 
       N1 = n1;  N2 = n2 − r12·N1;  N3 = n3 − r13·N1
-      N5 = n5 − r15·N1 − r35·N3;  N6 = n6 − r16·N1 − r36·N3
+      m5 = n5 − r15·N1 − r35·N3;  m6 = n6 − r16·N1 − r36·N3
+      N5 = (m5 − r65·m6) / (1 − r65·r56);  N6 = (m6 − r56·m5) / (1 − r65·r56)
+
+  (r65, r56: the metastable cross-talk, Xe-133m's 199 keV line in ROI 5 and Xe-131m's in ROI 6)
 
   and C = N / (ε_ROI · BR · V · D) with the decay factor D of :mod:`ims_station.radioxenon`.
   Variances are propagated to first order from the Poisson variances of every gross count.
@@ -82,9 +85,15 @@ def analyse_bg(model: BetaGammaModel, sample: Count, volume_m3: float, timing: r
     N2, v2 = n[2][0] - r("RN-222", 1, 2) * N1, n[2][1] + r("RN-222", 1, 2) ** 2 * v1
     N3, v3 = n[3][0] - r("RN-222", 1, 3) * N1, n[3][1] + r("RN-222", 1, 3) ** 2 * v1
     out = {"RN-222": (N1, v1), "XE-135": (N2, v2), "XE-133": (N3, v3)}
-    for nuc, roi in (("XE-131M", 5), ("XE-133M", 6)):
+    m = {}
+    for roi in (5, 6):
         a, b = r("RN-222", 1, roi), r("XE-133", 3, roi)
-        out[nuc] = (n[roi][0] - a * N1 - b * N3, n[roi][1] + a * a * v1 + b * b * v3)
+        m[roi] = (n[roi][0] - a * N1 - b * N3, n[roi][1] + a * a * v1 + b * b * v3)
+    # metastable cross-talk: m5 = A5 + r65·A6, m6 = A6 + r56·A5
+    r65, r56 = r("XE-133M", 6, 5), r("XE-131M", 5, 6)
+    k = 1.0 - r65 * r56
+    out["XE-131M"] = ((m[5][0] - r65 * m[6][0]) / k, (m[5][1] + r65 * r65 * m[6][1]) / (k * k))
+    out["XE-133M"] = ((m[6][0] - r56 * m[5][0]) / k, (m[6][1] + r56 * r56 * m[5][1]) / (k * k))
     res = {}
     for nuc, (N, var) in out.items():
         roi, br = rx.BG_SIGNATURE[nuc]

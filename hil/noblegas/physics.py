@@ -291,6 +291,7 @@ class BetaGammaModel:
         self.b = Axis(NCH, self.b_cal, lambda e: np.polyval(b_fw, np.clip(e, 90, 420)), 1100.0, 0.5, THRESHOLD_CH)
         self.eps_g = _loglog(G_EFFICIENCY)
         self._per_decay: dict[str, Expected] = {}
+        self._branch_hists: dict[str, list[np.ndarray]] = {}
         self._ambient = self._make_ambient()
 
     # ----- per-decay maps
@@ -300,7 +301,9 @@ class BetaGammaModel:
             hist = np.zeros((NCH, NCH))
             g_only = np.zeros(NCH)
             b_only = np.zeros(NCH)
+            branch_hists = []
             for br in BRANCHES[nuclide]:
+                before = hist.copy()
                 gp = self.g.pdf(br.gamma) if br.gamma else None
                 bp = self.b.pdf(br.beta) if br.beta else None
                 eg = self.eps_g(br.gamma.energy) if br.gamma else 0.0
@@ -313,7 +316,9 @@ class BetaGammaModel:
                     g_only += br.prob * eg * gp
                 else:
                     b_only += br.prob * eb * bp
+                branch_hists.append(hist - before)
             self._per_decay[nuclide] = _expected(hist, g_only, b_only)
+            self._branch_hists[nuclide] = branch_hists
         return self._per_decay[nuclide]
 
     def _make_ambient(self) -> Expected:
@@ -363,21 +368,46 @@ class BetaGammaModel:
     def roi_counts(self, hist: np.ndarray) -> dict[int, float]:
         return {r: float(hist[self.roi_mask(r)].sum()) for r in ROI_LIMITS}
 
+    def roi_sum(self, hist: np.ndarray, roi: int) -> float:
+        return float(hist[self.roi_mask(roi)].sum())
+
     def roi_efficiency(self, nuclide: str, roi: int | None = None) -> float:
-        """ε of the PHD ``#b-gEfficiency`` block: counts in the nuclide's ROI per decay / BR."""
-        r, br = rx.BG_SIGNATURE[nuclide] if roi is None else (roi, _roi_br(nuclide, roi))
-        return float(self.per_decay(nuclide).hist[self.roi_mask(r)].sum()) / br
+        """ε of the PHD ``#b-gEfficiency`` block, with openSpex's meaning (its ``bgm.ResponseMatrix``):
+        counts in the nuclide's ROI per decay / BR; for Xe-133 in the X-ray ROIs (4, 7-10) only the
+        counts of the X-ray branches per decay / BR(30 keV) -- the 81 keV branch's share there is
+        an interference ratio (:meth:`xe133_81_ratio`)."""
+        if roi is None or roi == rx.BG_SIGNATURE[nuclide][0]:
+            r, br = rx.BG_SIGNATURE[nuclide]
+            return self.roi_sum(self.per_decay(nuclide).hist, r) / br
+        if nuclide != "XE-133" or roi not in (4, 7, 8, 9, 10):
+            raise ValueError(f"no #b-gEfficiency row for {nuclide} in ROI {roi}")
+        self.per_decay(nuclide)
+        xray = sum(self._branch_hists[nuclide][1:])
+        return self.roi_sum(xray, roi) / rx.XE133_XRAY_ROI[1]
 
     def ratio(self, nuclide: str, src_roi: int, dst_roi: int) -> float:
         """Interference ratio of the ``#Ratios`` block: counts of *nuclide* in *dst_roi* per count
         in *src_roi*."""
         h = self.per_decay(nuclide).hist
-        return float(h[self.roi_mask(dst_roi)].sum() / h[self.roi_mask(src_roi)].sum())
+        return self.roi_sum(h, dst_roi) / self.roi_sum(h, src_roi)
+
+    def xe133_81_ratio(self, dst_roi: int) -> float:
+        """Counts of Xe-133's 81 keV branch in an X-ray ROI per Xe-133 count in ROI 3 (the rows
+        ``XE133-4_81:30`` and ``XE133-7..10_81:30``; MIX58 has 0.10, 0.04, 0.007, 0.02, 0.08)."""
+        self.per_decay("XE-133")
+        return self.roi_sum(self._branch_hists["XE-133"][0], dst_roi) / self.roi_sum(self.per_decay("XE-133").hist, 3)
 
     def calibration(self) -> dict:
-        """The calibration blocks a PHD file of this detector carries (values of this model)."""
+        """The calibration blocks a PHD file of this detector carries (values of this model).
+
+        ``ratios`` has 18 rows in the order openSpex indexes them: Rn progeny (ROI 1) into ROIs 2-10;
+        Xe-133 (ROI 3) into ROIs 4-10 -- the 81 keV branch only for the X-ray ROIs 4, 7-10, every
+        Xe-133 count for the metastable ROIs 5 and 6; then the metastable cross-talk Xe-133m (ROI 6)
+        into ROI 5 and Xe-131m (ROI 5) into ROI 6."""
         effs = [("XE-135", 2), ("XE-133", 3), ("XE-133", 4), ("XE-131m", 5), ("XE-133m", 6),
                 ("XE-133", 7), ("XE-133", 8), ("XE-133", 9), ("XE-133", 10)]
+        x133 = [(f"XE133-{d}_81:30", 3, d, self.ratio("XE-133", 3, d) if d in (5, 6) else self.xe133_81_ratio(d))
+                for d in range(4, 11)]
         return {
             "g_energy": G_ENERGY, "b_energy": B_ENERGY, "g_resolution": G_RESOLUTION,
             "b_resolution": B_RESOLUTION, "g_efficiency": G_EFFICIENCY, "roi_limits": ROI_LIMITS,
@@ -386,15 +416,10 @@ class BetaGammaModel:
             "ratios": ([(f"PB214_352:{x}", 1, d, self.ratio("RN-222", 1, d))
                         for x, d in (("242", 2), ("80", 3))]
                        + [(f"PB214_352:30_{d}", 1, d, self.ratio("RN-222", 1, d)) for d in range(4, 11)]
-                       + [(f"XE133-{d}_81:30", 3, d, self.ratio("XE-133", 3, d)) for d in range(4, 11)]),
+                       + x133
+                       + [("XE133M_199:129", 6, 5, self.ratio("XE-133M", 6, 5)),
+                          ("XE131M_129:199", 5, 6, self.ratio("XE-131M", 5, 6))]),
         }
-
-
-def _roi_br(nuclide: str, roi: int) -> float:
-    sig_roi, br = rx.BG_SIGNATURE[nuclide]
-    if nuclide == "XE-133" and roi != sig_roi:
-        return rx.XE133_XRAY_ROI[1]
-    return br
 
 
 def _expected(hist, g_only, b_only) -> Expected:
