@@ -101,7 +101,8 @@ class NobleGasDetector:
         self.faults = faults or NobleGasFaults()
         self._t_origin = self.clock.monotonic()
         self.schedule = Schedule(self.cycle, DEFAULT_CONCENTRATIONS if concentrations is None else concentrations,
-                                 t0_utc=self.clock.time(), faults=self.faults, per_sample=per_sample)
+                                 t0_utc=self.clock.time(), faults=self.faults, per_sample=per_sample,
+                                 seed=self.seed)
         self._rng_reply = np.random.default_rng([self.seed & 0xFFFFFFFF, 0x4E47, 1])
         self._rng_soh = np.random.default_rng([self.seed & 0xFFFFFFFF, 0x4E47, 2])
         self.splitter = mca.LineSplitter(4 * mca.MAX_COMMAND)
@@ -311,8 +312,6 @@ class NobleGasDetector:
     def _execute(self, cmd: mca.Command, t: float) -> mca.Reply:
         v = cmd.verb
         a = cmd.args
-        G = lambda x: mca.Value("G", min(int(x), mca.MAX_U32))  # noqa: E731
-        C = lambda x: mca.Value("C", min(int(x), mca.MAX_U16))  # noqa: E731
         ok = mca.Ack(*mca.OK)
         if v == "START":
             if not self.active:
@@ -343,17 +342,17 @@ class NobleGasDetector:
                 self.true_preset = a[0]
             return ok
         if v == "SHOW_LIVE_PRESET":
-            return G(self.live_preset)
+            return self._g(self.live_preset)
         if v == "SHOW_TRUE_PRESET":
-            return G(self.true_preset)
+            return self._g(self.true_preset)
         if v == "SHOW_LIVE":
-            return G(math.floor(self.live_s * mca.TICKS_PER_SECOND + 1e-9))
+            return self._g(math.floor(self.live_s * mca.TICKS_PER_SECOND + 1e-9))
         if v == "SHOW_TRUE":
-            return G(math.floor(self.true_s * mca.TICKS_PER_SECOND + 1e-9))
+            return self._g(math.floor(self.true_s * mca.TICKS_PER_SECOND + 1e-9))
         if v == "SHOW_ACTIVE":
-            return C(1 if self.active else 0)
+            return self._c(1 if self.active else 0)
         if v == "SHOW_GAIN_CONVERSION":
-            return C(self.model.segments[self.segment])
+            return self._c(self.model.segments[self.segment])
         if v == "SHOW_VERSION":
             return mca.Text(f"{VERSION} {self.mode.upper()} {self.cycle.station}")
         if v == "SET_SEGMENT":
@@ -362,7 +361,7 @@ class NobleGasDetector:
             self.segment = a[0]
             return ok
         if v == "SHOW_SEGMENT":
-            return C(self.segment)
+            return self._c(self.segment)
         if v == "SHOW_DATA":
             start, count = a
             size = self.model.segments[self.segment]
@@ -385,14 +384,22 @@ class NobleGasDetector:
             self.hv_on = False
             return ok
         if v == "SHOW_HV":
-            return C(self.hv_set)
+            return self._c(self.hv_set)
         if v == "SHOW_HV_ACTUAL":
-            return C(hv_actual(self.schedule, t, self.hv_set, self.hv_on, self._rng_soh))
+            return self._c(hv_actual(self.schedule, t, self.hv_set, self.hv_on, self._rng_soh))
         if v == "SHOW_SOH":
             return mca.Fields(soh(self.schedule, t, self.hv_set, self.hv_on, self._rng_soh))
         if v == "SHOW_SAMPLE":
             return mca.Fields(self.sample_fields(t))
         return mca.Ack(*mca.ERR_VERB)    # a verb of the table this device does not implement
+
+    @staticmethod
+    def _g(x) -> mca.Value:
+        return mca.Value("G", min(int(x), mca.MAX_U32))
+
+    @staticmethod
+    def _c(x) -> mca.Value:
+        return mca.Value("C", min(int(x), mca.MAX_U16))
 
     def sample_fields(self, t: float) -> dict:
         """What ``SHOW_SAMPLE`` reports: the cell's phase and the sample it concerns."""

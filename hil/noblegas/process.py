@@ -113,8 +113,10 @@ class Schedule:
     """The cycle as a function of time (seconds from the start of the run, ``t0_utc`` at 0)."""
 
     def __init__(self, cfg: CycleConfig, concentrations: dict[str, float], t0_utc: float,
-                 faults: NobleGasFaults | None = None, per_sample: dict[int, dict[str, float]] | None = None) -> None:
+                 faults: NobleGasFaults | None = None, per_sample: dict[int, dict[str, float]] | None = None,
+                 seed: int = 0) -> None:
         self.cfg = cfg
+        self.seed = int(seed)
         self.concentrations = {k.upper(): float(v) for k, v in concentrations.items()}
         for k in self.concentrations:
             if k not in rx.HALF_LIFE_S:
@@ -170,7 +172,7 @@ class Schedule:
             t0, t1 = k * c.collection_s, (k + 1) * c.collection_s
             flowing = (t1 - t0) - self.faults.overlap("flow_fail", t0, t1)
             air = c.flow_m3h * flowing / 3600.0
-            rng = np.random.default_rng([k, 0x5A])
+            rng = np.random.default_rng([self.seed & 0xFFFFFFFF, 0x5A, k])
             y = c.xe_yield * float(np.clip(1 + 0.03 * rng.standard_normal(), 0.8, 1.2))
             vxe = air * y * rx.STABLE_XE_CM3_PER_M3
             acq0 = t1 + c.processing_s
