@@ -147,6 +147,8 @@ def register(subparsers) -> None:
     fl.add_argument("--garble", type=_rate, default=0.0, help="probability that a reply is garbled")
     fl.add_argument("--checksum", type=_rate, default=0.0, help="probability that a reply has a bad checksum")
     fl.add_argument("--timeout", type=_rate, default=0.0, help="probability that a command gets no reply")
+    fl.add_argument("--late", type=_rate, default=0.0,
+                    help="probability that a reply comes 3 s late (out of step with the next command)")
     for opt in ("disappear", "hv-drop", "flow-fail", "power-fail", "temp-high"):
         fl.add_argument(f"--{opt}", type=_window(f"--{opt}"), action="append", default=[], metavar="START:SECONDS",
                         help={"disappear": "the detector is gone, then restarts (repeatable)",
@@ -187,7 +189,7 @@ def _noblegas(args) -> int:
         print_json(detector_model(args.mode).calibration())
         return 0
     try:
-        faults = NobleGasFaults(garble=args.garble, checksum=args.checksum, timeout=args.timeout)
+        faults = NobleGasFaults(garble=args.garble, checksum=args.checksum, timeout=args.timeout, late=args.late)
         for opt in ("disappear", "hv_drop", "flow_fail", "power_fail", "temp_high"):
             for w in getattr(args, opt):
                 faults.add(opt, w)

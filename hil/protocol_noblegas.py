@@ -16,7 +16,7 @@ URL forms:
   (``ims_station.hil.noblegas.device.register``);
 * ``noblegas://det?mode=bg&seed=7&conc=XE-133:1.5&conc=RN-222:50&garble=0.01&checksum=0.01&timeout=0.01&hv_drop=3600:600``
   -- build one: ``mode`` (``bg`` β-γ, ``hpge`` gamma only), ``seed``, ``conc`` (NUCLIDE:mBq/m³,
-  repeatable), the reply-fault rates ``garble``, ``checksum``, ``timeout``, the fault windows
+  repeatable), the reply-fault rates ``garble``, ``checksum``, ``timeout``, ``late``, the fault windows
   ``disappear``, ``hv_drop``, ``flow_fail``, ``power_fail``, ``temp_high`` (START:SECONDS,
   repeatable), and the cycle ``collection``, ``processing``, ``gasbk``, ``acquisition``, ``qc`` (seconds).
 """
@@ -138,8 +138,10 @@ class Serial(SerialBase):
     def read(self, size: int = 1) -> bytes:
         if not self.is_open:
             raise PortNotOpenError()
+        self._rx += self.device.take_late()
         if len(self._rx) < size and self._timeout:
             self._advance(self._timeout)       # waited in simulated time for bytes that did not come
+            self._rx += self.device.take_late()
         n = min(size, len(self._rx))
         out = bytes(self._rx[:n])
         del self._rx[:n]
@@ -148,15 +150,27 @@ class Serial(SerialBase):
     def read_until(self, expected=b"\n", size=None) -> bytes:
         if not self.is_open:
             raise PortNotOpenError()
+        self._rx += self.device.take_late()
         i = self._rx.find(expected)
         if i >= 0 and (size is None or i + len(expected) <= size):
             return self.read(i + len(expected))
-        return self.read(size if size is not None else max(len(self._rx), 1))
+        # not there yet: wait (in simulated time) once, then return what came, as pyserial does
+        if self._timeout:
+            self._advance(self._timeout)
+            self._rx += self.device.take_late()
+        i = self._rx.find(expected)
+        n = i + len(expected) if i >= 0 else len(self._rx)
+        if size is not None:
+            n = min(n, size)
+        out = bytes(self._rx[:n])
+        del self._rx[:n]
+        return out
 
     def reset_input_buffer(self) -> None:
         if not self.is_open:
             raise PortNotOpenError()
         self._rx.clear()
+        self.device.take_late()            # what has arrived by now is discarded too
 
     def reset_output_buffer(self) -> None:
         if not self.is_open:

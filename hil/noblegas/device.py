@@ -107,7 +107,7 @@ class NobleGasDetector:
         self._rng_soh = np.random.default_rng([self.seed & 0xFFFFFFFF, 0x4E47, 2])
         self.splitter = mca.LineSplitter(4 * mca.MAX_COMMAND)
         self.counters = {"commands": 0, "replies": 0, "refused": 0, "garbled": 0, "checksum_errors": 0,
-                         "timeouts": 0, "unanswered_while_gone": 0, "restarts": 0, "events": 0}
+                         "timeouts": 0, "late": 0, "unanswered_while_gone": 0, "restarts": 0, "events": 0}
         self._n_cat = len(self.model.expected({}, 0.0).categories())
         self._reset_mca()
         self.hv_set = int(self.cycle.hv_v)
@@ -115,6 +115,7 @@ class NobleGasDetector:
         self._t = 0.0
         self._power_up_pending = False
         self._events: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+        self._late: list[tuple[float, bytes]] = []
 
     # ------------------------------------------------------------------ time
     def now(self) -> float:
@@ -256,9 +257,17 @@ class NobleGasDetector:
         return self._views
 
     # ------------------------------------------------------------------ commands
+    def take_late(self) -> bytes:
+        """Late replies (fault ``late``) whose time has come: the transports call this while idle."""
+        now = self.now()
+        due = [r for t, r in self._late if t <= now]
+        self._late = [(t, r) for t, r in self._late if t > now]
+        return b"".join(due)
+
     def feed(self, data: bytes) -> bytes:
-        """Bytes from the host -> bytes of the replies (one record per complete command line)."""
-        out = []
+        """Bytes from the host -> bytes of the replies (one record per complete command line),
+        after any late reply that fell due before them."""
+        out = [self.take_late()]
         for line in self.splitter.feed(data):
             r = self.handle(line)
             if r:
@@ -294,6 +303,11 @@ class NobleGasDetector:
             self.counters["timeouts"] += 1
             return None
         u -= f.timeout
+        if u < f.late:
+            self.counters["late"] += 1
+            self._late.append((self.now() + f.late_s, raw))
+            return None
+        u -= f.late
         if u < f.garble:
             self.counters["garbled"] += 1
             body = raw[:-2]

@@ -5,7 +5,9 @@ Owns :class:`NobleGasFaults`:
 * per-reply probabilities (each drawn from the emulator's seeded generator):
   ``garble`` -- the reply is cut short and noise bytes replace its end (the driver sees a
   :class:`~ims_station.mca.GarbledReply`); ``checksum`` -- the reply's checksum digits are wrong
-  (:class:`~ims_station.mca.ChecksumError`); ``timeout`` -- no reply at all;
+  (:class:`~ims_station.mca.ChecksumError`); ``timeout`` -- no reply at all; ``late`` -- the reply
+  comes ``late_s`` seconds late (after a driver's timeout: it then answers the *next* command,
+  out of step, unless the driver drains its input before it sends);
 * time windows (``START:SECONDS`` in run seconds, as ``hil/faults.py``'s :class:`Window`):
   ``disappear`` -- the detector is gone (no reply to anything; when it comes back it has restarted:
   memory, presets and times cleared, HV off, and its first reply is the power-up acknowledge
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from ..faults import FaultSpecError, Window
 
 WINDOW_KINDS = ("disappear", "hv_drop", "flow_fail", "power_fail", "temp_high")
-RATE_KINDS = ("garble", "checksum", "timeout")
+RATE_KINDS = ("garble", "checksum", "timeout", "late")
 
 
 @dataclass
@@ -31,6 +33,8 @@ class NobleGasFaults:
     garble: float = 0.0
     checksum: float = 0.0
     timeout: float = 0.0
+    late: float = 0.0
+    late_s: float = 3.0
     windows: dict[str, list[Window]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -38,6 +42,10 @@ class NobleGasFaults:
             v = getattr(self, k)
             if not 0.0 <= v < 1.0:
                 raise FaultSpecError(f"{k}: must be in [0, 1), got {v!r}")
+        if sum(getattr(self, k) for k in RATE_KINDS) >= 1.0:
+            raise FaultSpecError("the reply-fault rates must add up to less than 1")
+        if not self.late_s > 0:
+            raise FaultSpecError(f"late_s: must be > 0, got {self.late_s!r}")
         for k in self.windows:
             if k not in WINDOW_KINDS:
                 raise FaultSpecError(f"unknown fault window {k!r} (known: {', '.join(WINDOW_KINDS)})")
@@ -68,4 +76,5 @@ class NobleGasFaults:
 
     def to_json(self) -> dict:
         return {"garble": self.garble, "checksum": self.checksum, "timeout": self.timeout,
+                "late": self.late, "late_s": self.late_s,
                 **{k: [w.to_json() for w in self.windows_of(k)] for k in WINDOW_KINDS}}

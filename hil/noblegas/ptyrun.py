@@ -38,6 +38,7 @@ class DetectorPty:
         r, _, _ = select.select([self.master], [], [], self.step_s)
         if not r:
             self.device.poll()
+            self._write(self.device.take_late())
             return
         try:
             data = os.read(self.master, 4096)
@@ -46,7 +47,9 @@ class DetectorPty:
         if not data:
             return
         self.bytes_in += len(data)
-        out = self.device.feed(data)
+        self._write(self.device.feed(data))
+
+    def _write(self, out: bytes) -> None:
         while out:
             try:
                 n = os.write(self.master, out)

@@ -349,11 +349,11 @@ def _client_query(port, verb, *args, tries=4):
 
 
 def test_48_hours_accelerated_with_faults_every_sample_is_counted():
-    """Four cycles through the noblegas:// port with 2 % garbled, 2 % bad-checksum and 2 % lost
-    replies and an HV dip: a retrying client counts every sample's acquisition; the emulator's
+    """Four cycles through the noblegas:// port with 2 % garbled, 2 % bad-checksum, 2 % lost and 2 %
+    late replies and an HV dip: a retrying client counts every sample's acquisition; the emulator's
     fault counters match what the client saw go wrong."""
     clk = ManualClock()
-    faults = NobleGasFaults(garble=0.02, checksum=0.02, timeout=0.02).add("hv_drop", f"{20 * 3600}:600")
+    faults = NobleGasFaults(garble=0.02, checksum=0.02, timeout=0.02, late=0.02).add("hv_drop", f"{20 * 3600}:600")
     det = NobleGasDetector(clock=clk, faults=faults, seed=21)
     dev.register("soak48", det)
     try:
@@ -382,7 +382,7 @@ def test_48_hours_accelerated_with_faults_every_sample_is_counted():
         assert live > 39_600 * det.cycle.live_fraction - 700            # started at most one poll late
         assert gamma > 3.5 * live                                     # ~4.6 γ/s of singles
     c = det.counters
-    assert c["garbled"] > 0 and c["checksum_errors"] > 0 and c["timeouts"] > 0
+    assert c["garbled"] > 0 and c["checksum_errors"] > 0 and c["timeouts"] > 0 and c["late"] > 0
 
 
 def test_qc_count_sees_the_cs137_check_source():
@@ -400,3 +400,30 @@ def test_qc_count_sees_the_cs137_check_source():
     peak = gamma[ch662 - 8:ch662 + 9].sum()
     side = gamma[ch662 - 40:ch662 - 23].sum()
     assert peak > 3 * side > 0
+
+
+def test_late_replies_come_out_of_step_unless_the_driver_drains_its_input():
+    clk = ManualClock()
+    det = NobleGasDetector(clock=clk, seed=1, faults=NobleGasFaults(late=0.999))
+    dev.register("late", det)
+    try:
+        port = open_port("noblegas://late", timeout=1.0)
+        port.write(mca.encode_command("SHOW_ACTIVE"))
+        assert port.read_until(b"\n") == b""                   # timed out (1 s < late_s 3 s)
+        clk.advance(5)
+        det.faults.late = 0.0
+        port.write(mca.encode_command("SHOW_LIVE"))             # not drained: the old $C comes first
+        with pytest.raises(mca.UnexpectedReply):
+            mca.expect("SHOW_LIVE", mca.parse_reply(port.read_until(b"\n")))
+        assert mca.expect("SHOW_LIVE", mca.parse_reply(port.read_until(b"\n"))).value == 0
+        det.faults.late = 0.999
+        port.write(mca.encode_command("SHOW_ACTIVE"))
+        assert port.read_until(b"\n") == b""
+        clk.advance(5)
+        det.faults.late = 0.0
+        port.reset_input_buffer()                               # drained: in step again
+        port.write(mca.encode_command("SHOW_LIVE"))
+        assert mca.expect("SHOW_LIVE", mca.parse_reply(port.read_until(b"\n"))).value == 0
+        assert det.counters["late"] == 2
+    finally:
+        dev.unregister("late")
