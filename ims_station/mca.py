@@ -25,12 +25,13 @@ the real records of the spec satisfy (``%000000069``, ``$C00001088``, ``$G000789
 tests/hil/test_noblegas_dialect.py).  ``$D`` and ``$S`` are this project's extensions (the ORTEC
 library reads spectra with a separate binary call, which a serial line does not have); ``$F`` here
 carries a checksum too, so that every reply can be checked.  Commands carry no checksum (as in
-ORTEC's dialect): a garbled command is refused with ``%129...`` and a garbled *argument* goes
+the spec's ORTEC evidence): a garbled command is refused with ``%129...`` and a garbled *argument* goes
 undetected, so a driver reads back every preset it sets.
 
 Times are in ticks of 20 ms (``TICKS_PER_SECOND`` = 50), as in ORTEC MCBs.
 
-Error codes (macro, micro) -- macro < 128 is success with a warning, >= 128 an error:
+Error codes (macro, micro) -- macro < 128 is success with a warning, >= 128 an error (ORTEC's scheme;
+the values other than ``000 000`` are this project's choice):
 
 * ``000 000`` OK; ``001 000`` power-up occurred since the last command (the device restarted:
   its memory and presets are lost);
