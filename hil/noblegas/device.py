@@ -37,11 +37,11 @@ import numpy as np
 from ims_station import mca
 from ims_station import radioxenon as rx
 
+from ..sim import DEFAULT_START_UTC       # 2026-01-01T00:00:00Z, the HIL's epoch
 from . import physics
 from .faults import NobleGasFaults
 from .process import CycleConfig, Phase, Schedule, hv_actual, hv_ok, soh
 
-DEFAULT_START_UTC = 1_767_225_600      # 2026-01-01T00:00:00Z (as hil/sim.py)
 VERSION = "NGEMU-1.0"
 
 
