@@ -6,6 +6,8 @@
   (the gateway) to open; prints the slave path (``--link PATH``: also a stable symbolic link to it).
   The board's clock starts now (``--start``), its epoch comes from a state file (``--state``) or the
   start time.
+* ``hil noblegas --pty`` -- the noble-gas detector emulator (β-γ or HPGe MCA + process controller,
+  ``hil/noblegas``) behind a pseudo-terminal, its cycle accelerated by ``--speed``; prints the path.
 
 Cheap to import: the simulator, numpy and rich are imported inside the handlers.
 """
@@ -115,7 +117,113 @@ def register(subparsers) -> None:
     _add_board_options(run)
     _add_fault_options(run)
     run.set_defaults(handler=_run)
+
+    ng = sub.add_parser("noblegas", help="run the noble-gas detector emulator behind a pty",
+                        description="Run the noble-gas detector emulator (MCA dialect of ims_station.mca, "
+                                    "docs/noblegas.md) behind a pseudo-terminal; another process opens the "
+                                    "printed path as its serial port.")
+    ng.add_argument("--pty", action="store_true", default=True, help="pty transport (the default and only one)")
+    ng.add_argument("--mode", choices=("bg", "hpge"), default="bg",
+                    help="bg: β-γ coincidence (256x256), hpge: gamma only (4096 channels); default bg")
+    ng.add_argument("--seed", type=int, default=7, help="random seed (same seed, same data)")
+    ng.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second (default 1)")
+    ng.add_argument("--seconds", type=float, default=None, help="stop after this many simulated seconds")
+    ng.add_argument("--start", type=_start_time, default="now", metavar="now|ISO-TIME",
+                    help="UTC time of the emulator's start (default now)")
+    ng.add_argument("--conc", type=_conc, action="append", default=[], metavar="NUCLIDE:MBQ_M3",
+                    help="activity concentration in air, e.g. XE-133:1.5 (repeatable; nuclides XE-131M, "
+                         "XE-133, XE-133M, XE-135, RN-222; default a typical background)")
+    ng.add_argument("--link", metavar="PATH", default=None, help="also make PATH a symbolic link to the pty")
+    ng.add_argument("--calibration", action="store_true",
+                    help="print the detector's calibration blocks (energy, resolution, efficiencies, ROI "
+                         "limits, ratios) as JSON and exit: what a station file needs to write its PHD")
+    cyc = ng.add_argument_group("cycle (seconds)")
+    cyc.add_argument("--collection", type=float, default=43_200.0)
+    cyc.add_argument("--processing", type=float, default=21_600.0)
+    cyc.add_argument("--gasbk", type=float, default=1_800.0)
+    cyc.add_argument("--acquisition", type=float, default=39_600.0)
+    cyc.add_argument("--qc", type=float, default=600.0, help="Cs-137 QC count after each acquisition (0: none)")
+    fl = ng.add_argument_group("faults (rates per reply; windows START:SECONDS in simulated seconds)")
+    fl.add_argument("--garble", type=_rate, default=0.0, help="probability that a reply is garbled")
+    fl.add_argument("--checksum", type=_rate, default=0.0, help="probability that a reply has a bad checksum")
+    fl.add_argument("--timeout", type=_rate, default=0.0, help="probability that a command gets no reply")
+    fl.add_argument("--late", type=_rate, default=0.0,
+                    help="probability that a reply comes 3 s late (out of step with the next command)")
+    for opt in ("disappear", "hv-drop", "flow-fail", "power-fail", "temp-high"):
+        fl.add_argument(f"--{opt}", type=_window(f"--{opt}"), action="append", default=[], metavar="START:SECONDS",
+                        help={"disappear": "the detector is gone, then restarts (repeatable)",
+                              "hv-drop": "detector high voltage sags to 60 %% (repeatable)",
+                              "flow-fail": "sampler flow stops (repeatable)",
+                              "power-fail": "mains lost, UPS on battery (repeatable)",
+                              "temp-high": "room temperature +18 °C (repeatable)"}[opt])
+    ng.set_defaults(handler=_noblegas)
     hil.set_defaults(handler=lambda args: (hil.print_help(), 2)[1])
+
+
+def _conc(text: str):
+    from .noblegas.device import parse_concentration
+
+    try:
+        return parse_concentration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _noblegas(args) -> int:
+    import signal
+    import threading
+    import time
+
+    from .faults import FaultSpecError
+    from .noblegas.device import DEFAULT_CONCENTRATIONS, AcceleratedClock, NobleGasDetector
+    from .noblegas.faults import NobleGasFaults
+    from .noblegas.process import CycleConfig
+    from .noblegas.ptyrun import DetectorPty
+    from .ptyport import PtyLink
+
+    if args.calibration:
+        from ims_station.output import print_json
+
+        from .noblegas.device import detector_model
+
+        print_json(detector_model(args.mode).calibration())
+        return 0
+    try:
+        faults = NobleGasFaults(garble=args.garble, checksum=args.checksum, timeout=args.timeout, late=args.late)
+        for opt in ("disappear", "hv_drop", "flow_fail", "power_fail", "temp_high"):
+            for w in getattr(args, opt):
+                faults.add(opt, w)
+        cycle = CycleConfig(collection_s=args.collection, processing_s=args.processing, gasbk_s=args.gasbk,
+                            acquisition_s=args.acquisition, qc_s=args.qc)
+    except (ValueError, FaultSpecError) as err:
+        print(f"hil noblegas: {err}", file=sys.stderr)
+        return 2
+    conc = dict(DEFAULT_CONCENTRATIONS)
+    conc.update(dict(args.conc))
+    clock = AcceleratedClock(args.speed, None if args.start == "now" else float(args.start))
+    det = NobleGasDetector(mode=args.mode, seed=args.seed, clock=clock, cycle=cycle, concentrations=conc,
+                           faults=faults)
+    pty = DetectorPty(det)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    try:
+        link = PtyLink(args.link, pty.path) if args.link else None
+    except BaseException:
+        pty.close()
+        raise
+    print(pty.path, flush=True)
+    print(f"hil noblegas: {args.mode} detector on {pty.path}{f' (link {args.link})' if link else ''}, "
+          f"x{args.speed:g} time, starting {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(clock.start_utc))}; "
+          f"concentrations (mBq/m3) {conc}; Ctrl-C stops", file=sys.stderr)
+    try:
+        pty.run(args.seconds, stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if link is not None:
+            link.remove()
+        pty.close()
+    return 0
 
 
 def _start_time(text: str):

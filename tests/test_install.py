@@ -182,3 +182,13 @@ class _WallClock:
 
     def time(self) -> float:
         return time.time()
+
+
+def test_hil_noblegas_from_the_wheel_prints_its_calibration(venv, tmp_path):
+    """The noble-gas emulator (sub-package ``ims_station.hil.noblegas``) is in the wheel and runs."""
+    import json
+
+    proc = _run(venv, tmp_path, "hil", "noblegas", "--calibration")
+    assert proc.returncode == 0, proc.stderr
+    cal = json.loads(proc.stdout)
+    assert len(cal["ratios"]) == 18 and cal["channels"] == 256
