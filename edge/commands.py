@@ -197,8 +197,12 @@ class CommandCore:
         cmd = body.get("cmd")
         if cmd not in COMMANDS:
             raise CommandRefused("unknown_command", f"cmd: {str(cmd)[:40]!r} is not one of {', '.join(COMMANDS)}", cid)
-        start = parse_time(body.get("start"), "start")
-        end = parse_time(body.get("end"), "end")
+        try:
+            start = parse_time(body.get("start"), "start")
+            end = parse_time(body.get("end"), "end")
+        except CommandRefused as err:
+            err.id = cid
+            raise
         if end <= start:
             raise CommandRefused("bad_window", f"end {iso(end)} is not after start {iso(start)}", cid)
         if end - start > self.max_request_s:
