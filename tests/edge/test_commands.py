@@ -215,3 +215,26 @@ def test_times_and_missing_spans_helpers():
     assert missing_spans([], T0 + 2, T0 + 4, frame_seconds=10, highest_committed=seq(T0),
                          evicted_through=None, now=T0 + 100) == [
         {"start": iso(T0 + 2), "end": iso(T0 + 4), "reason": "gap in data"}]
+
+
+def test_the_uplink_answers_on_cmd_response_and_survives_a_failing_handler(tmp_path, keys, rig):
+    """Sans broker: the uplink's cmd path (edge/uplink.py) with a fake paho client."""
+    from types import SimpleNamespace
+
+    from ims_station.broker import BrokerConfig
+    from ims_station.edge.uplink import Uplink
+
+    clock, box, handler = rig
+    up = Uplink(STA, [BrokerConfig()], box, clock=clock, command_handler=handler)
+    published = []
+    client = SimpleNamespace(publish=lambda topic, payload, qos: published.append((topic, payload, qos)))
+    up._on_message(client, None, SimpleNamespace(topic="ims/AUX1/cmd", payload=command(keys, T0, T0 + 10)))
+    (topic, payload, qos), = published
+    assert topic == "ims/AUX1/cmd/response" and qos == 1
+    assert check_response(payload, keys["relay_trust"], STA, "r1")["ok"] is False     # no data there
+    up.command_handler = SimpleNamespace(handle=lambda p: 1 / 0, stats=lambda: {})
+    up._on_message(client, None, SimpleNamespace(topic="ims/AUX1/cmd", payload=b"x"))
+    assert up.stats()["commands"] == 2 and up.stats()["command_errors"] == 1
+    # Another station's cmd topic, or no handler: ignored.
+    up._on_message(client, None, SimpleNamespace(topic="ims/AUX2/cmd", payload=b"x"))
+    assert up.stats()["commands"] == 2 and len(published) == 1
