@@ -58,7 +58,8 @@ gap or implied gap requeues it), and a released frame the relay's acknack covers
 buffer, held, instead of being deleted: a later request for its window sends it again.  What was
 evicted is remembered per frame set (``evicted_through``) so a request can say why a frame is
 missing (:meth:`window`).  Opening with no ``hold_kinds`` releases every held frame (the station left
-auxiliary mode: its buffer is sent; the relay dedupes what it already has).
+auxiliary mode: its buffer is sent; the relay dedupes what it already has), except in maintenance
+mode (``exclusive=True``), which changes nothing it is not asked to.
 """
 
 from __future__ import annotations
@@ -474,8 +475,9 @@ class Outbox:
         # Frames marked "sent" by a previous process are in an unknown state (the broker may or may
         # not have them): queue them again; the relay dedupes.
         self._db.execute("UPDATE frames SET state = 0, last_sent = NULL WHERE state = 1")
-        if not self.hold_kinds:
-            # Not (or no longer) in auxiliary mode: the buffer is sent (module docstring).
+        if not self.hold_kinds and not self._maintenance:
+            # A gateway not (or no longer) in auxiliary mode: the buffer is sent (module docstring).
+            # Maintenance commands (exclusive) leave it as it is.
             self._db.execute("UPDATE frames SET held = 0 WHERE held = 1")
         self._counters = {k: int(self._meta(k, 0)) for k in ("evicted_frames", "evicted_bytes", "alarms",
                                                              "disk_full_events", "acked_frames",
@@ -988,11 +990,13 @@ class Outbox:
 
     # -- maintenance (needs exclusive=True: see the module docstring) ----------------------------
     def items(self, kind: str | None = None) -> Iterator[tuple[OutboxItem, int]]:
-        """Every stored frame (of *kind*) with its state, in (frame set, seq) order, streamed (a
-        week of frames does not fit a small gateway's memory at once)."""
+        """Every stored frame (of *kind*) with its state (0 pending, 1 sent, 2 held: auxiliary mode),
+        in (frame set, seq) order, streamed (a week of frames does not fit a small gateway's memory
+        at once)."""
         with self._lock:
             cur = self._db.execute(
-                "SELECT id, kind, frame_set, seq, nominal_time, payload, sent_count, state FROM frames "
+                "SELECT id, kind, frame_set, seq, nominal_time, payload, sent_count, "
+                "CASE WHEN held = 1 THEN 2 ELSE state END FROM frames "
                 "WHERE ? IS NULL OR kind = ? ORDER BY frame_set, seq", (kind, kind))
             for r in cur:
                 yield OutboxItem(*r[:7]), int(r[7])

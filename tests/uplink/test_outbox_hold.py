@@ -165,3 +165,17 @@ def test_an_outbox_of_a_newer_schema_is_refused(tmp_path, clock):
     con.commit()
     con.close()
     make(tmp_path, clock).close()       # the refused open released its lock
+
+
+def test_maintenance_commands_see_held_frames_and_leave_them_held(tmp_path, clock):
+    from ims_station.edge import outbox_admin
+
+    box = make(tmp_path, clock)
+    fill(box, clock.t - 50, range(100, 103))
+    box.release(FS, clock.t - 50, clock.t - 40)
+    box.close()
+    admin = outbox_admin.open_exclusive(tmp_path / "outbox.sqlite")      # as `ims-station edge outbox` opens it
+    assert [(f.seq, f.state) for f in outbox_admin.list_frames(admin)] == [(100, "pending"), (101, "held"),
+                                                                           (102, "held")]
+    admin.close()
+    assert make(tmp_path, clock).stats()["held"] == 2
