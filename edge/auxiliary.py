@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from typing import Any, Callable
 
 from ims_station.logutil import RateLimitedLog
@@ -67,6 +68,7 @@ class EventRelease:
         self._rlog = RateLimitedLog(log, clock)
         self.counters = dict(events=0, releases=0, frames_released=0, release_errors=0)
         self.last_window: tuple[float, float] | None = None
+        self.windows: deque[tuple[float, float]] = deque(maxlen=1000)     # the last windows released
 
     def on_event(self, doc: dict) -> int:
         """Release the window of *doc*; the number of frames released now (0 on failure)."""
@@ -84,6 +86,7 @@ class EventRelease:
         self.counters["releases"] += 1
         self.counters["frames_released"] += n
         self.last_window = w
+        self.windows.append(w)
         if n:
             self.on_release()
         return n
