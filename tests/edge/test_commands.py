@@ -238,3 +238,20 @@ def test_the_uplink_answers_on_cmd_response_and_survives_a_failing_handler(tmp_p
     # Another station's cmd topic, or no handler: ignored.
     up._on_message(client, None, SimpleNamespace(topic="ims/AUX2/cmd", payload=b"x"))
     assert up.stats()["commands"] == 2 and len(published) == 1
+
+
+def test_the_relay_believes_only_the_stations_signed_answer_to_its_command(keys):
+    from ims_station.errors import RemoteProtocolError
+
+    doc = {"id": "r1", "ok": True, "frames": 1}
+    good = envelope.pack_json("command_response", STA, doc, time_us=int(T0 * 1e6), signer=keys["station"].signer(100))
+    assert check_response(good, keys["relay_trust"], STA, "r1") == doc
+    assert check_response(good, keys["relay_trust"], STA, "other") is None
+    bad = [envelope.pack_json("command_response", STA, doc, time_us=int(T0 * 1e6)),                  # unsigned
+           envelope.pack_json("command_response", RELAY, doc, time_us=int(T0 * 1e6), signer=keys["relay"]),
+           good[:-1] + bytes([good[-1] ^ 1]),                                                       # tampered
+           envelope.pack_json("command", STA, doc, time_us=int(T0 * 1e6), signer=keys["station"].signer(100)),
+           b"garbage"]
+    for payload in bad:
+        with pytest.raises(RemoteProtocolError):
+            check_response(payload, keys["relay_trust"], STA, "r1")

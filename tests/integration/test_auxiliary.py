@@ -112,6 +112,12 @@ def test_only_released_and_requested_windows_reach_the_archive(tmp_path, mosquit
         doc = request_window(load_config(relay.config), STA, times[0], times[0] + 601, wait_s=20)
         assert doc["ok"] is False and "max_request_s = 600" in doc["error"], doc
 
+        # A station that does not answer: exit status 2, saying so.
+        p = subprocess.run([sys.executable, "-m", "ims_station", "relay", "request", "NOSUCH", "--start", str(old),
+                            "--end", str(old + 10), "--config", str(relay.config), "--wait", "1"],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 2 and "no answer from NOSUCH within 1 s" in p.stderr, (p.stdout, p.stderr)
+
         # Delivered frames went back to the buffer (the relay's acknacks), nothing else was sent.
         wait_for(lambda: st.outbox.stats()["held"] == 40, 20, "the delivered frames back in the buffer")
         assert archived_sequences(archive, FS) == want
