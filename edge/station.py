@@ -392,7 +392,9 @@ def assemble(station_cfg: Any, settings: Any = None, *, clock: Any,
     keyword arguments for timings the station file does not set: *uplink_options* (``Uplink``:
     e.g. ``backoff_base_s``, ``connect_timeout_s``) and *pump_options* (``PortPump``:
     ``backoff_initial``, ``backoff_max``).  The board transport is the port's URL (``sim://``
-    for a HIL board, a device for a real one).
+    for a HIL board, a device for a real one).  An auxiliary station (``[station] mode``) gets an
+    outbox that holds its data frames and, at the event emitter, the release of each event's data
+    and the handler of the relay's window requests (``edge/auxiliary.py``, ``edge/commands.py``).
     """
     from ims_station.edge.outbox import Outbox
 
