@@ -9,6 +9,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ims_station.edge.outbox import SCHEMA_VERSION, Outbox, OutboxOpenError
 
@@ -17,6 +19,7 @@ from .test_outbox import published
 FS = "AUX1:0"
 EV = "AUX1:events"
 DATA = Path(__file__).parent / "data"
+T0 = 1_700_000_000.0
 
 
 def make(tmp_path, clock, **kw) -> Outbox:
@@ -179,3 +182,54 @@ def test_maintenance_commands_see_held_frames_and_leave_them_held(tmp_path, cloc
                                                                            (102, "held")]
     admin.close()
     assert make(tmp_path, clock).stats()["held"] == 2
+
+
+OPS = st.lists(st.one_of(
+    st.tuples(st.just("put"), st.integers(1, 3)),
+    st.tuples(st.just("release"), st.integers(-2, 25), st.integers(1, 6)),
+    st.tuples(st.just("publish"), st.integers(1, 5)),
+    st.tuples(st.just("acknack"), st.integers(-1, 25), st.integers(-1, 25),
+              st.lists(st.tuples(st.integers(0, 25), st.integers(0, 25)), max_size=3)),
+    st.tuples(st.just("reopen"),)), max_size=25)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS)
+def test_only_released_frames_are_ever_sent_whatever_the_acknacks(tmp_path_factory, ops):
+    """Any interleaving of commits, releases, publishes, acknacks (any range and gaps) and
+    restarts: a data frame is handed to the uplink only if a window released before overlapped
+    it, and no data frame ever leaves the buffer (the bounds are not reached here)."""
+    from ims_station.clock import FakeClock
+
+    clock = FakeClock(T0 + 1000)
+    d = tmp_path_factory.mktemp("prop")
+    box = make(d, clock, resend_holdoff_s=0)
+    windows: list[tuple[float, float]] = []
+    committed = 0
+    try:
+        for op in ops:
+            if op[0] == "put":
+                for _ in range(op[1]):
+                    box.put("cd11", FS, committed, T0 + 10 * committed, b"f%d" % committed)
+                    committed += 1
+            elif op[0] == "release":
+                a = T0 + 10 * op[1] + 3            # windows not on frame boundaries
+                windows.append((a, a + 10 * op[2]))
+                box.release(FS, *windows[-1])
+            elif op[0] == "publish":
+                items = box.next_to_send(op[1], live_window_s=1e9)
+                for it in items:
+                    t = T0 + 10 * it.seq
+                    assert any(t < b and t + 10 > a for a, b in windows), (it.seq, windows)
+                box.mark_sent([i.id for i in items])
+                box.mark_pubacked([i.id for i in items])
+            elif op[0] == "acknack":
+                box.apply_acknack(FS, op[1], op[2], [(min(g), max(g)) for g in op[3]])
+                clock.advance(1)
+            else:
+                box.close()
+                box = make(d, clock, resend_holdoff_s=0)
+            assert box.stats()["frames"] == committed
+    finally:
+        box.close()
+
