@@ -64,6 +64,8 @@ SCHEMA: dict[str, Any] = {
                 "network": {"type": "string"},
                 "data_dir": {"type": "string", "minLength": 1},
                 "description": {"type": "string"},
+                # auxiliary: data kept in the outbox, sent only for events and requests ([auxiliary]).
+                "mode": {"enum": ["continuous", "auxiliary"]},
             },
         },
         "link": _LINK,
@@ -98,6 +100,7 @@ SCHEMA: dict[str, Any] = {
 
 DEFAULTS = {
     "data_dir": "data",
+    "mode": "continuous",
     "baudrate": 115200,
     "timeout": 0.05,
     "board": "sim",
@@ -133,6 +136,12 @@ class StationConfig:
     ports: list[PortConfig]
     raw: dict[str, Any] = field(repr=False)   # the whole validated document, for later sections
     settings: UplinkSettings | None = None     # [framer] [outbox] [keys] [uplink], resolved
+    mode: str = "continuous"                   # [station] mode: "continuous" or "auxiliary"
+
+    @property
+    def auxiliary(self) -> bool:
+        """Auxiliary station: data stays in the outbox until an event or a request releases it."""
+        return self.mode == "auxiliary"
 
     @property
     def gateway_tables(self) -> list[str]:
@@ -202,8 +211,12 @@ def load_station_config(path: str | os.PathLike[str], *,
     data_dir = Path(st.get("data_dir", DEFAULTS["data_dir"]))
     if not data_dir.is_absolute():
         data_dir = base / data_dir
+    mode = st.get("mode", DEFAULTS["mode"])
+    if "auxiliary" in data and mode != "auxiliary":
+        raise ConfigError(str(file), "auxiliary", 'settings of auxiliary mode, but [station] mode is '
+                          f'{mode!r}: set mode = "auxiliary" or remove the table')
     cfg = StationConfig(file=file, code=st["code"], network=st["network"], data_dir=data_dir,
-                        ports=ports, raw=data, settings=settings_from_data(data, file))
+                        ports=ports, raw=data, settings=settings_from_data(data, file), mode=mode)
     if "trigger" in data:
         # Checked now against the ports' channels and rates, so that a bad [trigger] stops the
         # start-up with the key named (the stage resolves the same table again when it is built).

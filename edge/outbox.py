@@ -45,6 +45,21 @@ frames (alarm ``disk_full``), and retries, a bounded number of times.  Deleted p
 freelist and are reused by the next insert, so evicting makes room without shrinking the file.
 If nothing is left to evict, :class:`OutboxFullError` is raised: the caller keeps running and
 simply does not acknowledge the board (its ring buffer still holds the samples).
+
+Auxiliary mode (docs/uplink.md, "Auxiliary mode"; ``hold_kinds``): frames of those kinds (the
+station's ``cd11`` data) are committed *held* -- durable like any frame but never returned by
+:meth:`next_to_send` -- so the outbox is the station's continuous buffer, bounded by the same age
+and byte limits (oldest evicted first; held frames rolling off by age are counted
+``held_expired_frames`` without an alarm, that is the buffer working).  :meth:`release` makes the
+held frames overlapping a time window sendable, and remembers the window (table ``releases``) so
+that frames committed later inside it (a window reaching into the future: the post-event margin)
+are committed sendable.  An acknack never makes a held frame sendable (it was never sent, so no
+gap or implied gap requeues it), and a released frame the relay's acknack covers goes back to the
+buffer, held, instead of being deleted: a later request for its window sends it again.  What was
+evicted is remembered per frame set (``evicted_through``) so a request can say why a frame is
+missing (:meth:`window`).  Opening with no ``hold_kinds`` releases every held frame (the station left
+auxiliary mode: its buffer is sent; the relay dedupes what it already has), except in maintenance
+mode (``exclusive=True``), which changes nothing it is not asked to.
 """
 
 from __future__ import annotations
@@ -70,7 +85,9 @@ from ims_station.locks import PidLock, ResourceBusyError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+# 2: auxiliary mode -- frames.held, frame_sets.evicted_through, table releases (a version-1 file is
+# upgraded in place when opened: its frames are not held, nothing is known of what it evicted).
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames (
     id INTEGER PRIMARY KEY,            -- commit order
@@ -86,13 +103,22 @@ CREATE TABLE IF NOT EXISTS frames (
     pubacked INTEGER NOT NULL DEFAULT 0, -- 1 once the broker PUBACKed a publish of it (acknack may delete)
     last_sent REAL,                    -- clock.monotonic() of the last publish (process-local)
     payload BLOB NOT NULL,
+    held INTEGER NOT NULL DEFAULT 0,   -- 1: kept in the station's buffer, not sent until released
     UNIQUE (frame_set, seq)
 );
 CREATE INDEX IF NOT EXISTS frames_pending ON frames (state, nominal_time);
 CREATE INDEX IF NOT EXISTS frames_age ON frames (nominal_time, id);
+CREATE INDEX IF NOT EXISTS frames_sendable ON frames (held, state, nominal_time);
 CREATE TABLE IF NOT EXISTS frame_sets (
     frame_set TEXT PRIMARY KEY,
-    highest_committed INTEGER NOT NULL
+    highest_committed INTEGER NOT NULL,
+    evicted_through INTEGER            -- highest seq ever evicted (NULL: none known)
+);
+CREATE TABLE IF NOT EXISTS releases (
+    id INTEGER PRIMARY KEY,            -- auxiliary mode: time windows whose frames are sent
+    frame_set TEXT NOT NULL,
+    start REAL NOT NULL,               -- POSIX seconds, [start, end)
+    end REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
 CREATE TABLE IF NOT EXISTS sent_marks (
@@ -361,7 +387,11 @@ class Outbox:
     def __init__(self, path: str | os.PathLike[str], *, max_bytes: int, max_age_s: float, clock: Any,
                  on_alarm: Callable[[dict], None] | None = None, synchronous: str = "FULL",
                  resend_holdoff_s: float = 5.0, reserve_bytes: int = 256 * 1024,
-                 min_free_bytes: int | None = None, exclusive: bool = False) -> None:
+                 min_free_bytes: int | None = None, exclusive: bool = False,
+                 hold_kinds: Iterable[str] = (), hold_span_s: float = 10.0) -> None:
+        """*hold_kinds*: kinds committed held (auxiliary mode; see the module docstring);
+        *hold_span_s*: the time a held frame covers from its nominal time (the framer's frame
+        length), for the overlap of a frame with a released window."""
         if max_bytes <= 0 or max_age_s <= 0:
             raise ValueError("max_bytes and max_age_s must be positive")
         if synchronous not in ("FULL", "NORMAL", "EXTRA"):
@@ -374,6 +404,8 @@ class Outbox:
         self._on_alarm = on_alarm
         self._lock = threading.RLock()
         self._maintenance = bool(exclusive)
+        self.hold_kinds = frozenset(hold_kinds)
+        self.hold_span_s = float(hold_span_s)
         self._pidlock = _lock(self.path)
         try:
             _check_store(self.path)
@@ -382,9 +414,11 @@ class Outbox:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
             try:
                 self._open_schema(synchronous)
-            except sqlite3.DatabaseError as err:
+            except BaseException as err:
                 self._db.close()
-                raise _open_error(self.path, err) from err
+                if isinstance(err, sqlite3.DatabaseError):
+                    raise _open_error(self.path, err) from err
+                raise
         except BaseException:
             self._pidlock.release()
             raise
@@ -418,16 +452,37 @@ class Outbox:
         if cols and "boot" not in cols:
             # ACK points written before runs had boot numbers: 0, "not known", matches any run.
             self._db.execute("ALTER TABLE ack_points ADD COLUMN boot INTEGER NOT NULL DEFAULT 0")
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "meta" in tables:
+            stored = self._meta("schema_version", SCHEMA_VERSION)
+            if int(stored) > SCHEMA_VERSION:
+                raise OutboxOpenError(f"outbox {self.path} has schema version {stored}, written by a newer "
+                                      f"ims-station (this one knows up to {SCHEMA_VERSION}): upgrade the software")
+        # Version 1 -> 2 (auxiliary mode): one transaction, so a crash leaves version 1 or 2.
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(frames)")}
+        fs_cols = {r[1] for r in self._db.execute("PRAGMA table_info(frame_sets)")}
+        if (cols and "held" not in cols) or (fs_cols and "evicted_through" not in fs_cols):
+            self._db.execute("BEGIN IMMEDIATE")
+            if cols and "held" not in cols:
+                self._db.execute("ALTER TABLE frames ADD COLUMN held INTEGER NOT NULL DEFAULT 0")
+            if fs_cols and "evicted_through" not in fs_cols:
+                self._db.execute("ALTER TABLE frame_sets ADD COLUMN evicted_through INTEGER")
+            self._db.execute("COMMIT")
         self._db.executescript(_SCHEMA)
-        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM frames").fetchone()
         self._frames, self._bytes = int(row[0]), int(row[1])
         # Frames marked "sent" by a previous process are in an unknown state (the broker may or may
         # not have them): queue them again; the relay dedupes.
         self._db.execute("UPDATE frames SET state = 0, last_sent = NULL WHERE state = 1")
+        if not self.hold_kinds and not self._maintenance:
+            # A gateway not (or no longer) in auxiliary mode: the buffer is sent (module docstring).
+            # Maintenance commands (exclusive) leave it as it is.
+            self._db.execute("UPDATE frames SET held = 0 WHERE held = 1")
         self._counters = {k: int(self._meta(k, 0)) for k in ("evicted_frames", "evicted_bytes", "alarms",
                                                              "disk_full_events", "acked_frames",
-                                                             "purged_frames")}
+                                                             "purged_frames", "held_expired_frames",
+                                                             "released_frames")}
 
     # -- helpers ---------------------------------------------------------------------------------
     def _meta(self, key: str, default: Any = None) -> Any:
@@ -474,16 +529,27 @@ class Outbox:
             except Exception:  # an SOH publisher failing must not lose the frame being committed
                 log.exception("outbox: alarm callback failed")
 
-    def _evict_where(self, reason: str, where: str, args: Iterable[Any]) -> int:
-        """Delete rows selected by *where* (inside the caller's transaction); alarm if any."""
-        rows = self._db.execute(f"SELECT id, seq, size FROM frames WHERE {where}", tuple(args)).fetchall()
+    def _evict_where(self, reason: str, where: str, args: Iterable[Any], *, alarm: bool = True) -> int:
+        """Delete rows selected by *where* (inside the caller's transaction); alarm if any (without
+        *alarm*: held frames rolling off the auxiliary buffer by age, counted ``held_expired_frames``)."""
+        rows = self._db.execute(f"SELECT id, seq, size, frame_set FROM frames WHERE {where}",
+                                tuple(args)).fetchall()
         if not rows:
             return 0
         ids = [(r[0],) for r in rows]
         nbytes = sum(r[2] for r in rows)
         self._db.executemany("DELETE FROM frames WHERE id = ?", ids)
+        through: dict[str, int] = {}
+        for _, seq, _, fs in rows:
+            through[fs] = max(seq, through.get(fs, seq))
+        # What was evicted, durably: a request for it is answered "evicted" (window()).
+        self._db.executemany("UPDATE frame_sets SET evicted_through = MAX(COALESCE(evicted_through, -1), ?) "
+                             "WHERE frame_set = ?", [(seq, fs) for fs, seq in through.items()])
         self._frames -= len(rows)
         self._bytes -= nbytes
+        if not alarm:
+            self._counters["held_expired_frames"] += len(rows)
+            return len(rows)
         self._counters["evicted_frames"] += len(rows)
         self._counters["evicted_bytes"] += nbytes
         self._alarm(reason, frames=len(rows), bytes=nbytes, first_seq=min(r[1] for r in rows),
@@ -547,21 +613,26 @@ class Outbox:
                  digest: bytes) -> None:
         now = self._clock.time()
         with self._txn():
+            held = kind in self.hold_kinds and self._db.execute(
+                "SELECT 1 FROM releases WHERE frame_set = ? AND start < ? AND end > ? LIMIT 1",
+                (frame_set, float(nominal_time) + self.hold_span_s, float(nominal_time))).fetchone() is None
             self._db.execute(
-                "INSERT INTO frames (kind, frame_set, seq, nominal_time, committed, size, digest, payload)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (kind, frame_set, seq, float(nominal_time), now, len(payload), digest, payload))
+                "INSERT INTO frames (kind, frame_set, seq, nominal_time, committed, size, digest, payload, held)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (kind, frame_set, seq, float(nominal_time), now, len(payload), digest, payload, int(held)))
             self._db.execute(
-                "INSERT INTO frame_sets VALUES (?, ?) ON CONFLICT (frame_set) DO UPDATE SET "
+                "INSERT INTO frame_sets (frame_set, highest_committed) VALUES (?, ?) ON CONFLICT (frame_set) DO UPDATE SET "
                 "highest_committed = MAX(highest_committed, excluded.highest_committed)", (frame_set, seq))
             self._frames += 1
             self._bytes += len(payload)
-            before = self._counters["evicted_frames"]
+            before = self._counters["evicted_frames"] + self._counters["held_expired_frames"]
+            self._evict_where("age", "nominal_time < ? AND held = 1 AND NOT (frame_set = ? AND seq = ?)",
+                              (now - self.max_age_s, frame_set, seq), alarm=False)
             self._evict_where("age", "nominal_time < ? AND NOT (frame_set = ? AND seq = ?)",
                               (now - self.max_age_s, frame_set, seq))
             if self._bytes > self.max_bytes:
                 self._evict_oldest_bytes("bytes", self._bytes - self.max_bytes)
-            if self._counters["evicted_frames"] != before:
+            if self._counters["evicted_frames"] + self._counters["held_expired_frames"] != before:
                 self._save_counters()
 
     def _rollback(self) -> None:
@@ -720,11 +791,11 @@ class Outbox:
         with self._lock:
             cut = self._clock.time() - live_window_s
             rows = self._db.execute(
-                f"SELECT {cols} FROM frames WHERE state = 0 AND nominal_time >= ? "
+                f"SELECT {cols} FROM frames WHERE held = 0 AND state = 0 AND nominal_time >= ? "
                 "ORDER BY nominal_time, id LIMIT ?", (cut, limit)).fetchall()
             if len(rows) < limit:
                 rows += self._db.execute(
-                    f"SELECT {cols} FROM frames WHERE state = 0 AND nominal_time < ? "
+                    f"SELECT {cols} FROM frames WHERE held = 0 AND state = 0 AND nominal_time < ? "
                     "ORDER BY nominal_time, id LIMIT ?", (cut, limit - len(rows))).fetchall()
         return [OutboxItem(*r) for r in rows]
 
@@ -806,29 +877,34 @@ class Outbox:
         with self._lock:
             hold = self._clock.monotonic() - self.resend_holdoff_s
             rows = self._db.execute(
-                "SELECT id, seq, size, state, last_sent, pubacked FROM frames WHERE frame_set = ? "
+                "SELECT id, seq, size, state, last_sent, pubacked, held, kind FROM frames WHERE frame_set = ? "
                 "ORDER BY seq", (frame_set,)).fetchall()
-            delete, resend = [], []
+            delete, resend, rehold = [], [], []
             j, ngaps = 0, len(merged)
-            for rid, seq, size, state, last_sent, pubacked in rows:
+            for rid, seq, size, state, last_sent, pubacked, held, kind in rows:
+                if held:
+                    continue          # never sent: no gap, implied or listed, makes it sendable
                 while j < ngaps and merged[j][1] <= seq:      # gaps wholly below this frame
                     j += 1
                 in_gap = j < ngaps and merged[j][0] <= seq
                 if not empty and lowest <= seq <= highest and not in_gap:
                     if pubacked:
-                        delete.append((rid, size))
+                        # Auxiliary mode: delivered data goes back to the buffer (module docstring).
+                        (rehold if kind in self.hold_kinds else delete).append((rid, size))
                 elif state == STATE_SENT and (last_sent is None or last_sent <= hold):
                     resend.append(rid)
-            if not delete and not resend:
+            if not delete and not resend and not rehold:
                 return 0
             with self._txn():
                 self._db.executemany("DELETE FROM frames WHERE id = ?", [(r,) for r, _ in delete])
+                self._db.executemany("UPDATE frames SET held = 1, state = 0 WHERE id = ?", [(r,) for r, _ in rehold])
+                delete = delete + rehold      # acknowledged, for the counters (kept: not in the byte sums)
                 self._db.executemany("UPDATE frames SET state = 0 WHERE id = ?", [(r,) for r in resend])
                 self._counters["acked_frames"] += len(delete)
                 self._db.execute("INSERT OR REPLACE INTO meta VALUES ('acked_frames', ?)",
                                  (self._counters["acked_frames"],))
-                self._frames -= len(delete)
-                self._bytes -= sum(s for _, s in delete)
+                self._frames -= len(delete) - len(rehold)
+                self._bytes -= sum(s for _, s in delete) - sum(s for _, s in rehold)
             self._resends_queued += len(resend)
             return len(delete)
 
@@ -840,10 +916,59 @@ class Outbox:
                                    (frame_set,)).fetchone()
         return (0, -1) if row[0] is None else (int(row[0]), int(row[1]))
 
+    # -- auxiliary mode ----------------------------------------------------------------------------
+    MAX_RELEASES = 10_000      # remembered release windows (merged, pruned by age); beyond, oldest go
+
+    def release(self, frame_set: str, start_s: float, end_s: float) -> int:
+        """Make the held frames of *frame_set* overlapping [*start_s*, *end_s*) sendable, and
+        remember the window so that frames committed later inside it are not held (a window that
+        reaches into the future).  Returns the number of frames released now.  Durable (one
+        transaction); windows are merged with overlapping ones and forgotten once older than the
+        age bound (no frame that old can be committed)."""
+        start_s, end_s = float(start_s), float(end_s)
+        if not (math.isfinite(start_s) and math.isfinite(end_s)) or end_s <= start_s:
+            raise ValueError(f"outbox: release window {start_s!r}..{end_s!r} is empty or not finite")
+        with self._lock, self._txn():
+            cur = self._db.execute(
+                "UPDATE frames SET held = 0, state = 0 WHERE held = 1 AND frame_set = ? AND nominal_time < ? "
+                "AND nominal_time > ?", (frame_set, end_s, start_s - self.hold_span_s))
+            n = cur.rowcount
+            over = self._db.execute("SELECT id, start, end FROM releases WHERE frame_set = ? AND start <= ? "
+                                    "AND end >= ?", (frame_set, end_s, start_s)).fetchall()
+            if over:
+                start_s = min([start_s] + [r[1] for r in over])
+                end_s = max([end_s] + [r[2] for r in over])
+                self._db.executemany("DELETE FROM releases WHERE id = ?", [(r[0],) for r in over])
+            self._db.execute("INSERT INTO releases (frame_set, start, end) VALUES (?, ?, ?)",
+                             (frame_set, start_s, end_s))
+            self._db.execute("DELETE FROM releases WHERE end < ?", (self._clock.time() - self.max_age_s,))
+            self._db.execute("DELETE FROM releases WHERE id NOT IN (SELECT id FROM releases ORDER BY end DESC "
+                             "LIMIT ?)", (self.MAX_RELEASES,))
+            self._counters["released_frames"] += n
+            self._save_counters()
+        return n
+
+    def window(self, frame_set: str, start_s: float, end_s: float) -> dict:
+        """What the outbox knows of *frame_set* in [*start_s*, *end_s*): the stored frames
+        overlapping it (``seqs``, sorted; ``held``: how many of them are held), the highest
+        sequence number ever committed and the highest ever evicted (None: none), for a request's
+        answer (``edge/commands.py`` names what is missing from them)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, held FROM frames WHERE frame_set = ? AND nominal_time < ? AND nominal_time > ? "
+                "ORDER BY seq", (frame_set, float(end_s), float(start_s) - self.hold_span_s)).fetchall()
+            fs = self._db.execute("SELECT highest_committed, evicted_through FROM frame_sets WHERE frame_set = ?",
+                                  (frame_set,)).fetchone()
+        return {"seqs": [int(r[0]) for r in rows], "held": sum(int(r[1]) for r in rows),
+                "highest_committed": None if fs is None else fs[0],
+                "evicted_through": None if fs is None else fs[1]}
+
     def stats(self) -> dict:
         with self._lock:
             row = self._db.execute(
-                "SELECT MIN(nominal_time), SUM(state = 0), SUM(state = 1) FROM frames").fetchone()
+                "SELECT MIN(nominal_time), SUM(state = 0 AND held = 0), SUM(state = 1), SUM(held = 1), "
+                "COALESCE(SUM(CASE WHEN held = 1 THEN size END), 0), MIN(CASE WHEN held = 1 THEN nominal_time END) "
+                "FROM frames").fetchone()
             now = self._clock.time()
             return {
                 "frames": self._frames,
@@ -855,6 +980,9 @@ class Outbox:
                 "oldest_age_s": None if row[0] is None else now - row[0],
                 "pending": int(row[1] or 0),
                 "in_flight": int(row[2] or 0),
+                "held": int(row[3] or 0),
+                "held_bytes": int(row[4]),
+                "oldest_held": row[5],
                 "resends_queued": self._resends_queued,
                 **{("evicted" if k == "evicted_frames" else k): v for k, v in self._counters.items()},
                 "last_alarm": self.last_alarm,
@@ -862,11 +990,13 @@ class Outbox:
 
     # -- maintenance (needs exclusive=True: see the module docstring) ----------------------------
     def items(self, kind: str | None = None) -> Iterator[tuple[OutboxItem, int]]:
-        """Every stored frame (of *kind*) with its state, in (frame set, seq) order, streamed (a
-        week of frames does not fit a small gateway's memory at once)."""
+        """Every stored frame (of *kind*) with its state (0 pending, 1 sent, 2 held: auxiliary mode),
+        in (frame set, seq) order, streamed (a week of frames does not fit a small gateway's memory
+        at once)."""
         with self._lock:
             cur = self._db.execute(
-                "SELECT id, kind, frame_set, seq, nominal_time, payload, sent_count, state FROM frames "
+                "SELECT id, kind, frame_set, seq, nominal_time, payload, sent_count, "
+                "CASE WHEN held = 1 THEN 2 ELSE state END FROM frames "
                 "WHERE ? IS NULL OR kind = ? ORDER BY frame_set, seq", (kind, kind))
             for r in cur:
                 yield OutboxItem(*r[:7]), int(r[7])

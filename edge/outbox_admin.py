@@ -36,7 +36,7 @@ class StuckFrame:
     frame_set: str
     seq: int
     nominal_time: float
-    state: str                   # "pending" or "sent"
+    state: str                   # "pending", "sent" or "held" (auxiliary mode: kept in the buffer)
     sent_count: int
     size: int
     frame_key_id: int | None     # None: the payload does not parse as CD-1.1
@@ -92,7 +92,7 @@ def describe(item: Any, state: int) -> StuckFrame:
     from ims_station import cd11
 
     base = dict(id=item.id, frame_set=item.frame_set, seq=item.seq, nominal_time=item.nominal_time,
-                state="sent" if state else "pending", sent_count=item.sent_count, size=len(item.payload))
+                state=("pending", "sent", "held")[state], sent_count=item.sent_count, size=len(item.payload))
     try:
         frame, _ = cd11.parse_frame(item.payload)
     except cd11.Cd11Error as err:

@@ -361,7 +361,8 @@ class Station:
     gateway: Gateway
     ports: list[StationPort]
     stages: list[Any]
-    emit_event: Callable[[dict], int] | None = None   # the stages' StageContext.emit_event
+    emit_event: Callable[[dict], int] | None = None    # the stages' event path (StageContext.emit_event)
+    auxiliary: Any = None                              # edge/auxiliary.AuxiliaryStation in auxiliary mode
 
     def open_ports(self) -> None:
         """Open every port now: one held by another process stops us here with its PID
@@ -409,7 +410,9 @@ def assemble(station_cfg: Any, settings: Any = None, *, clock: Any,
     keyword arguments for timings the station file does not set: *uplink_options* (``Uplink``:
     e.g. ``backoff_base_s``, ``connect_timeout_s``) and *pump_options* (``PortPump``:
     ``backoff_initial``, ``backoff_max``).  The board transport is the port's URL (``sim://``
-    for a HIL board, a device for a real one).
+    for a HIL board, a device for a real one).  An auxiliary station (``[station] mode``) gets an
+    outbox that holds its data frames and, at the event emitter, the release of each event's data
+    and the handler of the relay's window requests (``edge/auxiliary.py``, ``edge/commands.py``).
     """
     from ims_station.edge.outbox import Outbox
 
@@ -429,7 +432,10 @@ def assemble(station_cfg: Any, settings: Any = None, *, clock: Any,
     outbox = Outbox(path, max_bytes=settings.get("outbox", "max_bytes"),
                     max_age_s=float(settings.get("outbox", "max_age_days")) * 86400, clock=clock,
                     synchronous=settings.get("outbox", "synchronous"),
-                    min_free_bytes=settings.get("outbox", "min_free_bytes"), on_alarm=alarm)
+                    min_free_bytes=settings.get("outbox", "min_free_bytes"), on_alarm=alarm,
+                    # Auxiliary mode: data frames stay held in the outbox until released (edge/auxiliary.py).
+                    hold_kinds=("cd11",) if getattr(station_cfg, "auxiliary", False) else (),
+                    hold_span_s=float(settings.get("framer", "frame_seconds")))
     try:
         return _assemble_rest(station_cfg, settings, outbox, uplink_box, clock, alarm, on_commit, on_events,
                               uplink_options or {}, pump_options or {})
@@ -496,17 +502,26 @@ def _assemble_rest(station_cfg: Any, settings: Any, outbox: Any, uplink_box: lis
                     on_commit=on_commit, on_alarm=alarm)
     uplink = None
     gw_ref: list[Gateway] = []
+    aux_ref: list[Any] = []
+    aux_soh = lambda: {"auxiliary": aux_ref[0].stats()} if aux_ref else {}  # noqa: E731
     if settings.brokers:
         up = lambda key: settings.get("uplink", key)  # noqa: E731
         uplink = Uplink(station_cfg.code, settings.brokers, outbox, clock=clock, prefix=up("prefix"),
                         protocol=up("protocol"), inflight=up("inflight"), max_unacked=up("max_unacked"),
                         live_window_s=up("live_window_s"), ack_timeout_s=up("ack_timeout_s"),
                         soh_interval_s=up("soh_interval_s"),
-                        soh_provider=lambda: {"gateway": gw_ref[0].stats()} if gw_ref else {},
+                        soh_provider=lambda: ({"gateway": gw_ref[0].stats()} if gw_ref else {}) | aux_soh(),
                         **acknack_options(settings), **uplink_options)
         uplink_box.append(uplink)
     emit = event_emitter(station_cfg.code, outbox, clock, uplink.notify if uplink is not None else (lambda: None),
                          signer=framer.station_signer)
+    if getattr(station_cfg, "auxiliary", False):
+        # Every emitted event releases its data; the relay's window requests reach the outbox.
+        from ims_station.edge.auxiliary import AuxiliaryStation
+
+        aux_ref.append(AuxiliaryStation.build(station_cfg, settings, outbox=outbox, framer=framer, clock=clock,
+                                              keystore=keystore, uplink=uplink))
+        emit = aux_ref[0].wrap(emit)
     named_stages = stages_from_config(StageContext(station_cfg, clock, outbox, framer, alarm, emit))
     stages = [st for _, st in named_stages]
     gw = Gateway(f"{station_cfg.network}.{station_cfg.code}", framer, uplink=uplink, stages=stages,
@@ -534,7 +549,8 @@ def _assemble_rest(station_cfg: Any, settings: Any, outbox: Any, uplink_box: lis
         sp.pump = PortPump(port.url, dec, baudrate=port.baudrate, timeout=port.timeout, clock=clock,
                            on_events=port_events, **pump_options)
         ports.append(sp)
-    return Station(station_cfg, settings, clock, outbox, framer, uplink, gw, ports, stages, emit)
+    return Station(station_cfg, settings, clock, outbox, framer, uplink, gw, ports, stages, emit,
+                   aux_ref[0] if aux_ref else None)
 
 
 def load(station_file: str, uplink_file: str | None = None) -> tuple[Any, Any]:

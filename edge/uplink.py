@@ -50,6 +50,12 @@ the station's acknack topic) is logged and counted (``acknack_subscribe_refused`
 sent, because the archive needs the data more than the outbox needs its deletions -- they stay in
 the outbox and the ack timeout resends them (the relay dedupes) until an operator fixes the ACL.
 
+Commands (auxiliary stations; docs/uplink.md, "Auxiliary mode"): with a *command_handler*
+(:class:`ims_station.edge.commands.CommandHandler`), the uplink also subscribes to its ``cmd`` topic
+and publishes what the handler answers on ``cmd/response``; the handler authenticates and
+bounds each command and never raises.  A refused ``cmd`` subscription is logged and counted
+(``cmd_subscribe_refused``) and does not hold the frames back.
+
 Time: protocol schedules (the ack-timeout check, the SOH interval) run on the injected *clock*;
 network waits (the poll of the outbox, the 2-s grace for the ``offline`` message when stopping) on
 the session's wall clock, because they bound real socket waits.
@@ -139,7 +145,7 @@ class Uplink(SessionOwner):
                  soh_provider: Callable[[], dict] | None = None, rng: random.Random | None = None,
                  client_name: str | None = None, acknack_trust: Any = None,
                  acknack_key_ids: Sequence[int] | None = None,
-                 relay_name: str = topics.DEFAULT_RELAY_NAME) -> None:
+                 relay_name: str = topics.DEFAULT_RELAY_NAME, command_handler: Any = None) -> None:
         if not brokers:
             raise UplinkError("uplink: at least one broker is needed")
         if protocol not in PROTOCOLS:
@@ -175,6 +181,10 @@ class Uplink(SessionOwner):
         self.t_acknack = topics.topic(prefix, station, "acknack")
         self.t_soh = topics.topic(prefix, station, "soh")
         self.t_status = topics.topic(prefix, station, "status")
+        self.command_handler = command_handler
+        self.t_cmd = topics.topic(prefix, station, "cmd")
+        self.t_cmd_response = topics.topic(prefix, station, "cmd/response")
+        self._cmd_sub_mid: int | None = None
 
         self._wake = threading.Event()
         self._soh_due = threading.Event()
@@ -187,7 +197,7 @@ class Uplink(SessionOwner):
                               frames_acked=0, events_published=0, events_acked=0, acknacks_unsigned=0,
                               acknacks_bad_signature=0, acknacks_suspicious=0, requeued_on_disconnect=0, requeued_ack_timeout=0,
                               soh_published=0, protocol_fallbacks=0, acknack_subscribe_refused=0,
-                              unknown_kind=0)
+                              unknown_kind=0, commands=0, command_errors=0, cmd_subscribe_refused=0)
         self.last_acknack: dict | None = None
         self._mqtt = MqttSession(
             brokers, client_name=self.client_name, label=f"uplink {self.station}", protocol=protocol,
@@ -223,7 +233,8 @@ class Uplink(SessionOwner):
 
     def stats(self) -> dict:
         b = self._mqtt.broker
-        return {**self._counters, "connected": self.connected,
+        extra = {} if self.command_handler is None else {"commands_detail": self.command_handler.stats()}
+        return {**self._counters, **extra, "connected": self.connected,
                 "broker": f"{b.host}:{b.port}", "protocol": self._mqtt.protocol,
                 "awaiting_puback": len(self._pending_mids), "last_acknack": self.last_acknack}
 
@@ -247,12 +258,21 @@ class Uplink(SessionOwner):
     def _on_connected(self, client: Any, flags: Any) -> None:
         # Through the session: frames wait for this SUBACK (see the module docstring, Readiness).
         self._mqtt.subscribe(client, self.t_acknack, qos=1)
+        if self.command_handler is not None:
+            self._cmd_sub_mid = self._mqtt.subscribe(client, self.t_cmd, qos=1)
         client.publish(self.t_status, self._status_payload("online"), qos=1, retain=True)
         self._soh_due.set()
         self._wake.set()
         log.info("uplink %s: connected (session present: %s)", self.station, flags.session_present)
 
     def _on_subscribed(self, client: Any, mid: int, reason_codes: Any) -> bool:
+        if mid == self._cmd_sub_mid and mid is not None:
+            if any(rc.is_failure for rc in reason_codes):
+                self._counters["cmd_subscribe_refused"] += 1
+                log.error("uplink %s: broker refused the command subscription %s (%s): the relay's window "
+                          "requests cannot reach this station; check the broker's ACL", self.station, self.t_cmd,
+                          ", ".join(str(rc) for rc in reason_codes))
+            return True          # frames do not wait for commands
         if any(rc.is_failure for rc in reason_codes):
             self._counters["acknack_subscribe_refused"] += 1
             log.error("uplink %s: broker refused the acknack subscription %s (%s): frames are sent but "
@@ -278,6 +298,9 @@ class Uplink(SessionOwner):
             self.outbox.mark_pubacked(ids)
 
     def _on_message(self, client, userdata, msg) -> None:
+        if msg.topic == self.t_cmd and self.command_handler is not None:
+            self._on_command(client, bytes(msg.payload))
+            return
         if msg.topic != self.t_acknack:
             return
         try:
@@ -286,6 +309,18 @@ class Uplink(SessionOwner):
             self._counters["acknacks_invalid"] += 1
             self._rlog("acknack_invalid", logging.WARNING, "uplink %s: rejected acknack (%d bytes): %s",
                        self.station, len(msg.payload), err)
+
+    def _on_command(self, client: Any, payload: bytes) -> None:
+        self._counters["commands"] += 1
+        try:
+            answer = self.command_handler.handle(payload)
+            if answer is not None:
+                client.publish(self.t_cmd_response, answer, qos=1)
+            self._wake.set()          # a request may have released frames
+        except Exception as err:      # the handler never raises; this is the uplink's own guard
+            self._counters["command_errors"] += 1
+            self._rlog("command_error", logging.ERROR, "uplink %s: command (%d bytes) failed: %s",
+                       self.station, len(payload), err)
 
     def _handle_acknack(self, payload: bytes) -> None:
         from ims_station.cd11 import Acknack, parse_frame

@@ -1,6 +1,6 @@
 """Configuration of the gateway's framing, outbox, keys and uplink (TOML, validated at start-up).
 
-Owns the schema of the ``[framer]``, ``[outbox]``, ``[keys]`` and ``[uplink]`` tables (with one
+Owns the schema of the ``[framer]``, ``[outbox]``, ``[keys]``, ``[uplink]`` and ``[auxiliary]`` tables (with one
 ``[[uplink.brokers]]`` entry per broker, keys as :class:`ims_station.broker.BrokerConfig`), their
 defaults (:data:`DEFAULTS`) and their resolution into :class:`UplinkSettings`.  The tables belong in
 the station file (``edge/config.py`` merges :data:`TABLES` into its schema, docs/configuration.md
@@ -102,6 +102,13 @@ TABLES: dict[str, Any] = {
             # The relay's [relay] name (relay/cli.py has the same pattern): the creator of its acknacks.
             "relay_name": {"type": "string", "pattern": "^[ -~]{1,8}$"},
         }},
+        # Auxiliary mode ([station] mode = "auxiliary"; docs/uplink.md, "Auxiliary mode").
+        "auxiliary": {"type": "object", "additionalProperties": False, "properties": {
+            "release_pre_s": {"type": "number", "minimum": 0, "maximum": 86400},
+            "release_post_s": {"type": "number", "minimum": 0, "maximum": 86400},
+            "max_request_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 7 * 86400},
+            "command_max_age_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+        }},
 }
 
 # A separate --uplink file: the same tables (the station tables may share it).
@@ -116,6 +123,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "uplink": {"prefix": "ims", "protocol": "auto", "inflight": 32, "max_unacked": 2000, "live_window_s": 60.0,
                "ack_timeout_s": 300.0, "soh_interval_s": 60.0, "acknack_trust": None, "acknack_key_ids": None,
                "relay_name": topics.DEFAULT_RELAY_NAME},
+    "auxiliary": {"release_pre_s": 30.0, "release_post_s": 60.0, "max_request_s": 3600.0,
+                  "command_max_age_s": 300.0},
 }
 
 
@@ -127,6 +136,7 @@ class UplinkSettings:
     keys: dict = field(default_factory=dict)
     uplink: dict = field(default_factory=dict)
     brokers: list = field(default_factory=list)     # BrokerConfig, paths resolved
+    auxiliary: dict = field(default_factory=dict)
     # What the default byte bound is derived from: (channels, samples/s) per port, and where the
     # outbox lives (as edge/station.py places it: [outbox] path, else <data_dir>/outbox.sqlite).
     streams: list = field(default_factory=list)
@@ -225,6 +235,7 @@ def settings_from_data(data: dict[str, Any], file: Path) -> UplinkSettings:
     data_dir = Path(data.get("station", {}).get("data_dir", "data"))
     outbox_path = outbox.get("path") or str((data_dir if data_dir.is_absolute() else base / data_dir) / "outbox.sqlite")
     return UplinkSettings(file, dict(data.get("framer", {})), outbox, keys, uplink, brokers,
+                          auxiliary=dict(data.get("auxiliary", {})),
                           streams=_streams(data.get("ports", [])), outbox_path=outbox_path)
 
 

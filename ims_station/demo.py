@@ -63,6 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ber", type=float, default=0.0, help="bit error rate on the serial line")
     p.add_argument("--drop", type=float, default=0.0, help="byte drop probability on the serial line")
     p.add_argument("--workdir", help="keep keys, outboxes and the archive here (default: a temporary dir, removed)")
+    p.add_argument("--auxiliary", action="store_true",
+                   help="auxiliary stations: data stays in the station's buffer; only the windows of its events "
+                        "and one window the relay requests at the end reach the archive (docs/uplink.md)")
     p.add_argument("--json", action="store_true", help="print only the JSON report")
     p.set_defaults(handler=_cmd)
 
@@ -79,6 +82,7 @@ class DemoOptions:
     drop: float = 0.0
     workdir: str | None = None
     drain_s: float = 45.0            # simulated seconds after sampling ends: the last window waits max_wait_s (30 s)
+    auxiliary: bool = False          # [station] mode = "auxiliary"; the relay requests one window at the end
 
     def check(self) -> None:
         from ims_station.errors import ConfigError
@@ -201,7 +205,7 @@ NETWORK = "XX"
 def write_station_file(path: Path, station: str, keys: StationKeys, *, sim_name: str, board_id: int, baud: int,
                        broker: Any, protocol: str = "auto", frame_seconds: int = 10, pin_keys: bool = True,
                        keystore: Path | None = None, acknack_trust: Path | None = None,
-                       ack_timeout_s: float | None = None) -> Path:
+                       ack_timeout_s: float | None = None, auxiliary: bool = False) -> Path:
     """The station file (docs/configuration.md) of a simulated station: one ``sim://`` port to the
     HIL board *sim_name* (``sim`` board, channels :data:`SIM_CHANNELS`), the outbox in the file's
     folder, the keys of *keys* (pinned, or chosen by time from *keystore* with ``pin_keys=False``),
@@ -214,6 +218,7 @@ def write_station_file(path: Path, station: str, keys: StationKeys, *, sim_name:
     q = json.dumps          # a TOML basic string is a JSON string for these values
     chans = ", ".join(f'"{i}" = {q(f"{loc}.{cha}")}' for i, (loc, cha) in enumerate(SIM_CHANNELS))
     lines = ["[station]", f"code = {q(station)}", f"network = {q(NETWORK)}", f"data_dir = {q(str(path.parent))}",
+             *(['mode = "auxiliary"'] if auxiliary else []),
              "", "[[ports]]", 'name = "board"', f"url = {q('sim://' + sim_name)}", 'board = "sim"',
              f"board_id = {int(board_id)}", f"baudrate = {int(baud)}", f"key_file = {q(str(keys.board_key_file))}",
              f"channels = {{ {chans} }}",
@@ -301,7 +306,7 @@ def _make_rig(i: int, station: str, keys: StationKeys, opts: DemoOptions, start_
         cfg = load_station_config(write_station_file(
             root / station / "station.toml", station, keys, sim_name=name, board_id=sim.board.board_id,
             baud=sim.baud, broker=broker.config, protocol="auto" if broker.caps.mqtt5 else "3.1.1",
-            frame_seconds=int(opts.frame_seconds), acknack_trust=root / "acknack-trust"))
+            frame_seconds=int(opts.frame_seconds), acknack_trust=root / "acknack-trust", auxiliary=opts.auxiliary))
         rig = StationRig(station, sim, name, None)
 
         def on_commit(seq: int, raw: bytes) -> None:
@@ -464,12 +469,16 @@ def run_demo(opts: DemoOptions, progress: Callable[[dict], None] | None = None) 
         if relay is not None and any(r.gateway is not None for r in rigs):
             deadline = time.monotonic() + max(30.0, 120.0 / opts.speed)
             while time.monotonic() < deadline:
-                if all(r.outbox is None or r.outbox.stats()["frames"] == 0 for r in rigs):
+                if all(r.outbox is None or _drained(r.outbox.stats(), opts) for r in rigs):
                     break
                 if progress is not None:
                     progress(_snapshot(rigs, clock, t_end, broker, arrivals))
                 stop.wait(0.1)
+        requests = (_request_windows(root, rigs, broker, clock, arrivals, start_utc, opts)
+                    if opts.auxiliary and relay is not None else None)
         report = _report(opts, stages, rigs, broker, relay, arrivals, clock, time.perf_counter() - wall0)
+        if opts.auxiliary:
+            _auxiliary_report(report, rigs, arrivals, requests, relay is not None)
         report["missing_stages"] = missing
         return report
     finally:
@@ -490,6 +499,76 @@ def run_demo(opts: DemoOptions, progress: Callable[[dict], None] | None = None) 
             broker.close()
         if own_dir:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _drained(stats: dict, opts: DemoOptions) -> bool:
+    """Nothing left to deliver: an empty outbox, or (auxiliary) nothing sendable or in flight."""
+    if opts.auxiliary:
+        return stats["pending"] == 0 and stats["in_flight"] == 0
+    return stats["frames"] == 0
+
+
+def _request_windows(root: Path, rigs: list[StationRig], broker: Any, clock: PacedClock, arrivals: ArrivalLog,
+                     start_utc: int, opts: DemoOptions) -> dict:
+    """Auxiliary demo: the relay asks each station for one window (the 3 frames one minute into the
+    run) with ``relay/request.request_window``, signed by the relay's key at the simulation's time,
+    and waits (bounded) until those frames are archived.  Returns station -> (window, answer)."""
+    from ims_station.relay.request import request_window
+
+    conf = {"relay": {"name": RELAY_NAME, "trust_dir": str(root / "relay" / "trust"),
+                      "acknack_key": {"keystore": str(root / "relay" / "keys"), "key_id": RELAY_ACKNACK_KEY}},
+            "brokers": [broker.config]}
+    fs = opts.frame_seconds
+    start = (start_utc + 60) // fs * fs
+    window = (float(start), float(start + 3 * fs))
+    out = {}
+    for r in rigs:
+        try:
+            doc = request_window(conf, r.station, *window, wait_s=20, now=clock.time())
+        except Exception as err:      # reported, not raised: the report says what failed
+            doc = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+        out[r.station] = {"window": window, "answer": doc}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not all(
+            _drained(r.outbox.stats(), opts) and all((f"{r.station}:0", s) in arrivals.archived
+                                                     for s in _released_seqs(r, [window], fs))
+            for r in rigs):
+        time.sleep(0.1)
+    return out
+
+
+def _released_seqs(rig: StationRig, windows: list, frame_s: float) -> set[int]:
+    """The frames *rig* built that overlap one of *windows* ([start, end) POSIX seconds)."""
+    epoch = 946_684_800
+    return {s for s in rig.build_times
+            if any(epoch + s * frame_s < b and epoch + (s + 1) * frame_s > a for a, b in windows)}
+
+
+def _auxiliary_report(report: dict, rigs: list[StationRig], arrivals: ArrivalLog, requests: dict | None,
+                      with_relay: bool) -> None:
+    """Auxiliary demo: what reached the archive must be exactly the frames of the released windows
+    (events' and the request's); the rest stays in the stations' buffers, not lost."""
+    fs = report["options"]["frame_seconds"]
+    released, archived_outside, lost = 0, 0, 0
+    per = {}
+    with arrivals.lock:
+        got = set(arrivals.archived)
+    for r in rigs:
+        aux = r.edge.auxiliary
+        windows = list(aux.release.windows) + ([requests[r.station]["window"]] if requests else [])
+        want = _released_seqs(r, windows, fs)
+        have = {s for (f, s) in got if f == f"{r.station}:0"}
+        released += len(want)
+        lost += len(want - have)
+        archived_outside += len(have - want)
+        per[r.station] = {"event_windows": len(aux.release.windows), "frames_released": len(want),
+                          "frames_archived": len(have), "held_at_station": r.outbox.stats()["held"],
+                          "request": requests.get(r.station) if requests else None}
+    report["auxiliary"] = {"stations": per, "frames_released": released, "archived_outside_windows": archived_outside}
+    report["frames"]["lost"] = lost if with_relay else None
+    report["ok"] = (with_relay and all(r.error is None for r in rigs) and not report["frames"]["quarantined"]
+                    and lost == 0 and archived_outside == 0
+                    and all(q["answer"].get("ok") for q in (requests or {}).values()))
 
 
 def _snapshot(rigs: list[StationRig], clock: PacedClock, t_end: float, broker: Any, arrivals: ArrivalLog) -> dict:
@@ -568,7 +647,7 @@ def _cmd(args: argparse.Namespace) -> int:
 
     opts = DemoOptions(minutes=args.minutes, stations=args.stations, speed=args.speed, seed=args.seed,
                        frame_seconds=args.frame_seconds, broker=args.broker, ber=args.ber, drop=args.drop,
-                       workdir=args.workdir)
+                       workdir=args.workdir, auxiliary=args.auxiliary)
     if args.json:
         report = run_demo(opts)
         print_json(report)

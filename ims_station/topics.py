@@ -13,8 +13,8 @@ topic                              direction  retained  payload
 ``{p}/{sta}/soh``                  sta->all   yes       station state of health, JSON
 ``{p}/{sta}/status``               sta->all   yes       ``online`` / ``offline`` (Last Will: no time), JSON
 ``{p}/{sta}/events``               sta->relay no        trigger event, signed envelope (kind event), JSON body
-``{p}/{sta}/cmd``                  ops->sta   no        command request, JSON
-``{p}/{sta}/cmd/response``         sta->ops   no        command response, JSON
+``{p}/{sta}/cmd``                  relay->sta no        command, signed envelope (edge/commands.py)
+``{p}/{sta}/cmd/response``         sta->relay no        its answer, signed envelope
 ``{p}/{sta}/ims20``                sta->relay no        IMS 2.0 message (roadmap), text
 =================================  =========  ========  ==================================================
 

@@ -326,6 +326,26 @@ def _cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_request(args: argparse.Namespace) -> int:
+    """Ask an auxiliary station for a window (relay/request.py); exit 0 when it sends frames,
+    1 when it answers with an error, 2 (an ImsStationError) when no valid answer came."""
+    from ims_station.output import print_json
+    from ims_station.relay.request import request_window
+
+    doc = request_window(load_config(args.config), args.station, args.start, args.end, wait_s=args.wait)
+    if args.json:
+        print_json(doc)
+    elif doc.get("ok"):
+        print(f"{args.station}: {doc['frames']} frames (seq {doc['first_seq']}..{doc['last_seq']}, "
+              f"{doc.get('released', 0)} released now) for {doc['start']}..{doc['end']}")
+    else:
+        print(f"{args.station}: error: {doc.get('error')}")
+    if not args.json:
+        for m in doc.get("missing") or []:
+            print(f"  missing {m['start']}..{m['end']}: {m['reason']}")
+    return 0 if doc.get("ok") else 1
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("relay", help="the central relay: verify, dedupe, archive, acknack",
                               description="The central relay (see docs/relay.md).")
@@ -369,4 +389,18 @@ def register(subparsers: Any) -> None:
     from ims_station.doctor import add_check_parser
 
     add_check_parser(sub, "relay")
+
+    from ims_station.relay.request import parse_cli_time
+
+    rq = sub.add_parser("request", help="ask an auxiliary station for the data of a time window",
+                        description="Publish a signed send_window command to STATION and print its verified "
+                                    "answer (docs/relay.md, \"Window requests\").")
+    rq.add_argument("station", help="station code, e.g. STA01")
+    rq.add_argument("--start", required=True, type=parse_cli_time, help="ISO-8601 UTC time or POSIX seconds")
+    rq.add_argument("--end", required=True, type=parse_cli_time, help="ISO-8601 UTC time or POSIX seconds")
+    rq.add_argument("--config", default="/etc/ims-relay/relay1.toml", help="relay TOML configuration "
+                    "(its brokers, name, acknack key and trust store; default: %(default)s)")
+    rq.add_argument("--wait", type=float, default=30.0, metavar="S", help="seconds to wait for the answer")
+    rq.add_argument("--json", action="store_true", help="print the answer as JSON")
+    rq.set_defaults(handler=_cmd_request)
     p.set_defaults(handler=lambda a: (p.print_help(), 2)[1])
