@@ -25,6 +25,7 @@ deployed as ``/etc/ims-relay/<instance>.toml``, docs/deployment.md)::
     max_past_s = 2592000.0              # time plausibility: frames older than 30 days are quarantined
     max_future_s = 86400.0              # ... and frames ending more than a day ahead of our clock
     trust_poll_s = 5.0                  # how often trust_dir is checked for changes (0: SIGHUP only)
+    silent_alarm_s = 600.0              # a station without a frame this long is an alarm (0: none)
     [relay.acknack_key]                 # optional: sign acknacks with one of our keys
     keystore = "relay-keys"
     key_id = 900
@@ -76,6 +77,7 @@ RELAY_SCHEMA: dict[str, Any] = {
                 "max_past_s": {"type": "number", "exclusiveMinimum": 0},
                 "max_future_s": {"type": "number", "exclusiveMinimum": 0},
                 "trust_poll_s": {"type": "number", "minimum": 0, "maximum": 86400},
+                "silent_alarm_s": {"type": "number", "minimum": 0},
                 "acknack_key": {
                     "type": "object",
                     "additionalProperties": False,
@@ -126,6 +128,7 @@ def build_relay(conf: dict[str, Any], *, clock: Any = None):
     from ims_station.relay.archive import FileArchive
     from ims_station.relay.relay import Relay
     from ims_station.relay.state import SqliteStateStore
+    from ims_station.relay.status import DEFAULT_SILENT_ALARM_S
     from ims_station.relay.verify import (
         DEFAULT_MAX_FUTURE_S,
         DEFAULT_MAX_PAST_S,
@@ -155,7 +158,8 @@ def build_relay(conf: dict[str, Any], *, clock: Any = None):
                  acknack_min_spacing_s=r.get("acknack_min_spacing_s", 2.0),
                  max_gaps=r.get("max_gaps", 4000), gap_expiry_s=r.get("gap_expiry_days", 8.0) * 86400,
                  max_past_s=r.get("max_past_s", DEFAULT_MAX_PAST_S),
-                 max_future_s=r.get("max_future_s", DEFAULT_MAX_FUTURE_S))
+                 max_future_s=r.get("max_future_s", DEFAULT_MAX_FUTURE_S),
+                 silent_alarm_s=r.get("silent_alarm_s", DEFAULT_SILENT_ALARM_S) or None)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -389,6 +393,10 @@ def register(subparsers: Any) -> None:
     from ims_station.doctor import add_check_parser
 
     add_check_parser(sub, "relay")
+
+    from ims_station.relay import cli_network
+
+    cli_network.register(sub, _parse_day, _parse_time)
 
     from ims_station.relay.request import parse_cli_time
 
