@@ -264,3 +264,25 @@ def test_kpi_png_renders(run, tmp_path):
     assert w >= 300 and h >= 150
     img = image.imread(png)
     assert np.unique(img.reshape(-1, img.shape[-1]), axis=0).shape[0] > 10          # not blank
+
+
+def test_docs_match_the_code(run):
+    """docs/relay.md: the example status row is this scenario's; defaults, keys, reasons, threshold."""
+    import re
+    from pathlib import Path
+
+    from ims_station.relay.cli import RELAY_SCHEMA
+    from ims_station.relay.status import DEFAULT_SILENT_ALARM_S, VERIFICATION_FAILURES, format_table
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "relay.md").read_text()
+    data, _ = run
+    snap = snapshot(connect_ro(data / "archive" / "index.sqlite"), connect_ro(data / "state.sqlite"),
+                    now=t_end(N - 1) + 430.0, silent_alarm_s=600.0)
+    header, row = format_table(snap).splitlines()
+    assert f"\n{header}\n{row}\n" in doc
+    assert f"# silent_alarm_s = {DEFAULT_SILENT_ALARM_S}" in doc
+    for key in RELAY_SCHEMA["properties"]["relay"]["properties"]:
+        assert re.search(rf"^#? ?{key}\b|^\[relay\.{key}\]|^# \[relay\.{key}\]", doc, re.M), key
+    for reason in VERIFICATION_FAILURES | kpi.AUTH_PASSED_REJECTIONS:
+        assert f"`{reason}`" in doc.split("## Network view")[1], reason
+    assert f"T = {kpi.TIMELY_S} s" in doc
