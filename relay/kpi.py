@@ -134,6 +134,10 @@ def split_span(span: ChannelSpan, received_at: float, refilled: bool) -> list[tu
     *received_at* (relay clock, s): its samples per UTC day, those within :data:`TIMELY_S`."""
     if span.nsamples <= 0:
         return []
+    if span.length_ms <= 0:       # no duration (a degenerate but verified subframe): one instant
+        late = Fraction(received_at) * 1000 - span.start_ms > TIMELY_S * 1000
+        n = span.nsamples
+        return [(day_of_ms(span.start_ms), n, 0 if late else n, n if refilled else 0, span.start_ms)]
     timely_from = _first_index_at(span, Fraction(received_at) * 1000 - TIMELY_S * 1000)
     out = []
     i0 = 0

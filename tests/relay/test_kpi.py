@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import struct
+from fractions import Fraction
 from datetime import date, timedelta
 
 import pytest
@@ -141,6 +142,12 @@ def test_split_span_across_midnight_and_per_sample_timeliness():
     assert (t1, t2) == (0, 10)
     assert kpi.split_span(span, 0.0, False)[0][2] == 25                    # arrival before: timely
     assert kpi.split_span(kpi.ChannelSpan("X/Y", 0, 0, 10_000), 0.0, False) == []
+    # A zero-length subframe (the codec allows it) is one instant, not an endless split.
+    assert kpi.split_span(kpi.ChannelSpan("X/Y", midnight, 5, 0), midnight / 1000 + 301, False) == \
+        [(date(2024, 3, 2), 5, 0, 0, midnight)]
+    # A subframe over several days (length is a 32-bit field) is split day by day.
+    long = kpi.split_span(kpi.ChannelSpan("X/Y", midnight, 3 * 86_400, 3 * 86_400_000), 0.0, False)
+    assert [(d.day, n) for d, n, *_ in long] == [(2, 86_400), (3, 86_400), (4, 86_400)]
 
 
 def test_expected_starts_at_the_channel_first_sample_and_rate_carries_over(tmp_path):
@@ -286,3 +293,26 @@ def test_docs_match_the_code(run):
     for reason in VERIFICATION_FAILURES | kpi.AUTH_PASSED_REJECTIONS:
         assert f"`{reason}`" in doc.split("## Network view")[1], reason
     assert f"T = {kpi.TIMELY_S} s" in doc
+
+
+def test_split_span_conserves_samples():
+    """Any span: the days' samples sum to nsamples, timely and refilled never exceed them, and
+    timely samples are exactly those with arrival - t_i <= T (checked sample by sample)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.integers(0, 4 * 86_400_000), st.integers(0, 2000), st.integers(0, 200_000),
+           st.floats(0, 5 * 86_400, allow_nan=False), st.booleans())
+    def check(start, n, length, arrive_after_s, refilled):
+        span = kpi.ChannelSpan("X/Y", start, n, length)
+        received = start / 1000 + arrive_after_s
+        parts = kpi.split_span(span, received, refilled)
+        assert sum(p[1] for p in parts) == n
+        assert all(0 <= p[2] <= p[1] and p[3] == (p[1] if refilled else 0) for p in parts)
+        if length > 0:
+            timely = sum(1 for i in range(n)
+                         if Fraction(received) * 1000 - (start + Fraction(i * length, n)) <= kpi.TIMELY_S * 1000)
+            assert sum(p[2] for p in parts) == timely
+
+    check()
