@@ -39,7 +39,6 @@ before them is not re-scanned).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from fractions import Fraction
@@ -113,44 +112,49 @@ def spans_of(frame: Any) -> tuple[ChannelSpan, ...]:
                  for sf in frame.subframes)
 
 
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
 def day_of_ms(ms: int) -> date:
-    return (_EPOCH + timedelta(milliseconds=ms)).date()
+    return date.fromordinal(_EPOCH_ORDINAL + ms // _DAY_MS)
 
 
 def day_start_ms(d: date) -> int:
-    return (datetime(d.year, d.month, d.day, tzinfo=timezone.utc) - _EPOCH) // timedelta(milliseconds=1)
+    return (d.toordinal() - _EPOCH_ORDINAL) * _DAY_MS
 
 
-def _first_index_at(span: ChannelSpan, t_ms: Fraction | int) -> int:
-    """Smallest sample index i with ``t_i >= t_ms``, clamped to [0, nsamples] (exact arithmetic)."""
-    if span.length_ms <= 0:
-        return 0
-    i = math.ceil(Fraction(t_ms - span.start_ms) * span.nsamples / span.length_ms)
+def _first_index_at(span: ChannelSpan, t_us: int) -> int:
+    """Smallest sample index i with ``t_i >= t_us`` (microseconds), clamped to [0, nsamples]:
+    integer arithmetic, exact (``t_i = start + i * length / nsamples``)."""
+    num = (t_us - span.start_ms * 1000) * span.nsamples
+    i = -(-num // (span.length_ms * 1000))           # ceil
     return min(max(i, 0), span.nsamples)
 
 
 def split_span(span: ChannelSpan, received_at: float, refilled: bool) -> list[tuple[date, int, int, int, int]]:
     """(day, samples, timely, refilled, first sample ms of that day) for *span* arriving at
-    *received_at* (relay clock, s): its samples per UTC day, those within :data:`TIMELY_S`."""
-    if span.nsamples <= 0:
+    *received_at* (relay clock, s; taken to the microsecond): its samples per UTC day, and how
+    many of them arrived within :data:`TIMELY_S` of their own time."""
+    n_all = span.nsamples
+    if n_all <= 0:
         return []
+    arrival_us = round(received_at * 1_000_000)
     if span.length_ms <= 0:       # no duration (a degenerate but verified subframe): one instant
-        late = Fraction(received_at) * 1000 - span.start_ms > TIMELY_S * 1000
-        n = span.nsamples
-        return [(day_of_ms(span.start_ms), n, 0 if late else n, n if refilled else 0, span.start_ms)]
-    timely_from = _first_index_at(span, Fraction(received_at) * 1000 - TIMELY_S * 1000)
+        late = arrival_us - span.start_ms * 1000 > TIMELY_S * 1_000_000
+        return [(day_of_ms(span.start_ms), n_all, 0 if late else n_all, n_all if refilled else 0, span.start_ms)]
+    timely_from = _first_index_at(span, arrival_us - TIMELY_S * 1_000_000)
     out = []
     i0 = 0
-    d = day_of_ms(span.start_ms)
-    while i0 < span.nsamples:
-        i1 = _first_index_at(span, day_start_ms(d + timedelta(days=1)))
+    day_n = span.start_ms // _DAY_MS
+    while i0 < n_all:
+        i1 = _first_index_at(span, (day_n + 1) * _DAY_MS * 1000)
         if i1 > i0:
             n = i1 - i0
-            timely = max(0, i1 - max(i0, timely_from))
-            first = span.start_ms + (i0 * span.length_ms) // span.nsamples
-            out.append((d, n, timely, n if refilled else 0, first))
+            first = span.start_ms + (i0 * span.length_ms) // n_all
+            out.append((date.fromordinal(_EPOCH_ORDINAL + day_n), n, max(0, i1 - max(i0, timely_from)),
+                        n if refilled else 0, first))
         i0 = max(i0, i1)
-        d += timedelta(days=1)
+        day_n += 1
     return out
 
 
