@@ -181,9 +181,9 @@ class RelayCore:
                  log_rate: float = 0.2, log_burst: int = 5) -> None:
         """*max_past_s* / *max_future_s*: the time-plausibility window around ``clock.time()``
         (None: that side unbounded).  *silent_alarm_s*: a station without a verified frame for
-        longer is an alarm (``relay.status.SilenceWatch``; None: no alarm).  *log_rate* / *log_burst*: rejections and internal errors are
-        logged at most *log_burst* at once, then one per ``1 / log_rate`` s per reason (the
-        counters are exact)."""
+        longer is an alarm (``relay.status.SilenceWatch``; None: no alarm).  *log_rate* /
+        *log_burst*: rejections and internal errors are logged at most *log_burst* at once, then
+        one per ``1 / log_rate`` s per reason (the counters are exact)."""
         self.trust = trust
         self.state_store = state
         self.archive = archive
