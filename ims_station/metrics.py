@@ -213,6 +213,9 @@ STATION_METRICS: list[Metric] = [
            _channel_value("overlaps")),
     Metric("ims_station_channel_samples_dropped", "counter", "samples dropped (overlapping) per channel", _SPC,
            _channel_value("samples_dropped")),
+    Metric("ims_station_channel_next_sample_timestamp_seconds", "gauge", "time of the next sample expected on a "
+           "channel (end of the last one received); time() minus it is the channel's latency", _SPC,
+           _channel_value("next_us", 1e-6)),
     Metric("ims_station_channel_rate_hertz", "gauge", "sample rate of a channel", _SPC,
            _channel_value("rate_mhz", 1e-3)),
     *[Metric(f"ims_station_framer_{k}", "counter", h, _S, _at("gateway", "framer", k)) for k, h in _FRAMER_COUNTERS],

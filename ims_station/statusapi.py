@@ -3,7 +3,8 @@
 Owns the ``[status]`` table of the station file and of the relay file (:data:`SCHEMA`,
 :data:`DEFAULTS`, :func:`settings_from_table`), the HTTP server that serves it on a Unix socket
 and/or a loopback TCP port (:class:`StatusServer`), the health rule (:func:`station_health`,
-:func:`relay_health`) and the client that ``ims-station edge status`` uses (:func:`fetch`).
+:func:`relay_health`) and the client (:class:`StatusClient`, :func:`fetch`) that ``ims-station edge status`` and the
+console use.
 
 It does not own the status document (``edge/station.py`` ``Station.status()``, the same JSON the
 SOH carries; ``relay.Relay.stats()``) nor its translation into Prometheus metrics
@@ -456,6 +457,64 @@ def fetch(endpoint: str, *, socket_path: str | os.PathLike[str] | None = None, u
     return resp.status, body
 
 
+class StatusClient:
+    """The API of one running gateway or relay, for programs (the console): ``status()``,
+    ``health()``, ``metrics()`` (text) and ``action(name, arg)`` (Unix socket only)."""
+
+    def __init__(self, *, socket_path: str | os.PathLike[str] | None = None, url: str | None = None,
+                 timeout: float = 5.0) -> None:
+        if (socket_path is None) == (url is None):
+            raise ValueError("give exactly one of socket_path and url")
+        self.socket_path, self.url, self.timeout = socket_path, url, timeout
+
+    def _get(self, endpoint: str) -> tuple[int, bytes]:
+        return fetch(endpoint, socket_path=self.socket_path, url=self.url, timeout=self.timeout)
+
+    def _json(self, endpoint: str, ok: tuple[int, ...] = (200,)) -> dict:
+        code, body = self._get(endpoint)
+        try:
+            doc = json.loads(body)
+        except ValueError as err:
+            raise StatusAPIError(f"{endpoint}: not JSON: {err}") from None
+        if code not in ok or not isinstance(doc, dict):
+            raise StatusAPIError(f"{endpoint} answered {code}: {body[:200].decode(errors='replace')}")
+        return doc
+
+    def status(self) -> dict:
+        return self._json("/status")
+
+    def health(self) -> dict:
+        """``{"status": "ok"|"degraded", "problems": [...]}``."""
+        return self._json("/health", ok=(200, 503))
+
+    def metrics(self) -> str:
+        code, body = self._get("/metrics")
+        if code != 200:
+            raise StatusAPIError(f"/metrics answered {code}")
+        return body.decode()
+
+    def action(self, name: str, arg: dict | None = None) -> dict:
+        if self.socket_path is None:
+            raise StatusAPIError("actions are accepted only on the Unix socket")
+        body = json.dumps(arg or {}).encode()
+        conn = _UnixHTTPConnection(str(self.socket_path), self.timeout)
+        try:
+            conn.request("POST", f"/actions/{name}", body=body, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read(MAX_BODY + 1)
+        except (OSError, http.client.HTTPException) as err:
+            raise StatusAPIError(f"unix:{self.socket_path}: cannot reach the status API: {err}") from None
+        finally:
+            conn.close()
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            doc = None
+        if resp.status != 200 or not isinstance(doc, dict):
+            raise StatusAPIError(f"action {name} answered {resp.status}: {data[:200].decode(errors='replace')}")
+        return doc
+
+
 def query(*, socket_path: str | None = None, url: str | None = None,
           config: str | None = None) -> tuple[dict, list[str]]:
     """The status document and the health problems of a running gateway, from its socket, its
@@ -475,16 +534,7 @@ def query(*, socket_path: str | None = None, url: str | None = None,
             url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
         else:
             raise StatusAPIError(f"{config}: [status] has neither a socket nor a listen address")
-    where = {"socket_path": socket_path, "url": url}
-    code, body = fetch("/status", **where)
-    if code != 200:
-        raise StatusAPIError(f"/status answered {code}: {body[:200].decode(errors='replace')}")
-    try:
-        doc = json.loads(body)
-    except ValueError as err:
-        raise StatusAPIError(f"/status: not JSON: {err}") from None
-    if not isinstance(doc, dict):
-        raise StatusAPIError("/status: not a JSON object")
+    doc = StatusClient(socket_path=socket_path, url=url).status()
     return doc, station_health(doc)
 
 

@@ -107,6 +107,7 @@ def test_metrics_parse_and_carry_the_soh_counters_equal_to_the_status_document(s
         assert m("ims_station_channel_samples_total", **port, channel=code) == s["samples"]
         assert m("ims_station_channel_gaps_total", **port, channel=code) == s["gaps"]
         assert m("ims_station_channel_rate_hertz", **port, channel=code) == s["rate_mhz"] / 1000
+        assert m("ims_station_channel_next_sample_timestamp_seconds", **port, channel=code) == s["next_us"] / 1e6
     # framer, gateway
     for k in ("frames", "late_samples", "partial_frames", "samples", "alarms"):
         assert m(f"ims_station_framer_{k}_total", **sta) == fr[k], k
@@ -156,6 +157,7 @@ def test_health_says_degraded_with_the_reasons(station, api):
     # The fixture's uplink was never started: degraded, and why.
     assert code == 503 and json.loads(body) == {"status": "degraded",
                                                 "problems": ["uplink to 127.0.0.1:9 disconnected"]}
+    assert statusapi.StatusClient(url=f"http://127.0.0.1:{api.address[1]}").health()["status"] == "degraded"
     assert statusapi.station_health({"ports": [{"name": "p", "connected": True}], "uplink": None}) == []
     assert statusapi.station_health({"ports": [{"name": "p", "connected": False}]}) == ["port p disconnected"]
 
@@ -192,6 +194,13 @@ def test_actions_are_an_extension_point_served_on_the_unix_socket_only(tmp_path)
         assert post(http.client.HTTPConnection(host, port, timeout=5), "/actions/nope")[0] == 404
         assert post(statusapi._UnixHTTPConnection(str(srv.socket_path), 5), "/actions/echo") == (200, b'{"ok": true}\n')
         assert seen == [{"x": 1}]
+        # The client a console uses: the same over the socket, refused without one.
+        assert statusapi.StatusClient(socket_path=srv.socket_path).action("echo", {"y": 2}) == {"ok": True}
+        assert seen[-1] == {"y": 2}
+        with pytest.raises(statusapi.StatusAPIError, match="404"):
+            statusapi.StatusClient(socket_path=srv.socket_path).action("nope")
+        with pytest.raises(statusapi.StatusAPIError, match="only on the Unix socket"):
+            statusapi.StatusClient(url=f"http://{host}:{port}").action("echo")
 
 
 def test_the_socket_is_mode_0660_a_stale_one_is_replaced_a_live_one_is_not(tmp_path):
