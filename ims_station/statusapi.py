@@ -25,7 +25,8 @@ counters).  Routes (docs/status-api.md):
   control); none is registered today, so every POST is answered 404 (403 over TCP).
 
 Safety: the API is unauthenticated and read-only, so by default it listens only on a Unix socket
-(``<data_dir>/status.sock``, mode 0660: the owner and its group) and, if ``listen`` is set, on a
+(``<data_dir>/status.sock``, the relay's ``<data_dir>/status-<instance>.sock``, mode 0660: the
+owner and its group) and, if ``listen`` is set, on a
 loopback address; any other address is refused at start-up (``ConfigError``) unless
 ``allow_remote = true``.  A failure to bind is logged as an ERROR and the component runs on
 without the API: diagnostics never stop data acquisition.  A stale socket file (no process
@@ -101,14 +102,15 @@ def parse_listen(text: str, *, file: str, key: str = "status.listen") -> tuple[s
 
 
 def settings_from_table(table: dict[str, Any] | None, *, file: str | os.PathLike[str],
-                        data_dir: str | os.PathLike[str]) -> StatusSettings:
+                        data_dir: str | os.PathLike[str], default_socket: str = "status.sock") -> StatusSettings:
     """The resolved ``[status]`` table: a relative ``socket`` is taken from the config file's
-    folder; a non-loopback ``listen`` address is refused unless ``allow_remote = true``."""
+    folder (default: *default_socket* in *data_dir*); a non-loopback ``listen`` address is refused
+    unless ``allow_remote = true``."""
     t = dict(DEFAULTS, **(table or {}))
     f = str(file)
     sock: Path | None = None
     if t["socket"] is None:
-        sock = Path(data_dir) / "status.sock"
+        sock = Path(data_dir) / default_socket
     elif t["socket"]:                     # "": no Unix socket
         sock = Path(t["socket"])
         if not sock.is_absolute():
@@ -219,7 +221,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._json(400, {"error": f"{type(err).__name__}: {err}"})
 
 
-class _TCPServer(http.server.ThreadingHTTPServer):
+class _OneLineErrors:
+    """A request's failure is one log line, not socketserver's traceback on stderr: a client that
+    went away (a broken pipe, a reset) at DEBUG, anything else at ERROR."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        err = sys.exc_info()[1]
+        level = logging.DEBUG if isinstance(err, OSError) else logging.ERROR
+        log.log(level, "status API: a request failed: %s: %s", type(err).__name__, err)
+
+
+class _TCPServer(_OneLineErrors, http.server.ThreadingHTTPServer):
     daemon_threads = True
 
     def server_bind(self) -> None:
@@ -232,7 +246,7 @@ class _TCP6Server(_TCPServer):
     address_family = socket.AF_INET6
 
 
-class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class _UnixServer(_OneLineErrors, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
 
@@ -397,11 +411,18 @@ def serve_station(st: Any) -> StatusServer | None:
                  what=f"gateway {cfg.network}.{cfg.code}")
 
 
+def relay_socket_name(instance: str) -> str:
+    """The relay's default socket file in its data_dir (relay processes may share a data_dir)."""
+    return f"status-{instance}.sock"
+
+
 def serve_relay(conf: dict, relay: Any) -> StatusServer | None:
     """The status API of a relay (``relay/cli.py`` config and :class:`~ims_station.relay.relay.Relay`)."""
     from ims_station.metrics import RelayCollector
 
-    settings = settings_from_table(conf.get("status"), file=conf["file"], data_dir=conf["relay"]["data_dir"])
+    # Relay processes of a group may share a data_dir: one socket per instance.
+    settings = settings_from_table(conf.get("status"), file=conf["file"], data_dir=conf["relay"]["data_dir"],
+                                   default_socket=relay_socket_name(relay.instance))
     doc = lambda: {"instance": relay.instance, **relay.stats()}  # noqa: E731
     return start(settings, doc, RelayCollector(doc), relay_health, what=f"relay {relay.instance}")
 

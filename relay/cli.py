@@ -31,7 +31,7 @@ deployed as ``/etc/ims-relay/<instance>.toml``, docs/deployment.md)::
 
     [status]                            # optional: the local status API (docs/status-api.md)
     enabled = true                      # GET /status, /metrics (Prometheus), /health
-    # socket = "/var/lib/ims-relay/status.sock"   # default: <data_dir>/status.sock, mode 0660; "" = none
+    # socket = "/var/lib/ims-relay/status-relay1.sock"   # default: <data_dir>/status-<instance>.sock, mode 0660
     listen = "127.0.0.1:9102"           # default "": no TCP; loopback only unless allow_remote = true
 
     [[broker]]                          # one or more, tried in order (fail-over)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -173,6 +174,23 @@ def test_unknown_paths_and_a_failing_provider_are_answered_not_raised(tmp_path):
         assert code == 500 and b"boom" in body
         assert statusapi.fetch("/metrics", socket_path=srv.socket_path)[0] == 500
         assert srv.errors == 2
+
+
+def test_malformed_requests_are_refused_and_the_server_serves_on(tmp_path):
+    srv = statusapi.StatusServer(lambda: {"ok": 1}, StationCollector(lambda: {}), statusapi.station_health)
+    with srv:
+        srv.serve_unix(tmp_path / "s.sock")
+        for junk in (b"\x00\xff\xfe garbage\r\n\r\n", b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n",
+                     b"GET /status HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n", b"POST /actions/x HTTP/1.1\r\n"):
+            with socket.socket(socket.AF_UNIX) as c:
+                c.settimeout(5)
+                c.connect(str(srv.socket_path))
+                c.sendall(junk)
+                c.shutdown(socket.SHUT_WR)
+                answer = c.recv(200)
+            # An error status (http.server answers a request line it cannot parse without one: HTTP/0.9).
+            assert answer == b"" or re.search(rb"(^HTTP/1\.\d |Error code: )4\d\d", answer), answer
+        assert statusapi.fetch("/status", socket_path=srv.socket_path) == (200, b'{"ok": 1}\n')
 
 
 def test_actions_are_an_extension_point_served_on_the_unix_socket_only(tmp_path):

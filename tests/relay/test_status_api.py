@@ -102,7 +102,7 @@ def test_relay_run_serves_while_running_and_removes_its_socket_at_exit(tmp_path,
     p = tmp_path / "relay.toml"
     # No broker listens there: the relay runs, retrying, and says it is degraded.
     p.write_text(CONF.format(trust=keys.trust_dir, port=free_port(), extra=f'[status]\nlisten = "127.0.0.1:{port}"\n'))
-    sock = tmp_path / "data" / "status.sock"
+    sock = tmp_path / "data" / "status-r1.sock"        # one per instance: relays may share a data_dir
     proc = subprocess.Popen([sys.executable, "-m", "ims_station", "relay", "run", "--config", str(p)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
