@@ -327,7 +327,7 @@ def event_emitter(station: str, outbox: Any, clock: Any, notify: Callable[[], No
             if signer is not None:
                 key = signer(dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=time_us))
             body = {**doc, "station": station, "seq": seq}
-            wire = envelope.pack_json("event", station, body, time_us=time_us, signer=key)
+            wire = envelope.pack_json("event", station, body, time_us=time_us, signer=key, seq=seq)
             outbox.put("events", frame_set, seq, now, wire)
         notify()
         return seq
