@@ -70,16 +70,16 @@ GOAL_ONSET_MEDIAN_S = 0.2
 class TriggerParams:
     """Trigger settings (station ``[trigger]`` vocabulary, in seconds and Hz).  The defaults are the
     values tuned on this run (docs/trigger.md, "Detection performance"): 4-corner Butterworth
-    band-pass 1.5-8 Hz, recursive STA/LTA 0.5 s / 30 s, on 3.5, off 1.5, at least 1.5 s on."""
+    band-pass 1.5-8 Hz, recursive STA/LTA 0.7 s / 30 s, on 3.5, off 2.0, at least 1.0 s on."""
 
     freqmin: float = 1.5
     freqmax: float = 8.0
     corners: int = 4
-    sta_s: float = 0.5
+    sta_s: float = 0.7
     lta_s: float = 30.0
     thr_on: float = 3.5
-    thr_off: float = 1.5
-    min_duration_s: float = 1.5
+    thr_off: float = 2.0
+    min_duration_s: float = 1.0
     max_duration_s: float | None = 120.0
     coincidence_sum: float = 2.0       # used only with several channels
     coincidence_window_s: float = 1.0  # trigger_off_extension of the coincidence
