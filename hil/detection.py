@@ -37,9 +37,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .signals import SeismicEvent
 
 SPS = 40.0
 SNR_BAND = (1.0, 8.0)            # Hz, the fixed band in which SNR is measured
@@ -171,7 +174,7 @@ class InjectedEvent:
     onset_s: float
     snr: float
     end_s: float
-    event: object = field(repr=False, compare=False, default=None)   # hil.signals.SeismicEvent
+    event: SeismicEvent | None = field(repr=False, compare=False, default=None)
 
 
 def _snr_filter():
@@ -244,7 +247,7 @@ def station_signals(seed: int, events: Sequence[InjectedEvent], channels: int):
     elements on a 1-km ring (independent noise, plane-wave delays)."""
     from .signals import ChannelSignal, Scenario
 
-    scenario = Scenario(seed=seed, seismic_level=NOISE_LEVEL, events=[e.event for e in events])
+    scenario = Scenario(seed=seed, seismic_level=NOISE_LEVEL, events=[e.event for e in events if e.event is not None])
     out = []
     for c in range(channels):
         pos = (0.0, 0.0) if c == 0 else (math.cos(2 * math.pi * c / (channels - 1)),
@@ -284,7 +287,7 @@ def score(triggers: Sequence[Trigger], events: Sequence[InjectedEvent], duration
     lo_tol, hi_tol = tolerance
     trig = sorted(triggers, key=lambda t: t.on_s)
     used: set[int] = set()
-    per_event = []
+    per_event: list[dict] = []
     for ev in sorted(events, key=lambda e: e.onset_s):
         hit = next((i for i, t in enumerate(trig)
                     if i not in used and lo_tol <= t.on_s - ev.onset_s <= hi_tol), None)

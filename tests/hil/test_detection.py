@@ -37,7 +37,9 @@ def test_short_run_finds_every_strong_event_with_a_small_onset_error(short_run):
     strong = [e for e in short_run["per_event"] if e["snr"] >= 6]
     assert len(strong) >= 4
     assert all(e["detected"] for e in strong), strong
-    assert all(0.0 <= e["onset_error_s"] <= 0.8 for e in strong), strong
+    # late, never early; the P phases are emergent, so up to ~1 s late (docs/trigger.md)
+    errors = sorted(e["onset_error_s"] for e in strong)
+    assert 0.0 < errors[0] and errors[-1] <= 1.2 and errors[len(errors) // 2] <= 0.6, strong
     assert short_run["false_triggers"] <= 1
 
 
@@ -57,6 +59,11 @@ def test_events_are_spread_and_their_snr_is_the_drawn_one():
         assert e.event.arrivals()[0] == pytest.approx(e.onset_s)
     again = D.plan_events(7200, 12, 5, D.station_signals(5, [], 1)[0].noise)
     assert [(e.onset_s, e.snr, e.event) for e in again] == [(e.onset_s, e.snr, e.event) for e in events]
+
+
+def test_same_seed_same_triggers():
+    cfg = DetectionConfig(hours=0.5, events=3, seed=2)
+    assert D.simulate(cfg)[0] == D.simulate(cfg)[0]
 
 
 def test_too_many_events_for_the_duration_is_refused():
