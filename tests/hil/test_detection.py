@@ -66,6 +66,18 @@ def test_same_seed_same_triggers():
     assert D.simulate(cfg)[0] == D.simulate(cfg)[0]
 
 
+def test_the_data_do_not_depend_on_the_trigger_settings():
+    """Settings are compared on identical days: same events (onsets, SNRs, waveforms) and samples."""
+    a = DetectionConfig(hours=0.5, events=3, seed=6)
+    b = DetectionConfig(hours=0.5, events=3, seed=6, params=TriggerParams(freqmin=2.0, freqmax=15.0, corners=2,
+                                                                          sta_s=0.3, thr_on=3.0))
+    ev_a, ev_b = D.simulate(a)[1], D.simulate(b)[1]
+    assert [(e.onset_s, e.snr, e.event) for e in ev_a] == [(e.onset_s, e.snr, e.event) for e in ev_b]
+    sig_a, sig_b = D.station_signals(6, ev_a, 1)[0], D.station_signals(6, ev_b, 1)[0]
+    i0 = int(ev_a[0].onset_s * D.SPS) - 400
+    assert (D.counts(sig_a.physical(i0, 2000)) == D.counts(sig_b.physical(i0, 2000))).all()
+
+
 def test_too_many_events_for_the_duration_is_refused():
     with pytest.raises(ValueError, match="do not fit"):
         D.plan_events(600, 10, 1, D.station_signals(1, [], 1)[0].noise)
