@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
+from scipy.signal import iirfilter, sosfiltfilt
 
-if TYPE_CHECKING:
-    from .signals import SeismicEvent
+from ..edge import trigger as T
+from .signals import ChannelSignal, Scenario, SeismicEvent
 
 SPS = 40.0
 SNR_BAND = (1.0, 8.0)            # Hz, the fixed band in which SNR is measured
@@ -106,8 +107,6 @@ class StreamDetector:
     across channels; fed ``(channels, samples)`` chunks of counts in time order."""
 
     def __init__(self, params: TriggerParams, sps: float, trace_ids: Sequence[str]) -> None:
-        from ims_station.edge import trigger as T
-
         n = len(trace_ids)
         self.params = params
         self.sps = float(sps)
@@ -122,10 +121,8 @@ class StreamDetector:
         self._single: list[tuple[float, float, str, float]] = []
 
     def _take(self, decided: Iterable) -> None:
-        from ims_station.edge.trigger import Event
-
         for ev in decided:
-            if isinstance(ev, Event):
+            if isinstance(ev, T.Event):
                 self._single.append((ev.on / self.sps, ev.off / self.sps, self.trace_ids[ev.channel], ev.peak))
 
     def push(self, chunk: np.ndarray) -> None:
@@ -133,15 +130,13 @@ class StreamDetector:
 
     def finish(self) -> list[Trigger]:
         """Close what is still open and return the station triggers, in time order."""
-        from ims_station.edge.trigger import coincidence
-
         self._take(self.onset.flush())
         single = sorted(self._single)
         if len(self.trace_ids) == 1:
             return [Trigger(on, off, (tid,), peak) for on, off, tid, peak in single]
         peaks: dict[tuple[float, str], float] = {(on, tid): pk for on, _off, tid, pk in single}
         out = []
-        for ev in coincidence([(on, off, tid) for on, off, tid, _ in single], self.params.coincidence_sum,
+        for ev in T.coincidence([(on, off, tid) for on, off, tid, _ in single], self.params.coincidence_sum,
                               list(self.trace_ids), trigger_off_extension=self.params.coincidence_window_s):
             peak = max((pk for (on, tid), pk in peaks.items()
                         if tid in ev.trace_ids and ev.time <= on <= ev.time + ev.duration), default=0.0)
@@ -177,16 +172,12 @@ class InjectedEvent:
     event: SeismicEvent | None = field(repr=False, compare=False, default=None)
 
 
-def _snr_filter():
-    from scipy.signal import iirfilter
-
+def _snr_filter() -> np.ndarray:
     return iirfilter(4, [SNR_BAND[0] / (SPS / 2), SNR_BAND[1] / (SPS / 2)], btype="band", output="sos")
 
 
 def noise_rms_before(noise, onset_s: float, sps: float = SPS) -> float:
     """RMS of *noise* (a ``ShapedNoise``) in :data:`SNR_BAND` over the 30 s before *onset_s*."""
-    from scipy.signal import sosfiltfilt
-
     i1 = int(math.floor(onset_s * sps))
     n_win = int(round(SNR_NOISE_WINDOW_S * sps))
     pad = int(20 * sps)                      # filter edge effects stay outside the window
@@ -198,18 +189,14 @@ def noise_rms_before(noise, onset_s: float, sps: float = SPS) -> float:
 
 def p_peak(event, sps: float = SPS) -> float:
     """Peak |P phase| of *event* (vertical, at the reference point) in :data:`SNR_BAND`."""
-    from scipy.signal import sosfiltfilt
-
     tp, _ = event.arrivals()
     t = tp + np.arange(int(-20 * sps), int(40 * sps)) / sps
-    p = event._phase(t - tp, event.fp, event.p_amp, event.p_decay_s, 1)
+    p = replace(event, s_amp=0.0).velocity(t)            # the P phase alone (the vertical sees it at 1)
     return float(np.max(np.abs(sosfiltfilt(_snr_filter(), p))))
 
 
 def plan_events(duration_s: float, n_events: int, seed: int, noise) -> list[InjectedEvent]:
     """The events of a run: onsets, SNRs and waveforms, amplitudes scaled to the SNR on *noise*."""
-    from .signals import SeismicEvent
-
     if n_events < 1:
         return []
     rng = np.random.default_rng([seed & 0xFFFFFFFF, 0xDE7EC7])
@@ -228,25 +215,17 @@ def plan_events(duration_s: float, n_events: int, seed: int, noise) -> list[Inje
         unit = SeismicEvent(origin_time=0.0, distance_km=dist, p_amp=1.0, s_amp=s_ratio, fp=fp,
                             fs_hz=fp / 2, p_decay_s=p_decay, seed=int(rng.integers(1 << 31)))
         origin = onset - unit.arrivals()[0]
-        unit = _replace(unit, origin_time=origin)
+        unit = replace(unit, origin_time=origin)
         amp = float(snrs[k]) * noise_rms_before(noise, onset) / p_peak(unit)
-        ev = _replace(unit, p_amp=amp, s_amp=amp * s_ratio)
+        ev = replace(unit, p_amp=amp, s_amp=amp * s_ratio)
         ts = ev.arrivals()[1]
         out.append(InjectedEvent(onset, float(snrs[k]), ts + 5 * ev.s_decay_s, ev))
     return out
 
 
-def _replace(ev, **kw):
-    from dataclasses import replace
-
-    return replace(ev, **kw)
-
-
 def station_signals(seed: int, events: Sequence[InjectedEvent], channels: int):
     """The vertical sensors of the station: channel 0 at the reference point; more channels are array
     elements on a 1-km ring (independent noise, plane-wave delays)."""
-    from .signals import ChannelSignal, Scenario
-
     scenario = Scenario(seed=seed, seismic_level=NOISE_LEVEL, events=[e.event for e in events if e.event is not None])
     out = []
     for c in range(channels):
