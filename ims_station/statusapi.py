@@ -400,6 +400,22 @@ def start(settings: StatusSettings, status: Callable[[], dict], collector: Any,
     return api
 
 
+def _never_raises(fn: Callable[..., StatusServer | None]) -> Callable[..., StatusServer | None]:
+    """The API is diagnostics: whatever goes wrong starting it is an ERROR line, never the end of
+    the gateway or relay it reports on."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kw: Any) -> StatusServer | None:
+        try:
+            return fn(*args, **kw)
+        except Exception as err:
+            log.error("status API not started: %s: %s", type(err).__name__, err)
+            return None
+    return wrapper
+
+
+@_never_raises
 def serve_station(st: Any) -> StatusServer | None:
     """The status API of an assembled gateway (``edge/station.py`` ``Station``), per its ``[status]``."""
     from ims_station.metrics import StationCollector
@@ -416,6 +432,7 @@ def relay_socket_name(instance: str) -> str:
     return f"status-{instance}.sock"
 
 
+@_never_raises
 def serve_relay(conf: dict, relay: Any) -> StatusServer | None:
     """The status API of a relay (``relay/cli.py`` config and :class:`~ims_station.relay.relay.Relay`)."""
     from ims_station.metrics import RelayCollector

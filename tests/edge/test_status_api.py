@@ -240,6 +240,29 @@ def test_the_socket_is_mode_0660_a_stale_one_is_replaced_a_live_one_is_not(tmp_p
     assert path.read_text() == "not a socket"
 
 
+def test_a_port_in_use_or_a_bad_socket_path_leaves_the_gateway_running_without_that_endpoint(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        cfg = SimpleNamespace(raw={"status": {"listen": f"127.0.0.1:{busy.getsockname()[1]}"}}, file=tmp_path / "s.toml",
+                              data_dir=tmp_path, network="XX", code="A")
+        st = SimpleNamespace(config=cfg, status=lambda: {"station": "XX.A"})
+        api = statusapi.serve_station(st)
+        try:
+            assert api is not None and api.socket_path == tmp_path / "status.sock" and api.address is None
+            assert "status API not served on 127.0.0.1" in caplog.text
+        finally:
+            api.close()
+    cfg.raw = {"status": {"socket": str(tmp_path / ("x" * 120) / "s.sock")}}
+    with pytest.raises(ConfigError, match="longer than 107 bytes"):
+        statusapi.settings_from_table(cfg.raw["status"], file=cfg.file, data_dir=tmp_path)
+    assert statusapi.serve_station(st) is None and "status API not started" in caplog.text
+    cfg.raw = {"status": {"enabled": False}}
+    assert statusapi.serve_station(st) is None
+
+
 def test_status_table_defaults_and_loopback_rule(tmp_path):
     f = tmp_path / "station.toml"
     s = statusapi.settings_from_table(None, file=f, data_dir=tmp_path / "data")
