@@ -72,6 +72,16 @@ def events_frame_set(station: str) -> str:
     return f"{check_station(station)}:events"
 
 
+#: Outbox kind of a station message in a signed envelope -> (envelope kind, frame-set suffix).
+MESSAGE_KINDS = {"events": ("event", "events"), "ims20": ("ims20", "ims20")}
+
+
+def message_frame_set(station: str, outbox_kind: str) -> str:
+    """The frame set of a station's enveloped messages of *outbox_kind* (``STA:events``,
+    ``STA:ims20``): each sequenced, deduplicated and acknowledged by the relay like data."""
+    return f"{check_station(station)}:{MESSAGE_KINDS[outbox_kind][1]}"
+
+
 def shared_subscription(prefix: str, kind: str, group: str | None) -> str:
     """Subscription filter for all stations' *kind*; with *group*, an MQTT 5 / Mosquitto shared one."""
     f = f"{prefix}/+/{kind}"

@@ -265,6 +265,9 @@ class Verifier:
             return Rejection("malformed", f"{frame_set}: event body: {problem}", frame_set,
                              seq if _is_int(seq) and 0 <= seq <= MAX_EVENT_SEQ else None)
         seq = doc["seq"]
+        if env.seq != seq:
+            return Rejection("malformed", f"{frame_set}: envelope sequence number {env.seq} is not the body's "
+                             f"seq {seq}", frame_set)
         if doc["station"] != station:
             return Rejection("station_mismatch", f"{frame_set} seq {seq}: event body names station "
                              f"{doc['station']!r}", frame_set, seq)
