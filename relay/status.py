@@ -19,7 +19,9 @@ Definitions (docs/relay.md, "Network view"):
 * *backlog*: frames missing inside the acknacked range of its frame sets (what the acknacks ask the
   station to resend); *gaps open*: the number of gap runs.
 * *quarantined*: every quarantined payload from its topics; *verification failures*: those with a
-  signature or key reason (``relay.kpi.AUTH_FAILED`` and ``event_signature``).
+  security reason (``relay.core.SECURITY_REASONS``: the same set as the relay's ``security_events``
+  counter and ``/metrics`` ``ims_relay_station_verification_failures``, but from the archive, so
+  across restarts).
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ log = logging.getLogger(__name__)
 DEFAULT_SILENT_ALARM_S = 600.0
 #: Frames per station over which ``relay status`` takes the latency percentiles.
 DEFAULT_LATENCY_WINDOW = 500
-VERIFICATION_FAILURES = kpi.AUTH_FAILED | {"event_signature"}
+
+def _verification_failures() -> frozenset[str]:
+    from ims_station.relay.core import SECURITY_REASONS     # core imports this module
+
+    return SECURITY_REASONS
 
 
 class SilenceWatch:
@@ -141,11 +147,12 @@ def snapshot(index: sqlite3.Connection, state: sqlite3.Connection | None, *, now
             r["latency_frames"] = len(lat)
             r["latency_p50_s"] = percentile(lat, 50)
             r["latency_p99_s"] = percentile(lat, 99)
+    failures = _verification_failures()
     for sta, reason, n in index.execute(
             "SELECT station, reason, COUNT(*) FROM quarantine WHERE station IS NOT NULL GROUP BY station, reason"):
         r = row(sta)
         r["quarantined"] += n
-        if reason in VERIFICATION_FAILURES:
+        if reason in failures:
             r["verification_failures"] += n
     if state is not None and _has_table(state, "frame_sets"):
         for name, record in state.execute("SELECT name, record FROM frame_sets"):

@@ -279,7 +279,8 @@ def test_docs_match_the_code(run):
     from pathlib import Path
 
     from ims_station.relay.cli import RELAY_SCHEMA
-    from ims_station.relay.status import DEFAULT_SILENT_ALARM_S, VERIFICATION_FAILURES, format_table
+    from ims_station.relay.core import SECURITY_REASONS
+    from ims_station.relay.status import DEFAULT_SILENT_ALARM_S, format_table
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "relay.md").read_text()
     data, _ = run
@@ -290,7 +291,7 @@ def test_docs_match_the_code(run):
     assert f"# silent_alarm_s = {DEFAULT_SILENT_ALARM_S}" in doc
     for key in RELAY_SCHEMA["properties"]["relay"]["properties"]:
         assert re.search(rf"^#? ?{key}\b|^\[relay\.{key}\]|^# \[relay\.{key}\]", doc, re.M), key
-    for reason in VERIFICATION_FAILURES | kpi.AUTH_PASSED_REJECTIONS:
+    for reason in SECURITY_REASONS | kpi.AUTH_FAILED | kpi.AUTH_PASSED_REJECTIONS:
         assert f"`{reason}`" in doc.split("## Network view")[1], reason
     assert f"T = {kpi.TIMELY_S} s" in doc
 
@@ -318,3 +319,26 @@ def test_split_span_conserves_samples():
             assert sum(p[2] for p in parts) == timely
 
     check()
+
+
+def test_status_reads_next_to_a_writing_relay(tmp_path, keys, clock):
+    """The relay holds its write connections open (WAL): status reads read-only beside it and sees
+    each committed batch; its read-only connection can write nothing."""
+    import sqlite3
+
+    clock.t = t_end(0) + 1.0
+    core = make_core(tmp_path / "d", keys, clock)
+    factory = FrameFactory(keys)
+    try:
+        core.process([Incoming(T, factory.build(DAY0), 0)])
+        index = connect_ro(tmp_path / "d" / "archive" / "index.sqlite")
+        state = connect_ro(tmp_path / "d" / "state.sqlite")
+        assert snapshot(index, state, now=clock.time())["stations"][0]["latency_frames"] == 1
+        clock.advance(10.0)
+        core.process([Incoming(T, factory.build(DAY0 + 1), 0)])
+        s = snapshot(index, state, now=clock.time())["stations"][0]
+        assert s["latency_frames"] == 2 and s["online"]
+        with pytest.raises(sqlite3.OperationalError):
+            index.execute("DELETE FROM frames")
+    finally:
+        core.close()
