@@ -53,5 +53,6 @@ def gateway_heartbeat(station: Any, threads: Sequence[Any], *, stats_every: floa
             d["uplink"] = "up" if station.uplink.connected else "down"
         return d
 
+    cfg = station.config
     return Heartbeat(log, healthy=healthy, states=states, summary=lambda: summary_line(station.status()),
-                     summary_s=stats_every, notifier=notifier)
+                     summary_s=stats_every, notifier=notifier, label=f"gateway {cfg.network}.{cfg.code}")

@@ -118,8 +118,9 @@ class Heartbeat:
     def __init__(self, logger: logging.Logger, *, healthy: Callable[[], str | None],
                  summary: Callable[[], str], states: Callable[[], dict[str, str]] | None = None,
                  summary_s: float = 60.0, check_s: float = 5.0, notifier: Notifier | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, label: str = "") -> None:
         self.log = logger
+        self.prefix = f"{label}: " if label else ""
         self.notifier = notifier if notifier is not None else Notifier()
         self.clock = clock or SystemClock()
         self._healthy, self._summary, self._states = healthy, summary, states
@@ -145,16 +146,19 @@ class Heartbeat:
     def turn(self) -> None:
         now = self.clock.monotonic()
         if self.ping_s is not None and now >= self._next_ping:
-            reason = self._healthy()
+            try:
+                reason = self._healthy()
+            except Exception as err:     # a bug in the check: no pings (a restart), never a crash here
+                reason = f"health check failed: {type(err).__name__}: {err}"
             if reason is None:
                 if self._unhealthy is not None:
-                    self.log.warning("healthy again (was: %s)", self._unhealthy)
+                    self.log.warning("%shealthy again (was: %s)", self.prefix, self._unhealthy)
                     self._unhealthy = None
                 if self.notifier.watchdog():
                     self.pings += 1
             elif reason != self._unhealthy:
                 self._unhealthy = reason
-                self.log.error("unhealthy, watchdog pings withheld (systemd restarts us): %s", reason)
+                self.log.error("%sunhealthy, watchdog pings withheld (systemd restarts us): %s", self.prefix, reason)
             self._next_ping = now + self.ping_s
         if self._states is not None and now >= self._next_check:
             self._next_check = now + self.check_s
@@ -186,7 +190,7 @@ class Heartbeat:
         for name, state in new.items():
             old = self._last_states.get(name)
             if old is not None and old != state:
-                self.log.warning("%s: %s (was %s)", name, state, old)
+                self.log.warning("%s%s %s (was %s)", self.prefix, name, state, old)
         self._last_states = new
 
     def _safe_summary(self) -> str:

@@ -33,4 +33,4 @@ def relay_heartbeat(relay: Any, *, stats_every: float, notifier: Notifier | None
 
     return Heartbeat(log, healthy=healthy, summary=lambda: summary_line(relay.instance, relay.stats()),
                      states=lambda: {"broker": "up" if relay.connected else "down"},
-                     summary_s=stats_every, notifier=notifier)
+                     summary_s=stats_every, notifier=notifier, label=f"relay {relay.instance}")

@@ -101,7 +101,8 @@ def _heartbeat(path, clock, health, states, caplog, summary_s=60.0):
     caplog.set_level(logging.INFO)
     n = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "10000000"})
     return Heartbeat(logging.getLogger("test.hb"), healthy=lambda: health[0], summary=lambda: "all fine",
-                     states=lambda: dict(states), summary_s=summary_s, check_s=5.0, notifier=n, clock=clock)
+                     states=lambda: dict(states), summary_s=summary_s, check_s=5.0, notifier=n, clock=clock,
+                     label="gateway XX.TEST")
 
 
 def test_pings_at_half_the_watchdog_interval_only_while_healthy(listener, caplog):
@@ -125,6 +126,16 @@ def test_pings_at_half_the_watchdog_interval_only_while_healthy(listener, caplog
     clock.t += 5.0
     hb.turn()
     assert received() == ["WATCHDOG=1"]
+
+
+def test_a_failing_health_check_withholds_the_pings_and_raises_nothing(listener, caplog):
+    path, received = listener
+    n = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "10000000"})
+    hb = Heartbeat(logging.getLogger("test.hb"), healthy=lambda: {}["bug"], summary=lambda: "s", notifier=n,
+                   clock=FakeClock())
+    hb.started()
+    assert received() == ["READY=1\nSTATUS=s"]
+    assert any("health check failed: KeyError" in r.getMessage() for r in caplog.records)
 
 
 def test_summary_every_interval_at_info_and_as_status(listener, caplog):
@@ -155,7 +166,8 @@ def test_state_changes_are_warnings_both_ways(listener, caplog):
     clock.t += 5.0
     hb.turn()
     changes = [(r.levelname, r.getMessage()) for r in caplog.records if "(was" in r.getMessage()]
-    assert changes == [("WARNING", "uplink: down (was up)"), ("WARNING", "uplink: up (was down)")]
+    assert changes == [("WARNING", "gateway XX.TEST: uplink down (was up)"),
+                       ("WARNING", "gateway XX.TEST: uplink up (was down)")]
 
 
 def test_a_failing_summary_does_not_stop_the_pings(listener, caplog):
