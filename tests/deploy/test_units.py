@@ -148,3 +148,15 @@ def test_journald_drop_in_uses_known_keys_only():
     assert "[Journal]" in text
     keys = {ln.split("=", 1)[0] for ln in text.splitlines() if "=" in ln and not ln.startswith("#")}
     assert keys and keys <= known, keys - known
+
+
+def test_the_doctor_recognises_the_chrony_reference_clocks_as_gnss():
+    """The refids of deploy/chrony/ims-gnss.conf are what ``chronyc tracking`` reports and what the
+    doctor must count as GNSS/PPS, not "NTP only"."""
+    from ims_station.doctor import parse_chronyc_tracking
+
+    refids = re.findall(r"^refclock \S+ \S+ .*?refid (\S+)", (DEPLOY / "chrony/ims-gnss.conf").read_text(), re.M)
+    assert refids == ["NMEA", "PPS"]
+    for ref in refids:
+        line = f"50505300,{ref},1,1733230000.0,0.000000123,0,0,0,0,0,0,0,0,Normal"
+        assert parse_chronyc_tracking(line).source == "gnss", ref
