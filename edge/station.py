@@ -634,10 +634,14 @@ def run(station_file: str, uplink_file: str | None = None, *, seconds: float = 0
         t.start()
     if uplink is not None:
         uplink.start()
+    # [status]: GET /status, /metrics, /health on a Unix socket / loopback port (docs/status-api.md).
+    from ims_station.statusapi import serve_station
+
+    api = serve_station(st)
     from ims_station.edge.supervision import gateway_heartbeat
 
     heartbeat = gateway_heartbeat(st, threads, stats_every=stats_every)
-    heartbeat.started()             # READY=1: ports opened (or retrying), uplink session started
+    heartbeat.started()             # READY=1: ports opened (or retrying), uplink session, status API
     show = (lambda: on_status(st.status())) if on_status else (lambda: None)
     t0 = time.monotonic()
     next_status = t0 + status_interval if status_interval > 0 else float("inf")
@@ -657,6 +661,8 @@ def run(station_file: str, uplink_file: str | None = None, *, seconds: float = 0
     finally:
         heartbeat.stopping()
         stop.set()
+        if api is not None:
+            api.close()         # and its socket file
         for t in threads:
             t.join(timeout=2)
         gw.poll()

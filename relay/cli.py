@@ -29,6 +29,11 @@ deployed as ``/etc/ims-relay/<instance>.toml``, docs/deployment.md)::
     keystore = "relay-keys"
     key_id = 900
 
+    [status]                            # optional: the local status API (docs/status-api.md)
+    enabled = true                      # GET /status, /metrics (Prometheus), /health
+    # socket = "/var/lib/ims-relay/status-relay1.sock"   # default: <data_dir>/status-<instance>.sock, mode 0660
+    listen = "127.0.0.1:9102"           # default "": no TCP; loopback only unless allow_remote = true
+
     [[broker]]                          # one or more, tried in order (fail-over)
     host = "mqtt.example.org"
     port = 8883
@@ -47,6 +52,8 @@ import signal
 import threading
 from pathlib import Path
 from typing import Any
+
+from ims_station.statusapi import SCHEMA as STATUS_SCHEMA
 
 RELAY_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -84,6 +91,7 @@ RELAY_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "status": STATUS_SCHEMA,    # the local status API (ims_station/statusapi.py, docs/status-api.md)
         "broker": {
             "oneOf": [{"type": "object"}, {"type": "array", "minItems": 1, "items": {"type": "object"}}],
         },
@@ -111,13 +119,17 @@ def load_config(file: str | Path) -> dict[str, Any]:
         relay[k] = resolve(relay[k])
     if "acknack_key" in relay:
         relay["acknack_key"] = dict(relay["acknack_key"], keystore=resolve(relay["acknack_key"]["keystore"]))
+    if "status" in data:        # checked now: a non-loopback listen address without allow_remote is refused
+        from ims_station.statusapi import settings_from_table
+
+        settings_from_table(data["status"], file=path, data_dir=relay["data_dir"])
     raw = data["broker"] if isinstance(data["broker"], list) else [data["broker"]]
     brokers = []
     for i, b in enumerate(raw):
         cfg = BrokerConfig.from_mapping(b, file=str(path), key=f"broker[{i}]")
         brokers.append(dataclasses.replace(cfg, **{k: resolve(getattr(cfg, k)) for k in
                                                    ("tls_ca", "tls_cert", "tls_key", "password_file")}))
-    return {"relay": relay, "brokers": brokers, "file": str(path)}
+    return {"relay": relay, "brokers": brokers, "file": str(path), "status": data.get("status")}
 
 
 def build_relay(conf: dict[str, Any], *, clock: Any = None):
@@ -171,6 +183,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # The relay thread swaps the new trust store in between two messages (ReloadingTrustStore).
     signal.signal(signal.SIGHUP, lambda *_: relay.core.trust.request_reload())
     relay.start()
+    from ims_station.statusapi import serve_relay
+
+    api = serve_relay(conf, relay)      # [status]: /status, /metrics, /health (docs/status-api.md)
     # systemd (Type=notify, watchdog, STATUS=) and the journal's INFO summary: relay/supervision.py
     from ims_station.relay.supervision import relay_heartbeat
 
@@ -186,6 +201,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 print_json({"event": "stats", **relay.stats()})
     finally:
         heartbeat.stopping()
+        if api is not None:
+            api.close()
         relay.close()
     if args.json:
         print_json({"event": "stopped", **relay.stats()})
