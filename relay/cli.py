@@ -175,7 +175,7 @@ def build_relay(conf: dict[str, Any], *, clock: Any = None):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import logging
+    import time
 
     from ims_station.output import print_json
 
@@ -187,22 +187,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # The relay thread swaps the new trust store in between two messages (ReloadingTrustStore).
     signal.signal(signal.SIGHUP, lambda *_: relay.core.trust.request_reload())
     relay.start()
-    log = logging.getLogger("ims_station.relay")
     from ims_station.statusapi import serve_relay
 
     api = serve_relay(conf, relay)      # [status]: /status, /metrics, /health (docs/status-api.md)
+    # systemd (Type=notify, watchdog, STATUS=) and the journal's INFO summary: relay/supervision.py
+    from ims_station.relay.supervision import relay_heartbeat
+
+    heartbeat = relay_heartbeat(relay, stats_every=0 if args.json else args.stats_every)
+    heartbeat.started()
+    next_json = time.monotonic() + args.stats_every
     try:
-        while not stop.wait(args.stats_every):
-            s = relay.stats()
-            if args.json:
-                print_json({"event": "stats", **s})
-            else:
-                log.warning("relay %s: received %d, archived %d, duplicates %d, quarantined %d "
-                            "(security %d, clock %d, internal errors %d), acknacks %d, connected %s",
-                            relay.instance, s["received"], s["archived"], s["duplicates"], s["quarantined"],
-                            s["security_events"], s["clock_events"], s["internal_errors"], s["acknacks_sent"],
-                            s["transport"]["connected"])
+        tick = max(0.05, min(1.0, args.stats_every or 1.0, heartbeat.ping_s or 1.0))
+        while not stop.wait(tick):
+            heartbeat.turn()
+            if args.json and time.monotonic() >= next_json:
+                next_json += args.stats_every
+                print_json({"event": "stats", **relay.stats()})
     finally:
+        heartbeat.stopping()
         if api is not None:
             api.close()
         relay.close()
@@ -374,8 +376,10 @@ def register(subparsers: Any) -> None:
     run = sub.add_parser("run", help="run the relay (MQTT subscriber, verification, archive, acknacks)")
     run.add_argument("--config", required=True, help="relay TOML configuration (docs/relay.md)")
     run.add_argument("--json", action="store_true", help="print statistics as JSON lines")
-    run.add_argument("--stats-every", type=float, default=60.0, metavar="S", help="statistics interval (s)")
-    run.set_defaults(handler=_cmd_run)
+    run.add_argument("--stats-every", type=float, default=60.0, metavar="S",
+                     help="seconds between statistics: an INFO line in the log (also systemd's STATUS=), "
+                          "or a JSON line with --json")
+    run.set_defaults(handler=_cmd_run, log_level=20)   # logging.INFO: the routine summary is an INFO line
 
     exp = sub.add_parser("export-mseed", help="export archived frames as miniSEED (one file per channel and day)")
     src = exp.add_mutually_exclusive_group(required=True)
