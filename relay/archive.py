@@ -1,4 +1,4 @@
-"""The relay's archive: verified raw CD-1.1 frames and trigger events, their index, the quarantine, miniSEED export.
+"""The relay's archive: verified raw CD-1.1 frames, trigger events and IMS 2.0 messages, their index, the quarantine, miniSEED export.
 
 Owns where verified frames and rejected payloads are kept, deduplication by (frame set, sequence
 number), detection of a frame replayed under a new sequence number (same frame set and nominal
@@ -7,7 +7,8 @@ authentic (``relay.verify``), nor frame-set gap state (``relay.gaps``/``relay.st
 
 Interface (:class:`Archive`): ``commit(frames, quarantined)`` stores a batch durably and returns one
 :class:`StoreResult` per frame; ``lookup``, ``read_frame``, ``iter_day``, ``quarantine_entries``,
-``export_mseed``, ``stats``; events: ``commit(..., events=...)``, ``iter_events``, ``read_event``.  A PostgreSQL/object-store archive (ROADMAP item 7) is a new subclass.
+``export_mseed``, ``stats``; events: ``commit(..., events=...)``, ``iter_events``, ``read_event``; IMS 2.0
+messages: ``commit(..., ims20=...)``, ``iter_ims20``, ``read_ims20``.  A PostgreSQL/object-store archive (ROADMAP item 7) is a new subclass.
 
 :class:`FileArchive` (the embedded default), under ``root``::
 
@@ -15,8 +16,11 @@ Interface (:class:`Archive`): ``commit(frames, quarantined)`` stores a batch dur
                                                           concatenated: `ims-station cd11 dump` reads them
     events/{STA}/{YYYY}/{STA}.{YYYY}.{DDD}.{writer}.ev     verified event envelopes of a UTC day (by event
                                                           time), verbatim, concatenated (self-delimiting)
+    ims20/{STA}/{YYYY}/{STA}.{YYYY}.{DDD}.{writer}.msg     IMS 2.0 message texts of a UTC day (by envelope
+                                                          time), byte-identical, concatenated (each
+                                                          BEGIN IMS2.0 ... STOP; the index has offsets)
     quarantine/{YYYY}/{YYYY}.{DDD}.{writer}.q              rejected payloads of a day (by reception)
-    index.sqlite                                          frames, quarantine and file tables (WAL)
+    index.sqlite                                          frames, events, ims20, quarantine and file tables (WAL)
 
 * Files are **append-only**.  ``commit`` takes the index write lock (``BEGIN IMMEDIATE``), decides
   per frame (new / identical duplicate / different bytes / replay), appends and ``fsync``s the files,
@@ -33,6 +37,13 @@ Interface (:class:`Archive`): ``commit(frames, quarantined)`` stores a batch dur
   (``on``/``off``) and the verifying key id.  Deduplicated exactly like frames (same bytes:
   ``DUPLICATE``; different bytes: ``CONFLICT``, quarantined); no replay rule (events have no
   nominal-time grid).  Same commit, same fsync-before-index rule.
+* **IMS 2.0 messages** (``{p}/STA/ims20``, frame set ``STA:ims20``): the same code path as events
+  (``_commit``'s ``store_messages``: one dedupe/append for enveloped messages, a table per kind for
+  its index columns), but the day file gets the envelope's *body* -- the message text,
+  byte-identical -- and table ``ims20`` the index (data type, MSG_ID, measurement id, SRID, the
+  #Header's station and qualifier, key id) plus the envelope's header and signature, so
+  ``read_ims20(..., envelope=True)`` rebuilds the signed envelope.  Dedupe compares the *text*'s
+  SHA-256: the same text under the same seq is a duplicate even if signed again.
 * Several relay processes may share one root (shared-subscription load sharing on one host): each
   writes only its own files (``writer`` names them) and the SQLite index serialises the decisions.
   Across hosts, use a networked backend (ROADMAP item 7).

@@ -33,7 +33,7 @@ a single message that still fails is quarantined as ``internal_error``.  Only a
 disk, not the data -- leaves ``process``, with nothing acknowledged, so the broker redelivers.
 
 Trigger events (topic ``{p}/STA/events``, signed envelopes) take the same path:
-``Verifier.check_event`` (signature before body), :func:`check_event_time`, ``archive.commit`` (dedupe
+``Verifier.check_event`` (signature before body), :func:`check_message_time`, ``archive.commit`` (dedupe
 by frame set ``STA:events`` and the body's ``seq``), the frame-set state and its acknacks -- so the
 station's outbox deletes an event only once it is archived, exactly like a frame.  IMS 2.0 messages
 (topic ``{p}/STA/ims20``) take that path too: ``Verifier.check_ims20`` (the same envelope checks,

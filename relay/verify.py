@@ -39,7 +39,7 @@ order: ``oversize``; ``malformed`` (not an event envelope, or -- only once the s
 a body that is not a JSON object with an integer ``seq`` and the event fields' types);
 ``station_mismatch`` (envelope sender or body ``station`` is not the topic's station);
 ``unsigned`` / ``wrong_station_key`` / ``event_signature``; ``implausible_time`` (envelope time or
-event ``time`` outside the window, :func:`check_event_time`).  The body's ``seq`` is the event's
+event ``time`` outside the window, :func:`check_message_time`).  The body's ``seq`` is the event's
 sequence number in frame set ``STA:events``: deduplicated, acknowledged and gap-tracked like data.
 
 IMS 2.0 messages (``{p}/STA/ims20``, :meth:`Verifier.check_ims20`) share the events' envelope checks
@@ -471,7 +471,3 @@ def check_message_time(v: VerifiedEvent | VerifiedIms20, now_s: float, max_past_
                              f"{(t - now_ms) / 1000:.0f} s after the relay's clock (max_future_s {max_future_s:g})",
                              v.frame_set, v.sequence)
     return None
-
-
-#: The events path's name for :func:`check_message_time`.
-check_event_time = check_message_time
