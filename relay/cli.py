@@ -179,9 +179,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if args.json:
                 print_json({"event": "stats", **s})
             else:
-                log.warning("relay %s: received %d, archived %d, duplicates %d, quarantined %d "
+                log.warning("relay %s: received %d, archived %d (events %d, ims20 %d), duplicates %d, quarantined %d "
                             "(security %d, clock %d, internal errors %d), acknacks %d, connected %s",
-                            relay.instance, s["received"], s["archived"], s["duplicates"], s["quarantined"],
+                            relay.instance, s["received"], s["archived"], s["events_archived"], s["ims20_archived"],
+                            s["duplicates"], s["quarantined"],
                             s["security_events"], s["clock_events"], s["internal_errors"], s["acknacks_sent"],
                             s["transport"]["connected"])
     finally:

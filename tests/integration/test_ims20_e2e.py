@@ -29,14 +29,16 @@ STA = "NGS1"
 IFS = f"{STA}:ims20"
 
 
-def archived(root) -> dict[int, str]:
-    """seq -> sha256 of NGS1's archived IMS 2.0 texts (read-only; the relay keeps writing)."""
+def archived(root, frame_set: str = IFS) -> dict[int, str]:
+    """seq -> SHA-256 of the IMS 2.0 texts archived for *frame_set* (``STA:ims20``) in the relay
+    archive at *root*, read-only while the relay keeps writing; a seq archived twice fails.  Compare
+    with ``hashlib.sha256(text)`` of what the station emitted: nothing lost, nothing doubled."""
     db = root / "index.sqlite"
     if not db.exists():
         return {}
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
-        rows = con.execute("SELECT seq, sha256 FROM ims20 WHERE frame_set = ?", (IFS,)).fetchall()
+        rows = con.execute("SELECT seq, sha256 FROM ims20 WHERE frame_set = ?", (frame_set,)).fetchall()
     except sqlite3.OperationalError:
         return {}
     finally:
