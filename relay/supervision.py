@@ -21,7 +21,8 @@ log = logging.getLogger("ims_station.relay")
 
 def summary_line(instance: str, s: dict[str, Any]) -> str:
     """One line from :meth:`Relay.stats() <ims_station.relay.relay.Relay.stats>`."""
-    return (f"relay {instance}: received {s['received']}, archived {s['archived']}, duplicates "
+    return (f"relay {instance}: received {s['received']}, archived {s['archived']} (events "
+            f"{s.get('events_archived', 0)}, ims20 {s.get('ims20_archived', 0)}), duplicates "
             f"{s['duplicates']}, quarantined {s['quarantined']} (security {s['security_events']}, clock "
             f"{s['clock_events']}, internal errors {s['internal_errors']}), acknacks {s['acknacks_sent']}, "
             f"broker {'up' if s['transport']['connected'] else 'DOWN'}")
