@@ -42,8 +42,9 @@ ACTION_TIMEOUT_S = 5.0
 class WaveformTap:
     """A stream stage that keeps the last *n* samples of each channel (bounded, O(chunk) per push)."""
 
-    def __init__(self, n: int = WAVEFORM_SAMPLES) -> None:
+    def __init__(self, n: int = WAVEFORM_SAMPLES, clock: Any = None) -> None:
         self.n = n
+        self.clock = clock              # the station's: "time" of the summary (latency = time - end)
         self._lock = threading.Lock()
         self._rings: dict[str, deque] = {}
         self._rate: dict[str, int] = {}
@@ -80,7 +81,10 @@ class WaveformTap:
         """Per channel what the status document does not carry: time quality, flags, clipping,
         the last sample and its end time (``GET /waveform`` without a channel)."""
         with self._lock:
-            return {"channels": {c: dict(i) for c, i in sorted(self._info.items())}}
+            doc: dict = {"channels": {c: dict(i) for c, i in sorted(self._info.items())}}
+        if self.clock is not None:
+            doc["time"] = self.clock.time()
+        return doc
 
     def waveform(self, channel: str) -> dict | None:
         with self._lock:
@@ -190,7 +194,7 @@ def station_actions(st: Any) -> dict[str, Callable[[dict], dict]]:
 def attach_waveform_tap(st: Any) -> WaveformTap:
     """Add a :class:`WaveformTap` to the station's stream stages (after the others; it has no
     ``stats``, so the SOH and ``/status`` do not change)."""
-    tap = WaveformTap()
+    tap = WaveformTap(clock=getattr(st, "clock", None))
     gw = st.gateway
     with gw._lock:
         gw.stages.append(tap)

@@ -110,12 +110,12 @@ class ChannelDetail(Screen):
         yield Header()
         yield Static(f"Channel {self.code}", id="title")
         yield Static("", id="detail")
-        yield Static("", id="wave")
+        yield Static("", id="dwave")
         yield Footer()
 
     async def on_mount(self) -> None:
         await self.update_detail()
-        self.set_interval(REFRESH_S, self.update_detail)
+        self.set_interval(self.app_ref.refresh_s, self.update_detail)
 
     async def update_detail(self) -> None:
         doc = self.app_ref.last.get("status") or {}
@@ -134,8 +134,8 @@ class ChannelDetail(Screen):
         if self.app_ref.station is not None:
             samples = await asyncio.to_thread(self.app_ref.station.waveform, self.code)
             if samples:
-                w = max(10, self.size.width - 2)
-                self.query_one("#wave", Static).update(
+                w = max(10, self.query_one("#dwave", Static).size.width or self.size.width - 2)
+                self.query_one("#dwave", Static).update(
                     f"last {len(samples)} samples  min {min(samples)}  max {max(samples)}\n"
                     + src.sparkline(samples, w) + "\n" + src.sparkline(samples[len(samples) // 2:], w))
 
@@ -145,10 +145,13 @@ class ConsoleApp(App):
 
     TITLE = "ims-station console"
     CSS = """
+    Screen { overflow: hidden hidden; }
+    #tabs { height: 1fr; }
     DataTable { height: 1fr; }
-    #wave { height: 2; }
+    #wave { height: 1; }
     #result { height: 2; background: $boost; }
-    TabPane { padding: 0; }
+    TabPane { padding: 0; overflow: hidden hidden; }
+    ContentSwitcher { overflow: hidden hidden; }
     """
     BINDINGS = [
         Binding("q", "quit", "quit"),
@@ -167,6 +170,7 @@ class ConsoleApp(App):
         if station is None and relay is None:
             raise ValueError("give a station (status API) and/or a relay (MQTT) source")
         self.station, self.relay, self.refresh_s = station, relay, refresh_s
+        self.animation_level = "none"      # no tab animations: a slow SSH link redraws only what changed
         self.last: dict = {}
         self.triggers: deque = deque(maxlen=src.MAX_EVENTS)
         self.results: list[str] = []
@@ -221,7 +225,7 @@ class ConsoleApp(App):
             if code is not None:
                 samples = await asyncio.to_thread(self.station.waveform, code)
                 wave = self.query_one("#wave", Static)
-                w = max(10, self.size.width - len(code) - 2)
+                w = max(10, (wave.size.width or self.size.width) - len(code) - 2)
                 wave.update(f"{code} {src.sparkline(samples, w)}" if samples else f"{code}: no samples yet")
         if self.relay is not None:
             stations, events = self.relay.snapshot()

@@ -81,6 +81,7 @@ def channels(doc: dict) -> list[tuple[str, str, dict]]:
 def channel_rows(doc: dict, extra: dict | None, now: float) -> list[tuple[str, ...]]:
     """Channel, rate, latency (now - end of the last sample), last sample, clipping, time quality."""
     info = ((extra or {}).get("channels") or {})
+    now = _num((extra or {}).get("time")) or now      # the station's clock when it says (a simulation's)
     rows = []
     for _port, code, s in channels(doc):
         rate = _num(s.get("rate_mhz"))

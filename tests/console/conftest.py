@@ -27,7 +27,7 @@ class RunningStation:
     sim: Any
 
 
-def start_station(root: Path, seconds: float = 40.0):
+def start_station(root: Path, seconds: float = 20.0):
     """Assemble, run *seconds* of simulated time, serve, and step on a thread; a generator."""
     from ims_station import statusapi
     from ims_station.broker import BrokerConfig
@@ -59,7 +59,7 @@ def start_station(root: Path, seconds: float = 40.0):
             while not stop.is_set():
                 with lock:
                     st.step()
-                time.sleep(0.01)          # a live station, not a busy loop on a shared machine
+                time.sleep(0.05)          # a live station, not a busy loop on a shared machine
         t = threading.Thread(target=run, name="console-station", daemon=True)
         t.start()
         try:

@@ -55,7 +55,7 @@ def test_station_view_navigate_open_a_channel_and_run_the_three_actions(running_
     from ims_station.auth import generate_key
 
     station = src.StationSource(socket_path=str(running_station.socket))
-    app = console_app.ConsoleApp(station, refresh_s=0.5)
+    app = console_app.ConsoleApp(station, refresh_s=3600)
 
     async def drive() -> None:
         async with app.run_test(size=SIZE) as pilot:
@@ -65,6 +65,8 @@ def test_station_view_navigate_open_a_channel_and_run_the_three_actions(running_
             rows = cells(app, "chan-table")
             assert [r[0] for r in rows] == ["XX.MET1.00.BHE", "XX.MET1.00.BHN", "XX.MET1.00.BHZ", "XX.MET1.10.BDF"]
             assert all(r[1] == "100" for r in rows[:3]) and all(r[5].startswith("locked") for r in rows)
+            # Latency on the station's clock (a simulation's here): seconds, not the wall clock's hours.
+            assert all(r[2].endswith(" s") for r in rows), rows
             assert all(r[3] not in ("-", "") for r in rows) and {r[4] for r in rows} <= {"no", "CLIP"} | {
                 r[4] for r in rows if r[4].endswith("x")}
             assert app.sub_title.startswith("XX.MET1 DEGRADED: uplink to 127.0.0.1:9 disconnected")
@@ -93,7 +95,7 @@ def test_station_view_navigate_open_a_channel_and_run_the_three_actions(running_
             assert detail.code == "XX.MET1.00.BHN"
             await until(pilot, lambda: "time quality locked" in str(detail.query_one("#detail", Static).content),
                         "the channel's time quality")
-            await until(pilot, lambda: "samples" in str(detail.query_one("#wave", Static).content), "its waveform")
+            await until(pilot, lambda: "samples" in str(detail.query_one("#dwave", Static).content), "its waveform")
             await pilot.press("escape")
             assert not isinstance(app.screen, console_app.ChannelDetail)
 
@@ -186,7 +188,7 @@ def test_relay_view_shows_a_station_from_its_retained_soh(mosquitto):
                 retain=True).wait_for_publish(10)
     relay = src.RelaySource(BrokerConfig(host=mosquitto.host, port=mosquitto.port), prefix="ims")
     relay.start()
-    app = console_app.ConsoleApp(relay=relay, refresh_s=0.5)
+    app = console_app.ConsoleApp(relay=relay, refresh_s=3600)
 
     async def drive() -> None:
         async with app.run_test(size=SIZE) as pilot:
