@@ -54,6 +54,9 @@ def start_station(root: Path, seconds: float = 20.0):
             st.step()
         api = statusapi.serve_station(st)
         assert api is not None and api.socket_path == sock
+        end = sim.clock.monotonic() + 3          # the waveform tap (attached by serve_station) fills
+        while sim.clock.monotonic() < end:
+            st.step()
 
         def run() -> None:
             while not stop.is_set():

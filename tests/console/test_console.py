@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -132,8 +133,13 @@ def test_station_view_navigate_open_a_channel_and_run_the_three_actions(running_
             assert dict(cells(app, "keys-table"))["key ids"] == "1099"
 
     asyncio.run(drive())
-    # The board answered the calibration command (the firmware supports it: HELLO capability).
-    assert running_station.station.ports[0].decoder.counters["commands_sent"] >= 1
+    # The board (the firmware on the HIL) answered the calibration command: a REPLY on the link.
+    dec = running_station.station.ports[0].decoder
+    for _ in range(500):
+        if dec.counters["replies"] >= 1:
+            break
+        time.sleep(0.02)
+    assert dec.counters["commands_sent"] >= 1 and dec.counters["replies"] >= 1
 
 
 def test_actions_refuse_bad_arguments_and_pinned_keys(running_station):
@@ -249,3 +255,27 @@ def test_the_command_names_the_extra_when_textual_is_missing(monkeypatch, capsys
     monkeypatch.setattr(builtins, "__import__", no_textual)
     assert main(["console", "--socket", "/nonexistent.sock"]) == 2
     assert "pip install 'ims-station[console]'" in capsys.readouterr().err
+
+
+def test_serve_runs_the_same_command_in_textual_serve(monkeypatch):
+    import sys
+
+    import textual_serve.server
+
+    from ims_station.cli import main
+
+    seen = {}
+
+    class FakeServer:
+        def __init__(self, command, host, port, title):
+            seen.update(command=command, host=host, port=port)
+
+        def serve(self):
+            seen["served"] = True
+
+    monkeypatch.setattr(textual_serve.server, "Server", FakeServer)
+    monkeypatch.setattr(sys, "argv", ["ims-station", "console", "--socket", "/run/s.sock", "--serve",
+                                      "--port", "8123", "--broker", "b:1883"])
+    assert main(sys.argv[1:]) == 0
+    assert seen == {"command": f"{sys.executable} -m ims_station console --socket /run/s.sock --broker b:1883",
+                    "host": "127.0.0.1", "port": 8123, "served": True}
