@@ -156,9 +156,10 @@ def stage_rows(doc: dict) -> list[tuple[str, str]]:
             rows.append(("trigger problem", str(p)))
     ng = stages.get("noble_gas")
     if isinstance(ng, dict):
-        rows.append(("noble-gas phase", str(ng.get("phase", ng.get("state", "-")))))
+        phase = next((ng[k] for k in ("phase", "PHASE", "state") if k in ng), "-")
+        rows.append(("noble-gas phase", str(phase)))
         for k, v in sorted(ng.items()):
-            if k not in ("phase", "state") and isinstance(v, (int, float, str)):
+            if k not in ("phase", "PHASE", "state") and isinstance(v, (int, float, str)):
                 rows.append((f"noble-gas {k}", str(v)))
     if not rows:
         rows.append(("stages", "no trigger or noble-gas stage"))

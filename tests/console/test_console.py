@@ -279,3 +279,29 @@ def test_serve_runs_the_same_command_in_textual_serve(monkeypatch):
     assert main(sys.argv[1:]) == 0
     assert seen == {"command": f"{sys.executable} -m ims_station console --socket /run/s.sock --broker b:1883",
                     "host": "127.0.0.1", "port": 8123, "served": True}
+
+
+def test_rows_of_a_status_document_with_a_noble_gas_stage_and_odd_values():
+    doc = {"gateway": {"stages": {"noble_gas": {"phase": "ACQUIRE", "phase_elapsed_s": 120.5, "samples": 3,
+                                                "detail": {"x": 1}},
+                                  "trigger": {"channels": 3, "events": 2, "problems": ["XX.A.00.BHZ: no data"]}},
+                       "framer": {"keys": {"key_ids": [5], "key_expires_in_days": 12.25, "key_expires": "2027-01-01Z"}}},
+           "ports": [{"name": "p", "connected": False, "streams": {"channels": {"XX.A.00.BHZ": {"rate_mhz": "bad"}}}}],
+           "uplink": None}
+    rows = dict(src.stage_rows(doc))
+    assert rows["noble-gas phase"] == "ACQUIRE" and rows["noble-gas phase_elapsed_s"] == "120.5"
+    assert "noble-gas detail" not in rows and rows["trigger problem"] == "XX.A.00.BHZ: no data"
+    assert dict(src.key_rows(doc))["expires in"] == "12.2 days"
+    assert src.link_rows(doc)[0][:2] == ("p", "DOWN")
+    assert src.channel_rows(doc, None, 0.0) == [("XX.A.00.BHZ", "-", "-", "-", "no", "-")]
+    assert dict(src.outbox_uplink_rows(doc))["uplink"] == "none configured"
+    assert src.stage_rows({}) == [("stages", "no trigger or noble-gas stage")]
+
+
+def test_console_md_lists_every_key_binding():
+    text = (DOCS / "console.md").read_text()
+    for b in console_app.ConsoleApp.BINDINGS:
+        if b.show:
+            assert f"| `{b.key}` |" in text, b.key
+    for i, tab in enumerate(console_app.ConsoleApp.TABS, start=1):
+        assert f"| `{i}` | {tab.capitalize()} |" in text, tab
