@@ -2,9 +2,11 @@
 
 Owns what ``ims-station console`` may ask of a running gateway beyond reading its status document:
 
-* ``POST /actions/calibrate`` ``{"port": NAME?, "duration_s": 10, "period_ms": 1000, "channel_mask": 255}``
+* ``POST /actions/calibrate`` ``{"port": NAME?, "duration_s": 10, "period_ms": 1000, "channel_mask": M?}``
   -- the link protocol's ``START_CALIBRATION`` command (firmware/link.py ``CMD_START_CALIBRATION``;
-  the board applies its calibration signal and flags the DATA packets ``calibration``).
+  the board applies its calibration signal and flags the DATA packets ``calibration``); the mask
+  defaults to the port's configured channels; the answer waits up to :data:`REPLY_WAIT_S` for the
+  board's REPLY (accepted / refused and why).
 * ``POST /actions/resend`` ``{"port": NAME?, "first": SEQ, "last": SEQ}`` -- a link ``RESEND`` of
   board sequence numbers (``LinkDecoder.request_resend``): at most ``link.MAX_RESEND`` packets.
 * ``POST /actions/next_key`` ``{}`` -- re-reads the keystore directory so that a key installed
@@ -37,6 +39,43 @@ WAVEFORM_SAMPLES = 400
 MAX_WAVEFORM_CHANNELS = 64
 #: Seconds an action waits for the pump thread to run its decoder call.
 ACTION_TIMEOUT_S = 5.0
+#: Seconds ``calibrate`` waits for the board's REPLY before answering "sent, no reply yet".
+REPLY_WAIT_S = 3.0
+#: REPLY / COMMAND_TIMEOUT events remembered per port (by the command's link seq).
+MAX_REPLIES = 32
+_R_NAMES = {link.R_OK: "accepted", link.R_BAD_ARGS: "refused: bad arguments",
+            link.R_UNSUPPORTED: "refused: not supported by this firmware", link.R_BUSY: "refused: busy"}
+
+
+class ReplyWatch:
+    """Remembers the last board replies of one port (wraps its pump's ``on_events``; the events
+    go on to the gateway unchanged), so that an action can wait for the answer to its command."""
+
+    def __init__(self, pump: Any) -> None:
+        from ims_station.edge.ingest import CommandTimeout, Reply
+
+        self._types = (Reply, CommandTimeout)
+        self._cond = threading.Condition()
+        self._seen: dict[int, Any] = {}
+        inner = pump.on_events
+
+        def on_events(events: list) -> None:
+            got = [ev for ev in events if isinstance(ev, self._types)]
+            if got:
+                with self._cond:
+                    for ev in got:
+                        self._seen[ev.cmd_seq] = ev
+                        while len(self._seen) > MAX_REPLIES:
+                            self._seen.pop(next(iter(self._seen)))
+                    self._cond.notify_all()
+            if inner is not None:
+                inner(events)
+        pump.on_events = on_events
+
+    def wait(self, cmd_seq: int, timeout: float) -> Any:
+        with self._cond:
+            self._cond.wait_for(lambda: cmd_seq in self._seen, timeout)
+            return self._seen.get(cmd_seq)
 
 
 class WaveformTap:
@@ -139,11 +178,23 @@ def calibrate(st: Any, arg: dict) -> dict:
     p = _port(st, arg)
     duration = _int(arg, "duration_s", 10, 1, 3600)
     period = _int(arg, "period_ms", 1000, 1, 60000)
-    mask = _int(arg, "channel_mask", 0xFF, 1, 0xFF)
+    configured = [c for c in (getattr(p.config, "channels", None) or {}) if isinstance(c, int) and 0 <= c < 8]
+    mask = _int(arg, "channel_mask", sum(1 << c for c in configured) or 1, 1, 0xFF)   # default: the port's channels
     seq = _on_pump(p, lambda: p.decoder.start_calibration(duration, period, mask))
-    return {"ok": True, "port": p.config.name, "command_seq": seq,
-            "message": f"START_CALIBRATION sent to port {p.config.name} (link seq {seq}): {duration} s, "
-                       f"period {period} ms, channels 0x{mask:02x}; the board's reply is counted in the link counters"}
+    what = f"START_CALIBRATION ({duration} s, period {period} ms, channels 0x{mask:02x}) on port {p.config.name}"
+    watch = getattr(p.pump, "reply_watch", None)
+    reply = watch.wait(seq, REPLY_WAIT_S) if watch is not None else None
+    if reply is None:
+        return {"ok": True, "port": p.config.name, "command_seq": seq, "reply": None,
+                "message": f"{what}: sent, no reply yet (the board's answer is counted in the link counters)"}
+    status = getattr(reply, "status", None)
+    if status is None:             # CommandTimeout
+        return {"ok": False, "port": p.config.name, "command_seq": seq, "reply": "timeout",
+                "message": f"{what}: the board did not answer (command timed out)"}
+    return {"ok": status == link.R_OK, "port": p.config.name, "command_seq": seq, "reply": status,
+            "message": f"{what}: board {reply.board_id} {_R_NAMES.get(status, f'answered status {status}')}"
+                       + (f" ({bytes(reply.result[:120]).decode('ascii', 'replace')})" if status != link.R_OK
+                          and reply.result else "")}
 
 
 @_guarded
@@ -187,8 +238,16 @@ def next_key(st: Any, arg: dict) -> dict:
 
 def station_actions(st: Any) -> dict[str, Callable[[dict], dict]]:
     """The POST actions of an assembled :class:`~ims_station.edge.station.Station`."""
+    attach_reply_watches(st)
     return {"calibrate": lambda a: calibrate(st, a), "resend": lambda a: resend(st, a),
             "next_key": lambda a: next_key(st, a)}
+
+
+def attach_reply_watches(st: Any) -> None:
+    """A :class:`ReplyWatch` on every port's pump (``pump.reply_watch``), once."""
+    for p in st.ports:
+        if getattr(p.pump, "reply_watch", None) is None:
+            p.pump.reply_watch = ReplyWatch(p.pump)
 
 
 def attach_waveform_tap(st: Any) -> WaveformTap:

@@ -322,7 +322,7 @@ class ConsoleApp(App):
         if not self._no_station("calibrate"):
             self._confirm_then("Start a calibration (10 s, period 1000 ms, all channels) on the station's board?"
                                " Data recorded meanwhile is flagged 'calibration'.", "calibrate",
-                               {"duration_s": 10, "period_ms": 1000, "channel_mask": 0xFF})
+                               {"duration_s": 10, "period_ms": 1000})
 
     def action_resend(self) -> None:
         if self._no_station("resend"):

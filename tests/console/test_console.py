@@ -105,7 +105,8 @@ def test_station_view_navigate_open_a_channel_and_run_the_three_actions(running_
             assert isinstance(app.screen, console_app.Confirm)
             await pilot.press("y")
             await until(pilot, lambda: result(app).startswith("calibrate:"), "the calibration's result")
-            assert result(app).startswith("calibrate: OK: START_CALIBRATION sent to port board"), result(app)
+            assert result(app) == ("calibrate: OK: START_CALIBRATION (10 s, period 1000 ms, channels 0x0f) on port "
+                                   "board: board 1 accepted"), result(app)
             # Declined: nothing is sent.
             await pilot.press("c")
             await pilot.press("n")
@@ -154,6 +155,9 @@ def test_actions_refuse_bad_arguments_and_pinned_keys(running_station):
     assert "first must be an integer" in client.action("resend", {"first": "x"})["message"]
     assert "no port 'nope'" in client.action("calibrate", {"port": "nope"})["message"]
     assert "duration_s must be" in client.action("calibrate", {"duration_s": 10**9})["message"]
+    # The board's own refusal comes back with its reason (a channel the 4-channel board lacks).
+    res = client.action("calibrate", {"channel_mask": 0x30})
+    assert res["ok"] is False and res["reply"] == 1 and "refused: bad arguments" in res["message"], res
     # Pinned keys: refused with the reason.
     fr = SimpleNamespace(_keystore=object(), _roles=lambda: [("pin", 7), ("station", "A")])
     res = actions.next_key(SimpleNamespace(framer=fr), {})
