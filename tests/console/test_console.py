@@ -309,3 +309,24 @@ def test_console_md_lists_every_key_binding():
             assert f"| `{b.key}` |" in text, b.key
     for i, tab in enumerate(console_app.ConsoleApp.TABS, start=1):
         assert f"| `{i}` | {tab.capitalize()} |" in text, tab
+
+
+def test_config_and_relay_file_find_the_sources(running_station, tmp_path):
+    import argparse
+
+    from ims_station.console import sources_from_args
+
+    cfg = running_station.station.config.file
+    ns = argparse.Namespace(socket=None, url=None, config=str(cfg), relay=None, broker=None, prefix=None)
+    station, relay = sources_from_args(ns)
+    assert relay is None and station.where == f"unix:{running_station.socket}"
+    assert station.poll()["status"]["station"] == "XX.MET1"
+    ns = argparse.Namespace(socket=None, url=None, config=None, relay=None, broker="[::1]:1884", prefix="net")
+    station, relay = sources_from_args(ns)
+    assert station is None and (relay.host, relay.port, relay.prefix) == ("::1", 1884, "net")
+    from ims_station.errors import ImsStationError
+
+    with pytest.raises(ImsStationError, match="give --socket"):
+        sources_from_args(argparse.Namespace(socket=None, url=None, config=None, relay=None, broker=None, prefix=None))
+    with pytest.raises(ImsStationError, match="HOST:PORT"):
+        sources_from_args(argparse.Namespace(socket=None, url=None, config=None, relay=None, broker="nope", prefix=None))
