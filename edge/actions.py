@@ -213,21 +213,18 @@ def next_key(st: Any, arg: dict) -> dict:
     fr = st.framer
     if getattr(fr, "_keystore", None) is None:
         return {"ok": False, "message": "no keystore configured: frames are not signed with rotating keys"}
-    pins = [who for kind, who in fr._roles() if kind == "pin"]
+    pins = fr.pinned_keys()
     if pins:
         return {"ok": False, "message": f"keys are pinned ({', '.join(map(str, pins))}: station_key_id / "
                                          "channel key_id): rotate by changing the station file and restarting"}
     from ims_station.auth import Keystore
 
-    before = (fr.key_status() or {}).get("key_ids")
-    new = Keystore.load(fr._keystore.directory)
+    old = fr._keystore
+    new = Keystore.load(old.directory)
     with st.gateway._lock:            # the framer signs under the gateway's lock
-        old, fr._keystore = fr._keystore, new
-        try:
-            after = (fr.key_status() or {}).get("key_ids")
-        except Exception:
-            fr._keystore = old            # the new directory cannot sign now: keep the old keys
-            raise
+        before = (fr.key_status() or {}).get("key_ids")
+        fr.replace_keystore(new)      # a keystore that cannot sign now is refused, the old one kept
+        after = (fr.key_status() or {}).get("key_ids")
     added = sorted(set(new.key_ids()) - set(old.key_ids()))
     if after == before:
         return {"ok": True, "key_ids": after,

@@ -143,7 +143,7 @@ def test_station_view_navigate_open_a_channel_and_run_the_three_actions(running_
     assert dec.counters["commands_sent"] >= 1 and dec.counters["replies"] >= 1
 
 
-def test_actions_refuse_bad_arguments_and_pinned_keys(running_station):
+def test_actions_refuse_bad_arguments_and_pinned_keys(running_station, tmp_path):
     from types import SimpleNamespace
 
     from ims_station.edge import actions
@@ -159,12 +159,24 @@ def test_actions_refuse_bad_arguments_and_pinned_keys(running_station):
     res = client.action("calibrate", {"channel_mask": 0x30})
     assert res["ok"] is False and res["reply"] == 1 and "refused: bad arguments" in res["message"], res
     # Pinned keys: refused with the reason.
-    fr = SimpleNamespace(_keystore=object(), _roles=lambda: [("pin", 7), ("station", "A")])
+    fr = SimpleNamespace(_keystore=object(), pinned_keys=lambda: [7])
     res = actions.next_key(SimpleNamespace(framer=fr), {})
     assert res["ok"] is False and "keys are pinned (7" in res["message"]
     res = actions.next_key(SimpleNamespace(framer=SimpleNamespace(_keystore=None)), {})
     assert res == {"ok": False, "message": "no keystore configured: frames are not signed with rotating keys"}
     assert actions.calibrate(None, [1]) == {"ok": False, "message": "the body must be a JSON object"}
+    # A keystore that cannot sign now is refused and the old one kept.
+    from ims_station.auth import Keystore
+    from ims_station.errors import ConfigError
+
+    empty = tmp_path / "empty-keys"
+    empty.mkdir()
+    fr = running_station.station.framer
+    with running_station.station.gateway._lock:
+        before = fr.key_status()
+        with pytest.raises(ConfigError, match="no key lists station"):
+            fr.replace_keystore(Keystore.load(empty))
+        assert fr.key_status() == before
 
 
 def test_waveform_endpoint_is_bounded_and_the_status_document_is_unchanged(running_station):
