@@ -99,7 +99,7 @@ class WaveformTap:
                         continue
                     ring = self._rings[code] = deque(maxlen=self.n)
                 row = chunk.samples[i]
-                ring.extend(int(x) for x in row[-self.n:])
+                ring.extend(row[-self.n:].tolist())
                 self._rate[code] = int(chunk.rate_mhz)
                 self._end[code] = int(chunk.t_first_us + len(row) * 1_000_000_000 // max(1, int(chunk.rate_mhz)))
                 info = self._info.setdefault(code, {"clipped_chunks": 0})
