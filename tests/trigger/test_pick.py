@@ -140,7 +140,7 @@ def test_the_pick_is_close_to_a_known_onset_and_the_trigger_time_is_unchanged():
 
 @pytest.mark.parametrize("size", [1, 7, 100, 4000, None])
 def test_the_pick_does_not_depend_on_the_chunk_size(size):
-    x = burst_series([50.0, 110.0], n_s=150.0, channels=3)
+    x = burst_series([45.0, 75.0], n_s=100.0, channels=3)
     codes = ["XX.S.00.BHZ", "XX.S.00.BHN", "XX.S.00.BHE"]
     s = TS.settings_from_table({"coincidence_sum": 2, "coincidence_window": 1.0})
     ref = offs(run(TS.Detector(s, "S"), codes, x, x.shape[1]))
