@@ -158,7 +158,8 @@ def event_json(d: Any) -> dict:
     from ims_station.edge.trigger_stage import iso_time
 
     pick_us = d.onset_us if d.pick_us is None else d.pick_us
-    return {"time": iso_time(d.onset_us), "pick": iso_time(pick_us), "pick_s": pick_us / 1e6, "duration": d.duration, "stations": list(d.stations),
+    return {"time": iso_time(d.onset_us), "pick": iso_time(pick_us), "pick_s": pick_us / 1e6,
+            "duration": d.duration, "stations": list(d.stations),
             "channels": list(d.channels), "coincidence_sum": d.coincidence_sum, "peak": d.peak,
             "clipped": d.clipped}
 

@@ -14,7 +14,10 @@ Owns:
   triggers by coincidence as it goes: an ``on`` decision when the coincidence sum reaches the
   threshold (every channel trigger counted has lasted ``min_duration``), an ``off`` decision when
   the event can no longer grow.  Its completed events equal ObsPy's ``coincidence_trigger`` on the
-  same series where the options overlap.  The rules for gaps, rate changes and clipping are
+  same series where the options overlap.  Each channel trigger also gets a refined onset pick
+  (``pick = "aic"``: ``edge/trigger.OnsetPicker`` on the filtered trace up to the onset sample, less
+  the filter's group delay at the band's centre, :func:`band_centre`); the trigger's own time is
+  left as ObsPy's (docs/trigger.md, "Onset pick").  The rules for gaps, rate changes and clipping are
   docs/trigger.md's ("The station stage").
 * :class:`TriggerStage` -- the stream stage registered in ``edge/station.STAGES``: each decision
   becomes one event document (:func:`event_document`, the one definition of its keys) handed to
@@ -201,8 +204,10 @@ class _Pipeline:
         # filter's group delay at the band's centre.
         self.picker = (T.OnsetPicker(int(s.pick_window * rate_hz), channels=channels)
                        if s.pick == "aic" else None)
-        self.pick_delay_us = (int(round(T.group_delay_s(self.filter.sos, band_centre(s.filter, rate_hz), rate_hz)
-                                        * 1e6)) if self.filter is not None and self.picker is not None else 0)
+        self.pick_delay_us = 0
+        if self.filter is not None and s.filter is not None and self.picker is not None:
+            self.pick_delay_us = int(round(T.group_delay_s(self.filter.sos, band_centre(s.filter, rate_hz),
+                                                           rate_hz) * 1e6))
         self._picks: dict[tuple[int, int], int] = {}      # (row, onset sample) -> pick sample
 
     def process(self, x: np.ndarray) -> list:
@@ -408,7 +413,8 @@ class Decision:
     """A network trigger decided by :class:`Detector`: ``on`` (declared, ``end_us`` None) or ``off``
     (complete).  Times in microseconds since 1970 (UTC); ``stations``/``channels`` in joining
     order, as ObsPy lists them (a station once per channel).  ``kept`` is False on the rare ``off``
-    that retracts an ``on`` whose event ObsPy's rule drops in the end (docs/trigger.md)."""
+    that retracts an ``on`` whose event ObsPy's rule drops in the end (docs/trigger.md).
+    ``pick_us``: the refined onset of the first member (None with ``pick = "none"``)."""
     state: str
     event_id: str
     onset_us: int
@@ -847,7 +853,8 @@ def event_document(d: Decision, settings: TriggerSettings, decided_s: float) -> 
     tq = TQ_NAMES[d.time_quality] if 0 <= d.time_quality < len(TQ_NAMES) else f"unknown({d.time_quality})"
     pick_us = d.onset_us if d.pick_us is None else d.pick_us
     return {"type": "trigger", "state": d.state, "event_id": d.event_id, "time": iso_time(d.onset_us),
-            "onset_s": d.onset_s, "pick": iso_time(pick_us), "pick_s": pick_us / 1e6, "end_s": d.end_s, "duration": d.duration, "peak": d.peak,
+            "onset_s": d.onset_s, "pick": iso_time(pick_us), "pick_s": pick_us / 1e6, "end_s": d.end_s,
+            "duration": d.duration, "peak": d.peak,
             "coincidence_sum": d.coincidence_sum, "stations": list(d.stations), "channels": list(d.channels),
             "time_quality": tq, "algorithm": settings.algorithm, "decided_s": float(decided_s),
             "pre_s": settings.pre_event, "post_s": settings.post_event, "clipped": d.clipped}

@@ -330,7 +330,8 @@ def _detection_summary(console, r: dict) -> None:
     console.print(f"false triggers: {r['false_triggers']} ({r['false_triggers_per_day']} per day); "
                   f"later-phase triggers: {r['later_phase_triggers']}; onset error (pick - true) median "
                   f"{e['median']} s, median |.| {e['median_abs']} s, p90 |.| {e['p90_abs']} s; trigger onset "
-                  f"error (trigger - true) median {raw['median']} s, p90 {raw['p90']} s; wall time {r['wall_time_s']} s")
+                  f"error (trigger - true) median {raw['median']} s, p90 {raw['p90']} s; "
+                  f"wall time {r['wall_time_s']} s")
     for name, g in r["goals"].items():
         console.print(f"{'[green]met[/]' if g['met'] else '[red]NOT met[/]'}  {name}: {g['value']} (goal {g['goal']})")
 

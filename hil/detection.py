@@ -352,7 +352,8 @@ def score(triggers: Sequence[Trigger], events: Sequence[InjectedEvent], duration
         "goals": goals,
         "all_goals_met": all(g["met"] for g in goals.values()),
         "per_event": per_event,
-        "false": [{"on_s": round(t.on_s, 3), "pick_s": round(t.pick, 3), "off_s": round(t.off_s, 3), "peak": round(t.peak, 3),
+        "false": [{"on_s": round(t.on_s, 3), "pick_s": round(t.pick, 3), "off_s": round(t.off_s, 3),
+                   "peak": round(t.peak, 3),
                    "channels": list(t.channels)} for t in false],
     }
 
