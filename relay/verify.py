@@ -434,18 +434,19 @@ def _event_problem(doc: Any) -> str:
         return f"seq {seq!r} is not an integer in 0..{MAX_EVENT_SEQ}"
     if not isinstance(doc.get("station"), str):
         return "station missing or not a string"
-    for k in ("type", "state", "event_id", "algorithm", "time"):
+    for k in ("type", "state", "event_id", "algorithm", "time", "pick"):
         v = doc.get(k)
         if v is not None and (not isinstance(v, str) or len(v) > MAX_EVENT_TEXT):
             return f"{k} is not a string of at most {MAX_EVENT_TEXT} characters"
-    if doc.get("time") is not None and _event_time_ms(doc["time"]) is None:
-        return f"time {doc['time']!r} is not an ISO 8601 time"
+    for k in ("time", "pick"):
+        if doc.get(k) is not None and _event_time_ms(doc[k]) is None:
+            return f"{k} {doc[k]!r} is not an ISO 8601 time"
     for k in ("stations", "channels"):
         v = doc.get(k)
         if v is not None and (not isinstance(v, list) or len(v) > MAX_EVENT_LIST
                               or not all(isinstance(x, str) and len(x) <= MAX_EVENT_TEXT for x in v)):
             return f"{k} is not a list of at most {MAX_EVENT_LIST} short strings"
-    for k in ("onset_s", "end_s", "duration", "peak", "coincidence_sum", "decided_s", "pre_s", "post_s"):
+    for k in ("onset_s", "pick_s", "end_s", "duration", "peak", "coincidence_sum", "decided_s", "pre_s", "post_s"):
         v = doc.get(k)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             return f"{k} is not a number"
