@@ -82,6 +82,7 @@ from ims_station.errors import ImsStationError
 from ims_station.mqtt import LOOP_TIMEOUT_S, PROTOCOLS, MqttSession, SessionOwner, backoff_delay  # noqa: F401
 
 from .logutil import RateLimitedLog
+from .outbox import URGENT_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -414,6 +415,13 @@ class Uplink(SessionOwner):
         # a back-fill filling max_unacked must not hold a station event back (issue 9).
         data_room = max(0, self.max_unacked - self.outbox.in_flight_count())
         items = self.outbox.next_to_send(room, live_window_s=self.live_window_s, data_limit=data_room)
+        urgent = [it for it in items if it.kind in URGENT_KINDS]
+        held_back = bool(urgent) and len(urgent) < len(items)
+        if held_back:
+            # Events go alone; the data follows at the next loop turn (the events' PUBACKs end its
+            # wait): at the relay they then make a batch of their own, whose archive commit does
+            # not wait for the data's (e.g. an auxiliary station's first frames of a day).
+            items = urgent
         sent = []
         for it in items:
             t = self._topics.get(it.kind)
@@ -436,8 +444,8 @@ class Uplink(SessionOwner):
                 self._counters["resent"] += 1
         if sent:
             self.outbox.mark_sent(sent)
-        if len(sent) == len(items) == room:
-            self._wake.set()       # the window was the limit: more may be waiting
+        if held_back or len(sent) == len(items) == room:
+            self._wake.set()       # the window was the limit, or data was held back: more may be waiting
 
     def _requeue_unpubacked(self) -> None:
         # No PUBACK: the broker may or may not have the frame.  Send it again after reconnecting
