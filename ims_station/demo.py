@@ -781,7 +781,9 @@ def _events_report(opts: DemoOptions, rigs: list[StationRig], arrivals: ArrivalL
     else:
         why = [f"{decided['on']} event(s) decided, {expected} earthquake(s) in the scenario"]
         why += [f"not archived: {', '.join(missing)}"] if missing else []
-        why += [f"later than {EVENT_LATENCY_GOAL_S:g} s: {', '.join(late)}"] if late else []
+        why += [f"later than {EVENT_LATENCY_GOAL_S:g} s: {', '.join(late)} (max {max(lat):.2f} s simulated, "
+                f"{1000 * max(lat) / opts.speed:.0f} ms wall at --speed {opts.speed:g}; on a busy machine "
+                "a lower --speed gives each simulated second more wall time)"] if late else []
         why += [f"archived but never decided: {', '.join(unexpected)}"] if unexpected else []
         why += [f"archived twice: {twice}"] if twice else []
         why += ["no relay"] if not with_relay else []
