@@ -5,7 +5,8 @@ HIL digitizer(s) (the firmware itself on emulated peripherals, ``hil/sim.py``) -
 assembly, CD-1.1 framer, durable outbox, MQTT uplink) -> broker (Mosquitto when installed, the
 embedded amqtt broker otherwise; ``ims_station.broker``) -> relay (verification, dedupe, archive,
 acknack) -> final JSON report: frames built, delivered, verified, quarantined, lost, and end-to-end
-latency p50/p99 (sample time -> archived at the relay).
+latency p50/p99 (sample time -> archived at the relay); the stations' trigger events (the
+simulated earthquake, :data:`DEMO_TRIGGER`) from decision to the relay's archive, with a check.
 
 Owns: the orchestration of a demo run (keys in a temporary directory, broker, relay, gateways, the
 pacing of simulated time against the wall clock, the live summary and the report) and the ``demo``
@@ -51,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Runs HIL digitizer(s) through the edge gateway, an MQTT broker (Mosquitto when "
                     "installed, embedded otherwise) and the relay; prints a live summary and a final "
                     "JSON report (frames built, delivered, verified, quarantined, lost; end-to-end "
-                    "latency p50/p99).")
+                    "latency p50/p99; the stations' trigger events from decision to the relay's archive).")
     p.add_argument("--minutes", type=float, default=10.0, help="simulated minutes of data (default 10)")
     p.add_argument("--stations", type=int, default=1, help="number of simulated stations (default 1)")
     p.add_argument("--speed", type=float, default=10.0,

@@ -100,3 +100,19 @@ def test_demo_without_trigger_has_no_events_and_says_so(tmp_path):
     assert ev["trigger"] is None and ev["decided"] == {"on": 0, "off": 0} and ev["list"] == []
     assert "[trigger]" not in (tmp_path / "demo" / "DEMO1" / "station.toml").read_text()
     assert ev["check"].startswith("no trigger stage") and rep["ok"]
+
+
+def test_trigger_config_file_replaces_the_demo_trigger_and_bad_files_name_themselves(tmp_path):
+    from ims_station.errors import ConfigError
+
+    good = tmp_path / "trigger.toml"
+    good.write_text('[trigger]\nchannels = ["00.BH?"]\non = 5.0\ncoincidence_sum = 2\n')
+    assert DemoOptions(trigger_file=str(good)).trigger_settings() == {"channels": ["00.BH?"], "on": 5.0,
+                                                                      "coincidence_sum": 2}
+    assert DemoOptions(trigger=False, trigger_file=str(good)).trigger_settings() is None
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[station]\ncode = 'X'\n")
+    with pytest.raises(ConfigError, match="bad.toml: trigger: no \\[trigger\\] table"):
+        DemoOptions(trigger_file=str(bad)).check()
+    with pytest.raises(ConfigError, match="missing.toml: trigger: cannot read"):
+        DemoOptions(trigger_file=str(tmp_path / "missing.toml")).check()
