@@ -95,7 +95,7 @@ def test_demo_without_trigger_has_no_events_and_says_so(tmp_path):
     """The switch the event test relies on: with ``--no-trigger`` the stations' files have no
     ``[trigger]`` table, nothing is decided or archived, and the report says why."""
     rep = run_demo(DemoOptions(minutes=0.5, stations=1, speed=15.0, seed=2, broker="embedded", trigger=False,
-                               workdir=str(tmp_path / "demo")))
+                               drain_s=5.0, workdir=str(tmp_path / "demo")))
     ev = rep["events"]
     assert ev["trigger"] is None and ev["decided"] == {"on": 0, "off": 0} and ev["list"] == []
     assert "[trigger]" not in (tmp_path / "demo" / "DEMO1" / "station.toml").read_text()
