@@ -273,8 +273,10 @@ class StageContext:
     *emit_event*: a station message (a trigger event, JSON-able dict) made durable in the outbox
     (kind ``events``, its own frame set ``STA:events``) in a signed envelope and sent on the
     station's ``events`` topic like any data (:func:`event_emitter`); returns the event's sequence
-    number.  *alarm*: a framer-style alarm (publishes
-    the SOH at once)."""
+    number.  *emit_message*: the same durable, signed path for other station messages,
+    ``emit_message(outbox_kind, body)`` -- ``"ims20"``: an IMS 2.0 message's text, sent on the
+    ``ims20`` topic in frame set ``STA:ims20`` (:func:`message_emitter`); returns its sequence
+    number.  *alarm*: a framer-style alarm (publishes the SOH at once)."""
 
     station_cfg: Any
     clock: Any
@@ -282,6 +284,7 @@ class StageContext:
     framer: Any
     alarm: Callable[[dict], None]
     emit_event: Callable[[dict], int]
+    emit_message: Callable[[str, bytes], int] | None = None
 
 
 # Stream stages after the framer, in order: (station-file table, factory(ctx: StageContext) -> stage).
@@ -301,23 +304,25 @@ def stages_from_config(ctx: StageContext) -> list[tuple[str, Any]]:
     return [(table, factory(ctx)) for table, factory in STAGES if table in raw]
 
 
-def event_emitter(station: str, outbox: Any, clock: Any, notify: Callable[[], None],
-                  signer: Callable[[Any], Any] | None = None) -> Callable[[dict], int]:
-    """The station's durable event path: each event document becomes the body of a signed
-    envelope (``ims_station.envelope``, kind ``event``, sender the station, time the clock's now,
-    signed by ``signer(now)`` -- the framer's :meth:`~Framer.station_signer` -- or unsigned when it
-    gives None) that is committed to the outbox (kind ``events``, frame set ``STA:events``, the
-    next sequence number, which the body carries as ``seq`` with ``station``) before the uplink
-    hears of it.  The uplink publishes it on ``{p}/STA/events`` and the relay's acknack of frame
-    set ``STA:events`` deletes it (docs/topics.md, docs/relay.md)."""
+def message_emitter(station: str, outbox_kind: str, outbox: Any, clock: Any, notify: Callable[[], None],
+                    signer: Callable[[Any], Any] | None = None) -> Callable[[bytes | Callable[[int], bytes]], int]:
+    """The station's durable path for enveloped messages of *outbox_kind* (``topics.MESSAGE_KINDS``:
+    trigger events, IMS 2.0 messages): each body becomes a signed envelope
+    (``ims_station.envelope``, sender the station, time the clock's now, the next sequence number
+    of frame set ``STA:<kind>`` in its header, signed by ``signer(now)`` -- the framer's
+    :meth:`~Framer.station_signer` -- or unsigned when it gives None) that is committed to the
+    outbox before the uplink hears of it.  The uplink publishes it on its kind's topic and the
+    relay's acknack of the frame set deletes it (docs/topics.md, docs/relay.md).  The argument is
+    the body, or a function of the sequence number giving it (a body that names its own seq)."""
     import datetime as dt
 
     from ims_station import envelope, topics
 
-    frame_set = topics.events_frame_set(station)
+    env_kind = topics.MESSAGE_KINDS[outbox_kind][0]
+    frame_set = topics.message_frame_set(station, outbox_kind)
     lock = threading.Lock()
 
-    def emit(doc: dict) -> int:
+    def emit(body: bytes | Callable[[int], bytes]) -> int:
         with lock:
             hi = outbox.highest_committed(frame_set)
             seq = 0 if hi is None else hi + 1
@@ -326,11 +331,26 @@ def event_emitter(station: str, outbox: Any, clock: Any, notify: Callable[[], No
             key = None
             if signer is not None:
                 key = signer(dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=time_us))
-            body = {**doc, "station": station, "seq": seq}
-            wire = envelope.pack_json("event", station, body, time_us=time_us, signer=key)
-            outbox.put("events", frame_set, seq, now, wire)
+            data = body(seq) if callable(body) else body
+            wire = envelope.pack(env_kind, station, data, time_us=time_us, signer=key, seq=seq)
+            outbox.put(outbox_kind, frame_set, seq, now, wire)
         notify()
         return seq
+
+    return emit
+
+
+def event_emitter(station: str, outbox: Any, clock: Any, notify: Callable[[], None],
+                  signer: Callable[[Any], Any] | None = None) -> Callable[[dict], int]:
+    """Trigger events on :func:`message_emitter`: the JSON document gains ``station`` and ``seq``
+    (the envelope's sequence number in ``STA:events``), compact with sorted keys."""
+    import json
+
+    emit_body = message_emitter(station, "events", outbox, clock, notify, signer)
+
+    def emit(doc: dict) -> int:
+        return emit_body(lambda seq: json.dumps({**doc, "station": station, "seq": seq}, sort_keys=True,
+                                                separators=(",", ":")).encode())
 
     return emit
 
@@ -537,7 +557,17 @@ def _assemble_rest(station_cfg: Any, settings: Any, outbox: Any, uplink_box: lis
         emit = aux_ref[0].wrap(emit)
     if on_event is not None:
         emit = _observed(emit, on_event)
-    named_stages = stages_from_config(StageContext(station_cfg, clock, outbox, framer, alarm, emit))
+    notify = uplink.notify if uplink is not None else (lambda: None)
+    message_paths = {kind: message_emitter(station_cfg.code, kind, outbox, clock, notify, signer=framer.station_signer)
+                     for kind in ("ims20",)}
+
+    def emit_message(outbox_kind: str, body: bytes) -> int:
+        if outbox_kind not in message_paths:
+            raise ValueError(f"no station message path for outbox kind {outbox_kind!r} "
+                             f"(known: {', '.join(message_paths)}; events go through emit_event)")
+        return message_paths[outbox_kind](body)
+
+    named_stages = stages_from_config(StageContext(station_cfg, clock, outbox, framer, alarm, emit, emit_message))
     stages = [st for _, st in named_stages]
     gw = Gateway(f"{station_cfg.network}.{station_cfg.code}", framer, uplink=uplink, stages=stages,
                  stage_names=[name for name, _ in named_stages])
@@ -585,11 +615,14 @@ def load(station_file: str, uplink_file: str | None = None) -> tuple[Any, Any]:
 
 
 def run(station_file: str, uplink_file: str | None = None, *, seconds: float = 0.0,
-        status_interval: float = 0.0, on_status: Callable[[dict], None] | None = None) -> int:
+        status_interval: float = 0.0, on_status: Callable[[dict], None] | None = None,
+        stats_every: float = 60.0) -> int:
     """The standalone gateway: one pump thread per serial port, until SIGTERM/Ctrl-C or *seconds*.
 
     ``ims-station edge run`` and ``python -m ims_station.edge.station`` both run this.  With
     *on_status*, a status document (:func:`status`) every *status_interval* seconds and at the end.
+    systemd (``Type=notify``, watchdog) and the journal's summary line every *stats_every* seconds:
+    :mod:`ims_station.edge.supervision`.
     """
     import signal
     import time
@@ -616,6 +649,14 @@ def run(station_file: str, uplink_file: str | None = None, *, seconds: float = 0
         t.start()
     if uplink is not None:
         uplink.start()
+    # [status]: GET /status, /metrics, /health on a Unix socket / loopback port (docs/status-api.md).
+    from ims_station.statusapi import serve_station
+
+    api = serve_station(st)
+    from ims_station.edge.supervision import gateway_heartbeat
+
+    heartbeat = gateway_heartbeat(st, threads, stats_every=stats_every)
+    heartbeat.started()             # READY=1: ports opened (or retrying), uplink session, status API
     show = (lambda: on_status(st.status())) if on_status else (lambda: None)
     t0 = time.monotonic()
     next_status = t0 + status_interval if status_interval > 0 else float("inf")
@@ -628,11 +669,15 @@ def run(station_file: str, uplink_file: str | None = None, *, seconds: float = 0
             if now >= next_status:
                 show()
                 next_status += status_interval
+            heartbeat.turn()
             stop.wait(0.2)
     except KeyboardInterrupt:
         pass
     finally:
+        heartbeat.stopping()
         stop.set()
+        if api is not None:
+            api.close()         # and its socket file
         for t in threads:
             t.join(timeout=2)
         gw.poll()
@@ -677,7 +722,8 @@ def run_from_args(args: Any) -> int:
               f"bad_time={f['implausible_time_samples']} outbox={o['frames']} ({o['bytes']} B) "
               f"uplink={'off' if u is None else ('up' if u['connected'] else 'DOWN')}", flush=True)
 
-    return run(args.config, args.uplink, seconds=args.seconds, status_interval=args.interval, on_status=show)
+    return run(args.config, args.uplink, seconds=args.seconds, status_interval=args.interval, on_status=show,
+               stats_every=args.stats_every)
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -691,7 +737,9 @@ def _main(argv: list[str] | None = None) -> int:
     add_run_arguments(ap)
     ap.add_argument("-v", "--verbose", action="count", default=0)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2))
+    from ims_station.logutil import setup_logging
+
+    setup_logging(args.verbose, default=logging.INFO)
     try:
         return run_from_args(args)
     except ImsStationError as err:

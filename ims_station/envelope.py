@@ -6,7 +6,7 @@ CD-1.1 frames (``ims_station.auth``: the station's keystore signs, the relay's t
 verifies; the relay's own key signs what it sends to a station) and is bounded before anything is
 allocated.  A protocol core: no I/O, no clock.
 
-Layout (big-endian, ``struct``; 32-byte header, body, 2-byte signature length, signature)::
+Layout (big-endian, ``struct``; 40-byte header, body, 2-byte signature length, signature)::
 
     offset size  field
     0      4     magic  b"IMSE"
@@ -16,10 +16,12 @@ Layout (big-endian, ``struct``; 32-byte header, body, 2-byte signature length, s
     8      8     sender: station or relay name, ASCII, NUL-padded (1-8 upper-case letters/digits)
     16     4     key id (0: unsigned)
     20     8     time, microseconds since 1970 UTC (signing time: the key must be valid then)
-    28     4     body length (<= MAX_BODY)
-    32     n     body (events, commands: UTF-8 JSON; IMS 2.0: the message text, byte-identical)
-    32+n   2     signature length (0 when unsigned, else the key's algorithm's size)
-    34+n   s     signature over bytes 0 .. 32+n (header and body)
+    28     8     sequence number in the sender's frame set of this kind (STA:events, STA:ims20:
+                 the relay's dedupe, gap lists and acknacks, as for CD-1.1 frames; 0 for commands)
+    36     4     body length (<= MAX_BODY)
+    40     n     body (events, commands: UTF-8 JSON; IMS 2.0: the message text, byte-identical)
+    40+n   2     signature length (0 when unsigned, else the key's algorithm's size)
+    42+n   s     signature over bytes 0 .. 40+n (header and body)
 
 Nothing follows the signature: trailing bytes are an error, as is any length that disagrees with
 the buffer.  :func:`unpack` checks the structure only; :func:`verify` checks the signature against a
@@ -43,9 +45,10 @@ KIND_NAMES = {v: k for k, v in KINDS.items()}
 MAX_BODY = 8 << 20            # an IMS 2.0 beta-gamma SAMPLEPHD is a few hundred KiB
 MAX_SIGNATURE = 512
 MAX_JSON_BODY = 256 << 10     # events and commands are small; refuse a large JSON before parsing
-_HEAD = struct.Struct(">4sBBH8sIqI")
+_HEAD = struct.Struct(">4sBBH8sIqQI")
+MAX_SEQ = (1 << 62) - 1
 _SIGLEN = struct.Struct(">H")
-HEADER_SIZE = _HEAD.size      # 32
+HEADER_SIZE = _HEAD.size      # 40
 _SENDER_RE = re.compile(rb"^[A-Z0-9]{1,8}$")
 
 
@@ -59,6 +62,7 @@ class Envelope:
     sender: str
     key_id: int
     time_us: int
+    seq: int
     body: bytes
     signature: bytes
     signed_part: bytes          # header and body: what the signature covers
@@ -74,7 +78,7 @@ class Envelope:
             raise EnvelopeError(f"envelope body: not UTF-8 JSON ({type(err).__name__}: {err})") from None
 
 
-def pack(kind: str, sender: str, body: bytes, *, time_us: int, signer: Any = None) -> bytes:
+def pack(kind: str, sender: str, body: bytes, *, time_us: int, signer: Any = None, seq: int = 0) -> bytes:
     """The envelope of *body* from *sender*, signed with *signer* (``auth.keys.Signer``; None:
     unsigned, key id 0).  Raises :class:`LocalProtocolError` for what we must never send."""
     if kind not in KINDS:
@@ -87,16 +91,19 @@ def pack(kind: str, sender: str, body: bytes, *, time_us: int, signer: Any = Non
         raise LocalProtocolError(f"envelope: body of {len(body)} bytes is above {MAX_BODY}")
     if not -(1 << 63) <= time_us < (1 << 63):
         raise LocalProtocolError(f"envelope: time {time_us} us does not fit 64 bits")
+    if not 0 <= seq <= MAX_SEQ:
+        raise LocalProtocolError(f"envelope: sequence number {seq} is outside 0..{MAX_SEQ}")
     key_id = signer.key_id if signer is not None else 0
-    signed = _HEAD.pack(MAGIC, VERSION, KINDS[kind], 0, s.ljust(8, b"\0"), key_id, time_us, len(body)) + body
+    signed = _HEAD.pack(MAGIC, VERSION, KINDS[kind], 0, s.ljust(8, b"\0"), key_id, time_us, seq,
+                        len(body)) + body
     sig = signer.sign(signed) if signer is not None else b""
     return signed + _SIGLEN.pack(len(sig)) + sig
 
 
-def pack_json(kind: str, sender: str, doc: Any, *, time_us: int, signer: Any = None) -> bytes:
+def pack_json(kind: str, sender: str, doc: Any, *, time_us: int, signer: Any = None, seq: int = 0) -> bytes:
     """:func:`pack` of a JSON document (compact, keys sorted: the same document gives the same bytes)."""
     return pack(kind, sender, json.dumps(doc, sort_keys=True, separators=(",", ":")).encode(),
-                time_us=time_us, signer=signer)
+                time_us=time_us, signer=signer, seq=seq)
 
 
 def unpack(data: bytes | bytearray | memoryview, *, kind: str | None = None) -> Envelope:
@@ -105,7 +112,7 @@ def unpack(data: bytes | bytearray | memoryview, *, kind: str | None = None) -> 
     data = bytes(data)
     if len(data) < HEADER_SIZE + _SIGLEN.size:
         raise EnvelopeError(f"envelope: {len(data)} bytes is shorter than the {HEADER_SIZE + 2}-byte minimum")
-    magic, version, k, flags, sender, key_id, time_us, n = _HEAD.unpack_from(data)
+    magic, version, k, flags, sender, key_id, time_us, seq, n = _HEAD.unpack_from(data)
     if magic != MAGIC:
         raise EnvelopeError(f"envelope: magic {magic!r} is not {MAGIC!r} (not a signed envelope)")
     if version != VERSION:
@@ -119,6 +126,8 @@ def unpack(data: bytes | bytearray | memoryview, *, kind: str | None = None) -> 
     name = sender.rstrip(b"\0")
     if not _SENDER_RE.match(name) or b"\0" in name:
         raise EnvelopeError(f"envelope: sender {sender!r} is not 1-8 upper-case letters or digits")
+    if seq > MAX_SEQ:
+        raise EnvelopeError(f"envelope: sequence number {seq} is above {MAX_SEQ}")
     if n > MAX_BODY:
         raise EnvelopeError(f"envelope: body length {n} is above {MAX_BODY}")
     end = HEADER_SIZE + n
@@ -133,7 +142,7 @@ def unpack(data: bytes | bytearray | memoryview, *, kind: str | None = None) -> 
     if total != len(data):
         raise EnvelopeError(f"envelope: {len(data) - total:+d} bytes after the structure "
                             f"({total} expected, {len(data)} received)")
-    return Envelope(KIND_NAMES[k], name.decode("ascii"), key_id, time_us, data[HEADER_SIZE:end],
+    return Envelope(KIND_NAMES[k], name.decode("ascii"), key_id, time_us, seq, data[HEADER_SIZE:end],
                     data[end + _SIGLEN.size:], data[:end])
 
 

@@ -15,14 +15,14 @@ topic                              direction  retained  payload
 ``{p}/{sta}/events``               sta->relay no        trigger event, signed envelope (kind event), JSON body
 ``{p}/{sta}/cmd``                  relay->sta no        command, signed envelope (edge/commands.py)
 ``{p}/{sta}/cmd/response``         sta->relay no        its answer, signed envelope
-``{p}/{sta}/ims20``                sta->relay no        IMS 2.0 message (roadmap), text
+``{p}/{sta}/ims20``                sta->relay no        IMS 2.0 message, signed envelope (kind ims20), text body
 =================================  =========  ========  ==================================================
 
 Outbox items travel on the topic of their outbox kind (:data:`OUTBOX_TOPICS`, :func:`outbox_topic`):
 the uplink publishes them and the relay acknowledges them the same way, by frame set.
 
-The relay subscribes through a shared subscription group (``$share/{group}/{p}/+/cd11`` and
-``.../+/events``, :data:`RELAY_KINDS`) so several relay processes share the load.
+The relay subscribes through a shared subscription group (``$share/{group}/{p}/+/cd11``,
+``.../+/events`` and ``.../+/ims20``, :data:`RELAY_KINDS`) so several relay processes share the load.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ DEFAULT_RELAY_NAME = "RELAY"
 #: Outbox kind (``edge/outbox.py`` rows) -> topic kind it is published on by the uplink.
 OUTBOX_TOPICS = {"cd11": "cd11", "events": "events", "ims20": "ims20"}
 #: Topic kinds the relay subscribes to (each a shared subscription) and archives.
-RELAY_KINDS = ("cd11", "events")
+RELAY_KINDS = ("cd11", "events", "ims20")
 
 
 class TopicError(RemoteProtocolError):
@@ -70,6 +70,16 @@ def outbox_topic(prefix: str, station: str, outbox_kind: str) -> str:
 def events_frame_set(station: str) -> str:
     """The frame set of a station's events (``STA:events``): sequenced and acknowledged like data."""
     return f"{check_station(station)}:events"
+
+
+#: Outbox kind of a station message in a signed envelope -> (envelope kind, frame-set suffix).
+MESSAGE_KINDS = {"events": ("event", "events"), "ims20": ("ims20", "ims20")}
+
+
+def message_frame_set(station: str, outbox_kind: str) -> str:
+    """The frame set of a station's enveloped messages of *outbox_kind* (``STA:events``,
+    ``STA:ims20``): each sequenced, deduplicated and acknowledged by the relay like data."""
+    return f"{check_station(station)}:{MESSAGE_KINDS[outbox_kind][1]}"
 
 
 def shared_subscription(prefix: str, kind: str, group: str | None) -> str:

@@ -33,9 +33,13 @@ a single message that still fails is quarantined as ``internal_error``.  Only a
 disk, not the data -- leaves ``process``, with nothing acknowledged, so the broker redelivers.
 
 Trigger events (topic ``{p}/STA/events``, signed envelopes) take the same path:
-``Verifier.check_event`` (signature before body), :func:`check_event_time`, ``archive.commit`` (dedupe
+``Verifier.check_event`` (signature before body), :func:`check_message_time`, ``archive.commit`` (dedupe
 by frame set ``STA:events`` and the body's ``seq``), the frame-set state and its acknacks -- so the
-station's outbox deletes an event only once it is archived, exactly like a frame.
+station's outbox deletes an event only once it is archived, exactly like a frame.  IMS 2.0 messages
+(topic ``{p}/STA/ims20``) take that path too: ``Verifier.check_ims20`` (the same envelope checks,
+then the text parsed), :func:`check_message_time`, ``archive.commit(..., ims20=...)`` (the text,
+byte-identical, in a day file; dedupe by frame set ``STA:ims20`` and the envelope's sequence
+number), the frame-set state and its acknacks.
 
 Time plausibility: a verified frame whose span is not within ``max_past_s`` before / ``max_future_s``
 after the injected clock's ``time()`` is quarantined as ``implausible_time`` and counted as a clock
@@ -59,10 +63,12 @@ from typing import Any, Sequence
 from ims_station import topics
 from ims_station.clock import Clock, SystemClock
 from ims_station.logutil import RateLimitedLog
-from ims_station.relay.archive import Archive, EventRecord, FrameRecord, QuarantineRecord, StoreOutcome
+from ims_station.relay.archive import Archive, EventRecord, FrameRecord, Ims20Record, QuarantineRecord, StoreOutcome
 from ims_station.relay.errors import RelayError
 from ims_station.relay.gaps import DEFAULT_GAP_EXPIRY_S, DEFAULT_MAX_GAPS, Arrival, FrameSetState
+from ims_station.relay.kpi import spans_of
 from ims_station.relay.state import StateStore
+from ims_station.relay.status import DEFAULT_SILENT_ALARM_S, SilenceWatch
 from ims_station.relay.verify import (
     DEFAULT_MAX_FUTURE_S,
     DEFAULT_MAX_PAST_S,
@@ -70,8 +76,9 @@ from ims_station.relay.verify import (
     Rejection,
     Verified,
     VerifiedEvent,
+    VerifiedIms20,
     Verifier,
-    check_event_time,
+    check_message_time,
     check_sequence,
     check_time_window,
 )
@@ -108,6 +115,7 @@ class RelayCounters:
     verified: int = 0                 # data frames and events that passed every check (archived or duplicate)
     archived: int = 0
     events_archived: int = 0          # trigger events (frame sets STA:events), included in archived
+    ims20_archived: int = 0           # IMS 2.0 messages (frame sets STA:ims20), included in archived
     duplicates: int = 0               # identical bytes already archived
     control: int = 0                  # acknack / alert frames from stations
     quarantined: int = 0
@@ -135,7 +143,8 @@ class RelayCounters:
 
 
 SECURITY_REASONS = frozenset({"duplicate_conflict", "replay", "sequence_time", "station_mismatch",
-                              "wrong_station_key", "frame_signature", "subframe_signature", "event_signature"})
+                              "wrong_station_key", "frame_signature", "subframe_signature", "event_signature",
+                              "ims20_signature"})
 CLOCK_REASONS = frozenset({"implausible_time"})
 #: Longest exception text kept in an ``internal_error`` detail.
 _MAX_ERROR_DETAIL = 500
@@ -144,6 +153,36 @@ _MAX_ERROR_DETAIL = 500
 def _text(v: Any) -> str | None:
     """An event's id or state for the index (the verifier bounded strings; anything else: None)."""
     return v if isinstance(v, str) else None
+
+
+#: Longest IMS 2.0 index field kept (MSG_ID, SRID, measurement id...; the codec bounds lines).
+_MAX_INDEX_TEXT = 128
+
+
+def ims20_record(v: VerifiedIms20, received_at: float) -> Ims20Record:
+    """The archive record of a verified IMS 2.0 message: the envelope split into header, text and
+    signature, and the index fields (data type, MSG_ID, measurement id, SRID, the #Header's
+    station and qualifier) the message has."""
+    from ims_station.envelope import HEADER_SIZE
+
+    msg = v.message
+
+    def text(x: Any) -> str | None:
+        return x[:_MAX_INDEX_TEXT] if isinstance(x, str) else None
+
+    header = None
+    for sec in msg.sections:
+        header = getattr(sec.body, "header", None) or (sec.body if hasattr(sec.body, "alert_type") else None)
+        if header is not None:
+            break
+    env = v.envelope
+    return Ims20Record(
+        v.station, v.frame_set, v.sequence, v.time_ms, v.raw, env.body, v.raw[:HEADER_SIZE], env.signature,
+        key_id=v.key_id, msg_id=text(msg.msg_id), msg_type=text(msg.msg_type),
+        data_type=text(",".join(sec.data_type for sec in msg.sections)),
+        measurement_id=text(getattr(header, "measurement_id", None)), srid=text(getattr(header, "srid", None)),
+        msg_station=text(getattr(header, "station", None)), qualifier=text(getattr(header, "qualifier", None)),
+        received_at=received_at)
 
 
 def describe_exception(err: BaseException) -> str:
@@ -175,11 +214,13 @@ class RelayCore:
                  sequence_check: bool = True, expiry_sweep_s: float = 60.0,
                  max_past_s: float | None = DEFAULT_MAX_PAST_S,
                  max_future_s: float | None = DEFAULT_MAX_FUTURE_S,
+                 silent_alarm_s: float | None = DEFAULT_SILENT_ALARM_S,
                  log_rate: float = 0.2, log_burst: int = 5) -> None:
         """*max_past_s* / *max_future_s*: the time-plausibility window around ``clock.time()``
-        (None: that side unbounded).  *log_rate* / *log_burst*: rejections and internal errors are
-        logged at most *log_burst* at once, then one per ``1 / log_rate`` s per reason (the
-        counters are exact)."""
+        (None: that side unbounded).  *silent_alarm_s*: a station without a verified frame for
+        longer is an alarm (``relay.status.SilenceWatch``; None: no alarm).  *log_rate* /
+        *log_burst*: rejections and internal errors are logged at most *log_burst* at once, then
+        one per ``1 / log_rate`` s per reason (the counters are exact)."""
         self.trust = trust
         self.state_store = state
         self.archive = archive
@@ -201,6 +242,12 @@ class RelayCore:
         self._state_kw = {"max_gaps": max_gaps, "gap_expiry_s": gap_expiry_s}
         self.states: dict[str, FrameSetState] = state.load_all(**self._state_kw)
         self._schedule: dict[str, _Schedule] = {}
+        self.silence = SilenceWatch(silent_alarm_s)
+        last = getattr(archive, "last_arrivals", None)
+        if last is not None:                 # stations silent since before a restart alarm too
+            for sta, t in last().items():
+                self.silence.seen(sta, t)
+        self._next_silence_check = float("-inf")
 
     # -- processing --------------------------------------------------------------------------------
     def process(self, batch: Sequence[Incoming]) -> list[Outcome]:
@@ -259,6 +306,8 @@ class RelayCore:
         frame_idx: list[int] = []
         events: list[EventRecord] = []
         event_idx: list[int] = []
+        messages: list[Ims20Record] = []
+        message_idx: list[int] = []
         quarantine: list[QuarantineRecord] = []
         offsets: dict[str, int] = {}          # offsets learned in this batch (not yet saved)
 
@@ -266,8 +315,11 @@ class RelayCore:
         for i, item in enumerate(batch):
             received_at = item.received_at or now
             station = None
+            spans: tuple = ()
             try:
                 station, r = self._check(item, now, offsets)
+                if isinstance(r, Verified):
+                    spans = spans_of(r.frame)        # for the quality figures (relay.kpi)
             except RelayError:
                 raise                              # the state store could not read: disk, not data
             except Exception as err:
@@ -291,16 +343,24 @@ class RelayCore:
                                           key_id=r.key_id, received_at=received_at))
                 event_idx.append(i)
                 continue
+            if isinstance(r, VerifiedIms20):
+                messages.append(ims20_record(r, received_at))
+                message_idx.append(i)
+                continue
             frames.append(FrameRecord(r.station, r.frame_set, r.sequence, r.nominal_ms, r.raw,
-                                      received_at=received_at))
+                                      received_at=received_at, channels=spans, frame_ms=r.frame_ms))
             frame_idx.append(i)
 
-        # Durable, or raises: nothing acked.  (Without events, the archive's original call.)
-        results = (self.archive.commit(frames, quarantine, events=events) if events
-                   else self.archive.commit(frames, quarantine))
+        # Durable, or raises: nothing acked.  (Without messages, the archive's original call.)
+        kw: dict[str, Any] = {}
+        if events:
+            kw["events"] = events
+        if messages:
+            kw["ims20"] = messages
+        results = self.archive.commit(frames, quarantine, **kw)
 
         adds: dict[str, list[int]] = {}
-        for i, res in zip(frame_idx + event_idx, results):
+        for i, res in zip(frame_idx + event_idx + message_idx, results):
             fr = res.record
             if res.outcome in (StoreOutcome.ARCHIVED, StoreOutcome.DUPLICATE):
                 adds.setdefault(fr.frame_set, []).append(fr.sequence)
@@ -336,6 +396,10 @@ class RelayCore:
             c.frames_overreported += add.merged
 
         self._account(outcomes)  # type: ignore[arg-type]
+        for i in frame_idx:
+            o = outcomes[i]
+            if o is not None and o.result in ("archived", "duplicate") and o.station:
+                self.silence.seen(o.station, batch[i].received_at or now)
         c.batches += 1
         return outcomes  # type: ignore[return-value]
 
@@ -349,11 +413,12 @@ class RelayCore:
                                         f"{', '.join(topics.RELAY_KINDS)}")
         except topics.TopicError as err:
             return None, Rejection("bad_topic", str(err))
-        if kind == "events":
-            ev = self.verifier.check_event(station, item.payload)
-            if isinstance(ev, VerifiedEvent):
-                return station, check_event_time(ev, now, self.max_past_s, self.max_future_s) or ev
-            return station, ev
+        if kind in ("events", "ims20"):        # enveloped messages: one path (frame set STA:<kind>)
+            check = self.verifier.check_event if kind == "events" else self.verifier.check_ims20
+            m = check(station, item.payload)
+            if isinstance(m, (VerifiedEvent, VerifiedIms20)):
+                return station, check_message_time(m, now, self.max_past_s, self.max_future_s) or m
+            return station, m
         r = self.verifier.check(station, item.payload)
         if not isinstance(r, Verified):
             return station, r
@@ -385,6 +450,8 @@ class RelayCore:
                 c.verified += 1
                 if o.frame_set and o.frame_set.endswith(":events"):
                     c.events_archived += 1
+                elif o.frame_set and o.frame_set.endswith(":ims20"):
+                    c.ims20_archived += 1
             elif o.result == "duplicate":
                 c.duplicates += 1
                 c.verified += 1
@@ -486,8 +553,18 @@ class RelayCore:
         best = min((self._next_due(s, mono) for s in self._schedule.values()), default=float("inf"))
         return max(0.0, min(best - mono, self.acknack_interval_s))
 
+    def check_silence(self, *, every_s: float = 1.0) -> list[str]:
+        """Run the silent-station alarm (at most every *every_s* s): stations that went silent now."""
+        mono = self.clock.monotonic()
+        if mono < self._next_silence_check:
+            return []
+        self._next_silence_check = mono + every_s
+        return self.silence.check(self.clock.time())
+
     def stats(self) -> dict[str, Any]:
         d = self.counters.snapshot()
+        d["silent"] = sorted(self.silence.silent)
+        d["silent_alarms"] = self.silence.alarms
         d["frame_sets"] = {fs: {"lowest": st.lowest, "highest": st.highest, "gaps": len(st.gaps),
                                 "missing": st.missing()} for fs, st in sorted(self.states.items())}
         return d

@@ -28,14 +28,14 @@ def keys(stores):
 def test_signed_round_trip_verifies_and_any_flipped_bit_does_not(keys, alg):
     ks, trust = keys
     signer = ks.signer(KEY_IDS[alg])
-    data = envelope.pack_json("event", "STA01", {"peak": 5.5, "seq": 3}, time_us=T_US, signer=signer)
+    data = envelope.pack_json("event", "STA01", {"peak": 5.5, "seq": 3}, time_us=T_US, signer=signer, seq=3)
     env = envelope.unpack(data, kind="event")
-    assert (env.kind, env.sender, env.key_id, env.time_us) == ("event", "STA01", KEY_IDS[alg], T_US)
+    assert (env.kind, env.sender, env.key_id, env.time_us, env.seq) == ("event", "STA01", KEY_IDS[alg], T_US, 3)
     assert env.json() == {"peak": 5.5, "seq": 3}
     assert envelope.verify(env, trust).ok
     assert envelope.verify(env, trust, "STA01").ok
     assert not envelope.verify(env, trust, "STA02").ok          # on another station's topic
-    for pos in (0, 5, 9, 17, 21, 33, len(data) - 1):
+    for pos in (0, 5, 9, 17, 21, 29, 37, 41, len(data) - 1):
         bad = bytearray(data)
         bad[pos] ^= 0x01
         try:
@@ -66,15 +66,17 @@ def test_what_we_must_never_send_is_a_local_error():
         envelope.pack("event", "sta01", b"", time_us=0)
     with pytest.raises(LocalProtocolError, match="sender"):
         envelope.pack("event", "TOOLONGNAME", b"", time_us=0)
+    with pytest.raises(LocalProtocolError, match="sequence"):
+        envelope.pack("event", "STA01", b"", time_us=0, seq=-1)
 
 
 def _raw(**over):
-    f = dict(magic=b"IMSE", version=1, kind=1, flags=0, sender=b"STA01", key_id=0, time_us=0, body=b"{}",
+    f = dict(magic=b"IMSE", version=1, kind=1, flags=0, sender=b"STA01", key_id=0, time_us=0, seq=0, body=b"{}",
              siglen=0, sig=b"", tail=b"")
     f.update(over)
     n = over.get("n", len(f["body"]))
-    return (struct.pack(">4sBBH8sIqI", f["magic"], f["version"], f["kind"], f["flags"], f["sender"].ljust(8, b"\0"),
-                        f["key_id"], f["time_us"], n) + f["body"] + struct.pack(">H", f["siglen"]) + f["sig"]
+    return (struct.pack(">4sBBH8sIqQI", f["magic"], f["version"], f["kind"], f["flags"], f["sender"].ljust(8, b"\0"),
+                        f["key_id"], f["time_us"], f["seq"], n) + f["body"] + struct.pack(">H", f["siglen"]) + f["sig"]
             + f["tail"])
 
 
@@ -87,6 +89,7 @@ def _raw(**over):
     (_raw(sender=b"st a"), "sender"),
     (_raw(sender=b""), "sender"),
     (_raw(n=0xFFFFFFFF), "body length"),
+    (_raw(seq=1 << 63), "sequence number"),
     (_raw(n=1000), "runs past"),
     (_raw(key_id=3), "key id"),
     (_raw(siglen=64, sig=b"x" * 64), "key id"),

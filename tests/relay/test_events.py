@@ -46,8 +46,10 @@ def make_event(keys, seq: int = 0, *, sender: str = "STA01", key: str | None = "
                time_us: int | None = None, doc: dict | None = None, **kw) -> bytes:
     signer = keys.keystore.signer(KEY_IDS[key][0]) if key else None
     body = doc if doc is not None else event_doc(seq, station=sender, **kw)
+    hseq = body.get("seq") if isinstance(body, dict) else None
+    hseq = hseq if type(hseq) is int and 0 <= hseq <= envelope.MAX_SEQ else 0
     return envelope.pack_json("event", sender, body, time_us=int(NOW * 1e6) if time_us is None else time_us,
-                              signer=signer)
+                              signer=signer, seq=hseq)
 
 
 def new_core(tmp_path, keys, clock, **kw):
@@ -126,6 +128,7 @@ def test_a_restarted_relay_does_not_archive_an_event_twice(tmp_path, keys, clock
     ("body_not_object", "malformed"),
     ("seq_missing", "malformed"),
     ("seq_negative", "malformed"),
+    ("header_seq_not_body_seq", "malformed"),
     ("time_not_iso", "malformed"),
     ("channels_not_list", "malformed"),
     ("not_json", "malformed"),
@@ -159,6 +162,9 @@ def test_each_bad_event_is_quarantined_with_its_reason_and_never_archived(core, 
         d = event_doc(0)
         del d["seq"]
         p = make_event(keys, doc=d)
+    elif case == "header_seq_not_body_seq":
+        p = envelope.pack_json("event", "STA01", event_doc(0), time_us=int(NOW * 1e6),
+                               signer=keys.keystore.signer(KEY_IDS["STA01"][0]), seq=1)
     elif case == "seq_negative":
         p = make_event(keys, doc=event_doc(-1))
     elif case == "time_not_iso":

@@ -47,7 +47,12 @@ ODD_VALUES = [None, True, False, 0, -1, 1 << 70, -(1 << 63), 1e308, float("nan")
 
 def sign(keys, body: bytes, *, time_us: int, key: str | None = "STA01", sender: str = "STA01") -> bytes:
     signer = keys.keystore.signer(KEY_IDS[key][0]) if key else None
-    return envelope.pack("event", sender, body, time_us=time_us, signer=signer)
+    try:                # the header carries the body's seq, as the station's emitter writes it
+        seq = json.loads(body).get("seq")
+    except Exception:
+        seq = None
+    seq = seq if type(seq) is int and 0 <= seq <= envelope.MAX_SEQ else 0
+    return envelope.pack("event", sender, body, time_us=time_us, signer=signer, seq=seq)
 
 
 def mutate_body(rng: random.Random, doc: dict) -> bytes:

@@ -83,3 +83,18 @@ def test_emitted_events_are_in_the_outbox_before_the_uplink_hears_of_them(tmp_pa
                 for it, _ in box.items("events")]
         assert rows == [("events", "STA01:events", 0, {"peak": 5.0, "station": "STA01", "seq": 0}),
                         ("events", "STA01:events", 1, {"peak": 6.0, "station": "STA01", "seq": 1})]
+
+
+def test_other_station_messages_take_the_same_durable_signed_path(tmp_path, clock):
+    from ims_station import envelope
+    from ims_station.edge.outbox import Outbox
+
+    with Outbox(tmp_path / "o.sqlite", max_bytes=1 << 20, max_age_s=86400, clock=clock) as box:
+        told = []
+        emit = station.message_emitter("STA01", "ims20", box, clock, lambda: told.append(1))
+        text = b"BEGIN IMS2.0\nMSG_TYPE DATA\nSTOP\n"
+        assert emit(text) == 0 and emit(text) == 1 and told == [1, 1]
+        rows = [(it.kind, it.frame_set, it.seq) for it, _ in box.items("ims20")]
+        assert rows == [("ims20", "STA01:ims20", 0), ("ims20", "STA01:ims20", 1)]
+        env = envelope.unpack(next(iter(box.items("ims20")))[0].payload, kind="ims20")
+        assert (env.sender, env.seq, env.body) == ("STA01", 0, text)    # the text byte-identical
