@@ -109,6 +109,7 @@ CREATE TABLE IF NOT EXISTS frames (
 CREATE INDEX IF NOT EXISTS frames_pending ON frames (state, nominal_time);
 CREATE INDEX IF NOT EXISTS frames_age ON frames (nominal_time, id);
 CREATE INDEX IF NOT EXISTS frames_sendable ON frames (held, state, nominal_time);
+CREATE INDEX IF NOT EXISTS frames_urgent ON frames (kind, state, id);  -- URGENT_KINDS first, cheap behind a backlog
 CREATE TABLE IF NOT EXISTS frame_sets (
     frame_set TEXT PRIMARY KEY,
     highest_committed INTEGER NOT NULL,
@@ -137,6 +138,10 @@ CREATE TABLE IF NOT EXISTS ack_points (
 
 STATE_PENDING = 0
 STATE_SENT = 1
+
+# Kinds sent before any data (next_to_send): station events must reach the relay within a second
+# of the decision (issue 9), not wait behind hours of back-fill.  They are few and small.
+URGENT_KINDS = ("events",)
 
 # How many times put() evicts and retries on a full disk before giving up (each round evicts more).
 _FULL_RETRIES = 8
@@ -782,21 +787,33 @@ class Outbox:
             return self._db.execute("SELECT 1 FROM frames WHERE frame_set = ? AND seq = ?",
                                     (frame_set, seq)).fetchone() is not None
 
-    def next_to_send(self, limit: int, *, live_window_s: float) -> list[OutboxItem]:
-        """Up to *limit* pending frames: live ones first (nominal time within *live_window_s* of
-        now, oldest of them first so the relay sees them in order), then back-fill, oldest first."""
+    def next_to_send(self, limit: int, *, live_window_s: float, data_limit: int | None = None) -> list[OutboxItem]:
+        """Up to *limit* pending items: first those of :data:`URGENT_KINDS` (events, in commit
+        order), then data -- at most *data_limit* of it (default *limit*; the uplink's bound on
+        unacknowledged data, which events do not wait for) -- live frames first (nominal time
+        within *live_window_s* of now, oldest of them first so the relay sees them in order), then
+        back-fill, oldest first.  Ordering only: what is sent, kept and deleted is unchanged."""
         if limit <= 0:
             return []
         cols = "id, kind, frame_set, seq, nominal_time, payload, sent_count"
+        marks = ",".join("?" * len(URGENT_KINDS))
         with self._lock:
-            cut = self._clock.time() - live_window_s
             rows = self._db.execute(
-                f"SELECT {cols} FROM frames WHERE held = 0 AND state = 0 AND nominal_time >= ? "
-                "ORDER BY nominal_time, id LIMIT ?", (cut, limit)).fetchall()
-            if len(rows) < limit:
-                rows += self._db.execute(
-                    f"SELECT {cols} FROM frames WHERE held = 0 AND state = 0 AND nominal_time < ? "
-                    "ORDER BY nominal_time, id LIMIT ?", (cut, limit - len(rows))).fetchall()
+                f"SELECT {cols} FROM frames WHERE kind IN ({marks}) AND state = 0 AND held = 0 "
+                "ORDER BY id LIMIT ?", (*URGENT_KINDS, limit)).fetchall()
+            room = limit - len(rows) if data_limit is None else min(limit - len(rows), data_limit)
+            if room > 0:
+                cut = self._clock.time() - live_window_s
+                data = self._db.execute(
+                    f"SELECT {cols} FROM frames WHERE held = 0 AND state = 0 AND nominal_time >= ? "
+                    f"AND kind NOT IN ({marks}) ORDER BY nominal_time, id LIMIT ?",
+                    (cut, *URGENT_KINDS, room)).fetchall()
+                if len(data) < room:
+                    data += self._db.execute(
+                        f"SELECT {cols} FROM frames WHERE held = 0 AND state = 0 AND nominal_time < ? "
+                        f"AND kind NOT IN ({marks}) ORDER BY nominal_time, id LIMIT ?",
+                        (cut, *URGENT_KINDS, room - len(data))).fetchall()
+                rows += data
         return [OutboxItem(*r) for r in rows]
 
     def mark_sent(self, ids: Iterable[int]) -> None:

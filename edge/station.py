@@ -355,6 +355,17 @@ def event_emitter(station: str, outbox: Any, clock: Any, notify: Callable[[], No
     return emit
 
 
+def _observed(emit: Callable[[dict], int], on_event: Callable[[dict, int], None]) -> Callable[[dict], int]:
+    """*emit* followed by the observer *on_event* (document, seq): after the commit, never instead."""
+
+    def observed(doc: dict) -> int:
+        seq = emit(doc)
+        on_event(doc, seq)
+        return seq
+
+    return observed
+
+
 @dataclass
 class StationPort:
     """One serial port of the station: its config, link decoder, stream assembler and pump."""
@@ -416,6 +427,7 @@ def assemble(station_cfg: Any, settings: Any = None, *, clock: Any,
              on_commit: Callable[[int, bytes], None] | None = None,
              on_alarm: Callable[[dict], None] | None = None,
              on_events: Callable[[StationPort, list], None] | None = None,
+             on_event: Callable[[dict, int], None] | None = None,
              uplink_options: dict | None = None, pump_options: dict | None = None) -> Station:
     """The station gateway from a StationConfig: outbox, framer, stream stages, uplink, gateway and
     the ports (decoder, assembler, pump; not opened).  The one place this chain is wired: ``edge
@@ -426,7 +438,8 @@ def assemble(station_cfg: Any, settings: Any = None, *, clock: Any,
     What an in-process caller injects, beside the *clock* (the simulation's, for the demo):
     hooks that observe and never replace a production action -- *on_commit* (seq, frame bytes)
     after each outbox commit, *on_alarm* for every framer and outbox alarm (after the SOH is
-    requested), *on_events* (port, events) before the gateway takes a port's events -- and
+    requested), *on_events* (port, events) before the gateway takes a port's events, *on_event* (document,
+    seq) after a stage's event document was committed to the outbox -- and
     keyword arguments for timings the station file does not set: *uplink_options* (``Uplink``:
     e.g. ``backoff_base_s``, ``connect_timeout_s``) and *pump_options* (``PortPump``:
     ``backoff_initial``, ``backoff_max``).  The board transport is the port's URL (``sim://``
@@ -458,7 +471,7 @@ def assemble(station_cfg: Any, settings: Any = None, *, clock: Any,
                     hold_span_s=float(settings.get("framer", "frame_seconds")))
     try:
         return _assemble_rest(station_cfg, settings, outbox, uplink_box, clock, alarm, on_commit, on_events,
-                              uplink_options or {}, pump_options or {})
+                              uplink_options or {}, pump_options or {}, on_event)
     except BaseException:
         outbox.close()      # and its lock: a caller may try again in this process
         raise
@@ -492,7 +505,7 @@ def channel_specs(board: str | dict, codes: dict[int, str],
 
 def _assemble_rest(station_cfg: Any, settings: Any, outbox: Any, uplink_box: list, clock: Any,
                    alarm: Callable[[dict], None], on_commit: Any, on_events: Any, uplink_options: dict,
-                   pump_options: dict) -> Station:
+                   pump_options: dict, on_event: Any = None) -> Station:
     from ims_station.edge.ingest import LinkDecoder
     from ims_station.edge.serialport import PortPump
     from ims_station.edge.streams import StreamAssembler
@@ -542,6 +555,8 @@ def _assemble_rest(station_cfg: Any, settings: Any, outbox: Any, uplink_box: lis
         aux_ref.append(AuxiliaryStation.build(station_cfg, settings, outbox=outbox, framer=framer, clock=clock,
                                               keystore=keystore, uplink=uplink))
         emit = aux_ref[0].wrap(emit)
+    if on_event is not None:
+        emit = _observed(emit, on_event)
     notify = uplink.notify if uplink is not None else (lambda: None)
     message_paths = {kind: message_emitter(station_cfg.code, kind, outbox, clock, notify, signer=framer.station_signer)
                      for kind in ("ims20",)}

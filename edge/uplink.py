@@ -79,9 +79,10 @@ from ims_station.broker import BrokerConfig
 from ims_station.clock import Clock
 from ims_station.errors import ImsStationError
 # backoff_delay is re-exported: it was defined here before the session moved to ims_station.mqtt.
-from ims_station.mqtt import PROTOCOLS, MqttSession, SessionOwner, backoff_delay  # noqa: F401
+from ims_station.mqtt import LOOP_TIMEOUT_S, PROTOCOLS, MqttSession, SessionOwner, backoff_delay  # noqa: F401
 
 from .logutil import RateLimitedLog
+from .outbox import URGENT_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,11 @@ class Uplink(SessionOwner):
                  soh_provider: Callable[[], dict] | None = None, rng: random.Random | None = None,
                  client_name: str | None = None, acknack_trust: Any = None,
                  acknack_key_ids: Sequence[int] | None = None,
-                 relay_name: str = topics.DEFAULT_RELAY_NAME, command_handler: Any = None) -> None:
+                 relay_name: str = topics.DEFAULT_RELAY_NAME, command_handler: Any = None,
+                 loop_wait_s: float = LOOP_TIMEOUT_S) -> None:
+        """*loop_wait_s*: the longest one network-loop turn waits on the socket (wall seconds) before
+        the uplink looks at its outbox again -- the most a committed event or frame waits for its
+        publish (the demo, whose simulated time runs faster, shortens it in proportion)."""
         if not brokers:
             raise UplinkError("uplink: at least one broker is needed")
         if protocol not in PROTOCOLS:
@@ -176,6 +181,7 @@ class Uplink(SessionOwner):
         self.live_window_s = float(live_window_s)
         self.ack_timeout_s = float(ack_timeout_s)
         self.soh_interval_s = float(soh_interval_s)
+        self.loop_wait_s = min(max(float(loop_wait_s), 0.0), LOOP_TIMEOUT_S)
         self._soh_provider = soh_provider
         self.client_name = client_name or station
         self.t_cd11 = topics.topic(prefix, station, "cd11")
@@ -209,7 +215,7 @@ class Uplink(SessionOwner):
             connect_timeout_s=connect_timeout_s, counters=self._counters, rng=rng, logger=log,
             setup=self._setup_client, on_begin=lambda: self._pending_mids.clear(),
             on_connected=self._on_connected, on_subscribed=self._on_subscribed, on_turn=self._periodic,
-            on_stop=self._graceful_close, on_end=self._requeue_unpubacked)
+            on_stop=self._graceful_close, on_end=self._requeue_unpubacked, loop_timeout=lambda: self.loop_wait_s)
 
     # -- public ----------------------------------------------------------------------------------
     def start(self) -> "Uplink":
@@ -410,10 +416,17 @@ class Uplink(SessionOwner):
         room = self.inflight - len(self._pending_mids)
         if room <= 0:
             return
-        room = min(room, self.max_unacked - self.outbox.in_flight_count())
-        if room <= 0:
-            return
-        items = self.outbox.next_to_send(room, live_window_s=self.live_window_s)
+        # Events (outbox.URGENT_KINDS) come first and do not wait for the unacknowledged-data bound:
+        # a back-fill filling max_unacked must not hold a station event back (issue 9).
+        data_room = max(0, self.max_unacked - self.outbox.in_flight_count())
+        items = self.outbox.next_to_send(room, live_window_s=self.live_window_s, data_limit=data_room)
+        urgent = [it for it in items if it.kind in URGENT_KINDS]
+        held_back = bool(urgent) and len(urgent) < len(items)
+        if held_back:
+            # Events go alone; the data follows at the next loop turn (the events' PUBACKs end its
+            # wait): at the relay they then make a batch of their own, whose archive commit does
+            # not wait for the data's (e.g. an auxiliary station's first frames of a day).
+            items = urgent
         sent = []
         for it in items:
             t = self._topics.get(it.kind)
@@ -436,8 +449,8 @@ class Uplink(SessionOwner):
                 self._counters["resent"] += 1
         if sent:
             self.outbox.mark_sent(sent)
-        if len(sent) == len(items) == room:
-            self._wake.set()       # the window was the limit: more may be waiting
+        if held_back or len(sent) == len(items) == room:
+            self._wake.set()       # the window was the limit, or data was held back: more may be waiting
 
     def _requeue_unpubacked(self) -> None:
         # No PUBACK: the broker may or may not have the frame.  Send it again after reconnecting

@@ -136,6 +136,24 @@ def test_live_first_then_backfill_oldest_first(tmp_path, clock):
     assert [i.seq for i in box.next_to_send(10, live_window_s=60)] == [4, 5, 1, 2, 3]
 
 
+def test_an_event_behind_a_large_unsent_backlog_is_sent_first(tmp_path, clock):
+    """Issue 9: a station event must not wait behind back-fill or live data: committed after 3000
+    unsent frames (hours of back-fill and a live minute), the next call returns it first, and it
+    is returned even when the uplink's bound on unacknowledged data leaves no room for data."""
+    box = make(tmp_path, clock)
+    now = clock.t
+    for seq in range(3000):
+        box.put("cd11", FS, seq, now - 3 * 3600 + seq * 3.6, b"f%d" % seq)
+    box.put("events", "STA01:events", 0, now, b"event-0")
+    first = box.next_to_send(32, live_window_s=60)
+    assert [(i.kind, i.seq) for i in first[:1]] == [("events", 0)] and len(first) == 32
+    assert [i.kind for i in first[1:]] == ["cd11"] * 31
+    assert [(i.kind, i.seq) for i in box.next_to_send(32, live_window_s=60, data_limit=0)] == [("events", 0)]
+    box.mark_sent([first[0].id])                     # sent: not returned again; the data is unchanged
+    assert [i.kind for i in box.next_to_send(32, live_window_s=60)] == ["cd11"] * 32
+    assert box.stats()["frames"] == 3001
+
+
 def test_bounded_by_bytes_oldest_evicted_with_alarm(tmp_path, clock):
     alarms = []
     box = make(tmp_path, clock, max_bytes=10_000, on_alarm=alarms.append)

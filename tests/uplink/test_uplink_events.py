@@ -95,6 +95,9 @@ def test_events_go_on_the_events_topic_and_the_relays_acknack_deletes_them(rig, 
     assert up.frame_sets == {FS, EFS, f"{STA}:ims20"}
     c = connected(up)
     up._periodic(c)
+    # Events first and alone (committed after the data, issue 9); the data at the next loop turn.
+    assert [t for t, _ in c.published if t.endswith(("/cd11", "/events"))] == ["ims/STA01/events"] * 3
+    up._periodic(c)
     by_topic = {}
     for t, p in c.published:
         by_topic.setdefault(t, []).append(p)

@@ -30,6 +30,8 @@ def test_ims20_messages_go_on_their_topic_and_only_their_acknack_deletes_them(ri
     up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0)
     assert IFS in up.frame_sets
     c = connected(up)
+    up._periodic(c)                                # the event alone first (issue 9), then the rest
+    assert [t for t, _ in c.published if not t.endswith(("/status", "/soh"))] == ["ims/STA01/events"]
     up._periodic(c)
     by_topic: dict[str, list[bytes]] = {}
     for t, p in c.published:
