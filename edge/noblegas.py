@@ -74,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "resync_quiet_s": 2.0,
     "reconnect_initial_s": 1.0,
     "reconnect_max_s": 60.0,
+    "hv_set_v": 0,
     "roi_thresholds": {},
     "soh": {},
 }
@@ -118,6 +119,7 @@ SCHEMA: dict[str, Any] = {
         "resync_quiet_s": {"type": "number", "minimum": 0, "maximum": 60},
         "reconnect_initial_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
         "reconnect_max_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+        "hv_set_v": {"type": "integer", "minimum": 0, "maximum": 5000},
         "roi_thresholds": {"type": "object", "propertyNames": {"pattern": "^([1-9]|10)$"},
                            "additionalProperties": {"type": "number", "minimum": 0}},
         "soh": {"type": "object", "additionalProperties": False,
@@ -147,6 +149,7 @@ class NobleGasSettings:
     resync_quiet_s: float = 2.0
     reconnect_initial_s: float = 1.0
     reconnect_max_s: float = 60.0
+    hv_set_v: int = 0                                      # 0: the set point the detector last reported
     roi_thresholds: dict = field(default_factory=dict)     # roi (int) -> net counts
     soh: dict = field(default_factory=lambda: {k: tuple(v) for k, v in SOH_DEFAULTS.items()})
 
@@ -204,7 +207,7 @@ def settings_from_table(table: dict, file: str = "<noble_gas>", base: Any = None
         timing_tolerance=float(t["timing_tolerance"]), reply_timeout_s=float(t["reply_timeout_s"]),
         retries=int(t["retries"]), resync_quiet_s=float(t["resync_quiet_s"]),
         reconnect_initial_s=float(t["reconnect_initial_s"]), reconnect_max_s=float(t["reconnect_max_s"]),
-        roi_thresholds=rois, soh=soh)
+        hv_set_v=int(t["hv_set_v"]), roi_thresholds=rois, soh=soh)
 
 
 def settings_from_station(station_cfg: Any) -> NobleGasSettings:
@@ -269,7 +272,7 @@ class NobleGasDriver:
         self.counters = {k: 0 for k in (
             "commands", "replies", "garbled", "checksum_errors", "timeouts", "out_of_step", "refused",
             "retries", "commands_failed", "power_ups", "reconnects", "open_failures", "detector_lost",
-            "counts_lost", "overlong", "messages", "alerts", "events", "emit_errors", "task_errors",
+            "counts_lost", "overlong", "aborted", "hv_restored", "messages", "alerts", "events", "emit_errors", "task_errors",
             "measurements", "prel")}
         self.messages: dict[str, int] = {}
         self.alerts: dict[str, int] = {}
@@ -286,6 +289,7 @@ class NobleGasDriver:
         self._lost = False
         self._next_status = clock.monotonic()
         self._restart_seen = False
+        self._hv_set = 0.0
         # cycle state
         self.soh: dict = {}
         self.det_time: float | None = None
@@ -477,6 +481,12 @@ class NobleGasDriver:
         except StopIteration:
             self._task = None
             return True
+        except (CommandFailed, mca.DeviceError) as err:
+            # the sequence could not go on (counted above); the next status check starts over
+            self._task = None
+            self.counters["aborted"] += 1
+            self._log("abort", logging.WARNING, "noble_gas: %s abandoned: %s", self._task_name, err)
+            return True
         except Exception as err:       # a sequence failing must never stop the station
             self._task = None
             self.counters["task_errors"] += 1
@@ -543,17 +553,29 @@ class NobleGasDriver:
         self.phase_key = (self.phase, round(t - el))
         if self._rms_start is None:
             self._rms_start = t
+        hv_set = _fnum(soh, "HV_SET")
+        if hv_set:
+            self._hv_set = hv_set
         if len(self._soh_rows) < 10_000:
             self._soh_rows.append((t, dict(soh)))
         self._check_soh(soh)
 
     def _arm(self, soh: dict) -> Generator:
         key = self.phase_key
-        left = _fnum(soh, "PHASE_LEFT") or 0.0
-        ticks = int(left * mca.TICKS_PER_SECOND)
+        sample = (yield Cmd("SHOW_SAMPLE")).fields
+        # the rest of the phase, read now (reading the previous count out took a minute)
+        now = (yield Cmd("SHOW_SOH")).fields
+        if str(now.get("PHASE")) != self.phase:
+            return                                 # the phase ended meanwhile: the next status check sees it
+        ticks = int((_fnum(now, "PHASE_LEFT") or 0.0) * mca.TICKS_PER_SECOND)
         if ticks <= mca.TICKS_PER_SECOND:
             return
-        sample = (yield Cmd("SHOW_SAMPLE")).fields
+        hv = int(self.s.hv_set_v or self._hv_set)
+        if (_fnum(now, "HV_SET") or 0) == 0 and hv > 0:
+            # the HV is off (a restarted detector comes back so): set it as it was, switch it on
+            yield Cmd("SET_HV", (hv,))
+            yield Cmd("ENABLE_HV")
+            self.counters["hv_restored"] += 1
         yield Cmd("STOP")
         yield Cmd("CLEAR")
         yield Cmd("CLEAR_PRESET")
@@ -564,8 +586,8 @@ class NobleGasDriver:
             yield Cmd("START")
         except mca.DeviceError as err:
             self._raise_once("start_refused", "ALERT_SYSTEM",
-                             f"START of the {self.phase} count refused: {err} (HV {soh.get('HV')} V, "
-                             f"set {soh.get('HV_SET')} V); retried at the next status check")
+                             f"START of the {self.phase} count (SRID {sample.get('SRID', '0')}) refused: {err} "
+                             f"(HV {now.get('HV')} V, set {now.get('HV_SET')} V); retried at the next status check")
             return
         after = (yield Cmd("SHOW_SOH")).fields
         true_ticks = (yield Cmd("SHOW_TRUE")).value
@@ -798,7 +820,7 @@ class NobleGasDriver:
             "faults": {k: self.counters[k] for k in ("garbled", "checksum_errors", "timeouts", "out_of_step",
                                                      "refused", "retries", "commands_failed", "power_ups",
                                                      "reconnects", "open_failures", "detector_lost", "counts_lost",
-                                                     "overlong", "emit_errors", "task_errors")},
+                                                     "overlong", "aborted", "emit_errors", "task_errors")},
             "counters": dict(self.counters),
         }
 

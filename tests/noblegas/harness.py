@@ -34,13 +34,20 @@ class Run:
     events: list = field(default_factory=list)
     truth: list = field(default_factory=list)          # (run s, live ticks, true ticks, memory copies) at each STOP
 
+    _parsed: dict = field(default_factory=dict)
+
+    def parsed(self, text: bytes):
+        if id(text) not in self._parsed:
+            self._parsed[id(text)] = ims20.parse(text)
+        return self._parsed[id(text)]
+
     def messages(self):
-        return [ims20.parse(t) for t in self.texts]
+        return [self.parsed(t) for t in self.texts]
 
     def of_type(self, data_type, qualifier=None):
         out = []
         for t in self.texts:
-            m = ims20.parse(t)
+            m = self.parsed(t)
             if m.data_type == data_type and (qualifier is None or m.body.header.qualifier == qualifier):
                 out.append((m, t))
         return out

@@ -67,7 +67,7 @@ def test_full_counts_are_the_emulators_memory_when_the_count_stopped(run):
     t0 = s.t0_utc
     start_s = sample.acquisition.start.timestamp() - t0
     assert 5400 <= start_s < 5400 + 90
-    assert abs(start_s + sample.acquisition.real_time - 8100) < 0.1
+    assert abs(start_s + sample.acquisition.real_time - 8100) < 0.2
     assert sample.acquisition.live_time == pytest.approx(sample.acquisition.real_time * SHORT_CYCLE.live_fraction,
                                                          abs=0.05)
 
