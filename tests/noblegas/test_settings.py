@@ -122,3 +122,25 @@ def test_every_key_and_default_is_documented():
 def test_the_driver_is_registered_once_in_the_station_assembly():
     assert [t for t, _ in station_mod.STAGES].count("noble_gas") == 1
     assert dict(station_mod.STAGES)["noble_gas"] is NG.NobleGasStage
+
+
+def test_docs_noblegas_lists_every_soh_field_fault_and_alarm():
+    """docs/noblegas.md "State of health" and "Alarms" promise what stats() and the alarms are."""
+    from ims_station.hil.noblegas.device import ManualClock
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "noblegas.md").read_text()
+    driver = doc[doc.index("## The driver"):]
+    soh = driver[driver.index("### State of health"):driver.index("### Tests")]
+    st = NG.NobleGasDriver(NG.NobleGasSettings(url="noblegas://none", station="S", detector="D"), ManualClock(),
+                           emit_message=lambda b: None).stats()
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.*) \|$", soh, re.M))
+    assert set(rows) == set(st)
+    for k in st["faults"]:
+        assert f"`{k}`" in rows["faults"], k
+    for k in st["soh"]:
+        assert f"`{k}`" in rows["soh"], k
+    for k in set(st["counters"]) - set(st["faults"]):
+        assert f"`{k}`" in rows["counters"], k
+    alarms = driver[driver.index("### Alarms"):driver.index("### State of health")]
+    for key in NG.SOH_DEFAULTS:
+        assert f"`soh_{key}`" in alarms and f"`{key}`" in alarms, key
