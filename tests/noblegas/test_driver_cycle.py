@@ -133,3 +133,18 @@ def test_openspex_gets_the_emulators_concentrations_back_from_our_messages(run, 
     for i, nuc in ((1, "XE-135"), (2, "XE-133"), (4, "XE-131M"), (5, "XE-133M")):
         assert abs(h.AC[i] - CONC[nuc]) < 3 * h.ACErr[i], (nuc, h.AC[i], h.ACErr[i], CONC[nuc])
         assert h.ACErr[i] < 0.15 * CONC[nuc]          # a measurement, not noise
+
+
+def test_an_hpge_detector_gives_gamma_only_messages(tmp_path):
+    name = "cycle-hpge"
+    r = start(name, tmp_path, mode="hpge", prel_interval_s=0.0)
+    try:
+        advance(r, 8500.0)
+    finally:
+        stop(name, r)
+    kinds = [(m.data_type, m.body.header.qualifier) for m in r.messages() if m.data_type != "RMSSOH"]
+    assert kinds == [("DETBKPHD", "FULL"), ("GASBKPHD", "FULL"), ("SAMPLEPHD", "FULL"), ("QCPHD", "FULL")]
+    sample = r.of_type("SAMPLEPHD")[0][0].body
+    assert sample.header.system_type == "G" and sample.histogram is None and sample.b_spectrum is None
+    assert sample.g_spectrum.counts.size == 4096 and sample.g_spectrum.counts.sum() > 0
+    assert any(np.array_equal(sample.g_spectrum.counts, mem[0]) for *_, mem in r.truth)
