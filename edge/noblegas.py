@@ -305,6 +305,7 @@ class NobleGasDriver:
         self._soh_rows: list[tuple[float, dict]] = []
         self._rms_start: float | None = None
         self.active_alarms: dict[str, dict] = {}
+        self._roi_raised: list[str] = []
         self._msg_n = 0
         self.cycles = 0
 
@@ -594,7 +595,8 @@ class NobleGasDriver:
         t_after = _fnum(after, "TIME") or self.det_time
         prev = self.armed
         self.armed = Measurement(kind=self.phase, start=t_after - true_ticks / mca.TICKS_PER_SECOND, sample=sample,
-                                 restarted=bool(prev is not None and prev.restarted and prev.kind == self.phase))
+                                 restarted=bool(prev is not None and prev.restarted and prev.kind == self.phase),
+                                 preset_s=ticks / mca.TICKS_PER_SECOND)
         self.armed_key = key
         self._last_prel = self.armed.start
 
@@ -632,6 +634,13 @@ class NobleGasDriver:
         if meas.kind in ("GASBK", "DETBK") and meas.hist is not None:
             if meas.kind == "GASBK" or self._background is None or self._background.kind == "DETBK":
                 self._background = meas
+        srid = meas.sample.get("SRID", "0")
+        if meas.preset_s and meas.real_s < meas.preset_s - 1.0 and not meas.restarted:
+            # the MCA stopped before its preset and no power-up was seen (a restart whose power-up
+            # acknowledge was lost on the line, or someone else's STOP): these counts are incomplete
+            self.counters["counts_lost"] += 1
+            self._raise_once("count_stopped", "ALERT_SYSTEM", f"the {meas.kind} count (SRID {srid}) stopped after "
+                             f"{meas.real_s:.0f} s of its {meas.preset_s:.0f} s preset: counts missing")
         if meas.kind == "ACQUIRE":
             self.cycles += 1
             self._last_full = self.det_time
@@ -728,10 +737,11 @@ class NobleGasDriver:
             if v is None:
                 continue
             key = f"roi_{roi}_{srid}"
-            if v > thr and key not in self.active_alarms:
-                self._raise(key, "ALERT_SYSTEM", f"PREL sample {srid}: ROI {roi} net counts {v:.0f} above "
-                            f"threshold {thr:g} (live {meas.live_s:.0f} s)", value=round(v, 1), high=thr,
-                            roi=roi, srid=srid)
+            if v > thr and key not in self._roi_raised:
+                self._roi_raised = (self._roi_raised + [key])[-64:]
+                self._raise_once(key, "ALERT_SYSTEM", f"PREL sample {srid}: ROI {roi} net counts {v:.0f} above "
+                                 f"threshold {thr:g} (live {meas.live_s:.0f} s)", value=round(v, 1), high=thr,
+                                 roi=roi, srid=srid)
 
     def _check_overdue(self) -> None:
         if self._last_full is None or self.det_time is None:
@@ -755,9 +765,9 @@ class NobleGasDriver:
         self.active_alarms[key] = doc
         self._alert(alert_type, description, doc)
 
-    def _raise_once(self, key: str, alert_type: str, description: str) -> None:
+    def _raise_once(self, key: str, alert_type: str, description: str, **extra: Any) -> None:
         """A fault that is an instant, not a state: ALERT and ``on`` event each time it happens."""
-        self._raise(key, alert_type, description)
+        self._raise(key, alert_type, description, **extra)
         self.active_alarms.pop(key, None)
 
     def _clear(self, key: str) -> None:

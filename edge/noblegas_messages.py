@@ -152,6 +152,7 @@ class Measurement:
     hist: np.ndarray | None = None    # γ rows × β columns
     sample: dict = field(default_factory=dict)   # SHOW_SAMPLE fields (strings)
     restarted: bool = False           # the detector restarted during the count (counts lost)
+    preset_s: float = 0.0             # the true-time preset it was armed with (0: none)
 
 
 def _f(fields: dict, key: str, default: float = 0.0) -> float:

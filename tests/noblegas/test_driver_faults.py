@@ -91,8 +91,11 @@ def test_every_cycle_produces_its_messages_or_a_clear_alert(run):
         k += 1
     assert cycles >= int(HOURS) - 2
     assert with_alert >= 1                      # the detector's disappearance cost a sample
-    # each cycle's backgrounds and QC too
-    assert len(run.of_type("GASBKPHD")) >= cycles and len(run.of_type("QCPHD")) >= cycles - with_alert
+    # each cycle's gas background and QC count too, or an ALERT saying the count was lost (a
+    # restart at the end of a gas background loses it before it is read)
+    for kind, phd in (("GASBK", "GASBKPHD"), ("QC", "QCPHD")):
+        lost = [a for a in alerts if a.alert_type == "SYSTEM" and f"during the {kind} count" in a.description]
+        assert len(run.of_type(phd)) + len(lost) >= cycles, kind
     print(f"\nnoble-gas run {HOURS:g} h: {cycles} cycles, {cycles - with_alert} full samples, {with_alert} with an "
           f"ALERT; messages {run.driver.stats()['messages']}; alerts {run.driver.stats()['alerts']}; "
           f"faults {run.driver.stats()['faults']}; emulator {run.det.counters}")
