@@ -56,7 +56,7 @@ class FuzzPort:
         pass
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.lists(chunk, max_size=60))
 def test_no_reply_sequence_makes_the_driver_raise(replies):
     clock = FakeClock()
