@@ -521,14 +521,15 @@ class NobleGasDriver:
             if self.armed is not None:
                 self.counters["counts_lost"] += 1
                 self.armed.restarted = True
+                again = ("re-armed for the rest of the phase" if self.armed.kind == self.phase
+                         else f"no {self.armed.kind} message for it")
                 self._raise_once("restart", "ALERT_SYSTEM", f"detector restarted during the {self.armed.kind} count "
-                                 f"(SRID {self.armed.sample.get('SRID', '0')}): counts lost, re-armed for the rest "
-                                 "of the phase")
+                                 f"(SRID {self.armed.sample.get('SRID', '0')}): counts lost, {again}")
                 self.armed_key = None          # re-arm below for the rest of the phase
         if self.armed is not None and self.armed_key is not None:
             active = (yield Cmd("SHOW_ACTIVE")).value
             if not active or self.armed_key != self.phase_key:
-                yield from self._finish()
+                yield from self._finish(stopped_itself=not active)
             elif self.armed.kind == "ACQUIRE" and self.s.prel_interval_s > 0 and t - self._last_prel >= self.s.prel_interval_s:
                 yield from self._prel()
         if (self.phase in COUNTED_PHASES and self.phase_key not in self._done_keys
@@ -623,7 +624,7 @@ class NobleGasDriver:
         if meas.live_s > meas.real_s:
             raise CommandFailed("SHOW_LIVE", f"live {meas.live_s} s above real {meas.real_s} s", timeouts=False)
 
-    def _finish(self) -> Generator:
+    def _finish(self, stopped_itself: bool = True) -> Generator:
         meas, key = self.armed, self.armed_key
         yield Cmd("STOP")
         yield from self._read_memory(meas)
@@ -635,7 +636,7 @@ class NobleGasDriver:
             if meas.kind == "GASBK" or self._background is None or self._background.kind == "DETBK":
                 self._background = meas
         srid = meas.sample.get("SRID", "0")
-        if meas.preset_s and meas.real_s < meas.preset_s - 1.0 and not meas.restarted:
+        if stopped_itself and meas.preset_s and meas.real_s < meas.preset_s - 1.0 and not meas.restarted:
             # the MCA stopped before its preset and no power-up was seen (a restart whose power-up
             # acknowledge was lost on the line, or someone else's STOP): these counts are incomplete
             self.counters["counts_lost"] += 1
