@@ -46,8 +46,10 @@ from ims_station import mca
 from ims_station.errors import ConfigError
 from ims_station.logutil import RateLimitedLog
 
+from ims_station.ims20.format import measurement_id
+
 from .noblegas_messages import (CalibrationError, DetectorCalibration, Measurement, alert_message, phd_message,
-                                rmssoh_message, roi_net)
+                                rmssoh_message, roi_net, utc)
 
 log = logging.getLogger(__name__)
 
@@ -569,7 +571,7 @@ class NobleGasDriver:
         now = (yield Cmd("SHOW_SOH")).fields
         if str(now.get("PHASE")) != self.phase:
             return                                 # the phase ended meanwhile: the next status check sees it
-        ticks = int((_fnum(now, "PHASE_LEFT") or 0.0) * mca.TICKS_PER_SECOND)
+        ticks = int(min(_fnum(now, "PHASE_LEFT") or 0.0, 7 * 86400.0) * mca.TICKS_PER_SECOND)
         if ticks <= mca.TICKS_PER_SECOND:
             return
         hv = int(self.s.hv_set_v or self._hv_set)
@@ -681,9 +683,6 @@ class NobleGasDriver:
                               beta_gamma=self.s.beta_gamma, calibration=self.s.calibration, msg_id=self._msg_id(t),
                               transmit=t, detbk_id=self._last_ids.get("DETBK"), gasbk_id=self._last_ids.get("GASBK"))
         if qualifier == "FULL" and meas.kind in ("DETBK", "GASBK"):
-            from ims_station.ims20.format import measurement_id
-
-            from .noblegas_messages import utc
             self._last_ids[meas.kind] = measurement_id(self.s.detector, utc(meas.start))
         self._emit({"ACQUIRE": "SAMPLEPHD"}.get(meas.kind, meas.kind + "PHD") + ("" if qualifier == "FULL" else "/PREL"),
                    text)
