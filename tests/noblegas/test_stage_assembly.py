@@ -42,7 +42,10 @@ def station(tmp_path):
     sim = Simulation(board="sim", seed=3, key=key)
     name = f"ng-stage-{id(sim)}"
     register_sim(name, sim)
-    det = NobleGasDetector(seed=2, clock=Following(sim.clock, SPEED), cycle=SHORT_CYCLE)
+    from ims_station.hil.noblegas.faults import NobleGasFaults
+
+    det = NobleGasDetector(seed=2, clock=Following(sim.clock, SPEED), cycle=SHORT_CYCLE,
+                           faults=NobleGasFaults(garble=0.005, checksum=0.005))
     register(name, det)
     cal = calibration_file(tmp_path)
     (tmp_path / "station.toml").write_text(f"""
@@ -68,6 +71,7 @@ station = "MIX58"
 detector = "MIX58_222"
 calibration_file = "{cal.name}"
 status_interval_s = 1
+resync_quiet_s = 0.1
 rmssoh_interval_s = 1200
 soh = {{ t_room = [10, 20] }}
 """)
@@ -103,3 +107,7 @@ def test_the_stage_commits_ims20_envelopes_and_events_to_the_outbox(station):
     assert ng["connected"] and ng["phase"] == "GASBK" and ng["counting"]["kind"] == "GASBK"
     assert ng["messages"]["DETBKPHD"] == 1 and ng["alarms"] == ["soh_t_room"]
     assert st.gateway.stats()["stage_errors"] == 0
+    # must-show 4 in the station's SOH: the line's faults, retried and counted as the emulator made them
+    assert ng["faults"]["garbled"] == det.counters["garbled"] > 0
+    assert ng["faults"]["checksum_errors"] == det.counters["checksum_errors"] > 0
+    assert ng["faults"]["retries"] >= ng["faults"]["garbled"] + ng["faults"]["checksum_errors"]
