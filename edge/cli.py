@@ -6,7 +6,8 @@ StreamAssembler) -> CD-1.1 framer -> durable outbox -> MQTT uplink -- through
 one station file (docs/configuration.md).  ``--uplink FILE`` is kept for configurations that still
 have the gateway tables in a second file.
 
-``ims-station edge outbox list|purge|resign`` lists the frames waiting in the outbox by signing
+``ims-station edge status`` asks the running gateway's status API (``ims_station/statusapi.py``)
+for a short summary.  ``ims-station edge outbox list|purge|resign`` lists the frames waiting in the outbox by signing
 key, deletes them or re-signs them (``edge/outbox_admin.py``; docs/keys.md, "Rotation").
 """
 
@@ -22,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_run_arguments(run)
     run.set_defaults(handler=_run)
     _register_outbox(esub)
+    _register_status(esub)
     from ims_station.doctor import add_check_parser
 
     add_check_parser(esub, "station")
@@ -56,6 +58,34 @@ def _register_outbox(esub: argparse._SubParsersAction) -> None:
     rs.add_argument("--force", action="store_true", help="also frames already signed with the chosen keys")
     rs.set_defaults(handler=_outbox, action="resign")
     ob.set_defaults(handler=lambda args: (ob.print_help(), 2)[1])
+
+
+def _register_status(esub: argparse._SubParsersAction) -> None:
+    st = esub.add_parser("status", help="ask the running gateway's status API for a short summary",
+                         description="Query the running gateway's status API (docs/status-api.md) and print "
+                                     "a summary. Exit status 0 healthy, 1 degraded, 2 not reachable.")
+    where = st.add_mutually_exclusive_group()
+    where.add_argument("--socket", metavar="PATH", help="the API's Unix socket (default: from --config)")
+    where.add_argument("--url", metavar="URL", help="the API's TCP address, e.g. http://127.0.0.1:9101")
+    where.add_argument("--config", metavar="FILE", default="/etc/ims-station/station.toml",
+                       help="station TOML file: its [status] socket or listen (default: %(default)s)")
+    st.add_argument("--json", action="store_true", help="print the status document as JSON")
+    st.set_defaults(handler=_status)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from ims_station.output import print_json
+    from ims_station.statusapi import query
+
+    doc, problems = query(socket_path=args.socket, url=args.url, config=args.config)
+    if args.json:
+        print_json(doc)
+    else:
+        from ims_station.statusapi import summary_lines
+
+        for line in summary_lines(doc, problems):
+            print(line)
+    return 1 if problems else 0
 
 
 def _seq_range(text: str | None) -> tuple[int | None, int | None]:

@@ -25,6 +25,8 @@ from ims_station import boards
 from ims_station.config import load_toml, read_secret_file, validate
 from ims_station.errors import ConfigError
 
+from ims_station.statusapi import SCHEMA as STATUS_SCHEMA
+
 from .ingest import DEFAULT_MAX_RESEND_TRIES, DEFAULT_RESEND_TIMEOUT
 from .noblegas import SCHEMA as NOBLE_GAS_SCHEMA
 from .trigger_stage import SCHEMA as TRIGGER_SCHEMA
@@ -98,6 +100,7 @@ SCHEMA: dict[str, Any] = {
         **GATEWAY_TABLES,
         "trigger": TRIGGER_SCHEMA,          # edge/trigger_stage.py owns it
         "noble_gas": NOBLE_GAS_SCHEMA,      # edge/noblegas.py owns it
+        "status": STATUS_SCHEMA,            # the local status API: ims_station/statusapi.py owns it
     },
 }
 
@@ -220,6 +223,11 @@ def load_station_config(path: str | os.PathLike[str], *,
                           f'{mode!r}: set mode = "auxiliary" or remove the table')
     cfg = StationConfig(file=file, code=st["code"], network=st["network"], data_dir=data_dir,
                         ports=ports, raw=data, settings=settings_from_data(data, file), mode=mode)
+    if "status" in data:
+        # A non-loopback address without allow_remote stops the start-up here (file: status.listen: reason).
+        from ims_station.statusapi import settings_from_table
+
+        settings_from_table(data["status"], file=file, data_dir=data_dir)
     if "trigger" in data:
         # Checked now against the ports' channels and rates, so that a bad [trigger] stops the
         # start-up with the key named (the stage resolves the same table again when it is built).

@@ -636,6 +636,10 @@ def run(station_file: str, uplink_file: str | None = None, *, seconds: float = 0
         t.start()
     if uplink is not None:
         uplink.start()
+    # [status]: GET /status, /metrics, /health on a Unix socket / loopback port (docs/status-api.md).
+    from ims_station.statusapi import serve_station
+
+    api = serve_station(st)
     show = (lambda: on_status(st.status())) if on_status else (lambda: None)
     t0 = time.monotonic()
     next_status = t0 + status_interval if status_interval > 0 else float("inf")
@@ -653,6 +657,8 @@ def run(station_file: str, uplink_file: str | None = None, *, seconds: float = 0
         pass
     finally:
         stop.set()
+        if api is not None:
+            api.close()         # and its socket file
         for t in threads:
             t.join(timeout=2)
         gw.poll()

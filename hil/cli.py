@@ -2,6 +2,8 @@
 
 * ``hil soak`` -- the HIL board through a faulty line into the edge ingest; JSON report (``--json``)
   or a progress display and a summary.
+* ``hil detection`` -- the station's trigger on simulated noise with injected events (``hil/detection.py``):
+  detection rate per SNR bin, false triggers per day, onset error, goal verdicts; ``--json``.
 * ``hil run --pty`` -- the HIL board behind a pseudo-terminal in real time, for another process
   (the gateway) to open; prints the slave path (``--link PATH``: also a stable symbolic link to it).
   The board's clock starts now (``--start``), its epoch comes from a state file (``--state``) or the
@@ -96,6 +98,29 @@ def register(subparsers) -> None:
                       help="simulated seconds after sampling stops for the last resends (default 30)")
     soak.add_argument("--json", action="store_true", help="print only the JSON report")
     soak.set_defaults(handler=_soak)
+
+    det = sub.add_parser("detection", help="trigger detection run: noise with injected events, scored per SNR bin",
+                         description="Feed simulated seismic noise (Peterson model, 40 sps) with injected "
+                                     "events of known onset and SNR through the station's trigger in 1-s "
+                                     "chunks; report detection rate per SNR bin, false triggers per day and "
+                                     "onset error against the goals (docs/trigger.md).")
+    det.add_argument("--hours", type=_positive, default=24.0, help="simulated hours (default 24)")
+    det.add_argument("--events", type=int, default=60, help="injected events, SNR 2-10 (default 60)")
+    det.add_argument("--seed", type=int, default=1, help="random seed (same seed, same data)")
+    det.add_argument("--channels", type=int, default=1,
+                     help="vertical sensors (1: one channel; more: array elements with coincidence)")
+    g = det.add_argument_group("trigger settings (default: the tuned values)")
+    g.add_argument("--band", type=_band, default=None, metavar="FMIN:FMAX", help="band-pass corners, Hz")
+    g.add_argument("--corners", type=int, default=None, help="Butterworth corners")
+    g.add_argument("--sta", type=_positive, default=None, metavar="S", help="STA window, s")
+    g.add_argument("--lta", type=_positive, default=None, metavar="S", help="LTA window, s")
+    g.add_argument("--on", type=float, default=None, help="trigger-on threshold")
+    g.add_argument("--off", type=float, default=None, help="trigger-off threshold")
+    g.add_argument("--min-duration", type=float, default=None, metavar="S", help="minimum time on, s")
+    g.add_argument("--coincidence", type=float, default=None, metavar="N",
+                   help="coincidence sum with several channels (default 2)")
+    det.add_argument("--json", action="store_true", help="print only the JSON report")
+    det.set_defaults(handler=_detection)
 
     run = sub.add_parser("run", help="run the HIL board behind a pty in real time",
                          description="Run the simulated digitizer behind a pseudo-terminal; another "
@@ -224,6 +249,79 @@ def _noblegas(args) -> int:
             link.remove()
         pty.close()
     return 0
+
+
+def _positive(text: str) -> float:
+    v = float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return v
+
+
+def _band(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not FMIN:FMAX (e.g. 1.5:8)") from None
+    return lo, hi
+
+
+def _detection(args) -> int:
+    from dataclasses import replace
+
+    from ims_station.edge.trigger import TriggerConfigError
+    from ims_station.output import print_json
+
+    from .detection import DEFAULT_PARAMS, DetectionConfig, run_detection
+
+    over = {"corners": args.corners, "sta_s": args.sta, "lta_s": args.lta, "thr_on": args.on,
+            "thr_off": args.off, "min_duration_s": args.min_duration, "coincidence_sum": args.coincidence}
+    if args.band is not None:
+        over["freqmin"], over["freqmax"] = args.band
+    params = replace(DEFAULT_PARAMS, **{k: v for k, v in over.items() if v is not None})
+    cfg = DetectionConfig(hours=args.hours, events=args.events, seed=args.seed, channels=args.channels,
+                          params=params)
+    try:
+        if args.json:
+            print_json(run_detection(cfg))
+            return 0
+        from rich.console import Console
+
+        console = Console()
+        with console.status("detection run ...") as status:
+            def progress(done: float, total: float) -> None:
+                status.update(f"detection run: {done / 3600:.1f} / {total / 3600:.1f} simulated hours")
+
+            report = run_detection(cfg, progress)
+    except (TriggerConfigError, ValueError) as err:
+        print(f"ims-station hil detection: {err}", file=sys.stderr)
+        return 2
+    _detection_summary(console, report)
+    return 0
+
+
+def _detection_summary(console, r: dict) -> None:
+    from rich.table import Table
+
+    c = r["config"]
+    tp = c["trigger"]
+    t = Table(title=f"HIL detection ({c['hours']:g} h, {c['events']} events, seed {c['seed']}, "
+                    f"{c['channels']} channel(s)); trigger {tp['freqmin']:g}-{tp['freqmax']:g} Hz x{tp['corners']}, "
+                    f"STA/LTA {tp['sta_s']:g}/{tp['lta_s']:g} s, on {tp['thr_on']:g}, off {tp['thr_off']:g}, "
+                    f"min {tp['min_duration_s']:g} s")
+    for col in ("SNR", "events", "detected", "rate", "onset error median, s"):
+        t.add_column(col, justify="right")
+    for b in r["bins"]:
+        t.add_row(b["snr"], str(b["events"]), str(b["detected"]),
+                  "-" if b["rate"] is None else f"{b['rate']:.0%}",
+                  "-" if b["onset_error_median_s"] is None else f"{b['onset_error_median_s']:.3f}")
+    console.print(t)
+    e = r["onset_error_s"]
+    console.print(f"false triggers: {r['false_triggers']} ({r['false_triggers_per_day']} per day); "
+                  f"later-phase triggers: {r['later_phase_triggers']}; onset error (trigger - true) median "
+                  f"{e['median']} s, p90 {e['p90']} s; wall time {r['wall_time_s']} s")
+    for name, g in r["goals"].items():
+        console.print(f"{'[green]met[/]' if g['met'] else '[red]NOT met[/]'}  {name}: {g['value']} (goal {g['goal']})")
 
 
 def _start_time(text: str):

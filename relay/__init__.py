@@ -9,7 +9,9 @@ Imported as ``ims_station.relay``.  One home per concern:
 * ``verify``  -- acceptance policy and reason codes;
 * ``core``    -- :class:`RelayCore`, transport-independent processing, acknack schedule, counters;
 * ``relay``   -- :class:`Relay`, the MQTT client around the core;
-* ``cli``     -- ``ims-station relay ...``.
+* ``kpi``     -- quality figures per station, channel and day (tables in the archive index, report, PNG);
+* ``status``  -- per-station network view and the silent-station alarm;
+* ``cli``     -- ``ims-station relay ...`` (``cli_network``: its ``status`` and ``kpi`` commands).
 
 Submodules are imported on use, so ``ims-station`` starts without paho or numpy.
 """

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ims_station.durable import fsync_dir, makedirs
+from ims_station.relay import kpi
 from ims_station.relay.errors import ArchiveError
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,9 @@ class FrameRecord:
     raw: bytes
     received_at: float = 0.0
     sha256: str = ""
+    # For the quality figures (relay.kpi): the frame's channel subframes and time length.
+    channels: tuple = ()
+    frame_ms: int = 0
 
     def __post_init__(self) -> None:
         if not self.sha256:
@@ -309,6 +313,7 @@ class FileArchive(Archive):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._db.executescript(kpi.SCHEMA)
             self._recover()
             (q,) = self._db.execute("SELECT COALESCE(SUM(length), 0) FROM quarantine").fetchone()
             self._quarantine_bytes = int(q)
@@ -397,6 +402,11 @@ class FileArchive(Archive):
             sizes: dict[str, int] = {}
             rows = []
             extra_q: list[QuarantineRecord] = []
+            kpi_frames: list[tuple[FrameRecord, bool]] = []
+            t_commit = time.time()
+            for fr in frames:             # one arrival time for the index and the figures
+                fr.received_at = fr.received_at or t_commit
+            top_seq: dict[str, int] = {}                         # highest seq archived in this batch
 
             def offset_of(rel: str) -> int:
                 if rel not in sizes:
@@ -440,6 +450,11 @@ class FileArchive(Archive):
                     results.append(StoreResult(StoreOutcome.REPLAY, fr, detail, existing_sequence=other))
                     extra_q.append(self._q_from_frame(fr, StoreOutcome.REPLAY.value, detail))
                     continue
+                # Refilled (relay.kpi): a later frame of its set was archived before it.
+                refilled = top_seq.get(fr.frame_set, -1) > fr.sequence or db.execute(
+                    "SELECT 1 FROM frames WHERE frame_set = ? AND seq > ? LIMIT 1", key).fetchone() is not None
+                top_seq[fr.frame_set] = max(top_seq.get(fr.frame_set, -1), fr.sequence)
+                kpi_frames.append((fr, refilled))
                 rel = self._frame_file(fr.station, fr.day)
                 off = offset_of(rel)
                 sizes[rel] = off + len(fr.raw)
@@ -504,6 +519,15 @@ class FileArchive(Archive):
             db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", erows)
             db.executemany("INSERT INTO quarantine(received_at, station, topic, reason, detail, frame_set,"
                            " seq, sha256, size, file, offset, length) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", qrows)
+            # The quality figures, in the same transaction (relay.kpi): every data frame handed in
+            # passed its signatures; of the rejections, only the cd11 topic's count.
+            kpi.record_batch(
+                db, kpi_frames,
+                [(fr.station, fr.received_at) for fr in frames] +
+                [(q.station, q.received_at or time.time()) for q in quarantined
+                 if q.station and q.topic.endswith("/cd11") and q.reason in kpi.AUTH_PASSED_REJECTIONS],
+                [(q.station, q.received_at or time.time()) for q in quarantined
+                 if q.station and q.topic.endswith("/cd11") and q.reason in kpi.AUTH_FAILED])
             db.executemany("INSERT INTO files(file, writer, size) VALUES (?,?,?) "
                            "ON CONFLICT(file) DO UPDATE SET size = excluded.size",
                            [(rel, self.writer, sizes[rel]) for rel in appends])
@@ -577,6 +601,11 @@ class FileArchive(Archive):
                 rows = self._db.execute("SELECT frame_set, seq FROM frames WHERE station = ? "
                                         "ORDER BY frame_set, seq", (station,))
             return [tuple(r) for r in rows.fetchall()]
+
+    def last_arrivals(self) -> dict[str, float]:
+        """Station -> arrival (relay clock) of its latest archived frame (``relay.kpi`` table)."""
+        with self._lock:
+            return dict(self._db.execute("SELECT station, last_received_at FROM kpi_station").fetchall())
 
     def days(self, station: str) -> list[date]:
         with self._lock:

@@ -25,9 +25,15 @@ deployed as ``/etc/ims-relay/<instance>.toml``, docs/deployment.md)::
     max_past_s = 2592000.0              # time plausibility: frames older than 30 days are quarantined
     max_future_s = 86400.0              # ... and frames ending more than a day ahead of our clock
     trust_poll_s = 5.0                  # how often trust_dir is checked for changes (0: SIGHUP only)
+    silent_alarm_s = 600.0              # a station without a frame this long is an alarm (0: none)
     [relay.acknack_key]                 # optional: sign acknacks with one of our keys
     keystore = "relay-keys"
     key_id = 900
+
+    [status]                            # optional: the local status API (docs/status-api.md)
+    enabled = true                      # GET /status, /metrics (Prometheus), /health
+    # socket = "/var/lib/ims-relay/status-relay1.sock"   # default: <data_dir>/status-<instance>.sock, mode 0660
+    listen = "127.0.0.1:9102"           # default "": no TCP; loopback only unless allow_remote = true
 
     [[broker]]                          # one or more, tried in order (fail-over)
     host = "mqtt.example.org"
@@ -47,6 +53,8 @@ import signal
 import threading
 from pathlib import Path
 from typing import Any
+
+from ims_station.statusapi import SCHEMA as STATUS_SCHEMA
 
 RELAY_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -76,6 +84,7 @@ RELAY_SCHEMA: dict[str, Any] = {
                 "max_past_s": {"type": "number", "exclusiveMinimum": 0},
                 "max_future_s": {"type": "number", "exclusiveMinimum": 0},
                 "trust_poll_s": {"type": "number", "minimum": 0, "maximum": 86400},
+                "silent_alarm_s": {"type": "number", "minimum": 0},
                 "acknack_key": {
                     "type": "object",
                     "additionalProperties": False,
@@ -84,6 +93,7 @@ RELAY_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "status": STATUS_SCHEMA,    # the local status API (ims_station/statusapi.py, docs/status-api.md)
         "broker": {
             "oneOf": [{"type": "object"}, {"type": "array", "minItems": 1, "items": {"type": "object"}}],
         },
@@ -111,13 +121,17 @@ def load_config(file: str | Path) -> dict[str, Any]:
         relay[k] = resolve(relay[k])
     if "acknack_key" in relay:
         relay["acknack_key"] = dict(relay["acknack_key"], keystore=resolve(relay["acknack_key"]["keystore"]))
+    if "status" in data:        # checked now: a non-loopback listen address without allow_remote is refused
+        from ims_station.statusapi import settings_from_table
+
+        settings_from_table(data["status"], file=path, data_dir=relay["data_dir"])
     raw = data["broker"] if isinstance(data["broker"], list) else [data["broker"]]
     brokers = []
     for i, b in enumerate(raw):
         cfg = BrokerConfig.from_mapping(b, file=str(path), key=f"broker[{i}]")
         brokers.append(dataclasses.replace(cfg, **{k: resolve(getattr(cfg, k)) for k in
                                                    ("tls_ca", "tls_cert", "tls_key", "password_file")}))
-    return {"relay": relay, "brokers": brokers, "file": str(path)}
+    return {"relay": relay, "brokers": brokers, "file": str(path), "status": data.get("status")}
 
 
 def build_relay(conf: dict[str, Any], *, clock: Any = None):
@@ -126,6 +140,7 @@ def build_relay(conf: dict[str, Any], *, clock: Any = None):
     from ims_station.relay.archive import FileArchive
     from ims_station.relay.relay import Relay
     from ims_station.relay.state import SqliteStateStore
+    from ims_station.relay.status import DEFAULT_SILENT_ALARM_S
     from ims_station.relay.verify import (
         DEFAULT_MAX_FUTURE_S,
         DEFAULT_MAX_PAST_S,
@@ -155,7 +170,8 @@ def build_relay(conf: dict[str, Any], *, clock: Any = None):
                  acknack_min_spacing_s=r.get("acknack_min_spacing_s", 2.0),
                  max_gaps=r.get("max_gaps", 4000), gap_expiry_s=r.get("gap_expiry_days", 8.0) * 86400,
                  max_past_s=r.get("max_past_s", DEFAULT_MAX_PAST_S),
-                 max_future_s=r.get("max_future_s", DEFAULT_MAX_FUTURE_S))
+                 max_future_s=r.get("max_future_s", DEFAULT_MAX_FUTURE_S),
+                 silent_alarm_s=r.get("silent_alarm_s", DEFAULT_SILENT_ALARM_S) or None)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -172,6 +188,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, lambda *_: relay.core.trust.request_reload())
     relay.start()
     log = logging.getLogger("ims_station.relay")
+    from ims_station.statusapi import serve_relay
+
+    api = serve_relay(conf, relay)      # [status]: /status, /metrics, /health (docs/status-api.md)
     try:
         while not stop.wait(args.stats_every):
             s = relay.stats()
@@ -184,6 +203,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                             s["security_events"], s["clock_events"], s["internal_errors"], s["acknacks_sent"],
                             s["transport"]["connected"])
     finally:
+        if api is not None:
+            api.close()
         relay.close()
     if args.json:
         print_json({"event": "stopped", **relay.stats()})
@@ -389,6 +410,10 @@ def register(subparsers: Any) -> None:
     from ims_station.doctor import add_check_parser
 
     add_check_parser(sub, "relay")
+
+    from ims_station.relay import cli_network
+
+    cli_network.register(sub, _parse_day, _parse_time)
 
     from ims_station.relay.request import parse_cli_time
 

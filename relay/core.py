@@ -62,7 +62,9 @@ from ims_station.logutil import RateLimitedLog
 from ims_station.relay.archive import Archive, EventRecord, FrameRecord, QuarantineRecord, StoreOutcome
 from ims_station.relay.errors import RelayError
 from ims_station.relay.gaps import DEFAULT_GAP_EXPIRY_S, DEFAULT_MAX_GAPS, Arrival, FrameSetState
+from ims_station.relay.kpi import spans_of
 from ims_station.relay.state import StateStore
+from ims_station.relay.status import DEFAULT_SILENT_ALARM_S, SilenceWatch
 from ims_station.relay.verify import (
     DEFAULT_MAX_FUTURE_S,
     DEFAULT_MAX_PAST_S,
@@ -175,11 +177,13 @@ class RelayCore:
                  sequence_check: bool = True, expiry_sweep_s: float = 60.0,
                  max_past_s: float | None = DEFAULT_MAX_PAST_S,
                  max_future_s: float | None = DEFAULT_MAX_FUTURE_S,
+                 silent_alarm_s: float | None = DEFAULT_SILENT_ALARM_S,
                  log_rate: float = 0.2, log_burst: int = 5) -> None:
         """*max_past_s* / *max_future_s*: the time-plausibility window around ``clock.time()``
-        (None: that side unbounded).  *log_rate* / *log_burst*: rejections and internal errors are
-        logged at most *log_burst* at once, then one per ``1 / log_rate`` s per reason (the
-        counters are exact)."""
+        (None: that side unbounded).  *silent_alarm_s*: a station without a verified frame for
+        longer is an alarm (``relay.status.SilenceWatch``; None: no alarm).  *log_rate* /
+        *log_burst*: rejections and internal errors are logged at most *log_burst* at once, then
+        one per ``1 / log_rate`` s per reason (the counters are exact)."""
         self.trust = trust
         self.state_store = state
         self.archive = archive
@@ -201,6 +205,12 @@ class RelayCore:
         self._state_kw = {"max_gaps": max_gaps, "gap_expiry_s": gap_expiry_s}
         self.states: dict[str, FrameSetState] = state.load_all(**self._state_kw)
         self._schedule: dict[str, _Schedule] = {}
+        self.silence = SilenceWatch(silent_alarm_s)
+        last = getattr(archive, "last_arrivals", None)
+        if last is not None:                 # stations silent since before a restart alarm too
+            for sta, t in last().items():
+                self.silence.seen(sta, t)
+        self._next_silence_check = float("-inf")
 
     # -- processing --------------------------------------------------------------------------------
     def process(self, batch: Sequence[Incoming]) -> list[Outcome]:
@@ -266,8 +276,11 @@ class RelayCore:
         for i, item in enumerate(batch):
             received_at = item.received_at or now
             station = None
+            spans: tuple = ()
             try:
                 station, r = self._check(item, now, offsets)
+                if isinstance(r, Verified):
+                    spans = spans_of(r.frame)        # for the quality figures (relay.kpi)
             except RelayError:
                 raise                              # the state store could not read: disk, not data
             except Exception as err:
@@ -292,7 +305,7 @@ class RelayCore:
                 event_idx.append(i)
                 continue
             frames.append(FrameRecord(r.station, r.frame_set, r.sequence, r.nominal_ms, r.raw,
-                                      received_at=received_at))
+                                      received_at=received_at, channels=spans, frame_ms=r.frame_ms))
             frame_idx.append(i)
 
         # Durable, or raises: nothing acked.  (Without events, the archive's original call.)
@@ -336,6 +349,10 @@ class RelayCore:
             c.frames_overreported += add.merged
 
         self._account(outcomes)  # type: ignore[arg-type]
+        for i in frame_idx:
+            o = outcomes[i]
+            if o is not None and o.result in ("archived", "duplicate") and o.station:
+                self.silence.seen(o.station, batch[i].received_at or now)
         c.batches += 1
         return outcomes  # type: ignore[return-value]
 
@@ -486,8 +503,18 @@ class RelayCore:
         best = min((self._next_due(s, mono) for s in self._schedule.values()), default=float("inf"))
         return max(0.0, min(best - mono, self.acknack_interval_s))
 
+    def check_silence(self, *, every_s: float = 1.0) -> list[str]:
+        """Run the silent-station alarm (at most every *every_s* s): stations that went silent now."""
+        mono = self.clock.monotonic()
+        if mono < self._next_silence_check:
+            return []
+        self._next_silence_check = mono + every_s
+        return self.silence.check(self.clock.time())
+
     def stats(self) -> dict[str, Any]:
         d = self.counters.snapshot()
+        d["silent"] = sorted(self.silence.silent)
+        d["silent_alarms"] = self.silence.alarms
         d["frame_sets"] = {fs: {"lowest": st.lowest, "highest": st.highest, "gaps": len(st.gaps),
                                 "missing": st.missing()} for fs, st in sorted(self.states.items())}
         return d

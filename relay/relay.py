@@ -156,6 +156,8 @@ class Relay(SessionOwner):
             if not self._process(client):
                 return False                 # storing failed: reconnect for redelivery
         self._send_acknacks(client)
+        with self._lock:
+            self.core.check_silence()
         return True
 
     def _on_connected(self, client: Any, flags: Any) -> None:
