@@ -249,6 +249,11 @@ def _fnum(fields: dict, key: str) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _same_phase(a: tuple | None, b: tuple | None) -> bool:
+    """(phase, start) keys of one phase: the start is TIME - PHASE_ELAPSED, each read to 0.1 s."""
+    return a is not None and b is not None and a[0] == b[0] and abs(a[1] - b[1]) < 5.0
+
+
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -518,6 +523,8 @@ class NobleGasDriver:
             self._clear("detector_lost")
         self._take_soh(soh)
         t = self.det_time
+        if t is None:
+            return                           # no usable reading yet: nothing can be decided
         if self._restart_seen:
             self._restart_seen = False
             if self.armed is not None:
@@ -530,11 +537,11 @@ class NobleGasDriver:
                 self.armed_key = None          # re-arm below for the rest of the phase
         if self.armed is not None and self.armed_key is not None:
             active = (yield Cmd("SHOW_ACTIVE")).value
-            if not active or self.armed_key != self.phase_key:
+            if not active or not _same_phase(self.armed_key, self.phase_key):
                 yield from self._finish(stopped_itself=not active)
             elif self.armed.kind == "ACQUIRE" and self.s.prel_interval_s > 0 and t - self._last_prel >= self.s.prel_interval_s:
                 yield from self._prel()
-        if (self.phase in COUNTED_PHASES and self.phase_key not in self._done_keys
+        if (self.phase in COUNTED_PHASES and not any(_same_phase(k, self.phase_key) for k in self._done_keys)
                 and (self.armed is None or self.armed_key is None)):
             yield from self._arm(soh)
         self._check_overdue()
@@ -554,7 +561,7 @@ class NobleGasDriver:
         self.det_time = t
         self.phase = str(soh.get("PHASE", ""))
         el = _fnum(soh, "PHASE_ELAPSED") or 0.0
-        self.phase_key = (self.phase, round(t - el))
+        self.phase_key = (self.phase, t - el)
         if self._rms_start is None:
             self._rms_start = t
         hv_set = _fnum(soh, "HV_SET")
