@@ -182,6 +182,10 @@ def add_run_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: until SIGTERM/Ctrl-C)")
     ap.add_argument("--interval", type=float, default=0.0, help="seconds between status lines (0: only at the end)")
     ap.add_argument("--json", action="store_true", help="status as JSON lines")
+    ap.add_argument("--stats-every", type=float, default=60.0, metavar="S",
+                    help="seconds between the INFO summary line in the log, also systemd's STATUS= "
+                         "(0: none; default %(default)s)")
+    ap.set_defaults(log_level=20)   # logging.INFO: the daemon's routine summary is an INFO line
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -250,6 +250,22 @@ class Framer:
                             self._keystore.directory)
         return status
 
+    def pinned_keys(self) -> list[int]:
+        """The key ids pinned by ``station_key_id`` / channel ``key_id`` (empty: keys chosen by time)."""
+        return [who for kind, who in self._roles() if kind == "pin"]
+
+    def replace_keystore(self, keystore: Any) -> None:
+        """Sign with *keystore* from the next frame on (the console's ``next_key``: a key
+        installed since start-up takes over by the time rule).  If it cannot sign now the old
+        keystore stays and the ``ConfigError`` is raised.  Call under the gateway's lock."""
+        old, old_signers = self._keystore, dict(self._signers)
+        self._keystore, self._signers = keystore, {}
+        try:
+            self.key_status()
+        except Exception:
+            self._keystore, self._signers = old, old_signers
+            raise
+
     def station_signer(self, at: dt.datetime) -> Any:
         """The key that signs a station-level message (a trigger event's envelope) made at *at*:
         the pinned station key, else the keystore's key for the station then; None without a

@@ -403,7 +403,7 @@ class LinkDecoder:
             "held_overflow", "late_packets", "board_restarts", "hellos", "data_blocks", "samples_delivered", "soh",
             "acks_sent", "commands_sent", "replies", "replies_unmatched", "command_timeouts",
             "packet_ms_commands", "packet_ms_changes", "resumed", "holds", "held_back_packets",
-            "new_runs",
+            "new_runs", "operator_resends",
         ), 0)
 
     # ------------------------------------------------------------ sans-IO surface
@@ -596,6 +596,23 @@ class LinkDecoder:
         self._commands[seq] = (bid, code, self._clock.monotonic())
         self.counters["commands_sent"] += 1
         return seq
+
+    def request_resend(self, first: int, last: int, *, board_id: int | None = None) -> tuple[int, int, int]:
+        """An operator's RESEND of board sequence numbers *first*..*last* (inclusive, at most
+        ``link.MAX_RESEND`` packets, none beyond the highest seen): the board serves the copies it
+        still holds in its ring, UNAVAILABLE for the rest.  A copy of a packet already delivered
+        is a duplicate (counted, compared with the first copy, never delivered twice); one that
+        fills a hole is delivered as usual.  Returns (board id, epoch, RESEND's link seq)."""
+        b = self._board_for(board_id)
+        if b is None:
+            raise LocalProtocolError("request_resend: no board has been heard on this link yet")
+        if not 0 <= first <= last or last - first + 1 > link.MAX_RESEND:
+            raise LocalProtocolError(f"request_resend: range {first}..{last} is not 1..{link.MAX_RESEND} packets")
+        if b.highest is not None and last > b.highest:
+            raise LocalProtocolError(f"request_resend: seq {last} is beyond the highest seen ({b.highest})")
+        seq = self._send(b.board_id, b.epoch, link.T_RESEND, link.pack_range(first, last), b.boot)
+        self.counters["operator_resends"] += 1
+        return b.board_id, b.epoch, seq
 
     def set_rate(self, rate_mhz: int, **kw: Any) -> int:
         return self.send_command(link.CMD_SET_RATE, rate_mhz.to_bytes(4, "big"), **kw)

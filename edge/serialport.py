@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections import deque
+from concurrent.futures import Future
 from typing import Any, Callable
 
 import serial
@@ -96,6 +98,23 @@ class PortPump:
         self._log = RateLimitedLog(log, self.clock, rate=0.2, burst=3)
         self.counters = {"opens": 0, "open_failures": 0, "disconnects": 0, "bytes_in": 0, "bytes_out": 0}
         self.failed: BaseException | None = None   # set when run() stopped on a bug (see run)
+        self._calls: deque[tuple[Callable[[], Any], Future]] = deque()   # call_soon: run on the pump's thread
+
+    def call_soon(self, fn: Callable[[], Any]) -> Future:
+        """Run *fn* on the pump's own thread at its next :meth:`step` (the decoder is not
+        thread-safe: an operator's command from the status API's thread goes through here).
+        Returns a :class:`concurrent.futures.Future` of its result."""
+        fut: Future = Future()
+        self._calls.append((fn, fut))
+        return fut
+
+    def _run_calls(self) -> None:
+        while self._calls:
+            fn, fut = self._calls.popleft()
+            try:
+                fut.set_result(fn())
+            except Exception as err:            # the caller's failure, reported to the caller
+                fut.set_exception(err)
 
     @property
     def connected(self) -> bool:
@@ -105,6 +124,8 @@ class PortPump:
         """One cycle: (re)open if due, read (blocking up to the port timeout), feed, write.
         Returns True if bytes were read."""
         now = self.clock.monotonic()
+        if self._calls:
+            self._run_calls()
         if self.port is None:
             if now < self._retry_at or not self._open(now):
                 self._finish()

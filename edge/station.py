@@ -605,11 +605,14 @@ def load(station_file: str, uplink_file: str | None = None) -> tuple[Any, Any]:
 
 
 def run(station_file: str, uplink_file: str | None = None, *, seconds: float = 0.0,
-        status_interval: float = 0.0, on_status: Callable[[dict], None] | None = None) -> int:
+        status_interval: float = 0.0, on_status: Callable[[dict], None] | None = None,
+        stats_every: float = 60.0) -> int:
     """The standalone gateway: one pump thread per serial port, until SIGTERM/Ctrl-C or *seconds*.
 
     ``ims-station edge run`` and ``python -m ims_station.edge.station`` both run this.  With
     *on_status*, a status document (:func:`status`) every *status_interval* seconds and at the end.
+    systemd (``Type=notify``, watchdog) and the journal's summary line every *stats_every* seconds:
+    :mod:`ims_station.edge.supervision`.
     """
     import signal
     import time
@@ -640,6 +643,10 @@ def run(station_file: str, uplink_file: str | None = None, *, seconds: float = 0
     from ims_station.statusapi import serve_station
 
     api = serve_station(st)
+    from ims_station.edge.supervision import gateway_heartbeat
+
+    heartbeat = gateway_heartbeat(st, threads, stats_every=stats_every)
+    heartbeat.started()             # READY=1: ports opened (or retrying), uplink session, status API
     show = (lambda: on_status(st.status())) if on_status else (lambda: None)
     t0 = time.monotonic()
     next_status = t0 + status_interval if status_interval > 0 else float("inf")
@@ -652,10 +659,12 @@ def run(station_file: str, uplink_file: str | None = None, *, seconds: float = 0
             if now >= next_status:
                 show()
                 next_status += status_interval
+            heartbeat.turn()
             stop.wait(0.2)
     except KeyboardInterrupt:
         pass
     finally:
+        heartbeat.stopping()
         stop.set()
         if api is not None:
             api.close()         # and its socket file
@@ -703,7 +712,8 @@ def run_from_args(args: Any) -> int:
               f"bad_time={f['implausible_time_samples']} outbox={o['frames']} ({o['bytes']} B) "
               f"uplink={'off' if u is None else ('up' if u['connected'] else 'DOWN')}", flush=True)
 
-    return run(args.config, args.uplink, seconds=args.seconds, status_interval=args.interval, on_status=show)
+    return run(args.config, args.uplink, seconds=args.seconds, status_interval=args.interval, on_status=show,
+               stats_every=args.stats_every)
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -717,7 +727,9 @@ def _main(argv: list[str] | None = None) -> int:
     add_run_arguments(ap)
     ap.add_argument("-v", "--verbose", action="count", default=0)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2))
+    from ims_station.logutil import setup_logging
+
+    setup_logging(args.verbose, default=logging.INFO)
     try:
         return run_from_args(args)
     except ImsStationError as err:

@@ -3,8 +3,9 @@
 Owns the *numerics* of the station's trigger: Butterworth filters with carried state
 (:class:`StreamFilter`), the STA/LTA characteristic functions (:class:`RecursiveStaLta`,
 :class:`ClassicStaLta`, :class:`DelayedStaLta`, :class:`CarlStaTrig`), the on/off decision with
-hysteresis, minimum duration, maximum length and margins (:class:`TriggerOnset`), and coincidence
-across channels and stations on completed triggers (:func:`coincidence`).  Every object is fed numpy chunks and returns
+hysteresis, minimum duration, maximum length and margins (:class:`TriggerOnset`), the refined
+onset pick (:class:`OnsetPicker`: Maeda's AIC, :func:`aic_simple`, on a bounded window before the
+trigger), and coincidence across channels and stations on completed triggers (:func:`coincidence`).  Every object is fed numpy chunks and returns
 numpy arrays or event tuples; it does no I/O, reads no clock and keeps no thread.  Chunks are 2-D
 ``(channels, samples)`` (a 1-D chunk is one channel); each channel carries its own state, so feeding a
 series in chunks of any size gives the same output, bit for bit, as feeding it whole.
@@ -637,6 +638,114 @@ class TriggerOnset:
             if self._on[c] >= 0:
                 self._close(c, int(self._n[c]) - 1, True, out)
             self._above_on[c] = False
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Onset picking
+
+
+def aic_simple(x: np.ndarray) -> np.ndarray:
+    """Maeda's (1985) Akaike information criterion of a window, computed from the samples:
+    ``AIC[j] = (j + 1) log Var(x[:j+1]) + (n - j - 2) log Var(x[j+1:])``, as ObsPy's
+    ``obspy.signal.trigger.aic_simple`` defines it; equal to ObsPy's for ``1 <= j <= n - 3`` (its
+    first and last two values are edge conventions; here they are +inf).  Variances from running
+    sums of the window minus its mean, floored at ``1e-12`` of the window's variance so a silent
+    stretch gives a finite value; non-finite samples count as 0."""
+    a = np.asarray(x, dtype=np.float64)
+    n = a.shape[0]
+    out = np.full(n, np.inf)
+    if n < 4:
+        return out
+    a = np.where(np.isfinite(a), a, 0.0)
+    a = a - a.mean()
+    floor = max(float(np.mean(a * a)) * 1e-12, _TINY)
+    cs = np.cumsum(a)
+    cs2 = np.cumsum(a * a)
+    k = np.arange(2, n - 1)                   # samples in the first part: 2 .. n - 2
+    n2 = n - k
+    v1 = cs2[k - 1] / k - (cs[k - 1] / k) ** 2
+    v2 = (cs2[-1] - cs2[k - 1]) / n2 - ((cs[-1] - cs[k - 1]) / n2) ** 2
+    out[k - 1] = k * np.log(np.maximum(v1, floor)) + (n2 - 1) * np.log(np.maximum(v2, floor))
+    return out
+
+
+def aic_pick(x: np.ndarray) -> int:
+    """Index of the first sample after the AIC minimum of window *x* (the first sample of the
+    "signal" part: ObsPy's ``argmin(aic_simple(x)) + 1``); the last index when the window is too
+    short (< 4 samples) or constant, i.e. no refinement."""
+    a = aic_simple(x)
+    if a.shape[0] < 4 or not np.isfinite(a).any() or np.ptp(np.asarray(x, dtype=np.float64)) == 0:
+        return max(0, a.shape[0] - 1)
+    return int(np.argmin(a)) + 1
+
+
+def group_delay_s(sos: np.ndarray, freq: float, sampling_rate: float) -> float:
+    """Group delay (s) at *freq* Hz of a filter in second-order sections (the sum of the sections':
+    they run in cascade)."""
+    from scipy.signal import group_delay
+
+    total = 0.0
+    for sec in np.atleast_2d(sos):
+        _, gd = group_delay((sec[:3], sec[3:]), w=[freq], fs=sampling_rate)
+        total += float(gd[0])
+    return total / sampling_rate
+
+
+class OnsetPicker:
+    """Refined onset of each trigger: an AIC pick (:func:`aic_pick`, Maeda 1985) on the *window*
+    samples up to and including the trigger's onset sample, per channel.
+
+    Streaming and bounded: it keeps the last ``window - 1`` samples of each channel (a ring of
+    ``channels x window`` floats) and is told, chunk by chunk, which onsets fall in the chunk.  The
+    pick depends only on the samples in its window, so it is the same whatever the chunking.  The
+    window never reaches before the last :meth:`reset` of the channel (a gap): it is shorter then.
+    Picks are sample indices counted like :class:`TriggerOnset`'s (samples fed since construction).
+    """
+
+    def __init__(self, window: int, *, channels: int = 1) -> None:
+        _check_channels(channels)
+        if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 4:
+            raise TriggerConfigError("window", f"must be at least 4 samples, got {window!r}")
+        self.window = int(window)
+        self.channels = int(channels)
+        self._hist = np.zeros((channels, self.window - 1))
+        self._n = 0                                         # samples fed to every channel
+        self._start = np.zeros(channels, dtype=np.int64)    # first sample of the current series
+
+    @property
+    def fed(self) -> int:
+        """Samples fed to each channel so far (the index of the next chunk's first sample)."""
+        return self._n
+
+    def reset(self, channels: Iterable[int] | None = None) -> None:
+        """A gap: the channels' windows start again from the next sample."""
+        rows = list(range(self.channels) if channels is None else channels)
+        self._start[rows] = self._n
+
+    def process(self, chunk: np.ndarray, onsets: Iterable[tuple[int, int]]) -> dict[tuple[int, int], int]:
+        """Feed the next chunk (the samples the characteristic function was computed from) and pick
+        the given ``(channel, onset sample)`` pairs, each onset inside this chunk; returns
+        ``{(channel, onset): pick sample}`` (``pick <= onset``)."""
+        x, _ = _as_chunk(chunk, self.channels)
+        m = x.shape[1]
+        n0 = self._n
+        keep = self._hist.shape[1]
+        out: dict[tuple[int, int], int] = {}
+        for c, on in onsets:
+            if not n0 <= on < n0 + m:
+                raise ValueError(f"onset {on} of channel {c} is not in this chunk ({n0} .. {n0 + m - 1})")
+            lo = max(on - self.window + 1, int(self._start[c]))
+            before = n0 - lo
+            seg = x[c, max(0, lo - n0):on - n0 + 1]
+            if before > 0:
+                seg = np.concatenate([self._hist[c, keep - before:], seg])
+            out[(c, on)] = lo + aic_pick(seg)
+        if m >= keep:
+            self._hist = np.array(x[:, m - keep:], dtype=np.float64)
+        elif m:
+            self._hist = np.concatenate([self._hist[:, m:], x.astype(np.float64)], axis=1)
+        self._n += m
         return out
 
 

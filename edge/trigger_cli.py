@@ -25,7 +25,8 @@ MAX_FILE_BYTES = 1 << 31    # refuse larger files rather than unpack them into m
 # option -> [trigger] key (for the error messages: they name the option the user gave)
 _OPTIONS = {"algorithm": "--algorithm", "sta": "--sta", "lta": "--lta", "on": "--on", "off": "--off",
             "filter": "--filter", "coincidence_sum": "--coincidence", "min_duration": "--min-duration",
-            "max_duration": "--max-duration", "coincidence_window": "--coincidence-window"}
+            "max_duration": "--max-duration", "coincidence_window": "--coincidence-window", "pick": "--pick",
+            "pick_window": "--pick-window"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,6 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds after a trigger's end in which another still joins it")
     r.add_argument("--min-duration", type=float, metavar="S", help="seconds above threshold before a trigger counts")
     r.add_argument("--max-duration", type=float, metavar="S", help="a channel trigger is cut after this long")
+    r.add_argument("--pick", metavar="NAME", help="refined onset pick: aic (default) or none")
+    r.add_argument("--pick-window", type=float, metavar="S", help="seconds before the trigger in which the AIC picks")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.set_defaults(handler=_replay)
     p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
@@ -154,7 +157,9 @@ def replay(segments: list[tuple[str, int, int, Any]], settings: Any, *, round_s:
 def event_json(d: Any) -> dict:
     from ims_station.edge.trigger_stage import iso_time
 
-    return {"time": iso_time(d.onset_us), "duration": d.duration, "stations": list(d.stations),
+    pick_us = d.onset_us if d.pick_us is None else d.pick_us
+    return {"time": iso_time(d.onset_us), "pick": iso_time(pick_us), "pick_s": pick_us / 1e6,
+            "duration": d.duration, "stations": list(d.stations),
             "channels": list(d.channels), "coincidence_sum": d.coincidence_sum, "peak": d.peak,
             "clipped": d.clipped}
 
@@ -173,7 +178,7 @@ def _replay(args: Any) -> int:
         print_json({"events": docs})
         return 0
     for e in docs:
-        print(f"{e['time']}  {e['duration']:8.2f} s  sum {e['coincidence_sum']:g}  peak {e['peak']:.2f}  "
+        print(f"{e['time']}  pick {e['pick'][11:]}  {e['duration']:8.2f} s  sum {e['coincidence_sum']:g}  peak {e['peak']:.2f}  "
               f"{' '.join(e['channels'])}")
     st = det.stats()
     print(f"{len(docs)} event(s); gaps {st['resets_gap']}, rate changes {st['rate_changes']}")

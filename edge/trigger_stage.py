@@ -14,7 +14,10 @@ Owns:
   triggers by coincidence as it goes: an ``on`` decision when the coincidence sum reaches the
   threshold (every channel trigger counted has lasted ``min_duration``), an ``off`` decision when
   the event can no longer grow.  Its completed events equal ObsPy's ``coincidence_trigger`` on the
-  same series where the options overlap.  The rules for gaps, rate changes and clipping are
+  same series where the options overlap.  Each channel trigger also gets a refined onset pick
+  (``pick = "aic"``: ``edge/trigger.OnsetPicker`` on the filtered trace up to the onset sample, less
+  the filter's group delay at the band's centre, :func:`band_centre`); the trigger's own time is
+  left as ObsPy's (docs/trigger.md, "Onset pick").  The rules for gaps, rate changes and clipping are
   docs/trigger.md's ("The station stage").
 * :class:`TriggerStage` -- the stream stage registered in ``edge/station.STAGES``: each decision
   becomes one event document (:func:`event_document`, the one definition of its keys) handed to
@@ -46,27 +49,34 @@ log = logging.getLogger(__name__)
 
 ALGORITHMS = ("recstalta", "classicstalta", "delayedstalta", "carlstatrig")
 FILTER_KINDS = ("bandpass", "highpass", "lowpass")
+PICKERS = ("aic", "none")
+MAX_PICK_WINDOW_S = 60.0        # the picker's ring: at most this many seconds per channel
 
 # Every key of [trigger] and its default (docs/configuration.md shows the same values; a test
-# compares them).
+# compares them).  The filter, windows, thresholds and durations are the values tuned on the HIL
+# detection run (hil/detection.py; docs/trigger.md, "Detection performance") for a short-period
+# seismic station at 40 sps or more: they need every channel taking part above 16 sps (the band's
+# upper corner below Nyquist).
 DEFAULTS: dict[str, Any] = {
     "algorithm": "recstalta",
-    "sta": 1.0,
-    "lta": 10.0,
+    "sta": 0.7,
+    "lta": 30.0,
     "on": 3.5,
-    "off": 1.5,
+    "off": 2.0,
     "ratio": 0.8,
     "quiet": 0.8,
-    "filter": "",
+    "filter": "bandpass:1.5:8",
     "corners": 4,
     "channels": ["*"],
-    "min_duration": 0.0,
-    "max_duration": 600.0,
+    "min_duration": 1.0,
+    "max_duration": 120.0,
     "pre_event": 10.0,
     "post_event": 20.0,
     "coincidence_sum": 1.0,
     "coincidence_window": 0.0,
     "weights": {},
+    "pick": "aic",
+    "pick_window": 3.0,
 }
 
 _NUMBER = {"type": "number"}
@@ -92,6 +102,8 @@ SCHEMA: dict[str, Any] = {
         "coincidence_sum": _NUMBER,
         "coincidence_window": _NUMBER,
         "weights": {"type": "object", "additionalProperties": _NUMBER},
+        "pick": {"enum": list(PICKERS)},
+        "pick_window": _NUMBER,
     },
 }
 
@@ -125,7 +137,7 @@ class TriggerSettings:
     off: float = DEFAULTS["off"]
     ratio: float = DEFAULTS["ratio"]
     quiet: float = DEFAULTS["quiet"]
-    filter: FilterSpec | None = None
+    filter: FilterSpec | None = FilterSpec("bandpass", (1.5, 8.0))
     corners: int = DEFAULTS["corners"]
     channels: tuple[str, ...] = ("*",)
     min_duration: float = DEFAULTS["min_duration"]
@@ -135,6 +147,8 @@ class TriggerSettings:
     coincidence_sum: float = DEFAULTS["coincidence_sum"]
     coincidence_window: float = DEFAULTS["coincidence_window"]
     weights: Mapping[str, float] = field(default_factory=dict)
+    pick: str = DEFAULTS["pick"]
+    pick_window: float = DEFAULTS["pick_window"]
 
     def selects(self, code: str) -> bool:
         """Does channel *code* (``NET.STA.LOC.CHA``) take part?  A pattern with one dot is matched
@@ -159,7 +173,8 @@ class TriggerSettings:
 _PARAMETER_KEYS = {"nsta": "sta", "nlta": "lta", "thr_on": "on", "thr_off": "off", "ratio": "ratio",
                    "quiet": "quiet", "freq": "filter", "freqmin": "filter", "freqmax": "filter",
                    "type": "filter", "corners": "corners", "min_len": "min_duration",
-                   "max_len": "max_duration", "sampling_rate": "channels", "channels": "channels"}
+                   "max_len": "max_duration", "sampling_rate": "channels", "channels": "channels",
+                   "window": "pick_window"}
 
 
 class _Pipeline:
@@ -184,17 +199,57 @@ class _Pipeline:
                                       **s.filter.kwargs()) if s.filter is not None else None)
         self.onset = T.TriggerOnset(s.on, s.off, channels=channels, min_len=int(s.min_duration * rate_hz + 0.5),
                                     max_len=int(s.max_duration * rate_hz + 0.5))
+        # The refined pick (docs/trigger.md, "Onset pick"): AIC on the trace the function sees, in
+        # the pick_window seconds up to the trigger's onset sample, moved earlier by the causal
+        # filter's group delay at the band's centre.
+        self.picker = (T.OnsetPicker(int(s.pick_window * rate_hz), channels=channels)
+                       if s.pick == "aic" else None)
+        self.pick_delay_us = 0
+        if self.filter is not None and s.filter is not None and self.picker is not None:
+            self.pick_delay_us = int(round(T.group_delay_s(self.filter.sos, band_centre(s.filter, rate_hz),
+                                                           rate_hz) * 1e6))
+        self._picks: dict[tuple[int, int], int] = {}      # (row, onset sample) -> pick sample
 
     def process(self, x: np.ndarray) -> list:
         y = x if self.filter is None else self.filter.process(x)
-        return self.onset.process(self.cf.process(y))
+        found = self.onset.process(self.cf.process(y))
+        if self.picker is not None:
+            # Picks are kept for the open events only (bounded: one per row), plus those of the
+            # events this chunk completes, which the caller reads right after.
+            n0 = self.picker.fed
+            on, _ = self.onset.open_events()
+            found_keys = {(ev.channel, ev.on) for ev in found}
+            self._picks = {k: v for k, v in self._picks.items() if on[k[0]] == k[1] or k in found_keys}
+            new = {k for k in found_keys if k[1] >= n0} | {(r, int(o)) for r, o in enumerate(on) if o >= n0}
+            self._picks.update(self.picker.process(y, sorted(new)))
+        return found
+
+    def pick(self, row: int, on: int) -> tuple[int, int] | None:
+        """(pick sample, microseconds to take off its time) of the trigger of *row* at sample *on*;
+        None without a picker (the pick is the onset)."""
+        if self.picker is None:
+            return None
+        p = self._picks.get((row, on))
+        return None if p is None else (p, self.pick_delay_us)
 
     def restart(self, rows: list[int]) -> list:
         """Rows start again as new series (a gap); returns the events this closes."""
         if self.filter is not None:
             self.filter.reset(rows)
         self.cf.reset(rows)
+        if self.picker is not None:
+            self.picker.reset(rows)
         return self.onset.reset(rows)
+
+
+def band_centre(f: FilterSpec, rate_hz: float) -> float:
+    """The frequency (Hz) at which the pick takes the filter's group delay off: the geometric
+    centre of a band-pass, twice a high-pass corner (at most 0.4 x the rate), half a low-pass one."""
+    if f.kind == "bandpass":
+        return math.sqrt(f.freqs[0] * f.freqs[1])
+    if f.kind == "highpass":
+        return min(2.0 * f.freqs[0], 0.4 * rate_hz)
+    return 0.5 * f.freqs[0]
 
 
 def _key_error(file: str, prefix: str, key: str, reason: str) -> ConfigError:
@@ -220,7 +275,7 @@ def settings_from_table(table: Mapping[str, Any], *, file: str = "<settings>", p
 
     t = dict(DEFAULTS, **table)
     for key in ("sta", "lta", "on", "off", "ratio", "quiet", "min_duration", "max_duration", "pre_event",
-                "post_event", "coincidence_sum", "coincidence_window"):
+                "post_event", "coincidence_sum", "coincidence_window", "pick_window"):
         v = t[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise err(key, f"must be a finite number, got {v!r}")
@@ -241,6 +296,10 @@ def settings_from_table(table: Mapping[str, Any], *, file: str = "<settings>", p
     if t["min_duration"] > t["max_duration"]:
         raise err("min_duration", f"longer than max_duration ({t['min_duration']} s > {t['max_duration']} s): "
                                   "no event could ever be declared")
+    if t["pick"] not in PICKERS:
+        raise err("pick", f"{t['pick']!r} is not one of {', '.join(PICKERS)}")
+    if not 0 < t["pick_window"] <= MAX_PICK_WINDOW_S:
+        raise err("pick_window", f"must be more than 0 and at most {MAX_PICK_WINDOW_S:g} s, got {t['pick_window']!r}")
     if t["coincidence_sum"] <= 0:
         raise err("coincidence_sum", f"must be a positive number, got {t['coincidence_sum']!r}")
     corners = t["corners"]
@@ -264,7 +323,7 @@ def settings_from_table(table: Mapping[str, Any], *, file: str = "<settings>", p
         channels=tuple(pats), min_duration=float(t["min_duration"]), max_duration=float(t["max_duration"]),
         pre_event=float(t["pre_event"]), post_event=float(t["post_event"]),
         coincidence_sum=float(t["coincidence_sum"]), coincidence_window=float(t["coincidence_window"]),
-        weights=weights)
+        weights=weights, pick=t["pick"], pick_window=float(t["pick_window"]))
     if channels is not None:
         _check_channels(s, channels, station, err)
     return s
@@ -354,7 +413,8 @@ class Decision:
     """A network trigger decided by :class:`Detector`: ``on`` (declared, ``end_us`` None) or ``off``
     (complete).  Times in microseconds since 1970 (UTC); ``stations``/``channels`` in joining
     order, as ObsPy lists them (a station once per channel).  ``kept`` is False on the rare ``off``
-    that retracts an ``on`` whose event ObsPy's rule drops in the end (docs/trigger.md)."""
+    that retracts an ``on`` whose event ObsPy's rule drops in the end (docs/trigger.md).
+    ``pick_us``: the refined onset of the first member (None with ``pick = "none"``)."""
     state: str
     event_id: str
     onset_us: int
@@ -366,10 +426,16 @@ class Decision:
     time_quality: int
     clipped: bool
     kept: bool = True
+    pick_us: int | None = None
 
     @property
     def onset_s(self) -> float:
         return self.onset_us / 1e6
+
+    @property
+    def pick_s(self) -> float:
+        """The refined onset (docs/trigger.md, "Onset pick"); the onset itself without a pick."""
+        return (self.onset_us if self.pick_us is None else self.pick_us) / 1e6
 
     @property
     def end_s(self) -> float | None:
@@ -390,6 +456,7 @@ class _Trig:
     peak: float
     clipped: bool
     tq: int
+    pick_us: int | None = None
 
     @property
     def key(self) -> tuple[float, float, str]:
@@ -456,8 +523,10 @@ class _Channel:
         return any(a <= last and b >= first for a, b in self.clips)
 
     def trig(self, on: int, off: int, peak: float) -> _Trig:
+        p = self.group.pipe.pick(self.row, on) if self.group.pipe is not None else None
+        pick_us = None if p is None else self.time_us(p[0]) - p[1]
         return _Trig(self.time_us(on), self.time_us(off), self.code, float(peak), self.clipped(on, off),
-                     self.tq_at(on))
+                     self.tq_at(on), pick_us)
 
 
 @dataclass
@@ -751,7 +820,7 @@ class Detector:
         first = members[0]
         return Decision(state, event_id, first.on_us, off_us, max(t.peak for t in members), total,
                         tuple(t.code.split(".")[1] for t in members), tuple(t.code for t in members),
-                        first.tq, any(t.clipped for t in members), kept)
+                        first.tq, any(t.clipped for t in members), kept, first.pick_us)
 
     # -- state -------------------------------------------------------------------------------------
     @property
@@ -782,8 +851,10 @@ def event_document(d: Decision, settings: TriggerSettings, decided_s: float) -> 
     from ims_station.firmware.link import TQ_NAMES
 
     tq = TQ_NAMES[d.time_quality] if 0 <= d.time_quality < len(TQ_NAMES) else f"unknown({d.time_quality})"
+    pick_us = d.onset_us if d.pick_us is None else d.pick_us
     return {"type": "trigger", "state": d.state, "event_id": d.event_id, "time": iso_time(d.onset_us),
-            "onset_s": d.onset_s, "end_s": d.end_s, "duration": d.duration, "peak": d.peak,
+            "onset_s": d.onset_s, "pick": iso_time(pick_us), "pick_s": pick_us / 1e6, "end_s": d.end_s,
+            "duration": d.duration, "peak": d.peak,
             "coincidence_sum": d.coincidence_sum, "stations": list(d.stations), "channels": list(d.channels),
             "time_quality": tq, "algorithm": settings.algorithm, "decided_s": float(decided_s),
             "pre_s": settings.pre_event, "post_s": settings.post_event, "clipped": d.clipped}

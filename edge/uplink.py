@@ -18,10 +18,10 @@ the relay dedupes by (frame set, sequence number).
 
 Kinds and frame sets: each outbox item is published on the topic of its kind
 (:func:`ims_station.topics.outbox_topic`: ``cd11`` frames on ``{p}/STA/cd11``, trigger ``events``
--- signed envelopes, ``edge/station.event_emitter`` -- on ``{p}/STA/events``), and the relay's
-acknacks are applied for every frame set the station owns (:attr:`Uplink.frame_sets`: ``STA:0``
-and ``STA:events``), so an event leaves the outbox only when the relay archived it, exactly like a
-frame.  Acknacks of any other frame set are counted ``acknacks_other_set`` and ignored.
+-- signed envelopes, ``edge/station.event_emitter`` -- on ``{p}/STA/events``, IMS 2.0 messages
+on ``{p}/STA/ims20``), and the relay's acknacks are applied for every frame set the station owns
+(:attr:`Uplink.frame_sets`: ``STA:0``, ``STA:events`` and ``STA:ims20``), so an event or an IMS 2.0
+message leaves the outbox only when the relay archived it, exactly like a frame.  Acknacks of any other frame set are counted ``acknacks_other_set`` and ignored.
 
 Acknack trust (defence in depth; docs/uplink.md, "Acknack authentication"): an acknack deletes
 frames, so
@@ -153,9 +153,12 @@ class Uplink(SessionOwner):
         self.station = topics.check_station(station)
         self.prefix = prefix
         self.frame_set = frame_set or f"{station}:0"
-        self.events_frame_set = topics.events_frame_set(station)
+        # Frame set of each enveloped-message outbox kind (topics.MESSAGE_KINDS: STA:events, STA:ims20).
+        self.message_frame_sets = {k: topics.message_frame_set(station, k) for k in topics.MESSAGE_KINDS}
+        self.events_frame_set = self.message_frame_sets["events"]
+        self._kind_of_set = {fs: k for k, fs in self.message_frame_sets.items()}
         # Every frame set this station owns: the relay's acknack of any of them deletes from the outbox.
-        self.frame_sets = frozenset({self.frame_set, self.events_frame_set})
+        self.frame_sets = frozenset({self.frame_set, *self.message_frame_sets.values()})
         self.outbox = outbox
         self._clock = clock
         self._rlog = RateLimitedLog(log, clock)   # acknacks are untrusted input
@@ -194,7 +197,8 @@ class Uplink(SessionOwner):
         self._last_requeue = None        # injected clock
         self._counters = dict(connects=0, connect_failures=0, disconnects=0, failovers=0, published=0,
                               resent=0, pubacks=0, acknacks=0, acknacks_invalid=0, acknacks_other_set=0,
-                              frames_acked=0, events_published=0, events_acked=0, acknacks_unsigned=0,
+                              frames_acked=0, events_published=0, events_acked=0, ims20_published=0,
+                              ims20_acked=0, acknacks_unsigned=0,
                               acknacks_bad_signature=0, acknacks_suspicious=0, requeued_on_disconnect=0, requeued_ack_timeout=0,
                               soh_published=0, protocol_fallbacks=0, acknack_subscribe_refused=0,
                               unknown_kind=0, commands=0, command_errors=0, cmd_subscribe_refused=0)
@@ -343,7 +347,8 @@ class Uplink(SessionOwner):
                         "station published is %s: only PUBACKed frames are deleted", self.station,
                         frame.creator, frame.lowest, frame.highest, sent)
         n = self.outbox.apply_acknack(frame.frame_set, frame.lowest, frame.highest, frame.gaps)
-        self._counters["events_acked" if frame.frame_set == self.events_frame_set else "frames_acked"] += n
+        kind = self._kind_of_set.get(frame.frame_set)
+        self._counters[f"{kind}_acked" if kind else "frames_acked"] += n
         self.last_acknack = {"lowest": frame.lowest, "highest": frame.highest, "gaps": len(frame.gaps),
                              "deleted": n, "time": self._clock.time(), "frame_set": frame.frame_set}
         self._wake.set()
@@ -425,8 +430,8 @@ class Uplink(SessionOwner):
             self._pending_mids[info.mid] = it.id
             sent.append(it.id)
             self._counters["published"] += 1
-            if it.kind == "events":
-                self._counters["events_published"] += 1
+            if it.kind in self.message_frame_sets:
+                self._counters[f"{it.kind}_published"] += 1
             if it.sent_count:
                 self._counters["resent"] += 1
         if sent:

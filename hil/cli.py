@@ -119,6 +119,10 @@ def register(subparsers) -> None:
     g.add_argument("--min-duration", type=float, default=None, metavar="S", help="minimum time on, s")
     g.add_argument("--coincidence", type=float, default=None, metavar="N",
                    help="coincidence sum with several channels (default 2)")
+    g.add_argument("--pick", choices=("aic", "none"), default=None,
+                   help="refined onset pick (default aic; none: the trigger onset)")
+    g.add_argument("--pick-window", type=_positive, default=None, metavar="S",
+                   help="seconds before the trigger in which the AIC picks (default 3)")
     det.add_argument("--json", action="store_true", help="print only the JSON report")
     det.set_defaults(handler=_detection)
 
@@ -270,12 +274,14 @@ def _detection(args) -> int:
     from dataclasses import replace
 
     from ims_station.edge.trigger import TriggerConfigError
+    from ims_station.errors import ConfigError
     from ims_station.output import print_json
 
     from .detection import DEFAULT_PARAMS, DetectionConfig, run_detection
 
     over = {"corners": args.corners, "sta_s": args.sta, "lta_s": args.lta, "thr_on": args.on,
-            "thr_off": args.off, "min_duration_s": args.min_duration, "coincidence_sum": args.coincidence}
+            "thr_off": args.off, "min_duration_s": args.min_duration, "coincidence_sum": args.coincidence,
+            "pick": args.pick, "pick_window_s": args.pick_window}
     if args.band is not None:
         over["freqmin"], over["freqmax"] = args.band
     params = replace(DEFAULT_PARAMS, **{k: v for k, v in over.items() if v is not None})
@@ -293,6 +299,9 @@ def _detection(args) -> int:
                 status.update(f"detection run: {done / 3600:.1f} / {total / 3600:.1f} simulated hours")
 
             report = run_detection(cfg, progress)
+    except ConfigError as err:         # names the option: "ims-station hil detection: --band: ..."
+        print(err, file=sys.stderr)
+        return 2
     except (TriggerConfigError, ValueError) as err:
         print(f"ims-station hil detection: {err}", file=sys.stderr)
         return 2
@@ -308,18 +317,21 @@ def _detection_summary(console, r: dict) -> None:
     t = Table(title=f"HIL detection ({c['hours']:g} h, {c['events']} events, seed {c['seed']}, "
                     f"{c['channels']} channel(s)); trigger {tp['freqmin']:g}-{tp['freqmax']:g} Hz x{tp['corners']}, "
                     f"STA/LTA {tp['sta_s']:g}/{tp['lta_s']:g} s, on {tp['thr_on']:g}, off {tp['thr_off']:g}, "
-                    f"min {tp['min_duration_s']:g} s")
-    for col in ("SNR", "events", "detected", "rate", "onset error median, s"):
+                    f"min {tp['min_duration_s']:g} s, pick {tp['pick']}")
+    for col in ("SNR", "events", "detected", "rate", "pick error median, s", "trigger onset error median, s"):
         t.add_column(col, justify="right")
     for b in r["bins"]:
         t.add_row(b["snr"], str(b["events"]), str(b["detected"]),
                   "-" if b["rate"] is None else f"{b['rate']:.0%}",
-                  "-" if b["onset_error_median_s"] is None else f"{b['onset_error_median_s']:.3f}")
+                  "-" if b["onset_error_median_s"] is None else f"{b['onset_error_median_s']:.3f}",
+                  "-" if b["raw_onset_error_median_s"] is None else f"{b['raw_onset_error_median_s']:.3f}")
     console.print(t)
-    e = r["onset_error_s"]
+    e, raw = r["onset_error_s"], r["raw_onset_error_s"]
     console.print(f"false triggers: {r['false_triggers']} ({r['false_triggers_per_day']} per day); "
-                  f"later-phase triggers: {r['later_phase_triggers']}; onset error (trigger - true) median "
-                  f"{e['median']} s, p90 {e['p90']} s; wall time {r['wall_time_s']} s")
+                  f"later-phase triggers: {r['later_phase_triggers']}; onset error (pick - true) median "
+                  f"{e['median']} s, median |.| {e['median_abs']} s, p90 |.| {e['p90_abs']} s; trigger onset "
+                  f"error (trigger - true) median {raw['median']} s, p90 {raw['p90']} s; "
+                  f"wall time {r['wall_time_s']} s")
     for name, g in r["goals"].items():
         console.print(f"{'[green]met[/]' if g['met'] else '[red]NOT met[/]'}  {name}: {g['value']} (goal {g['goal']})")
 

@@ -2,7 +2,7 @@
 
 Owns: the detection experiment of issue 9 (must-show 3) -- a day (or any length) of Peterson-shaped
 seismic noise at 40 sps (``hil/signals.py``) with events injected at known P onsets and known SNR,
-fed in 1-s chunks through the station's streaming trigger code (``edge/trigger.py``), and the
+fed in 1-s chunks through the station's own trigger (``edge/trigger_stage.Detector``), and the
 scoring of the triggers against the injected onsets (detection rate per SNR bin, false triggers per
 day, onset error) with the goal verdicts.  Also the trigger parameters tuned on it
 (:data:`DEFAULT_PARAMS`).
@@ -26,7 +26,8 @@ at 0.5), P coda decay 1.5-4 s.  P onsets are spread over the day one per slot of
 ``duration / n`` (random place in the middle 60 % of the slot), after a 120-s warm-up.
 
 **Scoring**: a trigger whose onset lies within :data:`TOLERANCE_S` (-1 s .. +3 s) of an injected P
-onset detects it (the earliest such trigger; onset error = trigger onset - true onset); other
+onset detects it (the earliest such trigger; onset error = the station's refined pick - true
+onset, the raw onset error = trigger onset - true onset, reported beside it); other
 triggers starting inside an event's signal window (P onset - 1 s .. S onset + 5 S decay times) are
 *later-phase* triggers of that event (S, coda), neither detections nor false; all others are false
 triggers.
@@ -37,12 +38,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy.signal import iirfilter, sosfiltfilt
 
-from ..edge import trigger as T
 from .signals import ChannelSignal, Scenario, SeismicEvent
 
 SPS = 40.0
@@ -73,8 +73,9 @@ GOAL_ONSET_MEDIAN_S = 0.2
 @dataclass(frozen=True)
 class TriggerParams:
     """Trigger settings (station ``[trigger]`` vocabulary, in seconds and Hz).  The defaults are the
-    values tuned on this run (docs/trigger.md, "Detection performance"): 4-corner Butterworth
-    band-pass 1.5-8 Hz, recursive STA/LTA 0.7 s / 30 s, on 3.5, off 2.0, at least 1.0 s on."""
+    values tuned on this run (docs/trigger.md, "Detection performance"), which are also the
+    station's ``[trigger]`` defaults: 4-corner Butterworth band-pass 1.5-8 Hz, recursive STA/LTA
+    0.7 s / 30 s, on 3.5, off 2.0, at least 1.0 s on, at most 120 s, AIC pick on 3 s."""
 
     freqmin: float = 1.5
     freqmax: float = 8.0
@@ -84,78 +85,99 @@ class TriggerParams:
     thr_on: float = 3.5
     thr_off: float = 2.0
     min_duration_s: float = 1.0
-    max_duration_s: float | None = 120.0
+    max_duration_s: float = 120.0
     coincidence_sum: float = 2.0       # used only with several channels
     coincidence_window_s: float = 1.0  # trigger_off_extension of the coincidence
+    pick: str = "aic"
+    pick_window_s: float = 3.0
+
+    def table(self, channels: int) -> dict:
+        """The station's ``[trigger]`` table of these settings (*channels* taking part)."""
+        return {"filter": f"bandpass:{self.freqmin!r}:{self.freqmax!r}", "corners": self.corners,
+                "sta": self.sta_s, "lta": self.lta_s, "on": self.thr_on, "off": self.thr_off,
+                "min_duration": self.min_duration_s, "max_duration": self.max_duration_s,
+                "coincidence_sum": self.coincidence_sum if channels > 1 else 1.0,
+                "coincidence_window": self.coincidence_window_s if channels > 1 else 0.0,
+                "pick": self.pick, "pick_window": self.pick_window_s}
 
 
 DEFAULT_PARAMS = TriggerParams()
 
+# TriggerParams field -> the [trigger] key it sets and the hil detection option that sets it (the
+# errors of a bad setting name the option)
+_OPTION_OF_KEY = {"filter": "--band", "corners": "--corners", "sta": "--sta", "lta": "--lta", "on": "--on",
+                  "off": "--off", "min_duration": "--min-duration", "coincidence_sum": "--coincidence",
+                  "max_duration": "max_duration_s", "coincidence_window": "coincidence_window_s",
+                  "pick": "--pick", "pick_window": "--pick-window"}
+
 
 @dataclass(frozen=True)
 class Trigger:
-    """A station trigger: onset and end (s on the run's time axis), the channels involved."""
+    """A station trigger: onset and end (s on the run's time axis), the channels involved, the
+    refined pick (s; the onset when the station does not pick)."""
 
     on_s: float
     off_s: float
     channels: tuple[str, ...]
     peak: float = 0.0
+    pick_s: float | None = None
+
+    @property
+    def pick(self) -> float:
+        return self.on_s if self.pick_s is None else self.pick_s
 
 
-class StreamDetector:
-    """Band-pass -> recursive STA/LTA -> on/off with minimum duration, per channel, and coincidence
-    across channels; fed ``(channels, samples)`` chunks of counts in time order."""
+class StationDetector:
+    """The station's own trigger (``edge/trigger_stage.Detector``, the code ``TriggerStage`` runs)
+    fed as the station feeds it: one multi-channel chunk of counts at a time, with its first
+    sample's time; its completed events (``off`` decisions kept) become :class:`Trigger` s."""
+
+    T0_US = 0           # the run's time axis: sample 0 at the epoch
 
     def __init__(self, params: TriggerParams, sps: float, trace_ids: Sequence[str]) -> None:
-        n = len(trace_ids)
-        self.params = params
-        self.sps = float(sps)
-        self.trace_ids = tuple(trace_ids)
-        self.filter = T.StreamFilter("bandpass", sps, freqmin=params.freqmin, freqmax=params.freqmax,
-                                     corners=params.corners, channels=n)
-        self.cf = T.RecursiveStaLta(int(round(params.sta_s * sps)), int(round(params.lta_s * sps)),
-                                    channels=n)
-        max_len = None if params.max_duration_s is None else int(round(params.max_duration_s * sps))
-        self.onset = T.TriggerOnset(params.thr_on, params.thr_off, channels=n,
-                                    min_len=int(round(params.min_duration_s * sps)), max_len=max_len)
-        self._single: list[tuple[float, float, str, float]] = []
+        from ..edge.trigger_stage import Detector, settings_from_table
 
-    def _take(self, decided: Iterable) -> None:
-        for ev in decided:
-            if isinstance(ev, T.Event):
-                self._single.append((ev.on / self.sps, ev.off / self.sps, self.trace_ids[ev.channel], ev.peak))
+        self.trace_ids = list(trace_ids)
+        self.rate_mhz = int(round(sps * 1000))
+        settings = settings_from_table(params.table(len(self.trace_ids)), file="ims-station hil detection",
+                                       prefix="", key_names=_OPTION_OF_KEY,
+                                       channels={tid: float(sps) for tid in self.trace_ids})
+        self.detector = Detector(settings, station=self.trace_ids[0].split(".")[1])
+        self._n = 0
+        self._triggers: list[Trigger] = []
+
+    def _take(self, decisions) -> None:
+        for d in decisions:
+            if d.state == "off" and d.kept:
+                self._triggers.append(Trigger((d.onset_us - self.T0_US) / 1e6, (d.end_us - self.T0_US) / 1e6,
+                                              d.channels, d.peak,
+                                              None if d.pick_us is None else (d.pick_us - self.T0_US) / 1e6))
 
     def push(self, chunk: np.ndarray) -> None:
-        self._take(self.onset.process(self.cf.process(self.filter.process(chunk))))
+        from ..edge.ingest import sample_offset_us
+
+        x = np.atleast_2d(chunk)
+        self._take(self.detector.push(self.trace_ids, self.T0_US + sample_offset_us(self._n, self.rate_mhz),
+                                      self.rate_mhz, x))
+        self._n += x.shape[1]
 
     def finish(self) -> list[Trigger]:
-        """Close what is still open and return the station triggers, in time order."""
-        self._take(self.onset.flush())
-        single = sorted(self._single)
-        if len(self.trace_ids) == 1:
-            return [Trigger(on, off, (tid,), peak) for on, off, tid, peak in single]
-        peaks: dict[tuple[float, str], float] = {(on, tid): pk for on, _off, tid, pk in single}
-        out = []
-        for ev in T.coincidence([(on, off, tid) for on, off, tid, _ in single], self.params.coincidence_sum,
-                              list(self.trace_ids), trigger_off_extension=self.params.coincidence_window_s):
-            peak = max((pk for (on, tid), pk in peaks.items()
-                        if tid in ev.trace_ids and ev.time <= on <= ev.time + ev.duration), default=0.0)
-            out.append(Trigger(ev.time, ev.time + ev.duration, ev.trace_ids, peak))
-        return out
+        """Close what is still open (as a replay ends) and return the station triggers, in time order."""
+        self._take(self.detector.flush())
+        return sorted(self._triggers, key=lambda t: t.on_s)
 
 
-def make_detector(params: TriggerParams, sps: float, trace_ids: Sequence[str]) -> StreamDetector:
-    """THE construction of the detector under test -- the one place to swap.
+def make_detector(params: TriggerParams, sps: float, trace_ids: Sequence[str]) -> StationDetector:
+    """THE construction of the detector under test: the station's ``Detector``
+    (:class:`StationDetector`), built from *params* through the station's own ``[trigger]``
+    resolution (``settings_from_table``, checked against the run's channels and rate; a bad setting
+    is a ``ConfigError`` naming the option).
 
-    Returns an object with ``push(chunk)`` (a ``(channels, samples)`` int32/float array of counts,
-    channels in the order of *trace_ids*, consecutive 1-s chunks from time 0) and ``finish() ->
-    list[Trigger]`` (station triggers with onset/end in seconds from the first sample).  Today it
-    chains ``edge/trigger.py`` directly (:class:`StreamDetector`); once the station's trigger stage
-    (``edge/trigger_stage.py``: ``TriggerSettings`` + ``Detector``) is merged, build that Detector
-    here from *params* and adapt its events to :class:`Trigger`, so the HIL run measures exactly the
-    code the station runs.
+    Returns an object with ``push(chunk)`` (a ``(channels, samples)`` int32 array of counts,
+    channels in the order of *trace_ids*, consecutive chunks from time 0) and ``finish() ->
+    list[Trigger]`` (station triggers with onset/end/pick in seconds from the first sample).
     """
-    return StreamDetector(params, sps, trace_ids)
+    return StationDetector(params, sps, trace_ids)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -272,9 +294,12 @@ def score(triggers: Sequence[Trigger], events: Sequence[InjectedEvent], duration
                     if i not in used and lo_tol <= t.on_s - ev.onset_s <= hi_tol), None)
         if hit is not None:
             used.add(hit)
-        per_event.append({"onset_s": round(ev.onset_s, 3), "snr": round(ev.snr, 3), "detected": hit is not None,
-                          "trigger_on_s": None if hit is None else round(trig[hit].on_s, 3),
-                          "onset_error_s": None if hit is None else round(trig[hit].on_s - ev.onset_s, 4)})
+        t = None if hit is None else trig[hit]
+        per_event.append({"onset_s": round(ev.onset_s, 3), "snr": round(ev.snr, 3), "detected": t is not None,
+                          "trigger_on_s": None if t is None else round(t.on_s, 3),
+                          "pick_s": None if t is None else round(t.pick, 3),
+                          "onset_error_s": None if t is None else round(t.pick - ev.onset_s, 4),
+                          "raw_onset_error_s": None if t is None else round(t.on_s - ev.onset_s, 4)})
     later, false = [], []
     for i, t in enumerate(trig):
         if i in used:
@@ -287,13 +312,15 @@ def score(triggers: Sequence[Trigger], events: Sequence[InjectedEvent], duration
     for b, (lo, hi) in enumerate(SNR_BINS):
         evs = [e for e in per_event if snr_bin(e["snr"]) == b]
         errs = [e["onset_error_s"] for e in evs if e["detected"]]
+        raw = [e["raw_onset_error_s"] for e in evs if e["detected"]]
         bins.append({"snr": f"{lo:g}-{hi:g}", "events": len(evs), "detected": len(errs),
                      "rate": round(len(errs) / len(evs), 4) if evs else None,
-                     "onset_error_median_s": _q(errs, 50)})
+                     "onset_error_median_s": _q(errs, 50), "raw_onset_error_median_s": _q(raw, 50)})
     strong = [e for e in per_event if e["snr"] >= GOAL_RATE_SNR]
     strong_rate = sum(e["detected"] for e in strong) / len(strong) if strong else None
     errors = [e["onset_error_s"] for e in per_event if e["detected"]]
     abs_errors = [abs(e) for e in errors]
+    raw_errors = [e["raw_onset_error_s"] for e in per_event if e["detected"]]
     days = duration_s / 86400.0
     false_per_day = len(false) / days if days > 0 else None
     median_abs = _q(abs_errors, 50)
@@ -318,10 +345,15 @@ def score(triggers: Sequence[Trigger], events: Sequence[InjectedEvent], duration
         "onset_error_s": {"n": len(errors), "median": _q(errors, 50), "p90": _q(errors, 90),
                           "median_abs": median_abs, "p90_abs": _q(abs_errors, 90),
                           "min": _q(errors, 0), "max": _q(errors, 100)},
+        "raw_onset_error_s": {"n": len(raw_errors), "median": _q(raw_errors, 50), "p90": _q(raw_errors, 90),
+                              "median_abs": _q([abs(e) for e in raw_errors], 50),
+                              "p90_abs": _q([abs(e) for e in raw_errors], 90),
+                              "min": _q(raw_errors, 0), "max": _q(raw_errors, 100)},
         "goals": goals,
         "all_goals_met": all(g["met"] for g in goals.values()),
         "per_event": per_event,
-        "false": [{"on_s": round(t.on_s, 3), "off_s": round(t.off_s, 3), "peak": round(t.peak, 3),
+        "false": [{"on_s": round(t.on_s, 3), "pick_s": round(t.pick, 3), "off_s": round(t.off_s, 3),
+                   "peak": round(t.peak, 3),
                    "channels": list(t.channels)} for t in false],
     }
 

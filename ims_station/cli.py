@@ -35,6 +35,7 @@ COMMAND_MODULES = [
     "ims_station.relay.cli",     # relay run
     "ims_station.demo",          # demo (the main job)
     "ims_station.doctor",        # doctor
+    "ims_station.console",       # console (Textual UI; the console extra)
 ]
 
 
@@ -60,11 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from ims_station.logutil import setup_logging
+
+    # The daemons (edge run, relay run) set log_level=INFO: their routine summary is an INFO line.
+    setup_logging(args.verbose, default=getattr(args, "log_level", logging.WARNING))
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

@@ -379,8 +379,8 @@ def _make_relay(root: Path, trust_dir: Path, broker: Any, clock: PacedClock, arr
     from ims_station.relay.state import SqliteStateStore
 
     class TimedArchive(FileArchive):
-        def commit(self, frames, quarantined=(), *, events=()):
-            results = super().commit(frames, quarantined, events=events)
+        def commit(self, frames, quarantined=(), **messages):
+            results = super().commit(frames, quarantined, **messages)
             arrivals.record(results[:len(frames)])      # the frames' (events follow them)
             return results
 

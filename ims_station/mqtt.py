@@ -97,6 +97,13 @@ class SessionOwner:
         """Wait until :attr:`connected` (False after *timeout* seconds)."""
         return self._mqtt.wait_connected(timeout)
 
+    @property
+    def running(self) -> bool:
+        """The session's thread is alive: started and not stopped (it ends on no error of its own,
+        so a dead one is a bug; the daemons' watchdog stops pinging then, ims_station/service.py)."""
+        t = self._mqtt.thread
+        return t is not None and t.is_alive()
+
 
 @dataclass
 class BrokerState:

@@ -22,7 +22,10 @@ counters).  Routes (docs/status-api.md):
 * ``GET /health``  -> ``{"status": "ok"}`` (200) or ``{"status": "degraded", "problems": [...]}`` (503).
 * ``POST /actions/<name>`` -> an extension point: only actions registered by the caller
   (:class:`StatusServer` *actions*), and only over the Unix socket (its file mode is the access
-  control); none is registered today, so every POST is answered 404 (403 over TCP).
+  control); a gateway registers ``calibrate``, ``resend`` and ``next_key`` (``edge/actions.py``,
+  the console's actions), an unknown name is answered 404 (any action 403 over TCP).
+* ``GET /waveform?channel=CODE`` -> the last samples of a channel (a gateway's
+  ``edge/actions.WaveformTap``; 404 elsewhere).
 
 Safety: the API is unauthenticated and read-only, so by default it listens only on a Unix socket
 (``<data_dir>/status.sock``, the relay's ``<data_dir>/status-<instance>.sock``, mode 0660: the
@@ -183,8 +186,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 problems = self.api.health(self.api.status())
                 self._json(200 if not problems else 503,
                            {"status": "ok" if not problems else "degraded", "problems": problems})
+            elif path == "/waveform" and self.api.waveform is not None:
+                from urllib.parse import parse_qs
+
+                q = parse_qs(self.path.partition("?")[2], max_num_fields=4)
+                channel = (q.get("channel") or [""])[0]
+                doc = self.api.waveform(channel) if channel else self.api.waveform_summary()
+                if doc is None:
+                    self._json(404, {"error": f"no waveform for channel {channel!r}",
+                                     "channels": self.api.waveform_channels()})
+                else:
+                    self._json(200, doc)
             elif path == "/":
-                self._json(200, {"endpoints": ["/status", "/metrics", "/health"],
+                self._json(200, {"endpoints": ["/status", "/metrics", "/health"]
+                                 + (["/waveform"] if self.api.waveform is not None else []),
                                  "actions": sorted(self.api.actions)})
             else:
                 self._json(404, {"error": f"no such endpoint: {path}"})
@@ -279,12 +294,16 @@ class StatusServer:
     ``POST /actions/<name>`` extension point (Unix socket only)."""
 
     def __init__(self, status: Callable[[], dict], collector: Any, health: Callable[[dict], list[str]], *,
-                 actions: dict[str, Callable[[dict], dict]] | None = None) -> None:
+                 actions: dict[str, Callable[[dict], dict]] | None = None, waveforms: Any = None) -> None:
         from prometheus_client import CollectorRegistry
 
         self.status = status
         self.health = health
         self.actions = dict(actions or {})
+        # GET /waveform?channel=: an object with waveform(channel) and channels() (edge/actions.py)
+        self.waveform = waveforms.waveform if waveforms is not None else None
+        self.waveform_channels = waveforms.channels if waveforms is not None else list
+        self.waveform_summary = waveforms.summary if waveforms is not None else dict
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
         self.errors = 0
@@ -376,12 +395,13 @@ class StatusServer:
 
 
 def start(settings: StatusSettings, status: Callable[[], dict], collector: Any,
-          health: Callable[[dict], list[str]], *, what: str) -> StatusServer | None:
+          health: Callable[[dict], list[str]], *, what: str,
+          actions: dict[str, Callable[[dict], dict]] | None = None, waveforms: Any = None) -> StatusServer | None:
     """The API as *settings* configure it, or None (disabled, or nothing could be bound: logged as
     an ERROR, and the component runs on without it)."""
     if not settings.enabled:
         return None
-    api = StatusServer(status, collector, health)
+    api = StatusServer(status, collector, health, actions=actions, waveforms=waveforms)
     if settings.socket is not None:
         try:
             api.serve_unix(settings.socket)
@@ -423,8 +443,17 @@ def serve_station(st: Any) -> StatusServer | None:
     cfg = st.config
     settings = settings_from_table((getattr(cfg, "raw", None) or {}).get("status"), file=cfg.file,
                                    data_dir=cfg.data_dir)
+    if not settings.enabled:
+        return None
+    # The console's actions and live waveform (edge/actions.py, docs/console.md); a Station-like
+    # object without ports (a test double) serves the read-only routes only.
+    actions = tap = None
+    if hasattr(st, "gateway") and hasattr(st, "ports"):
+        from ims_station.edge.actions import attach_waveform_tap, station_actions
+
+        actions, tap = station_actions(st), attach_waveform_tap(st)
     return start(settings, st.status, StationCollector(st.status), station_health,
-                 what=f"gateway {cfg.network}.{cfg.code}")
+                 what=f"gateway {cfg.network}.{cfg.code}", actions=actions, waveforms=tap)
 
 
 def relay_socket_name(instance: str) -> str:
@@ -524,6 +553,20 @@ class StatusClient:
     def health(self) -> dict:
         """``{"status": "ok"|"degraded", "problems": [...]}``."""
         return self._json("/health", ok=(200, 503))
+
+    def waveform(self, channel: str | None = None) -> dict | None:
+        """The last samples of *channel* (``GET /waveform?channel=``), or without a channel the
+        per-channel time quality and clipping; None if the gateway serves none."""
+        from urllib.parse import quote
+
+        code, body = self._get(f"/waveform?channel={quote(channel)}" if channel else "/waveform")
+        if code != 200:
+            return None
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
 
     def metrics(self) -> str:
         code, body = self._get("/metrics")

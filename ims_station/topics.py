@@ -15,14 +15,14 @@ topic                              direction  retained  payload
 ``{p}/{sta}/events``               sta->relay no        trigger event, signed envelope (kind event), JSON body
 ``{p}/{sta}/cmd``                  relay->sta no        command, signed envelope (edge/commands.py)
 ``{p}/{sta}/cmd/response``         sta->relay no        its answer, signed envelope
-``{p}/{sta}/ims20``                sta->relay no        IMS 2.0 message (roadmap), text
+``{p}/{sta}/ims20``                sta->relay no        IMS 2.0 message, signed envelope (kind ims20), text body
 =================================  =========  ========  ==================================================
 
 Outbox items travel on the topic of their outbox kind (:data:`OUTBOX_TOPICS`, :func:`outbox_topic`):
 the uplink publishes them and the relay acknowledges them the same way, by frame set.
 
-The relay subscribes through a shared subscription group (``$share/{group}/{p}/+/cd11`` and
-``.../+/events``, :data:`RELAY_KINDS`) so several relay processes share the load.
+The relay subscribes through a shared subscription group (``$share/{group}/{p}/+/cd11``,
+``.../+/events`` and ``.../+/ims20``, :data:`RELAY_KINDS`) so several relay processes share the load.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ DEFAULT_RELAY_NAME = "RELAY"
 #: Outbox kind (``edge/outbox.py`` rows) -> topic kind it is published on by the uplink.
 OUTBOX_TOPICS = {"cd11": "cd11", "events": "events", "ims20": "ims20"}
 #: Topic kinds the relay subscribes to (each a shared subscription) and archives.
-RELAY_KINDS = ("cd11", "events")
+RELAY_KINDS = ("cd11", "events", "ims20")
 
 
 class TopicError(RemoteProtocolError):

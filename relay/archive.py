@@ -1,4 +1,4 @@
-"""The relay's archive: verified raw CD-1.1 frames and trigger events, their index, the quarantine, miniSEED export.
+"""The relay's archive: verified raw CD-1.1 frames, trigger events and IMS 2.0 messages, their index, the quarantine, miniSEED export.
 
 Owns where verified frames and rejected payloads are kept, deduplication by (frame set, sequence
 number), detection of a frame replayed under a new sequence number (same frame set and nominal
@@ -7,7 +7,8 @@ authentic (``relay.verify``), nor frame-set gap state (``relay.gaps``/``relay.st
 
 Interface (:class:`Archive`): ``commit(frames, quarantined)`` stores a batch durably and returns one
 :class:`StoreResult` per frame; ``lookup``, ``read_frame``, ``iter_day``, ``quarantine_entries``,
-``export_mseed``, ``stats``; events: ``commit(..., events=...)``, ``iter_events``, ``read_event``.  A PostgreSQL/object-store archive (ROADMAP item 7) is a new subclass.
+``export_mseed``, ``stats``; events: ``commit(..., events=...)``, ``iter_events``, ``read_event``; IMS 2.0
+messages: ``commit(..., ims20=...)``, ``iter_ims20``, ``read_ims20``.  A PostgreSQL/object-store archive (ROADMAP item 7) is a new subclass.
 
 :class:`FileArchive` (the embedded default), under ``root``::
 
@@ -15,8 +16,11 @@ Interface (:class:`Archive`): ``commit(frames, quarantined)`` stores a batch dur
                                                           concatenated: `ims-station cd11 dump` reads them
     events/{STA}/{YYYY}/{STA}.{YYYY}.{DDD}.{writer}.ev     verified event envelopes of a UTC day (by event
                                                           time), verbatim, concatenated (self-delimiting)
+    ims20/{STA}/{YYYY}/{STA}.{YYYY}.{DDD}.{writer}.msg     IMS 2.0 message texts of a UTC day (by envelope
+                                                          time), byte-identical, concatenated (each
+                                                          BEGIN IMS2.0 ... STOP; the index has offsets)
     quarantine/{YYYY}/{YYYY}.{DDD}.{writer}.q              rejected payloads of a day (by reception)
-    index.sqlite                                          frames, quarantine and file tables (WAL)
+    index.sqlite                                          frames, events, ims20, quarantine and file tables (WAL)
 
 * Files are **append-only**.  ``commit`` takes the index write lock (``BEGIN IMMEDIATE``), decides
   per frame (new / identical duplicate / different bytes / replay), appends and ``fsync``s the files,
@@ -33,6 +37,13 @@ Interface (:class:`Archive`): ``commit(frames, quarantined)`` stores a batch dur
   (``on``/``off``) and the verifying key id.  Deduplicated exactly like frames (same bytes:
   ``DUPLICATE``; different bytes: ``CONFLICT``, quarantined); no replay rule (events have no
   nominal-time grid).  Same commit, same fsync-before-index rule.
+* **IMS 2.0 messages** (``{p}/STA/ims20``, frame set ``STA:ims20``): the same code path as events
+  (``_commit``'s ``store_messages``: one dedupe/append for enveloped messages, a table per kind for
+  its index columns), but the day file gets the envelope's *body* -- the message text,
+  byte-identical -- and table ``ims20`` the index (data type, MSG_ID, measurement id, SRID, the
+  #Header's station and qualifier, key id) plus the envelope's header and signature, so
+  ``read_ims20(..., envelope=True)`` rebuilds the signed envelope.  Dedupe compares the *text*'s
+  SHA-256: the same text under the same seq is a duplicate even if signed again.
 * Several relay processes may share one root (shared-subscription load sharing on one host): each
   writes only its own files (``writer`` names them) and the SQLite index serialises the decisions.
   Across hosts, use a networked backend (ROADMAP item 7).
@@ -144,6 +155,67 @@ class EventRecord:
 
 
 @dataclass
+class Ims20Record:
+    """A verified IMS 2.0 message to archive (``relay.verify.VerifiedIms20``): *raw* is the
+    envelope; the day file gets only its body, the message text, byte-identical, and the index the
+    envelope header and signature (:meth:`FileArchive.read_ims20` rebuilds the envelope).
+    ``sha256`` is the text's: the same (frame set, seq) with the same text is a duplicate."""
+
+    station: str
+    frame_set: str
+    sequence: int
+    time_ms: int                 # envelope (signing) time, ms since 1970: the UTC day it is filed under
+    raw: bytes
+    text: bytes
+    head: bytes                  # the envelope's 40-byte header
+    signature: bytes
+    key_id: int = 0
+    msg_id: str | None = None
+    msg_type: str | None = None
+    data_type: str | None = None     # of every DATA_TYPE section, comma-separated
+    measurement_id: str | None = None
+    srid: str | None = None
+    msg_station: str | None = None   # the station code the message's #Header names
+    qualifier: str | None = None     # PREL / FULL (PHD)
+    received_at: float = 0.0
+    sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.sha256:
+            self.sha256 = hashlib.sha256(self.text).hexdigest()
+
+    @property
+    def day(self) -> date:
+        return _day_of_ms(self.time_ms)
+
+
+@dataclass
+class ArchivedIms20:
+    station: str
+    frame_set: str
+    sequence: int
+    time_ms: int
+    msg_id: str | None
+    msg_type: str | None
+    data_type: str | None
+    measurement_id: str | None
+    srid: str | None
+    msg_station: str | None
+    qualifier: str | None
+    key_id: int
+    file: str
+    offset: int
+    length: int
+    sha256: str
+    received_at: float
+
+    @property
+    def id(self) -> str:
+        """The message's archive id, ``STA:ims20:SEQ`` (``relay ims2 get``)."""
+        return f"{self.frame_set}:{self.sequence}"
+
+
+@dataclass
 class ArchivedEvent:
     station: str
     frame_set: str
@@ -186,8 +258,9 @@ class Archive(ABC):
     @abstractmethod
     def commit(self, frames: Sequence[FrameRecord],
                quarantined: Sequence[QuarantineRecord] = (), *,
-               events: Sequence[EventRecord] = ()) -> list[StoreResult]:
-        """Durably store a batch; one result per frame, in order, then one per event.  When it
+               events: Sequence[EventRecord] = (), ims20: Sequence[Ims20Record] = ()) -> list[StoreResult]:
+        """Durably store a batch; one result per frame, in order, then one per event, then one per
+        IMS 2.0 message.  When it
         returns, everything reported ARCHIVED and every quarantined payload (including
         CONFLICT/REPLAY frames and CONFLICT events) survives a crash."""
 
@@ -209,6 +282,15 @@ class Archive(ABC):
 
     @abstractmethod
     def read_event(self, frame_set: str, sequence: int) -> bytes | None: ...
+
+    @abstractmethod
+    def iter_ims20(self, station: str | None = None, *, since_ms: int | None = None,
+                   until_ms: int | None = None, data_types: Sequence[str] | None = None) -> Iterator[ArchivedIms20]:
+        """Index entries of archived IMS 2.0 messages (see :class:`FileArchive`)."""
+
+    @abstractmethod
+    def read_ims20(self, frame_set: str, sequence: int, *, envelope: bool = False) -> bytes | None:
+        """An archived IMS 2.0 message's text, byte-identical (or its envelope)."""
 
     @abstractmethod
     def quarantine_entries(self, *, reason: str | None = None) -> list[dict[str, Any]]: ...
@@ -281,6 +363,30 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (frame_set, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_by_time ON events(station, time_ms);
+CREATE TABLE IF NOT EXISTS ims20 (
+    frame_set   TEXT NOT NULL,          -- STA:ims20
+    seq         INTEGER NOT NULL,       -- the envelope header's sequence number
+    station     TEXT NOT NULL,
+    time_ms     INTEGER NOT NULL,       -- envelope (signing) time, ms since 1970 (UTC)
+    day         TEXT NOT NULL,          -- YYYY-MM-DD (UTC) of time_ms
+    msg_id      TEXT,
+    msg_type    TEXT,
+    data_type   TEXT,                   -- SAMPLEPHD, RMSSOH, ALERT_FLOW, ... (sections comma-separated)
+    measurement_id TEXT,
+    srid        TEXT,
+    msg_station TEXT,                   -- station code in the message's #Header
+    qualifier   TEXT,
+    key_id      INTEGER NOT NULL,       -- the key that verified the envelope (0: unsigned)
+    file        TEXT NOT NULL,          -- the day file holding the text
+    offset      INTEGER NOT NULL,
+    length      INTEGER NOT NULL,
+    sha256      TEXT NOT NULL,          -- of the text
+    head        BLOB NOT NULL,          -- the envelope header (40 bytes) ...
+    signature   BLOB NOT NULL,          -- ... and signature: with the text, the envelope as received
+    received_at REAL NOT NULL,
+    PRIMARY KEY (frame_set, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ims20_by_time ON ims20(station, time_ms);
 CREATE TABLE IF NOT EXISTS files (
     file        TEXT PRIMARY KEY,
     writer      TEXT NOT NULL,
@@ -376,10 +482,10 @@ class FileArchive(Archive):
 
     def commit(self, frames: Sequence[FrameRecord],
                quarantined: Sequence[QuarantineRecord] = (), *,
-               events: Sequence[EventRecord] = ()) -> list[StoreResult]:
+               events: Sequence[EventRecord] = (), ims20: Sequence[Ims20Record] = ()) -> list[StoreResult]:
         with self._lock:
             try:
-                return self._commit(list(frames), list(quarantined), list(events))
+                return self._commit(list(frames), list(quarantined), list(events), list(ims20))
             except sqlite3.Error as err:
                 raise ArchiveError(f"{self.root}/index.sqlite: commit of {len(frames)} frame(s) "
                                    f"failed: {err}") from err
@@ -390,8 +496,13 @@ class FileArchive(Archive):
         return (f"events/{station}/{day.year:04d}/"
                 f"{station}.{day.year:04d}.{day.timetuple().tm_yday:03d}.{self.writer}.ev")
 
+    def _ims20_file(self, station: str, day: date) -> str:
+        return (f"ims20/{station}/{day.year:04d}/"
+                f"{station}.{day.year:04d}.{day.timetuple().tm_yday:03d}.{self.writer}.msg")
+
     def _commit(self, frames: list[FrameRecord], quarantined: list[QuarantineRecord],
-                events: list[EventRecord] = ()) -> list[StoreResult]:  # type: ignore[assignment]
+                events: list[EventRecord] = (),  # type: ignore[assignment]
+                ims20: list[Ims20Record] = ()) -> list[StoreResult]:  # type: ignore[assignment]
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -465,35 +576,54 @@ class FileArchive(Archive):
                 pending_time[tkey] = fr.sequence
                 results.append(StoreResult(StoreOutcome.ARCHIVED, fr))
 
-            erows = []
-            pending_ev: dict[tuple[str, int], str] = {}          # new events in this batch -> sha256
-            for ev in events:
-                key = (ev.frame_set, ev.sequence)
-                prev_sha = pending_ev.get(key)
-                if prev_sha is None:
-                    row = db.execute("SELECT sha256 FROM events WHERE frame_set = ? AND seq = ?", key).fetchone()
-                    prev_sha = row[0] if row else None
-                if prev_sha is not None:
-                    if prev_sha == ev.sha256:
-                        results.append(StoreResult(StoreOutcome.DUPLICATE, ev))
-                    else:
-                        detail = (f"frame set {ev.frame_set} seq {ev.sequence}: different bytes (sha256 "
-                                  f"{ev.sha256[:16]}..) than the archived event ({prev_sha[:16]}..)")
-                        log.error("SECURITY: %s", detail)
-                        results.append(StoreResult(StoreOutcome.CONFLICT, ev, detail))
-                        extra_q.append(QuarantineRecord(reason=StoreOutcome.CONFLICT.value, detail=detail,
-                                                        raw=ev.raw, station=ev.station, topic="",
-                                                        frame_set=ev.frame_set, sequence=ev.sequence,
-                                                        received_at=ev.received_at, sha256=ev.sha256))
-                    continue
-                rel = self._event_file(ev.station, ev.day)
-                off = offset_of(rel)
-                sizes[rel] = off + len(ev.raw)
-                appends.setdefault(rel, []).append(ev.raw)
-                erows.append((ev.frame_set, ev.sequence, ev.station, ev.time_ms, ev.day.isoformat(), ev.event_id,
-                              ev.state, ev.key_id, rel, off, len(ev.raw), ev.sha256, ev.received_at or time.time()))
-                pending_ev[key] = ev.sha256
-                results.append(StoreResult(StoreOutcome.ARCHIVED, ev))
+            def store_messages(records: Sequence[Any], table: str, what: str, file_of: Any,
+                               data_of: Any, row_of: Any) -> list[tuple]:
+                """Enveloped messages (events, IMS 2.0), one path: dedupe by (frame set, seq) on
+                ``sha256`` -- same: DUPLICATE, different: CONFLICT (quarantined) -- else append
+                ``data_of(rec)`` to ``file_of(station, day)`` and index ``row_of(rec, file, off, n)``."""
+                out = []
+                pending_sha: dict[tuple[str, int], str] = {}     # new in this batch -> sha256
+                for rec in records:
+                    key = (rec.frame_set, rec.sequence)
+                    prev_sha = pending_sha.get(key)
+                    if prev_sha is None:
+                        row = db.execute(f"SELECT sha256 FROM {table} WHERE frame_set = ? AND seq = ?",
+                                         key).fetchone()
+                        prev_sha = row[0] if row else None
+                    if prev_sha is not None:
+                        if prev_sha == rec.sha256:
+                            results.append(StoreResult(StoreOutcome.DUPLICATE, rec))
+                        else:
+                            detail = (f"frame set {rec.frame_set} seq {rec.sequence}: different bytes (sha256 "
+                                      f"{rec.sha256[:16]}..) than the archived {what} ({prev_sha[:16]}..)")
+                            log.error("SECURITY: %s", detail)
+                            results.append(StoreResult(StoreOutcome.CONFLICT, rec, detail))
+                            extra_q.append(QuarantineRecord(reason=StoreOutcome.CONFLICT.value, detail=detail,
+                                                            raw=rec.raw, station=rec.station, topic="",
+                                                            frame_set=rec.frame_set, sequence=rec.sequence,
+                                                            received_at=rec.received_at))
+                        continue
+                    data = data_of(rec)
+                    rel = file_of(rec.station, rec.day)
+                    off = offset_of(rel)
+                    sizes[rel] = off + len(data)
+                    appends.setdefault(rel, []).append(data)
+                    out.append(row_of(rec, rel, off, len(data)))
+                    pending_sha[key] = rec.sha256
+                    results.append(StoreResult(StoreOutcome.ARCHIVED, rec))
+                return out
+
+            erows = store_messages(
+                events, "events", "event", self._event_file, lambda ev: ev.raw,
+                lambda ev, rel, off, n: (ev.frame_set, ev.sequence, ev.station, ev.time_ms, ev.day.isoformat(),
+                                         ev.event_id, ev.state, ev.key_id, rel, off, n, ev.sha256,
+                                         ev.received_at or time.time()))
+            irows = store_messages(
+                ims20, "ims20", "IMS 2.0 message", self._ims20_file, lambda m: m.text,
+                lambda m, rel, off, n: (m.frame_set, m.sequence, m.station, m.time_ms, m.day.isoformat(), m.msg_id,
+                                        m.msg_type, m.data_type, m.measurement_id, m.srid, m.msg_station,
+                                        m.qualifier, m.key_id, rel, off, n, m.sha256, m.head, m.signature,
+                                        m.received_at or time.time()))
 
             qrows = []
             for q in [*quarantined, *extra_q]:
@@ -517,6 +647,7 @@ class FileArchive(Archive):
                 os.fsync(fh.fileno())
             db.executemany("INSERT INTO frames VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
             db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", erows)
+            db.executemany("INSERT INTO ims20 VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", irows)
             db.executemany("INSERT INTO quarantine(received_at, station, topic, reason, detail, frame_set,"
                            " seq, sha256, size, file, offset, length) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", qrows)
             # The quality figures, in the same transaction (relay.kpi): every data frame handed in
@@ -637,6 +768,37 @@ class FileArchive(Archive):
         a = ArchivedEvent(*row)
         return self._read(a.file, a.offset, a.length)
 
+    _IMS20_COLS = ("station, frame_set, seq, time_ms, msg_id, msg_type, data_type, measurement_id, srid, "
+                   "msg_station, qualifier, key_id, file, offset, length, sha256, received_at")
+
+    def iter_ims20(self, station: str | None = None, *, since_ms: int | None = None,
+                   until_ms: int | None = None, data_types: Sequence[str] | None = None) -> Iterator[ArchivedIms20]:
+        """Index entries of archived IMS 2.0 messages of *station* (default: all), with envelope
+        time in [*since_ms*, *until_ms*) and (when given) a data type among *data_types*, by time."""
+        q = f"SELECT {self._IMS20_COLS} FROM ims20 WHERE (? IS NULL OR station = ?)" \
+            " AND (? IS NULL OR time_ms >= ?) AND (? IS NULL OR time_ms < ?) ORDER BY time_ms, frame_set, seq"
+        with self._lock:
+            rows = self._db.execute(q, (station, station, since_ms, since_ms, until_ms, until_ms)).fetchall()
+        wanted = None if not data_types else {t.upper() for t in data_types}
+        for row in rows:
+            a = ArchivedIms20(*row)
+            if wanted is None or wanted & set((a.data_type or "").split(",")):
+                yield a
+
+    def read_ims20(self, frame_set: str, sequence: int, *, envelope: bool = False) -> bytes | None:
+        """The archived message text, byte-identical (with *envelope*: the signed envelope as
+        received, rebuilt from the indexed header and signature); None if not archived."""
+        import struct
+
+        with self._lock:
+            row = self._db.execute("SELECT file, offset, length, head, signature FROM ims20 "
+                                   "WHERE frame_set = ? AND seq = ?", (frame_set, sequence)).fetchone()
+        if row is None:
+            return None
+        rel, off, n, head, sig = row
+        text = self._read(rel, off, n)
+        return bytes(head) + text + struct.pack(">H", len(sig)) + bytes(sig) if envelope else text
+
     def quarantine_entries(self, *, reason: str | None = None) -> list[dict[str, Any]]:
         cols = ("id", "received_at", "station", "topic", "reason", "detail", "frame_set", "seq",
                 "sha256", "size", "file", "offset", "length")
@@ -659,7 +821,8 @@ class FileArchive(Archive):
             frames, nbytes = self._db.execute("SELECT COUNT(*), COALESCE(SUM(length), 0) FROM frames").fetchone()
             by_reason = dict(self._db.execute("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason").fetchall())
             (events,) = self._db.execute("SELECT COUNT(*) FROM events").fetchone()
-        return {"frames": frames, "bytes": nbytes, "events": events, "quarantined": sum(by_reason.values()),
+            (ims20,) = self._db.execute("SELECT COUNT(*) FROM ims20").fetchone()
+        return {"frames": frames, "bytes": nbytes, "events": events, "ims20": ims20, "quarantined": sum(by_reason.values()),
                 "quarantined_by_reason": by_reason, "quarantine_bytes": self._quarantine_bytes}
 
     def close(self) -> None:

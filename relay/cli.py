@@ -1,4 +1,5 @@
-"""``ims-station relay ...``: run the central relay, export miniSEED, inspect the archive, list events.
+"""``ims-station relay ...``: run the central relay, export miniSEED, inspect the archive, list events
+and IMS 2.0 messages (``relay ims2 list`` / ``relay ims2 get``).
 
 Owns the relay's command line and its configuration file (TOML, validated by JSON Schema with
 errors naming file, key and reason; relative paths are taken from the config file's folder;
@@ -175,7 +176,7 @@ def build_relay(conf: dict[str, Any], *, clock: Any = None):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import logging
+    import time
 
     from ims_station.output import print_json
 
@@ -187,22 +188,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # The relay thread swaps the new trust store in between two messages (ReloadingTrustStore).
     signal.signal(signal.SIGHUP, lambda *_: relay.core.trust.request_reload())
     relay.start()
-    log = logging.getLogger("ims_station.relay")
     from ims_station.statusapi import serve_relay
 
     api = serve_relay(conf, relay)      # [status]: /status, /metrics, /health (docs/status-api.md)
+    # systemd (Type=notify, watchdog, STATUS=) and the journal's INFO summary: relay/supervision.py
+    from ims_station.relay.supervision import relay_heartbeat
+
+    heartbeat = relay_heartbeat(relay, stats_every=0 if args.json else args.stats_every)
+    heartbeat.started()
+    next_json = time.monotonic() + args.stats_every
     try:
-        while not stop.wait(args.stats_every):
-            s = relay.stats()
-            if args.json:
-                print_json({"event": "stats", **s})
-            else:
-                log.warning("relay %s: received %d, archived %d, duplicates %d, quarantined %d "
-                            "(security %d, clock %d, internal errors %d), acknacks %d, connected %s",
-                            relay.instance, s["received"], s["archived"], s["duplicates"], s["quarantined"],
-                            s["security_events"], s["clock_events"], s["internal_errors"], s["acknacks_sent"],
-                            s["transport"]["connected"])
+        tick = max(0.05, min(1.0, args.stats_every or 1.0, heartbeat.ping_s or 1.0))
+        while not stop.wait(tick):
+            heartbeat.turn()
+            if args.json and time.monotonic() >= next_json:
+                next_json += args.stats_every
+                print_json({"event": "stats", **relay.stats()})
     finally:
+        heartbeat.stopping()
         if api is not None:
             api.close()
         relay.close()
@@ -347,6 +350,69 @@ def _cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def ims20_row(a: Any) -> dict[str, Any]:
+    """The listing row of an archived IMS 2.0 message (``relay ims2 list --json``)."""
+    from datetime import datetime, timezone
+
+    return {"id": a.id, "station": a.station, "seq": a.sequence,
+            "time": datetime.fromtimestamp(a.time_ms / 1000, timezone.utc).isoformat().replace("+00:00", "Z"),
+            "data_type": a.data_type, "msg_type": a.msg_type, "msg_id": a.msg_id,
+            "measurement_id": a.measurement_id, "srid": a.srid, "msg_station": a.msg_station,
+            "qualifier": a.qualifier, "key_id": a.key_id, "bytes": a.length, "sha256": a.sha256, "file": a.file}
+
+
+def _cmd_ims2_list(args: argparse.Namespace) -> int:
+    from ims_station.output import print_json
+
+    with _archive_from(args) as archive:
+        rows = [ims20_row(a) for a in archive.iter_ims20(args.station, since_ms=args.since, until_ms=args.until,
+                                                         data_types=args.type)]
+    if args.json:
+        print_json({"messages": rows})
+        return 0
+    for r in rows:
+        print(f"{r['time']}  {r['id']:<22} {str(r['data_type']):<12} {str(r['qualifier'] or '-'):<4}  "
+              f"MSG_ID {r['msg_id']}  SRID {r['srid'] or '-'}  {r['measurement_id'] or '-'}  "
+              f"{r['bytes']} bytes  key {r['key_id']}")
+    return 0
+
+
+def _parse_ims20_id(text: str) -> tuple[str, int]:
+    """``STA:ims20:SEQ`` (as listed) or ``STA:SEQ`` -> (frame set, seq)."""
+    from ims_station import topics
+
+    parts = text.split(":")
+    try:
+        if len(parts) == 3 and parts[1] == "ims20" or len(parts) == 2:
+            return topics.message_frame_set(parts[0], "ims20"), int(parts[-1])
+    except (ValueError, topics.TopicError):
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not a message id STA:ims20:SEQ (relay ims2 list shows them)")
+
+
+def _cmd_ims2_get(args: argparse.Namespace) -> int:
+    import os
+
+    from ims_station.errors import ImsStationError
+
+    frame_set, seq = args.id
+    with _archive_from(args) as archive:
+        data = archive.read_ims20(frame_set, seq, envelope=args.envelope)
+    if data is None:
+        raise ImsStationError(f"{frame_set}:{seq}: no such IMS 2.0 message in the archive")
+    if args.out == "-":
+        import sys
+
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return 0
+    tmp = f"{args.out}.tmp{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, args.out)
+    return 0
+
+
 def _cmd_request(args: argparse.Namespace) -> int:
     """Ask an auxiliary station for a window (relay/request.py); exit 0 when it sends frames,
     1 when it answers with an error, 2 (an ImsStationError) when no valid answer came."""
@@ -374,8 +440,10 @@ def register(subparsers: Any) -> None:
     run = sub.add_parser("run", help="run the relay (MQTT subscriber, verification, archive, acknacks)")
     run.add_argument("--config", required=True, help="relay TOML configuration (docs/relay.md)")
     run.add_argument("--json", action="store_true", help="print statistics as JSON lines")
-    run.add_argument("--stats-every", type=float, default=60.0, metavar="S", help="statistics interval (s)")
-    run.set_defaults(handler=_cmd_run)
+    run.add_argument("--stats-every", type=float, default=60.0, metavar="S",
+                     help="seconds between statistics: an INFO line in the log (also systemd's STATUS=), "
+                          "or a JSON line with --json")
+    run.set_defaults(handler=_cmd_run, log_level=20)   # logging.INFO: the routine summary is an INFO line
 
     exp = sub.add_parser("export-mseed", help="export archived frames as miniSEED (one file per channel and day)")
     src = exp.add_mutually_exclusive_group(required=True)
@@ -406,6 +474,30 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--until", type=_parse_time, metavar="ISO", help="events before this UTC time")
     ev.add_argument("--json", action="store_true", help='print {"events": [...]} as JSON')
     ev.set_defaults(handler=_cmd_events)
+
+    i2 = sub.add_parser("ims2", help="archived IMS 2.0 messages: list, get",
+                        description="IMS 2.0 messages the relay archived (docs/relay.md, \"IMS 2.0 messages\").")
+    i2sub = i2.add_subparsers(dest="ims2_command", metavar="SUBCOMMAND")
+    ls = i2sub.add_parser("list", help="list archived IMS 2.0 messages")
+    src = ls.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="relay TOML configuration (its data_dir)")
+    src.add_argument("--archive", help="archive folder (data_dir/archive)")
+    ls.add_argument("--station", help="station code (default: all)")
+    ls.add_argument("--since", type=_parse_time, metavar="ISO", help="messages sent at or after this UTC time")
+    ls.add_argument("--until", type=_parse_time, metavar="ISO", help="messages sent before this UTC time")
+    ls.add_argument("--type", action="append", metavar="DATA_TYPE",
+                    help="data type, e.g. SAMPLEPHD, RMSSOH, ALERT_FLOW (repeatable; default: all)")
+    ls.add_argument("--json", action="store_true", help='print {"messages": [...]} as JSON')
+    ls.set_defaults(handler=_cmd_ims2_list)
+    get = i2sub.add_parser("get", help="write an archived message's text, byte-identical")
+    get.add_argument("id", type=_parse_ims20_id, help="message id STA:ims20:SEQ (from ims2 list)")
+    src = get.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="relay TOML configuration (its data_dir)")
+    src.add_argument("--archive", help="archive folder (data_dir/archive)")
+    get.add_argument("--out", required=True, help="output file ('-': standard output)")
+    get.add_argument("--envelope", action="store_true", help="the signed envelope as received, not the text")
+    get.set_defaults(handler=_cmd_ims2_get)
+    i2.set_defaults(handler=lambda a: (i2.print_help(), 2)[1])
 
     from ims_station.doctor import add_check_parser
 

@@ -33,9 +33,13 @@ a single message that still fails is quarantined as ``internal_error``.  Only a
 disk, not the data -- leaves ``process``, with nothing acknowledged, so the broker redelivers.
 
 Trigger events (topic ``{p}/STA/events``, signed envelopes) take the same path:
-``Verifier.check_event`` (signature before body), :func:`check_event_time`, ``archive.commit`` (dedupe
+``Verifier.check_event`` (signature before body), :func:`check_message_time`, ``archive.commit`` (dedupe
 by frame set ``STA:events`` and the body's ``seq``), the frame-set state and its acknacks -- so the
-station's outbox deletes an event only once it is archived, exactly like a frame.
+station's outbox deletes an event only once it is archived, exactly like a frame.  IMS 2.0 messages
+(topic ``{p}/STA/ims20``) take that path too: ``Verifier.check_ims20`` (the same envelope checks,
+then the text parsed), :func:`check_message_time`, ``archive.commit(..., ims20=...)`` (the text,
+byte-identical, in a day file; dedupe by frame set ``STA:ims20`` and the envelope's sequence
+number), the frame-set state and its acknacks.
 
 Time plausibility: a verified frame whose span is not within ``max_past_s`` before / ``max_future_s``
 after the injected clock's ``time()`` is quarantined as ``implausible_time`` and counted as a clock
@@ -59,7 +63,7 @@ from typing import Any, Sequence
 from ims_station import topics
 from ims_station.clock import Clock, SystemClock
 from ims_station.logutil import RateLimitedLog
-from ims_station.relay.archive import Archive, EventRecord, FrameRecord, QuarantineRecord, StoreOutcome
+from ims_station.relay.archive import Archive, EventRecord, FrameRecord, Ims20Record, QuarantineRecord, StoreOutcome
 from ims_station.relay.errors import RelayError
 from ims_station.relay.gaps import DEFAULT_GAP_EXPIRY_S, DEFAULT_MAX_GAPS, Arrival, FrameSetState
 from ims_station.relay.kpi import spans_of
@@ -72,8 +76,9 @@ from ims_station.relay.verify import (
     Rejection,
     Verified,
     VerifiedEvent,
+    VerifiedIms20,
     Verifier,
-    check_event_time,
+    check_message_time,
     check_sequence,
     check_time_window,
 )
@@ -110,6 +115,7 @@ class RelayCounters:
     verified: int = 0                 # data frames and events that passed every check (archived or duplicate)
     archived: int = 0
     events_archived: int = 0          # trigger events (frame sets STA:events), included in archived
+    ims20_archived: int = 0           # IMS 2.0 messages (frame sets STA:ims20), included in archived
     duplicates: int = 0               # identical bytes already archived
     control: int = 0                  # acknack / alert frames from stations
     quarantined: int = 0
@@ -137,7 +143,8 @@ class RelayCounters:
 
 
 SECURITY_REASONS = frozenset({"duplicate_conflict", "replay", "sequence_time", "station_mismatch",
-                              "wrong_station_key", "frame_signature", "subframe_signature", "event_signature"})
+                              "wrong_station_key", "frame_signature", "subframe_signature", "event_signature",
+                              "ims20_signature"})
 CLOCK_REASONS = frozenset({"implausible_time"})
 #: Longest exception text kept in an ``internal_error`` detail.
 _MAX_ERROR_DETAIL = 500
@@ -146,6 +153,36 @@ _MAX_ERROR_DETAIL = 500
 def _text(v: Any) -> str | None:
     """An event's id or state for the index (the verifier bounded strings; anything else: None)."""
     return v if isinstance(v, str) else None
+
+
+#: Longest IMS 2.0 index field kept (MSG_ID, SRID, measurement id...; the codec bounds lines).
+_MAX_INDEX_TEXT = 128
+
+
+def ims20_record(v: VerifiedIms20, received_at: float) -> Ims20Record:
+    """The archive record of a verified IMS 2.0 message: the envelope split into header, text and
+    signature, and the index fields (data type, MSG_ID, measurement id, SRID, the #Header's
+    station and qualifier) the message has."""
+    from ims_station.envelope import HEADER_SIZE
+
+    msg = v.message
+
+    def text(x: Any) -> str | None:
+        return x[:_MAX_INDEX_TEXT] if isinstance(x, str) else None
+
+    header = None
+    for sec in msg.sections:
+        header = getattr(sec.body, "header", None) or (sec.body if hasattr(sec.body, "alert_type") else None)
+        if header is not None:
+            break
+    env = v.envelope
+    return Ims20Record(
+        v.station, v.frame_set, v.sequence, v.time_ms, v.raw, env.body, v.raw[:HEADER_SIZE], env.signature,
+        key_id=v.key_id, msg_id=text(msg.msg_id), msg_type=text(msg.msg_type),
+        data_type=text(",".join(sec.data_type for sec in msg.sections)),
+        measurement_id=text(getattr(header, "measurement_id", None)), srid=text(getattr(header, "srid", None)),
+        msg_station=text(getattr(header, "station", None)), qualifier=text(getattr(header, "qualifier", None)),
+        received_at=received_at)
 
 
 def describe_exception(err: BaseException) -> str:
@@ -269,6 +306,8 @@ class RelayCore:
         frame_idx: list[int] = []
         events: list[EventRecord] = []
         event_idx: list[int] = []
+        messages: list[Ims20Record] = []
+        message_idx: list[int] = []
         quarantine: list[QuarantineRecord] = []
         offsets: dict[str, int] = {}          # offsets learned in this batch (not yet saved)
 
@@ -304,16 +343,24 @@ class RelayCore:
                                           key_id=r.key_id, received_at=received_at))
                 event_idx.append(i)
                 continue
+            if isinstance(r, VerifiedIms20):
+                messages.append(ims20_record(r, received_at))
+                message_idx.append(i)
+                continue
             frames.append(FrameRecord(r.station, r.frame_set, r.sequence, r.nominal_ms, r.raw,
                                       received_at=received_at, channels=spans, frame_ms=r.frame_ms))
             frame_idx.append(i)
 
-        # Durable, or raises: nothing acked.  (Without events, the archive's original call.)
-        results = (self.archive.commit(frames, quarantine, events=events) if events
-                   else self.archive.commit(frames, quarantine))
+        # Durable, or raises: nothing acked.  (Without messages, the archive's original call.)
+        kw: dict[str, Any] = {}
+        if events:
+            kw["events"] = events
+        if messages:
+            kw["ims20"] = messages
+        results = self.archive.commit(frames, quarantine, **kw)
 
         adds: dict[str, list[int]] = {}
-        for i, res in zip(frame_idx + event_idx, results):
+        for i, res in zip(frame_idx + event_idx + message_idx, results):
             fr = res.record
             if res.outcome in (StoreOutcome.ARCHIVED, StoreOutcome.DUPLICATE):
                 adds.setdefault(fr.frame_set, []).append(fr.sequence)
@@ -366,11 +413,12 @@ class RelayCore:
                                         f"{', '.join(topics.RELAY_KINDS)}")
         except topics.TopicError as err:
             return None, Rejection("bad_topic", str(err))
-        if kind == "events":
-            ev = self.verifier.check_event(station, item.payload)
-            if isinstance(ev, VerifiedEvent):
-                return station, check_event_time(ev, now, self.max_past_s, self.max_future_s) or ev
-            return station, ev
+        if kind in ("events", "ims20"):        # enveloped messages: one path (frame set STA:<kind>)
+            check = self.verifier.check_event if kind == "events" else self.verifier.check_ims20
+            m = check(station, item.payload)
+            if isinstance(m, (VerifiedEvent, VerifiedIms20)):
+                return station, check_message_time(m, now, self.max_past_s, self.max_future_s) or m
+            return station, m
         r = self.verifier.check(station, item.payload)
         if not isinstance(r, Verified):
             return station, r
@@ -402,6 +450,8 @@ class RelayCore:
                 c.verified += 1
                 if o.frame_set and o.frame_set.endswith(":events"):
                     c.events_archived += 1
+                elif o.frame_set and o.frame_set.endswith(":ims20"):
+                    c.ims20_archived += 1
             elif o.result == "duplicate":
                 c.duplicates += 1
                 c.verified += 1

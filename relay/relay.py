@@ -1,7 +1,7 @@
 """The central relay process: an MQTT client around :class:`~ims_station.relay.core.RelayCore`.
 
 Owns what the relay does over MQTT: shared subscriptions ``$share/{group}/{prefix}/+/cd11`` and
-``.../+/events`` (trigger events) at QoS 1 so several relay processes share the stations (ready --
+``.../+/events`` (trigger events) and ``.../+/ims20`` (IMS 2.0 messages; ``topics.RELAY_KINDS``) at QoS 1 so several relay processes share the stations (ready --
 :attr:`connected` -- only once the broker acknowledged every subscription with a SUBACK), manual PUBACKs, batching, and publishing the core's
 acknacks on each station's acknack topic.  The connection itself -- paho-mqtt 2.x, MQTT 5 with a
 session expiry (MQTT 3.1.1 with ``clean_session=False`` as fall-back), TLS / username + password via
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 
 class Relay(SessionOwner):
-    """Subscribe to every station's CD-1.1 and events topics, verify, dedupe, archive, track gaps,
+    """Subscribe to every station's CD-1.1, events and ims20 topics, verify, dedupe, archive, track gaps,
     send acknacks."""
 
     def __init__(self, broker: BrokerConfig | Sequence[BrokerConfig], trust: Any, state: StateStore, archive: Archive, *,

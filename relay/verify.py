@@ -26,6 +26,8 @@ reason code                 check
                             new sequence number; checked by :func:`check_sequence` with state)
 ``event_signature``         (events) the envelope's signature is invalid / unknown key / outside the
                             key's validity (``wrong_station_key`` when the key is another station's)
+``ims20_signature``         (IMS 2.0 messages) the same for an ``ims20`` envelope
+``malformed_ims20``         (IMS 2.0 messages) signed text that ``ims_station.ims20`` refuses
 ``internal_error``          processing the payload raised an unexpected exception (a bug of ours
                             that this payload triggers): the relay's poison-message boundary
                             quarantines it instead of stopping (``relay.core``)
@@ -37,8 +39,15 @@ order: ``oversize``; ``malformed`` (not an event envelope, or -- only once the s
 a body that is not a JSON object with an integer ``seq`` and the event fields' types);
 ``station_mismatch`` (envelope sender or body ``station`` is not the topic's station);
 ``unsigned`` / ``wrong_station_key`` / ``event_signature``; ``implausible_time`` (envelope time or
-event ``time`` outside the window, :func:`check_event_time`).  The body's ``seq`` is the event's
+event ``time`` outside the window, :func:`check_message_time`).  The body's ``seq`` is the event's
 sequence number in frame set ``STA:events``: deduplicated, acknowledged and gap-tracked like data.
+
+IMS 2.0 messages (``{p}/STA/ims20``, :meth:`Verifier.check_ims20`) share the events' envelope checks
+(:meth:`Verifier._open_envelope`: ``oversize``, ``malformed``, ``station_mismatch``, ``unsigned`` /
+``wrong_station_key`` / ``ims20_signature``); only then is the body, the message text, parsed by
+``ims_station.ims20`` (``malformed_ims20``, naming line, block and field), and the envelope time
+checked by :func:`check_message_time`.  The envelope header's sequence number is the message's in
+frame set ``STA:ims20``.
 
 The archive adds ``duplicate_conflict`` (same frame set and sequence number, different bytes) and
 ``replay`` (same frame set and nominal time archived under another sequence number).
@@ -70,7 +79,7 @@ _EPOCH_2000_MS = 946_684_800_000
 REASONS = ("oversize", "bad_topic", "crc", "malformed", "frame_type", "station_mismatch", "unsigned",
            "wrong_station_key", "frame_signature", "subframe_signature", "subframe_time", "undecodable",
            "implausible_time", "sequence_time", "duplicate_conflict", "replay", "event_signature",
-           "internal_error")
+           "ims20_signature", "malformed_ims20", "internal_error")
 #: Bounds of an event body's fields (the JSON body itself is bounded by ``envelope.MAX_JSON_BODY``).
 MAX_EVENT_SEQ = (1 << 62) - 1
 MAX_EVENT_TEXT = 64
@@ -136,6 +145,32 @@ class VerifiedEvent:
     @property
     def sent_ms(self) -> int:
         return self.envelope.time_us // 1000
+
+
+@dataclass
+class VerifiedIms20:
+    """An IMS 2.0 message whose envelope signature verified (or, without ``require_signatures``,
+    an unsigned one) and whose text the codec parsed; ``envelope.body`` is the text, byte-identical."""
+
+    envelope: Any                    # ims_station.envelope.Envelope
+    message: Any                     # ims_station.ims20.Message
+    station: str
+    frame_set: str                   # STA:ims20
+    sequence: int                    # the envelope header's sequence number
+    time_ms: int                     # the envelope (signing) time: files the message by UTC day
+    raw: bytes                       # the envelope, verbatim
+
+    @property
+    def key_id(self) -> int:
+        return self.envelope.key_id
+
+    @property
+    def sent_ms(self) -> int:
+        return self.envelope.time_us // 1000
+
+    @property
+    def text(self) -> bytes:
+        return self.envelope.body
 
 
 def _ms(dt: datetime) -> int:
@@ -232,29 +267,42 @@ class Verifier:
                              f"{res.frame.key_id}): {res.frame.reason}", frame_set, frame.sequence)
         return Control(frame, kind)
 
+    def _open_envelope(self, station: str, payload: bytes, kind: str, frame_set: str,
+                       signature_reason: str) -> Any:
+        """The envelope checks every enveloped station message shares (events, IMS 2.0): size,
+        structure and *kind*, sender = the topic's *station*, and the signature against the trust
+        store at the envelope's time -- all before any body is parsed.  Returns the
+        :class:`~ims_station.envelope.Envelope` or a :class:`Rejection`."""
+        from ims_station import envelope
+
+        if len(payload) > self.max_payload:
+            return Rejection("oversize", f"{len(payload)} bytes exceeds max_payload {self.max_payload}")
+        try:
+            env = envelope.unpack(payload, kind=kind)
+        except envelope.EnvelopeError as err:
+            return Rejection("malformed", str(err))
+        if env.sender != station:
+            return Rejection("station_mismatch", f"{kind} envelope from {env.sender!r} published on station "
+                             f"{station!r}'s topic", frame_set)
+        if env.key_id == 0:
+            if self.require_signatures:
+                return Rejection("unsigned", f"{frame_set}: {kind} envelope is not signed", frame_set)
+        else:
+            res = envelope.verify(env, self.trust, station)
+            if not res.ok:
+                return Rejection(self._key_reason(res, station, signature_reason),
+                                 f"{frame_set}: {kind} signature (key {env.key_id}): {res.reason}", frame_set)
+        return env
+
     def check_event(self, station: str, payload: bytes) -> VerifiedEvent | Rejection:
         """Verify a trigger event received on *station*'s events topic (module docstring, "Trigger
         events").  The signature is checked before the body is parsed.  Never raises for any payload."""
         from ims_station import envelope, topics
 
         frame_set = topics.events_frame_set(station)
-        if len(payload) > self.max_payload:
-            return Rejection("oversize", f"{len(payload)} bytes exceeds max_payload {self.max_payload}")
-        try:
-            env = envelope.unpack(payload, kind="event")
-        except envelope.EnvelopeError as err:
-            return Rejection("malformed", str(err))
-        if env.sender != station:
-            return Rejection("station_mismatch", f"event envelope from {env.sender!r} published on station "
-                             f"{station!r}'s topic", frame_set)
-        if env.key_id == 0:
-            if self.require_signatures:
-                return Rejection("unsigned", f"{frame_set}: event envelope is not signed", frame_set)
-        else:
-            res = envelope.verify(env, self.trust, station)
-            if not res.ok:
-                return Rejection(self._key_reason(res, station, "event_signature"),
-                                 f"{frame_set}: event signature (key {env.key_id}): {res.reason}", frame_set)
+        env = self._open_envelope(station, payload, "event", frame_set, "event_signature")
+        if isinstance(env, Rejection):
+            return env
         try:
             doc = env.json()
         except envelope.EnvelopeError as err:
@@ -279,6 +327,30 @@ class Verifier:
             return Rejection("implausible_time", f"{frame_set} seq {seq}: event time {t} ms is not a date",
                              frame_set, seq)
         return VerifiedEvent(env, doc, station, frame_set, seq, t, bytes(payload))
+
+    def check_ims20(self, station: str, payload: bytes) -> VerifiedIms20 | Rejection:
+        """Verify an IMS 2.0 message received on *station*'s ims20 topic (module docstring, "IMS 2.0
+        messages"): the envelope checks of events, then -- only once the signature verified -- the
+        text parsed by ``ims_station.ims20`` (``malformed_ims20`` with the codec's line, block and
+        field).  The header's sequence number is the message's in frame set ``STA:ims20``.  Never
+        raises for any payload."""
+        from ims_station import ims20, topics
+
+        frame_set = topics.message_frame_set(station, "ims20")
+        env = self._open_envelope(station, payload, "ims20", frame_set, "ims20_signature")
+        if isinstance(env, Rejection):
+            return env
+        seq = env.seq
+        try:
+            msg = ims20.parse(env.body)
+        except ims20.Ims20Error as err:
+            return Rejection("malformed_ims20", f"{frame_set} seq {seq}: {err}", frame_set, seq)
+        try:            # the archive files messages by UTC day of the envelope time
+            _EPOCH + timedelta(microseconds=env.time_us)
+        except OverflowError:
+            return Rejection("implausible_time", f"{frame_set} seq {seq}: envelope time {env.time_us} us is "
+                             "not a date", frame_set, seq)
+        return VerifiedIms20(env, msg, station, frame_set, seq, env.time_us // 1000, bytes(payload))
 
     def _key_reason(self, result: Any, station: str, default: str) -> str:
         """``wrong_station_key`` when the key is known but trusted only for other stations."""
@@ -362,31 +434,35 @@ def _event_problem(doc: Any) -> str:
         return f"seq {seq!r} is not an integer in 0..{MAX_EVENT_SEQ}"
     if not isinstance(doc.get("station"), str):
         return "station missing or not a string"
-    for k in ("type", "state", "event_id", "algorithm", "time"):
+    for k in ("type", "state", "event_id", "algorithm", "time", "pick"):
         v = doc.get(k)
         if v is not None and (not isinstance(v, str) or len(v) > MAX_EVENT_TEXT):
             return f"{k} is not a string of at most {MAX_EVENT_TEXT} characters"
-    if doc.get("time") is not None and _event_time_ms(doc["time"]) is None:
-        return f"time {doc['time']!r} is not an ISO 8601 time"
+    for k in ("time", "pick"):
+        if doc.get(k) is not None and _event_time_ms(doc[k]) is None:
+            return f"{k} {doc[k]!r} is not an ISO 8601 time"
     for k in ("stations", "channels"):
         v = doc.get(k)
         if v is not None and (not isinstance(v, list) or len(v) > MAX_EVENT_LIST
                               or not all(isinstance(x, str) and len(x) <= MAX_EVENT_TEXT for x in v)):
             return f"{k} is not a list of at most {MAX_EVENT_LIST} short strings"
-    for k in ("onset_s", "end_s", "duration", "peak", "coincidence_sum", "decided_s", "pre_s", "post_s"):
+    for k in ("onset_s", "pick_s", "end_s", "duration", "peak", "coincidence_sum", "decided_s", "pre_s", "post_s"):
         v = doc.get(k)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             return f"{k} is not a number"
     return ""
 
 
-def check_event_time(v: VerifiedEvent, now_s: float, max_past_s: float | None,
-                     max_future_s: float | None) -> Rejection | None:
-    """Time plausibility of an event (``implausible_time``), as :func:`check_time_window` for a
-    frame: the envelope's (signing) time and the event's ``time`` must both lie within *max_past_s*
-    before and *max_future_s* after *now_s*."""
+def check_message_time(v: VerifiedEvent | VerifiedIms20, now_s: float, max_past_s: float | None,
+                       max_future_s: float | None) -> Rejection | None:
+    """Time plausibility of an enveloped message (``implausible_time``), as
+    :func:`check_time_window` for a frame: the envelope's (signing) time -- and an event's ``time``
+    -- must lie within *max_past_s* before and *max_future_s* after *now_s*."""
     now_ms = int(now_s * 1000)
-    for what, t in (("envelope time", v.sent_ms), ("event time", v.time_ms)):
+    times = [("envelope time", v.sent_ms)]
+    if isinstance(v, VerifiedEvent):
+        times.append(("event time", v.time_ms))
+    for what, t in times:
         if max_past_s is not None and t < now_ms - int(max_past_s * 1000):
             return Rejection("implausible_time", f"{v.frame_set} seq {v.sequence}: {what} is "
                              f"{(now_ms - t) / 1000:.0f} s before the relay's clock (max_past_s {max_past_s:g})",

@@ -1,6 +1,7 @@
-"""docs/deployment.md and docs/mosquitto/README.md stay true to the code.
+"""docs/deployment.md, docs/deploy-raspberry-pi.md and docs/mosquitto/README.md stay true to the code.
 
-* Every systemd ``ExecStart`` is a command line the CLI accepts, the gateway runs from the one
+* Every systemd ``ExecStart`` (of the units in ``deploy/systemd/``, which the guide installs) is a
+  command line the CLI accepts, the gateway runs from the one
   station file (no separate ``uplink.toml``), and the tables the doc lists for that file are the
   ones the station file's schema knows.
 * The guides' commands run **as written**: every fenced block opened with ```` ```sh {test} ```` is
@@ -10,24 +11,32 @@
   real machine).  The Mosquitto README runs first, in a copy of ``docs/mosquitto/`` (the broker
   administrator); then ``ca/ca.crt``, ``STA01.password`` and ``relay.password`` are copied, as the
   guides say to hand them out, into the folder where the deployment guide runs (the station and
-  the relay host).  Blocks without the marker are not run; the guides say why next to each.
+  the relay host).  The Raspberry Pi guide's blocks run last, on the machine the deployment guide
+  made.  Blocks without the marker are not run; the guides say why next to each.
 
 Shims, on ``PATH`` in front of the real commands, for what needs the real system:
 
 * ``sudo [-u USER] CMD...`` runs CMD as the test's user (root in CI; the scratch root is ours);
 * ``install`` drops ``-o USER`` / ``-g GROUP`` (the ``ims`` and ``mosquitto`` accounts do not exist
   here) and runs the real ``install`` with everything else, modes included;
-* ``apt-get``, ``useradd``, ``usermod``, ``chown`` only record their arguments (checked below);
-* ``git clone URL DIR`` copies the source tree under test to DIR (no network);
+* ``apt-get``, ``useradd``, ``usermod``, ``chown``, ``udevadm``, ``raspi-config`` only record their
+  arguments (checked below);
+* ``git clone URL DIR`` copies the source tree under test to DIR (no network); ``git -C DIR pull``
+  (an upgrade) records its arguments;
+* ``systemd-analyze verify UNIT...`` runs the real one with ``--root`` the scratch root (so the
+  installed ``ExecStart`` programs are the ones checked; ``--recursive-errors=no``: the scratch root
+  has no ``sysinit.target``); without systemd-analyze it only records;
 * ``python3 -m venv DIR`` makes DIR with ``--without-pip`` and gives it a ``pip`` that is this venv's
   pip aimed at DIR (``pip --python``) with ``--no-deps``, the dependencies coming from this venv
   through a ``.pth`` line, as in tests/test_install.py; the project itself is built and installed
   from the cloned tree by the guide's own ``pip install`` command.  Any other ``python3`` is the real one;
-* ``systemctl`` records its arguments; ``enable --now UNIT`` / ``start UNIT`` also runs the unit's
-  ``ExecStart`` from the unit file the guide wrote (``%i`` replaced, absolute paths put under the
-  scratch root) until it has started (it handles its ``KillSignal``, which both daemons set up once
-  their configuration, keys and state are loaded), then sends that signal and requires a clean exit
-  within the unit's ``TimeoutStopSec``.  A service that fails at start-up (a bad config, a key file the
+* ``systemctl`` records its arguments; ``enable --now UNIT`` / ``start UNIT`` / ``restart UNIT`` also
+  runs the unit's ``ExecStart`` from the unit file the guide installed (``%i`` replaced, absolute
+  paths put under the scratch root) until it has started -- for ``Type=notify`` as systemd does: a
+  notification socket in ``$NOTIFY_SOCKET``, ``$WATCHDOG_USEC`` from ``WatchdogSec``, started at
+  ``READY=1``, and it must then send a ``WATCHDOG=1``; otherwise once it handles its
+  ``KillSignal`` -- then sends that signal and requires a clean exit within the unit's
+  ``TimeoutStopSec`` (and ``STOPPING=1`` from a ``Type=notify`` service).  A service that fails at start-up (a bad config, a key file the
   guide did not make) fails the test with the service's output.
 
 mosquitto_passwd and openssl are the real ones.
@@ -50,14 +59,18 @@ from tests.conftest import missing_prerequisite, need_mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "deployment.md"
+PI_DOC = ROOT / "docs" / "deploy-raspberry-pi.md"
+UNITS = ROOT / "deploy" / "systemd"
 MOSQUITTO_DOC = ROOT / "docs" / "mosquitto" / "README.md"
 TEST_MARK = "```sh {test}"
 SERVICE_START_LIMIT = 300.0     # upper bound on a service's start-up in the systemctl shim (not a timing test)
 
 
 def exec_starts() -> list[list[str]]:
-    text = DOC.read_text().replace("\\\n", " ")
-    return [shlex.split(m) for m in re.findall(r"^ExecStart=(.+)$", text, re.M)]
+    """The ``ExecStart`` of each unit the guide installs (gateway first)."""
+    assert "deploy/systemd/ims-gateway.service" in DOC.read_text()
+    units = [UNITS / "ims-gateway.service", UNITS / "ims-relay@.service"]
+    return [shlex.split(m) for u in units for m in re.findall(r"^ExecStart=(.+)$", u.read_text(), re.M)]
 
 
 def test_every_exec_start_parses_with_the_cli():
@@ -73,7 +86,7 @@ def test_every_exec_start_parses_with_the_cli():
 
 def test_the_gateway_unit_runs_edge_run_with_the_one_station_file():
     gateway = next(a for a in exec_starts() if a[1] == "edge")
-    assert gateway[1:] == ["edge", "run", "--config", "/etc/ims-station/station.toml"]
+    assert gateway[1:] == ["edge", "run", "--config", "/etc/ims-station/station.toml", "--stats-every", "60"]
     text = DOC.read_text()
     assert "/etc/ims-station/uplink.toml" not in text and "python -m ims_station.edge.station" not in text
 
@@ -111,7 +124,7 @@ def run_blocks(blocks: list[str], cwd: Path, env: dict[str, str], what: str) -> 
 
 
 _SYSTEMCTL = r"""
-import os, re, shlex, signal, subprocess, sys, time
+import os, re, shlex, signal, socket, subprocess, sys, tempfile, time
 root, log = os.environ["IMS_ROOT"], os.environ["IMS_SHIM_LOG"]
 with open(log, "a") as f:
     f.write("systemctl " + " ".join(sys.argv[1:]) + "\n")
@@ -121,16 +134,39 @@ if args[:1] not in (["enable"], ["start"], ["restart"]) or (args[0] == "enable" 
 for unit in args[1:]:
     name, _, inst = unit.removesuffix(".service").partition("@")
     path = os.path.join(root, "etc/systemd/system", f"{name}@.service" if inst else f"{name}.service")
+    if not os.path.exists(path) and name in os.environ["IMS_SYSTEM_UNITS"].split():
+        continue                                  # the system's own (systemd-journald, chrony): recorded
     text = open(path).read()
-    keys = dict(re.findall(r"^(ExecStart|KillSignal|TimeoutStopSec)=(.*)$", text, re.M))
+    keys = dict(re.findall(r"^(ExecStart|KillSignal|TimeoutStopSec|Type|WatchdogSec)=(.*)$", text, re.M))
     argv = [(root + a if a.startswith("/") else a) for a in shlex.split(keys["ExecStart"].replace("%i", inst))]
     out = open(os.path.join(root, f"{unit}.log"), "w")
-    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    # Started = it handles its KillSignal (SigCgt in /proc): both daemons install the handler after
-    # their configuration, keys and state files are loaded, so this is "past start-up", not a guess.
+    env, notify, got = dict(os.environ), None, []
+    if keys.get("Type") == "notify":            # as systemd: a datagram socket, READY=1 is "started"
+        sock_dir = tempfile.mkdtemp(prefix="ims-notify-", dir="/tmp")
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(os.path.join(sock_dir, "notify"))
+        notify.settimeout(0.1)
+        env["NOTIFY_SOCKET"] = os.path.join(sock_dir, "notify")
+        if keys.get("WatchdogSec"):
+            env["WATCHDOG_USEC"] = str(int(float(keys["WatchdogSec"].rstrip("s")) * 1e6))
+
+    def receive():
+        try:
+            got.append(notify.recv(4096).decode())
+        except socket.timeout:
+            pass
+
+    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
     sig = getattr(signal, keys.get("KillSignal", "SIGTERM"))
     deadline = time.monotonic() + float(os.environ["IMS_SERVICE_START_LIMIT"])
     while proc.poll() is None and time.monotonic() < deadline:
+        if notify is not None:
+            receive()
+            if any(g.startswith("READY=1") for g in got) and "WATCHDOG=1" in got:
+                break
+            continue
+        # Started = it handles its KillSignal (SigCgt in /proc): both daemons install the handler after
+        # their configuration, keys and state files are loaded, so this is "past start-up", not a guess.
         caught = re.search(r"^SigCgt:\s*([0-9a-f]+)$", open(f"/proc/{proc.pid}/status").read(), re.M)
         if caught and int(caught.group(1), 16) >> (sig - 1) & 1:
             break
@@ -138,7 +174,8 @@ for unit in args[1:]:
     else:
         proc.kill()
         sys.exit(f"systemctl shim: {unit} " + (f"exited at start-up with status {proc.wait()}" if proc.returncode
-                 is not None else "never got to handle its KillSignal") + ":\n" + open(out.name).read())
+                 is not None else "never got started (READY=1 and a WATCHDOG=1, or its KillSignal handled)")
+                 + f" (notifications {got}):\n" + open(out.name).read())
     proc.send_signal(sig)
     try:
         rc = proc.wait(float(keys.get("TimeoutStopSec", "90")))
@@ -147,8 +184,27 @@ for unit in args[1:]:
         sys.exit(f"systemctl shim: {unit} did not stop within TimeoutStopSec:\n" + open(out.name).read())
     if rc != 0:
         sys.exit(f"systemctl shim: {unit} stopped with status {rc}:\n" + open(out.name).read())
+    if notify is not None:
+        notify.settimeout(0)
+        try:
+            while True:
+                got.append(notify.recv(4096).decode())
+        except BlockingIOError:
+            pass
+        if not any(g.startswith("STOPPING=1") for g in got):
+            sys.exit(f"systemctl shim: {unit} sent no STOPPING=1 (notifications {got})")
     with open(log, "a") as f:
         f.write(f"ran {unit}: {shlex.join(argv)}\n")
+        if notify is not None:
+            f.write(f"notified {unit}: " + " | ".join(g.replace(chr(10), " ") for g in got) + "\n")
+"""
+
+_SYSTEMD_ANALYZE = r"""#!/bin/sh
+echo "systemd-analyze $*" >> "$IMS_SHIM_LOG"
+real=$(PATH=/usr/bin:/bin command -v systemd-analyze) || exit 0
+[ "$1" = verify ] || exit 2
+shift
+exec "$real" verify --root="$IMS_ROOT" --recursive-errors=no --man=no "$@"
 """
 
 
@@ -164,9 +220,10 @@ def make_shims(shims: Path, src: Path) -> None:
         "install": '#!/bin/sh\nn=$#; i=0\nwhile [ $i -lt $n ]; do a=$1; shift; i=$((i+1))\n'
                    '  case "$a" in -o|-g) shift; i=$((i+1));; *) set -- "$@" "$a";; esac\ndone\n'
                    'exec /usr/bin/install "$@"\n',
-        "apt-get": record, "useradd": record, "usermod": record, "chown": record,
-        "git": f'#!/bin/sh\n[ "$1" = clone ] || exit 2\necho "git $*" >> "$IMS_SHIM_LOG"\n'
-               f'cp -a {shlex.quote(str(src))} "$3"\n',
+        "apt-get": record, "useradd": record, "usermod": record, "chown": record, "udevadm": record,
+        "raspi-config": record, "systemd-analyze": _SYSTEMD_ANALYZE,
+        "git": f'#!/bin/sh\necho "git $*" >> "$IMS_SHIM_LOG"\n[ "$1 $3" = "-C pull" ] && exit 0\n'
+               f'[ "$1" = clone ] || exit 2\ncp -a {shlex.quote(str(src))} "$3"\n',
         "python3": f'#!/bin/sh\nif [ "$1 $2" = "-m venv" ]; then\n'
                    f'  d=$3; {shlex.quote(py)} -m venv --without-pip "$d" || exit 1\n'
                    f'  site=$("$d/bin/python" -c "import sysconfig; print(sysconfig.get_paths()[\'purelib\'])")\n'
@@ -201,6 +258,7 @@ def _need_tools() -> None:
 def _env(root: Path, shims: Path, log: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(IMS_ROOT=str(root), IMS_SHIM_LOG=str(log), IMS_SERVICE_START_LIMIT=str(SERVICE_START_LIMIT),
+               IMS_SYSTEM_UNITS="systemd-journald chrony gpsd",
                PATH=f"{shims}:{os.environ.get('PATH', '/usr/bin:/bin')}")
     return env
 
@@ -217,9 +275,12 @@ def test_the_guides_run_as_written_in_a_scratch_root(tmp_path):
     _need_tools()
     root, shims, log = tmp_path / "root", tmp_path / "shims", tmp_path / "shim.log"
     make_shims(shims, source_copy(tmp_path / "checkout"))
-    # What the Debian packages provide: mosquitto's conf.d, systemd's unit folder.
-    for d in ("etc/mosquitto/conf.d", "etc/systemd/system"):
+    # What the Debian packages provide: mosquitto's conf.d, systemd's unit folder, the kill of the
+    # relay's ExecReload (systemd-analyze verify checks it exists), the Pi's firmware configuration.
+    for d in ("etc/mosquitto/conf.d", "etc/systemd/system", "bin", "boot/firmware"):
         (root / d).mkdir(parents=True)
+    shutil.copy2(shutil.which("kill", path="/bin:/usr/bin"), root / "bin" / "kill")
+    (root / "boot/firmware/config.txt").write_text("[all]\n")
     env = _env(root, shims, log)
 
     # The broker's administrator, in a copy of docs/mosquitto/.
@@ -250,12 +311,35 @@ def test_the_guides_run_as_written_in_a_scratch_root(tmp_path):
     for f in ("ca/ca.crt", "STA01.password", "relay.password"):
         shutil.copy2(admin / f, site)
     run_blocks(doc_blocks(DOC), site, env, "docs/deployment.md")
+    pi_out = run_blocks(doc_blocks(PI_DOC), site, env, "docs/deploy-raspberry-pi.md")
 
     calls = log.read_text()
     for expected in ("apt-get install", "useradd --system", "usermod -aG dialout ims", "git clone",
                      "systemctl enable --now ims-gateway", "ran ims-gateway:",
                      "systemctl enable --now ims-relay@relay1", "ran ims-relay@relay1:"):
         assert expected in calls, (expected, calls)
+    # The units were verified (systemd-analyze, against the scratch root) and ran as Type=notify.
+    assert "systemd-analyze verify ims-gateway.service ims-relay@relay1.service" in calls
+    for unit, summary in (("ims-gateway", "STATUS=gateway IM.STA01: ports seismic"),
+                          ("ims-relay@relay1", "STATUS=relay relay1: received 0")):
+        notified = [ln for ln in calls.splitlines() if ln.startswith(f"notified {unit}:")]
+        assert notified and all("READY=1" in n and summary in n and "WATCHDOG=1" in n and "STOPPING=1" in n
+                                for n in notified), (unit, notified)
+    # The Raspberry Pi guide: its files installed as deploy/ has them, its commands recorded, the
+    # gateway restarted after the upgrade, the key backup holds the keys.
+    for rel, src in (("etc/udev/rules.d/99-ims-station.rules", "deploy/udev/99-ims-station.rules"),
+                     ("etc/chrony/conf.d/ims-gnss.conf", "deploy/chrony/ims-gnss.conf"),
+                     ("etc/systemd/journald.conf.d/ims-station.conf", "deploy/journald/ims-station.conf")):
+        assert (root / rel).read_bytes() == (ROOT / src).read_bytes(), rel
+    assert "dtoverlay=pps-gpio,gpiopin=18" in (root / "boot/firmware/config.txt").read_text()
+    for expected in ("udevadm control --reload", "raspi-config nonint do_serial_cons 1",
+                     "raspi-config nonint do_serial_hw 0", "apt-get install -y chrony gpsd pps-tools",
+                     "git -C", "systemctl restart ims-gateway"):
+        assert expected in calls, (expected, calls)
+    assert calls.count("ran ims-gateway:") == 2, calls                  # enable --now, then the upgrade
+    assert "ims-station/keys/board1.key" in pi_out and "ims-station/keystore/1.pem" in pi_out
+    backups = list(site.glob("ims-station-keys-*.tar.gz"))
+    assert len(backups) == 1 and backups[0].stat().st_mode & 0o077 == 0, backups
     installed = root / "opt" / "ims-station" / "venv"
     assert list(installed.glob("lib/python*/site-packages/ims_station/__init__.py")), "not installed from the clone"
     for secret in ("etc/ims-station/keys/board1.key", "etc/ims-station/mqtt.password",
@@ -285,7 +369,7 @@ def test_untested_commands_parse_and_the_suite_runs_from_the_checkout():
     nor the tests)."""
     from ims_station.cli import build_parser
 
-    for doc in (DOC, MOSQUITTO_DOC):
+    for doc in (DOC, MOSQUITTO_DOC, PI_DOC):
         blocks = re.findall(r"^```sh\n(.*?)^```$", doc.read_text(), re.M | re.S)
         lines = [ln.split(" #")[0].strip() for b in blocks for ln in b.replace("\\\n", " ").splitlines()]
         for line in lines:

@@ -117,7 +117,7 @@ def test_connected_means_the_subscription_was_acknowledged(mosquitto, keys, fact
     sta = StationClient(mosquitto)
     with relay:
         assert relay.wait_connected(TIMEOUT)
-        assert relay.stats()["transport"]["subscriptions_acknowledged"] == 2      # cd11 and events
+        assert relay.stats()["transport"]["subscriptions_acknowledged"] == 3  # cd11, events, ims20
         sta.publish(factory.build(BASE))
         assert results(seen.wait(lambda it: len(it) == 1)) == ["archived"]
     sta.close()
@@ -136,8 +136,8 @@ def test_on_a_3_1_1_broker_ready_after_the_suback_of_the_fallback_connection(emb
         assert relay.wait_connected(TIMEOUT)
         tr = relay.stats()["transport"]
         assert tr["protocol"] == "3.1.1" and tr["protocol_fallbacks"] == 1
-        assert tr["subscriptions_acknowledged"] == 2 and tr["subscription"] == "ims/+/cd11"
-        assert tr["subscriptions"] == ["ims/+/cd11", "ims/+/events"]
+        assert tr["subscriptions_acknowledged"] == 3 and tr["subscription"] == "ims/+/cd11"
+        assert tr["subscriptions"] == ["ims/+/cd11", "ims/+/events", "ims/+/ims20"]
         sta.publish(factory.build(BASE))
         assert results(seen.wait(lambda it: len(it) == 1)) == ["archived"]
     sta.close()
@@ -166,18 +166,20 @@ def test_a_refused_shared_subscription_is_replaced_and_readiness_waits_for_the_n
     c = Client()
     relay._mqtt._handle_connect(c, None, types.SimpleNamespace(session_present=False),
                                 ReasonCode(PacketTypes.CONNACK, "Success"), None)
-    assert c.subs == {1: "$share/relays/ims/+/cd11", 2: "$share/relays/ims/+/events"} and not relay.connected
-    for mid in (1, 2):
+    assert c.subs == {1: "$share/relays/ims/+/cd11", 2: "$share/relays/ims/+/events",
+                      3: "$share/relays/ims/+/ims20"} and not relay.connected
+    for mid in (1, 2, 3):
         relay._mqtt._handle_subscribe(c, None, mid, [ReasonCode(PacketTypes.SUBACK, identifier=0x9E)], None)
     # 0x9E: shared subscriptions not supported -- each replaced by its plain filter
-    assert (c.subs[3], c.subs[4]) == ("ims/+/cd11", "ims/+/events") and not relay.connected
-    relay._mqtt._handle_subscribe(c, None, 3, [ReasonCode(PacketTypes.SUBACK, identifier=1)], None)
-    assert not relay.connected                                      # the events SUBACK is still due
+    assert (c.subs[4], c.subs[5], c.subs[6]) == ("ims/+/cd11", "ims/+/events", "ims/+/ims20") and not relay.connected
     relay._mqtt._handle_subscribe(c, None, 4, [ReasonCode(PacketTypes.SUBACK, identifier=1)], None)
+    relay._mqtt._handle_subscribe(c, None, 5, [ReasonCode(PacketTypes.SUBACK, identifier=1)], None)
+    assert not relay.connected                                      # the ims20 SUBACK is still due
+    relay._mqtt._handle_subscribe(c, None, 6, [ReasonCode(PacketTypes.SUBACK, identifier=1)], None)
     assert relay.connected
     tr = relay.stats()["transport"]
-    assert tr["shared_subscription_refused"] == 2 and tr["subscription"] == "ims/+/cd11"
-    assert tr["subscriptions"] == ["ims/+/cd11", "ims/+/events"]
+    assert tr["shared_subscription_refused"] == 3 and tr["subscription"] == "ims/+/cd11"
+    assert tr["subscriptions"] == ["ims/+/cd11", "ims/+/events", "ims/+/ims20"]
     relay.close()
 
 

@@ -16,7 +16,12 @@ T0_US = 1_780_000_000_000_000
 
 
 def settings(**kw):
+    """Settings of the ObsPy comparisons: unless a test says otherwise, no filter, no minimum
+    duration and no maximum length (ObsPy's ``coincidence_trigger`` has neither of the first two;
+    the station's defaults, tuned for a 40-sps seismic station, have all three)."""
     kw.setdefault("max_duration", 1e6)
+    kw.setdefault("filter", "")
+    kw.setdefault("min_duration", 0.0)
     return TS.settings_from_table(kw, file="test")
 
 

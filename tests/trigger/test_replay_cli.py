@@ -37,7 +37,7 @@ def test_replay_prints_the_events_obspy_finds(obspy, uh_file, capsys):
     assert ref
     rc, out, _ = replay(capsys, uh_file, "--algorithm", "recstalta", "--sta", 0.5, "--lta", 10, "--on", 3.5,
                         "--off", 1.0, "--filter", "bandpass:10:20", "--coincidence", 3, "--max-duration", 1e6,
-                        "--json")
+                        "--min-duration", 0, "--json")        # ObsPy has no minimum duration
     assert rc == 0
     events = json.loads(out)["events"]
     assert len(events) == len(ref)
@@ -47,6 +47,12 @@ def test_replay_prints_the_events_obspy_finds(obspy, uh_file, capsys):
         assert (e["stations"], e["channels"], e["coincidence_sum"]) == (r["stations"], r["trace_ids"],
                                                                        r["coincidence_sum"])
         assert e["peak"] >= 3.5
+        # the refined pick: at or before the trigger time, within the 3-s window and the filter's delay
+        assert r["time"].timestamp - 3.2 <= e["pick_s"] <= r["time"].timestamp + 1e-6 and e["pick"] <= e["time"]
+    rc, out, _ = replay(capsys, uh_file, "--sta", 0.5, "--lta", 10, "--on", 3.5, "--off", 1.0, "--filter",
+                        "bandpass:10:20", "--coincidence", 3, "--max-duration", 1e6, "--min-duration", 0,
+                        "--pick", "none", "--json")
+    assert [(e["time"], e["pick"]) for e in json.loads(out)["events"]] == [(e["time"], e["time"]) for e in events]
 
 
 def test_replay_takes_the_settings_of_a_station_file_and_options_override_them(uh_file, tmp_path, capsys):

@@ -11,9 +11,10 @@ import pytest
 
 from ims_station import envelope
 from ims_station.config import write_secret_file
+from ims_station.edge.trigger_stage import iso_time
 
 MIN_DURATION = 0.5
-KEYS = {"type", "state", "event_id", "time", "onset_s", "end_s", "duration", "peak", "coincidence_sum", "stations",
+KEYS = {"type", "state", "event_id", "time", "onset_s", "pick", "pick_s", "end_s", "duration", "peak", "coincidence_sum", "stations",
         "channels", "time_quality", "algorithm", "decided_s", "pre_s", "post_s", "clipped"}
 
 
@@ -87,6 +88,9 @@ def test_an_earthquake_is_committed_as_on_and_off_events_within_a_chunk_of_the_d
     due = on["onset_s"] + MIN_DURATION
     assert due <= on["decided_s"] <= due + chunk_s + 0.25, (on["decided_s"] - due, chunk_s)
     assert off["onset_s"] == on["onset_s"] and off["end_s"] > off["onset_s"]
+    # the refined pick (docs/trigger.md, "Onset pick"): the same in on and off, at or before the onset
+    assert on["pick_s"] == off["pick_s"] and on["onset_s"] - 3.5 <= on["pick_s"] <= on["onset_s"]
+    assert on["pick"] == iso_time(round(on["pick_s"] * 1e6))
     assert off["duration"] == pytest.approx(off["end_s"] - off["onset_s"], abs=1e-6)
     assert off["decided_s"] >= off["end_s"] and off["peak"] >= on["peak"] >= 4.0
     assert sorted(off["channels"]) == ["XX.TRG1.00.BHE", "XX.TRG1.00.BHN", "XX.TRG1.00.BHZ"]

@@ -92,7 +92,7 @@ def test_events_go_on_the_events_topic_and_the_relays_acknack_deletes_them(rig, 
     for i in range(3):
         emit({"type": "trigger", "event_id": f"E{i}"})
     up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0)
-    assert up.frame_sets == {FS, EFS}
+    assert up.frame_sets == {FS, EFS, f"{STA}:ims20"}
     c = connected(up)
     up._periodic(c)
     by_topic = {}
