@@ -8,7 +8,8 @@ docs/configuration.md documents every key and default; keep the two in step.
 Does not own: TOML parsing and JSON-Schema validation mechanics (``ims_station.config``, which
 makes every error read ``file: key: reason``), board definitions (``boards/``), and the gateway's
 ``[framer]``, ``[outbox]``, ``[keys]`` and ``[uplink]`` tables: their schema, defaults and resolution
-are ``edge/uplink_config.py``'s (``[trigger]``'s are ``edge/trigger_stage.py``'s), merged into :data:`SCHEMA` here so that one station file configures
+are ``edge/uplink_config.py``'s (``[trigger]``'s are ``edge/trigger_stage.py``'s, ``[noble_gas]``'s
+``edge/noblegas.py``'s), merged into :data:`SCHEMA` here so that one station file configures
 the whole gateway (unknown top-level tables are rejected, so a typo never goes unnoticed).
 """
 
@@ -27,6 +28,7 @@ from ims_station.errors import ConfigError
 from ims_station.statusapi import SCHEMA as STATUS_SCHEMA
 
 from .ingest import DEFAULT_MAX_RESEND_TRIES, DEFAULT_RESEND_TIMEOUT
+from .noblegas import SCHEMA as NOBLE_GAS_SCHEMA
 from .trigger_stage import SCHEMA as TRIGGER_SCHEMA
 from .uplink_config import TABLES as GATEWAY_TABLES
 from .uplink_config import UplinkSettings, settings_from_data
@@ -97,6 +99,7 @@ SCHEMA: dict[str, Any] = {
         },
         **GATEWAY_TABLES,
         "trigger": TRIGGER_SCHEMA,          # edge/trigger_stage.py owns it
+        "noble_gas": NOBLE_GAS_SCHEMA,      # edge/noblegas.py owns it
         "status": STATUS_SCHEMA,            # the local status API: ims_station/statusapi.py owns it
     },
 }
@@ -231,6 +234,10 @@ def load_station_config(path: str | os.PathLike[str], *,
         from .trigger_stage import settings_from_station
 
         settings_from_station(cfg)
+    if "noble_gas" in data:
+        from .noblegas import settings_from_station as noble_gas_settings
+
+        noble_gas_settings(cfg)
     return cfg
 
 

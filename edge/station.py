@@ -44,6 +44,7 @@ from typing import Any, Callable, Iterable
 from ims_station.edge.framer import Framer
 from ims_station.edge.ingest import BoardRestarted, DataBlock, GapReport, Soh
 from ims_station.edge.logutil import RateLimitedLog
+from ims_station.edge.noblegas import NobleGasStage
 from ims_station.edge.trigger_stage import TriggerStage
 from ims_station.firmware import link
 
@@ -295,6 +296,7 @@ class StageContext:
 # same in ``edge run``, the demo and the fault tests.
 STAGES: list[tuple[str, Callable[[StageContext], Any]]] = [
     ("trigger", TriggerStage),          # local triggering, docs/trigger.md "The station stage"
+    ("noble_gas", NobleGasStage),       # the noble-gas system's driver, docs/noblegas.md "The driver"
 ]
 
 
@@ -413,6 +415,9 @@ class Station:
         try:
             for p in self.ports:
                 p.pump.close()
+            for st in self.stages:
+                if hasattr(st, "close"):
+                    st.close()
             if self.uplink is not None:
                 self.uplink.stop()
         finally:

@@ -191,6 +191,7 @@ Reply = Ack | Value | Text | Block | Fields
 _NAME = re.compile(r"[A-Z][A-Z0-9_]{0,23}")
 _TOKEN = re.compile(r"[A-Za-z0-9_.:+/-]{0,40}")
 _TEXT_OK = re.compile(r"[ -#&-~]*")              # printable ASCII except '$' and '%'
+_NON_PRINTABLE = re.compile(rb"[^\x20-\x7e]")     # (a regex: a reply is checked per byte, ~700 of them)
 
 
 def checksum(body: bytes) -> int:
@@ -263,7 +264,7 @@ def parse_reply(line: bytes) -> Reply:
         raise GarbledReply(f"reply of {len(line)} bytes (max {MAX_REPLY})")
     if len(line) < 4 or line[:1] not in (b"%", b"$"):
         raise GarbledReply(f"not a record: {line[:32]!r}")
-    if any(b < 0x20 or b > 0x7E for b in line):
+    if _NON_PRINTABLE.search(line):
         raise GarbledReply(f"non-printable byte in reply: {line[:32]!r}")
     body, ck = line[:-3], line[-3:]
     if not ck.isdigit():
