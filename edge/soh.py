@@ -36,6 +36,7 @@ import shutil
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -263,10 +264,18 @@ class SohModel:
                 ks = self.st.framer.key_status()
             except Exception as err:        # no key valid now: the framer alarms that itself
                 ks = {"key_ids": [], "key_expires_in_days": 0.0, "error": str(err)}
-            if ks is not None and ks.get("key_expires_in_days") is not None:
-                ks["days_to_expiry"] = ks["key_expires_in_days"]
             self._keys = (mono, ks)
-        return self._keys[1]
+        ks = self._keys[1]
+        if ks is None:
+            return None
+        ks = dict(ks)
+        ks["days_to_expiry"] = ks.get("key_expires_in_days")
+        if ks.get("key_expires"):
+            # From the end instant at every poll: the crossing of the warning is seen when it
+            # happens, not at the next keystore walk.
+            end = datetime.fromisoformat(ks["key_expires"].replace("Z", "+00:00")).timestamp()
+            ks["key_expires_in_days"] = ks["days_to_expiry"] = round((end - self.clock.time()) / 86400.0, 6)
+        return ks
 
     def host(self) -> dict:
         mono = self.clock.monotonic()
