@@ -198,3 +198,42 @@ def test_key_near_expiry(tmp_path):
         assert any(r.levelno == logging.WARNING and "keys: key_near_expiry" in r.getMessage() for r in records)
     finally:
         gen.close()
+
+
+def test_console_shows_the_state_change(faulty, tmp_path):
+    """The console (Textual, 80x24, attached to the status API) shows a bad state and its alarm
+    from the document the station serves (pilot test; the state is set as the HIL left it at the
+    tamper's start)."""
+    from ..conftest import need_module
+
+    need_module("textual")
+    import asyncio
+
+    from textual.widgets import DataTable
+
+    from ims_station import statusapi
+    from ims_station.console import app as console_app
+    from ims_station.console import sources as src
+    from ims_station.metrics import StationCollector
+
+    st, _, published = faulty
+    during = next(p for p in published if p["states"].get("board:board/1:tamper") == "bad")
+    doc = st.status() | {k: during[k] for k in ("states", "alarms")}
+    srv = statusapi.StatusServer(lambda: doc, StationCollector(st.status), statusapi.station_health)
+    srv.serve_unix(tmp_path / "s.sock")
+    try:
+        app = console_app.ConsoleApp(src.StationSource(socket_path=str(tmp_path / "s.sock")), refresh_s=3600)
+
+        async def drive() -> dict:
+            async with app.run_test(size=(80, 24)) as pilot:
+                await app.refresh_data()
+                await pilot.pause()
+                await pilot.press("3")
+                t = app.query_one("#outbox-table", DataTable)
+                return {str(t.get_row_at(i)[0]): str(t.get_row_at(i)[1]) for i in range(t.row_count)}
+
+        rows = asyncio.run(drive())
+    finally:
+        srv.close()
+    assert "board:board/1:tamper" in rows["SOH bad"]
+    assert rows["last alarm"].split()[1:] == ["tamper", "board:board/1:tamper"]
