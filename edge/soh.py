@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 SCHEMA = "ims-station/soh/1"
 MAX_ALARMS = 50               # recent alarms kept in the document
 KEY_CHECK_S = 60.0            # keys and host are read at most this often (a keystore walk is not free)
+POLL_S = 1.0                  # states are compared at most this often (observe runs per packet)
+OUTBOX_CHECK_S = 10.0         # the outbox's fill (an SQL query) at most this often
 PORT_SILENT_S = 15.0          # a port with no packet for this long is down (a board sends its SOH every 10 s)
 
 # state name -> (alarm when it goes bad, alarm when it recovers)
@@ -169,6 +171,8 @@ class SohModel:
         self._lock = threading.RLock()
         self._keys: tuple[float, dict | None] | None = None
         self._host: tuple[float, dict] | None = None
+        self._outbox: tuple[float, float] | None = None
+        self._last_poll: float | None = None
         self.key_warn_days = float(getattr(station.framer, "key_warn_days", 30.0))
 
     # -- input -----------------------------------------------------------------------------------
@@ -241,8 +245,11 @@ class SohModel:
         if keys is not None and keys.get("key_expires_in_days") is not None:
             out["keys"] = ("keys", keys["key_expires_in_days"] < self.key_warn_days,
                            {"key_ids": keys.get("key_ids"), "days": keys["key_expires_in_days"]})
-        ob = self.st.outbox.stats()
-        out["outbox"] = ("outbox", ob.get("fill", 0.0) >= 0.9, {"fill": round(ob.get("fill", 0.0), 4)})
+        mono = self.clock.monotonic()
+        if self._outbox is None or not 0 <= mono - self._outbox[0] < OUTBOX_CHECK_S:
+            self._outbox = (mono, float(self.st.outbox.stats().get("fill") or 0.0))
+        fill = self._outbox[1]
+        out["outbox"] = ("outbox", fill >= 0.9, {"fill": round(fill, 4)})
         return out
 
     def receiving(self, port: str, connected: bool) -> bool:
@@ -252,8 +259,13 @@ class SohModel:
         return connected and bool(last) and self.clock.time() - max(last) <= PORT_SILENT_S
 
     def poll(self) -> list[dict]:
-        """Compare the states now with the last ones: an alarm for each change."""
+        """Compare the states now with the last ones (at most every :data:`POLL_S`): an alarm for
+        each change."""
         with self._lock:
+            mono = self.clock.monotonic()
+            if self._last_poll is not None and 0 <= mono - self._last_poll < POLL_S:
+                return []
+            self._last_poll = mono
             return self.watch.update(self.states())
 
     # -- slow parts --------------------------------------------------------------------------------

@@ -237,3 +237,14 @@ def test_console_shows_the_state_change(faulty, tmp_path):
         srv.close()
     assert "board:board/1:tamper" in rows["SOH bad"]
     assert rows["last alarm"].split()[1:] == ["tamper", "board:board/1:tamper"]
+
+
+def test_alarms_of_other_components_are_listed_with_their_time(faulty):
+    """The framer's, the outbox's and the stages' own alarms (their path: ``assemble``'s alarm
+    hook) are in the SOH's recent alarms with the gateway's time, and request the SOH at once."""
+    st, _, published = faulty
+    n = len(published)
+    st.framer.alarm({"alarm": "outbox_eviction", "reason": "bytes", "frames": 1})
+    doc = st.status()
+    assert doc["alarms"][-1] == {"time": doc["time"], "alarm": "outbox_eviction", "reason": "bytes", "frames": 1}
+    assert len(published) == n + 1
