@@ -248,3 +248,16 @@ def test_alarms_of_other_components_are_listed_with_their_time(faulty):
     doc = st.status()
     assert doc["alarms"][-1] == {"time": doc["time"], "alarm": "outbox_eviction", "reason": "bytes", "frames": 1}
     assert len(published) == n + 1
+
+
+def test_metrics_carry_the_states(faulty):
+    """``/metrics``: ``ims_station_soh_state_bad`` is 1 for a state bad in the document, 0 when ok."""
+    from ims_station.metrics import StationCollector
+
+    st, _, published = faulty
+    during = next(p for p in published if p["states"].get("board:board/1:supply") == "bad")
+    doc = st.status() | {k: during[k] for k in ("states", "alarms")}
+    samples = {s.labels["state"]: s.value for fam in StationCollector(lambda: doc).collect()
+               for s in fam.samples if s.name == "ims_station_soh_state_bad"}
+    assert samples["board:board/1:supply"] == 1.0 and samples["port:board"] == 0.0
+    assert set(samples) == set(doc["states"])
