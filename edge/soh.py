@@ -91,7 +91,7 @@ class BoardState:
     latency: dict[int, float] = field(default_factory=dict)   # channel id -> arrival - sample end, s
     last_channel_sample: dict[int, float] = field(default_factory=dict)
 
-    def doc(self, codes: dict[int, str]) -> dict:
+    def doc(self) -> dict:
         tq = self.time_quality
         return {
             "board_id": self.board_id, "last_packet": self.last_packet, "last_sample": self.last_sample,
@@ -334,7 +334,7 @@ class SohModel:
             for (port, bid), b in sorted(self.boards.items()):
                 pc = next((p.config for p in st.ports if p.config.name == port), None)
                 codes = (pc.channels or {}) if pc is not None else {}
-                boards.append({"port": port, **b.doc(codes)})
+                boards.append({"port": port, **b.doc()})
                 summ = next((p.assembler.summary()["channels"] for p in st.ports if p.config.name == port), {})
                 for c, t in sorted(b.last_channel_sample.items()):
                     code = codes.get(c, f"{bid}/{c}")

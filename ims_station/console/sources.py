@@ -135,7 +135,8 @@ def soh_rows(doc: dict) -> list[tuple[str, str]]:
     alarms = [a for a in doc.get("alarms") or [] if isinstance(a, dict)]
     if alarms:
         a = alarms[-1]
-        rows.append(("last alarm", f"{fmt_time(_num(a.get('time')))} {a.get('alarm', '?')} {a.get('source', '')}".strip()))
+        what = f"{fmt_time(_num(a.get('time')))} {a.get('alarm', '?')} {a.get('source', '')}"
+        rows.append(("last alarm", what.strip()))
     return rows
 
 
