@@ -39,6 +39,7 @@ import sys
 import threading
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ims_station.edge.framer import Framer
@@ -396,6 +397,7 @@ class Station:
     stages: list[Any]
     emit_event: Callable[[dict], int] | None = None    # the stages' event path (StageContext.emit_event)
     auxiliary: Any = None                              # edge/auxiliary.AuxiliaryStation in auxiliary mode
+    soh: Any = None                                    # edge/soh.SohModel: the status document and its watch
 
     def open_ports(self) -> None:
         """Open every port now: one held by another process stops us here with its PID
@@ -409,6 +411,8 @@ class Station:
         for p in self.ports:
             p.pump.step()
         self.gateway.poll()
+        if self.soh is not None:
+            self.soh.poll()
 
     def close(self) -> None:
         """Ports, uplink (``offline`` on a clean stop) and outbox; each attempted."""
@@ -424,6 +428,10 @@ class Station:
             self.outbox.close()
 
     def status(self) -> dict:
+        """The state of health (``edge/soh.py``, schema ``ims-station/soh/1``, docs/soh.md): the
+        same document the uplink publishes as the retained SOH."""
+        if self.soh is not None:
+            return self.soh.document()
         return status(self.config, self.gateway, [(p.config, p.pump, p.assembler) for p in self.ports],
                       self.outbox, self.uplink)
 
@@ -459,9 +467,13 @@ def assemble(station_cfg: Any, settings: Any = None, *, clock: Any,
     ob = settings.outbox
     path = ob.get("path") or str(station_cfg.data_dir / "outbox.sqlite")
     uplink_box: list[Any] = []
+    soh_box: list[Any] = []
 
     def alarm(a: dict) -> None:
-        # Every alarm publishes the SOH at once (the gateway's statistics say what happened).
+        # Every alarm publishes the SOH at once (the gateway's statistics say what happened) and
+        # is kept with its time in the SOH's recent alarms.
+        if soh_box:
+            soh_box[0].alarm(a)
         if uplink_box:
             uplink_box[0].request_soh()
         if on_alarm is not None:
@@ -475,11 +487,17 @@ def assemble(station_cfg: Any, settings: Any = None, *, clock: Any,
                     hold_kinds=("cd11",) if getattr(station_cfg, "auxiliary", False) else (),
                     hold_span_s=float(settings.get("framer", "frame_seconds")))
     try:
-        return _assemble_rest(station_cfg, settings, outbox, uplink_box, clock, alarm, on_commit, on_events,
-                              uplink_options or {}, pump_options or {}, on_event)
+        st = _assemble_rest(station_cfg, settings, outbox, uplink_box, clock, alarm, on_commit, on_events,
+                            uplink_options or {}, pump_options or {}, soh_box, on_event)
     except BaseException:
         outbox.close()      # and its lock: a caller may try again in this process
         raise
+    from ims_station.edge.soh import SohModel
+
+    st.soh = SohModel(st, clock=clock, disk_path=Path(path).parent,
+                      on_change=lambda a: uplink_box[0].request_soh() if uplink_box else None)
+    soh_box.append(st.soh)
+    return st
 
 
 def build(station_cfg: Any, settings: Any = None, *, clock: Any) -> tuple[Gateway, Any, Any]:
@@ -510,7 +528,7 @@ def channel_specs(board: str | dict, codes: dict[int, str],
 
 def _assemble_rest(station_cfg: Any, settings: Any, outbox: Any, uplink_box: list, clock: Any,
                    alarm: Callable[[dict], None], on_commit: Any, on_events: Any, uplink_options: dict,
-                   pump_options: dict, on_event: Any = None) -> Station:
+                   pump_options: dict, soh_box: list, on_event: Any = None) -> Station:
     from ims_station.edge.ingest import LinkDecoder
     from ims_station.edge.serialport import PortPump
     from ims_station.edge.streams import StreamAssembler
@@ -548,7 +566,7 @@ def _assemble_rest(station_cfg: Any, settings: Any, outbox: Any, uplink_box: lis
                         protocol=up("protocol"), inflight=up("inflight"), max_unacked=up("max_unacked"),
                         live_window_s=up("live_window_s"), ack_timeout_s=up("ack_timeout_s"),
                         soh_interval_s=up("soh_interval_s"),
-                        soh_provider=lambda: ({"gateway": gw_ref[0].stats()} if gw_ref else {}) | aux_soh(),
+                        soh_provider=lambda: _soh_document(soh_box, gw_ref) | aux_soh(),
                         **acknack_options(settings), **uplink_options)
         uplink_box.append(uplink)
     emit = event_emitter(station_cfg.code, outbox, clock, uplink.notify if uplink is not None else (lambda: None),
@@ -594,6 +612,8 @@ def _assemble_rest(station_cfg: Any, settings: Any, outbox: Any, uplink_box: lis
                     sp.assembler.add_codes(sp.config.codes(bid))
             if on_events is not None:
                 on_events(sp, events)
+            if soh_box:
+                soh_box[0].observe(sp, events)
             gw.on_events(sp.decoder, sp.assembler, events)
 
         sp.pump = PortPump(port.url, dec, baudrate=port.baudrate, timeout=port.timeout, clock=clock,
@@ -601,6 +621,15 @@ def _assemble_rest(station_cfg: Any, settings: Any, outbox: Any, uplink_box: lis
         ports.append(sp)
     return Station(station_cfg, settings, clock, outbox, framer, uplink, gw, ports, stages, emit,
                    aux_ref[0] if aux_ref else None)
+
+
+def _soh_document(soh_box: list, gw_ref: list) -> dict:
+    """The retained SOH's body: the status document (the uplink adds its own ``station`` code)."""
+    if soh_box:
+        doc = soh_box[0].document()
+        doc.pop("station", None)
+        return doc
+    return {"gateway": gw_ref[0].stats()} if gw_ref else {}
 
 
 def load(station_file: str, uplink_file: str | None = None) -> tuple[Any, Any]:
@@ -671,6 +700,7 @@ def run(station_file: str, uplink_file: str | None = None, *, seconds: float = 0
             if seconds and now - t0 >= seconds:
                 break
             gw.poll()
+            st.soh.poll()
             if now >= next_status:
                 show()
                 next_status += status_interval

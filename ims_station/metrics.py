@@ -242,6 +242,11 @@ STATION_METRICS: list[Metric] = [
     Metric("ims_station_key_expires_in_days", "gauge", "days until the signing keys can no longer sign", _S,
            _at("gateway", "framer", "keys", "key_expires_in_days")),
     Metric("ims_station_key_in_use", "gauge", "1 for each signing key in use now", ("station", "key_id"), _key_ids),
+    Metric("ims_station_soh_state_bad", "gauge", "1 while a state of health is bad (docs/soh.md)", ("station", "state"),
+           lambda d: (((_sta(d), str(k)), 1.0 if v == "bad" else 0.0) for k, v in (d.get("states") or {}).items())
+           if isinstance(d.get("states"), dict) else ()),
+    Metric("ims_station_soh_alarms_recent", "gauge", "alarms in the state of health's recent list", _S,
+           lambda d: [((_sta(d),), float(len(d["alarms"])))] if isinstance(d.get("alarms"), list) else []),
 ]
 
 

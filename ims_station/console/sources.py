@@ -115,12 +115,28 @@ def outbox_uplink_rows(doc: dict) -> list[tuple[str, str]]:
             ("outbox fill", f"{100 * (_num(o.get('fill')) or 0):.1f} %"),
             ("oldest unacked", fmt_age(_num(o.get("oldest_age_s")))),
             ("outbox alarms", str(o.get("alarms", 0)))]
+    rows += soh_rows(doc)
     if not isinstance(u, dict):
         rows.append(("uplink", "none configured"))
     else:
         rows += [("broker", str(u.get("broker"))), ("connected", "yes" if u.get("connected") else "NO"),
                  ("published", str(u.get("published", 0))), ("frames acked", str(u.get("frames_acked", 0))),
                  ("acknacks", str(u.get("acknacks", 0))), ("last acknack", _acknack(u.get("last_acknack")))]
+    return rows
+
+
+def soh_rows(doc: dict) -> list[tuple[str, str]]:
+    """The state of health (docs/soh.md): the states now bad and the last alarm, with its time."""
+    states = doc.get("states")
+    if not isinstance(states, dict):
+        return []
+    bad = sorted(str(k) for k, v in states.items() if v == "bad")
+    rows = [("SOH bad", ", ".join(bad) if bad else "none")]
+    alarms = [a for a in doc.get("alarms") or [] if isinstance(a, dict)]
+    if alarms:
+        a = alarms[-1]
+        what = f"{fmt_time(_num(a.get('time')))} {a.get('alarm', '?')} {a.get('source', '')}"
+        rows.append(("last alarm", what.strip()))
     return rows
 
 
