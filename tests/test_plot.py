@@ -143,7 +143,7 @@ def test_plot_soh_draws_fields_and_counter_rates(tmp_path, capsys):
     f = tmp_path / "soh.jsonl"
     lines = list(soh_lines())
     lines.insert(3, "not json")
-    lines.insert(7, "ims/PLT/soh " + lines[7])                  # what mosquitto_sub -v prints
+    lines[7] = "ims/PLT/soh " + lines[7]                        # what mosquitto_sub -v prints
     f.write_text("\n".join(lines) + "\n")
     png = tmp_path / "soh.png"
     rc, out, err = run(capsys, "plot", "soh", f, "--fields", "outbox.frames,uplink.published/s,uplink.connected",
