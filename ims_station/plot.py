@@ -97,6 +97,11 @@ def _matches(code: str, pattern: str) -> bool:
     return TriggerSettings(channels=(pattern,)).selects(code)
 
 
+def _in_event(code: str, event: dict) -> bool:
+    """Is *code* one of the archived event's channels (listed as NET.STA.LOC.CHA, LOC.CHA or CHA)?"""
+    return any(isinstance(c, str) and (code == c or code.endswith("." + c)) for c in event.get("channels", []))
+
+
 def crop(segments: list, lo_us: int, hi_us: int) -> list:
     """The parts of *segments* (code, first sample us, rate mHz, samples) inside [lo_us, hi_us]."""
     from ims_station.edge.ingest import sample_offset_us
@@ -141,8 +146,9 @@ def _archive_segments(args: argparse.Namespace, lo_us: int, hi_us: int) -> tuple
         rows, _ = merge_events(archive.iter_events(args.station, since_ms=t_ms - 1000, until_ms=t_ms + 1001))
         event = min(rows, key=lambda r: abs(parse_time_us(r["time"]) - args.t_us)) if rows else None
         network = args.network
-        if event and event["channels"] and not network:
-            network = event["channels"][0].split(".")[0]
+        full = [c for c in (event or {}).get("channels", []) if isinstance(c, str) and len(c.split(".")) == 4]
+        if full and not network:
+            network = full[0].split(".")[0]
         day = (_EPOCH + timedelta(microseconds=lo_us)).date()
         last = (_EPOCH + timedelta(microseconds=hi_us)).date()
         with tempfile.TemporaryDirectory(prefix="ims-plot-") as tmp:
@@ -197,8 +203,8 @@ def plot_event(args: argparse.Namespace) -> dict[str, Any]:
         codes = [c for c in rates if any(_matches(c, p) for p in args.channel)]
         if not codes:
             raise ImsStationError(f"--channel: {', '.join(args.channel)} selects none of {', '.join(rates)}")
-    elif event and any(c in rates for c in event["channels"]):
-        codes = [c for c in event["channels"] if c in rates]
+    elif event and [c for c in rates if _in_event(c, event)]:
+        codes = [c for c in rates if _in_event(c, event)]
     else:
         codes = [c for c in rates if settings.selects(c)] or list(rates)
     codes = sorted(codes)[:MAX_CHANNELS]
