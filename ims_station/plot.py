@@ -322,7 +322,7 @@ def read_soh(files: list[str], *, time_field: str = "time", station: str | None 
                     text = text[text.index(b" {") + 1:]
                 try:
                     doc = json.loads(text)
-                except (ValueError, UnicodeDecodeError):
+                except (ValueError, UnicodeDecodeError, RecursionError):
                     skipped += 1
                     continue
                 t = _doc_time(doc.get(time_field)) if isinstance(doc, dict) else None
