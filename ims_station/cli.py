@@ -36,6 +36,7 @@ COMMAND_MODULES = [
     "ims_station.demo",          # demo (the main job)
     "ims_station.doctor",        # doctor
     "ims_station.plot",          # plot event / soh (the plot extra)
+    "ims_station.sohrecord",     # soh record (SOH history for plot soh)
     "ims_station.console",       # console (Textual UI; the console extra)
 ]
 

@@ -298,8 +298,10 @@ def _doc_time(v: Any) -> float | None:
 def read_soh(files: list[str], *, time_field: str = "time", station: str | None = None) -> tuple[list, int]:
     """(time s, station, document) of every JSON object line of *files*, by time; and the number of
     lines skipped (not JSON, not an object, no time, too long).  A line ``TOPIC {json}`` (what
-    ``mosquitto_sub -v`` prints) counts as its JSON."""
+    ``mosquitto_sub -v`` prints) counts as its JSON; a station's document of a time already read
+    (a retained one recorded twice) is read once."""
     docs, skipped = [], 0
+    seen: set[tuple[float, str]] = set()
     for name in files:
         try:
             fh = open(name, "rb")
@@ -332,6 +334,9 @@ def read_soh(files: list[str], *, time_field: str = "time", station: str | None 
                 sta = str(doc.get("station", ""))
                 if station is not None and sta != station and not sta.endswith("." + station):
                     continue
+                if (t, sta) in seen:          # a retained document recorded again after a restart
+                    continue
+                seen.add((t, sta))
                 docs.append((t, sta, doc))
     docs.sort(key=lambda d: d[0])
     return docs, skipped

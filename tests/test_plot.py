@@ -191,9 +191,80 @@ def test_docs_name_only_options_the_commands_have():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "plots.md").read_text()
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["plot"]
     cmds = next(a for a in sub._actions if a.dest == "plot_command").choices
-    for name in ("event", "soh"):
+    soh = next(a for a in build_parser()._actions if a.dest == "command").choices["soh"]
+    cmds = dict(cmds, record=next(a for a in soh._actions if a.dest == "soh_command").choices["record"])
+    for name, command in (("event", "plot event"), ("soh", "plot soh"), ("record", "soh record")):
         known = {o for a in cmds[name]._actions for o in a.option_strings}
-        usage = doc[doc.index(f"ims-station plot {name} "):]
+        usage = doc[doc.index(f"ims-station {command} "):]
         usage = usage[:usage.index("\n\n")]
         shown = set(re.findall(r"--[a-z][a-z-]*", usage))
         assert shown and shown <= known, shown - known
+
+
+def test_soh_record_appends_what_the_broker_delivers_and_plot_soh_draws_it(mosquitto, tmp_path, capsys):
+    """``soh record`` (ims_station/sohrecord.py) against a Mosquitto: the retained document and the
+    next ones, one line each; junk on the topic is dropped; recorded twice, ``plot soh`` reads it once."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    need_module("matplotlib", "pip install -e .[plot]")
+    docs = list(soh_lines(5))
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="plot-soh-test-pub")
+    pub.connect(mosquitto.host, mosquitto.port)
+    pub.loop_start()
+    try:
+        pub.publish("ims/PLT/soh", docs[0], qos=1, retain=True).wait_for_publish(10)
+        out = tmp_path / "soh.jsonl"
+        for rounds in range(2):                       # the second run gets the retained document again
+            result: dict = {}
+            size0 = out.stat().st_size if out.exists() else 0
+            t = threading.Thread(target=lambda: result.setdefault("rc", main(
+                ["soh", "record", "--broker", f"{mosquitto.host}:{mosquitto.port}", "--station", "PLT",
+                 "--out", str(out), "--count", "5"])), daemon=True)
+            t.start()
+            for _ in range(400):                        # subscribed: the retained document arrived
+                if out.exists() and out.stat().st_size > size0:
+                    break
+                t.join(0.05)
+            if rounds == 0:
+                pub.publish("ims/PLT/soh", b"\xff not json", qos=1).wait_for_publish(10)
+                for d in docs[1:]:
+                    pub.publish("ims/PLT/soh", d, qos=1).wait_for_publish(10)
+            else:
+                for d in docs[1:]:
+                    pub.publish("ims/PLT/soh", d, qos=1).wait_for_publish(10)
+            t.join(30)
+            assert not t.is_alive() and result["rc"] == 0
+            err = capsys.readouterr().err
+            assert "5 document(s) written" in err and ("1 dropped" in err if rounds == 0 else "0 dropped" in err)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+    lines = out.read_text().splitlines()
+    assert len(lines) == 10 and [json.loads(x) for x in lines[:5]] == [json.loads(d) for d in docs]
+    png = tmp_path / "soh.png"
+    rc, stdout, err = run(capsys, "plot", "soh", out, "--fields", "outbox.frames", "--out", png, "--json")
+    assert rc == 0 and json.loads(stdout)["documents"] == 5, err
+    check_png(png)
+
+
+def test_soh_recorder_writes_only_soh_objects():
+    """Every message is untrusted: another kind's topic, a foreign prefix, junk, a JSON that is not an
+    object, an oversized payload are dropped and counted; none ends the recorder."""
+    import io
+
+    from ims_station.sohrecord import MAX_MESSAGE, SohRecorder
+
+    fh = io.StringIO()
+    rec = SohRecorder(fh, prefix="ims", count=2)
+    good = b'{"station": "PLT", "time": 1.5, "outbox": {"frames": 3}}'
+    cases = [("ims/PLT/status", good), ("other/PLT/soh", good), ("ims/PLT/soh", b"\x00\xff"),
+             ("ims/PLT/soh", b"[1, 2]"), ("ims/PLT/soh", b"[" * 100_000), ("ims/PLT/soh", b" " * MAX_MESSAGE + good),
+             ("ims/PLT/soh", good), ("ims", b"")]
+    assert [rec.feed(t, p) for t, p in cases] == [False] * 6 + [True, False]
+    assert rec.counters == {"written": 1, "dropped": 7} and not rec.done.is_set()
+    assert fh.getvalue() == '{"station":"PLT","time":1.5,"outbox":{"frames":3}}\n'
+    rec.feed("ims/PLT/soh", good)
+    assert rec.done.is_set()
