@@ -74,6 +74,8 @@ def _broker_from(args: argparse.Namespace) -> tuple[Any, str]:
 def _cmd_record(args: argparse.Namespace) -> int:
     import paho.mqtt.client as mqtt
 
+    if args.count is not None and args.count < 1:
+        raise ImsStationError(f"--count: must be at least 1, got {args.count}")
     broker, prefix = _broker_from(args)
     stations = args.station or ["+"]
     try:
