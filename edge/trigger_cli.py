@@ -38,6 +38,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "with minimum duration, coincidence) on miniSEED files and prints the events. "
                     "Settings not given take the [trigger] defaults (docs/configuration.md).")
     r.add_argument("files", nargs="+", metavar="FILE", help="miniSEED file(s); all channels in them take part")
+    add_settings_options(r)
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.set_defaults(handler=_replay)
+    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
+
+
+def add_settings_options(r: argparse.ArgumentParser) -> None:
+    """The trigger settings options (``--config`` station file, ``--sta``, ``--on``, ...) shared by
+    ``trigger replay`` and ``plot event``; :func:`settings_from_args` reads them."""
     r.add_argument("--config", metavar="FILE", help="take the settings from this station file's [trigger] table "
                                                      "(options given as well override it)")
     r.add_argument("--algorithm", metavar="NAME",
@@ -54,12 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--max-duration", type=float, metavar="S", help="a channel trigger is cut after this long")
     r.add_argument("--pick", metavar="NAME", help="refined onset pick: aic (default) or none")
     r.add_argument("--pick-window", type=float, metavar="S", help="seconds before the trigger in which the AIC picks")
-    r.add_argument("--json", action="store_true", help="print one JSON object")
-    r.set_defaults(handler=_replay)
-    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
 
 
-def settings_from_args(args: Any, channels: dict[str, float]) -> Any:
+def settings_from_args(args: Any, channels: dict[str, float], *,
+                       command: str = "ims-station trigger replay") -> Any:
     """The replay's settings: the ``[trigger]`` table of ``--config`` (if any) overridden by the
     options given; checked like the station's, against the channels found in the files."""
     from ims_station.config import load_toml, validate
@@ -78,7 +85,7 @@ def settings_from_args(args: Any, channels: dict[str, float]) -> Any:
         # errors name the station file's key, or the option when the option set it
         file, prefix, names = args.config, "trigger.", {k: f"(option {_OPTIONS[k]}) {k}" for k in given}
     else:
-        file, prefix, names = "ims-station trigger replay", "", dict(_OPTIONS)
+        file, prefix, names = command, "", dict(_OPTIONS)
     return settings_from_table(table, file=file, prefix=prefix, key_names=names, channels=channels)
 
 

@@ -35,6 +35,8 @@ COMMAND_MODULES = [
     "ims_station.relay.cli",     # relay run
     "ims_station.demo",          # demo (the main job)
     "ims_station.doctor",        # doctor
+    "ims_station.plot",          # plot event / soh (the plot extra)
+    "ims_station.sohrecord",     # soh record (SOH history for plot soh)
     "ims_station.console",       # console (Textual UI; the console extra)
 ]
 
