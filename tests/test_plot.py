@@ -97,7 +97,7 @@ def test_plot_event_with_a_station_file_and_one_channel(mseed, tmp_path, capsys)
     (["--station", "PLT", "--time", "2030-01-01T00:00:00Z"], "no samples of"),
     (["--station", "PLT", "--time", "yesterday"], "--time: 'yesterday' is not an ISO 8601 time"),
     (["--station", "PLT", "--time", T_EVENT, "--channel", "*.HHZ"], "--channel: *.HHZ selects none"),
-    (["--station", "PLT", "--time", T_EVENT, "--sta", 20], "--sta: must be shorter than lta"),
+    (["--station", "PLT", "--time", T_EVENT, "--sta", 40], "--sta: must be shorter than lta"),
 ])
 def test_plot_event_errors_exit_2_with_one_line(mseed, tmp_path, capsys, args, message):
     need_module("matplotlib", "pip install -e .[plot]")
