@@ -20,10 +20,10 @@ Owns:
 
 What the cycle is (docs/noblegas.md, "The driver"): the process controller runs the sampling
 cycle on its own; the driver watches its state of health (``SHOW_SOH``) every ``status_interval_s``
-and counts each cell phase with the MCA: ``DETBK``, ``GASBK``, ``ACQUIRE`` (the sample) and ``QC``
-are each armed (stop, clear, true-time preset = the rest of the phase, start) when the phase is
-seen and read out when the preset has stopped the count, as DETBKPHD, GASBKPHD, SAMPLEPHD (FULL)
-and QCPHD; during ``ACQUIRE`` a SAMPLEPHD PREL every ``prel_interval_s`` of detector time.
+and counts each cell phase with the MCA: ``DETBK``, ``CALIB`` (the calibration spike), ``GASBK``,
+``ACQUIRE`` (the sample) and ``QC`` are each armed (stop, clear, true-time preset = the rest of the
+phase, start) when the phase is seen and read out when the preset has stopped the count, as DETBKPHD,
+CALIBPHD, GASBKPHD, SAMPLEPHD (FULL) and QCPHD; during ``ACQUIRE`` a SAMPLEPHD PREL every ``prel_interval_s`` of detector time.
 RMSSOH every ``rmssoh_interval_s`` of detector time.  Times inside the messages are the detector's;
 the alarms' event times are the station's clock.
 
@@ -53,7 +53,7 @@ from .noblegas_messages import (CalibrationError, DetectorCalibration, Measureme
 
 log = logging.getLogger(__name__)
 
-COUNTED_PHASES = ("DETBK", "GASBK", "ACQUIRE", "QC")
+COUNTED_PHASES = ("DETBK", "CALIB", "GASBK", "ACQUIRE", "QC")
 EXCHANGES_PER_POLL = 256        # commands answered within one poll at most (an in-process detector answers at once)
 
 # Every key of [noble_gas] and its default (docs/configuration.md shows the same; a test compares them).

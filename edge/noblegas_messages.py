@@ -1,5 +1,5 @@
 """IMS 2.0 messages of the noble-gas driver, built from what the detector reported: PHD spectra
-(SAMPLEPHD PREL/FULL, GASBKPHD, DETBKPHD, QCPHD), RMSSOH and the ALERT_* messages; and the ROI
+(SAMPLEPHD PREL/FULL, GASBKPHD, DETBKPHD, QCPHD, CALIBPHD), RMSSOH and the ALERT_* messages; and the ROI
 arithmetic of the driver's local alarms.
 
 Owns: :class:`DetectorCalibration` (the calibration blocks a PHD message of this detector carries,
@@ -28,8 +28,9 @@ import numpy as np
 from ims_station.ims20 import model as m
 from ims_station.ims20.format import measurement_id, write
 
-PHD_KINDS = {"DETBK": "DETBKPHD", "GASBK": "GASBKPHD", "ACQUIRE": "SAMPLEPHD", "QC": "QCPHD"}
+PHD_KINDS = {"DETBK": "DETBKPHD", "CALIB": "CALIBPHD", "GASBK": "GASBKPHD", "ACQUIRE": "SAMPLEPHD", "QC": "QCPHD"}
 CS137_HALF_LIFE_Y = 30.08
+XE133_HALF_LIFE_D = 5.2475
 
 
 def utc(t: float) -> datetime:
@@ -143,7 +144,7 @@ class DetectorCalibration:
 class Measurement:
     """One count as the driver read it from the MCA (times UTC seconds of the detector's clock)."""
 
-    kind: str                         # DETBK GASBK ACQUIRE QC (the cell phase counted)
+    kind: str                         # DETBK CALIB GASBK ACQUIRE QC (the cell phase counted)
     start: float                      # acquisition start
     real_s: float = 0.0
     live_s: float = 0.0
@@ -175,7 +176,8 @@ def phd_message(meas: Measurement, *, qualifier: str, station: str, detector: st
     header = m.PhdHeader(
         station=station, detector=detector, system_type="B" if beta_gamma else "G", geometry="CYLINDER",
         qualifier=qualifier, srid=srid, measurement_id=mid, detbk_measurement_id=detbk_id or "0",
-        gasbk_measurement_id=gasbk_id or "0", transmit_time=utc(transmit))
+        # a calibration count has no gas background (S3: the third ID is 0)
+        gasbk_measurement_id=(gasbk_id if data_type != "CALIBPHD" else None) or "0", transmit_time=utc(transmit))
     kw: dict = {}
     if data_type == "SAMPLEPHD":
         kw["collection"] = m.Collection(utc(_f(s, "COLL_START")), utc(_f(s, "COLL_STOP")),
@@ -186,6 +188,11 @@ def phd_message(meas: Measurement, *, qualifier: str, station: str, detector: st
         bq = _f(s, "SOURCE_BQ")
         kw["certificate"] = m.Certificate(bq, start, "BQ", (m.CertificateRow(
             str(s.get("SOURCE", "CS-137")), CS137_HALF_LIFE_Y, "Y", bq, 3.0, 661.66, 85.1, "C", 624.2, 7.8),))
+    if data_type == "CALIBPHD":
+        # the Xe-133 calibration spike: 81.0 keV γ (36.9 %) in coincidence with β (Q 346 keV)
+        bq = _f(s, "SOURCE_BQ")
+        kw["certificate"] = m.Certificate(bq, start, "BQ", (m.CertificateRow(
+            str(s.get("SOURCE", "XE-133")), XE133_HALF_LIFE_D, "D", bq, 3.0, 81.0, 36.9, "B", 346.4, 99.0),))
     if meas.restarted:
         kw["comment"] = m.Comment("The detector restarted during this count: the counts before the restart "
                                   "are lost; this count covers the rest of the phase.")

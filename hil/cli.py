@@ -172,6 +172,8 @@ def register(subparsers) -> None:
     cyc.add_argument("--gasbk", type=float, default=1_800.0)
     cyc.add_argument("--acquisition", type=float, default=39_600.0)
     cyc.add_argument("--qc", type=float, default=600.0, help="Cs-137 QC count after each acquisition (0: none)")
+    cyc.add_argument("--calib", type=float, default=1_800.0,
+                     help="Xe-133 calibration count at start-up, ending the detector background (0: none)")
     fl = ng.add_argument_group("faults (rates per reply; windows START:SECONDS in simulated seconds)")
     fl.add_argument("--garble", type=_rate, default=0.0, help="probability that a reply is garbled")
     fl.add_argument("--checksum", type=_rate, default=0.0, help="probability that a reply has a bad checksum")
@@ -223,7 +225,7 @@ def _noblegas(args) -> int:
             for w in getattr(args, opt):
                 faults.add(opt, w)
         cycle = CycleConfig(collection_s=args.collection, processing_s=args.processing, gasbk_s=args.gasbk,
-                            acquisition_s=args.acquisition, qc_s=args.qc)
+                            acquisition_s=args.acquisition, qc_s=args.qc, calib_s=args.calib)
     except (ValueError, FaultSpecError) as err:
         print(f"hil noblegas: {err}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ URL forms:
   -- build one: ``mode`` (``bg`` β-γ, ``hpge`` gamma only), ``seed``, ``conc`` (NUCLIDE:mBq/m³,
   repeatable), the reply-fault rates ``garble``, ``checksum``, ``timeout``, ``late``, the fault windows
   ``disappear``, ``hv_drop``, ``flow_fail``, ``power_fail``, ``temp_high`` (START:SECONDS,
-  repeatable), and the cycle ``collection``, ``processing``, ``gasbk``, ``acquisition``, ``qc`` (seconds).
+  repeatable), and the cycle ``collection``, ``processing``, ``gasbk``, ``acquisition``, ``qc``, ``calib`` (seconds).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from .faults import FaultSpecError
 from .noblegas.faults import RATE_KINDS, WINDOW_KINDS
 
 _CYCLE = {"collection": "collection_s", "processing": "processing_s", "gasbk": "gasbk_s",
-          "acquisition": "acquisition_s", "qc": "qc_s"}
+          "acquisition": "acquisition_s", "qc": "qc_s", "calib": "calib_s"}
 
 
 def parse_url(url: str) -> tuple[str, dict]:

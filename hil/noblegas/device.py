@@ -423,6 +423,9 @@ class NobleGasDetector:
         if ph.name == "QC":
             f.update({"SRID": "0", "SOURCE": "CS-137", "SOURCE_BQ": self.cycle.qc_source_bq})
             return f
+        if ph.name == "CALIB":
+            f.update({"SRID": "0", "SOURCE": "XE-133", "SOURCE_BQ": self.cycle.calib_source_bq})
+            return f
         if ph.sample < 0:
             f["SRID"] = "0"
             return f

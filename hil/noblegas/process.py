@@ -10,6 +10,9 @@ Owns:
   time (``phase_at``), with the phases of the cell::
 
       DETBK      cell empty, never filled yet (the start of a run: a detector background count)
+      CALIB      the last ``calib_s`` of the start-up detector background: the cell is filled with a
+                 Xe-133 calibration spike (``calib_source_bq``) and counted (the calibration count);
+                 the spike is pumped out before the first gas background (its memory is not modelled)
       GASBK      cell evacuated before the next sample: memory of the previous sample
       ACQUIRE    sample k in the cell
       QC         after each acquisition (every ``qc_every`` cycles): the Cs-137 check source is moved
@@ -59,6 +62,8 @@ class CycleConfig:
     qc_s: float = 600.0                   # QC count after an acquisition (0: none)
     qc_every: int = 1                     # ... after every n-th acquisition
     qc_source_bq: float = 50.0            # Cs-137 check source, as seen by the detector
+    calib_s: float = 1_800.0              # Xe-133 calibration count at start-up, ending the DETBK (0: none)
+    calib_source_bq: float = 100.0        # Xe-133 spike in the cell, as seen by the detector
 
     def __post_init__(self) -> None:
         for k in ("collection_s", "processing_s", "gasbk_s", "acquisition_s", "flow_m3h", "xe_yield"):
@@ -69,6 +74,11 @@ class CycleConfig:
                              "the next sample is processed)")
         if self.qc_s < 0 or self.qc_every < 1 or self.qc_source_bq < 0:
             raise ValueError("qc_s and qc_source_bq must be >= 0, qc_every >= 1")
+        if self.calib_s < 0 or self.calib_source_bq < 0:
+            raise ValueError("calib_s and calib_source_bq must be >= 0")
+        if self.calib_s >= self.collection_s + self.processing_s - self.gasbk_s:
+            raise ValueError("calib_s must be shorter than the start-up detector background "
+                             "(collection_s + processing_s - gasbk_s)")
         if self.acquisition_s + self.gasbk_s + self.qc_s > self.collection_s:
             raise ValueError("acquisition_s + gasbk_s + qc_s must be <= collection_s (one detector cell)")
         if not 0 < self.live_fraction <= 1 or not 0 <= self.memory_fraction < 1:
@@ -77,7 +87,7 @@ class CycleConfig:
 
 @dataclass(frozen=True)
 class Phase:
-    name: str            # DETBK, GASBK, ACQUIRE, QC, EVACUATED
+    name: str            # DETBK, CALIB, GASBK, ACQUIRE, QC, EVACUATED
     sample: int          # index of the sample in the cell (ACQUIRE) or the last one counted; -1: none
     start: float         # seconds from the start of the run
     end: float
@@ -135,7 +145,10 @@ class Schedule:
         c = self.cfg
         P = c.collection_s
         if t < self.first_gasbk():
-            return Phase("DETBK", -1, 0.0, self.first_gasbk())
+            cal0 = self.first_gasbk() - c.calib_s
+            if t < cal0:
+                return Phase("DETBK", -1, 0.0, cal0)
+            return Phase("CALIB", -1, cal0, self.first_gasbk())
         # the cell cycle k starts with the GASBK before sample k
         k = int(math.floor((t - self.first_gasbk()) / P))
         base = self.first_gasbk() + k * P
@@ -213,6 +226,8 @@ class Schedule:
             add(phase.sample, mem, True)
         if phase.name == "QC" and self.cfg.qc_source_bq > 0:
             out["CS-137"] = self.cfg.qc_source_bq
+        if phase.name == "CALIB" and self.cfg.calib_source_bq > 0:
+            out["XE-133"] = self.cfg.calib_source_bq
         return out
 
 

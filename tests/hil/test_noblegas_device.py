@@ -33,11 +33,12 @@ def q(det, verb, *args):
 
 def test_cycle_phases_follow_the_schedule_on_an_accelerated_clock():
     """12 h collection, 6 h processing with the last 30 min a gas background, 11 h acquisition:
-    the cell goes DETBK -> GASBK -> ACQUIRE -> QC -> EVACUATED -> GASBK ... at the computed instants."""
+    the cell goes DETBK -> CALIB (the start-up calibration, 30 min) -> GASBK -> ACQUIRE -> QC -> EVACUATED
+    -> GASBK ... at the computed instants."""
     clk = ManualClock()
     det = NobleGasDetector(clock=clk)
     H = 3600.0
-    expected = [(0, "DETBK"), (17.5 * H, "GASBK"), (18 * H, "ACQUIRE"), (29 * H, "QC"), (29 * H + 600, "EVACUATED"),
+    expected = [(0, "DETBK"), (17 * H, "CALIB"), (17.5 * H, "GASBK"), (18 * H, "ACQUIRE"), (29 * H, "QC"), (29 * H + 600, "EVACUATED"),
                 (29.5 * H, "GASBK"), (30 * H, "ACQUIRE"), (41 * H, "QC"), (41 * H + 600, "EVACUATED"),
                 (41.5 * H, "GASBK")]
     seen = []

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from ims_station import ims20
+from ims_station.hil.noblegas.physics import G_ENERGY
 from tests.conftest import need_openspex
 
 from .harness import CONC, SHORT_CYCLE, advance, start, stop
 
-# DETBK 0-5100 s, GASBK 5100-5400, sample 0 acquired 5400-8100, QC 8100-8400, then evacuated.
+# DETBK 0-3300 s, the start-up calibration (CALIB) 3300-5100, GASBK 5100-5400, sample 0 acquired 5400-8100, QC 8100-8400, then evacuated.
 END_S = 8500.0
 
 
@@ -35,11 +36,11 @@ def run(tmp_path_factory):
 def test_a_cycle_produces_every_message_type_in_order(run):
     kinds = [(m.data_type, getattr(m.body.header, "qualifier", None)) for m in run.messages()]
     phd = [k for k in kinds if k[0] != "RMSSOH"]
-    assert phd == [("DETBKPHD", "FULL"), ("GASBKPHD", "FULL"), ("SAMPLEPHD", "PREL"), ("SAMPLEPHD", "PREL"),
+    assert phd == [("DETBKPHD", "FULL"), ("CALIBPHD", "FULL"), ("GASBKPHD", "FULL"), ("SAMPLEPHD", "PREL"), ("SAMPLEPHD", "PREL"),
                    ("SAMPLEPHD", "FULL"), ("QCPHD", "FULL")]
     assert kinds.count(("RMSSOH", None)) == 4           # every 1800 s of detector time
     st = run.driver.stats()
-    assert st["messages"] == {"DETBKPHD": 1, "GASBKPHD": 1, "SAMPLEPHD/PREL": 2, "SAMPLEPHD": 1, "QCPHD": 1,
+    assert st["messages"] == {"DETBKPHD": 1, "CALIBPHD": 1, "GASBKPHD": 1, "SAMPLEPHD/PREL": 2, "SAMPLEPHD": 1, "QCPHD": 1,
                               "RMSSOH": kinds.count(("RMSSOH", None))}
     assert st["cycles"] == 1 and st["alarms"] == [] and st["alerts"] == {}
     assert all(v == 0 for v in st["faults"].values()), st["faults"]
@@ -50,7 +51,7 @@ def test_a_cycle_produces_every_message_type_in_order(run):
 
 def test_full_counts_are_the_emulators_memory_when_the_count_stopped(run):
     fulls = [m for m in run.messages() if m.data_type != "RMSSOH" and m.body.header.qualifier == "FULL"]
-    assert len(fulls) == 4
+    assert len(fulls) == 5
     for m in fulls:
         b = m.body
         live, real = round(b.acquisition.live_time * 50), round(b.acquisition.real_time * 50)
@@ -96,6 +97,41 @@ def test_the_sample_message_carries_the_emulators_sample_record(run):
     det, gas = run.of_type("DETBKPHD")[0][0].body, run.of_type("GASBKPHD")[0][0].body
     assert full.header.detbk_measurement_id == det.header.measurement_id
     assert full.header.gasbk_measurement_id == gas.header.measurement_id
+
+
+def test_the_calibration_count_is_a_calibphd_of_the_xe133_spike(run):
+    """The start-up calibration count: a CALIBPHD (no #Collection/#Processing, no gas background ID,
+    a #Certificate of the Xe-133 spike) whose spectra are the emulator's MCA memory when the driver
+    stopped the count, with the 81 keV γ × β coincidences at the calibrated channel."""
+    (m, text), = run.of_type("CALIBPHD")
+    b = m.body
+    assert ims20.write(ims20.parse(text)).encode() == text
+    assert b.header.qualifier == "FULL" and b.header.srid == "0" and b.header.gasbk_measurement_id == "0"
+    assert b.header.detbk_measurement_id == run.of_type("DETBKPHD")[0][0].body.header.measurement_id
+    assert b.collection is None and b.processing is None
+    row, = b.certificate.rows
+    assert row.nuclide == "XE-133" and b.certificate.total_activity == SHORT_CYCLE.calib_source_bq
+    # the count covers the CALIB phase (3300-5100 s) after the DETBK was read out
+    t0 = run.det.schedule.t0_utc
+    start_s = b.acquisition.start.timestamp() - t0
+    assert 3300 <= start_s < 3300 + 90
+    assert abs(start_s + b.acquisition.real_time - 5100) < 0.2
+    live, real = round(b.acquisition.live_time * 50), round(b.acquisition.real_time * 50)
+    mems = [mem for _, lt, rt, mem in run.truth if (lt, rt) == (live, real)]
+    assert len(mems) == 1
+    hist, beta, gamma = mems[0][:3]
+    assert np.array_equal(b.histogram.counts, hist) and np.array_equal(b.b_spectrum.counts, beta)
+    assert np.array_equal(b.g_spectrum.counts, gamma)
+    # the γ projection of the coincidences: the Cs K X-rays (~30 keV) and the 81 keV line, each at the
+    # channel the emulator's energy calibration gives (G_ENERGY rows: keV, channel)
+    proj = b.histogram.counts.sum(axis=1)
+
+    def channel(kev: float) -> float:
+        return float(np.interp(kev, [e for e, _ in G_ENERGY], [c for _, c in G_ENERGY]))
+    for lo_kev, hi_kev, line_kev in ((20.0, 50.0, 30.0), (55.0, 150.0, 81.0)):
+        lo, hi = int(channel(lo_kev)), int(channel(hi_kev))
+        peak = lo + int(np.argmax(proj[lo:hi]))
+        assert abs(peak - channel(line_kev)) <= 3, (line_kev, peak, channel(line_kev))
 
 
 def test_rmssoh_carries_the_soh_readings(run):
