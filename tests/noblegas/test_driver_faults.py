@@ -96,6 +96,9 @@ def test_every_cycle_produces_its_messages_or_a_clear_alert(run):
     for kind, phd in (("GASBK", "GASBKPHD"), ("QC", "QCPHD")):
         lost = [a for a in alerts if a.alert_type == "SYSTEM" and f"during the {kind} count" in a.description]
         assert len(run.of_type(phd)) + len(lost) >= cycles, kind
+    # the start-up calibration count (once per run) likewise
+    lost = [a for a in alerts if a.alert_type == "SYSTEM" and "during the CALIB count" in a.description]
+    assert len(run.of_type("CALIBPHD")) + len(lost) >= 1
     print(f"\nnoble-gas run {HOURS:g} h: {cycles} cycles, {cycles - with_alert} full samples, {with_alert} with an "
           f"ALERT; messages {run.driver.stats()['messages']}; alerts {run.driver.stats()['alerts']}; "
           f"faults {run.driver.stats()['faults']}; emulator {run.det.counters}")
