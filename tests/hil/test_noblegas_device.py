@@ -403,6 +403,33 @@ def test_qc_count_sees_the_cs137_check_source():
     assert peak > 3 * side > 0
 
 
+def test_calib_count_sees_the_xe133_spike_at_the_calibrated_channels():
+    """The start-up calibration (the last 30 min of the first detector background): SHOW_SAMPLE names
+    the Xe-133 spike, and its 81 keV γ × β coincidences sit at the channel the calibration states."""
+    clk = ManualClock()
+    det = NobleGasDetector(clock=clk, seed=2)
+    clk.now_s = 17 * 3600 + 1
+    smp = q(det, "SHOW_SAMPLE").fields
+    assert smp["KIND"] == "CALIB" and smp["SOURCE"] == "XE-133" and smp["SRID"] == "0"
+    assert float(smp["SOURCE_BQ"]) == det.cycle.calib_source_bq
+    q(det, "SET_TRUE_PRESET", 1790 * 50)
+    q(det, "START")
+    clk.advance(1800)
+    proj = det.memory()[0].sum(axis=1)                           # γ projection of the β-γ histogram
+    ch81 = int(round(float(det.model.g.channel(81.0))))
+    assert 30 <= ch81 <= 33                                      # MIX58: 81 keV at channel 31.55
+    peak = proj[ch81 - 3:ch81 + 4].sum()
+    side = proj[ch81 + 15:ch81 + 22].sum()
+    assert peak > 1000 and peak > 20 * side
+    # a detector background count of the same length sees no such peak
+    det2 = NobleGasDetector(clock=(clk2 := ManualClock()), seed=2)
+    clk2.now_s = 16 * 3600
+    q(det2, "SET_TRUE_PRESET", 1790 * 50)
+    q(det2, "START")
+    clk2.advance(1800)
+    assert det2.memory()[0].sum(axis=1)[ch81 - 3:ch81 + 4].sum() < peak / 10
+
+
 def test_late_replies_come_out_of_step_unless_the_driver_drains_its_input():
     clk = ManualClock()
     det = NobleGasDetector(clock=clk, seed=1, faults=NobleGasFaults(late=0.999))

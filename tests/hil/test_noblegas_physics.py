@@ -102,7 +102,8 @@ def test_beta_gamma_cycle_gives_back_the_concentrations(seed):
     clk = ManualClock()
     det = NobleGasDetector(seed=seed, clock=clk, concentrations=CONC)
     s = det.schedule
-    detbk, _, _ = _driver_count(det, clk, s.first_gasbk())
+    detbk, _, _ = _driver_count(det, clk, s.first_gasbk() - det.cycle.calib_s)
+    _driver_count(det, clk, s.first_gasbk())             # the start-up calibration (Xe-133 spike)
     gasbk, _, _ = _driver_count(det, clk, s.first_gasbk() + det.cycle.gasbk_s)
     smp, real, start = _driver_count(det, clk, s.first_gasbk() + det.cycle.gasbk_s + det.cycle.acquisition_s)
     rec = s.sample(0)
@@ -219,11 +220,13 @@ def test_open_spex_bgm_analysis_gives_back_the_concentrations(monkeypatch):
     det = NobleGasDetector(seed=3, clock=clk, concentrations=CONC)
     s = det.schedule
     counts = []
-    for until in (s.first_gasbk(), s.first_gasbk() + det.cycle.gasbk_s,
+    # the detector background, the start-up calibration (the Xe-133 spike: not a background, unused),
+    # the gas background, the sample
+    for until in (s.first_gasbk() - det.cycle.calib_s, s.first_gasbk(), s.first_gasbk() + det.cycle.gasbk_s,
                   s.first_gasbk() + det.cycle.gasbk_s + det.cycle.acquisition_s):
         c, real, start = _driver_count(det, clk, until)
         counts.append((c, real, start))
-    (d, d_real, _), (g, g_real, g_start), (smp, s_real, s_start) = counts
+    (d, d_real, _), _calib, (g, g_real, g_start), (smp, s_real, s_start) = counts
     rec = s.sample(0)
     cal = det.model.calibration()
     eff = [e for _, _, e in cal["bg_efficiency"]]
