@@ -18,7 +18,7 @@ from ims_station.edge.serialport import open_port
 from ims_station.hil.noblegas import device as dev
 from ims_station.hil.noblegas.device import AcceleratedClock, ManualClock, NobleGasDetector
 from ims_station.hil.noblegas.faults import NobleGasFaults
-from ims_station.hil.noblegas.process import CycleConfig
+from ims_station.hil.noblegas.process import CycleConfig, Schedule
 from ims_station.hil.noblegas.ptyrun import DetectorPty
 
 
@@ -455,3 +455,13 @@ def test_late_replies_come_out_of_step_unless_the_driver_drains_its_input():
         assert det.counters["late"] == 2
     finally:
         dev.unregister("late")
+
+
+def test_the_calibration_count_is_configurable_and_must_fit_the_startup_background():
+    off = Schedule(CycleConfig(calib_s=0), {}, t0_utc=0.0)
+    assert off.phase_at(17.5 * 3600 - 1).name == "DETBK"          # calib_s 0: no calibration count
+    on = Schedule(CycleConfig(calib_s=3600), {}, t0_utc=0.0)
+    assert on.phase_at(16.5 * 3600).name == "CALIB" and on.phase_at(16.5 * 3600 - 1).name == "DETBK"
+    for bad in ({"calib_s": -1.0}, {"calib_source_bq": -1.0}, {"calib_s": 63_000.0}):
+        with pytest.raises(ValueError):
+            CycleConfig(**bad)
