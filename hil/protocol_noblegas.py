@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import urllib.parse
 
-from serial.serialutil import PortNotOpenError, SerialBase, SerialException
+from serial.serialutil import PortNotOpenError, SerialException
 
 from .faults import FaultSpecError
 from .noblegas.faults import RATE_KINDS, WINDOW_KINDS
+from .virtualport import VirtualSerialBase
 
 _CYCLE = {"collection": "collection_s", "processing": "processing_s", "gasbk": "gasbk_s",
           "acquisition": "acquisition_s", "qc": "qc_s", "calib": "calib_s"}
@@ -82,7 +83,7 @@ def parse_url(url: str) -> tuple[str, dict]:
     return name, kw
 
 
-class Serial(SerialBase):
+class Serial(VirtualSerialBase):
     """A serial port whose other end is the noble-gas detector emulator."""
 
     def __init__(self, *args, **kwargs) -> None:
@@ -171,36 +172,3 @@ class Serial(SerialBase):
             raise PortNotOpenError()
         self._rx.clear()
         self.device.take_late()            # what has arrived by now is discarded too
-
-    def reset_output_buffer(self) -> None:
-        if not self.is_open:
-            raise PortNotOpenError()
-
-    @property
-    def out_waiting(self) -> int:
-        return 0
-
-    def _update_break_state(self) -> None:
-        pass
-
-    def _update_rts_state(self) -> None:
-        pass
-
-    def _update_dtr_state(self) -> None:
-        pass
-
-    @property
-    def cts(self) -> bool:
-        return True
-
-    @property
-    def dsr(self) -> bool:
-        return True
-
-    @property
-    def ri(self) -> bool:
-        return False
-
-    @property
-    def cd(self) -> bool:
-        return True

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import urllib.parse
 
-from serial.serialutil import PortNotOpenError, SerialBase, SerialException
+from serial.serialutil import PortNotOpenError, SerialException
 
 from .faults import FaultPlan, FaultSpecError, LineFaults, Window
+from .virtualport import VirtualSerialBase
 
 _FLOAT = ("ber", "drop", "dup", "rate", "latency_ms", "holdover")
 _WINDOWS = {"disconnect": "disconnects", "gnss": "gnss_outages", "clip": "clipping", "tamper": "tamper",
@@ -90,7 +91,7 @@ def _key(opts: dict) -> bytes | None:
     return read_secret_file(opts["key_file"], what="board HMAC key")
 
 
-class Serial(SerialBase):
+class Serial(VirtualSerialBase):
     """A serial port whose other end is a simulated digitizer board."""
 
     def __init__(self, *args, **kwargs) -> None:
@@ -160,36 +161,3 @@ class Serial(SerialBase):
         if not self.is_open:
             raise PortNotOpenError()
         self.sim.down.take()
-
-    def reset_output_buffer(self) -> None:
-        if not self.is_open:
-            raise PortNotOpenError()
-
-    @property
-    def out_waiting(self) -> int:
-        return 0
-
-    def _update_break_state(self) -> None:
-        pass
-
-    def _update_rts_state(self) -> None:
-        pass
-
-    def _update_dtr_state(self) -> None:
-        pass
-
-    @property
-    def cts(self) -> bool:
-        return True
-
-    @property
-    def dsr(self) -> bool:
-        return True
-
-    @property
-    def ri(self) -> bool:
-        return False
-
-    @property
-    def cd(self) -> bool:
-        return True
