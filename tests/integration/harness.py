@@ -262,9 +262,11 @@ class RelayProcess:
         return FileArchive(self.root / "data" / "archive", writer="check")
 
 
-def archived_sequences(archive_root: Path, frame_set: str) -> dict[int, str]:
-    """(seq -> sha256) of every archived frame of *frame_set*, read from the archive's index
-    directly (works while the relay process runs: SQLite WAL readers do not block the writer)."""
+def archived_sequences(archive_root: Path, frame_set: str, table: str = "frames") -> dict[int, str]:
+    """(seq -> sha256) of everything archived in *frame_set* -- frames, or with *table* ``events`` /
+    ``ims20`` the archive's enveloped messages -- read from the archive's index directly (works while
+    the relay process runs: SQLite WAL readers do not block the writer); a seq archived twice fails."""
+    assert table in ("frames", "events", "ims20"), table
     import sqlite3
 
     db = archive_root / "index.sqlite"
@@ -272,14 +274,14 @@ def archived_sequences(archive_root: Path, frame_set: str) -> dict[int, str]:
         return {}
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
-        rows = con.execute("SELECT seq, sha256 FROM frames WHERE frame_set = ?", (frame_set,)).fetchall()
+        rows = con.execute(f"SELECT seq, sha256 FROM {table} WHERE frame_set = ?", (frame_set,)).fetchall()
     except sqlite3.OperationalError:
         return {}
     finally:
         con.close()
     out: dict[int, str] = {}
     for seq, digest in rows:
-        assert seq not in out, f"sequence {seq} archived twice"
+        assert seq not in out, f"{table} sequence {seq} archived twice"
         out[int(seq)] = digest
     return out
 

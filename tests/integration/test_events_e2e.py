@@ -20,7 +20,7 @@ import time
 from datetime import datetime, timezone
 
 from .conftest import Collector
-from .harness import PacedStation, RelayProcess, wait_for
+from .harness import PacedStation, RelayProcess, archived_sequences, wait_for
 from .test_faults import relay_stats
 
 STA = "EVT1"
@@ -29,21 +29,7 @@ EFS = f"{STA}:events"
 
 def archived_events(root) -> dict[int, str]:
     """seq -> sha256 of the archived events of EVT1 (read-only; the relay keeps writing)."""
-    db = root / "index.sqlite"
-    if not db.exists():
-        return {}
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        rows = con.execute("SELECT seq, sha256 FROM events WHERE frame_set = ?", (EFS,)).fetchall()
-    except sqlite3.OperationalError:
-        return {}
-    finally:
-        con.close()
-    out: dict[int, str] = {}
-    for seq, digest in rows:
-        assert seq not in out, f"event {seq} archived twice"
-        out[int(seq)] = digest
-    return out
+    return archived_sequences(root, EFS, "events")
 
 
 def trigger_doc(state: str, t: float) -> dict:

@@ -16,13 +16,12 @@ deletion from the station's outbox.
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import time
 
 from .conftest import Collector
-from .harness import PacedStation, RelayProcess, wait_for
+from .harness import PacedStation, RelayProcess, archived_sequences, wait_for
 from .test_faults import relay_stats
 
 STA = "NGS1"
@@ -33,21 +32,7 @@ def archived(root, frame_set: str = IFS) -> dict[int, str]:
     """seq -> SHA-256 of the IMS 2.0 texts archived for *frame_set* (``STA:ims20``) in the relay
     archive at *root*, read-only while the relay keeps writing; a seq archived twice fails.  Compare
     with ``hashlib.sha256(text)`` of what the station emitted: nothing lost, nothing doubled."""
-    db = root / "index.sqlite"
-    if not db.exists():
-        return {}
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        rows = con.execute("SELECT seq, sha256 FROM ims20 WHERE frame_set = ?", (frame_set,)).fetchall()
-    except sqlite3.OperationalError:
-        return {}
-    finally:
-        con.close()
-    out: dict[int, str] = {}
-    for seq, digest in rows:
-        assert seq not in out, f"message {seq} archived twice"
-        out[int(seq)] = digest
-    return out
+    return archived_sequences(root, frame_set, "ims20")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
