@@ -86,3 +86,104 @@ def factory(keys) -> FrameFactory:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+# -- one suite, two backends -------------------------------------------------------------------------
+# The relay's state store and archive come from the ``stores`` fixture, parametrized over the
+# embedded SQLite default (``SqliteStateStore``, ``FileArchive``) and PostgreSQL (``PgStateStore``,
+# ``PgArchive``, relay/pgstore.py), so the same tests run against both.  PostgreSQL is one
+# throwaway cluster per test session (ims_station.pglocal: a free port on loopback, its socket in
+# a private directory, as the ``postgres`` user when we are root); each store path maps to its own
+# schema, so every test starts empty and two stores opened on one path share their data, exactly
+# like two SQLite connections to one file.
+BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    from ims_station.pglocal import PgCluster, PgLocalError
+
+    try:
+        cluster = PgCluster(fast=True).start()
+    except PgLocalError as err:
+        pytest.fail(f"the PostgreSQL backend tests need a local PostgreSQL server: {err}")
+    try:
+        yield cluster, cluster.create_database("relay_tests")
+    finally:
+        cluster.remove()
+
+
+class Stores:
+    """State store and archive factories of one backend, keyed by a path like the SQLite ones."""
+
+    def __init__(self, backend: str, dsn: str | None = None, cluster=None) -> None:
+        self.backend = backend
+        self.dsn = dsn
+        self.cluster = cluster
+
+    @property
+    def pg(self) -> bool:
+        return self.backend == "postgresql"
+
+    @staticmethod
+    def schema(path) -> str:
+        import hashlib
+
+        return "t_" + hashlib.blake2b(str(Path(path).absolute()).encode(), digest_size=8).hexdigest()
+
+    def state(self, path):
+        if self.pg:
+            from ims_station.relay.pgstore import PgStateStore
+
+            return PgStateStore(self.dsn, schema=self.schema(path))
+        from ims_station.relay.state import SqliteStateStore
+
+        return SqliteStateStore(path)
+
+    def archive(self, root, **kw):
+        if self.pg:
+            from ims_station.relay.pgstore import PgArchive
+
+            return PgArchive(self.dsn, root, schema=self.schema(root), **kw)
+        from ims_station.relay.archive import FileArchive
+
+        return FileArchive(root, **kw)
+
+    def cli(self, root) -> list[str]:
+        """The command-line arguments naming the archive at *root* for ``relay events``, ``relay
+        ims2``, ``relay export``...: ``--archive ROOT`` (SQLite), or ``--config`` a relay config
+        whose ``[relay.state]`` names the PostgreSQL index (DSN in a mode-0600 ``dsn_file``)."""
+        if not self.pg:
+            return ["--archive", str(root)]
+        root = Path(root)
+        dsn_file = root.parent / "relay-db.dsn"
+        dsn_file.write_text(self.dsn + "\n")
+        dsn_file.chmod(0o600)
+        cfg = root.parent / "relay-pg.toml"
+        cfg.write_text(f'[relay]\ndata_dir = "{root.parent}"\ntrust_dir = "{root.parent}"\n'
+                       f'[relay.state]\nbackend = "postgresql"\ndsn_file = "{dsn_file}"\n'
+                       f'schema = "{self.schema(root)}"\nobjects_dir = "{root}"\n'
+                       f'[broker]\nhost = "127.0.0.1"\n')
+        return ["--config", str(cfg)]
+
+    def state_code(self, path) -> str:
+        """Python source that opens the same state store in a child process."""
+        if self.pg:
+            return (f"__import__('ims_station.relay.pgstore', fromlist=['x']).PgStateStore("
+                    f"{self.dsn!r}, schema={self.schema(path)!r})")
+        return f"__import__('ims_station.relay.state', fromlist=['x']).SqliteStateStore({str(path)!r})"
+
+    def archive_code(self, root) -> str:
+        """Python source that opens the same archive in a child process."""
+        if self.pg:
+            return (f"__import__('ims_station.relay.pgstore', fromlist=['x']).PgArchive("
+                    f"{self.dsn!r}, {str(root)!r}, schema={self.schema(root)!r})")
+        return f"__import__('ims_station.relay.archive', fromlist=['x']).FileArchive({str(root)!r})"
+
+
+@pytest.fixture(params=BACKENDS)
+def stores(request) -> Stores:
+    if request.param == "postgresql":
+        cluster, dsn = request.getfixturevalue("pg_cluster")
+        return Stores("postgresql", dsn, cluster)
+    return Stores("sqlite")
