@@ -166,6 +166,31 @@ class _Sql:
                 cur.executemany(self._q(sql), rows)
 
 
+class PgReader(_Sql):
+    """A read-only session on the relay's tables (``relay status``, ``relay kpi``, tests): the
+    ``execute`` of :class:`_Sql` and ``has_table``; safe next to running relays."""
+
+    def has_table(self, name: str) -> bool:
+        return bool(self.execute("SELECT to_regclass(?) IS NOT NULL", (name,)).fetchone()[0])
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def connect_reader(dsn: str, *, schema: str = "public") -> PgReader:
+    """A :class:`PgReader` on *schema* (raises ``ArchiveError`` naming the redacted DSN)."""
+    pg = _driver()
+    if not _SCHEMA_NAME.match(schema):
+        raise ArchiveError(f"PostgreSQL schema {schema!r} must be lower-case letters, digits and '_'")
+    try:
+        con = pg.connect(dsn, autocommit=True, connect_timeout=5)
+        con.execute("SET default_transaction_read_only = on")
+        con.execute(f'SET search_path TO "{schema}"')
+    except pg.Error as err:
+        raise ArchiveError(f"PostgreSQL {redact(dsn)!r}: cannot connect ({str(err).strip()})") from err
+    return PgReader(con)
+
+
 class PgConnection:
     """One libpq connection, made on first use and after a failure (with backoff); *schema* is
     created if missing and set as the search path; *setup* runs once per connection."""

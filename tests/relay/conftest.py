@@ -93,9 +93,10 @@ def clock() -> FakeClock:
 # embedded SQLite default (``SqliteStateStore``, ``FileArchive``) and PostgreSQL (``PgStateStore``,
 # ``PgArchive``, relay/pgstore.py), so the same tests run against both.  PostgreSQL is one
 # throwaway cluster per test session (ims_station.pglocal: a free port on loopback, its socket in
-# a private directory, as the ``postgres`` user when we are root); each store path maps to its own
-# schema, so every test starts empty and two stores opened on one path share their data, exactly
-# like two SQLite connections to one file.
+# a private directory, as the ``postgres`` user when we are root); the stores of one folder (a
+# relay's data_dir: ``state.sqlite``, ``archive/``) map to one schema of their own, so every test
+# starts empty and two stores opened on one path share their data, exactly like two SQLite
+# connections to one file; the archive's objects go under the archive's path.
 BACKENDS = ("sqlite", "postgresql")
 
 
@@ -127,9 +128,45 @@ class Stores:
 
     @staticmethod
     def schema(path) -> str:
+        """The schema of the stores at *path* (a state file or an archive root): its folder's."""
         import hashlib
 
-        return "t_" + hashlib.blake2b(str(Path(path).absolute()).encode(), digest_size=8).hexdigest()
+        return "t_" + hashlib.blake2b(str(Path(path).absolute().parent).encode(), digest_size=8).hexdigest()
+
+    def index_db(self, root):
+        """A read-only connection to the archive index at *root* (``relay.status``, ``relay.kpi``)."""
+        if self.pg:
+            from ims_station.relay.pgstore import connect_reader
+
+            return connect_reader(self.dsn, schema=self.schema(root))
+        from ims_station.relay.status import connect_ro
+
+        return connect_ro(Path(root) / "index.sqlite")
+
+    def state_db(self, path):
+        """A read-only connection to the state store at *path*."""
+        if self.pg:
+            from ims_station.relay.pgstore import connect_reader
+
+            return connect_reader(self.dsn, schema=self.schema(path))
+        from ims_station.relay.status import connect_ro
+
+        return connect_ro(Path(path))
+
+    def copy(self, src, dst) -> None:
+        """Copy a relay data dir *src* (its files; with PostgreSQL also its schema) to *dst*."""
+        import shutil
+
+        shutil.copytree(src, dst)
+        if self.pg:
+            import psycopg
+
+            a, b = self.schema(Path(src) / "x"), self.schema(Path(dst) / "x")
+            with psycopg.connect(self.dsn, autocommit=True) as con:
+                con.execute(f"CREATE SCHEMA {b}")
+                for (t,) in con.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (a,)).fetchall():
+                    con.execute(f"CREATE TABLE {b}.{t} (LIKE {a}.{t} INCLUDING ALL)")
+                    con.execute(f"INSERT INTO {b}.{t} SELECT * FROM {a}.{t}")
 
     def state(self, path):
         if self.pg:
@@ -155,14 +192,20 @@ class Stores:
         whose ``[relay.state]`` names the PostgreSQL index (DSN in a mode-0600 ``dsn_file``)."""
         if not self.pg:
             return ["--archive", str(root)]
-        root = Path(root)
-        dsn_file = root.parent / "relay-db.dsn"
+        return self.data_args(Path(root).parent)
+
+    def data_args(self, data) -> list[str]:
+        """``--data-dir DATA`` (``relay status``, ``relay kpi``), or with PostgreSQL ``--config``."""
+        if not self.pg:
+            return ["--data-dir", str(data)]
+        data = Path(data)
+        dsn_file = data.parent / f"{data.name}-db.dsn"
         dsn_file.write_text(self.dsn + "\n")
         dsn_file.chmod(0o600)
-        cfg = root.parent / "relay-pg.toml"
-        cfg.write_text(f'[relay]\ndata_dir = "{root.parent}"\ntrust_dir = "{root.parent}"\n'
+        cfg = data.parent / f"{data.name}-pg.toml"
+        cfg.write_text(f'[relay]\ndata_dir = "{data}"\ntrust_dir = "{data}"\n'
                        f'[relay.state]\nbackend = "postgresql"\ndsn_file = "{dsn_file}"\n'
-                       f'schema = "{self.schema(root)}"\nobjects_dir = "{root}"\n'
+                       f'schema = "{self.schema(data / "archive")}"\n'
                        f'[broker]\nhost = "127.0.0.1"\n')
         return ["--config", str(cfg)]
 
