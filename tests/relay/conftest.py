@@ -199,15 +199,21 @@ class Stores:
         if not self.pg:
             return ["--data-dir", str(data)]
         data = Path(data)
+        cfg = data.parent / f"{data.name}-pg.toml"
+        cfg.write_text(f'[relay]\ndata_dir = "{data}"\ntrust_dir = "{data}"\n{self.state_toml(data)}'
+                       f'[broker]\nhost = "127.0.0.1"\n')
+        return ["--config", str(cfg)]
+
+    def state_toml(self, data) -> str:
+        """The ``[relay.state]`` table of a relay config for data_dir *data* ("" for SQLite)."""
+        if not self.pg:
+            return ""
+        data = Path(data)
         dsn_file = data.parent / f"{data.name}-db.dsn"
         dsn_file.write_text(self.dsn + "\n")
         dsn_file.chmod(0o600)
-        cfg = data.parent / f"{data.name}-pg.toml"
-        cfg.write_text(f'[relay]\ndata_dir = "{data}"\ntrust_dir = "{data}"\n'
-                       f'[relay.state]\nbackend = "postgresql"\ndsn_file = "{dsn_file}"\n'
-                       f'schema = "{self.schema(data / "archive")}"\n'
-                       f'[broker]\nhost = "127.0.0.1"\n')
-        return ["--config", str(cfg)]
+        return (f'[relay.state]\nbackend = "postgresql"\ndsn_file = "{dsn_file}"\n'
+                f'schema = "{self.schema(data / "archive")}"\n')
 
     def state_code(self, path) -> str:
         """Python source that opens the same state store in a child process."""
