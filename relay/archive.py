@@ -8,7 +8,10 @@ authentic (``relay.verify``), nor frame-set gap state (``relay.gaps``/``relay.st
 Interface (:class:`Archive`): ``commit(frames, quarantined)`` stores a batch durably and returns one
 :class:`StoreResult` per frame; ``lookup``, ``read_frame``, ``iter_day``, ``quarantine_entries``,
 ``export_mseed``, ``stats``; events: ``commit(..., events=...)``, ``iter_events``, ``read_event``; IMS 2.0
-messages: ``commit(..., ims20=...)``, ``iter_ims20``, ``read_ims20``.  A PostgreSQL/object-store archive (ROADMAP item 7) is a new subclass.
+messages: ``commit(..., ims20=...)``, ``iter_ims20``, ``read_ims20``.  :class:`IndexedArchive` holds the
+decisions below and every index query, whatever stores them: :class:`FileArchive` (here) and
+``relay.pgstore.PgArchive`` (index in PostgreSQL, bytes as content-addressed objects) fill in where
+the index and the bytes live.
 
 :class:`FileArchive` (the embedded default), under ``root``::
 
@@ -46,7 +49,7 @@ messages: ``commit(..., ims20=...)``, ``iter_ims20``, ``read_ims20``.  A Postgre
   SHA-256: the same text under the same seq is a duplicate even if signed again.
 * Several relay processes may share one root (shared-subscription load sharing on one host): each
   writes only its own files (``writer`` names them) and the SQLite index serialises the decisions.
-  Across hosts, use a networked backend (ROADMAP item 7).
+  Across hosts: ``relay.pgstore.PgArchive``.
 * The quarantine is bounded (``quarantine_max_bytes``); beyond it, only the index row is kept.
 
 miniSEED export uses ``pymseed`` (libmseed, the FDSN reference library) rather than hand-packing

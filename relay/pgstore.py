@@ -376,8 +376,11 @@ class _Objects(_Placement):
 
 def write_object(path: Path, data: bytes) -> None:
     """Write *data* to *path* once and durably: temp file, fsync, rename, fsync of the directory.
-    An existing *path* is left alone (its name is its content's SHA-256)."""
+    An existing *path* is left alone (its name is its content's SHA-256; it was fsync'd before its
+    rename), but its directory is synced again: the process that renamed it may have died before
+    its own directory sync, and the index row about to be committed must not outlive the name."""
     if path.exists() and path.stat().st_size == len(data):
+        fsync_dir(path.parent)
         return
     makedirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
@@ -421,11 +424,16 @@ class PgArchive(IndexedArchive):
                events: Iterable[EventRecord] = (), ims20: Iterable[Ims20Record] = ()) -> list[StoreResult]:
         frames, quarantined, events, ims20 = list(frames), list(quarantined), list(events), list(ims20)
         with self._lock:
+            q_bytes = self._quarantine_bytes     # _commit counts kept payloads before our COMMIT
             try:
                 return self.conn.run(f"commit of {len(frames)} frame(s)",
                                      lambda sql: self._in_tx(sql, frames, quarantined, events, ims20))
             except OSError as err:
+                self._quarantine_bytes = q_bytes
                 raise ArchiveError(f"{self.root}: writing an archive object failed: {err}") from err
+            except BaseException:
+                self._quarantine_bytes = q_bytes
+                raise
 
     def _in_tx(self, sql: _Sql, frames: list, quarantined: list, events: list, ims20: list) -> list[StoreResult]:
         self._db = sql

@@ -20,6 +20,8 @@ Deterministic (seeded).  ``IMS_FUZZ_CASES`` sets the number of cases (default 20
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import random
 import re
@@ -32,7 +34,7 @@ from ims_station.relay.core import Incoming, RelayCore
 from ims_station.relay.verify import REASONS, Verifier
 
 from .cd11_writer import data_frame
-from .conftest import FrameFactory, nominal_of
+from .conftest import FUZZ_BACKENDS, FrameFactory, nominal_of
 
 CASES = int(os.environ.get("IMS_FUZZ_CASES", "20000"))
 BATCH = 250
@@ -97,6 +99,7 @@ def mutate(rng: random.Random, frames: list[bytes]) -> bytes:
     return bytes(raw)
 
 
+@pytest.mark.parametrize("stores", FUZZ_BACKENDS, indirect=True)    # conftest.py: why
 def test_fuzz_relay_process_and_cd11_verify(tmp_path, keys, stores):
     rng = random.Random(7_2026)
     frames = base_frames(keys)

@@ -19,6 +19,8 @@ Deterministic (seeded).  ``IMS_FUZZ_CASES`` sets the number of cases (default 30
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import random
@@ -31,7 +33,7 @@ from ims_station.relay.cli import merge_events
 from ims_station.relay.core import Incoming, RelayCore
 from ims_station.relay.verify import REASONS, Verifier
 
-from .conftest import KEY_IDS
+from .conftest import FUZZ_BACKENDS, KEY_IDS
 from .test_events import NOW, event_doc
 
 CASES = int(os.environ.get("IMS_FUZZ_CASES", "3000"))
@@ -112,6 +114,7 @@ def mutate_raw(rng: random.Random, raw: bytes, bases: list[bytes]) -> bytes:
     return bytes(b)
 
 
+@pytest.mark.parametrize("stores", FUZZ_BACKENDS, indirect=True)    # conftest.py: why
 def test_fuzz_relay_process_with_event_envelopes(tmp_path, keys, stores):
     rng = random.Random(9_2026)
     clock = FakeClock(t=NOW)

@@ -37,7 +37,7 @@ from ims_station.relay.cli import ims20_row
 from ims_station.relay.core import Incoming, RelayCore
 from ims_station.relay.verify import REASONS, Verifier
 
-from .conftest import KEY_IDS
+from .conftest import FUZZ_BACKENDS, KEY_IDS
 from .test_fuzz_events import mutate_raw
 from .test_ims20 import NOW
 
@@ -117,6 +117,7 @@ def bases(shared_dir: Path) -> list[bytes]:
     return [small_sample((d / "SAMPLE20211203070613605.PHD").read_text()), ALERT]
 
 
+@pytest.mark.parametrize("stores", FUZZ_BACKENDS, indirect=True)    # conftest.py: why
 def test_fuzz_relay_process_with_ims20_envelopes(tmp_path, keys, bases, shared_dir, stores):
     rng = random.Random(10_2026)
     clock = FakeClock(t=NOW)

@@ -69,6 +69,9 @@ def test_every_key_is_documented_in_relay_md_and_configuration_md():
 
 
 def test_the_loopback_script_starts_postgresql_with_a_password_on_tcp(tmp_path):
+    from tests.conftest import need_postgresql
+
+    need_postgresql()
     import psycopg
 
     d = Path(f"/tmp/ims-pgl-{os.getpid()}")

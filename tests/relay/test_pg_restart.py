@@ -32,7 +32,9 @@ T = "ims/STA01/cd11"
 @pytest.fixture
 def own_cluster():
     from ims_station.pglocal import PgCluster
+    from tests.conftest import need_postgresql
 
+    need_postgresql()
     cluster = PgCluster(fast=True).start()
     try:
         yield cluster, cluster.create_database("restart")
