@@ -8,7 +8,7 @@ it again.  The feeding loop does what the broker does for the MQTT relay: a batc
 whose ``process`` returned is acknowledged and never sent again.  Afterwards: every frame is in the
 archive exactly once and byte-identical, every acknowledged frame was committed (it is there after
 the restart), the frame-set state has no gap, the KPI samples are counted once, and the stores came
-back by reconnecting (no new objects were constructed).  The cluster is this test's own (the
+back by reconnecting (no new objects were constructed).  The cluster is this module's own (the
 session cluster of the other tests is not disturbed).
 """
 
@@ -29,17 +29,23 @@ BATCH = 4
 T = "ims/STA01/cd11"
 
 
-@pytest.fixture
-def own_cluster():
+@pytest.fixture(scope="module")
+def module_cluster():
     from ims_station.pglocal import PgCluster
     from tests.conftest import need_postgresql
 
     need_postgresql()
     cluster = PgCluster(fast=True).start()
     try:
-        yield cluster, cluster.create_database("restart")
+        yield cluster
     finally:
         cluster.remove()
+
+
+@pytest.fixture
+def own_cluster(module_cluster, request):
+    """This module's cluster (the tests stop and start it) and a fresh database of the test's own."""
+    return module_cluster, module_cluster.create_database(request.node.name[:40].lower())
 
 
 def test_postgresql_restart_mid_stream_loses_nothing_and_archives_nothing_twice(tmp_path, keys, factory, clock,
@@ -116,3 +122,45 @@ def test_postgresql_restart_mid_stream_loses_nothing_and_archives_nothing_twice(
     finally:
         db.close()
     core.close()
+
+
+def test_the_mqtt_relay_rides_out_a_postgresql_restart(mosquitto, tmp_path, keys, factory, own_cluster):
+    """The same through the real transport: a :class:`Relay` on Mosquitto (manual PUBACK, persistent
+    session) while PostgreSQL is stopped and started under a live stream.  Batches whose commit
+    failed are not PUBACKed; the relay reconnects and the broker redelivers them.  The station
+    publishes each frame once and never resends: whatever reaches the archive came through the
+    broker's redelivery, so a frame acknowledged without being committed would be missing."""
+    from ims_station.relay.pgstore import PgArchive, PgStateStore
+    from ims_station.relay.relay import Relay
+
+    from .test_relay_mqtt import TIMEOUT, Observed, StationClient
+
+    cluster, dsn = own_cluster
+    base, n = 8640 * 8700, 60
+    frames = [factory.build(base + k) for k in range(n)]
+    seen = Observed()
+    relay = Relay(mosquitto.config, keys.trust, PgStateStore(dsn, schema="mqtt"),
+                  PgArchive(dsn, tmp_path / "objects-root", schema="mqtt"), instance="r1", group="relays",
+                  on_outcomes=lambda outs: seen.add(list(outs)), backoff_base_s=0.05, backoff_max_s=0.3,
+                  max_past_s=None, acknack_interval_s=0.5, acknack_min_spacing_s=0.05)
+    sta = StationClient(mosquitto)
+    with relay:
+        assert relay.wait_connected(TIMEOUT)
+        for k, raw in enumerate(frames):
+            if k == n // 3:
+                cluster.stop("immediate")
+            if k == 2 * n // 3:
+                cluster.start()
+            sta.publish(raw)
+            time.sleep(0.02)
+        seen.wait(lambda it: {o.sequence for o in it if o.result in ("archived", "duplicate")} ==
+                  {base + k for k in range(n)}, timeout=30)
+        sta.acknacks.wait(lambda a: a and (a[-1].lowest, a[-1].highest, a[-1].gaps) == (base, base + n - 1, []),
+                          timeout=30)
+        st = relay.stats()
+        archive = relay.core.archive
+        assert archive.frame_keys() == [("STA01:0", base + k) for k in range(n)]        # each exactly once
+        assert all(archive.read_frame("STA01:0", base + k) == frames[k] for k in range(n))
+    sta.close()
+    assert st["store_errors"] >= 1 and st["transport"]["disconnects"] >= 1       # the restart was felt
+    assert st["internal_errors"] == 0 and st["archived"] == n
