@@ -36,7 +36,7 @@ SCHEMA: dict[str, Any] = {
         "backend": {"enum": list(BACKENDS)},
         "dsn": {"type": "string", "minLength": 1, "maxLength": 4096},
         "dsn_file": {"type": "string", "minLength": 1},
-        "schema": {"type": "string", "pattern": "^[a-z_][a-z0-9_]{0,62}$"},
+        "schema": {"type": "string", "pattern": "^(?!pg_)[a-z_][a-z0-9_]{0,62}$"},
         "objects_dir": {"type": "string", "minLength": 1},
     },
 }

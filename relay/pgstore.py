@@ -66,7 +66,7 @@ from ims_station.relay.state import StateStore
 
 log = logging.getLogger(__name__)
 
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_SCHEMA_NAME = re.compile(r"^(?!pg_)[a-z_][a-z0-9_]{0,62}$")   # pg_*: reserved by PostgreSQL
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 
@@ -238,8 +238,8 @@ class PgConnection:
             self._backoff = min(BACKOFF_MAX_S, max(BACKOFF_MIN_S, self._backoff * 2))
             self._next_try = time.monotonic() + self._backoff
             self.failures += 1
-            raise self.error(f"{self.where()}: cannot connect ({str(err).strip()}); "
-                             f"retrying in {self._backoff:.1f} s") from err
+            raise self.error(f"{self.where()}: cannot connect ({str(err).strip()}); is the server up, "
+                             f"the DSN right? (next attempt after {self._backoff:.1f} s)") from err
         if self.reconnects or self.failures:
             log.info("%s: connected again", self.where())
         self.reconnects += 1

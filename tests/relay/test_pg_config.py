@@ -51,6 +51,7 @@ def test_default_is_sqlite_and_postgresql_reads_the_dsn_file(tmp_path):
     ('dsn = "host=a"', "relay.state.dsn", 'only for backend = "postgresql"'),
     ('backend = "mysql"', "relay.state.backend", ""),
     ('backend = "postgresql"\ndsn = "host=a"\nschema = "Bad-Name"', "relay.state.schema", ""),
+    ('backend = "postgresql"\ndsn = "host=a"\nschema = "pg_relay"', "relay.state.schema", ""),
 ])
 def test_errors_name_file_key_and_reason(tmp_path, state, key, reason):
     secret(tmp_path / "open.dsn", "host=db1 password=x\n", 0o644)
