@@ -101,8 +101,8 @@ def clock() -> FakeClock:
 BACKENDS = ("sqlite", "postgresql")
 #: The fuzz tests aim at the verifier and the poison-message boundary; the store calls they reach are
 #: the core's, which run on both backends anyway.  On PostgreSQL they add ~25 s, so by default they
-#: run on SQLite only; IMS_TEST_FUZZ_ALL_BACKENDS=1 runs them on both (done for every change of
-#: relay/pgstore.py; docs/relay.md, "State in PostgreSQL").
+#: run on SQLite only; IMS_TEST_FUZZ_ALL_BACKENDS=1 runs them on both (run it after changing
+#: relay/pgstore.py or relay/archive.py; docs/relay.md, "State in PostgreSQL").
 FUZZ_BACKENDS = BACKENDS if os.environ.get("IMS_TEST_FUZZ_ALL_BACKENDS") else ("sqlite",)
 
 

@@ -163,4 +163,6 @@ def test_the_mqtt_relay_rides_out_a_postgresql_restart(mosquitto, tmp_path, keys
         assert all(archive.read_frame("STA01:0", base + k) == frames[k] for k in range(n))
     sta.close()
     assert st["store_errors"] >= 1 and st["transport"]["disconnects"] >= 1       # the restart was felt
-    assert st["internal_errors"] == 0 and st["archived"] == n
+    # A batch whose archive commit went through and whose state update then failed comes back as
+    # duplicates (the state lags the archive, never the other way round): archived at most once.
+    assert st["internal_errors"] == 0 and st["archived"] <= n <= st["archived"] + st["duplicates"]

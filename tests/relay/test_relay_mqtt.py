@@ -14,6 +14,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from ims_station import cd11
 from ims_station.broker import BrokerConfig
 from ims_station.relay.archive import FileArchive
@@ -110,6 +112,7 @@ def test_archive_and_acknack_gaps_end_to_end(mosquitto, keys, factory, tmp_path,
     assert st["transport"]["acked"] == 7
 
 
+@pytest.mark.parametrize("stores", ["sqlite"], indirect=True)    # MQTT readiness only: one backend
 def test_connected_means_the_subscription_was_acknowledged(mosquitto, keys, factory, tmp_path, stores):
     """wait_connected() returns after the SUBACK: the first frame published at that instant arrives
     (a shared subscription has no session at the broker before it)."""
@@ -123,6 +126,7 @@ def test_connected_means_the_subscription_was_acknowledged(mosquitto, keys, fact
     sta.close()
 
 
+@pytest.mark.parametrize("stores", ["sqlite"], indirect=True)    # MQTT readiness only: one backend
 def test_on_a_3_1_1_broker_ready_after_the_suback_of_the_fallback_connection(embedded, keys, factory, tmp_path, stores):
     """The embedded amqtt broker (3.1.1 only, no shared subscriptions: the relay runs without a
     group, as the demo does): MQTT 5 is refused, the relay falls back to 3.1.1 and is connected only
