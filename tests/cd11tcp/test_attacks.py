@@ -30,9 +30,12 @@ async def _slow_loris(addr):
     raw = data_frame(1, "GOOD")
 
     async def trickle():
-        for b in raw:
-            w.write(bytes([b]))
-            await asyncio.sleep(0.1)
+        try:
+            for b in raw:
+                w.write(bytes([b]))
+                await asyncio.sleep(0.1)
+        except (OSError, RuntimeError):
+            pass
     asyncio.ensure_future(trickle())
     return r, w
 

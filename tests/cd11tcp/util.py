@@ -13,7 +13,7 @@ from ims_station.cd11tcp import ConnectionManager, DataConsumer, LinkLimits, Mem
 
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples" / "cd11"
 FAST = LinkLimits(acknack_interval_s=0.2, heartbeat_timeout_s=1.0, handshake_timeout_s=1.0,
-                  write_timeout_s=1.0, frame_timeout_s=0.5, max_connections=8)
+                  write_timeout_s=1.0, frame_timeout_s=0.5, max_connections=8, ack_delay_s=0.05)
 
 
 def run(coro, timeout: float = 10.0):
