@@ -24,8 +24,8 @@ import ssl
 import struct
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Mapping
 
 from ims_station import cd11
 from ims_station.cd11.wire import MAX_AUTH_SIZE
@@ -83,6 +83,26 @@ class LinkLimits:
             raise ValueError("LinkLimits.max_frame_size exceeds the codec's maximum")
         if self.max_gaps > 100_000:
             raise ValueError("LinkLimits.max_gaps must be <= 100000 (the codec's maximum)")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, file: str = "<config>", key: str = "cd11") -> "LinkLimits":
+        """Limits from a config table (keys = field names; absent keys keep the defaults).
+        :class:`ConfigError` names file, key and reason."""
+        known = {f.name: f for f in fields(cls)}
+        kw: dict[str, Any] = {}
+        for k, v in data.items():
+            f = known.get(k)
+            if f is None:
+                raise ConfigError(file, f"{key}.{k}", f"unknown key (known: {', '.join(sorted(known))})")
+            want_int = k.startswith("max_")
+            if isinstance(v, bool) or not isinstance(v, int if want_int else (int, float)):
+                raise ConfigError(file, f"{key}.{k}", f"must be {'an integer' if want_int else 'a number'}")
+            kw[k] = v
+        try:
+            return cls(**kw)
+        except ValueError as err:
+            name = str(err).split()[0].removeprefix("LinkLimits.")
+            raise ConfigError(file, f"{key}.{name}" if name in known else key, str(err)) from None
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -173,6 +193,21 @@ class TlsSettings:
     key: str | None = None
     server_hostname: str | None = None     # client: name to verify instead of the host connected to
     source: str = "<tls>"                  # config file, for error messages
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, file: str = "<config>", key: str = "tls") -> "TlsSettings | None":
+        """``tls_ca``/``tls_cert``/``tls_key``/``tls_server_name`` of a config table (other keys are
+        ignored: they belong to the table's owner); None if none is set (no TLS)."""
+        vals = {}
+        for k in ("tls_ca", "tls_cert", "tls_key", "tls_server_name"):
+            v = data.get(k)
+            if v is not None and not isinstance(v, str):
+                raise ConfigError(file, f"{key}.{k}", "must be a string (a file path or host name)")
+            vals[k] = v
+        if not any(vals.values()):
+            return None
+        return cls(ca=vals["tls_ca"], cert=vals["tls_cert"], key=vals["tls_key"],
+                   server_hostname=vals["tls_server_name"], source=file)
 
     def _check(self, where: str) -> None:
         from ims_station.config import read_secret_file

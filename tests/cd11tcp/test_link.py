@@ -156,3 +156,20 @@ def test_provider_reset_detected_from_its_acknack():
             assert dc.stats.provider_resets == 1 and sink.resets == 1
             assert st.acknack_fields() == (1, 2, [])
     run(main())
+
+
+def test_limits_and_tls_from_config_mapping():
+    from ims_station.cd11tcp import TlsSettings
+    from ims_station.errors import ConfigError
+
+    lim = LinkLimits.from_mapping({"heartbeat_timeout_s": 30, "max_connections": 10}, file="r.toml", key="cd11")
+    assert lim.heartbeat_timeout_s == 30 and lim.max_connections == 10
+    with pytest.raises(ConfigError, match=r"r.toml: cd11.acknack_interval_s: .*<= 60"):
+        LinkLimits.from_mapping({"acknack_interval_s": 90}, file="r.toml", key="cd11")
+    with pytest.raises(ConfigError, match=r"cd11.heartbeat: unknown key"):
+        LinkLimits.from_mapping({"heartbeat": 3}, file="r.toml", key="cd11")
+    with pytest.raises(ConfigError, match=r"cd11.max_gaps: must be an integer"):
+        LinkLimits.from_mapping({"max_gaps": 1.5}, file="r.toml", key="cd11")
+    assert TlsSettings.from_mapping({"port": 1}) is None
+    t = TlsSettings.from_mapping({"tls_ca": "ca.pem"}, file="r.toml", key="x")
+    assert t.ca == "ca.pem" and t.source == "r.toml"
