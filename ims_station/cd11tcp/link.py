@@ -133,13 +133,26 @@ class PeerAlert(LinkError):
         super().__init__(f"peer sent alert: {text!r}")
 
 
+# Why a link is closed with an Alert: the reason code starts the alert text and keys the counters
+# (``LinkStats.errors``).  docs/cd11-tcp.md has this table; a test compares them.
+ALERT_REASONS = {
+    "garbage": "bytes that are not a valid CD-1.1 frame (unknown type, bad length, bad CRC, undecodable payload)",
+    "oversize": "declared frame length above max_frame_size (refused from the header, nothing more is read)",
+    "slow-frame": "a frame's bytes did not all arrive within frame_timeout_s (slow-loris)",
+    "heartbeat-timeout": "nothing received for heartbeat_timeout_s",
+    "handshake-timeout": "no connection request (manager) or identifying frame (data port) within handshake_timeout_s",
+    "unexpected-frame": "a frame type that does not belong on this connection, or more than 16 frame sets on one link",
+    "unknown-station": "the station is not in the station table",
+    "address-not-allowed": "the station connected from an address not allowed for it",
+    "wrong-creator": "a frame names another station than the one the link was identified as",
+    "too-many-connections": "max_connections links are open already",
+    "refused": "the sink refused the peer (e.g. the relay's policy)",
+}
+
+
 class PeerProtocolError(LinkError, RemoteProtocolError):
-    """The peer broke the protocol or a limit.  ``reason`` (short code, used in counters and in the
-    Alert text) is one of: ``garbage`` (not a frame / bad CRC / undecodable), ``oversize``
-    (declared length above ``max_frame_size``), ``slow-frame`` (frame not complete within
-    ``frame_timeout_s``), ``heartbeat-timeout`` (nothing received), ``handshake-timeout``,
-    ``unexpected-frame``, ``unknown-station``, ``address-not-allowed``, ``wrong-creator``,
-    ``too-many-connections``, ``refused`` (the sink refused the peer)."""
+    """The peer broke the protocol or a limit.  ``reason`` is one of :data:`ALERT_REASONS` (short
+    code, used in counters and at the start of the Alert text); ``detail`` says what exactly."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         self.detail = detail
