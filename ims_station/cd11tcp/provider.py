@@ -12,9 +12,10 @@ frames, live first (§6.4, as GMS alternates).  Reconnects with exponential back
 
 Bounds: the live queue (``live_queue`` frames; :meth:`offer` beyond it drops the new frame from the
 queue only -- the source still holds it, so it is resent as an implied gap); frames sent and not yet
-acknowledged (``max_unacked``; sending pauses until the next consumer acknack); a frame sent on
-the current connection is not resent before ``resend_grace_s`` (default: one acknack interval;
-within one TCP connection nothing is lost, so a resend is only needed if the consumer refused it).
+acknowledged (``max_unacked``; sending pauses until the next consumer acknack).  A frame sent on
+the current connection is in flight, not missing, until the consumer acknowledges a frame sent
+*after* it (TCP delivers in order and the consumer stores in order, so only then is it known to be
+refused) or ``resend_grace_s`` passed (default: the heartbeat timeout); only then is it resent.
 
 It does not own where frames are kept (the :class:`FrameSource`: the relay's archive, or
 :class:`MemorySource`), parsing (``ims_station.cd11``) nor bounded reading/TLS (``link.py``).
@@ -164,7 +165,7 @@ class Provider:
         self.server_hostname = server_hostname
         self.live_max = live_queue
         self.max_unacked = max_unacked
-        self.resend_grace_s = self.limits.acknack_interval_s if resend_grace_s is None else resend_grace_s
+        self.resend_grace_s = self.limits.heartbeat_timeout_s if resend_grace_s is None else resend_grace_s
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.on_event = on_event
@@ -172,7 +173,9 @@ class Provider:
         self._rng = random.Random(seed)
         self._live: deque[tuple[int, bytes]] = deque()
         self._live_seqs: set[int] = set()
-        self._inflight: dict[int, float] = {}
+        self._inflight: dict[int, tuple[int, float]] = {}      # seq -> (send number, time) on this link
+        self._send_no = 0
+        self._acked_mark = -1          # highest send number the consumer has acknowledged
         self._plan: deque[tuple[int, int]] = deque()
         self._batch: deque[int] = deque()
         self._turn_live = True
@@ -320,6 +323,8 @@ class Provider:
         link = await self._open(dhost, resp.port)
         self._link = link
         self._inflight.clear()
+        self._send_no = 0
+        self._acked_mark = -1
         self._plan.clear()
         self._batch.clear()
         self._consumer_seen = False
@@ -373,7 +378,8 @@ class Provider:
             if item is not None:
                 seq, raw, resend = item
                 await link.send(raw)
-                self._inflight[seq] = time.monotonic()
+                self._send_no += 1
+                self._inflight[seq] = (self._send_no, time.monotonic())
                 if resend:
                     self.stats.resent += 1
                 else:
@@ -388,7 +394,9 @@ class Provider:
 
     async def _next_frame(self) -> tuple[int, bytes, bool] | None:
         if self._live and self._turn_live:
-            return self._pop_live()
+            live = self._pop_live()
+            if live is not None:
+                return live
         r = await self._next_resend()
         if r is not None:
             self._turn_live = True
@@ -397,11 +405,14 @@ class Provider:
             return self._pop_live()
         return None
 
-    def _pop_live(self) -> tuple[int, bytes, bool]:
-        seq, raw = self._live.popleft()
-        self._live_seqs.discard(seq)
-        self._turn_live = False
-        return seq, raw, False
+    def _pop_live(self) -> tuple[int, bytes, bool] | None:
+        while self._live:
+            seq, raw = self._live.popleft()
+            self._live_seqs.discard(seq)
+            if not self._consumer_holds(seq):
+                self._turn_live = False
+                return seq, raw, False
+        return None
 
     def _consumer_holds(self, seq: int) -> bool:
         c = self._consumer
@@ -418,8 +429,8 @@ class Provider:
                 if seq in self._live_seqs or self._consumer_holds(seq):
                     continue
                 t = self._inflight.get(seq)
-                if t is not None and now - t < self.resend_grace_s:
-                    continue
+                if t is not None and t[0] > self._acked_mark and now - t[1] < self.resend_grace_s:
+                    continue            # still in flight on this connection
                 raw = await _maybe(self.source.read(seq))
                 if raw is not None:
                     return seq, raw
@@ -457,7 +468,7 @@ class Provider:
         self._consumer_seen = True
         self.stats.acked_lowest, self.stats.acked_highest, self.stats.acked_gaps = lo, hi, len(gaps)
         for seq in [s for s in self._inflight if self._consumer_holds(s)]:
-            del self._inflight[seq]
+            self._acked_mark = max(self._acked_mark, self._inflight.pop(seq)[0])
         src_lo, src_hi = await _maybe(self.source.bounds())
         ranges: list[tuple[int, int]] = []
         if src_hi >= src_lo:
