@@ -382,6 +382,7 @@ class _DataLink:
         self._delayed: asyncio.Task | None = None
         self._unacked: set[str] = set()
         self._queue: deque[cd11.Frame] = deque()
+        self._ack_lock = asyncio.Lock()
         self._queued = 0
         self._items = asyncio.Event()
         self._space = asyncio.Event()
@@ -516,6 +517,14 @@ class _DataLink:
             self._timer = asyncio.create_task(self._acknack_loop())
 
     async def send_acknack(self, fs: str) -> None:
+        # One acknack at a time, its state read under the lock: three tasks send acknacks (frame
+        # processing, the periodic timer, the delayed ack), and a state read before waiting for
+        # the writer could otherwise go out after a newer one -- the provider would take the older
+        # state for the truth and resend what is already stored.
+        async with self._ack_lock:
+            await self._send_acknack(fs)
+
+    async def _send_acknack(self, fs: str) -> None:
         lo, hi, gaps = self.o.sink.acknack_state(fs)
         m = self.o.limits.max_gaps
         if len(gaps) > m:  # merge the tail into one gap: over-reports, never claims a missing frame

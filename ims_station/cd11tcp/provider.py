@@ -379,7 +379,11 @@ class Provider:
                 seq, raw, resend = item
                 await link.send(raw)
                 self._send_no += 1
-                self._inflight[seq] = (self._send_no, time.monotonic())
+                # A resend keeps the first copy's send number: when the consumer then holds the
+                # frame, only the first copy is known to have arrived (frames sent before the
+                # resend may still be on their way).
+                first = self._inflight.get(seq)
+                self._inflight[seq] = (first[0] if first else self._send_no, time.monotonic())
                 if resend:
                     self.stats.resent += 1
                 else:
