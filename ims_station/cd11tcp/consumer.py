@@ -342,9 +342,22 @@ class DataConsumer(_Server):
                          name=name, on_event=on_event)
         self.sink = sink
         self.stations = stations if isinstance(stations, Stations) else Stations(stations)
-        self._advertise = parse_hostport(advertise, what="advertise") if isinstance(advertise, str) else advertise
-        if self._advertise is not None:
-            ipaddress.IPv4Address(self._advertise[0])   # ValueError: a Connection Response carries IPv4
+        self._advertise: tuple[str, int] | None = None
+        self.advertise = advertise
+
+    @property
+    def advertise(self) -> tuple[str, int] | None:
+        """The configured advertised data address (None: derived from the bound address).
+        Settable (e.g. once a proxy in front of the data port is listening)."""
+        return self._advertise
+
+    @advertise.setter
+    def advertise(self, value: "str | tuple[str, int] | None") -> None:
+        addr = parse_hostport(value, what="advertise") if isinstance(value, str) else value
+        if addr is not None:
+            ipaddress.IPv4Address(addr[0])     # ValueError: a Connection Response carries IPv4
+            addr = (addr[0], int(addr[1]))
+        self._advertise = addr
 
     def advertised(self, local_ip: str | None = None) -> tuple[str, int]:
         """Where providers are sent: ``advertise``, else the bound address (with *local_ip*, the

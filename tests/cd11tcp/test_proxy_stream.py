@@ -25,7 +25,7 @@ async def stream(tmp, *, stations: int, frames: int, rate: float, seed: int, per
     sink = DirectorySink(tmp / "archive")
     dc = await DataConsumer(sink, None, limits=LIMITS).start()
     dproxy = await FaultProxy(dc.address, seed=seed).start()
-    dc._advertise = dproxy.address       # noqa: SLF001 - as DataConsumer(advertise=...) would
+    dc.advertise = dproxy.address
     cm = await ConnectionManager(dc, limits=LIMITS).start()
     mproxy = await FaultProxy(cm.address, seed=seed + 1).start()
     dproxy.random_faults(rate)
@@ -87,7 +87,7 @@ def test_reset_gap_is_refilled_through_acknack(tmp_path):
         sink = DirectorySink(tmp_path / "a")
         dc = await DataConsumer(sink, {"STA01": None}, limits=LIMITS).start()
         proxy = await FaultProxy(dc.address).start()
-        dc._advertise = proxy.address     # noqa: SLF001
+        dc.advertise = proxy.address
         cm = await ConnectionManager(dc, limits=LIMITS).start()
         src = MemorySource()
         p = Provider("STA01", cm.address, src, limits=LIMITS, backoff_initial_s=0.01, backoff_max_s=0.05)
@@ -117,3 +117,36 @@ if os.environ.get("IMS_CD11TCP_LONG"):
     def test_long_accelerated_day(tmp_path):
         stats = run(stream(tmp_path, stations=4, frames=8640, rate=4.0, seed=11, period=0.0005), timeout=900)
         print(stats)
+
+
+def test_operator_proxy_command(tmp_path):
+    """``python -m ims_station.hil.tcpproxy`` as documented: in front of the well-known port, with
+    random faults; a station still gets its frames through."""
+    import re
+    import subprocess
+    import sys
+
+    async def main():
+        sink = DirectorySink(tmp_path / "a")
+        dc = await DataConsumer(sink, {"STA01": None}, limits=LIMITS).start()
+        cm = await ConnectionManager(dc, limits=LIMITS).start()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ims_station.hil.tcpproxy", "--listen", "127.0.0.1:0",
+            "--to", f"{cm.address[0]}:{cm.address[1]}", "--random", "2", "--kinds", "reset,delay",
+            "--seed", "1", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        try:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+            port = int(re.search(r"proxy 127\.0\.0\.1:(\d+) ->", line).group(1))
+            src = MemorySource({s: data_frame(s) for s in range(1, 11)})
+            p = Provider("STA01", ("127.0.0.1", port), src, limits=LIMITS, backoff_initial_s=0.01)
+            p.start()
+            assert await p.wait_acked(10, timeout=10)
+            await p.stop()
+        finally:
+            proc.terminate()
+            await proc.wait()
+            await cm.stop()
+            await dc.stop()
+        assert sink.stored_sequences("STA01:0") == list(range(1, 11))
+        sink.close()
+    run(main(), timeout=30)
