@@ -24,12 +24,13 @@ It does not own where frames are kept (the :class:`FrameSource`: the relay's arc
 from __future__ import annotations
 
 import asyncio
+import bisect
 import inspect
 import logging
 import random
 import ssl
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -71,34 +72,34 @@ class MemorySource:
     """A :class:`FrameSource` in memory keeping the newest ``max_frames`` frames."""
 
     def __init__(self, frames: dict[int, bytes] | None = None, *, max_frames: int = 1_000_000) -> None:
-        self._f: OrderedDict[int, bytes] = OrderedDict()
+        self._f: dict[int, bytes] = {}
+        self._keys: list[int] = []          # sorted
         self._max = max_frames
         for seq, raw in sorted((frames or {}).items()):
             self.add(seq, raw)
 
     def add(self, seq: int, raw: bytes) -> None:
-        if self._f and seq < next(reversed(self._f)):
-            items = sorted([*self._f.items(), (seq, raw)])
-            self._f = OrderedDict(items)
-        else:
-            self._f[seq] = raw
-        while len(self._f) > self._max:
-            self._f.popitem(last=False)
+        if seq not in self._f:
+            if not self._keys or seq > self._keys[-1]:
+                self._keys.append(seq)
+            else:
+                bisect.insort(self._keys, seq)
+        self._f[seq] = raw
+        while len(self._keys) > self._max:
+            del self._f[self._keys.pop(0)]
 
     def __len__(self) -> int:
-        return len(self._f)
+        return len(self._keys)
 
     def bounds(self) -> tuple[int, int]:
-        if not self._f:
+        if not self._keys:
             return 0, -1
-        return next(iter(self._f)), next(reversed(self._f))
+        return self._keys[0], self._keys[-1]
 
     def held(self, start: int, end: int, limit: int) -> list[int]:
-        import bisect
-
-        keys = list(self._f)      # small sets (tests, cd11 send); the relay's source is indexed
-        i = bisect.bisect_left(keys, start)
-        return [k for k in keys[i:i + limit] if k < end]
+        i = bisect.bisect_left(self._keys, start)
+        j = bisect.bisect_left(self._keys, end, lo=i)
+        return self._keys[i:min(j, i + limit)]
 
     def read(self, seq: int) -> bytes | None:
         return self._f.get(seq)

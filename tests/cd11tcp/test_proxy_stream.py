@@ -21,7 +21,8 @@ LIMITS = LinkLimits(acknack_interval_s=0.1, heartbeat_timeout_s=0.4, handshake_t
                     write_timeout_s=0.4, frame_timeout_s=0.3, ack_delay_s=0.02)
 
 
-async def stream(tmp, *, stations: int, frames: int, rate: float, seed: int, period: float):
+async def stream(tmp, *, stations: int, frames: int, rate: float, seed: int, period: float,
+                 wait_s: float = 60):
     sink = DirectorySink(tmp / "archive")
     dc = await DataConsumer(sink, None, limits=LIMITS).start()
     dproxy = await FaultProxy(dc.address, seed=seed).start()
@@ -48,7 +49,7 @@ async def stream(tmp, *, stations: int, frames: int, rate: float, seed: int, per
 
     t0 = time.monotonic()
     await asyncio.gather(*(feed(src, p, want[n]) for n, src, p in provs))
-    ok = await asyncio.gather(*(p.wait_acked(999 + frames, timeout=60) for _, _, p in provs))
+    ok = await asyncio.gather(*(p.wait_acked(999 + frames, timeout=wait_s) for _, _, p in provs))
     elapsed = time.monotonic() - t0
     faults = dproxy.stats.faults + mproxy.stats.faults
     for _, _, p in provs:
@@ -115,7 +116,8 @@ def test_reset_gap_is_refilled_through_acknack(tmp_path):
 
 if os.environ.get("IMS_CD11TCP_LONG"):
     def test_long_accelerated_day(tmp_path):
-        stats = run(stream(tmp_path, stations=4, frames=8640, rate=4.0, seed=11, period=0.0005), timeout=900)
+        stats = run(stream(tmp_path, stations=4, frames=8640, rate=1.0, seed=11, period=0.002, wait_s=600),
+                    timeout=900)
         print(stats)
 
 
