@@ -158,6 +158,10 @@ class JetStreamRelay:
                  **core_kw: Any) -> None:
         """*core_kw* go to :class:`~ims_station.relay.core.RelayCore`; *on_outcomes* as for
         :class:`~ims_station.relay.relay.Relay`."""
+        try:
+            import nats  # noqa: F401
+        except ImportError:
+            raise RelayError("[relay] input = \"jetstream\" needs nats-py: pip install 'ims-station[cluster]'") from None
         if "." in prefix:
             raise RelayError(f"prefix {prefix!r}: a '.' is a subject separator in NATS; use '/' or none")
         self.config = config
