@@ -155,13 +155,13 @@ def nats_consumer(servers: list[str], got: Consumed, ready: threading.Event, inf
     return t
 
 
-def rabbit_consumer(amqp_port: int, got: Consumed, ready: threading.Event, info: dict) -> threading.Thread:
+def rabbit_consumer(amqp_port: int, got: Consumed, ready: threading.Event, info: dict,
+                    user: tuple[str, str]) -> threading.Thread:
     def main() -> None:
         import pika
-        from rabbitcluster import PASSWORD, USER
 
         conn = pika.BlockingConnection(pika.ConnectionParameters(
-            "127.0.0.1", amqp_port, credentials=pika.PlainCredentials(USER, PASSWORD)))
+            "127.0.0.1", amqp_port, credentials=pika.PlainCredentials(*user)))
         ch = conn.channel()
         ch.queue_declare("relay", durable=True, arguments={"x-queue-type": "quorum"})
         ch.queue_bind("relay", "amq.topic", routing_key="ims.*.cd11")
@@ -309,7 +309,7 @@ def features(ports: list[int], kill, user_of=None) -> dict:
 def run(quick: bool) -> list[Result]:
     from ims_station.broker import MosquittoBroker
     from natscluster import NatsCluster
-    from rabbitcluster import PASSWORD, USER, RabbitCluster
+    from rabbitcluster import RabbitCluster
 
     n = 300 if quick else 3000
     sizes = (1024, 4096, 10240)
@@ -321,12 +321,14 @@ def run(quick: bool) -> list[Result]:
     engines = {
         "NATS JetStream (R3 work-queue stream)": (lambda: NatsCluster(), None,
                                                   lambda c: (lambda g, r, i: nats_consumer(c.servers, g, r, i))),
-        "RabbitMQ (quorum queue, MQTT plugin)": (lambda: RabbitCluster(), (USER, PASSWORD),
-                                                 lambda c: (lambda g, r, i: rabbit_consumer(c.nodes[2].amqp_port, g, r, i))),
+        "RabbitMQ (quorum queue, MQTT plugin)": (lambda: RabbitCluster(), True,
+                                                 lambda c: (lambda g, r, i: rabbit_consumer(c.nodes[2].amqp_port, g, r, i,
+                                                                                            (c.user, c.password)))),
     }
-    for name, (make, user, consumer_of) in engines.items():
-        ports_of = (lambda c: c.mqtt_ports) if "NATS" in name else (lambda c: [nd.mqtt_port for nd in c.nodes])
+    for name, (make, auth, consumer_of) in engines.items():
+        ports_of = (lambda c: c.mqtt_ports)
         c = make()
+        user = (c.user, c.password) if auth else None
         t0 = time.monotonic()
         c.start()
         ready_s = time.monotonic() - t0
@@ -357,7 +359,7 @@ def run(quick: bool) -> list[Result]:
                 if "NATS" in name:
                     cons = lambda g, r, i: nats_consumer([c.nodes[others[1]].url], g, r, i)  # noqa: E731
                 else:
-                    cons = lambda g, r, i: rabbit_consumer(c.nodes[others[1]].amqp_port, g, r, i)  # noqa: E731
+                    cons = lambda g, r, i: rabbit_consumer(c.nodes[others[1]].amqp_port, g, r, i, user)  # noqa: E731
                 print(f"bench cluster: {name}: failover {rep + 1}, leader node {lead + 1}", file=sys.stderr,
                       flush=True)
                 f = failover(c, cons, ports_of(c)[others[0]], lead, rate=100 if quick else 200, user=user)
@@ -370,6 +372,7 @@ def run(quick: bool) -> list[Result]:
             c.stop()
         # features on a fresh cluster (the failover left one node dead)
         c = make()
+        user = (c.user, c.password) if auth else None
         c.start()
         try:
             order = ports_of(c)

@@ -77,7 +77,7 @@ RELAY_SCHEMA: dict[str, Any] = {
             "required": ["data_dir", "trust_dir"],
             "properties": {
                 "data_dir": {"type": "string", "minLength": 1},
-                "input": {"enum": ["mqtt", "jetstream"]},      # where stations' messages come from
+                "input": {"enum": ["mqtt", "jetstream", "amqp"]},   # where stations' messages come from
                 "trust_dir": {"type": "string", "minLength": 1},
                 "instance": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"},
                 "prefix": {"type": "string", "pattern": "^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$"},
@@ -130,6 +130,23 @@ RELAY_SCHEMA: dict[str, Any] = {
                 "creds_file": {"type": "string"},
             },
         },
+        "amqp": {                   # relay/amqp.py: RabbitMQ quorum queue
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["servers"],
+            "properties": {
+                "servers": {"type": "array", "minItems": 1, "maxItems": 32,
+                            "items": {"type": "string", "minLength": 1, "maxLength": 256}},
+                "queue": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"},
+                "vhost": {"type": "string", "minLength": 1, "maxLength": 128},
+                "prefetch": {"type": "integer", "minimum": 1, "maximum": 65535},
+                "fetch_wait_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
+                "heartbeat_s": {"type": "integer", "minimum": 0, "maximum": 3600},
+                "connect_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 300},
+                "tls_ca": {"type": "string"}, "tls_cert": {"type": "string"}, "tls_key": {"type": "string"},
+                "username": {"type": "string", "minLength": 1}, "password_file": {"type": "string"},
+            },
+        },
     },
 }
 
@@ -160,15 +177,21 @@ def load_config(file: str | Path) -> dict[str, Any]:
 
         settings_from_table(data["status"], file=path, data_dir=relay["data_dir"])
     # -- [relay] input: [[broker]] (MQTT) or [jetstream] (the cluster, relay/jetstream.py) --
-    jetstream = None
-    if relay.get("input", "mqtt") == "jetstream":
+    jetstream = amqp = None
+    source = relay.get("input", "mqtt")
+    if source in ("jetstream", "amqp") and source not in data:
+        raise ConfigError(str(path), source, f'missing: [relay] input = "{source}" needs a [{source}] table')
+    if source == "jetstream":
         from ims_station.relay.jetstream import JetStreamConfig
 
-        if "jetstream" not in data:
-            raise ConfigError(str(path), "jetstream", 'missing: [relay] input = "jetstream" needs a [jetstream] table')
         jetstream = JetStreamConfig.from_mapping(data["jetstream"], file=str(path), resolve=resolve)
+    elif source == "amqp":
+        from ims_station.relay.amqp import AmqpConfig
+
+        amqp = AmqpConfig.from_mapping(data["amqp"], file=str(path), resolve=resolve)
     elif "broker" not in data:
-        raise ConfigError(str(path), "broker", "missing: at least one [[broker]] (or [relay] input = \"jetstream\")")
+        raise ConfigError(str(path), "broker",
+                          'missing: at least one [[broker]] (or [relay] input = "jetstream" / "amqp")')
     raw = data.get("broker", [])
     raw = raw if isinstance(raw, list) else [raw]
     brokers = []
@@ -177,7 +200,7 @@ def load_config(file: str | Path) -> dict[str, Any]:
         brokers.append(dataclasses.replace(cfg, **{k: resolve(getattr(cfg, k)) for k in
                                                    ("tls_ca", "tls_cert", "tls_key", "password_file")}))
     return {"relay": relay, "brokers": brokers, "file": str(path), "status": data.get("status"),
-            "jetstream": jetstream}
+            "jetstream": jetstream, "amqp": amqp}
 
 
 def build_relay(conf: dict[str, Any], *, clock: Any = None):
@@ -221,6 +244,11 @@ def build_relay(conf: dict[str, Any], *, clock: Any = None):
 
         return JetStreamRelay(conf["jetstream"], trust, state, archive, prefix=r.get("prefix", "ims"),
                               clock=clock, instance=instance, batch_max=r.get("batch_max", 64), **core_kw)
+    if conf.get("amqp") is not None:               # [relay] input = "amqp" (relay/amqp.py)
+        from ims_station.relay.amqp import AmqpRelay
+
+        return AmqpRelay(conf["amqp"], trust, state, archive, prefix=r.get("prefix", "ims"),
+                         clock=clock, instance=instance, batch_max=r.get("batch_max", 64), **core_kw)
     return Relay(conf["brokers"], trust, state, archive, prefix=r.get("prefix", "ims"),
                  group=r.get("group", "relay"), clock=clock, instance=instance,
                  protocol=r.get("protocol", "auto"), batch_max=r.get("batch_max", 64), **core_kw)

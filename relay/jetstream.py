@@ -54,14 +54,10 @@ log = logging.getLogger(__name__)
 MAX_SERVERS = 32
 
 
-def subject_of(topic: str) -> str:
-    """The NATS subject the MQTT gateway uses for *topic* (``ims/STA/acknack`` -> ``ims.STA.acknack``)."""
-    return topic.replace("/", ".")
-
-
-def topic_of(subject: str) -> str:
-    """The MQTT topic of a subject of the stream (``ims.STA.cd11`` -> ``ims/STA/cd11``)."""
-    return subject.replace(".", "/")
+#: The NATS subject the MQTT gateway uses for a topic (``ims/STA/acknack`` -> ``ims.STA.acknack``).
+subject_of = topics.dotted
+#: The MQTT topic of a subject of the stream (``ims.STA.cd11`` -> ``ims/STA/cd11``).
+topic_of = topics.from_dotted
 
 
 def stream_subjects(prefix: str) -> list[str]:

@@ -3,9 +3,9 @@
 Owns: one configuration per node (free AMQP, MQTT and Erlang distribution ports, a private epmd
 port and Erlang cookie, a temporary Mnesia directory), starting the ``rabbitmq-server`` processes
 (Debian package ``rabbitmq-server``) with classic-config peer discovery so they form one cluster,
-waiting until every node runs, and SIGKILLing single nodes.  Used only by
-``bench/bench_cluster.py`` to compare it with NATS JetStream (docs/centre-cluster.md); the relay's
-clustered input is NATS (``relay/jetstream.py``, ``tools/cluster/natscluster.py``).
+waiting until every node runs, and SIGKILLing single nodes.  Used by
+``bench/bench_cluster.py`` (compared with NATS JetStream, docs/centre-cluster.md) and the tests of
+the relay's AMQP input (``relay/amqp.py``).
 
     python tools/cluster/rabbitcluster.py [--nodes 3] [--dir DIR]
 
@@ -15,6 +15,7 @@ Never the system instance: own node names (``imsN@localhost``), own epmd port, f
 from __future__ import annotations
 
 import json
+import secrets
 import os
 import signal
 import subprocess
@@ -31,7 +32,16 @@ from natscluster import ClusterError, free_port  # noqa: E402
 #: home (cookie, /var/lib/rabbitmq), which a private cluster in a temporary directory must not use.
 BIN = Path("/usr/lib/rabbitmq/bin")
 USER = "ims"
-PASSWORD = "bench-only-not-a-default"      # a throw-away cluster on loopback, generated per run
+
+
+def _accepts(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 @dataclass
@@ -66,6 +76,8 @@ class RabbitCluster:
             self._tmp = tempfile.TemporaryDirectory(prefix="rabbit-cluster-")
             self.root = Path(self._tmp.name)
         self.root = Path(self.root)
+        # A throw-away cluster on loopback: its one user's password is generated per cluster.
+        self.user, self.password = USER, secrets.token_hex(12)
         self.epmd_port = free_port()
         self.home = self.root / "home"
         self.home.mkdir(parents=True, exist_ok=True)
@@ -86,7 +98,10 @@ class RabbitCluster:
         return (f"listeners.tcp.default = 127.0.0.1:{n.amqp_port}\n"
                 f"mqtt.listeners.tcp.default = 127.0.0.1:{n.mqtt_port}\n"
                 "mqtt.allow_anonymous = false\n"
-                f"default_user = {USER}\ndefault_pass = {PASSWORD}\nloopback_users = none\n"
+                # A station's persistent MQTT session in a quorum queue: it survives the loss of
+                # the node it was on (the default classic queue does not; docs/centre-cluster.md).
+                "mqtt.durable_queue_type = quorum\n"
+                f"default_user = {self.user}\ndefault_pass = {self.password}\nloopback_users = none\n"
                 "cluster_formation.peer_discovery_backend = classic_config\n" + peers + "\n")
 
     def env(self, n: RabbitNode) -> dict[str, str]:
@@ -110,13 +125,16 @@ class RabbitCluster:
                                           stderr=subprocess.STDOUT, start_new_session=True)
                 log.close()
             deadline = time.monotonic() + timeout
+            # Ready when every node's AMQP and MQTT listeners accept (they open last in the boot);
+            # a TCP probe costs nothing, while each rabbitmqctl call starts an Erlang VM (~1-2 s).
             for n in self.nodes:
-                # await_startup fails at once while the VM has not registered with epmd yet: poll.
-                while (r := self.ctl(n, "await_startup", "--timeout", "30", timeout=60)).returncode != 0:
-                    if not n.alive or time.monotonic() > deadline:
-                        raise ClusterError(f"{n.nodename} did not start: {r.stderr[-2000:]}")
-                    time.sleep(1)
-            while True:
+                for port in (n.amqp_port, n.mqtt_port):
+                    while not _accepts(port):
+                        if not n.alive or time.monotonic() > deadline:
+                            raise ClusterError(f"{n.nodename} did not start:\n"
+                                               + (n.dir / "server.log").read_text(errors="replace")[-2000:])
+                        time.sleep(0.2)
+            while len(self.nodes) > 1:
                 r = self.ctl(self.nodes[0], "cluster_status", "--formatter", "json")
                 running = json.loads(r.stdout).get("running_nodes", []) if r.returncode == 0 else []
                 if len(running) == len(self.nodes):
@@ -138,8 +156,8 @@ class RabbitCluster:
 
     def stop(self) -> None:
         for n in self.nodes:
-            if n.alive:
-                self.ctl(n, "stop", timeout=60)
+            if n.alive:                     # SIGTERM: a graceful stop (without a CLI VM per node)
+                os.killpg(n.proc.pid, signal.SIGTERM)
         for n in self.nodes:
             if n.proc is not None:
                 try:
@@ -160,10 +178,39 @@ class RabbitCluster:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def queue_leader(self, queue: str) -> int | None:
+        """Index of the node leading quorum queue *queue* (``rabbitmqctl list_queues``), or None."""
+        for n in self.nodes:
+            if not n.alive:
+                continue
+            r = self.ctl(n, "list_queues", "name", "leader", "--formatter", "json")
+            if r.returncode != 0:
+                continue
+            try:
+                rows = json.loads(r.stdout)
+            except ValueError:
+                continue
+            names = [m.nodename for m in self.nodes]
+            for row in rows:
+                if row.get("name") == queue and row.get("leader") in names:
+                    return names.index(row["leader"])
+            return None
+        return None
+
+    @property
+    def mqtt_ports(self) -> list[int]:
+        """MQTT ports of every node (the stations' ``[[broker]]`` list)."""
+        return [n.mqtt_port for n in self.nodes]
+
+    @property
+    def servers(self) -> list[str]:
+        """AMQP URLs of every node (the relay's ``[amqp] servers``)."""
+        return [f"amqp://127.0.0.1:{n.amqp_port}" for n in self.nodes]
+
     def endpoints(self) -> dict:
         return {"nodes": [{"name": n.nodename, "amqp": f"127.0.0.1:{n.amqp_port}",
                            "mqtt": f"127.0.0.1:{n.mqtt_port}", "dir": str(n.dir)} for n in self.nodes],
-                "user": USER}
+                "user": self.user, "password": self.password}
 
 
 def main(argv: list[str] | None = None) -> int:
