@@ -11,6 +11,7 @@ Each test has its own queue.
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 import threading
 import time
@@ -37,13 +38,10 @@ TIMEOUT = 20.0
 _queue_ids = itertools.count(1)
 
 
-pytestmark = pytest.mark.skipif(
-    not __import__("os").environ.get("IMS_CLUSTER_LONG"),
-    reason="RabbitMQ takes 15-30 s to start here: set IMS_CLUSTER_LONG=1 (docs/centre-cluster.md)")
-
-
 @pytest.fixture(scope="module")
 def rabbit(tmp_path_factory):
+    if not os.environ.get("IMS_CLUSTER_LONG"):
+        pytest.skip("RabbitMQ takes 15-30 s to start here: set IMS_CLUSTER_LONG=1 (docs/centre-cluster.md)")
     if not (BIN / "rabbitmq-server").exists():
         missing_prerequisite("rabbitmq-server", "apt-get install rabbitmq-server (./run installs it)")
     need_module("pika")
