@@ -27,6 +27,8 @@ deployed as ``/etc/ims-relay/<instance>.toml``, docs/deployment.md)::
     max_future_s = 86400.0              # ... and frames ending more than a day ahead of our clock
     trust_poll_s = 5.0                  # how often trust_dir is checked for changes (0: SIGHUP only)
     silent_alarm_s = 600.0              # a station without a frame this long is an alarm (0: none)
+    [relay.state]                       # optional: where state and archive index live (relay/backend.py)
+    backend = "sqlite"                  # default; "postgresql": dsn or dsn_file, schema, objects_dir
     [relay.acknack_key]                 # optional: sign acknacks with one of our keys
     keystore = "relay-keys"
     key_id = 900
@@ -60,11 +62,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import signal
-import threading
 from pathlib import Path
 from typing import Any
 
+from ims_station.relay.backend import SCHEMA as RELAY_STATE_SCHEMA
+from ims_station.service import StopSignals
 from ims_station.statusapi import SCHEMA as STATUS_SCHEMA
+
+# The longest that stopping ``relay run`` may take, from SIGTERM to the archive closed: well inside
+# TimeoutStopSec=30 of deploy/systemd/ims-relay@.service (tests/deploy/test_stop_deadline.py).
+SHUTDOWN_BUDGET_S = 10.0
 
 RELAY_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -96,6 +103,7 @@ RELAY_SCHEMA: dict[str, Any] = {
                 "max_future_s": {"type": "number", "exclusiveMinimum": 0},
                 "trust_poll_s": {"type": "number", "minimum": 0, "maximum": 86400},
                 "silent_alarm_s": {"type": "number", "minimum": 0},
+                "state": RELAY_STATE_SCHEMA,    # relay/backend.py: sqlite (default) or postgresql
                 "acknack_key": {
                     "type": "object",
                     "additionalProperties": False,
@@ -172,6 +180,10 @@ def load_config(file: str | Path) -> dict[str, Any]:
         relay[k] = resolve(relay[k])
     if "acknack_key" in relay:
         relay["acknack_key"] = dict(relay["acknack_key"], keystore=resolve(relay["acknack_key"]["keystore"]))
+    from ims_station.relay import backend        # [relay.state]: checked now (DSN file permissions too)
+
+    relay["state_settings"] = backend.settings(relay.get("state"), file=path, data_dir=relay["data_dir"],
+                                               resolve=resolve)
     if "status" in data:        # checked now: a non-loopback listen address without allow_remote is refused
         from ims_station.statusapi import settings_from_table
 
@@ -206,9 +218,8 @@ def load_config(file: str | Path) -> dict[str, Any]:
 def build_relay(conf: dict[str, Any], *, clock: Any = None):
     """A :class:`~ims_station.relay.relay.Relay` from a loaded config (not started)."""
     from ims_station.auth import Keystore, ReloadingTrustStore
-    from ims_station.relay.archive import FileArchive
+    from ims_station.relay.backend import open_stores
     from ims_station.relay.relay import Relay
-    from ims_station.relay.state import SqliteStateStore
     from ims_station.relay.status import DEFAULT_SILENT_ALARM_S
     from ims_station.relay.verify import (
         DEFAULT_MAX_FUTURE_S,
@@ -218,7 +229,6 @@ def build_relay(conf: dict[str, Any], *, clock: Any = None):
     )
 
     r = conf["relay"]
-    data = Path(r["data_dir"])
     # Reloaded between messages on SIGHUP (relay run) and when the directory changes.
     trust = ReloadingTrustStore(r["trust_dir"], poll_s=r.get("trust_poll_s", 5.0))
     signer = None
@@ -227,10 +237,7 @@ def build_relay(conf: dict[str, Any], *, clock: Any = None):
     instance = r.get("instance", "relay")
     verifier = Verifier(trust, max_payload=r.get("max_payload", DEFAULT_MAX_PAYLOAD),
                         require_signatures=r.get("require_signatures", True))
-    archive = FileArchive(data / "archive", writer=instance,
-                          quarantine_max_bytes=r.get("quarantine_max_bytes", 1 << 30))
-    # One state store per data_dir, shared by the relay processes of a group (update() locks).
-    state = SqliteStateStore(data / "state.sqlite")
+    state, archive = open_stores(r, writer=instance, quarantine_max_bytes=r.get("quarantine_max_bytes", 1 << 30))
     core_kw = dict(
         verifier=verifier, name=r.get("name", "RELAY"), acknack_signer=signer,
         acknack_interval_s=r.get("acknack_interval_s", 50.0),
@@ -261,11 +268,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     conf = load_config(args.config)
     relay = build_relay(conf)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    # The relay thread swaps the new trust store in between two messages (ReloadingTrustStore).
-    signal.signal(signal.SIGHUP, lambda *_: relay.core.trust.request_reload())
+    # The handlers only wake the main loop (self-pipe, ims_station/service.py): a handler calling
+    # Event.set() deadlocked when SIGTERM came while the main thread was inside that Event's wait.
+    # SIGHUP: the relay thread swaps the new trust store in between two messages (ReloadingTrustStore).
+    signals = StopSignals((signal.SIGTERM, signal.SIGINT),
+                          actions={signal.SIGHUP: relay.core.trust.request_reload}).install()
     relay.start()
     from ims_station.statusapi import serve_relay
 
@@ -278,16 +285,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     next_json = time.monotonic() + args.stats_every
     try:
         tick = max(0.05, min(1.0, args.stats_every or 1.0, heartbeat.ping_s or 1.0))
-        while not stop.wait(tick):
+        while not signals.wait(tick):
             heartbeat.turn()
             if args.json and time.monotonic() >= next_json:
                 next_json += args.stats_every
                 print_json({"event": "stats", **relay.stats()})
     finally:
+        # One deadline for all of it, well inside the unit's TimeoutStopSec (ims-relay@.service).
+        deadline = time.monotonic() + SHUTDOWN_BUDGET_S
         heartbeat.stopping()
+        relay.request_stop()            # gives up a connection attempt now, in parallel with the rest
         if api is not None:
-            api.close()
-        relay.close()
+            api.close(timeout=min(2.0, SHUTDOWN_BUDGET_S))
+        relay.close(timeout=max(0.0, deadline - time.monotonic()))
+        signals.close()
     if args.json:
         print_json({"event": "stopped", **relay.stats()})
     return 0
@@ -308,7 +319,14 @@ def _archive_from(args: argparse.Namespace):
     from ims_station.relay.archive import FileArchive
     from ims_station.relay.errors import ArchiveError
 
-    root = Path(load_config(args.config)["relay"]["data_dir"]) / "archive" if args.config else Path(args.archive)
+    if args.config:
+        from ims_station.relay.backend import open_archive
+
+        relay = load_config(args.config)["relay"]
+        arc = open_archive(relay, writer="export")          # PostgreSQL: the index there
+        if arc is not None:
+            return arc
+    root = Path(relay["data_dir"]) / "archive" if args.config else Path(args.archive)
     if not (root / "index.sqlite").is_file():
         raise ArchiveError(f"{root}: no relay archive here (index.sqlite missing)")
     return FileArchive(root, writer="export")
