@@ -58,7 +58,10 @@ class ClusterStation:
         # RabbitMQ 3.10 does not answer an MQTT 5 CONNECT: 3.1.1 at once (docs/centre-cluster.md).
         self.uplink = Uplink(name, self.brokers, self.outbox, clock=self.clock, backoff_base_s=0.05,
                              backoff_max_s=0.5, ack_timeout_s=3.0, connect_timeout_s=2.0,
-                             protocol="3.1.1" if auth else "auto")
+                             protocol="3.1.1" if auth else "auto",
+                             # a failed-over session that delivers no acknack is replaced
+                             # ([uplink] acknack_stall_s; the relays send one every second here)
+                             acknack_stall_s=5.0)
         self.factory = FrameFactory(name, keystore, key_base)
         self.built: dict[int, str] = {}
 
@@ -246,6 +249,7 @@ def run_failover(tmp_path: Path, *, n_stations: int, n_relays: int, n_frames: in
             "duplicates_dropped": sum(st["duplicates"] for st in stats),
             "station_resent": sum(s.uplink.stats()["resent"] for s in stations),
             "station_failovers": sum(s.uplink.stats()["failovers"] for s in stations),
+            "station_stall_reconnects": sum(s.uplink.stats()["acknack_stall_reconnects"] for s in stations),
         }
         if kill_node:
             # The stations of the killed node: reconnect to another node, resend what got no PUBACK.
