@@ -418,11 +418,14 @@ class Uplink(SessionOwner):
                 and now - self._acknack_seen >= self.acknack_stall_s and self.outbox.in_flight_count() > 0):
             # Frames wait for an acknack that this connection does not deliver: a new connection
             # (and a new acknack subscription) rather than resending at every ack timeout forever.
+            # The broker's session for this station is dropped (a clean session once): reconnecting
+            # into the same stuck session was measured not to help (RabbitMQ 3.10 after a fail-over).
             self._acknack_seen = now
             self._counters["acknack_stall_reconnects"] += 1
             self._rlog("acknack_stall", logging.WARNING,
-                       "uplink %s: no acknack for %.0f s with frames in flight: reconnecting", self.station,
-                       self.acknack_stall_s)
+                       "uplink %s: no acknack for %.0f s with frames in flight: reconnecting with a clean "
+                       "session", self.station, self.acknack_stall_s)
+            self._mqtt.clean_next = True
             return False
         if not self._mqtt.subscriptions_settled:
             return True          # no frame before the acknack SUBACK (the wake stays set for then)

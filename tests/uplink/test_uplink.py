@@ -314,6 +314,8 @@ def test_frames_in_flight_without_acknacks_reconnect_after_acknack_stall_s(mosqu
         clock.advance(2)
         wait_until(lambda: up.stats()["acknack_stall_reconnects"] == 1 and up.stats()["connects"] == 2
                    and up.stats()["connected"], what="a new connection")
+        c = up._mqtt.client                     # MQTT 5 here: clean_start on that one connection
+        assert getattr(c, "_clean_start", None) is True and up._mqtt.clean_next is False
         relay.ack(1, 3)
         wait_until(lambda: outbox.stats()["frames"] == 0, what="acknack applied")
         clock.advance(120)                          # nothing in flight: no reason to reconnect
