@@ -49,6 +49,9 @@ station would wait for the 300-s ack timeout.  A refused acknack subscription (a
 the station's acknack topic) is logged and counted (``acknack_subscribe_refused``); frames are still
 sent, because the archive needs the data more than the outbox needs its deletions -- they stay in
 the outbox and the ack timeout resends them (the relay dedupes) until an operator fixes the ACL.
+With ``acknack_stall_s`` (off by default; for a clustered centre, docs/centre-cluster.md) frames in
+flight and no acknack on a connection for that long make the uplink reconnect with a clean session
+once: a clustered broker can keep a failed-over station's session without delivering its acknacks.
 
 Commands (auxiliary stations; docs/uplink.md, "Auxiliary mode"): with a *command_handler*
 (:class:`ims_station.edge.commands.CommandHandler`), the uplink also subscribes to its ``cmd`` topic
