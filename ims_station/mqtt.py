@@ -194,6 +194,7 @@ class MqttSession:
         self._on_connected = on_connected
         self._on_subscribed = on_subscribed
         self._on_turn = on_turn
+        self.clean_next = False             # the next connection starts a clean session (once)
         self._loop_timeout = loop_timeout
         self._on_stop = on_stop
         self._on_end = on_end
@@ -316,11 +317,11 @@ class MqttSession:
                                           rng=self.rng))
 
     # -- one connection -------------------------------------------------------------------------------
-    def _make_client(self, state: BrokerState) -> Any:
+    def _make_client(self, state: BrokerState, clean: bool = False) -> Any:
         import paho.mqtt.client as mqtt
 
         kw: dict[str, Any] = ({"protocol": mqtt.MQTTv5} if state.protocol == "5"
-                              else {"protocol": mqtt.MQTTv311, "clean_session": False})
+                              else {"protocol": mqtt.MQTTv311, "clean_session": clean})
         if self.manual_ack:
             kw["manual_ack"] = True
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=state.config.client_id(self.client_name),
@@ -338,7 +339,10 @@ class MqttSession:
         import paho.mqtt.client as mqtt
 
         self._fell_back = False
-        client = self._make_client(state)
+        # clean_next: the owner asked to drop the broker's session once (a session that a clustered
+        # broker keeps after a fail-over without delivering to it; edge/uplink.py acknack_stall_s).
+        clean, self.clean_next = self.clean_next, False
+        client = self._make_client(state, clean)
         self.client = client
         self._connack = None
         self._link.clear()
@@ -357,7 +361,7 @@ class MqttSession:
             props.SessionExpiryInterval = self.session_expiry_s
             if self._connect_properties is not None:
                 self._connect_properties(props)
-            kw = {"clean_start": False, "properties": props}
+            kw = {"clean_start": clean, "properties": props}
         err = self._connect(client, b.host, b.port, b.keepalive, kw)
         if err is not None:
             if not self._stop.is_set():

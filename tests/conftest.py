@@ -89,6 +89,16 @@ def need_mosquitto() -> str:
     return str(exe)
 
 
+def need_nats_server() -> str:
+    """Path of nats-server (the relay's clustered input, docs/centre-cluster.md); nats-py with it."""
+    exe = shutil.which("nats-server") or ("/usr/sbin/nats-server" if os.access("/usr/sbin/nats-server", os.X_OK)
+                                          else None)
+    if exe is None:
+        missing_prerequisite("the nats-server binary", "apt-get install nats-server (./run installs it)")
+    need_module("nats", "pip install -e .[test] (./run installs it; nats-py)")
+    return exe
+
+
 def need_postgresql() -> None:
     """PostgreSQL's server binaries (initdb, pg_ctl; a private cluster is started, never the
     system's service) and psycopg 3: the relay's PostgreSQL backend (tests/relay, ``stores``)."""
