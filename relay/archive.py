@@ -733,6 +733,28 @@ class FileArchive(Archive):
                                         "ORDER BY frame_set, seq", (station,))
             return [tuple(r) for r in rows.fetchall()]
 
+    def frame_bounds(self, frame_set: str) -> tuple[int, int] | None:
+        """(lowest, highest) archived sequence number of *frame_set*, or None if it has none
+        (the CD-1.1 provider's "frames available", ``relay.tcp``)."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(seq), MAX(seq) FROM frames WHERE frame_set = ?",
+                                   (frame_set,)).fetchone()
+        return None if row is None or row[0] is None else (int(row[0]), int(row[1]))
+
+    def frame_sets(self, station: str) -> list[str]:
+        """The frame sets of *station*'s archived frames (``STA:0`` for our stations)."""
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT frame_set FROM frames WHERE station = ?", (station,)).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def held_sequences(self, frame_set: str, start: int, end: int, limit: int) -> list[int]:
+        """Archived sequence numbers of *frame_set* in ``[start, end)``, ascending, at most *limit*
+        (the primary key's range scan: cheap however large the archive)."""
+        with self._lock:
+            rows = self._db.execute("SELECT seq FROM frames WHERE frame_set = ? AND seq >= ? AND seq < ? "
+                                    "ORDER BY seq LIMIT ?", (frame_set, start, end, max(0, limit))).fetchall()
+        return [int(r[0]) for r in rows]
+
     def last_arrivals(self) -> dict[str, float]:
         """Station -> arrival (relay clock) of its latest archived frame (``relay.kpi`` table)."""
         with self._lock:
