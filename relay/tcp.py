@@ -304,26 +304,157 @@ class ForwardState:
 
 class ArchiveFrameSource:
     """The library's ``FrameSource`` of one frame set, over the relay archive: what is held is
-    what is archived at or above the target's floor; bytes are the archived originals."""
+    what is archived at or above the target's floor; bytes are the archived originals.  The
+    methods are coroutines that run the index queries and file reads in a worker thread, so the
+    event loop never waits for the archive's lock (held across an fsync by the ingest)."""
 
     def __init__(self, archive: Any, frame_set: str, floor: int) -> None:
         self.archive = archive
         self.frame_set = frame_set
         self.floor = floor
 
-    def bounds(self) -> tuple[int, int]:
+    def bounds_now(self) -> tuple[int, int]:
         b = self.archive.frame_bounds(self.frame_set)
         if b is None or b[1] < self.floor:
             return 0, -1
         return max(b[0], self.floor), b[1]
 
-    def held(self, start: int, end: int, limit: int) -> list[int]:
-        return self.archive.held_sequences(self.frame_set, max(start, self.floor), end, limit)
+    async def bounds(self) -> tuple[int, int]:
+        return await asyncio.to_thread(self.bounds_now)
 
-    def read(self, seq: int) -> bytes | None:
+    async def held(self, start: int, end: int, limit: int) -> list[int]:
+        return await asyncio.to_thread(self.archive.held_sequences, self.frame_set, max(start, self.floor),
+                                       end, limit)
+
+    async def read(self, seq: int) -> bytes | None:
         if seq < self.floor:
             return None
-        return self.archive.read_frame(self.frame_set, seq)
+        return await asyncio.to_thread(self.archive.read_frame, self.frame_set, seq)
+
+
+#: Default ``backfill_frames``: a frame set new to a target is forwarded from one day (8640 10-s
+#: frames) before the first frame seen, so a station's refill of a recent outage is forwarded too.
+DEFAULT_BACKFILL_FRAMES = 8640
+
+
+class Forwarder:
+    """One ``[[cd11.forward]]`` target: a library ``Provider`` per forwarded frame set (one TCP
+    connection each, as CD-1.1 has it), fed live from every stored batch and from the archive for
+    resends; the floor and the target's acknacks persisted in :class:`ForwardState`."""
+
+    def __init__(self, side: "TcpSide", target: dict[str, Any]) -> None:
+        self.side = side
+        self.target = target
+        self.name = target["name"]
+        self.stations = set(target["stations"])
+        self.backfill = target.get("backfill_frames", DEFAULT_BACKFILL_FRAMES)
+        self.providers: dict[str, Any] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._persist: asyncio.Task | None = None
+        self._saved: dict[str, Any] = {}
+        self.counters = Counter()
+
+    async def start(self) -> None:
+        from ims_station.cd11tcp.link import LinkLimits, TlsSettings
+
+        t = self.target
+        kw = {"acknack_interval_s": t.get("acknack_interval_s", 50.0)}
+        for key in ("heartbeat_timeout_s", "max_frame_size"):
+            if key in t:
+                kw[key] = t[key]
+        self.limits = LinkLimits(**kw)
+        self.ssl = None
+        if "tls_ca" in t:
+            self.ssl = TlsSettings(ca=t["tls_ca"], cert=t.get("tls_cert"), key=t.get("tls_key"),
+                                   server_hostname=t.get("server_name"),
+                                   source=self.side.source).client_context(f"cd11.forward {self.name}")
+        self._loop = asyncio.get_running_loop()
+        archive = self.side.relay.core.archive
+        for sta in sorted(self.stations):
+            for fs in await asyncio.to_thread(archive.frame_sets, sta):
+                await self._ensure(fs, None)
+        self.side.relay.batch_listeners.append(self._on_batch)
+        self._persist = asyncio.create_task(self._persist_loop())
+
+    async def stop(self) -> None:
+        try:
+            self.side.relay.batch_listeners.remove(self._on_batch)
+        except ValueError:
+            pass
+        if self._persist is not None:
+            self._persist.cancel()
+            await asyncio.gather(self._persist, return_exceptions=True)
+        await asyncio.gather(*(p.stop("relay shutting down") for p in self.providers.values()),
+                             return_exceptions=True)
+        self._save()
+
+    # -- live frames (called on the thread that stored the batch) ----------------------------------
+    def _on_batch(self, items: Sequence[Incoming], outcomes: Sequence[Outcome]) -> None:
+        live = [(o.frame_set, o.sequence, bytes(it.payload)) for it, o in zip(items, outcomes)
+                if o.result == "archived" and o.station in self.stations and o.frame_set
+                and not o.frame_set.endswith((":events", ":ims20"))]
+        if live and self._loop is not None:
+            self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._offer(live)))
+
+    async def _offer(self, live: list[tuple[str, int, bytes]]) -> None:
+        for fs, seq, raw in live:
+            p = self.providers.get(fs) or await self._ensure(fs, seq)
+            if seq >= p.source.floor:
+                if p.offer(seq, raw):
+                    self.counters["offered"] += 1
+                else:
+                    self.counters["offer_dropped"] += 1    # resent from the archive (implied gap)
+
+    async def _ensure(self, frame_set: str, first_seq: int | None) -> Any:
+        """The provider of *frame_set*, created with its floor fixed (persisted) on first use."""
+        if frame_set in self.providers:
+            return self.providers[frame_set]
+        from ims_station.cd11tcp.provider import Provider
+
+        st = self.side.forward_state
+        archive = self.side.relay.core.archive
+        floor = await asyncio.to_thread(st.floor, self.name, frame_set)
+        if floor is None:
+            if first_seq is None:
+                b = await asyncio.to_thread(archive.frame_bounds, frame_set)
+                ref = (b[1] + 1) if b else 0
+            else:
+                ref = first_seq
+            floor = await asyncio.to_thread(st.set_floor, self.name, frame_set, max(0, ref - self.backfill))
+        if frame_set in self.providers:            # created meanwhile (awaits above)
+            return self.providers[frame_set]
+        station = frame_set.split(":", 1)[0]
+        t = self.target
+        p = Provider(station, t["consumer"], ArchiveFrameSource(archive, frame_set, floor), frame_set=frame_set,
+                     limits=self.limits, ssl_context=self.ssl, server_hostname=t.get("server_name"),
+                     backoff_initial_s=t.get("backoff_base_s", 1.0), backoff_max_s=t.get("backoff_max_s", 60.0),
+                     on_event=self.side.on_event)
+        self.providers[frame_set] = p
+        p.start()
+        log.info("CD-1.1 forward %s: frame set %s to %s:%d from seq %d", self.name, frame_set,
+                 *t["consumer"], floor)
+        return p
+
+    # -- the target's acknowledgement, persisted ------------------------------------------------------
+    async def _persist_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, self.limits.acknack_interval_s))
+            await asyncio.to_thread(self._save)
+
+    def _save(self) -> None:
+        st = self.side.forward_state
+        if st is None:
+            return
+        for fs, p in list(self.providers.items()):
+            c = p.consumer_state
+            if c is not None and self._saved.get(fs) != c:
+                st.record_acknack(self.name, fs, *c)
+                self._saved[fs] = c
+
+    def stats(self) -> dict[str, Any]:
+        return {"counters": dict(self.counters),
+                "frame_sets": {fs: dict(p.stats.as_dict(), floor=p.source.floor)
+                               for fs, p in sorted(self.providers.items())}}
 
 
 # -- the runtime: one asyncio loop thread for every CD-1.1/TCP link -------------------------------
