@@ -578,7 +578,8 @@ class TcpSide:
               "acknack_interval_s": c.get("acknack_interval_s", r.get("acknack_interval_s", 50.0))}
         for key, arg in (("buffer_bytes", "max_buffer"), ("max_connections", "max_connections"),
                          ("heartbeat_timeout_s", "heartbeat_timeout_s"),
-                         ("handshake_timeout_s", "handshake_timeout_s")):
+                         ("handshake_timeout_s", "handshake_timeout_s"), ("frame_timeout_s", "frame_timeout_s"),
+                         ("write_timeout_s", "write_timeout_s")):
             if key in c:
                 kw[arg] = c[key]
         return LinkLimits(**kw)

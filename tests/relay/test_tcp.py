@@ -1,0 +1,260 @@
+"""The relay's CD-1.1/TCP side (relay/tcp.py, docs/relay.md "CD-1.1 over TCP").
+
+* the ``[cd11]`` configuration: schema, cross-checks naming file and key, every key documented;
+* the explicit legacy-station policy (unsigned, or signed with keys we do not hold) on the real
+  LBTB frame, and that it never lets a key we *do* hold go unverified;
+* relay A's forwarding stage -> the fault proxy (``hil/tcpproxy.py``: drops, delays, resets,
+  half-open connections) -> relay B's TCP consumer: an accelerated hour (360 frames per station)
+  arrives complete, byte-identical, without duplicates, with resends after the resets.  The
+  same with ``IMS_TCP_LONG=1`` runs several hours of frames per station.
+
+Both relays run in this process without MQTT (the TCP side needs only the relay's core); the
+full ``relay run`` with Mosquitto is in tests/integration/test_relay_tcp.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ims_station import cd11
+from ims_station.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.integration.harness import (  # noqa: E402
+    FrameFactory,
+    archived_sequences,
+    frame_times,
+    sha256,
+    wait_for,
+    write_keys,
+)
+
+SAMPLES = ROOT.parent / "shared" / "samples" / "cd11"
+
+
+def write_config(tmp: Path, cd11_text: str) -> Path:
+    (tmp / "trust").mkdir(exist_ok=True)
+    p = tmp / "relay.toml"
+    p.write_text('[relay]\ndata_dir = "data"\ntrust_dir = "trust"\nname = "IDC"\n\n'
+                 '[[broker]]\nhost = "127.0.0.1"\nport = 1883\n\n' + cd11_text)
+    return p
+
+
+FULL = """
+[cd11.consumer]
+listen = "0.0.0.0:8000"
+data_listen = "0.0.0.0:8001"
+advertise = "192.0.2.10"
+heartbeat_timeout_s = 120.0
+acknack_interval_s = 50.0
+handshake_timeout_s = 30.0
+frame_timeout_s = 60.0
+write_timeout_s = 30.0
+max_frame_size = 1048576
+max_gaps = 4000
+max_connections = 256
+buffer_bytes = 262144
+
+[[cd11.consumer.station]]
+name = "LBTB"
+allowed_addresses = ["192.0.2.0/24"]
+require_signatures = false
+accept_unknown_keys = true
+
+[[cd11.consumer.station]]
+name = "STA01"
+
+[[cd11.forward]]
+name = "idc"
+consumer = "idc.example.org:8000"
+stations = ["STA01", "LBTB"]
+acknack_interval_s = 50.0
+heartbeat_timeout_s = 120.0
+backoff_base_s = 1.0
+backoff_max_s = 60.0
+backfill_frames = 8640
+max_frame_size = 1048576
+server_name = "idc.example.org"
+"""
+
+
+def test_cd11_config_loads_and_builds_the_station_policies(tmp_path):
+    from ims_station.relay.cli import build_relay, load_config
+
+    conf = load_config(write_config(tmp_path, FULL))
+    c = conf["cd11"]
+    assert c["consumer"]["listen"] == ("0.0.0.0", 8000) and c["consumer"]["data_listen"] == ("0.0.0.0", 8001)
+    assert set(c["consumer"]["station"]) == {"LBTB", "STA01"}
+    assert c["forward"][0]["consumer"] == ("idc.example.org", 8000)
+    relay = build_relay(conf)
+    try:
+        pol = relay.core.verifier.station_policies
+        assert set(pol) == {"LBTB"} and not pol["LBTB"].require_signatures and pol["LBTB"].accept_unknown_keys
+        assert relay.tcp_stations == {"LBTB", "STA01"}
+    finally:
+        relay.core.close()
+
+
+@pytest.mark.parametrize("text, key, reason", [
+    (FULL.replace('name = "STA01"', 'name = "LBTB"'), "cd11.consumer.station[1].name", "listed twice"),
+    (FULL.replace('advertise = "192.0.2.10"', 'advertise = "relay.example.org"'), "cd11.consumer.advertise",
+     "IPv4"),
+    (FULL.replace('allowed_addresses = ["192.0.2.0/24"]', 'allowed_addresses = ["192.0.2.0/33"]'),
+     "cd11.consumer.station[0].allowed_addresses[0]", "192.0.2.0/33"),
+    (FULL.replace('server_name = "idc.example.org"', 'tls_cert = "c.pem"'), "cd11.forward[0].tls_cert",
+     "together"),
+    (FULL.replace("backoff_max_s = 60.0", "backoff_max_s = 0.5"), "cd11.forward[0].backoff_max_s", "backoff_base_s"),
+    (FULL.replace("max_gaps = 4000", "max_gaps = 0"), "cd11.consumer.max_gaps", ""),
+    (FULL.replace('require_signatures = false', 'require_signature = false'), "cd11.consumer.station", ""),
+])
+def test_cd11_config_errors_name_file_key_and_reason(tmp_path, text, key, reason):
+    from ims_station.relay.cli import load_config
+
+    path = write_config(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert str(path) in msg and key in msg and reason in msg, msg
+
+
+def test_an_mqtt_only_config_is_unchanged(tmp_path):
+    from ims_station.relay.cli import build_tcp, load_config
+
+    conf = load_config(write_config(tmp_path, ""))
+    assert conf["cd11"] is None and build_tcp(conf, None) is None
+
+
+def test_every_cd11_key_is_documented():
+    from ims_station.relay.cli import CD11_SCHEMA
+
+    doc = (ROOT / "docs" / "relay.md").read_text()
+    section = doc.split("## CD-1.1 over TCP")[1].split("\n## ")[0]
+    props = CD11_SCHEMA["properties"]
+    keys = ([k for k in props["consumer"]["properties"] if k != "station"] + list(props["consumer"]["properties"]["station"]["items"]
+            ["properties"]) + list(props["forward"]["items"]["properties"]))
+    import re
+
+    for key in keys:
+        assert re.search(rf"^#? ?{key} = ", section, re.M), key
+    assert "[[cd11.consumer.station]]" in section and "[[cd11.forward]]" in section
+
+
+def test_legacy_policy_accepts_only_keys_we_do_not_hold(tmp_path):
+    """The real LBTB frame is signed with DSA keys (ids 1 and 8-digit subframe ids) that no trust
+    store of ours holds: rejected by default, accepted *unverified* and counted only under the
+    station's explicit policy; the same policy still rejects a frame whose key we do hold but
+    whose signature does not verify."""
+    from ims_station.auth import TrustStore, export_public, generate_key
+    from ims_station.relay.verify import StationPolicy, Verified, Verifier
+
+    raw = (SAMPLES / "real_LBTB_seq9720700.cd11").read_bytes()
+    trust_dir = tmp_path / "trust"
+    generate_key("ed25519", 1, tmp_path / "ks", station="LBTB", valid_from="2000-01-01T00:00:00Z")
+    (tmp_path / "none").mkdir()
+    trust_empty = TrustStore.load(tmp_path / "none")
+    assert Verifier(trust_empty).check("LBTB", raw).reason == "frame_signature"
+    v = Verifier(trust_empty, station_policies={"LBTB": StationPolicy(False, True)}).check("LBTB", raw)
+    assert isinstance(v, Verified) and v.unverified and v.unverified[0] == "frame (key 1)"
+    assert len(v.unverified) == 1 + len(v.frame.subframes)
+    # The exception is the named station's alone.
+    assert Verifier(trust_empty, station_policies={"OTHER": StationPolicy(False, True)}).check(
+        "LBTB", raw).reason == "frame_signature"
+    # A key the trust store holds (id 1, as in the frame) must verify, whatever the policy.
+    export_public(tmp_path / "ks", 1, trust_dir)
+    r = Verifier(TrustStore.load(trust_dir), station_policies={"LBTB": StationPolicy(False, True)}).check("LBTB", raw)
+    assert r.reason == "frame_signature", r
+
+
+# -- relay A -> proxy -> relay B ----------------------------------------------------------------------
+def in_process_relay(root: Path, name: str, trust):
+    from ims_station.broker import BrokerConfig
+    from ims_station.relay.archive import FileArchive
+    from ims_station.relay.relay import Relay
+    from ims_station.relay.state import SqliteStateStore
+
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    # The MQTT session is never started: the TCP side drives the core through its own worker.
+    return Relay(BrokerConfig(host="127.0.0.1", port=1), trust, SqliteStateStore(d / "state.sqlite"),
+                 FileArchive(d / "archive", writer=name), name="IDC", instance=name)
+
+
+def test_forwarding_through_a_faulty_link_arrives_complete_and_byte_identical(tmp_path):
+    """Must-show 1: relay A's providers -> tcpproxy (drops, delays, resets, half-open) -> relay B."""
+    from hil.tcpproxy import FaultPlan, TcpProxy
+
+    from ims_station.auth import TrustStore
+    from ims_station.relay.tcp import TcpSide
+
+    long_run = bool(os.environ.get("IMS_TCP_LONG"))
+    stations = ["STA01", "STA02", "STA03"] if not long_run else [f"ST{i:03d}" for i in range(10)]
+    n = 360 if not long_run else 360 * 6          # one hour (six hours) of 10-s frames per station
+    keys = write_keys(tmp_path, stations)
+    trust = TrustStore.load(tmp_path / "trust")
+    b = in_process_relay(tmp_path, "B", trust)
+    bside = TcpSide(b, {"consumer": {"listen": ("127.0.0.1", 0), "data_listen": ("127.0.0.1", 0),
+                                     "heartbeat_timeout_s": 5.0,
+                                     "station": {s: {"name": s} for s in stations}}, "forward": []},
+                    data_dir=tmp_path / "B", relay_conf={"name": "IDC", "acknack_interval_s": 0.5}).start()
+    a = in_process_relay(tmp_path, "A", trust)
+    proxy = TcpProxy(bside.manager.address, FaultPlan.lossy(seed=7)).start()
+    aside = None
+    try:
+        aside = TcpSide(a, {"consumer": None, "forward": [
+            {"name": "b", "consumer": proxy.address, "stations": stations, "acknack_interval_s": 0.5,
+             "heartbeat_timeout_s": 3.0, "backoff_base_s": 0.05, "backoff_max_s": 0.3}]},
+            data_dir=tmp_path / "A", relay_conf={"name": "IDC"}).start()
+        times = frame_times(n)
+        sent: dict[str, dict[int, str]] = {s: {} for s in stations}
+        factories = {s: FrameFactory(s, keys[s], 100 * (i + 1), rate=20.0) for i, s in enumerate(stations)}
+        futures = []
+        for t in times:                         # interleaved, as live stations would arrive
+            for s in stations:
+                seq, raw = factories[s].frame(t)
+                sent[s][seq] = sha256(raw)
+                futures.append(aside.ingest.submit(s, [raw]))
+            if len(futures) > 200:
+                for f in futures:
+                    assert [o.result for o in f.result(30)] == ["archived"]
+                futures = []
+        for f in futures:
+            assert [o.result for o in f.result(30)] == ["archived"]
+
+        def complete() -> bool:
+            return all(len(archived_sequences(tmp_path / "B" / "archive", f"{s}:0")) == n for s in stations)
+
+        wait_for(complete, 120 if long_run else 60, "relay B's archive to be complete",
+                 on_timeout=lambda: f"A: {aside.stats()}\nB: {bside.stats()}\nproxy: {proxy.stats()}")
+    finally:
+        if aside is not None:
+            aside.stop()
+        proxy.stop()
+        bside.stop()
+    for s in stations:
+        got = archived_sequences(tmp_path / "B" / "archive", f"{s}:0")   # asserts: no seq twice
+        assert got == sent[s], s
+    fw = aside.stats()["forward"]["b"]["frame_sets"]
+    ps = proxy.stats()
+    assert ps["resets"] > 0 and ps["half_open"] > 0, ps
+    assert sum(f["resent"] for f in fw.values()) > 0, fw       # gaps after resets refilled via acknack
+    assert sum(f["reconnects"] for f in fw.values()) > 0, fw
+    # Nothing B received twice was stored twice; its duplicates were counted, not archived.
+    assert b.core.counters.archived == n * len(stations)
+    assert b.core.counters.quarantined == 0, b.core.counters.rejected
+    # The target's acknowledgement was persisted: a restart resumes from it.
+    from ims_station.relay.tcp import ForwardState
+
+    st = ForwardState(tmp_path / "A" / "forward.sqlite")
+    for s in stations:
+        lo, hi, gaps = st.acknack("b", f"{s}:0")
+        assert (lo, hi, gaps) == (min(sent[s]), max(sent[s]), []), (s, lo, hi, gaps)
+    st.close()
+    a.core.close()
+    b.core.close()
