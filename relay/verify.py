@@ -289,11 +289,10 @@ class Verifier:
 
     def _unknown_key(self, key_id: int) -> bool:
         """True if *key_id* is not in the trust store at all (the legacy policy's only exception:
-        a key we do hold must verify)."""
+        a key we do hold must verify).  Key id 0 with a signature value (seen in real
+        GMS-reheadered frames) is never in a trust store: unknown too."""
         from ims_station.auth import UnknownKeyError
 
-        if key_id == 0:
-            return False
         try:
             self.trust.key(key_id)
         except UnknownKeyError:
