@@ -258,3 +258,52 @@ def test_forwarding_through_a_faulty_link_arrives_complete_and_byte_identical(tm
     st.close()
     a.core.close()
     b.core.close()
+
+
+def test_a_restarted_forwarder_resends_nothing_the_target_acknowledged(tmp_path):
+    """The forwarding stage's floor and the target's acknack survive a restart of relay A: the
+    new providers announce the archived range, relay B's acknack covers all but the frame archived
+    while forwarding was down, and that frame is the only one sent (from the archive)."""
+    from ims_station.auth import TrustStore
+    from ims_station.relay.tcp import TcpSide
+
+    stations = ["STA01"]
+    keys = write_keys(tmp_path, stations)
+    trust = TrustStore.load(tmp_path / "trust")
+    b = in_process_relay(tmp_path, "B", trust)
+    bside = TcpSide(b, {"consumer": {"listen": ("127.0.0.1", 0), "data_listen": ("127.0.0.1", 0),
+                                     "station": {"STA01": {"name": "STA01"}}}, "forward": []},
+                    data_dir=tmp_path / "B", relay_conf={"name": "IDC", "acknack_interval_s": 0.2}).start()
+    target = {"name": "b", "consumer": bside.manager.address, "stations": stations, "acknack_interval_s": 0.2,
+              "backoff_base_s": 0.05, "backoff_max_s": 0.2}
+    factory = FrameFactory("STA01", keys["STA01"], 100, rate=20.0)
+    frames = [factory.frame(t) for t in frame_times(21)]
+    a = in_process_relay(tmp_path, "A", trust)
+    try:
+        aside = TcpSide(a, {"consumer": None, "forward": [target]}, data_dir=tmp_path / "A",
+                        relay_conf={"name": "IDC"}).start()
+        for seq, raw in frames[:20]:
+            aside.ingest.submit("STA01", [raw]).result(10)
+        fs = "STA01:0"
+        wait_for(lambda: aside.stats()["forward"]["b"]["frame_sets"][fs]["acked_highest"] == frames[19][0], 20,
+                 "B's acknack covering the 20 frames")
+        aside.stop()
+        # A frame archived while forwarding is down (straight into A's core) ...
+        from ims_station.relay.core import Incoming
+
+        assert [o.result for o in a.core.process([Incoming("ims/STA01/cd11", frames[20][1])])] == ["archived"]
+        # ... then relay A's forwarding restarts (new state in memory, same data_dir).
+        aside = TcpSide(a, {"consumer": None, "forward": [target]}, data_dir=tmp_path / "A",
+                        relay_conf={"name": "IDC"}).start()
+        wait_for(lambda: len(archived_sequences(tmp_path / "B" / "archive", fs)) == 21, 20, "B complete")
+        wait_for(lambda: aside.stats()["forward"]["b"]["frame_sets"][fs]["acked_highest"] == frames[20][0], 20,
+                 "B's acknack of the new frame")
+        st = aside.stats()["forward"]["b"]["frame_sets"][fs]
+        aside.stop()
+    finally:
+        bside.stop()
+    assert st["resent"] == 1 and st["sent"] == 0, st      # the one frame B lacked, from the archive
+    assert st["floor"] == frames[0][0] - 8640
+    assert b.core.counters.duplicates == 0 and b.core.counters.archived == 21
+    a.core.close()
+    b.core.close()
