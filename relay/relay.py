@@ -79,6 +79,8 @@ class Relay(SessionOwner):
         self.tcp_stations: set[str] = set()
         #: set by the CD-1.1/TCP side (``relay.tcp.TcpSide.stats``): ``stats()["cd11"]``
         self.extra_stats: Callable[[], dict[str, Any]] | None = None
+        #: set by the CD-1.1/TCP side: None while its threads live (``relay.supervision``)
+        self.tcp_health: Callable[[], str | None] | None = None
         self.batch_max = max(1, batch_max)
         self.batch_wait_s = batch_wait_s
         self._inbox: list[tuple[str, bytes, int, int]] = []       # topic, payload, mid, qos

@@ -484,8 +484,17 @@ class TcpSide:
         self._started = threading.Event()
         self._error: BaseException | None = None
         relay.extra_stats = self.stats
+        relay.tcp_health = self.health
 
     # -- thread ------------------------------------------------------------------------------------
+    def health(self) -> str | None:
+        """None while the loop and ingest threads live (the relay's watchdog asks), else why not."""
+        if self._thread is None or not self._thread.is_alive():
+            return f"CD-1.1/TCP loop thread ended: {self._error!r}" if self._error else "CD-1.1/TCP loop thread ended"
+        if self.ingest._thread is None or not self.ingest._thread.is_alive():
+            return "CD-1.1/TCP ingest thread ended"
+        return None
+
     def start(self, timeout: float = 30.0) -> "TcpSide":
         self.ingest.start()
         self._thread = threading.Thread(target=self._run, name="relay-cd11-tcp", daemon=True)
