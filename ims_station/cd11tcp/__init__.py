@@ -18,34 +18,37 @@ cd11 send|receive``).  The frame codec is ``ims_station.cd11`` (sans-IO); the ga
 ``ims_station.relay.gaps.FrameSetState``.  Operator documentation: ``docs/cd11-tcp.md``.
 """
 
-from ims_station.cd11tcp.consumer import (
-    ConnectionManager,
-    DataConsumer,
-    FrameSink,
-    MemorySink,
-    ServerStats,
-    Stations,
-    apply_provider_acknack,
-    provider_was_reset,
-)
-from ims_station.cd11tcp.link import (
-    FrameLink,
-    LinkError,
-    LinkEvent,
-    LinkLimits,
-    LinkStats,
-    PeerAlert,
-    PeerClosed,
-    PeerProtocolError,
-    TlsSettings,
-    parse_hostport,
-    send_alert_and_close,
-)
-from ims_station.cd11tcp.provider import FrameSource, MemorySource, Provider, ProviderStats
+import importlib
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "ConnectionManager", "DataConsumer", "FrameLink", "FrameSink", "FrameSource", "LinkError",
-    "LinkEvent", "LinkLimits", "LinkStats", "MemorySink", "MemorySource", "PeerAlert", "PeerClosed",
-    "PeerProtocolError", "Provider", "ProviderStats", "ServerStats", "Stations", "TlsSettings",
-    "apply_provider_acknack", "parse_hostport", "provider_was_reset", "send_alert_and_close",
-]
+# Re-exported names, imported on first use (PEP 562): ``ims-station`` registers ``cd11 send|receive``
+# from ``cli`` at start-up, which must not import numpy (via the codec) for every command.
+_EXPORTS = {
+    "consumer": ["ConnectionManager", "DataConsumer", "FrameSink", "MemorySink", "ServerStats", "Stations",
+                 "apply_provider_acknack", "provider_was_reset"],
+    "link": ["FrameLink", "LinkError", "LinkEvent", "LinkLimits", "LinkStats", "PeerAlert", "PeerClosed",
+             "PeerProtocolError", "TlsSettings", "parse_hostport", "send_alert_and_close"],
+    "provider": ["FrameSource", "MemorySource", "Provider", "ProviderStats"],
+}
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str):
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_WHERE))
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ims_station.cd11tcp.consumer import *  # noqa: F401,F403
+    from ims_station.cd11tcp.link import *  # noqa: F401,F403
+    from ims_station.cd11tcp.provider import *  # noqa: F401,F403
+
+__all__ = sorted(_WHERE)

@@ -377,10 +377,13 @@ class _DataLink:
         self.station: str | None = None
         self.frame_sets: list[str] = []
         self._timer: asyncio.Task | None = None
+        self._delayed: asyncio.Task | None = None
+        self._unacked: set[str] = set()
 
     def cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        for t in (self._timer, self._delayed):
+            if t is not None:
+                t.cancel()
 
     def identify(self, station: str, how: str) -> None:
         if self.station is None:
@@ -426,11 +429,14 @@ class _DataLink:
                 _, _, gaps_before = self.o.sink.acknack_state(fs)
                 await self.o.sink.deliver(self.station, fs, [frame])
                 self.o.stats.frames_delivered += 1
+                self._unacked.add(fs)
                 _, _, gaps_after = self.o.sink.acknack_state(fs)
                 if gaps_after and not set(gaps_after) <= set(gaps_before):
                     self.o.event("gap", self.peer, station=self.station, frame_set=fs,
                                  detail=f"{len(gaps_after)} gaps")
                     await self.send_acknack(fs)
+                elif self.o.limits.ack_delay_s > 0 and (self._delayed is None or self._delayed.done()):
+                    self._delayed = asyncio.create_task(self._delayed_acknack())
             else:
                 raise PeerProtocolError("unexpected-frame",
                                         f"{type(frame).__name__} (type {frame.header.frame_type}) on a data link")
@@ -450,9 +456,21 @@ class _DataLink:
         m = self.o.limits.max_gaps
         if len(gaps) > m:  # merge the tail into one gap: over-reports, never claims a missing frame
             gaps = list(gaps[:m - 1]) + [(gaps[m - 1][0], gaps[-1][1])]
+        self._unacked.discard(fs)
         await self.link.send(cd11.Acknack(creator=self.o.name, frame_set=fs, lowest=lo, highest=hi,
                                           gaps=list(gaps)).to_bytes())
         self.o.stats.acknacks_sent += 1
+
+    async def _delayed_acknack(self) -> None:
+        try:
+            await asyncio.sleep(self.o.limits.ack_delay_s)
+            for fs in list(self._unacked):
+                await self.send_acknack(fs)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.debug("acknack to %s failed: %s", self.peer, err)
+            self.link.abort()
 
     async def _acknack_loop(self) -> None:
         try:

@@ -49,6 +49,9 @@ class LinkLimits:
     ``handshake_timeout_s`` connect, connection request/response, identification of a data link
     ``write_timeout_s``     a write (drain) that does not complete in this time ends the link
     ``frame_timeout_s``     once a frame's first byte arrived, the whole frame must within this time
+    ``ack_delay_s``         consumer: acknowledge received data within this time, besides the
+                            periodic acknack (0: only the periodic one, as GMS does); lets a
+                            provider release frames in seconds, not a minute
     """
 
     max_frame_size: int = 1 << 20
@@ -60,6 +63,7 @@ class LinkLimits:
     handshake_timeout_s: float = 30.0
     write_timeout_s: float = 30.0
     frame_timeout_s: float = 60.0
+    ack_delay_s: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("max_frame_size", "max_gaps", "max_buffer", "max_connections"):
@@ -69,6 +73,8 @@ class LinkLimits:
                      "write_timeout_s", "frame_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"LinkLimits.{name} must be > 0")
+        if self.ack_delay_s < 0:
+            raise ValueError("LinkLimits.ack_delay_s must be >= 0")
         if self.acknack_interval_s > 60:
             raise ValueError("LinkLimits.acknack_interval_s must be <= 60 (CD-1.1: at least once a minute)")
         if self.max_frame_size < 128:
@@ -227,19 +233,33 @@ class LinkStats:
 
 # --- the link ----------------------------------------------------------------------------------
 async def send_alert_and_close(writer: asyncio.StreamWriter, creator: str, text: str, *,
-                               timeout: float = 2.0) -> bool:
+                               timeout: float = 2.0, reader: asyncio.StreamReader | None = None,
+                               linger_s: float = 0.0) -> bool:
     """Write an Alert frame (*creator*, *text*) and close *writer*; never raises.  True if the alert
-    was written and drained within *timeout*."""
+    was written and drained within *timeout*.
+
+    With *reader* and *linger_s*, our side is shut down for writing (FIN) and what the peer still
+    sends is read and discarded for at most *linger_s* seconds before closing: closing a socket
+    with unread input makes the kernel send a reset, which can destroy the alert before the peer
+    reads it (a peer that keeps writing, such as a slow-loris trickle)."""
     ok = False
     try:
         text = " ".join(text.encode("ascii", "replace").decode("ascii").split())[:200] or "closing"
         writer.write(cd11.Alert(creator=creator or "0", message=text).to_bytes())
         await asyncio.wait_for(writer.drain(), timeout)
         ok = True
+        if reader is not None and linger_s > 0 and writer.can_write_eof():
+            writer.write_eof()
+            await asyncio.wait_for(_discard(reader), linger_s)
     except (OSError, asyncio.TimeoutError, RuntimeError, ImsStationError):
         pass
     await close_writer(writer, timeout=timeout)
     return ok
+
+
+async def _discard(reader: asyncio.StreamReader) -> None:
+    while await reader.read(65536):
+        pass
 
 
 async def close_writer(writer: asyncio.StreamWriter, *, timeout: float = 2.0) -> None:
@@ -366,7 +386,8 @@ class FrameLink:
             return
         self.closed = True
         if await send_alert_and_close(self.writer, self.creator, text,
-                                      timeout=min(self.limits.write_timeout_s, 5.0)):
+                                      timeout=min(self.limits.write_timeout_s, 5.0), reader=self.reader,
+                                      linger_s=min(self.limits.write_timeout_s, 1.0)):
             self.stats.alerts_sent += 1
 
     async def close(self) -> None:

@@ -177,7 +177,8 @@ class Provider:
         self._batch: deque[int] = deque()
         self._turn_live = True
         self._consumer: tuple[int, int, list[tuple[int, int]]] | None = None
-        self._below_pending = True
+        self._first_unacked: int | None = None
+        self._src_highest_at_ack = -1
         self._wake = asyncio.Event()
         self._ack_changed = asyncio.Event()
         self._stopping = False
@@ -224,17 +225,12 @@ class Provider:
         return self._consumer
 
     def acked(self, upto: int) -> bool:
-        """True if the consumer's last Acknack covers every frame the source holds up to *upto*:
-        ``highest >= upto``, no gap at or below *upto*, and nothing held below its lowest."""
-        c = self._consumer
-        if c is None:
+        """True if the consumer's last Acknack covers every frame the source held (when it arrived)
+        up to *upto*: none of them lies in a gap or an implied gap, and *upto* was within the
+        source's range then."""
+        if self._consumer is None or upto > self._src_highest_at_ack:
             return False
-        lo, hi, gaps = c
-        if hi < lo or hi < upto:
-            return False
-        if any(a <= upto for a, _ in gaps):
-            return False
-        return not self._below_pending
+        return self._first_unacked is None or self._first_unacked > upto
 
     async def wait_acked(self, upto: int, timeout: float | None = None) -> bool:
         """Wait until :meth:`acked` (*upto*); False on timeout."""
@@ -464,20 +460,24 @@ class Provider:
             del self._inflight[seq]
         src_lo, src_hi = await _maybe(self.source.bounds())
         ranges: list[tuple[int, int]] = []
-        below = False
         if src_hi >= src_lo:
             top = src_hi + 1
             if hi < lo:                          # consumer holds nothing: all of it is implied
                 ranges.append((src_lo, top))
-                below = True
             else:
                 if src_lo < lo:
                     ranges.append((src_lo, min(lo, top)))
-                    below = bool(await _maybe(self.source.held(src_lo, min(lo, top), 1)))
                 ranges += [(max(a, src_lo), min(b, top)) for a, b in gaps if b > src_lo and a < top]
                 if src_hi > hi:
                     ranges.append((max(hi + 1, src_lo), top))
-        self._below_pending = below
+        first = None
+        for a, b in ranges:
+            held = await _maybe(self.source.held(a, b, 1))
+            if held:
+                first = held[0]
+                break
+        self._first_unacked = first
+        self._src_highest_at_ack = src_hi
         self._plan = deque(r for r in ranges if r[0] < r[1])
         self._batch.clear()
         self._ack_changed.set()
