@@ -250,13 +250,18 @@ def _cd11_settings(table: dict[str, Any], file: Path, resolve: Any) -> dict[str,
         data_listen = split_address(c["data_listen"], file, "cd11.consumer.data_listen")
         advertise = c.get("advertise")
         if advertise is not None:
+            host, _, port = advertise.partition(":")
             try:
-                ipaddress.IPv4Address(advertise)     # a Connection Response carries an IPv4 address
+                ipaddress.IPv4Address(host)     # a Connection Response carries an IPv4 address
+                port_n = int(port) if port else data_listen[1]
+                if not 0 < port_n < 65536:
+                    raise ValueError
             except ValueError:
-                raise ConfigError(str(file), "cd11.consumer.advertise", f"{advertise!r} is not an IPv4 "
-                                  "address (a CD-1.1 connection response carries IPv4)") from None
-            if data_listen[1] == 0:
+                raise ConfigError(str(file), "cd11.consumer.advertise", f"{advertise!r} is not an IPv4 address "
+                                  "with an optional :port (a CD-1.1 connection response carries IPv4)") from None
+            if port_n == 0:
                 raise ConfigError(str(file), "cd11.consumer.data_listen", "a fixed port is needed with advertise")
+            advertise = (host, port_n)
         out["consumer"] = dict(c, listen=listen, data_listen=data_listen, advertise=advertise,
                                station=stations, **tls(c, "cd11.consumer"))
     names = set()

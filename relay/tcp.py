@@ -73,6 +73,17 @@ class _Submission:
     items: list[Incoming]
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
+    def resolve(self, result: Any = None, error: BaseException | None = None) -> None:
+        """Set the outcome unless the waiting link went away meanwhile (its task was cancelled,
+        which cancels this future: the frames are stored all the same, nobody needs the answer)."""
+        try:
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
+        except concurrent.futures.InvalidStateError:
+            pass
+
 
 class TcpIngest:
     """One worker thread: TCP deliveries -> ``RelayCore.process`` batches under the relay's lock.
@@ -132,15 +143,20 @@ class TcpIngest:
                     break
                 subs.append(nxt)
                 n += len(nxt.items)
-            self._process(subs)
+            try:
+                self._process(subs)
+            except Exception:  # noqa: BLE001 - this thread must outlive any bug: links wait on it
+                log.exception("relay: CD-1.1/TCP ingest failed on a batch")
+                for s in subs:
+                    s.resolve(error=RelayError("ingest failed"))
         # Whatever is still queued at stop: refused (not stored, not acknowledged).
         while True:
             try:
                 sub = self._q.get_nowait()
             except queue.Empty:
                 break
-            if sub is not None and not sub.future.done():
-                sub.future.set_exception(RelayError("relay stopping"))
+            if sub is not None:
+                sub.resolve(error=RelayError("relay stopping"))
 
     def _process(self, subs: list[_Submission]) -> None:
         items = [it for s in subs for it in s.items]
@@ -154,12 +170,12 @@ class TcpIngest:
             log.error("relay: could not store %d frame(s) received over CD-1.1/TCP, not acknowledged: %s",
                       len(items), err)
             for s in subs:
-                s.future.set_exception(err)
+                s.resolve(error=err)
             return
         except Exception as err:  # noqa: BLE001 - process is the poison boundary; a bug past it
             log.exception("relay: processing %d CD-1.1/TCP frame(s) raised", len(items))
             for s in subs:
-                s.future.set_exception(RelayError(f"processing raised {err!r}"))
+                s.resolve(error=RelayError(f"processing raised {err!r}"))
             return
         self.counters["batches"] += 1
         self.counters["frames"] += len(items)
@@ -168,7 +184,7 @@ class TcpIngest:
         self.relay.notify_batch(items, outcomes)
         i = 0
         for s in subs:
-            s.future.set_result(outcomes[i:i + len(s.items)])
+            s.resolve(outcomes[i:i + len(s.items)])
             i += len(s.items)
 
 
@@ -607,7 +623,7 @@ class TcpSide:
                               source=self.source).server_context("cd11.consumer")
         table = {name: (st.get("allowed_addresses") or None) for name, st in c["station"].items()}
         name = self.relay_conf.get("name", "RELAY")
-        adv = f"{c['advertise']}:{c['data_listen'][1]}" if c.get("advertise") else None
+        adv = tuple(c["advertise"]) if c.get("advertise") else None
         self.consumer = DataConsumer(self.sink, table, host=c["data_listen"][0], port=c["data_listen"][1],
                                      limits=limits, ssl_context=ctx, name=name, advertise=adv,
                                      on_event=self.on_event)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import time
 from pathlib import Path
 
 import pytest
@@ -186,75 +187,135 @@ def in_process_relay(root: Path, name: str, trust):
                  FileArchive(d / "archive", writer=name), name="IDC", instance=name)
 
 
+class Proxies:
+    """Two ``hil/tcpproxy.py`` fault proxies (well-known port and data port) on a loop thread."""
+
+    def __init__(self, manager: tuple[str, int], data: tuple[str, int], seed: int) -> None:
+        import asyncio
+        import threading
+
+        from ims_station.hil.tcpproxy import FaultProxy
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+        async def start():
+            return (await FaultProxy(manager, seed=seed).start(), await FaultProxy(data, seed=seed + 1).start())
+
+        self.manager, self.data = self.call(start())
+
+    def call(self, coro):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def do(self, fn, *args) -> None:
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def stats(self) -> dict:
+        return {"manager": dict(vars(self.manager.stats)), "data": dict(vars(self.data.stats))}
+
+    def stop(self) -> None:
+        async def stop():
+            await self.manager.stop()
+            await self.data.stop()
+
+        self.call(stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
 def test_forwarding_through_a_faulty_link_arrives_complete_and_byte_identical(tmp_path):
     """Must-show 1: relay A's providers -> tcpproxy (drops, delays, resets, half-open) -> relay B."""
-    from hil.tcpproxy import FaultPlan, TcpProxy
-
     from ims_station.auth import TrustStore
     from ims_station.relay.tcp import TcpSide
+    from tests.conftest import free_port
 
     long_run = bool(os.environ.get("IMS_TCP_LONG"))
     stations = ["STA01", "STA02", "STA03"] if not long_run else [f"ST{i:03d}" for i in range(10)]
     n = 360 if not long_run else 360 * 6          # one hour (six hours) of 10-s frames per station
     keys = write_keys(tmp_path, stations)
     trust = TrustStore.load(tmp_path / "trust")
+    port, data_port = free_port(), free_port()
+    proxies = Proxies(("127.0.0.1", port), ("127.0.0.1", data_port), seed=7)
     b = in_process_relay(tmp_path, "B", trust)
-    bside = TcpSide(b, {"consumer": {"listen": ("127.0.0.1", 0), "data_listen": ("127.0.0.1", 0),
-                                     "heartbeat_timeout_s": 5.0,
+    bside = TcpSide(b, {"consumer": {"listen": ("127.0.0.1", port), "data_listen": ("127.0.0.1", data_port),
+                                     "advertise": proxies.data.address, "heartbeat_timeout_s": 2.5,
                                      "station": {s: {"name": s} for s in stations}}, "forward": []},
                     data_dir=tmp_path / "B", relay_conf={"name": "IDC", "acknack_interval_s": 0.5}).start()
     a = in_process_relay(tmp_path, "A", trust)
-    proxy = TcpProxy(bside.manager.address, FaultPlan.lossy(seed=7)).start()
     aside = None
     try:
         aside = TcpSide(a, {"consumer": None, "forward": [
-            {"name": "b", "consumer": proxy.address, "stations": stations, "acknack_interval_s": 0.5,
-             "heartbeat_timeout_s": 3.0, "backoff_base_s": 0.05, "backoff_max_s": 0.3}]},
+            {"name": "b", "consumer": proxies.manager.address, "stations": stations, "acknack_interval_s": 2.0,
+             "heartbeat_timeout_s": 1.0, "backoff_base_s": 0.05, "backoff_max_s": 0.3}]},
             data_dir=tmp_path / "A", relay_conf={"name": "IDC"}).start()
         times = frame_times(n)
         sent: dict[str, dict[int, str]] = {s: {} for s in stations}
         factories = {s: FrameFactory(s, keys[s], 100 * (i + 1), rate=20.0) for i, s in enumerate(stations)}
+        t_start = time.monotonic()
+        # Faults at fixed points of the stream (so each kind surely happens), random ones besides.
+        faults = {n // 8: (proxies.data.reset,), n // 4: (proxies.data.half_open, 0.3),
+                  3 * n // 8: (proxies.data.drop, 0.2, "up"), n // 2: (proxies.data.delay, 0.05, 0.5),
+                  5 * n // 8: (proxies.manager.reset,), 3 * n // 4: (proxies.data.reset,),
+                  7 * n // 8: (proxies.data.drop, 0.2, "down")}
+        proxies.do(proxies.data.random_faults, 0.5)
         futures = []
-        for t in times:                         # interleaved, as live stations would arrive
+        for i, t in enumerate(times):           # interleaved, as live stations arrive
+            if i in faults:
+                proxies.do(*faults[i])
             for s in stations:
                 seq, raw = factories[s].frame(t)
                 sent[s][seq] = sha256(raw)
                 futures.append(aside.ingest.submit(s, [raw]))
-            if len(futures) > 200:
+            if i % 8 == 7:                      # a few seconds for the hour: the faults land mid-stream
                 for f in futures:
                     assert [o.result for o in f.result(30)] == ["archived"]
                 futures = []
+                time.sleep(0.01)
         for f in futures:
             assert [o.result for o in f.result(30)] == ["archived"]
+        t_fed = time.monotonic()
 
         def complete() -> bool:
             return all(len(archived_sequences(tmp_path / "B" / "archive", f"{s}:0")) == n for s in stations)
 
-        wait_for(complete, 120 if long_run else 60, "relay B's archive to be complete",
-                 on_timeout=lambda: f"A: {aside.stats()}\nB: {bside.stats()}\nproxy: {proxy.stats()}")
+        wait_for(complete, 180 if long_run else 60, "relay B's archive to be complete",
+                 on_timeout=lambda: f"A: {aside.stats()}\nB: {bside.stats()}\nproxy: {proxies.stats()}")
+        t_complete = time.monotonic()
+        # ... and A has B's acknack of all of it (persisted within a second, and at stop)
+        def acked(fs: dict, s: str) -> bool:
+            return (fs["acked_lowest"], fs["acked_highest"], fs["acked_gaps"]) == (min(sent[s]), max(sent[s]), 0)
+
+        wait_for(lambda: all(acked(aside.stats()["forward"]["b"]["frame_sets"][f"{s}:0"], s) for s in stations),
+                 30, "B's acknacks of everything at relay A")
+        fw = aside.stats()["forward"]["b"]["frame_sets"]
+        ps = proxies.stats()
     finally:
         if aside is not None:
             aside.stop()
-        proxy.stop()
+        proxies.stop()
         bside.stop()
     for s in stations:
         got = archived_sequences(tmp_path / "B" / "archive", f"{s}:0")   # asserts: no seq twice
         assert got == sent[s], s
-    fw = aside.stats()["forward"]["b"]["frame_sets"]
-    ps = proxy.stats()
-    assert ps["resets"] > 0 and ps["half_open"] > 0, ps
-    assert sum(f["resent"] for f in fw.values()) > 0, fw       # gaps after resets refilled via acknack
+    assert ps["data"]["resets"] > 0 and ps["data"]["faults"]["half_open"] > 0 and ps["data"]["dropped_bytes"] > 0, ps
+    assert sum(f["resent"] for f in fw.values()) > 0, fw       # gaps after the faults refilled via acknack
     assert sum(f["reconnects"] for f in fw.values()) > 0, fw
-    # Nothing B received twice was stored twice; its duplicates were counted, not archived.
+    # What B received more than once was counted as a duplicate and not stored again.
     assert b.core.counters.archived == n * len(stations)
     assert b.core.counters.quarantined == 0, b.core.counters.rejected
-    # The target's acknowledgement was persisted: a restart resumes from it.
+    print(f"fed in {t_fed - t_start:.1f} s, complete after {t_complete - t_fed:.1f} s more; "
+          f"forwarded {n * len(stations)} frames; resent {sum(f['resent'] for f in fw.values())}, "
+          f"reconnects {sum(f['reconnects'] for f in fw.values())}, B duplicates {b.core.counters.duplicates}; "
+          f"proxy {ps}")
+    # The target's acknowledgement is persisted (a restart resumes from it).
     from ims_station.relay.tcp import ForwardState
 
     st = ForwardState(tmp_path / "A" / "forward.sqlite")
     for s in stations:
-        lo, hi, gaps = st.acknack("b", f"{s}:0")
-        assert (lo, hi, gaps) == (min(sent[s]), max(sent[s]), []), (s, lo, hi, gaps)
+        assert st.acknack("b", f"{s}:0") == (min(sent[s]), max(sent[s]), []), s
     st.close()
     a.core.close()
     b.core.close()
@@ -308,3 +369,25 @@ def test_a_restarted_forwarder_resends_nothing_the_target_acknowledged(tmp_path)
     assert b.core.counters.duplicates == dups_before and b.core.counters.archived == 21
     a.core.close()
     b.core.close()
+
+
+def test_the_ingest_outlives_a_link_that_went_away_while_its_frames_were_stored(tmp_path):
+    """A link closed while its delivery waits cancels the delivery's future; the ingest thread
+    stores the frames all the same and goes on serving the other links."""
+    from ims_station.auth import TrustStore
+    from ims_station.relay.tcp import TcpIngest
+
+    keys = write_keys(tmp_path, ["STA01"])
+    relay = in_process_relay(tmp_path, "A", TrustStore.load(tmp_path / "trust"))
+    factory = FrameFactory("STA01", keys["STA01"], 100, rate=20.0)
+    (s1, f1), (s2, f2) = [factory.frame(t) for t in frame_times(2)]
+    ingest = TcpIngest(relay).start()
+    try:
+        with relay.core_lock:                  # hold the core: the first delivery waits ...
+            gone = ingest.submit("STA01", [f1])
+            gone.cancel()                      # ... and its link goes away
+        assert [o.result for o in ingest.submit("STA01", [f2]).result(10)] == ["archived"]
+    finally:
+        ingest.stop()
+    assert relay.core.archive.frame_keys("STA01") == [("STA01:0", s1), ("STA01:0", s2)]
+    relay.core.close()
