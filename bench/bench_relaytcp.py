@@ -190,6 +190,13 @@ def _drive(pid: int, port: int, broker, tcp_st, mqtt_st, frames, interval_s: flo
         c.connect(broker.host, broker.port)
         c.loop_start()
         clients[s] = c
+    # Steady state only: every TCP station through its handshake, every MQTT client connected.
+    deadline = time.monotonic() + 60
+    while not (all(p.stats.connected and p.stats.acknacks_in for p in providers.values())
+               and all(c.is_connected() for c in clients.values())):
+        if time.monotonic() > deadline:
+            raise RuntimeError("stations did not all connect within 60 s")
+        time.sleep(0.05)
     total = (len(tcp_st) + len(mqtt_st)) * len(next(iter(frames.values())))
     cpu0, t0 = _cpu_seconds(pid), time.monotonic()
     nframes = len(next(iter(frames.values())))
