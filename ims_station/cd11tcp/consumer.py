@@ -29,6 +29,7 @@ import asyncio
 import ipaddress
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
 
@@ -53,6 +54,7 @@ from ims_station.relay.gaps import FrameSetState
 log = logging.getLogger("ims_station.cd11tcp.consumer")
 
 DATA_FRAME_TYPES = (5, 9, 13)      # frames with a sequence number that belong to a frame set
+MAX_BATCH = 256                    # data frames handed to FrameSink.deliver at once, at most
 
 
 @runtime_checkable
@@ -340,9 +342,22 @@ class DataConsumer(_Server):
                          name=name, on_event=on_event)
         self.sink = sink
         self.stations = stations if isinstance(stations, Stations) else Stations(stations)
-        self._advertise = parse_hostport(advertise, what="advertise") if isinstance(advertise, str) else advertise
-        if self._advertise is not None:
-            ipaddress.IPv4Address(self._advertise[0])   # ValueError: a Connection Response carries IPv4
+        self._advertise: tuple[str, int] | None = None
+        self.advertise = advertise
+
+    @property
+    def advertise(self) -> tuple[str, int] | None:
+        """The configured advertised data address (None: derived from the bound address).
+        Settable (e.g. once a proxy in front of the data port is listening)."""
+        return self._advertise
+
+    @advertise.setter
+    def advertise(self, value: "str | tuple[str, int] | None") -> None:
+        addr = parse_hostport(value, what="advertise") if isinstance(value, str) else value
+        if addr is not None:
+            ipaddress.IPv4Address(addr[0])     # ValueError: a Connection Response carries IPv4
+            addr = (addr[0], int(addr[1]))
+        self._advertise = addr
 
     def advertised(self, local_ip: str | None = None) -> tuple[str, int]:
         """Where providers are sent: ``advertise``, else the bound address (with *local_ip*, the
@@ -379,6 +394,11 @@ class _DataLink:
         self._timer: asyncio.Task | None = None
         self._delayed: asyncio.Task | None = None
         self._unacked: set[str] = set()
+        self._queue: deque[cd11.Frame] = deque()
+        self._ack_lock = asyncio.Lock()
+        self._queued = 0
+        self._items = asyncio.Event()
+        self._space = asyncio.Event()
 
     def cancel_timer(self) -> None:
         for t in (self._timer, self._delayed):
@@ -395,16 +415,68 @@ class _DataLink:
             raise PeerProtocolError("wrong-creator", f"{how} names {station!r} on the link of {self.station!r}")
 
     async def run(self) -> None:
-        lim = self.o.limits
+        """Read frames into a byte-bounded queue; a second task processes them in order, handing
+        consecutive data frames of one frame set to the sink as one batch (one durable commit for
+        what arrived while the previous batch was being stored).  The reader pauses while the queue
+        holds ``max_buffer`` bytes, so TCP pushes back on a provider faster than the sink."""
         self.o.event("connected", self.peer)
+        proc = asyncio.create_task(self._process())
+        try:
+            while True:
+                frame = await self._race(self._read(), proc)
+                self._queue.append(frame)
+                self._queued += len(frame.raw)
+                self._items.set()
+                while self._queued >= self.o.limits.max_buffer:
+                    self._space.clear()
+                    await self._race(self._space.wait(), proc)
+        finally:
+            proc.cancel()
+            await asyncio.gather(proc, return_exceptions=True)
+
+    @staticmethod
+    async def _race(coro, proc: asyncio.Task):
+        """Await *coro* unless the processor task ends first (then raise its error)."""
+        if proc.done():
+            coro.close()
+            proc.result()
+            raise PeerClosed("link processor ended")
+        task = asyncio.ensure_future(coro)
+        try:
+            await asyncio.wait({task, proc}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        proc.result()
+        raise PeerClosed("link processor ended")
+
+    async def _read(self) -> cd11.Frame:
+        lim = self.o.limits
+        idle = lim.heartbeat_timeout_s if self.station else min(lim.handshake_timeout_s, lim.heartbeat_timeout_s)
+        try:
+            return await self.link.read_frame(idle_timeout=idle)
+        except PeerProtocolError as err:
+            if err.reason == "heartbeat-timeout" and self.station is None:
+                raise PeerProtocolError("handshake-timeout", "no identifying frame received") from None
+            raise
+
+    def _pop(self) -> cd11.Frame:
+        frame = self._queue.popleft()
+        self._queued -= len(frame.raw)
+        if self._queued < self.o.limits.max_buffer:
+            self._space.set()
+        return frame
+
+    async def _process(self) -> None:
         while True:
-            idle = lim.heartbeat_timeout_s if self.station else min(lim.handshake_timeout_s, lim.heartbeat_timeout_s)
-            try:
-                frame = await self.link.read_frame(idle_timeout=idle)
-            except PeerProtocolError as err:
-                if err.reason == "heartbeat-timeout" and self.station is None:
-                    raise PeerProtocolError("handshake-timeout", "no identifying frame received") from None
-                raise
+            while not self._queue:
+                self._items.clear()
+                await self._items.wait()
+            frame = self._pop()
             if isinstance(frame, cd11.OptionRequest):
                 name = frame.options[0].name if frame.options else ""
                 self.identify(name.partition(":")[0] or frame.creator, "option request")
@@ -424,22 +496,28 @@ class _DataLink:
                 await self.known(fs)
             elif frame.header.frame_type in DATA_FRAME_TYPES:
                 fs = f"{frame.creator}:{frame.destination}"
-                self.identify(frame.creator, "data frame creator")
-                await self.known(fs)
-                _, _, gaps_before = self.o.sink.acknack_state(fs)
-                await self.o.sink.deliver(self.station, fs, [frame])
-                self.o.stats.frames_delivered += 1
-                self._unacked.add(fs)
-                _, _, gaps_after = self.o.sink.acknack_state(fs)
-                if gaps_after and not set(gaps_after) <= set(gaps_before):
-                    self.o.event("gap", self.peer, station=self.station, frame_set=fs,
-                                 detail=f"{len(gaps_after)} gaps")
-                    await self.send_acknack(fs)
-                elif self.o.limits.ack_delay_s > 0 and (self._delayed is None or self._delayed.done()):
-                    self._delayed = asyncio.create_task(self._delayed_acknack())
+                batch = [frame]
+                while (self._queue and len(batch) < MAX_BATCH and self._queue[0].header.frame_type in DATA_FRAME_TYPES
+                       and f"{self._queue[0].creator}:{self._queue[0].destination}" == fs):
+                    batch.append(self._pop())
+                await self._deliver(fs, batch)
             else:
                 raise PeerProtocolError("unexpected-frame",
                                         f"{type(frame).__name__} (type {frame.header.frame_type}) on a data link")
+
+    async def _deliver(self, fs: str, batch: list[cd11.Frame]) -> None:
+        self.identify(batch[0].creator, "data frame creator")
+        await self.known(fs)
+        _, _, gaps_before = self.o.sink.acknack_state(fs)
+        await self.o.sink.deliver(self.station, fs, batch)
+        self.o.stats.frames_delivered += len(batch)
+        self._unacked.add(fs)
+        _, _, gaps_after = self.o.sink.acknack_state(fs)
+        if gaps_after and not set(gaps_after) <= set(gaps_before):
+            self.o.event("gap", self.peer, station=self.station, frame_set=fs, detail=f"{len(gaps_after)} gaps")
+            await self.send_acknack(fs)
+        elif self.o.limits.ack_delay_s > 0 and (self._delayed is None or self._delayed.done()):
+            self._delayed = asyncio.create_task(self._delayed_acknack())
 
     async def known(self, fs: str) -> None:
         if fs in self.frame_sets:
@@ -452,6 +530,14 @@ class _DataLink:
             self._timer = asyncio.create_task(self._acknack_loop())
 
     async def send_acknack(self, fs: str) -> None:
+        # One acknack at a time, its state read under the lock: three tasks send acknacks (frame
+        # processing, the periodic timer, the delayed ack), and a state read before waiting for
+        # the writer could otherwise go out after a newer one -- the provider would take the older
+        # state for the truth and resend what is already stored.
+        async with self._ack_lock:
+            await self._send_acknack(fs)
+
+    async def _send_acknack(self, fs: str) -> None:
         lo, hi, gaps = self.o.sink.acknack_state(fs)
         m = self.o.limits.max_gaps
         if len(gaps) > m:  # merge the tail into one gap: over-reports, never claims a missing frame

@@ -24,8 +24,8 @@ import ssl
 import struct
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Mapping
 
 from ims_station import cd11
 from ims_station.cd11.wire import MAX_AUTH_SIZE
@@ -84,6 +84,26 @@ class LinkLimits:
         if self.max_gaps > 100_000:
             raise ValueError("LinkLimits.max_gaps must be <= 100000 (the codec's maximum)")
 
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, file: str = "<config>", key: str = "cd11") -> "LinkLimits":
+        """Limits from a config table (keys = field names; absent keys keep the defaults).
+        :class:`ConfigError` names file, key and reason."""
+        known = {f.name: f for f in fields(cls)}
+        kw: dict[str, Any] = {}
+        for k, v in data.items():
+            f = known.get(k)
+            if f is None:
+                raise ConfigError(file, f"{key}.{k}", f"unknown key (known: {', '.join(sorted(known))})")
+            want_int = k.startswith("max_")
+            if isinstance(v, bool) or not isinstance(v, int if want_int else (int, float)):
+                raise ConfigError(file, f"{key}.{k}", f"must be {'an integer' if want_int else 'a number'}")
+            kw[k] = v
+        try:
+            return cls(**kw)
+        except ValueError as err:
+            name = str(err).split()[0].removeprefix("LinkLimits.")
+            raise ConfigError(file, f"{key}.{name}" if name in known else key, str(err)) from None
+
 
 # --- errors ------------------------------------------------------------------------------------
 class LinkError(ImsStationError):
@@ -113,13 +133,26 @@ class PeerAlert(LinkError):
         super().__init__(f"peer sent alert: {text!r}")
 
 
+# Why a link is closed with an Alert: the reason code starts the alert text and keys the counters
+# (``LinkStats.errors``).  docs/cd11-tcp.md has this table; a test compares them.
+ALERT_REASONS = {
+    "garbage": "bytes that are not a valid CD-1.1 frame (unknown type, bad length, bad CRC, undecodable payload)",
+    "oversize": "declared frame length above max_frame_size (refused from the header, nothing more is read)",
+    "slow-frame": "a frame's bytes did not all arrive within frame_timeout_s (slow-loris)",
+    "heartbeat-timeout": "nothing received for heartbeat_timeout_s",
+    "handshake-timeout": "no connection request (manager) or identifying frame (data port) within handshake_timeout_s",
+    "unexpected-frame": "a frame type that does not belong on this connection, or more than 16 frame sets on one link",
+    "unknown-station": "the station is not in the station table",
+    "address-not-allowed": "the station connected from an address not allowed for it",
+    "wrong-creator": "a frame names another station than the one the link was identified as",
+    "too-many-connections": "max_connections links are open already",
+    "refused": "the sink refused the peer (e.g. the relay's policy)",
+}
+
+
 class PeerProtocolError(LinkError, RemoteProtocolError):
-    """The peer broke the protocol or a limit.  ``reason`` (short code, used in counters and in the
-    Alert text) is one of: ``garbage`` (not a frame / bad CRC / undecodable), ``oversize``
-    (declared length above ``max_frame_size``), ``slow-frame`` (frame not complete within
-    ``frame_timeout_s``), ``heartbeat-timeout`` (nothing received), ``handshake-timeout``,
-    ``unexpected-frame``, ``unknown-station``, ``address-not-allowed``, ``wrong-creator``,
-    ``too-many-connections``, ``refused`` (the sink refused the peer)."""
+    """The peer broke the protocol or a limit.  ``reason`` is one of :data:`ALERT_REASONS` (short
+    code, used in counters and at the start of the Alert text); ``detail`` says what exactly."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         self.detail = detail
@@ -173,6 +206,21 @@ class TlsSettings:
     key: str | None = None
     server_hostname: str | None = None     # client: name to verify instead of the host connected to
     source: str = "<tls>"                  # config file, for error messages
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, file: str = "<config>", key: str = "tls") -> "TlsSettings | None":
+        """``tls_ca``/``tls_cert``/``tls_key``/``tls_server_name`` of a config table (other keys are
+        ignored: they belong to the table's owner); None if none is set (no TLS)."""
+        vals = {}
+        for k in ("tls_ca", "tls_cert", "tls_key", "tls_server_name"):
+            v = data.get(k)
+            if v is not None and not isinstance(v, str):
+                raise ConfigError(file, f"{key}.{k}", "must be a string (a file path or host name)")
+            vals[k] = v
+        if not any(vals.values()):
+            return None
+        return cls(ca=vals["tls_ca"], cert=vals["tls_cert"], key=vals["tls_key"],
+                   server_hostname=vals["tls_server_name"], source=file)
 
     def _check(self, where: str) -> None:
         from ims_station.config import read_secret_file

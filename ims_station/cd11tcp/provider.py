@@ -12,9 +12,10 @@ frames, live first (§6.4, as GMS alternates).  Reconnects with exponential back
 
 Bounds: the live queue (``live_queue`` frames; :meth:`offer` beyond it drops the new frame from the
 queue only -- the source still holds it, so it is resent as an implied gap); frames sent and not yet
-acknowledged (``max_unacked``; sending pauses until the next consumer acknack); a frame sent on
-the current connection is not resent before ``resend_grace_s`` (default: one acknack interval;
-within one TCP connection nothing is lost, so a resend is only needed if the consumer refused it).
+acknowledged (``max_unacked``; sending pauses until the next consumer acknack).  A frame sent on
+the current connection is in flight, not missing, until the consumer acknowledges a frame sent
+*after* it (TCP delivers in order and the consumer stores in order, so only then is it known to be
+refused) or ``resend_grace_s`` passed (default: the heartbeat timeout); only then is it resent.
 
 It does not own where frames are kept (the :class:`FrameSource`: the relay's archive, or
 :class:`MemorySource`), parsing (``ims_station.cd11``) nor bounded reading/TLS (``link.py``).
@@ -23,12 +24,13 @@ It does not own where frames are kept (the :class:`FrameSource`: the relay's arc
 from __future__ import annotations
 
 import asyncio
+import bisect
 import inspect
 import logging
 import random
 import ssl
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -70,34 +72,34 @@ class MemorySource:
     """A :class:`FrameSource` in memory keeping the newest ``max_frames`` frames."""
 
     def __init__(self, frames: dict[int, bytes] | None = None, *, max_frames: int = 1_000_000) -> None:
-        self._f: OrderedDict[int, bytes] = OrderedDict()
+        self._f: dict[int, bytes] = {}
+        self._keys: list[int] = []          # sorted
         self._max = max_frames
         for seq, raw in sorted((frames or {}).items()):
             self.add(seq, raw)
 
     def add(self, seq: int, raw: bytes) -> None:
-        if self._f and seq < next(reversed(self._f)):
-            items = sorted([*self._f.items(), (seq, raw)])
-            self._f = OrderedDict(items)
-        else:
-            self._f[seq] = raw
-        while len(self._f) > self._max:
-            self._f.popitem(last=False)
+        if seq not in self._f:
+            if not self._keys or seq > self._keys[-1]:
+                self._keys.append(seq)
+            else:
+                bisect.insort(self._keys, seq)
+        self._f[seq] = raw
+        while len(self._keys) > self._max:
+            del self._f[self._keys.pop(0)]
 
     def __len__(self) -> int:
-        return len(self._f)
+        return len(self._keys)
 
     def bounds(self) -> tuple[int, int]:
-        if not self._f:
+        if not self._keys:
             return 0, -1
-        return next(iter(self._f)), next(reversed(self._f))
+        return self._keys[0], self._keys[-1]
 
     def held(self, start: int, end: int, limit: int) -> list[int]:
-        import bisect
-
-        keys = list(self._f)      # small sets (tests, cd11 send); the relay's source is indexed
-        i = bisect.bisect_left(keys, start)
-        return [k for k in keys[i:i + limit] if k < end]
+        i = bisect.bisect_left(self._keys, start)
+        j = bisect.bisect_left(self._keys, end, lo=i)
+        return self._keys[i:min(j, i + limit)]
 
     def read(self, seq: int) -> bytes | None:
         return self._f.get(seq)
@@ -164,7 +166,7 @@ class Provider:
         self.server_hostname = server_hostname
         self.live_max = live_queue
         self.max_unacked = max_unacked
-        self.resend_grace_s = self.limits.acknack_interval_s if resend_grace_s is None else resend_grace_s
+        self.resend_grace_s = self.limits.heartbeat_timeout_s if resend_grace_s is None else resend_grace_s
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.on_event = on_event
@@ -172,7 +174,9 @@ class Provider:
         self._rng = random.Random(seed)
         self._live: deque[tuple[int, bytes]] = deque()
         self._live_seqs: set[int] = set()
-        self._inflight: dict[int, float] = {}
+        self._inflight: dict[int, tuple[int, float]] = {}      # seq -> (send number, time) on this link
+        self._send_no = 0
+        self._acked_mark = -1          # highest send number the consumer has acknowledged
         self._plan: deque[tuple[int, int]] = deque()
         self._batch: deque[int] = deque()
         self._turn_live = True
@@ -320,6 +324,8 @@ class Provider:
         link = await self._open(dhost, resp.port)
         self._link = link
         self._inflight.clear()
+        self._send_no = 0
+        self._acked_mark = -1
         self._plan.clear()
         self._batch.clear()
         self._consumer_seen = False
@@ -373,7 +379,12 @@ class Provider:
             if item is not None:
                 seq, raw, resend = item
                 await link.send(raw)
-                self._inflight[seq] = time.monotonic()
+                self._send_no += 1
+                # A resend keeps the first copy's send number: when the consumer then holds the
+                # frame, only the first copy is known to have arrived (frames sent before the
+                # resend may still be on their way).
+                first = self._inflight.get(seq)
+                self._inflight[seq] = (first[0] if first else self._send_no, time.monotonic())
                 if resend:
                     self.stats.resent += 1
                 else:
@@ -388,7 +399,9 @@ class Provider:
 
     async def _next_frame(self) -> tuple[int, bytes, bool] | None:
         if self._live and self._turn_live:
-            return self._pop_live()
+            live = self._pop_live()
+            if live is not None:
+                return live
         r = await self._next_resend()
         if r is not None:
             self._turn_live = True
@@ -397,11 +410,14 @@ class Provider:
             return self._pop_live()
         return None
 
-    def _pop_live(self) -> tuple[int, bytes, bool]:
-        seq, raw = self._live.popleft()
-        self._live_seqs.discard(seq)
-        self._turn_live = False
-        return seq, raw, False
+    def _pop_live(self) -> tuple[int, bytes, bool] | None:
+        while self._live:
+            seq, raw = self._live.popleft()
+            self._live_seqs.discard(seq)
+            if not self._consumer_holds(seq):
+                self._turn_live = False
+                return seq, raw, False
+        return None
 
     def _consumer_holds(self, seq: int) -> bool:
         c = self._consumer
@@ -418,8 +434,8 @@ class Provider:
                 if seq in self._live_seqs or self._consumer_holds(seq):
                     continue
                 t = self._inflight.get(seq)
-                if t is not None and now - t < self.resend_grace_s:
-                    continue
+                if t is not None and t[0] > self._acked_mark and now - t[1] < self.resend_grace_s:
+                    continue            # still in flight on this connection
                 raw = await _maybe(self.source.read(seq))
                 if raw is not None:
                     return seq, raw
@@ -457,7 +473,7 @@ class Provider:
         self._consumer_seen = True
         self.stats.acked_lowest, self.stats.acked_highest, self.stats.acked_gaps = lo, hi, len(gaps)
         for seq in [s for s in self._inflight if self._consumer_holds(s)]:
-            del self._inflight[seq]
+            self._acked_mark = max(self._acked_mark, self._inflight.pop(seq)[0])
         src_lo, src_hi = await _maybe(self.source.bounds())
         ranges: list[tuple[int, int]] = []
         if src_hi >= src_lo:

@@ -27,7 +27,7 @@ from pathlib import Path
 from ims_station import cd11
 from ims_station.cd11tcp.consumer import apply_provider_acknack
 from ims_station.durable import fsync_dir, makedirs
-from ims_station.relay.gaps import FrameSetState
+from ims_station.relay.gaps import Arrival, FrameSetState
 from ims_station.relay.state import SqliteStateStore
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9-]")
@@ -78,9 +78,11 @@ class DirectorySink:
             results = await asyncio.to_thread(self._write, frame_set, [(f.sequence, bytes(f.raw)) for f in frames])
             st = self._state(frame_set)
             now = time.time()
+            changed = False
             for seq, _ in results:
-                st.add(seq, now)
-            await asyncio.to_thread(self.store.save, [st])
+                changed |= st.add(seq, now).arrival is not Arrival.SEEN
+            if changed:      # a batch of duplicates the state already holds costs no commit
+                await asyncio.to_thread(self.store.save, [st])
 
     def _write(self, frame_set: str, frames: list[tuple[int, bytes]]) -> list[tuple[int, str]]:
         d = frame_set_dir(self.root, frame_set)

@@ -63,7 +63,9 @@ def test_send_samples_to_receive_byte_identical(tmp_path):
         assert r.returncode == 0, r.stdout + r.stderr
     finally:
         text = stop_receive(proc)
-    assert "stopped: 5 frames stored, 5 duplicates, 0 conflicts" in text
+    m = re.search(r"stopped: (\d+) frames stored, (\d+) duplicates, (\d+) conflicts", text)
+    assert m and m.group(1) == "5" and m.group(3) == "0", text
+    assert int(m.group(2)) <= 5       # frames of the second send that arrived again (timing)
     assert "data identified" in text and "manager redirect" in text
 
 

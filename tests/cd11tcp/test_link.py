@@ -156,3 +156,47 @@ def test_provider_reset_detected_from_its_acknack():
             assert dc.stats.provider_resets == 1 and sink.resets == 1
             assert st.acknack_fields() == (1, 2, [])
     run(main())
+
+
+def test_limits_and_tls_from_config_mapping():
+    from ims_station.cd11tcp import TlsSettings
+    from ims_station.errors import ConfigError
+
+    lim = LinkLimits.from_mapping({"heartbeat_timeout_s": 30, "max_connections": 10}, file="r.toml", key="cd11")
+    assert lim.heartbeat_timeout_s == 30 and lim.max_connections == 10
+    with pytest.raises(ConfigError, match=r"r.toml: cd11.acknack_interval_s: .*<= 60"):
+        LinkLimits.from_mapping({"acknack_interval_s": 90}, file="r.toml", key="cd11")
+    with pytest.raises(ConfigError, match=r"cd11.heartbeat: unknown key"):
+        LinkLimits.from_mapping({"heartbeat": 3}, file="r.toml", key="cd11")
+    with pytest.raises(ConfigError, match=r"cd11.max_gaps: must be an integer"):
+        LinkLimits.from_mapping({"max_gaps": 1.5}, file="r.toml", key="cd11")
+    assert TlsSettings.from_mapping({"port": 1}) is None
+    t = TlsSettings.from_mapping({"tls_ca": "ca.pem"}, file="r.toml", key="x")
+    assert t.ca == "ca.pem" and t.source == "r.toml"
+
+
+def test_nothing_resent_when_nothing_is_lost(tmp_path):
+    """A slow durable sink on a clean link with frequent acknacks: the provider must not take frames
+    in flight for missing ones, and the consumer's acknacks must never go backwards (three tasks
+    send them: after a gap, periodically, ack_delay_s after data), so no frame is sent twice."""
+    from ims_station.cd11tcp.store import DirectorySink
+
+    limits = LinkLimits(acknack_interval_s=0.1, heartbeat_timeout_s=2.0, ack_delay_s=0.02)
+    frames = {s: data_frame(s) for s in range(1, 601)}
+
+    async def main():
+        sink = DirectorySink(tmp_path / "a")
+        async with consumer_pair({"STA01": None}, sink=sink, limits=limits) as (cm, dc, _, events):
+            src = MemorySource()
+            p = Provider("STA01", cm.address, src, limits=limits)
+            p.start()
+            for s, raw in frames.items():
+                src.add(s, raw)
+                p.offer(s, raw)
+                await asyncio.sleep(0.0005)
+            assert await p.wait_acked(600, timeout=20)
+            await p.stop()
+            assert p.stats.resent == 0 and sink.duplicates == 0 and p.stats.reconnects == 0
+            assert sink.stored == 600
+        sink.close()
+    run(main(), timeout=30)

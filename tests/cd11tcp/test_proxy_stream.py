@@ -21,11 +21,12 @@ LIMITS = LinkLimits(acknack_interval_s=0.1, heartbeat_timeout_s=0.4, handshake_t
                     write_timeout_s=0.4, frame_timeout_s=0.3, ack_delay_s=0.02)
 
 
-async def stream(tmp, *, stations: int, frames: int, rate: float, seed: int, period: float):
+async def stream(tmp, *, stations: int, frames: int, rate: float, seed: int, period: float,
+                 wait_s: float = 60):
     sink = DirectorySink(tmp / "archive")
     dc = await DataConsumer(sink, None, limits=LIMITS).start()
     dproxy = await FaultProxy(dc.address, seed=seed).start()
-    dc._advertise = dproxy.address       # noqa: SLF001 - as DataConsumer(advertise=...) would
+    dc.advertise = dproxy.address
     cm = await ConnectionManager(dc, limits=LIMITS).start()
     mproxy = await FaultProxy(cm.address, seed=seed + 1).start()
     dproxy.random_faults(rate)
@@ -48,7 +49,7 @@ async def stream(tmp, *, stations: int, frames: int, rate: float, seed: int, per
 
     t0 = time.monotonic()
     await asyncio.gather(*(feed(src, p, want[n]) for n, src, p in provs))
-    ok = await asyncio.gather(*(p.wait_acked(999 + frames, timeout=60) for _, _, p in provs))
+    ok = await asyncio.gather(*(p.wait_acked(999 + frames, timeout=wait_s) for _, _, p in provs))
     elapsed = time.monotonic() - t0
     faults = dproxy.stats.faults + mproxy.stats.faults
     for _, _, p in provs:
@@ -87,7 +88,7 @@ def test_reset_gap_is_refilled_through_acknack(tmp_path):
         sink = DirectorySink(tmp_path / "a")
         dc = await DataConsumer(sink, {"STA01": None}, limits=LIMITS).start()
         proxy = await FaultProxy(dc.address).start()
-        dc._advertise = proxy.address     # noqa: SLF001
+        dc.advertise = proxy.address
         cm = await ConnectionManager(dc, limits=LIMITS).start()
         src = MemorySource()
         p = Provider("STA01", cm.address, src, limits=LIMITS, backoff_initial_s=0.01, backoff_max_s=0.05)
@@ -115,5 +116,39 @@ def test_reset_gap_is_refilled_through_acknack(tmp_path):
 
 if os.environ.get("IMS_CD11TCP_LONG"):
     def test_long_accelerated_day(tmp_path):
-        stats = run(stream(tmp_path, stations=4, frames=8640, rate=4.0, seed=11, period=0.0005), timeout=900)
+        stats = run(stream(tmp_path, stations=4, frames=8640, rate=1.0, seed=11, period=0.002, wait_s=600),
+                    timeout=900)
         print(stats)
+
+
+def test_operator_proxy_command(tmp_path):
+    """``python -m ims_station.hil.tcpproxy`` as documented: in front of the well-known port, with
+    random faults; a station still gets its frames through."""
+    import re
+    import subprocess
+    import sys
+
+    async def main():
+        sink = DirectorySink(tmp_path / "a")
+        dc = await DataConsumer(sink, {"STA01": None}, limits=LIMITS).start()
+        cm = await ConnectionManager(dc, limits=LIMITS).start()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ims_station.hil.tcpproxy", "--listen", "127.0.0.1:0",
+            "--to", f"{cm.address[0]}:{cm.address[1]}", "--random", "2", "--kinds", "reset,delay",
+            "--seed", "1", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        try:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+            port = int(re.search(r"proxy 127\.0\.0\.1:(\d+) ->", line).group(1))
+            src = MemorySource({s: data_frame(s) for s in range(1, 11)})
+            p = Provider("STA01", ("127.0.0.1", port), src, limits=LIMITS, backoff_initial_s=0.01)
+            p.start()
+            assert await p.wait_acked(10, timeout=10)
+            await p.stop()
+        finally:
+            proc.terminate()
+            await proc.wait()
+            await cm.stop()
+            await dc.stop()
+        assert sink.stored_sequences("STA01:0") == list(range(1, 11))
+        sink.close()
+    run(main(), timeout=30)
