@@ -91,7 +91,11 @@ class TcpIngest:
     *relay* is the :class:`~ims_station.relay.relay.Relay` (its ``core``, ``core_lock`` and
     ``notify_batch``).  ``submit`` is thread-safe and returns a future of the outcomes (one per
     frame, in order), or raising :class:`RelayError` when the batch could not be stored (then
-    nothing was acknowledged: the station resends after our acknack)."""
+    nothing was acknowledged: the station resends after our acknack).
+
+    The queue needs no bound of its own: a data link reads its next frame only after its delivery
+    returned, so it holds at most one submission per link (``max_connections``), each at most
+    ``max_frame_size`` bytes."""
 
     def __init__(self, relay: Any, *, batch_max: int = 64, batch_wait_s: float = 0.002) -> None:
         self.relay = relay
@@ -115,7 +119,7 @@ class TcpIngest:
 
     def submit(self, station: str, frames: Sequence[bytes], received_at: float | None = None
                ) -> concurrent.futures.Future:
-        t = time.time() if received_at is None else received_at
+        t = self.relay.core.clock.time() if received_at is None else received_at   # the relay's clock
         topic = topics.topic(self.relay.prefix, station, "cd11")
         sub = _Submission([Incoming(topic, bytes(raw), None, t) for raw in frames])
         if not sub.items:

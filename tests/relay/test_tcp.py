@@ -218,8 +218,15 @@ class Proxies:
 
     def stop(self) -> None:
         async def stop():
+            import asyncio
+
             await self.manager.stop()
             await self.data.stop()
+            # Connections left half-open wait forever by design: end them with the loop.
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
 
         self.call(stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
