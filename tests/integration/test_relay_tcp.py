@@ -6,7 +6,8 @@
 * must-show 3: peers sending garbage, a 2 GB declared length, a slow-loris trickle, nothing at all, or
   nothing after identifying themselves (longer than the heartbeat timeout) are
   each sent an alert and disconnected, while a CD-1.1/TCP station and an MQTT station go on being
-  archived; their latency during the attack is recorded (printed; no timing threshold).
+  archived and forwarded (``[[cd11.forward]]``) to a CD-1.1 data centre; their latency during the
+  attack is recorded (printed; no timing threshold).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ LEGACY = {"LBTB": "real_LBTB_seq9720700.cd11", "TEST": "gms_reheadered_PLCA_seq1
 class RelayTcp:
     """``relay run --json`` with a CD-1.1/TCP consumer on free ports."""
 
-    def __init__(self, root: Path, broker, trust: Path, tcp_stations: dict[str, str], *, timeouts_s: float = 1.0):
+    def __init__(self, root: Path, broker, trust: Path, tcp_stations: dict[str, str], *, timeouts_s: float = 1.0,
+                 extra: str = ""):
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.port, self.data_port = free_port(), free_port()
@@ -57,7 +59,7 @@ class RelayTcp:
             f'\n[[broker]]\nhost = "{broker.host}"\nport = {broker.port}\n'
             f'\n[cd11.consumer]\nlisten = "127.0.0.1:{self.port}"\ndata_listen = "127.0.0.1:{self.data_port}"\n'
             f"heartbeat_timeout_s = {timeouts_s}\nhandshake_timeout_s = {timeouts_s}\nframe_timeout_s = {timeouts_s}\n"
-            f"acknack_interval_s = 1.0\nmax_frame_size = 1048576\n" + st)
+            f"acknack_interval_s = 1.0\nmax_frame_size = 1048576\n" + st + extra)
         self.log = root / "relay.log"
         self.proc = None
 
@@ -198,6 +200,39 @@ def attack_idle(port: int) -> bytes:
         return _read_until_closed(s, 15)
 
 
+class DataCentre:
+    """A CD-1.1 consumer (the library's manager + data consumer, frames kept in memory) on a loop
+    thread: the target of the relay's ``[[cd11.forward]]``."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+    async def _start(self) -> None:
+        from ims_station.cd11tcp.consumer import ConnectionManager, DataConsumer, MemorySink
+        from ims_station.cd11tcp.link import LinkLimits
+
+        self.sink = MemorySink()
+        limits = LinkLimits(acknack_interval_s=0.5)
+        self.consumer = await DataConsumer(self.sink, None, limits=limits).start()
+        self.manager = await ConnectionManager(self.consumer, limits=limits).start()
+        self.port = self.manager.address[1]
+
+    def frames(self) -> dict:
+        return dict(self.sink.frames)
+
+    def close(self) -> None:
+        async def stop() -> None:
+            await self.manager.stop()
+            await self.consumer.stop()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
 class TcpStation:
     """A CD-1.1/TCP station in a thread: the library's provider, frames offered at a pace."""
 
@@ -235,7 +270,10 @@ def test_misbehaving_peers_are_cut_off_while_other_stations_keep_flowing(tmp_pat
     import paho.mqtt.client as mqtt
 
     keys = write_keys(tmp_path, ["STA01", "STA02"])
-    relay = RelayTcp(tmp_path / "relay", net, tmp_path / "trust", {"STA01": "", "STA03": ""}).start()
+    dc = DataCentre()                     # and the relay forwards both stations to a data centre
+    relay = RelayTcp(tmp_path / "relay", net, tmp_path / "trust", {"STA01": "", "STA03": ""},
+                     extra=f'\n[[cd11.forward]]\nname = "dc"\nconsumer = "127.0.0.1:{dc.port}"\n'
+                           'stations = ["STA01", "STA02"]\nacknack_interval_s = 0.5\n').start()
     n = 60
     times = frame_times(n)
     frames = {s: [FrameFactory(s, keys[s], 100 * (i + 1), rate=20.0).frame(t) for t in times]
@@ -272,8 +310,13 @@ def test_misbehaving_peers_are_cut_off_while_other_stations_keep_flowing(tmp_pat
         for s in ("STA01", "STA02"):
             wait_for(lambda s=s: len(archived_sequences(tmp_path / "relay" / "data" / "archive", f"{s}:0")) == n,
                      30, f"{s} archived", on_timeout=lambda: relay.log.read_text()[-4000:])
+        # Both transports' frames forwarded live to the data centre, byte-identical.
+        wanted = {(f"{s}:0", seq): raw for s in ("STA01", "STA02") for seq, raw in frames[s]}
+        wait_for(lambda: dc.frames() == wanted, 30, "the data centre to hold every frame",
+                 on_timeout=lambda: f"{len(dc.frames())} of {len(wanted)}\n" + relay.log.read_text()[-3000:])
         stats = relay.last_stats()
     finally:
+        dc.close()
         tcp.close()
         client.loop_stop()
         client.disconnect()
