@@ -31,7 +31,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
+from typing import Any, Iterable, Mapping, Protocol, Self, runtime_checkable
 
 from ims_station import cd11
 from ims_station.cd11.frames import STATION_TYPES
@@ -237,7 +237,7 @@ class _Server:
             except Exception:  # a broken callback must not end the link
                 log.exception("on_event callback failed")
 
-    async def start(self) -> "_Server":
+    async def start(self) -> Self:
         self._server = await asyncio.start_server(self._accept, self.host, self.port, ssl=self.ssl,
                                                   limit=self.limits.max_buffer,
                                                   ssl_handshake_timeout=self.limits.handshake_timeout_s
@@ -262,7 +262,7 @@ class _Server:
                 pass
             self._server = None
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> Self:
         return await self.start()
 
     async def __aexit__(self, *exc) -> None:

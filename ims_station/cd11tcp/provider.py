@@ -157,7 +157,8 @@ class Provider:
         if not 1 <= len(station) <= 8:
             raise ValueError(f"station {station!r}: 1..8 characters (CD-1.1 station name field)")
         self.station = station
-        self.to = parse_hostport(to, what="consumer address") if isinstance(to, str) else tuple(to)
+        host, port = parse_hostport(to, what="consumer address") if isinstance(to, str) else to
+        self.to: tuple[str, int] = (str(host), int(port))
         self.source = source
         self.frame_set = frame_set or f"{station}:0"
         self.creator = creator or station

@@ -69,7 +69,10 @@ async def _attack_while_healthy(target: str, make, expect: str):
             r, w = await make(addr)
             frames = await read_reply(r, timeout=4)
             # an instant refusal (garbage, 2 GB) is over at once: watch the healthy link a bit longer
-            await asyncio.sleep(max(0.0, t0 + 0.5 - asyncio.get_running_loop().time()))
+            # (until it was served again, at most 5 s: a loaded machine may be slow)
+            loop = asyncio.get_running_loop()
+            while loop.time() < t0 + 0.5 or (len(good.latencies) == before and loop.time() < t0 + 5):
+                await asyncio.sleep(0.05)
             during = len(good.latencies) - before
             w.close()
         texts = alert_texts(frames)
@@ -79,6 +82,9 @@ async def _attack_while_healthy(target: str, make, expect: str):
         # the healthy station kept being acknowledged while the attacker was connected
         assert during > 0, "healthy link starved during the attack"
         assert good.provider.stats.reconnects == 0
+        lat = sorted(good.latencies[before:before + during])
+        print(f"{target} {expect}: healthy link served {during} frames during the attack, "
+              f"ack latency median {lat[len(lat) // 2] * 1000:.0f} ms, max {lat[-1] * 1000:.0f} ms")
         return good.latencies
 
 

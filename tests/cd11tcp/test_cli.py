@@ -92,3 +92,30 @@ def test_send_bad_input(capsys):
     assert main(["cd11", "send", str(SAMPLES / "real_LBTB_seq9720700.cd11"), "--to", "127.0.0.1:1",
                  "--acknack-interval", "90"]) == 2
     assert "acknack_interval_s must be <= 60" in capsys.readouterr().err
+
+
+def test_receive_killed_and_restarted_keeps_frames_and_gap_state(tmp_path):
+    """SIGKILL of ``cd11 receive`` after it acknowledged: the frames and the gap state are on disk;
+    the restarted receiver reports the same state and stores nothing twice."""
+    import sqlite3
+
+    out = tmp_path / "archive"
+    proc, port = start_receive(out)
+    files = [str(SAMPLES / f) for f in ("generated_data_ca20.cd11", "generated_data_5ch_mixed.cd11")]
+    r = send(port, *files)
+    assert r.returncode == 0, r.stdout + r.stderr
+    proc.kill()
+    proc.wait(timeout=10)
+    import json
+
+    rec = json.loads(sqlite3.connect(out / "state.sqlite").execute("SELECT record FROM frame_sets").fetchone()[0])
+    assert (rec["lowest"], rec["highest"], [g[:2] for g in rec["gaps"]]) == (1, 42, [[2, 42]])
+    proc, port = start_receive(out)
+    try:
+        r = send(port, *files, str(SAMPLES / "generated_data_s4.cd11"))
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        text = stop_receive(proc)
+    assert "stopped: 1 frames stored" in text and "0 conflicts" in text
+    assert sorted(p.name for p in (out / "STA01_0").glob("*.cd11")) == [
+        f"{s:020d}.cd11" for s in (1, 2, 42)]

@@ -4,6 +4,7 @@ frames, read what a server answered an attacker."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -65,7 +66,10 @@ class Healthy:
         from ims_station.cd11tcp import MemorySource
 
         self.source = MemorySource()
-        self.provider = Provider(station, to, self.source, limits=limits, backoff_initial_s=0.05)
+        # the provider's own heartbeat is generous: the attacks must not be confused with a
+        # loaded machine's scheduling delays (the consumer's limits are the ones under test)
+        plim = dataclasses.replace(limits, heartbeat_timeout_s=max(limits.heartbeat_timeout_s, 5.0))
+        self.provider = Provider(station, to, self.source, limits=plim, backoff_initial_s=0.05)
         self.station = station
         self.period = period
         self.latencies: list[float] = []
