@@ -398,3 +398,43 @@ def test_the_ingest_outlives_a_link_that_went_away_while_its_frames_were_stored(
         ingest.stop()
     assert relay.core.archive.frame_keys("STA01") == [("STA01:0", s1), ("STA01:0", s2)]
     relay.core.close()
+
+
+def test_forwarding_over_tls(tmp_path):
+    """TLS on both roles from the [cd11] settings: B's consumer with a certificate, A's forwarding
+    verifying it against the CA; the frames arrive, and a peer speaking plain TCP gets nothing."""
+    import socket
+
+    from ims_station.auth import TrustStore
+    from ims_station.relay.tcp import TcpSide
+    from tests.integration.tlsconf import make_ca_and_server_cert
+
+    ca, cert, key = make_ca_and_server_cert(tmp_path)
+    keys = write_keys(tmp_path, ["STA01"])
+    trust = TrustStore.load(tmp_path / "trust")
+    b = in_process_relay(tmp_path, "B", trust)
+    bside = TcpSide(b, {"consumer": {"listen": ("127.0.0.1", 0), "data_listen": ("127.0.0.1", 0),
+                                     "tls_cert": str(cert), "tls_key": str(key), "handshake_timeout_s": 1.0,
+                                     "station": {"STA01": {"name": "STA01"}}}, "forward": []},
+                    data_dir=tmp_path / "B", relay_conf={"name": "IDC", "acknack_interval_s": 0.5}).start()
+    a = in_process_relay(tmp_path, "A", trust)
+    aside = TcpSide(a, {"consumer": None, "forward": [
+        {"name": "b", "consumer": ("localhost", bside.manager.address[1]), "stations": ["STA01"],
+         "tls_ca": str(ca), "acknack_interval_s": 0.5, "backoff_base_s": 0.05, "backoff_max_s": 0.2}]},
+        data_dir=tmp_path / "A", relay_conf={"name": "IDC"}).start()
+    try:
+        frames = [FrameFactory("STA01", keys["STA01"], 100, rate=20.0).frame(t) for t in frame_times(5)]
+        for seq, raw in frames:
+            aside.ingest.submit("STA01", [raw]).result(10)
+        wait_for(lambda: archived_sequences(tmp_path / "B" / "archive", "STA01:0") ==
+                 {seq: sha256(raw) for seq, raw in frames}, 20, "B to hold the frames sent over TLS",
+                 on_timeout=lambda: f"A: {aside.stats()}\nB: {bside.stats()}")
+        with socket.create_connection(bside.manager.address) as s:       # plain text on a TLS port
+            s.sendall(cd11.ConnectionRequest(creator="STA01", station="STA01").to_bytes())
+            s.settimeout(10)
+            assert b"\x00\x00\x00\x02" not in s.recv(4096)                 # never a connection response
+    finally:
+        aside.stop()
+        bside.stop()
+    a.core.close()
+    b.core.close()
