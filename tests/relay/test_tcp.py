@@ -438,3 +438,16 @@ def test_forwarding_over_tls(tmp_path):
         bside.stop()
     a.core.close()
     b.core.close()
+
+
+def test_relay_check_reports_a_cd11_tls_key_others_can_read(tmp_path):
+    from ims_station.doctor import Probes, relay_checks
+
+    key = tmp_path / "relay.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n" + "A" * 64 + "\n-----END PRIVATE KEY-----\n")
+    key.chmod(0o644)
+    text = FULL.replace('server_name = "idc.example.org"', 'tls_ca = "ca.crt"').replace(
+        "buffer_bytes = 262144", 'buffer_bytes = 262144\ntls_cert = "relay.crt"\ntls_key = "relay.key"')
+    found, _ = relay_checks(str(write_config(tmp_path, text)), Probes(), offline=True)
+    bad = [x for x in found if x.status != "ok" and "cd11.consumer.tls_key" in str(vars(x))]
+    assert bad, [vars(x) for x in found]
