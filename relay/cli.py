@@ -333,7 +333,8 @@ def build_tcp(conf: dict[str, Any], relay: Any):
         return None
     from ims_station.relay.tcp import TcpSide
 
-    return TcpSide(relay, conf["cd11"], data_dir=Path(conf["relay"]["data_dir"]), relay_conf=conf["relay"])
+    return TcpSide(relay, conf["cd11"], data_dir=Path(conf["relay"]["data_dir"]), relay_conf=conf["relay"],
+                   source=conf.get("file", "<relay config>"))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -348,10 +349,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     # The relay thread swaps the new trust store in between two messages (ReloadingTrustStore).
     signal.signal(signal.SIGHUP, lambda *_: relay.core.trust.request_reload())
-    relay.start()
     tcp = build_tcp(conf, relay)        # [cd11]: stations over CD-1.1/TCP, forwarding to data centres
     if tcp is not None:
-        tcp.start()
+        try:
+            tcp.start()                 # a port in use, a TLS file that does not load: fail at start
+        except BaseException:
+            tcp.stop()
+            relay.core.close()
+            raise
+    try:
+        relay.start()
+    except BaseException:
+        if tcp is not None:
+            tcp.stop()
+        raise
     from ims_station.statusapi import serve_relay
 
     api = serve_relay(conf, relay)      # [status]: /status, /metrics, /health (docs/status-api.md)

@@ -503,6 +503,7 @@ class TcpSide:
         self._stopping: asyncio.Event | None = None
         self._started = threading.Event()
         self._error: BaseException | None = None
+        self._listening = ""
         relay.extra_stats = self.stats
         relay.tcp_health = self.health
 
@@ -545,6 +546,7 @@ class TcpSide:
         finally:
             self._started.set()
 
+
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
@@ -554,6 +556,12 @@ class TcpSide:
                 fw = Forwarder(self, target)
                 await fw.start()
                 self.forwarders.append(fw)
+        except OSError as err:       # a port in use, an address we do not have
+            self._error = RelayError(f"{self.source}: cd11.consumer: cannot listen on {self._listening}: "
+                                     f"{err.strerror or err}")
+            self._started.set()
+            await self._shutdown()
+            return
         except BaseException as err:
             self._error = err
             self._started.set()
@@ -631,9 +639,11 @@ class TcpSide:
         self.consumer = DataConsumer(self.sink, table, host=c["data_listen"][0], port=c["data_listen"][1],
                                      limits=limits, ssl_context=ctx, name=name, advertise=adv,
                                      on_event=self.on_event)
+        self._listening = "%s:%d (data_listen)" % c["data_listen"]
         await self.consumer.start()
         self.manager = ConnectionManager(self.consumer, host=c["listen"][0], port=c["listen"][1], limits=limits,
                                          ssl_context=ctx, name=name, on_event=self.on_event)
+        self._listening = "%s:%d (listen)" % c["listen"]
         await self.manager.start()
         log.info("CD-1.1/TCP consumer: well-known port %s:%d, data port %s:%d, %d station(s)",
                  *self.manager.address, *self.consumer.address, len(table))

@@ -341,3 +341,22 @@ def test_misbehaving_peers_are_cut_off_while_other_stations_keep_flowing(tmp_pat
         lat[s] = {"p50_ms": round(1000 * d[len(d) // 2], 1), "max_ms": round(1000 * d[-1], 1)}
     con.close()
     print("latency during the attack:", lat)
+
+
+def test_relay_run_fails_at_start_when_its_cd11_port_is_taken(tmp_path, net):
+    """A busy well-known port is an error at start (exit status, the reason in the output), not
+    a relay that runs without its TCP stations."""
+    (tmp_path / "trust").mkdir()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        relay = RelayTcp(tmp_path / "relay", net, tmp_path / "trust", {"STA01": ""})
+        text = relay.config.read_text().replace(f'listen = "127.0.0.1:{relay.port}"',
+                                                f'listen = "127.0.0.1:{busy.getsockname()[1]}"')
+        relay.config.write_text(text)
+        out = subprocess.run([sys.executable, "-m", "ims_station", "relay", "run", "--config", str(relay.config)],
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0, out.stdout + out.stderr
+    err = out.stdout + out.stderr
+    assert "cd11.consumer: cannot listen on 127.0.0.1:" in err and "(listen)" in err, err
+    assert "address already in use" in err.lower() and "Traceback" not in err, err
