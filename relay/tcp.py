@@ -528,7 +528,10 @@ class TcpSide:
 
     def stop(self, timeout: float = 15.0) -> None:
         if self._loop is not None and self._stopping is not None:
-            self._loop.call_soon_threadsafe(self._stopping.set)
+            try:
+                self._loop.call_soon_threadsafe(self._stopping.set)
+            except RuntimeError:        # the loop already ended (it failed to start)
+                pass
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
