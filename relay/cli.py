@@ -27,6 +27,8 @@ deployed as ``/etc/ims-relay/<instance>.toml``, docs/deployment.md)::
     max_future_s = 86400.0              # ... and frames ending more than a day ahead of our clock
     trust_poll_s = 5.0                  # how often trust_dir is checked for changes (0: SIGHUP only)
     silent_alarm_s = 600.0              # a station without a frame this long is an alarm (0: none)
+    [relay.state]                       # optional: where state and archive index live (relay/backend.py)
+    backend = "sqlite"                  # default; "postgresql": dsn or dsn_file, schema, objects_dir
     [relay.acknack_key]                 # optional: sign acknacks with one of our keys
     keystore = "relay-keys"
     key_id = 900
@@ -55,6 +57,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ims_station.relay.backend import SCHEMA as RELAY_STATE_SCHEMA
 from ims_station.statusapi import SCHEMA as STATUS_SCHEMA
 
 _ADDRESS = {"type": "string", "pattern": r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$"}
@@ -157,6 +160,7 @@ RELAY_SCHEMA: dict[str, Any] = {
                 "max_future_s": {"type": "number", "exclusiveMinimum": 0},
                 "trust_poll_s": {"type": "number", "minimum": 0, "maximum": 86400},
                 "silent_alarm_s": {"type": "number", "minimum": 0},
+                "state": RELAY_STATE_SCHEMA,    # relay/backend.py: sqlite (default) or postgresql
                 "acknack_key": {
                     "type": "object",
                     "additionalProperties": False,
@@ -194,6 +198,10 @@ def load_config(file: str | Path) -> dict[str, Any]:
         relay[k] = resolve(relay[k])
     if "acknack_key" in relay:
         relay["acknack_key"] = dict(relay["acknack_key"], keystore=resolve(relay["acknack_key"]["keystore"]))
+    from ims_station.relay import backend        # [relay.state]: checked now (DSN file permissions too)
+
+    relay["state_settings"] = backend.settings(relay.get("state"), file=path, data_dir=relay["data_dir"],
+                                               resolve=resolve)
     if "status" in data:        # checked now: a non-loopback listen address without allow_remote is refused
         from ims_station.statusapi import settings_from_table
 
@@ -280,9 +288,8 @@ def _cd11_settings(table: dict[str, Any], file: Path, resolve: Any) -> dict[str,
 def build_relay(conf: dict[str, Any], *, clock: Any = None):
     """A :class:`~ims_station.relay.relay.Relay` from a loaded config (not started)."""
     from ims_station.auth import Keystore, ReloadingTrustStore
-    from ims_station.relay.archive import FileArchive
+    from ims_station.relay.backend import open_stores
     from ims_station.relay.relay import Relay
-    from ims_station.relay.state import SqliteStateStore
     from ims_station.relay.status import DEFAULT_SILENT_ALARM_S
     from ims_station.relay.verify import (
         DEFAULT_MAX_FUTURE_S,
@@ -292,7 +299,6 @@ def build_relay(conf: dict[str, Any], *, clock: Any = None):
     )
 
     r = conf["relay"]
-    data = Path(r["data_dir"])
     # Reloaded between messages on SIGHUP (relay run) and when the directory changes.
     trust = ReloadingTrustStore(r["trust_dir"], poll_s=r.get("trust_poll_s", 5.0))
     signer = None
@@ -309,10 +315,7 @@ def build_relay(conf: dict[str, Any], *, clock: Any = None):
                 if st.get("require_signatures", require) != require or st.get("accept_unknown_keys", False)}
     verifier = Verifier(trust, max_payload=r.get("max_payload", DEFAULT_MAX_PAYLOAD),
                         require_signatures=require, station_policies=policies)
-    archive = FileArchive(data / "archive", writer=instance,
-                          quarantine_max_bytes=r.get("quarantine_max_bytes", 1 << 30))
-    # One state store per data_dir, shared by the relay processes of a group (update() locks).
-    state = SqliteStateStore(data / "state.sqlite")
+    state, archive = open_stores(r, writer=instance, quarantine_max_bytes=r.get("quarantine_max_bytes", 1 << 30))
     relay = Relay(conf["brokers"], trust, state, archive, prefix=r.get("prefix", "ims"),
                  group=r.get("group", "relay"), clock=clock, instance=instance,
                  protocol=r.get("protocol", "auto"), batch_max=r.get("batch_max", 64),
@@ -406,7 +409,14 @@ def _archive_from(args: argparse.Namespace):
     from ims_station.relay.archive import FileArchive
     from ims_station.relay.errors import ArchiveError
 
-    root = Path(load_config(args.config)["relay"]["data_dir"]) / "archive" if args.config else Path(args.archive)
+    if args.config:
+        from ims_station.relay.backend import open_archive
+
+        relay = load_config(args.config)["relay"]
+        arc = open_archive(relay, writer="export")          # PostgreSQL: the index there
+        if arc is not None:
+            return arc
+    root = Path(relay["data_dir"]) / "archive" if args.config else Path(args.archive)
     if not (root / "index.sqlite").is_file():
         raise ArchiveError(f"{root}: no relay archive here (index.sqlite missing)")
     return FileArchive(root, writer="export")

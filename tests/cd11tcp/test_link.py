@@ -182,7 +182,7 @@ def test_nothing_resent_when_nothing_is_lost(tmp_path):
     from ims_station.cd11tcp.store import DirectorySink
 
     limits = LinkLimits(acknack_interval_s=0.1, heartbeat_timeout_s=2.0, ack_delay_s=0.02)
-    frames = {s: data_frame(s) for s in range(1, 601)}
+    frames = {s: data_frame(s) for s in range(1, 401)}
 
     async def main():
         sink = DirectorySink(tmp_path / "a")
@@ -196,9 +196,9 @@ def test_nothing_resent_when_nothing_is_lost(tmp_path):
                 src.add(s, raw)
                 p.offer(s, raw)
                 await asyncio.sleep(0.0005)
-            assert await p.wait_acked(600, timeout=20)
+            assert await p.wait_acked(400, timeout=20)
             await p.stop()
             assert p.stats.resent == 0 and sink.duplicates == 0 and p.stats.reconnects == 0
-            assert sink.stored == 600
+            assert sink.stored == 400
         sink.close()
     run(main(), timeout=30)

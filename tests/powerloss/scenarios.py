@@ -36,12 +36,18 @@ MUTANTS: dict[str, tuple[str, str, str]] = {
     "archive-synchronous-off": ("ims_station.relay.archive", 'self._db.execute("PRAGMA synchronous=FULL")',
                                 'self._db.execute("PRAGMA synchronous=OFF")'),
     "archive-day-file-not-fsynced": ("ims_station.relay.archive",
-                                     "                fh.flush()\n                os.fsync(fh.fileno())\n",
-                                     "                fh.flush()\n"),
+                                     "            fh.flush()\n            os.fsync(fh.fileno())\n",
+                                     "            fh.flush()\n"),
     "archive-new-file-dir-not-fsynced": ("ims_station.relay.archive", "                fsync_dir(p.parent)\n",
                                          "                pass\n"),
     "state-synchronous-off": ("ims_station.relay.state", 'self._db.execute("PRAGMA synchronous=FULL")',
                               'self._db.execute("PRAGMA synchronous=OFF")'),
+    # The PostgreSQL backend's objects (relay/pgstore.py): the index is PostgreSQL's (off the
+    # powerfs disk), the bytes are ours.
+    "pg-object-not-fsynced": ("ims_station.relay.pgstore", "            fh.flush()\n            os.fsync(fh.fileno())\n",
+                              "            fh.flush()\n"),
+    "pg-object-dir-not-fsynced": ("ims_station.relay.pgstore", "        raise\n    fsync_dir(path.parent)\n",
+                                  "        raise\n"),
 }
 
 
@@ -138,9 +144,11 @@ class Frames:
         return cd11.build_data_frame("STA01", seq, t, [chan], self.ks.signer(101))
 
 
-def run_relay(d: Path, rnd: int, report_only: bool, keystore: Path, trust: Path) -> None:
+def run_relay(d: Path, rnd: int, report_only: bool, keystore: Path, trust: Path, dsn: str | None = None,
+              schema: str = "public") -> None:
     """What the relay does (relay/relay.py): ``process`` a batch (archive, then state), ack the
-    batch to the broker, send the acknacks (``due_acknacks``)."""
+    batch to the broker, send the acknacks (``due_acknacks``).  With *dsn*: the PostgreSQL backend,
+    its objects on the powerfs disk, its index and state in PostgreSQL (not on the disk)."""
     from ims_station import cd11, topics
     from ims_station.auth import TrustStore
     from ims_station.relay.archive import FileArchive
@@ -148,8 +156,14 @@ def run_relay(d: Path, rnd: int, report_only: bool, keystore: Path, trust: Path)
     from ims_station.relay.state import SqliteStateStore
 
     try:
-        archive = FileArchive(d / "relay" / "archive")
-        state = SqliteStateStore(d / "relay" / "state" / "state.sqlite")
+        if dsn:
+            from ims_station.relay.pgstore import PgArchive, PgStateStore
+
+            archive = PgArchive(dsn, d / "relay" / "archive", schema=schema)
+            state = PgStateStore(dsn, schema=schema)
+        else:
+            archive = FileArchive(d / "relay" / "archive")
+            state = SqliteStateStore(d / "relay" / "state" / "state.sqlite")
         frames = [[fs, seq, sha(archive.read_frame(fs, seq))] for fs, seq in archive.frame_keys()]
         quarantine = [sha(archive.read_quarantined(e)) for e in archive.quarantine_entries() if e["file"]]
         states = {n: list(s.acknack_fields()) for n, s in state.load_all().items()}
@@ -205,20 +219,23 @@ def run_relay(d: Path, rnd: int, report_only: bool, keystore: Path, trust: Path)
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.powerloss.scenarios")
-    ap.add_argument("scenario", choices=["outbox", "relay"])
+    ap.add_argument("scenario", choices=["outbox", "relay", "relay-pg"])
     ap.add_argument("dir", type=Path, help="the powerfs mount point")
     ap.add_argument("--round", type=int, default=0, help="seeds this round's random choices")
     ap.add_argument("--mutant", choices=sorted(MUTANTS))
     ap.add_argument("--report-only", action="store_true", help="open, report what is held, exit")
     ap.add_argument("--keystore", type=Path)
     ap.add_argument("--trust", type=Path)
+    ap.add_argument("--dsn", help="relay-pg: the PostgreSQL connection string")
+    ap.add_argument("--schema", default="public", help="relay-pg: the schema")
     args = ap.parse_args(argv)
     if args.mutant:
         apply_mutant(args.mutant)
     if args.scenario == "outbox":
         run_outbox(args.dir, args.round, args.report_only)
     else:
-        run_relay(args.dir, args.round, args.report_only, args.keystore, args.trust)
+        run_relay(args.dir, args.round, args.report_only, args.keystore, args.trust,
+                  args.dsn if args.scenario == "relay-pg" else None, args.schema)
     return 0
 
 
