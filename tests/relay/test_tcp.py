@@ -174,7 +174,9 @@ def test_legacy_policy_accepts_only_keys_we_do_not_hold(tmp_path):
 
 
 # -- relay A -> proxy -> relay B ----------------------------------------------------------------------
-def in_process_relay(root: Path, name: str, trust):
+def in_process_relay(root: Path, name: str, trust, stores=None):
+    """A relay whose MQTT session is never started (the TCP side drives the core through its own
+    worker); on SQLite, or on *stores*' backend (tests/relay/conftest.py)."""
     from ims_station.broker import BrokerConfig
     from ims_station.relay.archive import FileArchive
     from ims_station.relay.relay import Relay
@@ -182,9 +184,11 @@ def in_process_relay(root: Path, name: str, trust):
 
     d = root / name
     d.mkdir(parents=True, exist_ok=True)
-    # The MQTT session is never started: the TCP side drives the core through its own worker.
-    return Relay(BrokerConfig(host="127.0.0.1", port=1), trust, SqliteStateStore(d / "state.sqlite"),
-                 FileArchive(d / "archive", writer=name), name="IDC", instance=name)
+    if stores is None:
+        state, archive = SqliteStateStore(d / "state.sqlite"), FileArchive(d / "archive", writer=name)
+    else:
+        state, archive = stores.state(d / "state.sqlite"), stores.archive(d / "archive", writer=name)
+    return Relay(BrokerConfig(host="127.0.0.1", port=1), trust, state, archive, name="IDC", instance=name)
 
 
 class Proxies:
@@ -328,8 +332,9 @@ def test_forwarding_through_a_faulty_link_arrives_complete_and_byte_identical(tm
     b.core.close()
 
 
-def test_a_restarted_forwarder_resends_nothing_the_target_acknowledged(tmp_path):
-    """The forwarding stage's floor and the target's acknack survive a restart of relay A: the
+def test_a_restarted_forwarder_resends_nothing_the_target_acknowledged(tmp_path, stores):
+    """On both state/archive backends (the provider's reads are the archive index's range
+    queries).  The forwarding stage's floor and the target's acknack survive a restart of relay A: the
     new providers announce the archived range, relay B's acknack covers all but the frame archived
     while forwarding was down, and that frame is the only one sent (from the archive)."""
     from ims_station.auth import TrustStore
@@ -338,7 +343,7 @@ def test_a_restarted_forwarder_resends_nothing_the_target_acknowledged(tmp_path)
     stations = ["STA01"]
     keys = write_keys(tmp_path, stations)
     trust = TrustStore.load(tmp_path / "trust")
-    b = in_process_relay(tmp_path, "B", trust)
+    b = in_process_relay(tmp_path, "B", trust, stores)
     bside = TcpSide(b, {"consumer": {"listen": ("127.0.0.1", 0), "data_listen": ("127.0.0.1", 0),
                                      "station": {"STA01": {"name": "STA01"}}}, "forward": []},
                     data_dir=tmp_path / "B", relay_conf={"name": "IDC", "acknack_interval_s": 0.2}).start()
@@ -346,7 +351,7 @@ def test_a_restarted_forwarder_resends_nothing_the_target_acknowledged(tmp_path)
               "backoff_base_s": 0.05, "backoff_max_s": 0.2}
     factory = FrameFactory("STA01", keys["STA01"], 100, rate=20.0)
     frames = [factory.frame(t) for t in frame_times(21)]
-    a = in_process_relay(tmp_path, "A", trust)
+    a = in_process_relay(tmp_path, "A", trust, stores)
     try:
         aside = TcpSide(a, {"consumer": None, "forward": [target]}, data_dir=tmp_path / "A",
                         relay_conf={"name": "IDC"}).start()
@@ -364,7 +369,7 @@ def test_a_restarted_forwarder_resends_nothing_the_target_acknowledged(tmp_path)
         # ... then relay A's forwarding restarts (new state in memory, same data_dir).
         aside = TcpSide(a, {"consumer": None, "forward": [target]}, data_dir=tmp_path / "A",
                         relay_conf={"name": "IDC"}).start()
-        wait_for(lambda: len(archived_sequences(tmp_path / "B" / "archive", fs)) == 21, 20, "B complete")
+        wait_for(lambda: len(b.core.archive.frame_keys("STA01")) == 21, 20, "B complete")
         wait_for(lambda: aside.stats()["forward"]["b"]["frame_sets"][fs]["acked_highest"] == frames[20][0], 20,
                  "B's acknack of the new frame")
         st = aside.stats()["forward"]["b"]["frame_sets"][fs]
