@@ -311,7 +311,9 @@ def test_forwarding_through_a_faulty_link_arrives_complete_and_byte_identical(tm
     for s in stations:
         got = archived_sequences(tmp_path / "B" / "archive", f"{s}:0")   # asserts: no seq twice
         assert got == sent[s], s
-    assert ps["data"]["resets"] > 0 and ps["data"]["faults"]["half_open"] > 0 and ps["data"]["dropped_bytes"] > 0, ps
+    f = ps["data"]["faults"]                   # every kind injected (how many links each hit varies)
+    assert f["reset"] >= 2 and f["half_open"] >= 1 and f["drop"] >= 2 and f["delay"] >= 1, ps
+    assert ps["data"]["resets"] + ps["manager"]["resets"] > 0, ps
     assert sum(f["resent"] for f in fw.values()) > 0, fw       # gaps after the faults refilled via acknack
     assert sum(f["reconnects"] for f in fw.values()) > 0, fw
     # What B received more than once was counted as a duplicate and not stored again.
