@@ -227,6 +227,11 @@ class Uplink(SessionOwner):
         self._wake.set()
         self._mqtt.stop(timeout)
 
+    def request_stop(self) -> None:
+        """Begin :meth:`stop` without waiting (the gateway shuts its other parts down meanwhile)."""
+        self._wake.set()
+        self._mqtt.request_stop()
+
     def notify(self) -> None:
         """A frame was committed to the outbox: publish it now rather than at the next poll."""
         self._wake.set()

@@ -53,11 +53,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import signal
-import threading
 from pathlib import Path
 from typing import Any
 
 from ims_station.relay.backend import SCHEMA as RELAY_STATE_SCHEMA
+from ims_station.service import StopSignals
 from ims_station.statusapi import SCHEMA as STATUS_SCHEMA
 
 _ADDRESS = {"type": "string", "pattern": r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$"}
@@ -130,6 +130,10 @@ CD11_SCHEMA: dict[str, Any] = {
         },
     },
 }
+
+# The longest that stopping ``relay run`` may take, from SIGTERM to the archive closed: well inside
+# TimeoutStopSec=30 of deploy/systemd/ims-relay@.service (tests/deploy/test_stop_deadline.py).
+SHUTDOWN_BUDGET_S = 10.0
 
 RELAY_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -347,11 +351,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     conf = load_config(args.config)
     relay = build_relay(conf)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    # The relay thread swaps the new trust store in between two messages (ReloadingTrustStore).
-    signal.signal(signal.SIGHUP, lambda *_: relay.core.trust.request_reload())
+    # The handlers only wake the main loop (self-pipe, ims_station/service.py): a handler calling
+    # Event.set() deadlocked when SIGTERM came while the main thread was inside that Event's wait.
+    # SIGHUP: the relay thread swaps the new trust store in between two messages (ReloadingTrustStore).
+    signals = StopSignals((signal.SIGTERM, signal.SIGINT),
+                          actions={signal.SIGHUP: relay.core.trust.request_reload}).install()
     tcp = build_tcp(conf, relay)        # [cd11]: stations over CD-1.1/TCP, forwarding to data centres
     if tcp is not None:
         try:
@@ -359,12 +363,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except BaseException:
             tcp.stop()
             relay.core.close()
+            signals.close()
             raise
     try:
         relay.start()
     except BaseException:
         if tcp is not None:
             tcp.stop()
+        signals.close()
         raise
     from ims_station.statusapi import serve_relay
 
@@ -377,18 +383,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     next_json = time.monotonic() + args.stats_every
     try:
         tick = max(0.05, min(1.0, args.stats_every or 1.0, heartbeat.ping_s or 1.0))
-        while not stop.wait(tick):
+        while not signals.wait(tick):
             heartbeat.turn()
             if args.json and time.monotonic() >= next_json:
                 next_json += args.stats_every
                 print_json({"event": "stats", **relay.stats()})
     finally:
+        # One deadline for all of it, well inside the unit's TimeoutStopSec (ims-relay@.service).
+        deadline = time.monotonic() + SHUTDOWN_BUDGET_S
         heartbeat.stopping()
+        relay.request_stop()            # gives up a connection attempt now, in parallel with the rest
         if api is not None:
-            api.close()
-        if tcp is not None:
-            tcp.stop()
-        relay.close()
+            api.close(timeout=min(2.0, SHUTDOWN_BUDGET_S))
+        if tcp is not None:             # alerts to its links, providers closed, ingest drained
+            tcp.stop(timeout=max(0.0, min(5.0, deadline - time.monotonic())))
+        relay.close(timeout=max(0.0, deadline - time.monotonic()))
+        signals.close()
     if args.json:
         print_json({"event": "stopped", **relay.stats()})
     return 0

@@ -125,8 +125,16 @@ class Relay(SessionOwner):
     def stop(self, timeout: float = 10.0) -> None:
         self._mqtt.stop(timeout)
 
-    def close(self) -> None:
-        self.stop()
+    def request_stop(self) -> None:
+        """Begin :meth:`stop` without waiting (a connection attempt in progress is given up)."""
+        self._mqtt.request_stop()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop (the session's thread gets up to *timeout*) and close state and archive."""
+        self.stop(timeout)
+        if self.running:
+            log.warning("relay %s: the MQTT session did not end within %g s; closing the archive "
+                        "regardless", self.instance, timeout)
         self.core.close()
 
     def run_forever(self) -> None:

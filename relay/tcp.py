@@ -527,15 +527,17 @@ class TcpSide:
         return self
 
     def stop(self, timeout: float = 15.0) -> None:
+        """Alert and close every link, stop the providers, drain the ingest: within *timeout*."""
+        deadline = time.monotonic() + timeout
         if self._loop is not None and self._stopping is not None:
             try:
                 self._loop.call_soon_threadsafe(self._stopping.set)
             except RuntimeError:        # the loop already ended (it failed to start)
                 pass
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(max(0.0, deadline - time.monotonic()))
             self._thread = None
-        self.ingest.stop()
+        self.ingest.stop(max(0.1, deadline - time.monotonic()))
         if self.forward_state is not None:
             self.forward_state.close()
             self.forward_state = None
