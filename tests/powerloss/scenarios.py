@@ -6,7 +6,12 @@ Run as ``python -m tests.powerloss.scenarios SCENARIO DIR --round N [--mutant NA
 * ``{"seen": ...}`` first: what the store holds after opening it (i.e. after the previous cut and
   the store's own recovery), or ``{"open_failed": "..."}`` when it refuses to open;
 * then ``{"ack": ...}`` lines, each printed only once the store said the data is durable -- the
-  moment the real system acknowledges it (to the board, to the broker, to the station).
+  moment the real system acknowledges it (to the board, to the broker, to the station) -- except
+  the outbox's ``acknack`` line, which *releases* frames (the relay has them; the outbox may now
+  delete them) and is therefore printed *before* the outbox is asked to delete them.  The rule:
+  a line that adds to what must survive comes after the store returned, a line that takes away
+  from it comes before the store acts; either way a cut at any instant leaves the test's ledger
+  requiring no more than the disk must hold.
 
 The writer runs until it is killed (the test cuts the power at a moment of its choosing).
 ``--mutant`` first rewrites one line of a store's source (``MUTANTS``), so the suite can show that
@@ -78,9 +83,13 @@ def outbox_payload(seq: int) -> bytes:
     return rng.randbytes(rng.randrange(200, 9000))
 
 
-def run_outbox(d: Path, rnd: int, report_only: bool) -> None:
+def run_outbox(d: Path, rnd: int, report_only: bool, hold_after_acknack: bool = False) -> None:
     """What the gateway does (edge/station.py): commit frames, then the board's ACK point, and
-    publish/acknack in between; the uplink deletes what the relay acknowledged."""
+    publish/acknack in between; the uplink deletes what the relay acknowledged.
+
+    *hold_after_acknack*: when the first acknack's deletion returns (is durable), print
+    ``{"hold": ...}`` and stop right there, inside the call, so that the test cuts the power at
+    exactly that point (test_powerloss.py)."""
     from ims_station.edge.outbox import Outbox
 
     clock = SimpleNamespace(time=time.time, monotonic=time.monotonic)
@@ -98,6 +107,18 @@ def run_outbox(d: Path, rnd: int, report_only: bool) -> None:
     emit("seen", seen)
     if report_only:
         return
+    if hold_after_acknack:
+        apply_acknack = box.apply_acknack
+
+        def apply_then_hold(frame_set: str, lo: int, hi: int, gaps: list) -> int:
+            # The deletion is committed (fsync'd) and this writer will print nothing more: the
+            # instant a cut is most likely to expose a report printed after the store returned.
+            apply_acknack(frame_set, lo, hi, gaps)
+            emit("hold", {"acknack": [frame_set, lo, hi]})
+            while True:       # the test cuts the power now, and kills us
+                time.sleep(60)
+
+        box.apply_acknack = apply_then_hold
     rng = random.Random(rnd)
     seq = (seen["highest_committed"] or 0) + 1
     while True:
@@ -117,8 +138,12 @@ def run_outbox(d: Path, rnd: int, report_only: bool) -> None:
             lo, hi = box.available(FRAME_SET)
             hi -= rng.randrange(0, 4)
             if hi >= lo:
+                # Printed *before* the outbox applies it: this line lifts a requirement (the
+                # relay holds these frames), so it must reach the test before the deletion can
+                # be durable.  Printed after, a cut between the deletion's commit and the print
+                # would report the durably deleted frames as lost (docs/testing.md).
+                emit("ack", {"acknack": [FRAME_SET, hi]})
                 box.apply_acknack(FRAME_SET, lo, hi, [])
-                emit("ack", {"deleted": [FRAME_SET, hi]})
         seq += 1
 
 
@@ -224,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--round", type=int, default=0, help="seeds this round's random choices")
     ap.add_argument("--mutant", choices=sorted(MUTANTS))
     ap.add_argument("--report-only", action="store_true", help="open, report what is held, exit")
+    ap.add_argument("--hold-after-acknack", action="store_true",
+                    help="outbox: stop (print a hold line) once the first acknack's deletion returned")
     ap.add_argument("--keystore", type=Path)
     ap.add_argument("--trust", type=Path)
     ap.add_argument("--dsn", help="relay-pg: the PostgreSQL connection string")
@@ -232,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mutant:
         apply_mutant(args.mutant)
     if args.scenario == "outbox":
-        run_outbox(args.dir, args.round, args.report_only)
+        run_outbox(args.dir, args.round, args.report_only, args.hold_after_acknack)
     else:
         run_relay(args.dir, args.round, args.report_only, args.keystore, args.trust,
                   args.dsn if args.scenario == "relay-pg" else None, args.schema)
