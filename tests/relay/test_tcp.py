@@ -458,3 +458,29 @@ def test_relay_check_reports_a_cd11_tls_key_others_can_read(tmp_path):
     found, _ = relay_checks(str(write_config(tmp_path, text)), Probes(), offline=True)
     bad = [x for x in found if x.status != "ok" and "cd11.consumer.tls_key" in str(vars(x))]
     assert bad, [vars(x) for x in found]
+
+
+def test_tcp_stations_get_no_mqtt_acknacks(tmp_path):
+    """A station configured under [cd11.consumer] is acknowledged on its TCP link; the MQTT side
+    publishes acknacks for the other stations only."""
+    from ims_station.auth import TrustStore
+    from ims_station.relay.core import Incoming
+
+    keys = write_keys(tmp_path, ["STA01", "STA02"])
+    relay = in_process_relay(tmp_path, "A", TrustStore.load(tmp_path / "trust"))
+    relay.tcp_stations = {"STA01"}
+    t = frame_times(1)[0]
+    items = [Incoming(f"ims/{s}/cd11", FrameFactory(s, keys[s], 100 * (i + 1), rate=20.0).frame(t)[1])
+             for i, s in enumerate(["STA01", "STA02"])]
+    assert [o.result for o in relay.core.process(items)] == ["archived", "archived"]
+
+    class Client:
+        published: list = []
+
+        def publish(self, topic, payload, qos=0, retain=False):
+            self.published.append(topic)
+
+    client = Client()
+    relay._send_acknacks(client)
+    assert client.published == ["ims/STA02/acknack"]
+    relay.core.close()
