@@ -880,6 +880,13 @@ def relay_checks(config: str, probes: Probes, *, offline: bool = False) -> tuple
         if b.tls_key:
             out.append(_secret("keys", b.tls_key, "TLS client key", min_bytes=32, cfg_file=f,
                                cfg_key=f"broker[{i}].tls_key"))
+    cd = conf.get("cd11") or {}
+    tls_tables = ([("cd11.consumer", cd["consumer"])] if cd.get("consumer") else []) + \
+        [(f"cd11.forward[{i}]", t) for i, t in enumerate(cd.get("forward", []))]
+    for key, t in tls_tables:            # CD-1.1/TCP links (docs/relay.md, "CD-1.1 over TCP")
+        if t.get("tls_key"):
+            out.append(_secret("keys", t["tls_key"], "CD-1.1 TLS key", min_bytes=32, cfg_file=f,
+                               cfg_key=f"{key}.tls_key"))
     found, trust = _load_trust(r["trust_dir"], cfg_file=f, cfg_key="relay.trust_dir")
     out += found
     if trust is not None:

@@ -648,6 +648,22 @@ class IndexedArchive(Archive):
             return self._rows("SELECT frame_set, seq FROM frames ORDER BY frame_set, seq")
         return self._rows("SELECT frame_set, seq FROM frames WHERE station = ? ORDER BY frame_set, seq", (station,))
 
+    def frame_bounds(self, frame_set: str) -> tuple[int, int] | None:
+        """(lowest, highest) archived sequence number of *frame_set*, or None if it has none
+        (the CD-1.1 provider's "frames available", ``relay.tcp``)."""
+        rows = self._rows("SELECT MIN(seq), MAX(seq) FROM frames WHERE frame_set = ?", (frame_set,))
+        return None if not rows or rows[0][0] is None else (int(rows[0][0]), int(rows[0][1]))
+
+    def frame_sets(self, station: str) -> list[str]:
+        """The frame sets of *station*'s archived frames (``STA:0`` for our stations)."""
+        return sorted(r[0] for r in self._rows("SELECT DISTINCT frame_set FROM frames WHERE station = ?", (station,)))
+
+    def held_sequences(self, frame_set: str, start: int, end: int, limit: int) -> list[int]:
+        """Archived sequence numbers of *frame_set* in ``[start, end)``, ascending, at most *limit*
+        (the primary key's range scan: cheap however large the archive)."""
+        return [int(r[0]) for r in self._rows("SELECT seq FROM frames WHERE frame_set = ? AND seq >= ? AND seq < ? "
+                                              "ORDER BY seq LIMIT ?", (frame_set, start, end, max(0, limit)))]
+
     def last_arrivals(self) -> dict[str, float]:
         """Station -> arrival (relay clock) of its latest archived frame (``relay.kpi`` table)."""
         return dict(self._rows("SELECT station, last_received_at FROM kpi_station"))

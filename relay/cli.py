@@ -69,6 +69,77 @@ from ims_station.relay.backend import SCHEMA as RELAY_STATE_SCHEMA
 from ims_station.service import StopSignals
 from ims_station.statusapi import SCHEMA as STATUS_SCHEMA
 
+_ADDRESS = {"type": "string", "pattern": r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$"}
+_TLS = {
+    "tls_cert": {"type": "string", "minLength": 1},
+    "tls_key": {"type": "string", "minLength": 1},
+    "tls_ca": {"type": "string", "minLength": 1},
+}
+_STATION = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,8}$"}
+
+CD11_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "consumer": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["listen", "data_listen", "station"],
+            "properties": {
+                "listen": _ADDRESS,
+                "data_listen": _ADDRESS,
+                "advertise": {"type": "string", "minLength": 1},
+                "heartbeat_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+                "acknack_interval_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 60},
+                "handshake_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 600},
+                "frame_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+                "write_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+                "max_frame_size": {"type": "integer", "minimum": 1024, "maximum": 16777216},
+                "max_gaps": {"type": "integer", "minimum": 1, "maximum": 100000},
+                "max_connections": {"type": "integer", "minimum": 1, "maximum": 100000},
+                "buffer_bytes": {"type": "integer", "minimum": 4096, "maximum": 1073741824},
+                **_TLS,
+                "station": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name"],
+                        "properties": {
+                            "name": _STATION,
+                            "allowed_addresses": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                            "require_signatures": {"type": "boolean"},
+                            "accept_unknown_keys": {"type": "boolean"},
+                        },
+                    },
+                },
+            },
+        },
+        "forward": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", "consumer", "stations"],
+                "properties": {
+                    "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"},
+                    "consumer": _ADDRESS,
+                    "stations": {"type": "array", "minItems": 1, "items": _STATION},
+                    "acknack_interval_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 60},
+                    "heartbeat_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+                    "backoff_base_s": {"type": "number", "exclusiveMinimum": 0},
+                    "backoff_max_s": {"type": "number", "exclusiveMinimum": 0},
+                    "backfill_frames": {"type": "integer", "minimum": 0},
+                    "max_frame_size": {"type": "integer", "minimum": 1024, "maximum": 16777216},
+                    "server_name": {"type": "string", "minLength": 1},
+                    **_TLS,
+                },
+            },
+        },
+    },
+}
+
 # The longest that stopping ``relay run`` may take, from SIGTERM to the archive closed: well inside
 # TimeoutStopSec=30 of deploy/systemd/ims-relay@.service (tests/deploy/test_stop_deadline.py).
 SHUTDOWN_BUDGET_S = 10.0
@@ -113,6 +184,7 @@ RELAY_SCHEMA: dict[str, Any] = {
             },
         },
         "status": STATUS_SCHEMA,    # the local status API (ims_station/statusapi.py, docs/status-api.md)
+        "cd11": CD11_SCHEMA,        # CD-1.1 over TCP: stations in, data centres out (relay/tcp.py)
         "broker": {
             "oneOf": [{"type": "object"}, {"type": "array", "minItems": 1, "items": {"type": "object"}}],
         },
@@ -211,8 +283,84 @@ def load_config(file: str | Path) -> dict[str, Any]:
         cfg = BrokerConfig.from_mapping(b, file=str(path), key=f"broker[{i}]")
         brokers.append(dataclasses.replace(cfg, **{k: resolve(getattr(cfg, k)) for k in
                                                    ("tls_ca", "tls_cert", "tls_key", "password_file")}))
+    cd11 = _cd11_settings(data.get("cd11"), path, resolve) if "cd11" in data else None
+    if cd11 is not None and (jetstream is not None or amqp is not None):
+        from ims_station.errors import ConfigError
+
+        # The TCP side shares the MQTT relay's core lock and archived-batch listeners (relay/tcp.py).
+        raise ConfigError(str(path), "cd11", "CD-1.1/TCP stations and forwarding run with [relay] input = "
+                          "\"mqtt\" only: run them in a separate relay process on the same state")
     return {"relay": relay, "brokers": brokers, "file": str(path), "status": data.get("status"),
-            "jetstream": jetstream, "amqp": amqp}
+            "jetstream": jetstream, "amqp": amqp, "cd11": cd11}
+
+
+def split_address(text: str, file: Path, key: str) -> tuple[str, int]:
+    """``host:port`` / ``[v6]:port`` -> (host, port), or a ConfigError naming *key*."""
+    from ims_station.errors import ConfigError
+
+    host, _, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") else host
+    if not host or not 0 < int(port) < 65536:
+        raise ConfigError(str(file), key, f"{text!r} is not host:port with a port 1-65535")
+    return host, int(port)
+
+
+def _cd11_settings(table: dict[str, Any], file: Path, resolve: Any) -> dict[str, Any]:
+    """The checked ``[cd11]`` table: addresses split, TLS paths resolved, station names unique,
+    TLS certificate and key given together (relay/tcp.py builds the links from it)."""
+    import ipaddress
+
+    from ims_station.errors import ConfigError
+
+    def tls(t: dict[str, Any], key: str) -> dict[str, Any]:
+        out = {k: resolve(t[k]) for k in ("tls_cert", "tls_key", "tls_ca") if k in t}
+        if ("tls_cert" in out) != ("tls_key" in out):
+            raise ConfigError(str(file), f"{key}.tls_cert", "tls_cert and tls_key must be given together")
+        return out
+
+    out: dict[str, Any] = {"consumer": None, "forward": []}
+    c = table.get("consumer")
+    if c is not None:
+        stations: dict[str, dict[str, Any]] = {}
+        for i, st in enumerate(c["station"]):
+            key = f"cd11.consumer.station[{i}]"
+            if st["name"] in stations:
+                raise ConfigError(str(file), f"{key}.name", f"station {st['name']!r} is listed twice")
+            for j, a in enumerate(st.get("allowed_addresses", [])):
+                try:
+                    ipaddress.ip_network(a, strict=False)
+                except ValueError as err:
+                    raise ConfigError(str(file), f"{key}.allowed_addresses[{j}]", str(err)) from None
+            stations[st["name"]] = dict(st)
+        listen = split_address(c["listen"], file, "cd11.consumer.listen")
+        data_listen = split_address(c["data_listen"], file, "cd11.consumer.data_listen")
+        advertise = c.get("advertise")
+        if advertise is not None:
+            host, _, port = advertise.partition(":")
+            try:
+                ipaddress.IPv4Address(host)     # a Connection Response carries an IPv4 address
+                port_n = int(port) if port else data_listen[1]
+                if not 0 < port_n < 65536:
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(str(file), "cd11.consumer.advertise", f"{advertise!r} is not an IPv4 address "
+                                  "with an optional :port (a CD-1.1 connection response carries IPv4)") from None
+            if port_n == 0:
+                raise ConfigError(str(file), "cd11.consumer.data_listen", "a fixed port is needed with advertise")
+            advertise = (host, port_n)
+        out["consumer"] = dict(c, listen=listen, data_listen=data_listen, advertise=advertise,
+                               station=stations, **tls(c, "cd11.consumer"))
+    names = set()
+    for i, f in enumerate(table.get("forward", [])):
+        key = f"cd11.forward[{i}]"
+        if f["name"] in names:
+            raise ConfigError(str(file), f"{key}.name", f"forward target {f['name']!r} is listed twice")
+        names.add(f["name"])
+        if f.get("backoff_max_s", 60.0) < f.get("backoff_base_s", 1.0):
+            raise ConfigError(str(file), f"{key}.backoff_max_s", "must be at least backoff_base_s")
+        out["forward"].append(dict(f, consumer=split_address(f["consumer"], file, f"{key}.consumer"),
+                                   **tls(f, key)))
+    return out
 
 
 def build_relay(conf: dict[str, Any], *, clock: Any = None):
@@ -235,8 +383,16 @@ def build_relay(conf: dict[str, Any], *, clock: Any = None):
     if "acknack_key" in r:
         signer = Keystore.load(r["acknack_key"]["keystore"]).signer(r["acknack_key"]["key_id"])
     instance = r.get("instance", "relay")
+    from ims_station.relay.verify import StationPolicy
+
+    require = r.get("require_signatures", True)
+    tcp_stations = ((conf.get("cd11") or {}).get("consumer") or {}).get("station", {})
+    # Explicit per-station exceptions for legacy CD-1.1/TCP stations (never implied).
+    policies = {name: StationPolicy(st.get("require_signatures", require), st.get("accept_unknown_keys", False))
+                for name, st in tcp_stations.items()
+                if st.get("require_signatures", require) != require or st.get("accept_unknown_keys", False)}
     verifier = Verifier(trust, max_payload=r.get("max_payload", DEFAULT_MAX_PAYLOAD),
-                        require_signatures=r.get("require_signatures", True))
+                        require_signatures=require, station_policies=policies)
     state, archive = open_stores(r, writer=instance, quarantine_max_bytes=r.get("quarantine_max_bytes", 1 << 30))
     core_kw = dict(
         verifier=verifier, name=r.get("name", "RELAY"), acknack_signer=signer,
@@ -256,9 +412,21 @@ def build_relay(conf: dict[str, Any], *, clock: Any = None):
 
         return AmqpRelay(conf["amqp"], trust, state, archive, prefix=r.get("prefix", "ims"),
                          clock=clock, instance=instance, batch_max=r.get("batch_max", 64), **core_kw)
-    return Relay(conf["brokers"], trust, state, archive, prefix=r.get("prefix", "ims"),
-                 group=r.get("group", "relay"), clock=clock, instance=instance,
-                 protocol=r.get("protocol", "auto"), batch_max=r.get("batch_max", 64), **core_kw)
+    relay = Relay(conf["brokers"], trust, state, archive, prefix=r.get("prefix", "ims"),
+                  group=r.get("group", "relay"), clock=clock, instance=instance,
+                  protocol=r.get("protocol", "auto"), batch_max=r.get("batch_max", 64), **core_kw)
+    relay.tcp_stations = set(tcp_stations)
+    return relay
+
+
+def build_tcp(conf: dict[str, Any], relay: Any):
+    """The CD-1.1/TCP side (``relay.tcp.TcpSide``) of a built relay, or None without ``[cd11]``."""
+    if not conf.get("cd11") or not (conf["cd11"]["consumer"] or conf["cd11"]["forward"]):
+        return None
+    from ims_station.relay.tcp import TcpSide
+
+    return TcpSide(relay, conf["cd11"], data_dir=Path(conf["relay"]["data_dir"]), relay_conf=conf["relay"],
+                   source=conf.get("file", "<relay config>"))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -273,7 +441,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # SIGHUP: the relay thread swaps the new trust store in between two messages (ReloadingTrustStore).
     signals = StopSignals((signal.SIGTERM, signal.SIGINT),
                           actions={signal.SIGHUP: relay.core.trust.request_reload}).install()
-    relay.start()
+    tcp = build_tcp(conf, relay)        # [cd11]: stations over CD-1.1/TCP, forwarding to data centres
+    if tcp is not None:
+        try:
+            tcp.start()                 # a port in use, a TLS file that does not load: fail at start
+        except BaseException:
+            tcp.stop()
+            relay.core.close()
+            signals.close()
+            raise
+    try:
+        relay.start()
+    except BaseException:
+        if tcp is not None:
+            tcp.stop()
+        signals.close()
+        raise
     from ims_station.statusapi import serve_relay
 
     api = serve_relay(conf, relay)      # [status]: /status, /metrics, /health (docs/status-api.md)
@@ -297,6 +480,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         relay.request_stop()            # gives up a connection attempt now, in parallel with the rest
         if api is not None:
             api.close(timeout=min(2.0, SHUTDOWN_BUDGET_S))
+        if tcp is not None:             # alerts to its links, providers closed, ingest drained
+            tcp.stop(timeout=max(0.0, min(5.0, deadline - time.monotonic())))
         relay.close(timeout=max(0.0, deadline - time.monotonic()))
         signals.close()
     if args.json:

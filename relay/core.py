@@ -5,7 +5,8 @@ Owns the processing of a *batch* of received payloads (``process``) and the ackn
 Prometheus export).  It does not own any transport: the MQTT client (``relay.relay``) feeds it
 ``Incoming`` items and acknowledges each one to the broker only after ``process`` returned, i.e.
 after the batch was archived or quarantined durably and the frame-set state saved.  A future
-CD-1.1/TCP consumer (ROADMAP item 4) feeds the same core.
+CD-1.1/TCP consumer (``relay.tcp``) feeds the same core, with topic ``{prefix}/{STA}/cd11`` for a frame
+of station STA received over TCP, so both transports share every check, the archive and the state.
 
 Order inside ``process`` (why it is safe to crash anywhere):
 
@@ -128,6 +129,7 @@ class RelayCounters:
     gaps_expired: int = 0
     frames_given_up: int = 0          # frames inside expired gaps: lost for good
     frames_overreported: int = 0      # held frames reported missing because the gap cap was hit
+    unverified_signatures: int = 0    # frames accepted with signatures by keys we lack (StationPolicy)
     batches: int = 0
     store_errors: int = 0             # archive/state failures (batch not acknowledged, redelivered)
     per_station: dict[str, Counter] = field(default_factory=dict)
@@ -312,6 +314,7 @@ class RelayCore:
         offsets: dict[str, int] = {}          # offsets learned in this batch (not yet saved)
 
         controls: list[str] = []               # counted at the end, with everything else
+        unverified = 0                         # frames with signatures accepted unverified (policy)
         for i, item in enumerate(batch):
             received_at = item.received_at or now
             station = None
@@ -320,6 +323,7 @@ class RelayCore:
                 station, r = self._check(item, now, offsets)
                 if isinstance(r, Verified):
                     spans = spans_of(r.frame)        # for the quality figures (relay.kpi)
+                    unverified += bool(r.unverified)
             except RelayError:
                 raise                              # the state store could not read: disk, not data
             except Exception as err:
@@ -381,6 +385,7 @@ class RelayCore:
         # Counting starts here, after the last step that may raise (see ``process``).
         c.received += len(batch)
         c.bytes_received += sum(len(item.payload) for item in batch)
+        c.unverified_signatures += unverified
         for station in controls:
             c.control += 1
             c.station(station)["control"] += 1

@@ -71,10 +71,22 @@ class Relay(SessionOwner):
         self.instance = instance
         self.core = RelayCore(trust, state, archive, prefix=prefix, clock=clock, **core_kw)
         self.on_outcomes = on_outcomes
+        #: called as ``fn(items, outcomes)`` after every batch is stored (on the thread that stored
+        #: it: this one for MQTT, the TCP ingest worker for CD-1.1/TCP); the CD-1.1 forwarding
+        #: stage (``relay.tcp``) offers freshly archived frames to its providers here.
+        self.batch_listeners: list[Callable[[Sequence[Incoming], list[Outcome]], None]] = []
+        #: stations whose acknacks go out on their CD-1.1/TCP connection, not on MQTT
+        self.tcp_stations: set[str] = set()
+        #: set by the CD-1.1/TCP side (``relay.tcp.TcpSide.stats``): ``stats()["cd11"]``
+        self.extra_stats: Callable[[], dict[str, Any]] | None = None
+        #: set by the CD-1.1/TCP side: None while its threads live (``relay.supervision``)
+        self.tcp_health: Callable[[], str | None] | None = None
         self.batch_max = max(1, batch_max)
         self.batch_wait_s = batch_wait_s
         self._inbox: list[tuple[str, bytes, int, int]] = []       # topic, payload, mid, qos
-        self._lock = threading.Lock()            # guards core counters for stats() from other threads
+        # Serialises every use of the core: this session thread, the CD-1.1/TCP ingest worker and
+        # stats() from other threads (RelayCore itself is not thread-safe).
+        self._lock = threading.Lock()
         self._filters: dict[str, str] = {}         # topic kind -> filter subscribed on this connection
         self._sub_kinds: dict[int, str] = {}       # SUBSCRIBE mid -> topic kind
         self.transport = Counter()
@@ -137,6 +149,8 @@ class Relay(SessionOwner):
         d["transport"] = dict(self.transport, connected=self.connected, protocol=self._mqtt.protocol,
                               subscription=self._filters.get("cd11"),
                               subscriptions=[self._filters[k] for k in topics.RELAY_KINDS if k in self._filters])
+        if self.extra_stats is not None:
+            d["cd11"] = self.extra_stats()
         return d
 
     def __enter__(self) -> "Relay":
@@ -213,14 +227,30 @@ class Relay(SessionOwner):
                 self.on_outcomes(outcomes)
             except Exception:  # an observer's bug must not stop the relay
                 log.exception("relay %s: on_outcomes callback failed", self.instance)
+        self.notify_batch(items, outcomes)
         return True
+
+    @property
+    def core_lock(self) -> threading.Lock:
+        """The lock every user of :attr:`core` holds (see ``_lock``)."""
+        return self._lock
+
+    def notify_batch(self, items: Sequence[Incoming], outcomes: list[Outcome]) -> None:
+        """Hand a stored batch to :attr:`batch_listeners` (an observer's bug never stops the relay)."""
+        for fn in self.batch_listeners:
+            try:
+                fn(items, outcomes)
+            except Exception:
+                log.exception("relay %s: batch listener %r failed", self.instance, fn)
 
     def _send_acknacks(self, client: Any) -> None:
         if self.core.next_acknack_in() > 0:
             return
         with self._lock:
             due = self.core.due_acknacks()
-        for topic, _fs, payload in due:
+        for topic, fs, payload in due:
+            if fs.split(":", 1)[0] in self.tcp_stations:
+                continue       # a CD-1.1/TCP station: its data consumer sends the acknacks
             client.publish(topic, payload, qos=1, retain=False)
 
     # -- paho callbacks (on the session thread, inside client.loop) ------------------------------------

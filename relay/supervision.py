@@ -1,7 +1,8 @@
 """The relay as systemd and the journal see it: its health, its watched state, its summary line.
 
 Owns what ``ims-station relay run`` reports through :class:`ims_station.service.Heartbeat`:
-healthy while its MQTT session thread lives (an unreachable broker is not unhealthy: the session
+healthy while its MQTT session thread lives (and, with ``[cd11]``, the CD-1.1/TCP loop and
+ingest threads: ``relay.tcp.TcpSide.health``) (an unreachable broker is not unhealthy: the session
 retries with backoff, a restart would not help); the broker connection's up/down changes as
 ``WARNING`` lines; every ``--stats-every`` s an ``INFO`` summary (received, archived, duplicates,
 quarantined, security and clock events, internal errors, acknacks, connection) that is also the
@@ -30,7 +31,10 @@ def summary_line(instance: str, s: dict[str, Any]) -> str:
 
 def relay_heartbeat(relay: Any, *, stats_every: float, notifier: Notifier | None = None) -> Heartbeat:
     def healthy() -> str | None:
-        return None if relay.running else "MQTT session thread ended"
+        if not relay.running:
+            return "MQTT session thread ended"
+        tcp = getattr(relay, "tcp_health", None)        # the CD-1.1/TCP side, when configured
+        return tcp() if tcp is not None else None
 
     return Heartbeat(log, healthy=healthy, summary=lambda: summary_line(relay.instance, relay.stats()),
                      states=lambda: {"broker": "up" if relay.connected else "down"},

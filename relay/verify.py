@@ -62,8 +62,14 @@ Time fields are converted only after ``parse_frame`` accepted them, which guaran
 convert (``ims_station.cd11.timefmt``): a time no ``datetime`` can hold is a ``malformed`` frame
 (a codec error naming the field and offset), never an exception out of :meth:`Verifier.check`.
 
-Pure: no I/O, no clock (the time window takes the relay's ``now``); the relay core and a future
-CD-1.1/TCP consumer share it.
+Per-station exceptions (:class:`StationPolicy`, configured for legacy CD-1.1/TCP stations): a
+station may be allowed to send unsigned frames, or frames signed with keys the trust store does not
+hold (accepted *unverified*, listed in ``Verified.unverified`` and counted by the core).  Never a
+silent bypass: only stations named in the configuration, and a key the trust store holds must
+verify whatever the policy.
+
+Pure: no I/O, no clock (the time window takes the relay's ``now``); the relay core and the
+CD-1.1/TCP consumer (``relay.tcp``) share it.
 """
 
 from __future__ import annotations
@@ -119,10 +125,29 @@ class Verified:
     sequence: int
     nominal_ms: int
     frame_ms: int                    # frame time length, ms
+    #: signatures accepted *unverified* under the station's ``accept_unknown_keys`` policy
+    #: (frame / subframe labels with the key id); empty for every other frame
+    unverified: tuple[str, ...] = ()
 
     @property
     def raw(self) -> bytes:
         return self.frame.raw
+
+
+@dataclass(frozen=True)
+class StationPolicy:
+    """A per-station exception to the relay-wide signature policy, for legacy stations (real IMS
+    frames signed with DSA keys whose certificates we do not hold, or unsigned).  Configured
+    explicitly per station (``[[cd11.consumer.station]]`` in the relay file), never implied.
+
+    *require_signatures*: False accepts unsigned frames and subframes of this station.
+    *accept_unknown_keys*: True accepts a signature whose key id is **not in the trust store at
+    all** as unverified (counted: ``RelayCounters.unverified_signatures``); a signature made with
+    a key the trust store does hold must still verify, and a key of another station is still
+    ``wrong_station_key``."""
+
+    require_signatures: bool = True
+    accept_unknown_keys: bool = False
 
 
 @dataclass
@@ -181,10 +206,14 @@ class Verifier:
     """Stateless checks of one payload (see the module docstring for the order and reasons)."""
 
     def __init__(self, trust: Any, *, max_payload: int = DEFAULT_MAX_PAYLOAD, require_signatures: bool = True,
-                 decode_samples: bool = True, subframe_time_tolerance_ms: int = 1000) -> None:
+                 decode_samples: bool = True, subframe_time_tolerance_ms: int = 1000,
+                 station_policies: dict[str, StationPolicy] | None = None) -> None:
+        """*station_policies*: per-station exceptions (:class:`StationPolicy`) to
+        *require_signatures*; stations not listed follow the relay-wide policy."""
         self.trust = trust
         self.max_payload = max_payload
         self.require_signatures = require_signatures
+        self.station_policies = dict(station_policies or {})
         self.decode_samples = decode_samples
         self.subframe_time_tolerance_ms = subframe_time_tolerance_ms
 
@@ -219,18 +248,28 @@ class Verifier:
 
         nominal = to_datetime(frame.nominal_time)     # the parser accepted it: it converts
         nominal_ms = _ms(nominal)
+        policy = self.station_policies.get(station)
+        required = self.require_signatures if policy is None else policy.require_signatures
+        unknown_ok = policy is not None and policy.accept_unknown_keys
+        unverified: list[str] = []
         res = cd11.verify_frame(frame, self.trust, station=station, at=nominal)
         if res.frame is None:
-            if self.require_signatures:
+            if required:
                 return reject("unsigned", "frame is not signed")
         elif not res.frame.ok:
-            return reject(self._key_reason(res.frame, station, "frame_signature"),
-                          f"frame signature (key {res.frame.key_id}): {res.frame.reason}")
+            if unknown_ok and self._unknown_key(res.frame.key_id):
+                unverified.append(f"frame (key {res.frame.key_id})")
+            else:
+                return reject(self._key_reason(res.frame, station, "frame_signature"),
+                              f"frame signature (key {res.frame.key_id}): {res.frame.reason}")
         for sf in res.subframes:
             if sf.result is None:
-                if self.require_signatures:
+                if required:
                     return reject("unsigned", f"subframe {sf.index} ({sf.channel}) is not signed")
             elif not sf.result.ok:
+                if unknown_ok and self._unknown_key(sf.result.key_id):
+                    unverified.append(f"subframe {sf.index} {sf.channel} (key {sf.result.key_id})")
+                    continue
                 return reject(self._key_reason(sf.result, station, "subframe_signature"),
                               f"subframe {sf.index} ({sf.channel}) signature (key {sf.result.key_id}): "
                               f"{sf.result.reason}")
@@ -246,7 +285,21 @@ class Verifier:
                     sf.samples()
                 except cd11.Cd11Error as err:
                     return reject("undecodable", f"subframe {i} ({sf.site}/{sf.channel}): {err}")
-        return Verified(frame, station, frame_set, frame.sequence, nominal_ms, window)
+        return Verified(frame, station, frame_set, frame.sequence, nominal_ms, window, tuple(unverified))
+
+    def _unknown_key(self, key_id: int) -> bool:
+        """True if *key_id* is not in the trust store at all (the legacy policy's only exception:
+        a key we do hold must verify).  Key id 0 with a signature value (seen in real
+        GMS-reheadered frames) is never in a trust store: unknown too."""
+        from ims_station.auth import UnknownKeyError
+
+        try:
+            self.trust.key(key_id)
+        except UnknownKeyError:
+            return True
+        except AttributeError:     # a trust store without key lookup: nothing is "unknown"
+            return False
+        return False
 
     def _check_control(self, frame: Any, station: str, frame_set: str) -> Control | Rejection:
         """An alert or acknack from a station: CRC and creator were checked above; its frame
