@@ -209,9 +209,11 @@ RELAY_ACKNACK_KEY = 900
 
 
 def make_keys(root: Path, stations: list[str], channels: list[str], *, algorithm: str = "ed25519",
-              valid_from: float) -> tuple[dict[str, StationKeys], Path]:
+              valid_from: float, index_base: int = 0, relay_key: bool = True) -> tuple[dict[str, StationKeys], Path]:
     """Per station: a link HMAC key for its board, a frame key and one key per channel (keystore),
-    and the public halves in one relay trust store.  Key ids: station i uses 1000*(i+1) + n."""
+    and the public halves in one relay trust store.  Key ids: station i uses 1000*(index_base+i+1) + n
+    (a caller with several groups of stations, e.g. ``sim network``, numbers them on with
+    *index_base*); *relay_key*: also the relay's acknack key (once per run)."""
     import datetime as dt
 
     from ims_station.auth import export_public, generate_key
@@ -222,7 +224,7 @@ def make_keys(root: Path, stations: list[str], channels: list[str], *, algorithm
     out: dict[str, StationKeys] = {}
     for i, sta in enumerate(stations):
         ks = root / sta / "keys"
-        base = 1000 * (i + 1)
+        base = 1000 * (index_base + i + 1)
         generate_key(algorithm, base, ks, station=sta, valid_from=start)
         export_public(ks, base, trust)
         ch_ids = {}
@@ -235,6 +237,8 @@ def make_keys(root: Path, stations: list[str], channels: list[str], *, algorithm
         out[sta] = StationKeys(sta, board_key, bk, ks, base, ch_ids)
     # The relay signs its acknacks; the stations trust only that key for them (docs/uplink.md,
     # "Acknack authentication").
+    if not relay_key:
+        return out, trust
     generate_key(algorithm, RELAY_ACKNACK_KEY, root / "relay" / "keys", station=RELAY_NAME, valid_from=start)
     export_public(root / "relay" / "keys", RELAY_ACKNACK_KEY, root / "acknack-trust")
     return out, trust
@@ -283,24 +287,31 @@ def write_station_file(path: Path, station: str, keys: StationKeys, *, sim_name:
                        broker: Any, protocol: str = "auto", frame_seconds: int = 10, pin_keys: bool = True,
                        keystore: Path | None = None, acknack_trust: Path | None = None,
                        ack_timeout_s: float | None = None, auxiliary: bool = False,
-                       trigger: dict | None = None) -> Path:
+                       trigger: dict | None = None, ports: list[dict] | None = None,
+                       soh_interval_s: float | None = None) -> Path:
     """The station file (docs/configuration.md) of a simulated station: one ``sim://`` port to the
     HIL board *sim_name* (``sim`` board, channels :data:`SIM_CHANNELS`), the outbox in the file's
     folder, the keys of *keys* (pinned, or chosen by time from *keystore* with ``pin_keys=False``),
     the broker *broker* (a :class:`ims_station.broker.BrokerConfig`), with *acknack_trust* the
-    relay's acknack key and with *trigger* a ``[trigger]`` table (e.g. :data:`DEMO_TRIGGER`).  The demo and the fault tests load it and call
+    relay's acknack key and with *trigger* a ``[trigger]`` table (e.g. :data:`DEMO_TRIGGER`).
+    *ports* (``sim network``): the ``[[ports]]`` entries instead of the one ``sim://`` port, each a
+    dict of the port keys (``name``, ``url``, ``board``, ``board_id``, ``baudrate``, ``key_file``,
+    ``channels``: id -> ``LOC.CHA``).  The demo and the fault tests load it and call
     :func:`ims_station.edge.station.assemble`, as ``edge run`` does with an operator's file (its
     ``sim://NAME`` port exists only in the process that registered the simulation)."""
     import json
 
     q = json.dumps          # a TOML basic string is a JSON string for these values
-    chans = ", ".join(f'"{i}" = {q(f"{loc}.{cha}")}' for i, (loc, cha) in enumerate(SIM_CHANNELS))
+    if ports is None:
+        ports = [{"name": "board", "url": "sim://" + sim_name, "board": "sim", "board_id": int(board_id),
+                  "baudrate": int(baud), "key_file": str(keys.board_key_file),
+                  "channels": {i: f"{loc}.{cha}" for i, (loc, cha) in enumerate(SIM_CHANNELS)}}]
     lines = ["[station]", f"code = {q(station)}", f"network = {q(NETWORK)}", f"data_dir = {q(str(path.parent))}",
-             *(['mode = "auxiliary"'] if auxiliary else []),
-             "", "[[ports]]", 'name = "board"', f"url = {q('sim://' + sim_name)}", 'board = "sim"',
-             f"board_id = {int(board_id)}", f"baudrate = {int(baud)}", f"key_file = {q(str(keys.board_key_file))}",
-             f"channels = {{ {chans} }}",
-             "", "[framer]", f"frame_seconds = {int(frame_seconds)}",
+             *(['mode = "auxiliary"'] if auxiliary else [])]
+    for port in ports:
+        lines += ["", "[[ports]]", *(f"{k} = {_toml_value(v)}" for k, v in port.items() if k != "channels"),
+                  "channels = " + _toml_value({str(i): c for i, c in port["channels"].items()})]
+    lines += ["", "[framer]", f"frame_seconds = {int(frame_seconds)}",
              # A fixed bound, not the default derived from the free disk space of a shared machine.
              "", "[outbox]", f"max_bytes = {1 << 30}",
              "", "[keys]", f"keystore = {q(str(keystore or keys.keystore))}"]
@@ -310,6 +321,8 @@ def write_station_file(path: Path, station: str, keys: StationKeys, *, sim_name:
     lines += ["", "[uplink]", f"protocol = {q(protocol)}"]
     if ack_timeout_s is not None:
         lines.append(f"ack_timeout_s = {float(ack_timeout_s)}")
+    if soh_interval_s is not None:
+        lines.append(f"soh_interval_s = {float(soh_interval_s)}")
     if acknack_trust is not None:
         lines += [f"acknack_trust = {q(str(acknack_trust))}", f"acknack_key_ids = [{RELAY_ACKNACK_KEY}]",
                   f"relay_name = {q(RELAY_NAME)}"]
@@ -386,7 +399,8 @@ class StationRig:
 
 
 def _make_rig(i: int, station: str, keys: StationKeys, opts: DemoOptions, start_utc: int, root: Path,
-              broker: Any, stages: dict) -> StationRig:
+              broker: Any, stages: dict, on_built: Callable[[int, bytes], None] | None = None) -> StationRig:
+    """One HIL station (``sim network`` samples a few with it); *on_built* observes each commit."""
     from ims_station.edge.config import load_station_config
     from ims_station.edge.station import assemble
     from ims_station.hil.faults import FaultPlan, LineFaults
@@ -411,6 +425,8 @@ def _make_rig(i: int, station: str, keys: StationKeys, opts: DemoOptions, start_
         def on_commit(seq: int, raw: bytes) -> None:
             rig.frames_built += 1
             rig.build_times[seq] = sim.clock.time()
+            if on_built is not None:
+                on_built(seq, raw)
 
         def on_events(port: Any, events: list) -> None:
             for ev in events:
