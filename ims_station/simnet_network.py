@@ -268,9 +268,9 @@ def _expand(n: Network) -> None:
 
     index = 0
     hil_left = int(n.simulation["hil_stations"])
-    hil_kind = next((k["name"] for k in n.kinds if k.get("hil")), None)
-    if hil_left and hil_kind is None:
-        hil_kind = next((k["name"] for k in n.kinds if "messages" not in k and k["count"]), None)
+    # The HIL stations come from the first kind marked hil = true (none without one): they run the
+    # HIL "sim" board (3 seismic channels and one infrasound at 100 sps) instead of the kind's layout.
+    hil_kind = next((k["name"] for k in n.kinds if k.get("hil") and "messages" not in k), None)
     for i, k in enumerate(n.kinds):
         codes = station_codes(k["prefix"], k["count"]) if k["count"] else []
         for j, code in enumerate(codes):
