@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 DRAIN_S = 45.0              # simulated seconds after the sampling span (a HIL board's last window waits 30 s)
 DELIVERY_TIMEOUT_S = 120.0
+MAX_STATIONS_PER_WORKER = 110   # file descriptors below 1024 (run_network)
 WORKER_NICE = 3             # the station processes' niceness above ours  # wall seconds the outboxes get to empty after the stations stopped
 
 
@@ -322,6 +323,9 @@ def run_worker(job: WorkerJob, conn: Any) -> None:
     # The worker's own log file (the report quotes its tail when something failed).
     fh = logging.FileHandler(Path(job.root) / f"worker-{job.worker}.log")
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    fh.setLevel(os.environ.get("IMS_SIMNET_LOG_LEVEL", "WARNING"))
+    if os.environ.get("IMS_SIMNET_LOG_LEVEL"):
+        logging.getLogger().setLevel(os.environ["IMS_SIMNET_LOG_LEVEL"])
     logging.getLogger().addHandler(fh)
     profile = None
     if os.environ.get("IMS_SIMNET_PROFILE"):          # docs/sim-network.md, "What bounds it"
@@ -347,6 +351,10 @@ def run_worker(job: WorkerJob, conn: Any) -> None:
             s.edge.uplink.start()
         for r, _ in rigs:
             r.uplink.start()
+        fds = len(os.listdir("/proc/self/fd")) + 3 * len(job.plans)     # + each uplink's sockets
+        if fds > 1000:
+            raise RuntimeError(f"{len(job.plans)} stations need about {fds} file descriptors in one process: "
+                               "paho's select() fails above 1023; use more workers")
         conn.send({"ready": job.worker})
         job.go_wall = float(conn.recv())        # sent once every worker is ready: simulated time 0
         from ims_station.demo import PacedClock, _drive
@@ -561,7 +569,12 @@ def run_network(opts: SimOptions) -> dict:
             raise ConfigError("sim network", "--hil", "must be 0..20")
     net = _load(opts, load_network)
     sim = net.simulation
-    speed, span_s, workers = float(sim["speed"]), float(sim["minutes"]) * 60.0, int(sim["workers"])
+    speed, span_s = float(sim["speed"]), float(sim["minutes"]) * 60.0
+    # paho's network loop uses select(), which fails on a file descriptor above 1023 (it reports a
+    # lost connection, for ever); a station takes about 7 (outbox database, WAL, lock, socket, the
+    # client's socket pair): at most MAX_STATIONS_PER_WORKER stations share a process.
+    workers = max(int(sim["workers"]), -(-len(net.stations) // MAX_STATIONS_PER_WORKER))
+    sim["workers"] = workers
     fs = net.frame_seconds
     own = opts.workdir is None
     root = Path(tempfile.mkdtemp(prefix="ims-simnet-") if own else opts.workdir).resolve()
@@ -841,6 +854,10 @@ def _cmd(args: argparse.Namespace) -> int:
     if args.print_network:
         sys.stdout.write(DEFAULT_NETWORK)
         return 0
+    import signal
+
+    # SIGTERM ends the run like Ctrl-C: the relay, Mosquitto and the workers are stopped (finally).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report = run_network(SimOptions(network=args.network, stations=args.stations, minutes=args.minutes,
                                     speed=args.speed, workers=args.workers, hil=args.hil, workdir=args.workdir))
     print_json(report)
