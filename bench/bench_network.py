@@ -40,7 +40,11 @@ def run(quick: bool) -> list[Result]:
     ref_cpu = None
     for n in sizes:
         load_before = os.getloadavg()[0]
-        rep = run_network(SimOptions(stations=n, minutes=minutes, hil=0 if quick else None))
+        try:
+            rep = run_network(SimOptions(stations=n, minutes=minutes, hil=0 if quick else None))
+        except Exception as err:          # one size failing does not hide the others' figures
+            out.append(Result("network", f"{n} st: run failed", float("nan"), "", note=f"{type(err).__name__}: {err}"))
+            continue
         t, c, f, m = rep["time"], rep["cpu"], rep["frames"], rep["messages"]
         per = c["relay_ms_per_station_per_sim_hour"]
         if ref_cpu is None:

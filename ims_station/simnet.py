@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 DRAIN_S = 45.0              # simulated seconds after the sampling span (a HIL board's last window waits 30 s)
 DELIVERY_TIMEOUT_S = 120.0
-MAX_STATIONS_PER_WORKER = 110   # file descriptors below 1024 (run_network)
+MAX_STATIONS_PER_WORKER = 90    # file descriptors below 1024 (run_network)
 WORKER_NICE = 3             # the station processes' niceness above ours  # wall seconds the outboxes get to empty after the stations stopped
 
 
@@ -571,8 +571,8 @@ def run_network(opts: SimOptions) -> dict:
     sim = net.simulation
     speed, span_s = float(sim["speed"]), float(sim["minutes"]) * 60.0
     # paho's network loop uses select(), which fails on a file descriptor above 1023 (it reports a
-    # lost connection, for ever); a station takes about 7 (outbox database, WAL, lock, socket, the
-    # client's socket pair): at most MAX_STATIONS_PER_WORKER stations share a process.
+    # lost connection, for ever); a station takes about 10 (outbox database, WAL, shared memory,
+    # lock, socket, the client's socket pair, ...): at most MAX_STATIONS_PER_WORKER share a process.
     workers = max(int(sim["workers"]), -(-len(net.stations) // MAX_STATIONS_PER_WORKER))
     sim["workers"] = workers
     fs = net.frame_seconds
@@ -627,9 +627,8 @@ def run_network(opts: SimOptions) -> dict:
             p.join(60)
         wall = time.monotonic() - wall0
         cpu1 = {"relay": _pid_cpu(relay.proc.pid), "broker": _pid_cpu(broker.proc.pid)}
-        time.sleep(0.5)
-        relay_stats = _last_stats(relay)
         relay.stop()
+        relay_stats = _last_stats(relay)        # its "stopped" line: the final counters
         relay_log = relay.tail(4000)
         relay = None
         archived = _read_archive(root / "relay" / "data" / "archive" / "index.sqlite")

@@ -124,3 +124,21 @@ def test_network_file_errors_name_the_key(tmp_path):
     bad.write_text('[[kind]]\nname = "x"\nprefix = "X"\ncount = 1\nsensor = "seismic"\nchannels = ["BHZ"]\n')
     with pytest.raises(ConfigError, match=r"kind\[0\]\.rate"):
         load_network(bad)
+
+
+def test_the_documented_network_file_loads_and_the_default_matches_the_doc(tmp_path):
+    """docs/sim-network.md: its example file is a valid network file, and the default mix has the
+    counts and channel total the page states."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "sim-network.md").read_text()
+    example = re.search(r"```toml\n(.*?)```", doc, re.S).group(1)
+    (tmp_path / "net.toml").write_text(example)
+    net = load_network(tmp_path / "net.toml")
+    assert net.counts() == {"primary_array": 30, "noble_gas": 40}
+    default = load_network()
+    channels = sum(4 if s.hil else s.n_channels for s in default.stations if s.ports or s.hil)
+    assert f"default has {channels:,} waveform channels in 241 waveform stations" in doc
+    for kind, count in default.counts().items():
+        assert re.search(rf"\| `{kind}` \| {count} \|", doc), kind
