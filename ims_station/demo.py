@@ -901,18 +901,29 @@ CD11_EPOCH = 946_684_800        # frame seq n of a station covers [CD11_EPOCH + 
 EDGE_ALLOWANCE_S = 1.0          # a window this close to the span's ends may hold no sample: not expected
 
 
-def expected_frame_seqs(start_utc: float, span_s: float, frame_s: float) -> set[int]:
+def expected_frame_seqs(start_utc: float, span_s: float, frame_s: float, *, partial_end: bool = True) -> set[int]:
     """The frame sequence numbers a station sampling from *start_utc* for *span_s* seconds must
     build: every window of *frame_s* seconds (aligned as the framer aligns them) that overlaps the
     span, less :data:`EDGE_ALLOWANCE_S` at each end (a board's first sample may come a moment
-    after the start, so a window touching only that moment is not owed)."""
+    after the start, so a window touching only that moment is not owed).  The last window, cut by
+    the end of sampling, is committed only after the framer's ``max_wait_s``: *partial_end* False
+    (a run that stops sooner) leaves it out unless the span ends on a window boundary."""
     import math
 
     a = start_utc + EDGE_ALLOWANCE_S - CD11_EPOCH
     b = start_utc + span_s - EDGE_ALLOWANCE_S - CD11_EPOCH
     if b <= a:
         return set()
-    return set(range(int(math.floor(a / frame_s)), int(math.ceil(b / frame_s))))
+    last = int(math.ceil(b / frame_s))
+    if not partial_end:
+        last = int(math.floor((start_utc + span_s - CD11_EPOCH) / frame_s))
+    return set(range(int(math.floor(a / frame_s)), last))
+
+
+def _framer_max_wait_s() -> float:
+    from ims_station.edge.uplink_config import DEFAULTS
+
+    return float(DEFAULTS["framer"]["max_wait_s"])
 
 
 def frame_accounting(expected: set[int], built: set[int], archived: set[int]) -> dict:
@@ -950,7 +961,8 @@ def _report(opts: DemoOptions, stages: dict, rigs: list[StationRig], broker: Any
     with arrivals.lock:
         got = set(arrivals.archived)
     for r in rigs:
-        expected = expected_frame_seqs(r.sim.clock.start_utc, opts.minutes * 60.0, opts.frame_seconds)
+        expected = expected_frame_seqs(r.sim.clock.start_utc, opts.minutes * 60.0, opts.frame_seconds,
+                                       partial_end=opts.drain_s >= _framer_max_wait_s())
         archived = {s for (fs, s) in got if fs == f"{r.station}:0"}
         per_station[r.station] = {
             "samples_generated": int(r.sim.truth.conversions * len(SIM_CHANNELS)),

@@ -37,6 +37,9 @@ def test_expected_frames_cover_the_sampling_span():
     # a window touched only within the allowance at the end is not owed
     assert expected_frame_seqs(CD11_EPOCH + 10_000, 30.5, 10.0) == {1000, 1001, 1002}
     assert expected_frame_seqs(CD11_EPOCH, 1.5, 10.0) == set()
+    # a run that stops before the framer's max_wait_s owes no cut last window
+    assert expected_frame_seqs(start, 45.0, 10.0, partial_end=False) == {1000, 1001, 1002, 1003}
+    assert expected_frame_seqs(CD11_EPOCH + 10_000, 30.0, 10.0, partial_end=False) == {1000, 1001, 1002}
 
 
 def test_a_station_that_builds_nothing_is_lost_not_healthy():
