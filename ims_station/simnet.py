@@ -48,7 +48,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -420,7 +420,7 @@ def run_worker(job: WorkerJob, conn: Any) -> None:
         for s in synth:
             result["stations"][s.plan.code] = _station_result(s.plan, s.edge, s.built, s.emitted, s.error)
         for r, built in rigs:
-            result["stations"][r.station] = _station_result(r_plan(job, r.station), r.edge, built, {}, r.error,
+            result["stations"][r.station] = _station_result(_plan_of(job, r.station), r.edge, built, {}, r.error,
                                                             hil=r)
     except Exception as err:
         log.exception("sim network: worker %d failed", job.worker)
@@ -441,7 +441,7 @@ def run_worker(job: WorkerJob, conn: Any) -> None:
         conn.close()
 
 
-def r_plan(job: WorkerJob, code: str) -> Any:
+def _plan_of(job: WorkerJob, code: str) -> Any:
     return next(p for p in job.plans if p.code == code)
 
 
@@ -562,11 +562,6 @@ def run_network(opts: SimOptions) -> dict:
 
     if find_mosquitto() is None:
         raise ImsStationError("sim network: needs Mosquitto (apt-get install mosquitto); the run measures it")
-    if opts.hil is not None:
-        from ims_station.errors import ConfigError
-
-        if not 0 <= opts.hil <= 20:
-            raise ConfigError("sim network", "--hil", "must be 0..20")
     net = _load(opts, load_network)
     sim = net.simulation
     speed, span_s = float(sim["speed"]), float(sim["minutes"]) * 60.0
@@ -590,8 +585,8 @@ def run_network(opts: SimOptions) -> dict:
         keys: dict = {}
         for st in net.stations:
             chans = [c for _, c in SIM_CHANNELS] if st.hil else st.channel_codes
-            k, trust = make_keys(root, [st.code], chans, valid_from=start_utc, index_base=st.index, relay_key=False)
-            keys.update(k)
+            keys.update(make_keys(root, [st.code], chans, valid_from=start_utc, index_base=st.index,
+                                  relay_key=False)[0])
         make_keys(root, [], [], valid_from=start_utc)           # the relay's acknack key
         broker = MosquittoBroker(root / "broker").start()
         relay = RelayChild(_relay_config(root, broker.config, speed), root / "relay" / "relay.log")
@@ -599,9 +594,6 @@ def run_network(opts: SimOptions) -> dict:
             raise ImsStationError(f"sim network: the relay did not connect to Mosquitto: {relay.tail()}")
         ctx = mp.get_context("spawn")
         shares = [net.stations[i::workers] for i in range(workers)]
-        conns = []
-        go = None
-        setup_wall = time.monotonic() - t_setup
         for w, plans in enumerate(shares):
             if not plans:
                 continue
@@ -616,6 +608,7 @@ def run_network(opts: SimOptions) -> dict:
             msg = parent.recv() if parent.poll(600) else None
             if not msg or "ready" not in msg:
                 raise ImsStationError(f"sim network: worker {job.worker} did not get ready: {msg}")
+        setup_wall = time.monotonic() - t_setup     # keys, files, broker, relay, workers' assembly
         go = time.time() + 0.5
         for p, parent, job in procs:
             parent.send(go)
@@ -648,27 +641,19 @@ def run_network(opts: SimOptions) -> dict:
 
 
 def _load(opts: SimOptions, load_network: Any) -> Any:
+    """The network of *opts* with the command line's overrides of its ``[simulation]`` table."""
     from ims_station.errors import ConfigError
 
-    net = load_network(opts.network, stations=opts.stations) if opts.stations is not None else \
-        load_network(opts.network)
-    sim = net.simulation
+    overrides = {}
     for key, v, lo, hi in (("minutes", opts.minutes, 0.1, 7 * 24 * 60), ("speed", opts.speed, 0.1, 10000),
-                           ("workers", opts.workers, 1, 64), ("block_seconds", opts.block_seconds, 0.1, 10)):
+                           ("workers", opts.workers, 1, 64), ("block_seconds", opts.block_seconds, 0.1, 10),
+                           ("hil_stations", opts.hil, 0, 20)):
         if v is not None:
             if not lo <= v <= hi:
-                raise ConfigError("sim network", f"--{key.replace('_', '-')}", f"must be {lo:g}..{hi:g}")
-            sim[key] = v
-    if opts.hil is not None and opts.hil != sim["hil_stations"]:
-        sim["hil_stations"] = opts.hil
-        net = load_network(opts.network, stations=opts.stations) if opts.stations is not None else \
-            load_network(opts.network)
-        net.simulation.update({k: v for k, v in sim.items()})
-        # re-expanded with the new HIL count
-        from ims_station.simnet_network import _expand
-
-        net.stations.clear()
-        _expand(net)
+                flag = "--hil" if key == "hil_stations" else f"--{key.replace('_', '-')}"
+                raise ConfigError("sim network", flag, f"must be {lo:g}..{hi:g}")
+            overrides[key] = v
+    net = load_network(opts.network, stations=opts.stations, simulation=overrides)
     rate = net.simulation["block_seconds"]
     if abs(net.frame_seconds / rate - round(net.frame_seconds / rate)) > 1e-9:
         raise ConfigError(net.file, "simulation.block_seconds", "must divide network.frame_seconds")

@@ -196,10 +196,12 @@ class Network:
         return out
 
 
-def load_network(path: str | Path | None = None, *, stations: int | None = None) -> Network:
+def load_network(path: str | Path | None = None, *, stations: int | None = None,
+                 simulation: dict[str, Any] | None = None) -> Network:
     """The network of the file *path* (None: :data:`DEFAULT_NETWORK`), expanded into stations.
     *stations*: scale the per-kind counts so that the total is this (each kind with a count keeps at
-    least one station while the total allows; for the scaling curve)."""
+    least one station while the total allows; for the scaling curve).  *simulation*: values that
+    replace the file's ``[simulation]`` keys (the command line's)."""
     from ims_station.config import load_toml, validate
 
     if path is None:
@@ -208,7 +210,7 @@ def load_network(path: str | Path | None = None, *, stations: int | None = None)
         file, data = str(path), load_toml(path)
     validate(data, SCHEMA, file)
     net = data.get("network", {})
-    sim = dict(SIMULATION_DEFAULTS, **data.get("simulation", {}))
+    sim = {**SIMULATION_DEFAULTS, **data.get("simulation", {}), **(simulation or {})}
     kinds = [dict(k) for k in data["kind"]]
     seen: dict[str, int] = {}
     for i, k in enumerate(kinds):
