@@ -287,8 +287,7 @@ def write_station_file(path: Path, station: str, keys: StationKeys, *, sim_name:
                        broker: Any, protocol: str = "auto", frame_seconds: int = 10, pin_keys: bool = True,
                        keystore: Path | None = None, acknack_trust: Path | None = None,
                        ack_timeout_s: float | None = None, auxiliary: bool = False,
-                       trigger: dict | None = None, ports: list[dict] | None = None,
-                       soh_interval_s: float | None = None) -> Path:
+                       trigger: dict | None = None, ports: list[dict] | None = None) -> Path:
     """The station file (docs/configuration.md) of a simulated station: one ``sim://`` port to the
     HIL board *sim_name* (``sim`` board, channels :data:`SIM_CHANNELS`), the outbox in the file's
     folder, the keys of *keys* (pinned, or chosen by time from *keystore* with ``pin_keys=False``),
@@ -321,8 +320,6 @@ def write_station_file(path: Path, station: str, keys: StationKeys, *, sim_name:
     lines += ["", "[uplink]", f"protocol = {q(protocol)}"]
     if ack_timeout_s is not None:
         lines.append(f"ack_timeout_s = {float(ack_timeout_s)}")
-    if soh_interval_s is not None:
-        lines.append(f"soh_interval_s = {float(soh_interval_s)}")
     if acknack_trust is not None:
         lines += [f"acknack_trust = {q(str(acknack_trust))}", f"acknack_key_ids = [{RELAY_ACKNACK_KEY}]",
                   f"relay_name = {q(RELAY_NAME)}"]
