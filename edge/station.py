@@ -565,6 +565,7 @@ def _assemble_rest(station_cfg: Any, settings: Any, outbox: Any, uplink_box: lis
         uplink = Uplink(station_cfg.code, settings.brokers, outbox, clock=clock, prefix=up("prefix"),
                         protocol=up("protocol"), inflight=up("inflight"), max_unacked=up("max_unacked"),
                         live_window_s=up("live_window_s"), ack_timeout_s=up("ack_timeout_s"),
+                        acknack_stall_s=up("acknack_stall_s"),
                         soh_interval_s=up("soh_interval_s"),
                         soh_provider=lambda: _soh_document(soh_box, gw_ref) | aux_soh(),
                         **acknack_options(settings), **uplink_options)
@@ -648,6 +649,12 @@ def load(station_file: str, uplink_file: str | None = None) -> tuple[Any, Any]:
     return cfg, load_uplink_settings(uplink_file)
 
 
+# The longest that stopping may take, from the stop request to the outbox closed: well inside
+# TimeoutStopSec=20 of deploy/systemd/ims-gateway.service, after which systemd SIGKILLs us
+# (tests/deploy/test_stop_deadline.py holds the unit to it).
+SHUTDOWN_BUDGET_S = 8.0
+
+
 def run(station_file: str, uplink_file: str | None = None, *, seconds: float = 0.0,
         status_interval: float = 0.0, on_status: Callable[[dict], None] | None = None,
         stats_every: float = 60.0) -> int:
@@ -656,19 +663,22 @@ def run(station_file: str, uplink_file: str | None = None, *, seconds: float = 0
     ``ims-station edge run`` and ``python -m ims_station.edge.station`` both run this.  With
     *on_status*, a status document (:func:`status`) every *status_interval* seconds and at the end.
     systemd (``Type=notify``, watchdog) and the journal's summary line every *stats_every* seconds:
-    :mod:`ims_station.edge.supervision`.
+    :mod:`ims_station.edge.supervision`.  SIGTERM or Ctrl-C (:class:`ims_station.service.StopSignals`)
+    ends it within :data:`SHUTDOWN_BUDGET_S`, the outbox closed last.
     """
     import signal
     import time
 
     from ims_station.clock import SystemClock
+    from ims_station.service import StopSignals
 
     cfg, settings = load(station_file, uplink_file)
     st = assemble(cfg, settings, clock=SystemClock())
     gw, outbox, uplink = st.gateway, st.outbox, st.uplink
+    # SIGTERM only wakes the main loop (self-pipe, ims_station/service.py): the pump threads' Event
+    # is set by the main loop, never by a signal handler, which could deadlock on its lock.
+    signals = StopSignals((signal.SIGTERM, signal.SIGINT)).install()
     stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *a: stop.set())
     threads = []
     try:
         st.open_ports()
@@ -676,6 +686,7 @@ def run(station_file: str, uplink_file: str | None = None, *, seconds: float = 0
         for p in st.ports:
             p.pump.close()
         outbox.close()
+        signals.close()
         raise
     for p in st.ports:
         t = threading.Thread(target=p.pump.run, args=(stop,), name=f"pump-{p.config.name}", daemon=True)
@@ -695,7 +706,7 @@ def run(station_file: str, uplink_file: str | None = None, *, seconds: float = 0
     t0 = time.monotonic()
     next_status = t0 + status_interval if status_interval > 0 else float("inf")
     try:
-        while not stop.is_set():
+        while not stop.is_set():            # a pump that failed sets it (PortPump.run)
             now = time.monotonic()
             if seconds and now - t0 >= seconds:
                 break
@@ -705,23 +716,38 @@ def run(station_file: str, uplink_file: str | None = None, *, seconds: float = 0
                 show()
                 next_status += status_interval
             heartbeat.turn()
-            stop.wait(0.2)
+            if signals.wait(0.2):
+                break
     except KeyboardInterrupt:
         pass
     finally:
+        # Every wait below shares one deadline, well inside the unit's TimeoutStopSec; what does not
+        # end in time is a daemon thread that dies with the process, and the outbox is still closed
+        # (under its lock, so never in the middle of another thread's transaction).
+        deadline = time.monotonic() + SHUTDOWN_BUDGET_S
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
         heartbeat.stopping()
         stop.set()
+        if uplink is not None:
+            uplink.request_stop()   # gives up a connection attempt now, in parallel with the rest
         if api is not None:
-            api.close()         # and its socket file
+            api.close(timeout=min(2.0, left()))         # and its socket file
         for t in threads:
-            t.join(timeout=2)
+            t.join(timeout=min(2.0, left()))
         gw.poll()
         if uplink is not None:
-            uplink.stop()
+            uplink.stop(timeout=left())
+            if uplink.running:
+                log.warning("edge: the uplink did not stop within the %g s shutdown budget; closing the "
+                            "outbox regardless (what it did not publish stays there)", SHUTDOWN_BUDGET_S)
         try:
             show()          # may raise BrokenPipeError (stdout's reader gone): close regardless
         finally:
             outbox.close()
+            signals.close()
     failed = [p for p in st.ports if p.pump.failed is not None]
     for p in failed:
         log.error("edge: port %s stopped the gateway: %s: %s", p.config.name, type(p.pump.failed).__name__,

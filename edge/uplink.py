@@ -49,6 +49,9 @@ station would wait for the 300-s ack timeout.  A refused acknack subscription (a
 the station's acknack topic) is logged and counted (``acknack_subscribe_refused``); frames are still
 sent, because the archive needs the data more than the outbox needs its deletions -- they stay in
 the outbox and the ack timeout resends them (the relay dedupes) until an operator fixes the ACL.
+With ``acknack_stall_s`` (off by default; for a clustered centre, docs/centre-cluster.md) frames in
+flight and no acknack on a connection for that long make the uplink reconnect with a clean session
+once: a clustered broker can keep a failed-over station's session without delivering its acknacks.
 
 Commands (auxiliary stations; docs/uplink.md, "Auxiliary mode"): with a *command_handler*
 (:class:`ims_station.edge.commands.CommandHandler`), the uplink also subscribes to its ``cmd`` topic
@@ -147,7 +150,7 @@ class Uplink(SessionOwner):
                  client_name: str | None = None, acknack_trust: Any = None,
                  acknack_key_ids: Sequence[int] | None = None,
                  relay_name: str = topics.DEFAULT_RELAY_NAME, command_handler: Any = None,
-                 loop_wait_s: float = LOOP_TIMEOUT_S) -> None:
+                 loop_wait_s: float = LOOP_TIMEOUT_S, acknack_stall_s: float = 0.0) -> None:
         """*loop_wait_s*: the longest one network-loop turn waits on the socket (wall seconds) before
         the uplink looks at its outbox again -- the most a committed event or frame waits for its
         publish (the demo, whose simulated time runs faster, shortens it in proportion)."""
@@ -207,7 +210,13 @@ class Uplink(SessionOwner):
                               ims20_acked=0, acknacks_unsigned=0,
                               acknacks_bad_signature=0, acknacks_suspicious=0, requeued_on_disconnect=0, requeued_ack_timeout=0,
                               soh_published=0, protocol_fallbacks=0, acknack_subscribe_refused=0,
-                              unknown_kind=0, commands=0, command_errors=0, cmd_subscribe_refused=0)
+                              unknown_kind=0, commands=0, command_errors=0, cmd_subscribe_refused=0,
+                              acknack_stall_reconnects=0)
+        # [uplink] acknack_stall_s: frames in flight and no acknack on this connection for this long
+        # -> reconnect (a clustered broker can keep a failed-over session that never delivers the
+        # acknacks again, docs/centre-cluster.md); 0: off.
+        self.acknack_stall_s = acknack_stall_s
+        self._acknack_seen: float | None = None
         self.last_acknack: dict | None = None
         self._mqtt = MqttSession(
             brokers, client_name=self.client_name, label=f"uplink {self.station}", protocol=protocol,
@@ -226,6 +235,11 @@ class Uplink(SessionOwner):
         """Publish ``offline`` (retained), disconnect cleanly (no Last Will) and end the thread."""
         self._wake.set()
         self._mqtt.stop(timeout)
+
+    def request_stop(self) -> None:
+        """Begin :meth:`stop` without waiting (the gateway shuts its other parts down meanwhile)."""
+        self._wake.set()
+        self._mqtt.request_stop()
 
     def notify(self) -> None:
         """A frame was committed to the outbox: publish it now rather than at the next poll."""
@@ -266,6 +280,7 @@ class Uplink(SessionOwner):
                 break
 
     def _on_connected(self, client: Any, flags: Any) -> None:
+        self._acknack_seen = self._clock.monotonic()     # the stall clock starts with the connection
         # Through the session: frames wait for this SUBACK (see the module docstring, Readiness).
         self._mqtt.subscribe(client, self.t_acknack, qos=1)
         if self.command_handler is not None:
@@ -345,6 +360,7 @@ class Uplink(SessionOwner):
         if self.acknack_trust is not None and not self._acknack_authentic(frame):
             return
         self._counters["acknacks"] += 1
+        self._acknack_seen = self._clock.monotonic()
         self._record_pubacks()
         sent = self.outbox.highest_sent(frame.frame_set)
         if frame.highest >= frame.lowest and (sent is None or frame.highest > sent):
@@ -401,6 +417,19 @@ class Uplink(SessionOwner):
             self._soh_due.clear()
             self._last_soh = now
             self._publish_soh(client)
+        if (self.acknack_stall_s and self._acknack_seen is not None
+                and now - self._acknack_seen >= self.acknack_stall_s and self.outbox.in_flight_count() > 0):
+            # Frames wait for an acknack that this connection does not deliver: a new connection
+            # (and a new acknack subscription) rather than resending at every ack timeout forever.
+            # The broker's session for this station is dropped (a clean session once): reconnecting
+            # into the same stuck session was measured not to help (RabbitMQ 3.10 after a fail-over).
+            self._acknack_seen = now
+            self._counters["acknack_stall_reconnects"] += 1
+            self._rlog("acknack_stall", logging.WARNING,
+                       "uplink %s: no acknack for %.0f s with frames in flight: reconnecting with a clean "
+                       "session", self.station, self.acknack_stall_s)
+            self._mqtt.clean_next = True
+            return False
         if not self._mqtt.subscriptions_settled:
             return True          # no frame before the acknack SUBACK (the wake stays set for then)
         wall = self._mqtt.clock.monotonic()
@@ -408,7 +437,7 @@ class Uplink(SessionOwner):
             self._wake.clear()
             self._last_pump = wall
             self._pump(client)
-        return True              # the uplink never drops a working connection itself
+        return True              # the uplink never drops a working connection itself (but see above)
 
     def _pump(self, client: Any) -> None:
         import paho.mqtt.client as mqtt

@@ -10,8 +10,10 @@ Owns, for one client (:class:`MqttSession`):
   fall-back, remembered per broker, when a broker accepts TCP (and TLS) but gives no positive CONNACK
   to MQTT 5 (``protocol="auto"``): that broker is tried again at once with 3.1.1 -- it answered, so
   it is not a reason to move to the next broker;
-* the connect deadline, reconnection with exponential backoff and equal jitter
-  (:func:`backoff_delay`), and disconnect clean-up (DISCONNECT, one last loop turn, socket closed);
+* the connect deadline (``connect_timeout_s`` for the attempt -- name lookup, TCP, TLS, which run
+  on a helper thread so that :meth:`MqttSession.stop` never waits for them -- and again for the
+  CONNACK), reconnection with exponential backoff and equal jitter (:func:`backoff_delay`), and
+  disconnect clean-up (DISCONNECT, one last loop turn, socket closed);
 * readiness: :attr:`MqttSession.connected` (and :meth:`MqttSession.wait_connected`) turn true only
   when the broker gave a positive CONNACK *and* acknowledged (SUBACK, success reason codes) every
   SUBSCRIBE the owner sent through :meth:`MqttSession.subscribe` while connecting -- before the
@@ -57,6 +59,16 @@ PROTOCOLS = ("auto", "5", "3.1.1")
 LOOP_TIMEOUT_S = 0.05           # one paho loop turn while connecting (and the owner's default)
 
 __all__ = ["PROTOCOLS", "MqttSession", "MqttSessionError", "SessionOwner", "backoff_delay"]
+
+
+def _close_quietly(client: Any) -> None:
+    """Close the socket of a paho client nobody uses any more (an abandoned connection attempt)."""
+    try:
+        sock = client.socket()
+        if sock is not None:
+            sock.close()
+    except Exception:  # noqa: BLE001 - it may never have had one
+        pass
 
 
 class MqttSessionError(ImsStationError):
@@ -182,6 +194,7 @@ class MqttSession:
         self._on_connected = on_connected
         self._on_subscribed = on_subscribed
         self._on_turn = on_turn
+        self.clean_next = False             # the next connection starts a clean session (once)
         self._loop_timeout = loop_timeout
         self._on_stop = on_stop
         self._on_end = on_end
@@ -194,6 +207,7 @@ class MqttSession:
         self._sub_ok = True                      # no refused subscription left unreplaced
         self._connack: int | None = None
         self._fell_back = False                  # the last attempt switched its broker to 3.1.1
+        self._attempt_done: threading.Event | None = None   # set to give up the connect in progress
 
     # -- state ---------------------------------------------------------------------------------------
     @property
@@ -262,12 +276,21 @@ class MqttSession:
         self.thread.start()
         return True
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """End the session (``on_stop`` runs first if connected) and join the thread."""
+    def request_stop(self) -> None:
+        """Ask the session to end, without waiting: a backoff wait or a connection attempt in
+        progress is given up at once (see :meth:`_connect`), a connection ends after its loop turn."""
         self._stop.set()
+        attempt = self._attempt_done
+        if attempt is not None:
+            attempt.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the session (``on_stop`` runs first if connected) and join the thread (up to *timeout*)."""
+        self.request_stop()
         if self.thread is not None:
             self.thread.join(timeout)
-            self.thread = None
+            if not self.thread.is_alive():
+                self.thread = None        # (still running after *timeout*: :attr:`running` says so)
 
     def run(self) -> None:
         """Connect, stay connected, fail over and back off until :meth:`stop` (on the calling thread)."""
@@ -294,11 +317,11 @@ class MqttSession:
                                           rng=self.rng))
 
     # -- one connection -------------------------------------------------------------------------------
-    def _make_client(self, state: BrokerState) -> Any:
+    def _make_client(self, state: BrokerState, clean: bool = False) -> Any:
         import paho.mqtt.client as mqtt
 
         kw: dict[str, Any] = ({"protocol": mqtt.MQTTv5} if state.protocol == "5"
-                              else {"protocol": mqtt.MQTTv311, "clean_session": False})
+                              else {"protocol": mqtt.MQTTv311, "clean_session": clean})
         if self.manual_ack:
             kw["manual_ack"] = True
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=state.config.client_id(self.client_name),
@@ -316,7 +339,10 @@ class MqttSession:
         import paho.mqtt.client as mqtt
 
         self._fell_back = False
-        client = self._make_client(state)
+        # clean_next: the owner asked to drop the broker's session once (a session that a clustered
+        # broker keeps after a fail-over without delivering to it; edge/uplink.py acknack_stall_s).
+        clean, self.clean_next = self.clean_next, False
+        client = self._make_client(state, clean)
         self.client = client
         self._connack = None
         self._link.clear()
@@ -335,11 +361,11 @@ class MqttSession:
             props.SessionExpiryInterval = self.session_expiry_s
             if self._connect_properties is not None:
                 self._connect_properties(props)
-            kw = {"clean_start": False, "properties": props}
-        try:
-            client.connect(b.host, b.port, b.keepalive, **kw)
-        except (OSError, ValueError) as err:
-            self.log.info("%s: cannot connect to %s:%s: %s", self.label, b.host, b.port, err)
+            kw = {"clean_start": clean, "properties": props}
+        err = self._connect(client, b.host, b.port, b.keepalive, kw)
+        if err is not None:
+            if not self._stop.is_set():
+                self.log.info("%s: cannot connect to %s:%s: %s", self.label, b.host, b.port, err)
             return False
         deadline = self.clock.monotonic() + self.connect_timeout_s
         ever_connected = False
@@ -388,6 +414,47 @@ class MqttSession:
             self.counters["protocol_fallbacks"] += 1
             self.log.info("%s: %s:%s refused MQTT 5, using 3.1.1", self.label, b.host, b.port)
         return ever_connected
+
+    def _connect(self, client: Any, host: str, port: int, keepalive: int, kw: dict) -> BaseException | None:
+        """``client.connect`` -- name lookup, TCP connect, TLS handshake, CONNECT sent -- on a
+        helper thread, so that :meth:`stop` does not wait for it: each of those steps blocks in
+        the C library (``getaddrinfo`` has no timeout of ours at all; paho gives TCP and TLS its
+        own 5 s each) and none of them can be interrupted from Python.  The session waits for the
+        attempt until it ends, :meth:`stop` is called, or ``connect_timeout_s`` passes; an
+        attempt given up this way is left to end by itself on its daemon thread, which then closes
+        whatever socket it got (the client is used by nobody else).  Returns None when connected
+        (CONNECT sent), else the reason."""
+        lock = threading.Lock()
+        done = threading.Event()
+        state: dict[str, Any] = {"finished": False, "abandoned": False, "error": None}
+
+        def attempt() -> None:
+            try:
+                client.connect(host, port, keepalive, **kw)
+            except BaseException as e:  # noqa: BLE001 - handed to the session (or dropped with it)
+                state["error"] = e
+            with lock:
+                state["finished"] = True
+                abandoned = state["abandoned"]
+            done.set()
+            if abandoned:
+                _close_quietly(client)
+
+        self._attempt_done = done
+        threading.Thread(target=attempt, name=f"{threading.current_thread().name}-connect", daemon=True).start()
+        if not self._stop.is_set():
+            done.wait(self.connect_timeout_s)        # also set by stop()
+        self._attempt_done = None
+        with lock:
+            finished = state["finished"]
+            state["abandoned"] = not finished
+        if not finished:
+            return TimeoutError("stopping" if self._stop.is_set() else
+                                f"no connection within {self.connect_timeout_s:g} s (name lookup, TCP, TLS)")
+        err = state["error"]
+        if err is None or isinstance(err, (OSError, ValueError)):
+            return err
+        raise err
 
     # -- paho callbacks (on the session thread, inside client.loop) --------------------------------------
     def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:

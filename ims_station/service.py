@@ -12,6 +12,14 @@ Owns two things that ``ims-station edge run`` and ``ims-station relay run`` shar
   209); the ``sdnotify`` package (last release 2017) adds nothing for it and does not read
   ``WATCHDOG_USEC``, and ``python-systemd`` needs libsystemd headers to build, which a Pi image
   does not have.
+* :class:`StopSignals`, how the daemon is told to stop (``SIGTERM``, Ctrl-C) and to reload
+  (``SIGHUP``): the handlers only set a plain attribute and write one byte to a pipe (the
+  "self-pipe", async-signal-safe), and the main loop waits on that pipe (:meth:`StopSignals.wait`).
+  A handler that called ``threading.Event.set()`` instead deadlocked when the signal arrived while
+  the main thread itself held that Event's lock (inside its own ``Event.wait``): Python runs signal
+  handlers on the main thread between two bytecodes, and the Event's lock is not reentrant -- the
+  gateway then ignored SIGTERM until systemd's ``TimeoutStopSec`` SIGKILLed it (CPython documents
+  the hazard for its locks; gh-126434 is the same deadlock in ``multiprocessing.Event``).
 * :class:`Heartbeat`, the main loop's duty cycle around it: watchdog pings **only while the caller
   says the daemon is healthy** (a dead ingest thread or a stuck MQTT session must end in a restart by
   systemd, not in a process that looks alive), changes of the few states an operator must see
@@ -27,12 +35,15 @@ from __future__ import annotations
 
 import logging
 import os
+import select
+import signal
 import socket
-from typing import Any, Callable, Mapping
+import threading
+from typing import Any, Callable, Iterable, Mapping
 
 from ims_station.clock import Clock, SystemClock
 
-__all__ = ["Heartbeat", "Notifier"]
+__all__ = ["Heartbeat", "Notifier", "StopSignals"]
 
 log = logging.getLogger(__name__)
 
@@ -200,3 +211,95 @@ class Heartbeat:
             self.log.exception("building the summary failed")
             return f"summary unavailable: {type(err).__name__}"
 
+
+
+class StopSignals:
+    """A daemon's stop request, raised by a signal or by the daemon itself, waited for by its main loop.
+
+    :meth:`install` (main thread only; elsewhere -- a test running the daemon's function on a
+    thread -- it installs nothing) makes each of *stop* (default ``SIGTERM``) request the stop and
+    each signal of *actions* ask for its action, which :meth:`wait` then runs **on the main loop**,
+    outside the handler.  The handlers take no lock and call nothing that might: they set an
+    attribute and write one byte to a non-blocking pipe (a full pipe already wakes the loop).  So
+    :meth:`set` is safe from a signal handler, from any thread and from the main loop alike, and
+    :meth:`wait` (``select`` on the pipe) returns at once however the request came.
+    """
+
+    def __init__(self, stop: Iterable[int] = (signal.SIGTERM,),
+                 actions: Mapping[int, Callable[[], Any]] | None = None) -> None:
+        self.stop_signals = tuple(stop)
+        self.actions = dict(actions or {})
+        self.signal: int | None = None             # the stop signal received (None: none, or set())
+        self._stop = False                         # plain attributes: written by the handlers
+        self._pending: list[int] = []              # action signals not yet run (list.append: no lock)
+        self._r, self._w = os.pipe()
+        for fd in (self._r, self._w):
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.stop_signals:
+                self._previous[sig] = signal.signal(sig, self._on_stop_signal)
+            for sig in self.actions:
+                self._previous[sig] = signal.signal(sig, self._on_action_signal)
+        return self
+
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+        self.set()
+
+    def _on_action_signal(self, signum: int, frame: Any) -> None:
+        self._pending.append(signum)
+        self._poke()
+
+    def _poke(self) -> None:
+        try:
+            os.write(self._w, b"\0")
+        except OSError:          # full (the loop is woken already) or closed (stopped): nothing to do
+            pass
+
+    def set(self) -> None:
+        """Request the stop (from anywhere, a signal handler included)."""
+        self._stop = True
+        self._poke()
+
+    def is_set(self) -> bool:
+        return self._stop
+
+    def wait(self, timeout: float | None) -> bool:
+        """Sleep until the stop is requested, an action signal arrives or *timeout* passes; run the
+        actions asked for meanwhile.  True if the stop was requested."""
+        if not self._stop and not self._pending:
+            try:
+                select.select([self._r], [], [], timeout)
+            except (OSError, ValueError):      # closed: nothing left to wait for
+                return self._stop
+        self._drain()
+        while self._pending:
+            action = self.actions.get(self._pending.pop(0))
+            if action is not None:
+                action()
+        return self._stop
+
+    def _drain(self) -> None:
+        if self._stop:
+            return              # stays readable: every later wait() returns at once
+        try:
+            while os.read(self._r, 512):
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Put the previous handlers back and close the pipe."""
+        for sig, old in self._previous.items():
+            signal.signal(sig, old)
+        self._previous.clear()
+        for fd in (self._r, self._w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._r = self._w = -1

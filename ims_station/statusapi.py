@@ -366,12 +366,16 @@ class StatusServer:
                         return
                     srv._handle_request_noblock()     # accept, then a thread per request (ThreadingMixIn)
 
-    def close(self) -> None:
-        """Stop serving and remove the socket file (if it is still ours)."""
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop serving and remove the socket file (if it is still ours); *timeout* bounds the wait
+        for the serving threads (together: a daemon's shutdown has one deadline)."""
+        import time
+
         if self._wake is not None:
             os.write(self._wake[1], b"x")
+        deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(timeout=2)
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
         for srv in self._servers:
             srv.server_close()
         if self._wake is not None:

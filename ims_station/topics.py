@@ -59,6 +59,18 @@ def topic(prefix: str, station: str, kind: str) -> str:
     return f"{prefix}/{check_station(station)}/{kind}"
 
 
+def dotted(topic: str) -> str:
+    """*topic* as the clustered engines' MQTT gateways name it: ``ims/STA01/cd11`` is NATS subject
+    and RabbitMQ routing key ``ims.STA01.cd11`` (the relay's clustered inputs, relay/jetstream.py,
+    relay/amqp.py).  Topics of this layout have no ``.`` of their own."""
+    return topic.replace("/", ".")
+
+
+def from_dotted(key: str) -> str:
+    """The MQTT topic of a subject / routing key (inverse of :func:`dotted`)."""
+    return key.replace(".", "/")
+
+
 def outbox_topic(prefix: str, station: str, outbox_kind: str) -> str:
     """The topic an outbox item of *outbox_kind* is published on (ValueError for an unknown kind)."""
     try:

@@ -8,7 +8,10 @@ authentic (``relay.verify``), nor frame-set gap state (``relay.gaps``/``relay.st
 Interface (:class:`Archive`): ``commit(frames, quarantined)`` stores a batch durably and returns one
 :class:`StoreResult` per frame; ``lookup``, ``read_frame``, ``iter_day``, ``quarantine_entries``,
 ``export_mseed``, ``stats``; events: ``commit(..., events=...)``, ``iter_events``, ``read_event``; IMS 2.0
-messages: ``commit(..., ims20=...)``, ``iter_ims20``, ``read_ims20``.  A PostgreSQL/object-store archive (ROADMAP item 7) is a new subclass.
+messages: ``commit(..., ims20=...)``, ``iter_ims20``, ``read_ims20``.  :class:`IndexedArchive` holds the
+decisions below and every index query, whatever stores them: :class:`FileArchive` (here) and
+``relay.pgstore.PgArchive`` (index in PostgreSQL, bytes as content-addressed objects) fill in where
+the index and the bytes live.
 
 :class:`FileArchive` (the embedded default), under ``root``::
 
@@ -46,7 +49,7 @@ messages: ``commit(..., ims20=...)``, ``iter_ims20``, ``read_ims20``.  A Postgre
   SHA-256: the same text under the same seq is a duplicate even if signed again.
 * Several relay processes may share one root (shared-subscription load sharing on one host): each
   writes only its own files (``writer`` names them) and the SQLite index serialises the decisions.
-  Across hosts, use a networked backend (ROADMAP item 7).
+  Across hosts: ``relay.pgstore.PgArchive``.
 * The quarantine is bounded (``quarantine_max_bytes``); beyond it, only the index row is kept.
 
 miniSEED export uses ``pymseed`` (libmseed, the FDSN reference library) rather than hand-packing
@@ -399,7 +402,390 @@ def _day_of_ms(ms: int) -> date:
     return (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=ms)).date()
 
 
-class FileArchive(Archive):
+class _Placement(ABC):
+    """Where one commit's bytes go: ``place`` registers a payload (before anything is written),
+    ``write`` makes them all durable, ``where`` then names each one's (file, offset, length)."""
+
+    @abstractmethod
+    def place(self, kind: str, station: str | None, when: Any, data: bytes) -> int:
+        """Register *data* of *kind* (``frames``, ``events``, ``ims20``, ``quarantine``) of
+        *station* on *when* (a UTC ``date``; for the quarantine the reception time, s); a handle."""
+
+    @abstractmethod
+    def write(self) -> None:
+        """Write and fsync every placed payload (before the index rows that point at them)."""
+
+    @abstractmethod
+    def where(self, handle: int) -> tuple[str, int, int]:
+        """(file relative to the root, offset, length) of a placed payload, after ``write``."""
+
+    def index(self, db: Any) -> None:  # noqa: B027 - the index rows of the placement itself, if any
+        """Inside the transaction, after the rows that point at the bytes."""
+
+
+class IndexedArchive(Archive):
+    """The archive's decisions and its index queries, whatever holds the index and the bytes.
+
+    Shared by :class:`FileArchive` (SQLite index, append-only day files) and
+    ``relay.pgstore.PgArchive`` (PostgreSQL index, content-addressed objects): per frame new /
+    duplicate / conflict / replay, events and IMS 2.0 messages, the bounded quarantine, the KPI
+    tables (``relay.kpi``) in the same transaction, and every read through the index.  A subclass
+    provides ``self._db`` (``execute``/``executemany`` with ``?`` parameters, SQL common to SQLite
+    and PostgreSQL), ``self._lock``, ``self.root`` (what the index's file names are relative to),
+    ``self._quarantine_bytes`` and the hooks ``_begin(frame_sets)``, ``_end()``, ``_abort()``,
+    ``_placement()`` and ``_read(rel, offset, length)``.
+    """
+
+    _db: Any
+    _lock: threading.Lock
+    root: Path
+    quarantine_max_bytes: int
+    _quarantine_bytes: int
+
+    @abstractmethod
+    def _begin(self, frame_sets: set[str]) -> None:
+        """Start the commit's transaction, excluding other writers of *frame_sets*."""
+
+    @abstractmethod
+    def _end(self) -> None:
+        """Commit the transaction durably."""
+
+    @abstractmethod
+    def _abort(self) -> None:
+        """Roll back after a failure (and whatever the backend needs to stay consistent)."""
+
+    @abstractmethod
+    def _placement(self) -> _Placement: ...
+
+    @abstractmethod
+    def _read(self, rel: str, offset: int, length: int) -> bytes: ...
+
+    def _commit(self, frames: list[FrameRecord], quarantined: list[QuarantineRecord],
+                events: list[EventRecord] = (),  # type: ignore[assignment]
+                ims20: list[Ims20Record] = ()) -> list[StoreResult]:  # type: ignore[assignment]
+        db = self._db
+        self._begin({r.frame_set for r in (*frames, *events, *ims20)})
+        try:
+            results: list[StoreResult] = []
+            pending: dict[tuple[str, int], FrameRecord] = {}     # new in this batch
+            pending_time: dict[tuple[str, int], int] = {}
+            place = self._placement()
+            # (handle of the bytes, row builder(rel, off, n)) per new index row, by table
+            placed: dict[str, list[tuple[int, Any]]] = {"frames": [], "events": [], "ims20": [], "quarantine": []}
+            extra_q: list[QuarantineRecord] = []
+            kpi_frames: list[tuple[FrameRecord, bool]] = []
+            t_commit = time.time()
+            for fr in frames:             # one arrival time for the index and the figures
+                fr.received_at = fr.received_at or t_commit
+            top_seq: dict[str, int] = {}                         # highest seq archived in this batch
+
+            for fr in frames:
+                key = (fr.frame_set, fr.sequence)
+                prev = pending.get(key)
+                if prev is None:
+                    row = db.execute("SELECT sha256 FROM frames WHERE frame_set = ? AND seq = ?",
+                                     key).fetchone()
+                    prev_sha = row[0] if row else None
+                else:
+                    prev_sha = prev.sha256
+                if prev_sha is not None:
+                    if prev_sha == fr.sha256:
+                        results.append(StoreResult(StoreOutcome.DUPLICATE, fr))
+                    else:
+                        detail = (f"frame set {fr.frame_set} seq {fr.sequence}: different bytes "
+                                  f"(sha256 {fr.sha256[:16]}..) than the archived frame ({prev_sha[:16]}..)")
+                        log.error("SECURITY: %s", detail)
+                        results.append(StoreResult(StoreOutcome.CONFLICT, fr, detail))
+                        extra_q.append(self._q_from_frame(fr, StoreOutcome.CONFLICT.value, detail))
+                    continue
+                tkey = (fr.frame_set, fr.nominal_ms)
+                other = pending_time.get(tkey)
+                if other is None:
+                    row = db.execute("SELECT seq FROM frames WHERE frame_set = ? AND nominal_ms = ? LIMIT 1",
+                                     tkey).fetchone()
+                    other = row[0] if row else None
+                if other is not None:
+                    detail = (f"frame set {fr.frame_set} seq {fr.sequence}: nominal time already "
+                              f"archived as seq {other} (replayed under a new sequence number)")
+                    log.error("SECURITY: %s", detail)
+                    results.append(StoreResult(StoreOutcome.REPLAY, fr, detail, existing_sequence=other))
+                    extra_q.append(self._q_from_frame(fr, StoreOutcome.REPLAY.value, detail))
+                    continue
+                # Refilled (relay.kpi): a later frame of its set was archived before it.
+                refilled = top_seq.get(fr.frame_set, -1) > fr.sequence or db.execute(
+                    "SELECT 1 FROM frames WHERE frame_set = ? AND seq > ? LIMIT 1", key).fetchone() is not None
+                top_seq[fr.frame_set] = max(top_seq.get(fr.frame_set, -1), fr.sequence)
+                kpi_frames.append((fr, refilled))
+                h = place.place("frames", fr.station, fr.day, fr.raw)
+                placed["frames"].append((h, lambda rel, off, n, fr=fr: (
+                    fr.frame_set, fr.sequence, fr.station, fr.nominal_ms, fr.day.isoformat(), rel, off, n,
+                    fr.sha256, fr.received_at or time.time())))
+                pending[key] = fr
+                pending_time[tkey] = fr.sequence
+                results.append(StoreResult(StoreOutcome.ARCHIVED, fr))
+
+            def store_messages(records: Sequence[Any], table: str, what: str, data_of: Any, row_of: Any) -> None:
+                """Enveloped messages (events, IMS 2.0), one path: dedupe by (frame set, seq) on
+                ``sha256`` -- same: DUPLICATE, different: CONFLICT (quarantined) -- else place
+                ``data_of(rec)`` on the station's day and index ``row_of(rec, file, off, n)``."""
+                pending_sha: dict[tuple[str, int], str] = {}     # new in this batch -> sha256
+                for rec in records:
+                    key = (rec.frame_set, rec.sequence)
+                    prev_sha = pending_sha.get(key)
+                    if prev_sha is None:
+                        row = db.execute(f"SELECT sha256 FROM {table} WHERE frame_set = ? AND seq = ?",
+                                         key).fetchone()
+                        prev_sha = row[0] if row else None
+                    if prev_sha is not None:
+                        if prev_sha == rec.sha256:
+                            results.append(StoreResult(StoreOutcome.DUPLICATE, rec))
+                        else:
+                            detail = (f"frame set {rec.frame_set} seq {rec.sequence}: different bytes (sha256 "
+                                      f"{rec.sha256[:16]}..) than the archived {what} ({prev_sha[:16]}..)")
+                            log.error("SECURITY: %s", detail)
+                            results.append(StoreResult(StoreOutcome.CONFLICT, rec, detail))
+                            extra_q.append(QuarantineRecord(reason=StoreOutcome.CONFLICT.value, detail=detail,
+                                                            raw=rec.raw, station=rec.station, topic="",
+                                                            frame_set=rec.frame_set, sequence=rec.sequence,
+                                                            received_at=rec.received_at))
+                        continue
+                    h = place.place(table, rec.station, rec.day, data_of(rec))
+                    placed[table].append((h, lambda rel, off, n, rec=rec: row_of(rec, rel, off, n)))
+                    pending_sha[key] = rec.sha256
+                    results.append(StoreResult(StoreOutcome.ARCHIVED, rec))
+
+            store_messages(
+                events, "events", "event", lambda ev: ev.raw,
+                lambda ev, rel, off, n: (ev.frame_set, ev.sequence, ev.station, ev.time_ms, ev.day.isoformat(),
+                                         ev.event_id, ev.state, ev.key_id, rel, off, n, ev.sha256,
+                                         ev.received_at or time.time()))
+            store_messages(
+                ims20, "ims20", "IMS 2.0 message", lambda m: m.text,
+                lambda m, rel, off, n: (m.frame_set, m.sequence, m.station, m.time_ms, m.day.isoformat(), m.msg_id,
+                                        m.msg_type, m.data_type, m.measurement_id, m.srid, m.msg_station,
+                                        m.qualifier, m.key_id, rel, off, n, m.sha256, m.head, m.signature,
+                                        m.received_at or time.time()))
+
+            qrows = []
+            q_bytes = self._quarantine_bytes
+            for q in [*quarantined, *extra_q]:
+                keep = q.raw[:QUARANTINE_MAX_ITEM]
+                t = q.received_at or time.time()
+                h = None
+                if keep and q_bytes + len(keep) <= self.quarantine_max_bytes:
+                    h = place.place("quarantine", q.station, t, keep)
+                    q_bytes += len(keep)
+                qrows.append((h, (t, q.station, q.topic, q.reason, q.detail[:2000], q.frame_set, q.sequence,
+                                  q.sha256, len(q.raw))))
+
+            # Bytes first (fsync'd), then the index rows that point at them, in one commit.
+            place.write()
+
+            def rows_of(table: str) -> list[tuple]:
+                return [build(*place.where(h)) for h, build in placed[table]]
+
+            db.executemany('INSERT INTO frames(frame_set, seq, station, nominal_ms, day, file, "offset", length,'
+                           " sha256, received_at) VALUES (?,?,?,?,?,?,?,?,?,?)", rows_of("frames"))
+            db.executemany('INSERT INTO events(frame_set, seq, station, time_ms, day, event_id, state, key_id, file,'
+                           ' "offset", length, sha256, received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)',
+                           rows_of("events"))
+            db.executemany("INSERT INTO ims20(frame_set, seq, station, time_ms, day, msg_id, msg_type, data_type,"
+                           ' measurement_id, srid, msg_station, qualifier, key_id, file, "offset", length, sha256,'
+                           " head, signature, received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                           rows_of("ims20"))
+            db.executemany("INSERT INTO quarantine(received_at, station, topic, reason, detail, frame_set,"
+                           ' seq, sha256, size, file, "offset", length) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)',
+                           [(*r, *(place.where(h) if h is not None else (None, None, None))) for h, r in qrows])
+            # The quality figures, in the same transaction (relay.kpi): every data frame handed in
+            # passed its signatures; of the rejections, only the cd11 topic's count.
+            kpi.record_batch(
+                db, kpi_frames,
+                [(fr.station, fr.received_at) for fr in frames] +
+                [(q.station, q.received_at or time.time()) for q in quarantined
+                 if q.station and q.topic.endswith("/cd11") and q.reason in kpi.AUTH_PASSED_REJECTIONS],
+                [(q.station, q.received_at or time.time()) for q in quarantined
+                 if q.station and q.topic.endswith("/cd11") and q.reason in kpi.AUTH_FAILED])
+            place.index(db)
+            self._end()
+            self._quarantine_bytes = q_bytes
+            return results
+        except BaseException:
+            self._abort()
+            raise
+
+    @staticmethod
+    def _q_from_frame(fr: FrameRecord, reason: str, detail: str) -> QuarantineRecord:
+        return QuarantineRecord(reason=reason, detail=detail, raw=fr.raw, station=fr.station,
+                                topic="", frame_set=fr.frame_set, sequence=fr.sequence,
+                                received_at=fr.received_at, sha256=fr.sha256)
+
+    # -- reading -----------------------------------------------------------------------------------
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+        with self._lock:
+            return [tuple(r) for r in self._db.execute(sql, tuple(args)).fetchall()]
+
+    _FRAME_COLS = 'station, frame_set, seq, nominal_ms, file, "offset", length, sha256, received_at'
+
+    def lookup(self, frame_set: str, sequence: int) -> ArchivedFrame | None:
+        rows = self._rows(f"SELECT {self._FRAME_COLS} FROM frames WHERE frame_set = ? AND seq = ?",
+                          (frame_set, sequence))
+        return ArchivedFrame(*rows[0]) if rows else None
+
+    def read_frame(self, frame_set: str, sequence: int) -> bytes | None:
+        a = self.lookup(frame_set, sequence)
+        return None if a is None else self._read(a.file, a.offset, a.length)
+
+    def iter_day(self, station: str, day: date) -> Iterator[tuple[ArchivedFrame, bytes]]:
+        rows = self._rows(f"SELECT {self._FRAME_COLS} FROM frames WHERE station = ? AND day = ? "
+                          "ORDER BY nominal_ms, frame_set, seq", (station, day.isoformat()))
+        for row in rows:
+            a = ArchivedFrame(*row)
+            yield a, self._read(a.file, a.offset, a.length)
+
+    def frame_keys(self, station: str | None = None) -> list[tuple[str, int]]:
+        """(frame set, seq) of every archived frame (tests and tools)."""
+        if station is None:
+            return self._rows("SELECT frame_set, seq FROM frames ORDER BY frame_set, seq")
+        return self._rows("SELECT frame_set, seq FROM frames WHERE station = ? ORDER BY frame_set, seq", (station,))
+
+    def last_arrivals(self) -> dict[str, float]:
+        """Station -> arrival (relay clock) of its latest archived frame (``relay.kpi`` table)."""
+        return dict(self._rows("SELECT station, last_received_at FROM kpi_station"))
+
+    def days(self, station: str) -> list[date]:
+        rows = self._rows("SELECT DISTINCT day FROM frames WHERE station = ? ORDER BY day", (station,))
+        return [date.fromisoformat(r[0]) for r in rows]
+
+    @staticmethod
+    def _where_time(station: str | None, since_ms: int | None, until_ms: int | None) -> tuple[str, list[Any]]:
+        conds, args = [], []
+        for cond, v in (("station = ?", station), ("time_ms >= ?", since_ms), ("time_ms < ?", until_ms)):
+            if v is not None:
+                conds.append(cond)
+                args.append(v)
+        return (" WHERE " + " AND ".join(conds)) if conds else "", args
+
+    _EVENT_COLS = ('station, frame_set, seq, time_ms, event_id, state, key_id, file, "offset", length, '
+                   "sha256, received_at")
+
+    def iter_events(self, station: str | None = None, *, since_ms: int | None = None,
+                    until_ms: int | None = None) -> Iterator[tuple[ArchivedEvent, bytes]]:
+        """Archived events (index entry, envelope bytes) of *station* (default: all), with event
+        time in [*since_ms*, *until_ms*), by event time."""
+        where, args = self._where_time(station, since_ms, until_ms)
+        for row in self._rows(f"SELECT {self._EVENT_COLS} FROM events{where} ORDER BY time_ms, frame_set, seq", args):
+            a = ArchivedEvent(*row)
+            yield a, self._read(a.file, a.offset, a.length)
+
+    def read_event(self, frame_set: str, sequence: int) -> bytes | None:
+        rows = self._rows(f"SELECT {self._EVENT_COLS} FROM events WHERE frame_set = ? AND seq = ?",
+                          (frame_set, sequence))
+        if not rows:
+            return None
+        a = ArchivedEvent(*rows[0])
+        return self._read(a.file, a.offset, a.length)
+
+    _IMS20_COLS = ("station, frame_set, seq, time_ms, msg_id, msg_type, data_type, measurement_id, srid, "
+                   'msg_station, qualifier, key_id, file, "offset", length, sha256, received_at')
+
+    def iter_ims20(self, station: str | None = None, *, since_ms: int | None = None,
+                   until_ms: int | None = None, data_types: Sequence[str] | None = None) -> Iterator[ArchivedIms20]:
+        """Index entries of archived IMS 2.0 messages of *station* (default: all), with envelope
+        time in [*since_ms*, *until_ms*) and (when given) a data type among *data_types*, by time."""
+        where, args = self._where_time(station, since_ms, until_ms)
+        rows = self._rows(f"SELECT {self._IMS20_COLS} FROM ims20{where} ORDER BY time_ms, frame_set, seq", args)
+        wanted = None if not data_types else {t.upper() for t in data_types}
+        for row in rows:
+            a = ArchivedIms20(*row)
+            if wanted is None or wanted & set((a.data_type or "").split(",")):
+                yield a
+
+    def read_ims20(self, frame_set: str, sequence: int, *, envelope: bool = False) -> bytes | None:
+        """The archived message text, byte-identical (with *envelope*: the signed envelope as
+        received, rebuilt from the indexed header and signature); None if not archived."""
+        import struct
+
+        rows = self._rows('SELECT file, "offset", length, head, signature FROM ims20 '
+                          "WHERE frame_set = ? AND seq = ?", (frame_set, sequence))
+        if not rows:
+            return None
+        rel, off, n, head, sig = rows[0]
+        text = self._read(rel, off, n)
+        return bytes(head) + text + struct.pack(">H", len(sig)) + bytes(sig) if envelope else text
+
+    def quarantine_entries(self, *, reason: str | None = None) -> list[dict[str, Any]]:
+        cols = ("id", "received_at", "station", "topic", "reason", "detail", "frame_set", "seq",
+                "sha256", "size", "file", "offset", "length")
+        q = "SELECT " + ", ".join(f'"{c}"' for c in cols) + " FROM quarantine"
+        args: tuple = ()
+        if reason is not None:
+            q += " WHERE reason = ?"
+            args = (reason,)
+        return [dict(zip(cols, r)) for r in self._rows(q + " ORDER BY id", args)]
+
+    def read_quarantined(self, entry: dict[str, Any]) -> bytes | None:
+        if entry.get("file") is None:
+            return None
+        return self._read(entry["file"], entry["offset"], entry["length"])
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            frames, nbytes = self._db.execute("SELECT COUNT(*), COALESCE(SUM(length), 0) FROM frames").fetchone()
+            by_reason = {r: int(n) for r, n in
+                         self._db.execute("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason").fetchall()}
+            (events,) = self._db.execute("SELECT COUNT(*) FROM events").fetchone()
+            (ims20,) = self._db.execute("SELECT COUNT(*) FROM ims20").fetchone()
+        return {"frames": int(frames), "bytes": int(nbytes), "events": int(events), "ims20": int(ims20),
+                "quarantined": sum(by_reason.values()), "quarantined_by_reason": by_reason,
+                "quarantine_bytes": self._quarantine_bytes}
+
+
+class _DayFiles(_Placement):
+    """FileArchive's placement: appended to the writer's day files, committed sizes in ``files``."""
+
+    def __init__(self, arc: "FileArchive") -> None:
+        self.arc = arc
+        self.sizes: dict[str, int] = {}
+        self.appends: dict[str, list[bytes]] = {}
+        self.placed: list[tuple[str, int, int]] = []
+
+    def _offset_of(self, rel: str) -> int:
+        if rel not in self.sizes:
+            r = self.arc._db.execute("SELECT size FROM files WHERE file = ?", (rel,)).fetchone()
+            self.sizes[rel] = r[0] if r else 0
+            p = self.arc.root / rel
+            if r is None and p.exists() and p.stat().st_size:
+                log.warning("%s: truncating an uncommitted file left by a crash", p)
+                os.truncate(p, 0)
+        return self.sizes[rel]
+
+    def place(self, kind: str, station: str | None, when: Any, data: bytes) -> int:
+        arc = self.arc
+        rel = (arc._quarantine_file(when) if kind == "quarantine" else
+               {"frames": arc._frame_file, "events": arc._event_file, "ims20": arc._ims20_file}[kind](station, when))
+        off = self._offset_of(rel)
+        self.sizes[rel] = off + len(data)
+        self.appends.setdefault(rel, []).append(data)
+        self.placed.append((rel, off, len(data)))
+        return len(self.placed) - 1
+
+    def write(self) -> None:
+        for rel, chunks in self.appends.items():
+            fh = self.arc._handle(rel)
+            fh.write(b"".join(chunks))
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def where(self, handle: int) -> tuple[str, int, int]:
+        return self.placed[handle]
+
+    def index(self, db: Any) -> None:
+        db.executemany("INSERT INTO files(file, writer, size) VALUES (?,?,?) "
+                       "ON CONFLICT(file) DO UPDATE SET size = excluded.size",
+                       [(rel, self.arc.writer, self.sizes[rel]) for rel in self.appends])
+
+
+class FileArchive(IndexedArchive):
     """Append-only day files per station + an SQLite index (see the module docstring)."""
 
     def __init__(self, root: str | Path, *, writer: str = "relay",
@@ -448,7 +834,7 @@ class FileArchive(Archive):
                 elif actual < size:
                     raise ArchiveError(f"{p}: archive file is {actual} bytes, index says {size} (data lost?)")
             # A file created by a commit that never completed is not in the table at all; the
-            # first commit that appends to it again cuts it (``offset_of`` in ``_commit``).
+            # first commit that appends to it again cuts it (``_DayFiles._offset_of``).
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -480,6 +866,14 @@ class FileArchive(Archive):
         d = datetime.fromtimestamp(t, timezone.utc).date()
         return f"quarantine/{d.year:04d}/{d.year:04d}.{d.timetuple().tm_yday:03d}.{self.writer}.q"
 
+    def _event_file(self, station: str, day: date) -> str:
+        return (f"events/{station}/{day.year:04d}/"
+                f"{station}.{day.year:04d}.{day.timetuple().tm_yday:03d}.{self.writer}.ev")
+
+    def _ims20_file(self, station: str, day: date) -> str:
+        return (f"ims20/{station}/{day.year:04d}/"
+                f"{station}.{day.year:04d}.{day.timetuple().tm_yday:03d}.{self.writer}.msg")
+
     def commit(self, frames: Sequence[FrameRecord],
                quarantined: Sequence[QuarantineRecord] = (), *,
                events: Sequence[EventRecord] = (), ims20: Sequence[Ims20Record] = ()) -> list[StoreResult]:
@@ -492,188 +886,24 @@ class FileArchive(Archive):
             except OSError as err:
                 raise ArchiveError(f"{self.root}: writing archive files failed: {err}") from err
 
-    def _event_file(self, station: str, day: date) -> str:
-        return (f"events/{station}/{day.year:04d}/"
-                f"{station}.{day.year:04d}.{day.timetuple().tm_yday:03d}.{self.writer}.ev")
+    def _begin(self, frame_sets: set[str]) -> None:
+        self._db.execute("BEGIN IMMEDIATE")     # the index write lock: one writer decides at a time
 
-    def _ims20_file(self, station: str, day: date) -> str:
-        return (f"ims20/{station}/{day.year:04d}/"
-                f"{station}.{day.year:04d}.{day.timetuple().tm_yday:03d}.{self.writer}.msg")
+    def _end(self) -> None:
+        self._db.execute("COMMIT")
 
-    def _commit(self, frames: list[FrameRecord], quarantined: list[QuarantineRecord],
-                events: list[EventRecord] = (),  # type: ignore[assignment]
-                ims20: list[Ims20Record] = ()) -> list[StoreResult]:  # type: ignore[assignment]
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            results: list[StoreResult] = []
-            pending: dict[tuple[str, int], FrameRecord] = {}     # new in this batch
-            pending_time: dict[tuple[str, int], int] = {}
-            appends: dict[str, list[bytes]] = {}
-            sizes: dict[str, int] = {}
-            rows = []
-            extra_q: list[QuarantineRecord] = []
-            kpi_frames: list[tuple[FrameRecord, bool]] = []
-            t_commit = time.time()
-            for fr in frames:             # one arrival time for the index and the figures
-                fr.received_at = fr.received_at or t_commit
-            top_seq: dict[str, int] = {}                         # highest seq archived in this batch
+    def _placement(self) -> _Placement:
+        return _DayFiles(self)
 
-            def offset_of(rel: str) -> int:
-                if rel not in sizes:
-                    r = db.execute("SELECT size FROM files WHERE file = ?", (rel,)).fetchone()
-                    sizes[rel] = r[0] if r else 0
-                    p = self.root / rel
-                    if r is None and p.exists() and p.stat().st_size:
-                        log.warning("%s: truncating an uncommitted file left by a crash", p)
-                        os.truncate(p, 0)
-                return sizes[rel]
-
-            for fr in frames:
-                key = (fr.frame_set, fr.sequence)
-                prev = pending.get(key)
-                if prev is None:
-                    row = db.execute("SELECT sha256 FROM frames WHERE frame_set = ? AND seq = ?",
-                                     key).fetchone()
-                    prev_sha = row[0] if row else None
-                else:
-                    prev_sha = prev.sha256
-                if prev_sha is not None:
-                    if prev_sha == fr.sha256:
-                        results.append(StoreResult(StoreOutcome.DUPLICATE, fr))
-                    else:
-                        detail = (f"frame set {fr.frame_set} seq {fr.sequence}: different bytes "
-                                  f"(sha256 {fr.sha256[:16]}..) than the archived frame ({prev_sha[:16]}..)")
-                        log.error("SECURITY: %s", detail)
-                        results.append(StoreResult(StoreOutcome.CONFLICT, fr, detail))
-                        extra_q.append(self._q_from_frame(fr, StoreOutcome.CONFLICT.value, detail))
-                    continue
-                tkey = (fr.frame_set, fr.nominal_ms)
-                other = pending_time.get(tkey)
-                if other is None:
-                    row = db.execute("SELECT seq FROM frames WHERE frame_set = ? AND nominal_ms = ? LIMIT 1",
-                                     tkey).fetchone()
-                    other = row[0] if row else None
-                if other is not None:
-                    detail = (f"frame set {fr.frame_set} seq {fr.sequence}: nominal time already "
-                              f"archived as seq {other} (replayed under a new sequence number)")
-                    log.error("SECURITY: %s", detail)
-                    results.append(StoreResult(StoreOutcome.REPLAY, fr, detail, existing_sequence=other))
-                    extra_q.append(self._q_from_frame(fr, StoreOutcome.REPLAY.value, detail))
-                    continue
-                # Refilled (relay.kpi): a later frame of its set was archived before it.
-                refilled = top_seq.get(fr.frame_set, -1) > fr.sequence or db.execute(
-                    "SELECT 1 FROM frames WHERE frame_set = ? AND seq > ? LIMIT 1", key).fetchone() is not None
-                top_seq[fr.frame_set] = max(top_seq.get(fr.frame_set, -1), fr.sequence)
-                kpi_frames.append((fr, refilled))
-                rel = self._frame_file(fr.station, fr.day)
-                off = offset_of(rel)
-                sizes[rel] = off + len(fr.raw)
-                appends.setdefault(rel, []).append(fr.raw)
-                rows.append((fr.frame_set, fr.sequence, fr.station, fr.nominal_ms, fr.day.isoformat(), rel,
-                             off, len(fr.raw), fr.sha256, fr.received_at or time.time()))
-                pending[key] = fr
-                pending_time[tkey] = fr.sequence
-                results.append(StoreResult(StoreOutcome.ARCHIVED, fr))
-
-            def store_messages(records: Sequence[Any], table: str, what: str, file_of: Any,
-                               data_of: Any, row_of: Any) -> list[tuple]:
-                """Enveloped messages (events, IMS 2.0), one path: dedupe by (frame set, seq) on
-                ``sha256`` -- same: DUPLICATE, different: CONFLICT (quarantined) -- else append
-                ``data_of(rec)`` to ``file_of(station, day)`` and index ``row_of(rec, file, off, n)``."""
-                out = []
-                pending_sha: dict[tuple[str, int], str] = {}     # new in this batch -> sha256
-                for rec in records:
-                    key = (rec.frame_set, rec.sequence)
-                    prev_sha = pending_sha.get(key)
-                    if prev_sha is None:
-                        row = db.execute(f"SELECT sha256 FROM {table} WHERE frame_set = ? AND seq = ?",
-                                         key).fetchone()
-                        prev_sha = row[0] if row else None
-                    if prev_sha is not None:
-                        if prev_sha == rec.sha256:
-                            results.append(StoreResult(StoreOutcome.DUPLICATE, rec))
-                        else:
-                            detail = (f"frame set {rec.frame_set} seq {rec.sequence}: different bytes (sha256 "
-                                      f"{rec.sha256[:16]}..) than the archived {what} ({prev_sha[:16]}..)")
-                            log.error("SECURITY: %s", detail)
-                            results.append(StoreResult(StoreOutcome.CONFLICT, rec, detail))
-                            extra_q.append(QuarantineRecord(reason=StoreOutcome.CONFLICT.value, detail=detail,
-                                                            raw=rec.raw, station=rec.station, topic="",
-                                                            frame_set=rec.frame_set, sequence=rec.sequence,
-                                                            received_at=rec.received_at))
-                        continue
-                    data = data_of(rec)
-                    rel = file_of(rec.station, rec.day)
-                    off = offset_of(rel)
-                    sizes[rel] = off + len(data)
-                    appends.setdefault(rel, []).append(data)
-                    out.append(row_of(rec, rel, off, len(data)))
-                    pending_sha[key] = rec.sha256
-                    results.append(StoreResult(StoreOutcome.ARCHIVED, rec))
-                return out
-
-            erows = store_messages(
-                events, "events", "event", self._event_file, lambda ev: ev.raw,
-                lambda ev, rel, off, n: (ev.frame_set, ev.sequence, ev.station, ev.time_ms, ev.day.isoformat(),
-                                         ev.event_id, ev.state, ev.key_id, rel, off, n, ev.sha256,
-                                         ev.received_at or time.time()))
-            irows = store_messages(
-                ims20, "ims20", "IMS 2.0 message", self._ims20_file, lambda m: m.text,
-                lambda m, rel, off, n: (m.frame_set, m.sequence, m.station, m.time_ms, m.day.isoformat(), m.msg_id,
-                                        m.msg_type, m.data_type, m.measurement_id, m.srid, m.msg_station,
-                                        m.qualifier, m.key_id, rel, off, n, m.sha256, m.head, m.signature,
-                                        m.received_at or time.time()))
-
-            qrows = []
-            for q in [*quarantined, *extra_q]:
-                keep = q.raw[:QUARANTINE_MAX_ITEM]
-                rel = off = length = None
-                if keep and self._quarantine_bytes + len(keep) <= self.quarantine_max_bytes:
-                    rel = self._quarantine_file(q.received_at or time.time())
-                    off = offset_of(rel)
-                    length = len(keep)
-                    sizes[rel] = off + length
-                    appends.setdefault(rel, []).append(keep)
-                    self._quarantine_bytes += length
-                qrows.append((q.received_at or time.time(), q.station, q.topic, q.reason, q.detail[:2000],
-                              q.frame_set, q.sequence, q.sha256, len(q.raw), rel, off, length))
-
-            # Bytes first (fsync'd), then the index rows that point at them, in one commit.
-            for rel, chunks in appends.items():
-                fh = self._handle(rel)
-                fh.write(b"".join(chunks))
-                fh.flush()
-                os.fsync(fh.fileno())
-            db.executemany("INSERT INTO frames VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-            db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", erows)
-            db.executemany("INSERT INTO ims20 VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", irows)
-            db.executemany("INSERT INTO quarantine(received_at, station, topic, reason, detail, frame_set,"
-                           " seq, sha256, size, file, offset, length) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", qrows)
-            # The quality figures, in the same transaction (relay.kpi): every data frame handed in
-            # passed its signatures; of the rejections, only the cd11 topic's count.
-            kpi.record_batch(
-                db, kpi_frames,
-                [(fr.station, fr.received_at) for fr in frames] +
-                [(q.station, q.received_at or time.time()) for q in quarantined
-                 if q.station and q.topic.endswith("/cd11") and q.reason in kpi.AUTH_PASSED_REJECTIONS],
-                [(q.station, q.received_at or time.time()) for q in quarantined
-                 if q.station and q.topic.endswith("/cd11") and q.reason in kpi.AUTH_FAILED])
-            db.executemany("INSERT INTO files(file, writer, size) VALUES (?,?,?) "
-                           "ON CONFLICT(file) DO UPDATE SET size = excluded.size",
-                           [(rel, self.writer, sizes[rel]) for rel in appends])
-            db.execute("COMMIT")
-            return results
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            # The uncommitted tails are cut on the next open; make sure we do not append after them
-            # with stale offsets in this process either.
-            for fh in self._handles.values():
-                fh.close()
-            self._handles.clear()
-            self._recover_quietly()
-            raise
+    def _abort(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+        # The uncommitted tails are cut on the next open; make sure we do not append after them
+        # with stale offsets in this process either.
+        for fh in self._handles.values():
+            fh.close()
+        self._handles.clear()
+        self._recover_quietly()
 
     def _recover_quietly(self) -> None:
         try:
@@ -682,12 +912,6 @@ class FileArchive(Archive):
             log.error("archive recovery after a failed commit failed: %s", err)
         (q,) = self._db.execute("SELECT COALESCE(SUM(length), 0) FROM quarantine").fetchone()
         self._quarantine_bytes = int(q)
-
-    @staticmethod
-    def _q_from_frame(fr: FrameRecord, reason: str, detail: str) -> QuarantineRecord:
-        return QuarantineRecord(reason=reason, detail=detail, raw=fr.raw, station=fr.station,
-                                topic="", frame_set=fr.frame_set, sequence=fr.sequence,
-                                received_at=fr.received_at, sha256=fr.sha256)
 
     # -- reading -----------------------------------------------------------------------------------
     def _read(self, rel: str, offset: int, length: int) -> bytes:
@@ -701,129 +925,6 @@ class FileArchive(Archive):
         if len(data) != length:
             raise ArchiveError(f"{self.root / rel}: index entry at {offset}+{length} is past the end of the file")
         return data
-
-    def lookup(self, frame_set: str, sequence: int) -> ArchivedFrame | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT station, frame_set, seq, nominal_ms, file, offset, length, sha256, received_at "
-                "FROM frames WHERE frame_set = ? AND seq = ?", (frame_set, sequence)).fetchone()
-        return ArchivedFrame(*row) if row else None
-
-    def read_frame(self, frame_set: str, sequence: int) -> bytes | None:
-        a = self.lookup(frame_set, sequence)
-        return None if a is None else self._read(a.file, a.offset, a.length)
-
-    def iter_day(self, station: str, day: date) -> Iterator[tuple[ArchivedFrame, bytes]]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT station, frame_set, seq, nominal_ms, file, offset, length, sha256, received_at "
-                "FROM frames WHERE station = ? AND day = ? ORDER BY nominal_ms, frame_set, seq",
-                (station, day.isoformat())).fetchall()
-        for row in rows:
-            a = ArchivedFrame(*row)
-            yield a, self._read(a.file, a.offset, a.length)
-
-    def frame_keys(self, station: str | None = None) -> list[tuple[str, int]]:
-        """(frame set, seq) of every archived frame (tests and tools)."""
-        with self._lock:
-            if station is None:
-                rows = self._db.execute("SELECT frame_set, seq FROM frames ORDER BY frame_set, seq")
-            else:
-                rows = self._db.execute("SELECT frame_set, seq FROM frames WHERE station = ? "
-                                        "ORDER BY frame_set, seq", (station,))
-            return [tuple(r) for r in rows.fetchall()]
-
-    def last_arrivals(self) -> dict[str, float]:
-        """Station -> arrival (relay clock) of its latest archived frame (``relay.kpi`` table)."""
-        with self._lock:
-            return dict(self._db.execute("SELECT station, last_received_at FROM kpi_station").fetchall())
-
-    def days(self, station: str) -> list[date]:
-        with self._lock:
-            rows = self._db.execute("SELECT DISTINCT day FROM frames WHERE station = ? ORDER BY day",
-                                    (station,)).fetchall()
-        return [date.fromisoformat(r[0]) for r in rows]
-
-    _EVENT_COLS = ("station, frame_set, seq, time_ms, event_id, state, key_id, file, offset, length, "
-                   "sha256, received_at")
-
-    def iter_events(self, station: str | None = None, *, since_ms: int | None = None,
-                    until_ms: int | None = None) -> Iterator[tuple[ArchivedEvent, bytes]]:
-        """Archived events (index entry, envelope bytes) of *station* (default: all), with event
-        time in [*since_ms*, *until_ms*), by event time."""
-        q = f"SELECT {self._EVENT_COLS} FROM events WHERE (? IS NULL OR station = ?)" \
-            " AND (? IS NULL OR time_ms >= ?) AND (? IS NULL OR time_ms < ?) ORDER BY time_ms, frame_set, seq"
-        with self._lock:
-            rows = self._db.execute(q, (station, station, since_ms, since_ms, until_ms, until_ms)).fetchall()
-        for row in rows:
-            a = ArchivedEvent(*row)
-            yield a, self._read(a.file, a.offset, a.length)
-
-    def read_event(self, frame_set: str, sequence: int) -> bytes | None:
-        with self._lock:
-            row = self._db.execute(f"SELECT {self._EVENT_COLS} FROM events WHERE frame_set = ? AND seq = ?",
-                                   (frame_set, sequence)).fetchone()
-        if row is None:
-            return None
-        a = ArchivedEvent(*row)
-        return self._read(a.file, a.offset, a.length)
-
-    _IMS20_COLS = ("station, frame_set, seq, time_ms, msg_id, msg_type, data_type, measurement_id, srid, "
-                   "msg_station, qualifier, key_id, file, offset, length, sha256, received_at")
-
-    def iter_ims20(self, station: str | None = None, *, since_ms: int | None = None,
-                   until_ms: int | None = None, data_types: Sequence[str] | None = None) -> Iterator[ArchivedIms20]:
-        """Index entries of archived IMS 2.0 messages of *station* (default: all), with envelope
-        time in [*since_ms*, *until_ms*) and (when given) a data type among *data_types*, by time."""
-        q = f"SELECT {self._IMS20_COLS} FROM ims20 WHERE (? IS NULL OR station = ?)" \
-            " AND (? IS NULL OR time_ms >= ?) AND (? IS NULL OR time_ms < ?) ORDER BY time_ms, frame_set, seq"
-        with self._lock:
-            rows = self._db.execute(q, (station, station, since_ms, since_ms, until_ms, until_ms)).fetchall()
-        wanted = None if not data_types else {t.upper() for t in data_types}
-        for row in rows:
-            a = ArchivedIms20(*row)
-            if wanted is None or wanted & set((a.data_type or "").split(",")):
-                yield a
-
-    def read_ims20(self, frame_set: str, sequence: int, *, envelope: bool = False) -> bytes | None:
-        """The archived message text, byte-identical (with *envelope*: the signed envelope as
-        received, rebuilt from the indexed header and signature); None if not archived."""
-        import struct
-
-        with self._lock:
-            row = self._db.execute("SELECT file, offset, length, head, signature FROM ims20 "
-                                   "WHERE frame_set = ? AND seq = ?", (frame_set, sequence)).fetchone()
-        if row is None:
-            return None
-        rel, off, n, head, sig = row
-        text = self._read(rel, off, n)
-        return bytes(head) + text + struct.pack(">H", len(sig)) + bytes(sig) if envelope else text
-
-    def quarantine_entries(self, *, reason: str | None = None) -> list[dict[str, Any]]:
-        cols = ("id", "received_at", "station", "topic", "reason", "detail", "frame_set", "seq",
-                "sha256", "size", "file", "offset", "length")
-        q = f"SELECT {', '.join(cols)} FROM quarantine"
-        args: tuple = ()
-        if reason is not None:
-            q += " WHERE reason = ?"
-            args = (reason,)
-        with self._lock:
-            rows = self._db.execute(q + " ORDER BY id", args).fetchall()
-        return [dict(zip(cols, r)) for r in rows]
-
-    def read_quarantined(self, entry: dict[str, Any]) -> bytes | None:
-        if entry.get("file") is None:
-            return None
-        return self._read(entry["file"], entry["offset"], entry["length"])
-
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            frames, nbytes = self._db.execute("SELECT COUNT(*), COALESCE(SUM(length), 0) FROM frames").fetchone()
-            by_reason = dict(self._db.execute("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason").fetchall())
-            (events,) = self._db.execute("SELECT COUNT(*) FROM events").fetchone()
-            (ims20,) = self._db.execute("SELECT COUNT(*) FROM ims20").fetchone()
-        return {"frames": frames, "bytes": nbytes, "events": events, "ims20": ims20, "quarantined": sum(by_reason.values()),
-                "quarantined_by_reason": by_reason, "quarantine_bytes": self._quarantine_bytes}
 
     def close(self) -> None:
         with self._lock:

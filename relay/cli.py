@@ -27,6 +27,8 @@ deployed as ``/etc/ims-relay/<instance>.toml``, docs/deployment.md)::
     max_future_s = 86400.0              # ... and frames ending more than a day ahead of our clock
     trust_poll_s = 5.0                  # how often trust_dir is checked for changes (0: SIGHUP only)
     silent_alarm_s = 600.0              # a station without a frame this long is an alarm (0: none)
+    [relay.state]                       # optional: where state and archive index live (relay/backend.py)
+    backend = "sqlite"                  # default; "postgresql": dsn or dsn_file, schema, objects_dir
     [relay.acknack_key]                 # optional: sign acknacks with one of our keys
     keystore = "relay-keys"
     key_id = 900
@@ -36,12 +38,21 @@ deployed as ``/etc/ims-relay/<instance>.toml``, docs/deployment.md)::
     # socket = "/var/lib/ims-relay/status-relay1.sock"   # default: <data_dir>/status-<instance>.sock, mode 0660
     listen = "127.0.0.1:9102"           # default "": no TCP; loopback only unless allow_remote = true
 
-    [[broker]]                          # one or more, tried in order (fail-over)
+    [[broker]]                          # one or more, tried in order (fail-over); input = "mqtt" only
     host = "mqtt.example.org"
     port = 8883
     tls_ca = "ca.pem"
     username = "relay"
     password_file = "relay.password"    # mode 0600
+
+    # --- clustered input (docs/centre-cluster.md): [relay] input = "jetstream" instead of [[broker]]
+    [jetstream]
+    servers = ["tls://nats1.example.org:4222", "tls://nats2.example.org:4222", "tls://nats3.example.org:4222"]
+    tls_ca = "cluster-ca.pem"
+    username = "relay"
+    password_file = "nats.password"     # mode 0600 (or creds_file = "relay.creds")
+    # optional, defaults shown: stream = "IMS", consumer = "relay", replicas = 3, create = true,
+    # ack_wait_s = 30.0, max_ack_pending = 10000, fetch_wait_s = 0.2, max_bytes = 0, connect_timeout_s = 5.0
 
 Heavy imports (paho, cryptography, numpy) happen inside the handlers.
 """
@@ -51,16 +62,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import signal
-import threading
 from pathlib import Path
 from typing import Any
 
+from ims_station.relay.backend import SCHEMA as RELAY_STATE_SCHEMA
+from ims_station.service import StopSignals
 from ims_station.statusapi import SCHEMA as STATUS_SCHEMA
+
+# The longest that stopping ``relay run`` may take, from SIGTERM to the archive closed: well inside
+# TimeoutStopSec=30 of deploy/systemd/ims-relay@.service (tests/deploy/test_stop_deadline.py).
+SHUTDOWN_BUDGET_S = 10.0
 
 RELAY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["relay", "broker"],
+    "required": ["relay"],          # and [[broker]] or [jetstream] as [relay] input says (load_config)
     "properties": {
         "relay": {
             "type": "object",
@@ -68,6 +84,7 @@ RELAY_SCHEMA: dict[str, Any] = {
             "required": ["data_dir", "trust_dir"],
             "properties": {
                 "data_dir": {"type": "string", "minLength": 1},
+                "input": {"enum": ["mqtt", "jetstream", "amqp"]},   # where stations' messages come from
                 "trust_dir": {"type": "string", "minLength": 1},
                 "instance": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"},
                 "prefix": {"type": "string", "pattern": "^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$"},
@@ -86,6 +103,7 @@ RELAY_SCHEMA: dict[str, Any] = {
                 "max_future_s": {"type": "number", "exclusiveMinimum": 0},
                 "trust_poll_s": {"type": "number", "minimum": 0, "maximum": 86400},
                 "silent_alarm_s": {"type": "number", "minimum": 0},
+                "state": RELAY_STATE_SCHEMA,    # relay/backend.py: sqlite (default) or postgresql
                 "acknack_key": {
                     "type": "object",
                     "additionalProperties": False,
@@ -98,6 +116,45 @@ RELAY_SCHEMA: dict[str, Any] = {
         "broker": {
             "oneOf": [{"type": "object"}, {"type": "array", "minItems": 1, "items": {"type": "object"}}],
         },
+        # -- clustered input (relay/jetstream.py, docs/centre-cluster.md) --
+        "jetstream": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["servers"],
+            "properties": {
+                "servers": {"type": "array", "minItems": 1, "maxItems": 32,
+                            "items": {"type": "string", "minLength": 1, "maxLength": 256}},
+                "stream": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                "consumer": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                "replicas": {"type": "integer", "minimum": 1, "maximum": 5},
+                "create": {"type": "boolean"},
+                "ack_wait_s": {"type": "number", "minimum": 1, "maximum": 3600},
+                "max_ack_pending": {"type": "integer", "minimum": 1, "maximum": 1000000},
+                "fetch_wait_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
+                "max_bytes": {"type": "integer", "minimum": 0},
+                "connect_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 300},
+                "tls_ca": {"type": "string"}, "tls_cert": {"type": "string"}, "tls_key": {"type": "string"},
+                "username": {"type": "string", "minLength": 1}, "password_file": {"type": "string"},
+                "creds_file": {"type": "string"},
+            },
+        },
+        "amqp": {                   # relay/amqp.py: RabbitMQ quorum queue
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["servers"],
+            "properties": {
+                "servers": {"type": "array", "minItems": 1, "maxItems": 32,
+                            "items": {"type": "string", "minLength": 1, "maxLength": 256}},
+                "queue": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"},
+                "vhost": {"type": "string", "minLength": 1, "maxLength": 128},
+                "prefetch": {"type": "integer", "minimum": 1, "maximum": 65535},
+                "fetch_wait_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
+                "heartbeat_s": {"type": "integer", "minimum": 0, "maximum": 3600},
+                "connect_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 300},
+                "tls_ca": {"type": "string"}, "tls_cert": {"type": "string"}, "tls_key": {"type": "string"},
+                "username": {"type": "string", "minLength": 1}, "password_file": {"type": "string"},
+            },
+        },
     },
 }
 
@@ -107,6 +164,7 @@ def load_config(file: str | Path) -> dict[str, Any]:
     with paths resolved against the file's folder."""
     from ims_station.broker import BrokerConfig
     from ims_station.config import load_toml, validate
+    from ims_station.errors import ConfigError
 
 
     path = Path(file)
@@ -122,25 +180,46 @@ def load_config(file: str | Path) -> dict[str, Any]:
         relay[k] = resolve(relay[k])
     if "acknack_key" in relay:
         relay["acknack_key"] = dict(relay["acknack_key"], keystore=resolve(relay["acknack_key"]["keystore"]))
+    from ims_station.relay import backend        # [relay.state]: checked now (DSN file permissions too)
+
+    relay["state_settings"] = backend.settings(relay.get("state"), file=path, data_dir=relay["data_dir"],
+                                               resolve=resolve)
     if "status" in data:        # checked now: a non-loopback listen address without allow_remote is refused
         from ims_station.statusapi import settings_from_table
 
         settings_from_table(data["status"], file=path, data_dir=relay["data_dir"])
-    raw = data["broker"] if isinstance(data["broker"], list) else [data["broker"]]
+    # -- [relay] input: [[broker]] (MQTT) or [jetstream] (the cluster, relay/jetstream.py) --
+    jetstream = amqp = None
+    source = relay.get("input", "mqtt")
+    if source in ("jetstream", "amqp") and source not in data:
+        raise ConfigError(str(path), source, f'missing: [relay] input = "{source}" needs a [{source}] table')
+    if source == "jetstream":
+        from ims_station.relay.jetstream import JetStreamConfig
+
+        jetstream = JetStreamConfig.from_mapping(data["jetstream"], file=str(path), resolve=resolve)
+    elif source == "amqp":
+        from ims_station.relay.amqp import AmqpConfig
+
+        amqp = AmqpConfig.from_mapping(data["amqp"], file=str(path), resolve=resolve)
+    elif "broker" not in data:
+        raise ConfigError(str(path), "broker",
+                          'missing: at least one [[broker]] (or [relay] input = "jetstream" / "amqp")')
+    raw = data.get("broker", [])
+    raw = raw if isinstance(raw, list) else [raw]
     brokers = []
     for i, b in enumerate(raw):
         cfg = BrokerConfig.from_mapping(b, file=str(path), key=f"broker[{i}]")
         brokers.append(dataclasses.replace(cfg, **{k: resolve(getattr(cfg, k)) for k in
                                                    ("tls_ca", "tls_cert", "tls_key", "password_file")}))
-    return {"relay": relay, "brokers": brokers, "file": str(path), "status": data.get("status")}
+    return {"relay": relay, "brokers": brokers, "file": str(path), "status": data.get("status"),
+            "jetstream": jetstream, "amqp": amqp}
 
 
 def build_relay(conf: dict[str, Any], *, clock: Any = None):
     """A :class:`~ims_station.relay.relay.Relay` from a loaded config (not started)."""
     from ims_station.auth import Keystore, ReloadingTrustStore
-    from ims_station.relay.archive import FileArchive
+    from ims_station.relay.backend import open_stores
     from ims_station.relay.relay import Relay
-    from ims_station.relay.state import SqliteStateStore
     from ims_station.relay.status import DEFAULT_SILENT_ALARM_S
     from ims_station.relay.verify import (
         DEFAULT_MAX_FUTURE_S,
@@ -150,7 +229,6 @@ def build_relay(conf: dict[str, Any], *, clock: Any = None):
     )
 
     r = conf["relay"]
-    data = Path(r["data_dir"])
     # Reloaded between messages on SIGHUP (relay run) and when the directory changes.
     trust = ReloadingTrustStore(r["trust_dir"], poll_s=r.get("trust_poll_s", 5.0))
     signer = None
@@ -159,20 +237,28 @@ def build_relay(conf: dict[str, Any], *, clock: Any = None):
     instance = r.get("instance", "relay")
     verifier = Verifier(trust, max_payload=r.get("max_payload", DEFAULT_MAX_PAYLOAD),
                         require_signatures=r.get("require_signatures", True))
-    archive = FileArchive(data / "archive", writer=instance,
-                          quarantine_max_bytes=r.get("quarantine_max_bytes", 1 << 30))
-    # One state store per data_dir, shared by the relay processes of a group (update() locks).
-    state = SqliteStateStore(data / "state.sqlite")
+    state, archive = open_stores(r, writer=instance, quarantine_max_bytes=r.get("quarantine_max_bytes", 1 << 30))
+    core_kw = dict(
+        verifier=verifier, name=r.get("name", "RELAY"), acknack_signer=signer,
+        acknack_interval_s=r.get("acknack_interval_s", 50.0),
+        acknack_min_spacing_s=r.get("acknack_min_spacing_s", 2.0),
+        max_gaps=r.get("max_gaps", 4000), gap_expiry_s=r.get("gap_expiry_days", 8.0) * 86400,
+        max_past_s=r.get("max_past_s", DEFAULT_MAX_PAST_S),
+        max_future_s=r.get("max_future_s", DEFAULT_MAX_FUTURE_S),
+        silent_alarm_s=r.get("silent_alarm_s", DEFAULT_SILENT_ALARM_S) or None)
+    if conf.get("jetstream") is not None:          # [relay] input = "jetstream" (relay/jetstream.py)
+        from ims_station.relay.jetstream import JetStreamRelay
+
+        return JetStreamRelay(conf["jetstream"], trust, state, archive, prefix=r.get("prefix", "ims"),
+                              clock=clock, instance=instance, batch_max=r.get("batch_max", 64), **core_kw)
+    if conf.get("amqp") is not None:               # [relay] input = "amqp" (relay/amqp.py)
+        from ims_station.relay.amqp import AmqpRelay
+
+        return AmqpRelay(conf["amqp"], trust, state, archive, prefix=r.get("prefix", "ims"),
+                         clock=clock, instance=instance, batch_max=r.get("batch_max", 64), **core_kw)
     return Relay(conf["brokers"], trust, state, archive, prefix=r.get("prefix", "ims"),
                  group=r.get("group", "relay"), clock=clock, instance=instance,
-                 protocol=r.get("protocol", "auto"), batch_max=r.get("batch_max", 64),
-                 verifier=verifier, name=r.get("name", "RELAY"), acknack_signer=signer,
-                 acknack_interval_s=r.get("acknack_interval_s", 50.0),
-                 acknack_min_spacing_s=r.get("acknack_min_spacing_s", 2.0),
-                 max_gaps=r.get("max_gaps", 4000), gap_expiry_s=r.get("gap_expiry_days", 8.0) * 86400,
-                 max_past_s=r.get("max_past_s", DEFAULT_MAX_PAST_S),
-                 max_future_s=r.get("max_future_s", DEFAULT_MAX_FUTURE_S),
-                 silent_alarm_s=r.get("silent_alarm_s", DEFAULT_SILENT_ALARM_S) or None)
+                 protocol=r.get("protocol", "auto"), batch_max=r.get("batch_max", 64), **core_kw)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -182,11 +268,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     conf = load_config(args.config)
     relay = build_relay(conf)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    # The relay thread swaps the new trust store in between two messages (ReloadingTrustStore).
-    signal.signal(signal.SIGHUP, lambda *_: relay.core.trust.request_reload())
+    # The handlers only wake the main loop (self-pipe, ims_station/service.py): a handler calling
+    # Event.set() deadlocked when SIGTERM came while the main thread was inside that Event's wait.
+    # SIGHUP: the relay thread swaps the new trust store in between two messages (ReloadingTrustStore).
+    signals = StopSignals((signal.SIGTERM, signal.SIGINT),
+                          actions={signal.SIGHUP: relay.core.trust.request_reload}).install()
     relay.start()
     from ims_station.statusapi import serve_relay
 
@@ -199,16 +285,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     next_json = time.monotonic() + args.stats_every
     try:
         tick = max(0.05, min(1.0, args.stats_every or 1.0, heartbeat.ping_s or 1.0))
-        while not stop.wait(tick):
+        while not signals.wait(tick):
             heartbeat.turn()
             if args.json and time.monotonic() >= next_json:
                 next_json += args.stats_every
                 print_json({"event": "stats", **relay.stats()})
     finally:
+        # One deadline for all of it, well inside the unit's TimeoutStopSec (ims-relay@.service).
+        deadline = time.monotonic() + SHUTDOWN_BUDGET_S
         heartbeat.stopping()
+        relay.request_stop()            # gives up a connection attempt now, in parallel with the rest
         if api is not None:
-            api.close()
-        relay.close()
+            api.close(timeout=min(2.0, SHUTDOWN_BUDGET_S))
+        relay.close(timeout=max(0.0, deadline - time.monotonic()))
+        signals.close()
     if args.json:
         print_json({"event": "stopped", **relay.stats()})
     return 0
@@ -229,7 +319,14 @@ def _archive_from(args: argparse.Namespace):
     from ims_station.relay.archive import FileArchive
     from ims_station.relay.errors import ArchiveError
 
-    root = Path(load_config(args.config)["relay"]["data_dir"]) / "archive" if args.config else Path(args.archive)
+    if args.config:
+        from ims_station.relay.backend import open_archive
+
+        relay = load_config(args.config)["relay"]
+        arc = open_archive(relay, writer="export")          # PostgreSQL: the index there
+        if arc is not None:
+            return arc
+    root = Path(relay["data_dir"]) / "archive" if args.config else Path(args.archive)
     if not (root / "index.sqlite").is_file():
         raise ArchiveError(f"{root}: no relay archive here (index.sqlite missing)")
     return FileArchive(root, writer="export")

@@ -2,8 +2,9 @@
 
 Owns these two commands' arguments and output (table, JSON, CSV, PNG); the figures are
 ``relay.status`` (per-station status) and ``relay.kpi`` (quality figures per station, channel and
-day).  Both read the relay's data directory through read-only SQLite connections, so they run next
-to a live relay.  Registered by ``relay.cli.register``.
+day).  Both read the relay's data directory through read-only SQLite connections -- or, when the
+config's ``[relay.state]`` names PostgreSQL, a read-only PostgreSQL session -- so they run next to
+a live relay.  Registered by ``relay.cli.register``.
 """
 
 from __future__ import annotations
@@ -25,23 +26,36 @@ def _data_dir(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     return Path(args.data_dir), {}
 
 
+def _open_readers(data: Path, relay: dict[str, Any]) -> tuple[Any, Any]:
+    """(archive index, state store or None), read-only, of the config's backend."""
+    from ims_station.relay.status import connect_ro
+
+    st = relay.get("state_settings") or {}
+    if st.get("backend") == "postgresql":
+        from ims_station.relay.pgstore import connect_reader
+
+        db = connect_reader(st["dsn"], schema=st["schema"])    # state and index share the schema
+        return db, db
+    index = connect_ro(data / "archive" / "index.sqlite")
+    return index, (connect_ro(data / "state.sqlite") if (data / "state.sqlite").is_file() else None)
+
+
 def _at(args: argparse.Namespace) -> float:
     return time.time() if args.at is None else args.at / 1000.0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from ims_station.output import print_json
-    from ims_station.relay.status import DEFAULT_SILENT_ALARM_S, connect_ro, format_table, snapshot
+    from ims_station.relay.status import DEFAULT_SILENT_ALARM_S, format_table, snapshot
 
     data, relay = _data_dir(args)
     silent = args.silent_alarm_s or relay.get("silent_alarm_s", DEFAULT_SILENT_ALARM_S)
-    index = connect_ro(data / "archive" / "index.sqlite")
-    state = connect_ro(data / "state.sqlite") if (data / "state.sqlite").is_file() else None
+    index, state = _open_readers(data, relay)
     try:
         snap = snapshot(index, state, now=_at(args), silent_alarm_s=silent)
     finally:
         index.close()
-        if state is not None:
+        if state is not None and state is not index:
             state.close()
     if args.json:
         print_json(snap)
@@ -53,16 +67,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_kpi(args: argparse.Namespace) -> int:
     from ims_station.output import print_json
     from ims_station.relay import kpi
-    from ims_station.relay.status import connect_ro
+    from ims_station.relay.status import has_table
 
-    data, _ = _data_dir(args)
+    data, relay = _data_dir(args)
     if args.to < args.from_:
         from ims_station.errors import ImsStationError
 
         raise ImsStationError(f"--to {args.to} is before --from {args.from_}")
-    index = connect_ro(data / "archive" / "index.sqlite")
+    index, state = _open_readers(data, relay)
+    if state is not None and state is not index:
+        state.close()
     try:
-        if not index.execute("SELECT 1 FROM sqlite_master WHERE name = 'kpi_channel_day'").fetchone():
+        if not has_table(index, "kpi_channel_day"):
             rep = {"from": args.from_.isoformat(), "to": args.to.isoformat(), "channels": [], "stations": []}
         else:
             rep = kpi.report(index, args.from_, args.to, station=args.station, now=_at(args))

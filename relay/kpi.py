@@ -164,7 +164,9 @@ def record_batch(db: Any, archived: Sequence[tuple[Any, bool]], passed: Iterable
 
     *archived*: (``FrameRecord``, refilled) of each frame archived now (its ``channels`` spans,
     ``frame_ms``, ``received_at``); *passed* / *failed*: (station, received_at) of each data frame
-    that passed / failed authentication."""
+    that passed / failed authentication.  The SQL is common to SQLite and PostgreSQL (``?``
+    parameters; ``relay.pgstore`` translates them): no two-argument MIN/MAX, columns of the
+    existing row qualified by their table."""
     cells: dict[tuple[str, str, str], list] = {}
     stations: dict[str, list] = {}
     for fr, refilled in archived:
@@ -185,17 +187,22 @@ def record_batch(db: Any, archived: Sequence[tuple[Any, bool]], passed: Iterable
         db.executemany(
             "INSERT INTO kpi_channel_day(station, channel, day, samples, timely, refilled, rate, first_ms) "
             "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(station, channel, day) DO UPDATE SET "
-            "samples = samples + excluded.samples, timely = timely + excluded.timely, "
-            "refilled = refilled + excluded.refilled, rate = excluded.rate, "
-            "first_ms = MIN(first_ms, excluded.first_ms)",
+            "samples = kpi_channel_day.samples + excluded.samples, "
+            "timely = kpi_channel_day.timely + excluded.timely, "
+            "refilled = kpi_channel_day.refilled + excluded.refilled, rate = excluded.rate, "
+            "first_ms = CASE WHEN excluded.first_ms < kpi_channel_day.first_ms THEN excluded.first_ms "
+            "ELSE kpi_channel_day.first_ms END",
             [(*k, *v) for k, v in cells.items()])
     if stations:
         db.executemany(
             "INSERT INTO kpi_station(station, frame_ms, last_nominal_ms, last_received_at) VALUES (?,?,?,?) "
             "ON CONFLICT(station) DO UPDATE SET "
-            "frame_ms = CASE WHEN excluded.last_nominal_ms >= last_nominal_ms THEN excluded.frame_ms "
-            "ELSE frame_ms END, last_nominal_ms = MAX(last_nominal_ms, excluded.last_nominal_ms), "
-            "last_received_at = MAX(last_received_at, excluded.last_received_at)",
+            "frame_ms = CASE WHEN excluded.last_nominal_ms >= kpi_station.last_nominal_ms "
+            "THEN excluded.frame_ms ELSE kpi_station.frame_ms END, "
+            "last_nominal_ms = CASE WHEN excluded.last_nominal_ms > kpi_station.last_nominal_ms "
+            "THEN excluded.last_nominal_ms ELSE kpi_station.last_nominal_ms END, "
+            "last_received_at = CASE WHEN excluded.last_received_at > kpi_station.last_received_at "
+            "THEN excluded.last_received_at ELSE kpi_station.last_received_at END",
             [(k, *v) for k, v in stations.items()])
     auth: dict[tuple[str, str], list[int]] = {}
     for i, items in enumerate((passed, failed)):
@@ -205,8 +212,8 @@ def record_batch(db: Any, archived: Sequence[tuple[Any, bool]], passed: Iterable
     if auth:
         db.executemany(
             "INSERT INTO kpi_auth_day(station, day, passed, failed) VALUES (?,?,?,?) "
-            "ON CONFLICT(station, day) DO UPDATE SET passed = passed + excluded.passed, "
-            "failed = failed + excluded.failed",
+            "ON CONFLICT(station, day) DO UPDATE SET passed = kpi_auth_day.passed + excluded.passed, "
+            "failed = kpi_auth_day.failed + excluded.failed",
             [(*k, *v) for k, v in auth.items()])
 
 

@@ -113,8 +113,16 @@ class Relay(SessionOwner):
     def stop(self, timeout: float = 10.0) -> None:
         self._mqtt.stop(timeout)
 
-    def close(self) -> None:
-        self.stop()
+    def request_stop(self) -> None:
+        """Begin :meth:`stop` without waiting (a connection attempt in progress is given up)."""
+        self._mqtt.request_stop()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop (the session's thread gets up to *timeout*) and close state and archive."""
+        self.stop(timeout)
+        if self.running:
+            log.warning("relay %s: the MQTT session did not end within %g s; closing the archive "
+                        "regardless", self.instance, timeout)
         self.core.close()
 
     def run_forever(self) -> None:
@@ -191,39 +199,10 @@ class Relay(SessionOwner):
     def _process(self, client: Any) -> bool:
         batch, self._inbox = self._inbox, []
         items = [Incoming(topic, payload, (mid, qos)) for topic, payload, mid, qos in batch]
-        try:
-            with self._lock:
-                outcomes = self.core.process(items)
-        except RelayError as err:
-            self.core.counters.store_errors += 1
-            log.error("relay %s: could not store a batch of %d message(s), not acknowledged: %s",
-                      self.instance, len(items), err)
+        outcomes = process_guarded(self.core, items, lock=self._lock, label=f"relay {self.instance}",
+                                   transport=self.transport)
+        if outcomes is None:
             return False
-        except Exception:
-            # RelayCore.process is the poison-message boundary and raises nothing else; should a
-            # bug get past it, no message may block the session: each one alone, and one that
-            # still fails is acknowledged unstored (counted, logged) rather than redelivered forever.
-            log.exception("relay %s: processing a batch of %d message(s) raised; retrying one by one",
-                          self.instance, len(items))
-            outcomes = []
-            for item in items:
-                try:
-                    with self._lock:
-                        outcomes += self.core.process([item])
-                except RelayError as err:
-                    self.core.counters.store_errors += 1
-                    log.error("relay %s: could not store a message, not acknowledged: %s", self.instance, err)
-                    return False
-                except Exception as err:
-                    from ims_station.relay.core import describe_exception
-
-                    digest = hashlib.sha256(item.payload).hexdigest()[:16]
-                    self.transport["poison_unstored"] += 1
-                    self.core.counters.internal_errors += 1
-                    log.error("relay %s: message on %s (sha256 %s..) could not be processed nor quarantined, "
-                              "acknowledged unstored: %s", self.instance, item.topic, digest,
-                              describe_exception(err))
-                    outcomes.append(Outcome(item.token, "internal_error", detail=describe_exception(err)))
         for o in outcomes:               # in arrival order (MQTT requires PUBACKs in order)
             mid, qos = o.token
             if qos > 0:
@@ -267,3 +246,43 @@ class Relay(SessionOwner):
     def _on_message(self, client, userdata, msg) -> None:
         # Everything is decided later, in the batch; here only bytes and the ack token are kept.
         self._inbox.append((msg.topic, bytes(msg.payload), msg.mid, msg.qos))
+
+
+def process_guarded(core: RelayCore, items: list[Incoming], *, lock: threading.Lock, label: str,
+                    transport: Counter) -> list[Outcome] | None:
+    """``core.process(items)`` for a transport: the outcomes (one per item, in order) to acknowledge,
+    or None if storing failed (:class:`RelayError`: nothing may be acknowledged, the transport lets
+    the broker redeliver).  Shared by the MQTT relay and the JetStream relay (``relay.jetstream``).
+
+    ``RelayCore.process`` is the poison-message boundary and raises nothing else; should a bug get
+    past it, no message may block the input: each one alone, and one that still fails is
+    acknowledged unstored (counted in *transport* ``poison_unstored``, logged) rather than
+    redelivered forever."""
+    try:
+        with lock:
+            return core.process(items)
+    except RelayError as err:
+        core.counters.store_errors += 1
+        log.error("%s: could not store a batch of %d message(s), not acknowledged: %s", label, len(items), err)
+        return None
+    except Exception:
+        log.exception("%s: processing a batch of %d message(s) raised; retrying one by one", label, len(items))
+    outcomes: list[Outcome] = []
+    for item in items:
+        try:
+            with lock:
+                outcomes += core.process([item])
+        except RelayError as err:
+            core.counters.store_errors += 1
+            log.error("%s: could not store a message, not acknowledged: %s", label, err)
+            return None
+        except Exception as err:
+            from ims_station.relay.core import describe_exception
+
+            digest = hashlib.sha256(item.payload).hexdigest()[:16]
+            transport["poison_unstored"] += 1
+            core.counters.internal_errors += 1
+            log.error("%s: message on %s (sha256 %s..) could not be processed nor quarantined, "
+                      "acknowledged unstored: %s", label, item.topic, digest, describe_exception(err))
+            outcomes.append(Outcome(item.token, "internal_error", detail=describe_exception(err)))
+    return outcomes

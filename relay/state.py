@@ -4,8 +4,8 @@ Owns where the per-frame-set reception state (``relay.gaps.FrameSetState``: lowe
 list, learned sequence offset) lives between restarts.  It does not own the gap logic itself
 (``relay.gaps``) nor the archive (``relay.archive``).
 
-The interface is small on purpose (ROADMAP item 7: a PostgreSQL backend shared by several relay
-processes is a new subclass, not a rewrite):
+The interface is small on purpose (a PostgreSQL backend shared by relay processes on several hosts
+is a subclass, not a rewrite: ``relay.pgstore.PgStateStore``):
 
 * ``load_all()`` / ``load(name)`` -- stored states;
 * ``update(names, fn)`` -- read the current states of *names*, let *fn* change them, write them back,

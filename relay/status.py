@@ -102,7 +102,10 @@ def connect_ro(path: Path) -> sqlite3.Connection:
         raise ArchiveError(f"{path}: cannot open read-only: {err}") from err
 
 
-def _has_table(db: sqlite3.Connection, name: str) -> bool:
+def has_table(db: Any, name: str) -> bool:
+    has = getattr(db, "has_table", None)          # PostgreSQL (relay.pgstore.PgReader)
+    if has is not None:
+        return bool(has(name))
     return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
 
@@ -118,11 +121,12 @@ def _iso(t: float | None) -> str | None:
     return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def snapshot(index: sqlite3.Connection, state: sqlite3.Connection | None, *, now: float,
+def snapshot(index: Any, state: Any, *, now: float,
              silent_alarm_s: float = DEFAULT_SILENT_ALARM_S,
              window: int = DEFAULT_LATENCY_WINDOW) -> dict[str, Any]:
     """Per-station status from the archive index and the state store (connections from
-    :func:`connect_ro`) as of *now* (relay clock, s)."""
+    :func:`connect_ro`, or with the PostgreSQL backend ``relay.pgstore.connect_reader``: the SQL
+    is common to both) as of *now* (relay clock, s)."""
     stations: dict[str, dict[str, Any]] = {}
 
     def row(sta: str) -> dict[str, Any]:
@@ -131,7 +135,7 @@ def snapshot(index: sqlite3.Connection, state: sqlite3.Connection | None, *, now
             "age_s": None, "latency_p50_s": None, "latency_p99_s": None, "latency_frames": 0,
             "backlog": 0, "gaps_open": 0, "frame_sets": 0, "quarantined": 0, "verification_failures": 0})
 
-    if _has_table(index, "kpi_station"):
+    if has_table(index, "kpi_station"):
         for sta, frame_ms, last_nominal_ms, last_received_at in index.execute(
                 "SELECT station, frame_ms, last_nominal_ms, last_received_at FROM kpi_station"):
             r = row(sta)
@@ -154,7 +158,7 @@ def snapshot(index: sqlite3.Connection, state: sqlite3.Connection | None, *, now
         r["quarantined"] += n
         if reason in failures:
             r["verification_failures"] += n
-    if state is not None and _has_table(state, "frame_sets"):
+    if state is not None and has_table(state, "frame_sets"):
         for name, record in state.execute("SELECT name, record FROM frame_sets"):
             try:
                 rec = json.loads(record)

@@ -25,7 +25,7 @@ Use the helpers, never a bare ``skipif`` / ``importorskip`` / ``pytest.skip``: :
 :func:`need_amqtt`, :func:`need_root`, :func:`need_module`, :func:`need_micropython`, or for a whole
 module ``pytestmark = pytest.mark.usefixtures("mosquitto_installed")``.  FUSE (the power-loss
 tests' file system): :func:`need_fuse`.  openSpex (the IMS 2.0 tests' independent reader):
-:func:`need_openspex`.
+:func:`need_openspex`.  PostgreSQL (the relay's second backend): :func:`need_postgresql`.
 """
 
 from __future__ import annotations
@@ -87,6 +87,28 @@ def need_mosquitto() -> str:
     if exe is None:
         missing_prerequisite("the mosquitto binary", "apt-get install mosquitto (./run installs it)")
     return str(exe)
+
+
+def need_nats_server() -> str:
+    """Path of nats-server (the relay's clustered input, docs/centre-cluster.md); nats-py with it."""
+    exe = shutil.which("nats-server") or ("/usr/sbin/nats-server" if os.access("/usr/sbin/nats-server", os.X_OK)
+                                          else None)
+    if exe is None:
+        missing_prerequisite("the nats-server binary", "apt-get install nats-server (./run installs it)")
+    need_module("nats", "pip install -e .[test] (./run installs it; nats-py)")
+    return exe
+
+
+def need_postgresql() -> None:
+    """PostgreSQL's server binaries (initdb, pg_ctl; a private cluster is started, never the
+    system's service) and psycopg 3: the relay's PostgreSQL backend (tests/relay, ``stores``)."""
+    from ims_station.pglocal import PgLocalError, bin_dir
+
+    try:
+        bin_dir()
+    except PgLocalError:
+        missing_prerequisite("the PostgreSQL server binaries", "apt-get install postgresql (./run installs it)")
+    need_module("psycopg", "pip install -e .[test] or .[postgres] (./run installs it)")
 
 
 def need_amqtt() -> None:

@@ -1,4 +1,4 @@
-"""``ims-station cd11 dump|verify``: inspect CD-1.1 frame files.
+"""``ims-station cd11 dump|verify|send|receive``: inspect CD-1.1 frame files, test a TCP link.
 
 A file may hold one frame or many concatenated frames (as captured from a link).  Owns only the
 command-line front end; parsing is ``ims_station.cd11.frames``/``data``, verification ``verify``.
@@ -9,6 +9,8 @@ Cheap to import: the codec (numpy, cryptography) is imported inside the handlers
   summary.  Exit status 1 if any file holds an undecodable frame or bad CRC.
 * ``verify FILE... --trust DIR`` -- CRC and every frame and subframe signature; one line per
   failure (file, frame, subframe, why); exit status 1 on any failure.
+* ``send`` / ``receive`` -- CD-1.1 over TCP (a scripted station, a minimal consumer): registered
+  from ``ims_station.cd11tcp.cli``, which owns them.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("cd11", help="CD-1.1 frame tools (dump, verify)",
-                              description="Inspect and verify CD-1.1 frame files.")
+    p = subparsers.add_parser("cd11", help="CD-1.1 frame tools (dump, verify, send, receive)",
+                              description="Inspect and verify CD-1.1 frame files; send and receive them over TCP.")
     sub = p.add_subparsers(dest="cd11_command", metavar="SUBCOMMAND")
     d = sub.add_parser("dump", help="print every frame of one or more files",
                        description="Print every frame (a file may hold concatenated frames).")
@@ -38,6 +40,9 @@ def register(subparsers) -> None:
                    help="do not count unsigned frames/subframes as failures")
     v.add_argument("--json", action="store_true", help="one JSON result per frame on stdout")
     v.set_defaults(handler=cmd_verify)
+    from ims_station.cd11tcp.cli import register_subcommands
+
+    register_subcommands(sub)
     p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
 
 

@@ -1,18 +1,22 @@
-"""ims_station/service.py (sd_notify, the heartbeat's pacing) and ims_station/logutil.setup_logging,
-on a fake clock and a socket the test reads: no sleeping, no systemd."""
+"""ims_station/service.py (sd_notify, the heartbeat's pacing, the stop signals) and
+ims_station/logutil.setup_logging, on a fake clock and a socket the test reads: no sleeping, no systemd.
+The stop-signal tests send SIGUSR1/SIGUSR2 to this process (the handlers are put back after each)."""
 
 from __future__ import annotations
 
 import io
 import logging
 import os
+import select
+import signal
 import socket
 import tempfile
+import threading
 
 import pytest
 
 from ims_station.logutil import JournalFormatter, setup_logging, under_journald
-from ims_station.service import Heartbeat, Notifier
+from ims_station.service import Heartbeat, Notifier, StopSignals
 
 
 class FakeClock:
@@ -236,3 +240,64 @@ def test_setup_logging_leaves_a_configured_root_logger_alone():
         assert setup_logging(2) is None and foreign in root.handlers
     finally:
         root.removeHandler(foreign)
+
+
+# -- StopSignals ---------------------------------------------------------------------------------
+
+BOUND_S = 30.0          # a wait that must return at once is given this long before the test fails
+
+
+@pytest.fixture
+def signals():
+    s = StopSignals((signal.SIGUSR1,)).install()
+    yield s
+    s.close()
+
+
+def test_a_stop_signal_is_seen_by_wait_and_stays_seen(signals):
+    assert not signals.is_set() and signals.wait(0) is False
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert signals.is_set() and signals.signal == signal.SIGUSR1
+    assert signals.wait(BOUND_S) and signals.wait(BOUND_S)      # every later wait returns at once
+
+
+def test_a_signal_that_arrives_while_the_loop_goes_to_sleep_still_wakes_it(signals, monkeypatch):
+    """The race that hung the gateway: the signal lands while the main loop is entering its wait
+    (with threading.Event it could deadlock there; here the handler's byte ends the select)."""
+    real = select.select
+
+    def signal_then_select(r, w, x, timeout):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        return real(r, w, x, timeout)
+
+    monkeypatch.setattr(select, "select", signal_then_select)
+    assert signals.wait(BOUND_S) is True
+
+
+def test_set_from_another_thread_wakes_the_loop(signals):
+    t = threading.Thread(target=signals.set)
+    t.start()
+    assert signals.wait(BOUND_S) is True and signals.signal is None
+    t.join()
+
+
+def test_an_action_signal_runs_its_action_on_the_loop_not_in_the_handler():
+    ran: list[str] = []
+    s = StopSignals((signal.SIGUSR1,), actions={signal.SIGUSR2: lambda: ran.append("reload")}).install()
+    try:
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert ran == []                                # the handler only noted it
+        assert s.wait(BOUND_S) is False and ran == ["reload"]
+        assert s.wait(0) is False and ran == ["reload"]     # once
+    finally:
+        s.close()
+
+
+def test_close_puts_the_previous_handlers_back():
+    before = signal.getsignal(signal.SIGUSR1)
+    s = StopSignals((signal.SIGUSR1,)).install()
+    assert signal.getsignal(signal.SIGUSR1) != before
+    s.close()
+    assert signal.getsignal(signal.SIGUSR1) == before
+    s.set()                                             # after close: harmless
+    assert s.is_set()

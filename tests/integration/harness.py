@@ -202,10 +202,16 @@ class RelayProcess:
     """``ims-station relay run --config`` as a child process (SIGKILL-able)."""
 
     root: Path
-    broker: BrokerConfig
+    broker: BrokerConfig | None          # None with jetstream / amqp (the relay reads the cluster, not MQTT)
     trust: Path
     acknack_interval_s: float = 1.0
     max_past_s: float | None = None      # [relay] max_past_s (None: the relay's default)
+    instance: str = "relay1"
+    data_dir: Path | None = None         # default root/data; relays of one group may share one
+    jetstream: list[str] | None = None   # NATS servers: [relay] input = "jetstream" instead of MQTT
+    ack_wait_s: float = 2.0              # [jetstream] ack_wait_s (redelivery after a relay died)
+    amqp: list[str] | None = None        # RabbitMQ AMQP URLs: [relay] input = "amqp"
+    amqp_auth: tuple[str, Path] | None = None   # (username, password_file) for amqp
     proc: subprocess.Popen | None = None
     starts: int = 0
     log_files: list[Path] = field(default_factory=list)
@@ -213,19 +219,28 @@ class RelayProcess:
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.config = self.root / "relay.toml"
+        self.data_dir = self.data_dir or self.root / "data"
+        if self.jetstream is not None:
+            source, kind = ("\n[jetstream]\n" + f"servers = {list(self.jetstream)!r}\n".replace("'", '"') +
+                            f"ack_wait_s = {self.ack_wait_s}\nfetch_wait_s = 0.05\n"), "jetstream"
+        elif self.amqp is not None:
+            user, pw = self.amqp_auth
+            source, kind = ("\n[amqp]\n" + f"servers = {list(self.amqp)!r}\n".replace("'", '"') +
+                            f'username = "{user}"\npassword_file = "{pw}"\nfetch_wait_s = 0.05\n'), "amqp"
+        else:
+            source, kind = ("\n[[broker]]\n"
+                            f'host = "{self.broker.host}"\n'
+                            f"port = {self.broker.port}\n"), None
         self.config.write_text(
             "[relay]\n"
-            f'data_dir = "{self.root / "data"}"\n'
+            f'data_dir = "{self.data_dir}"\n'
             f'trust_dir = "{self.trust}"\n'
-            'instance = "relay1"\n'
-            'group = "relay"\n'
+            f'instance = "{self.instance}"\n'
+            + (f'input = "{kind}"\n' if kind else 'group = "relay"\n') +
             'name = "IDC"\n'
             f"acknack_interval_s = {self.acknack_interval_s}\n"
             "acknack_min_spacing_s = 0.1\n"
-            + (f"max_past_s = {self.max_past_s}\n" if self.max_past_s is not None else "") +
-            "\n[[broker]]\n"
-            f'host = "{self.broker.host}"\n'
-            f"port = {self.broker.port}\n")
+            + (f"max_past_s = {self.max_past_s}\n" if self.max_past_s is not None else "") + source)
 
     def start(self) -> "RelayProcess":
         log = self.root / f"relay-{self.starts}.log"
@@ -259,7 +274,7 @@ class RelayProcess:
         """The relay's archive, opened read-side (while the relay is stopped)."""
         from ims_station.relay.archive import FileArchive
 
-        return FileArchive(self.root / "data" / "archive", writer="check")
+        return FileArchive(self.data_dir / "archive", writer="check")
 
 
 def archived_sequences(archive_root: Path, frame_set: str, table: str = "frames") -> dict[int, str]:

@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "mosquitto"
 
 
-def make_ca_and_server_cert(d: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1 / localhost (EC P-256, valid one day)."""
+def make_ca_and_server_cert(d: Path, *, client_auth: bool = False) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 / localhost (EC P-256, valid one day); with
+    *client_auth* also usable as a client certificate (a NATS node's, for its routes)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -43,7 +44,9 @@ def make_ca_and_server_cert(d: Path) -> tuple[Path, Path, Path]:
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
                                                         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]
+                                                 + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client_auth else [])),
+                           critical=False)
             .sign(ca_key, hashes.SHA256()))
     ca_path, cert_path, key_path = d / "ca.crt", d / "server.crt", d / "server.key"
     ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))

@@ -122,6 +122,53 @@ def test_a_listener_that_never_sends_connack_is_abandoned_at_the_deadline():
                 c.close()
 
 
+@pytest.fixture
+def unanswered_lookup(monkeypatch):
+    """``broker.invalid`` resolves never (a resolver that does not answer) until the test ends;
+    ``lookups`` lists the lookups begun."""
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kw):
+        if host == "broker.invalid":
+            lookups.append(host)
+            release.wait()
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(host, *args, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield BrokerConfig(host="broker.invalid", port=1883)
+    release.set()
+
+
+lookups: list[str] = []
+
+
+def test_an_attempt_stuck_in_the_name_lookup_fails_at_the_connect_deadline(unanswered_lookup):
+    """connect_timeout_s bounds the whole attempt, name lookup and TCP/TLS included, not only the
+    wait for CONNACK: the session goes on (backs off, tries again) while the lookup hangs."""
+    s = session([unanswered_lookup], connect_timeout_s=0.2)
+    s.start("t-lookup")
+    try:
+        wait_for(lambda: s.counters["connect_failures"] >= 2, what="two attempts given up")
+        assert s.counters["protocol_fallbacks"] == 0      # nothing answered: no reason to fall back
+    finally:
+        s.stop()
+
+
+def test_stop_does_not_wait_for_a_connection_attempt_in_progress(unanswered_lookup):
+    """The gateway's and the relay's shutdown join the session thread: it must end while the
+    attempt is still stuck (the attempt is left on its own daemon thread)."""
+    s = session([unanswered_lookup], connect_timeout_s=3600.0)
+    s.start("t-stop")
+    thread = s.thread
+    lookups.clear()
+    wait_for(lambda: lookups, what="the attempt's name lookup")
+    s.stop(timeout=TIMEOUT)
+    assert not thread.is_alive() and s.thread is None
+    assert s.counters["connects"] == 0
+
+
 # -- readiness without a broker -------------------------------------------------------------------
 
 class RecordingClient:

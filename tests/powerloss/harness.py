@@ -123,12 +123,14 @@ class PowerDisk:
 
 # -- what was acknowledged, and what must therefore be found --------------------------------------------
 class OutboxLedger:
-    """Frames whose ``put`` returned (the board was acknowledged), ACK points, deletions."""
+    """Frames whose ``put`` returned (the board was acknowledged), ACK points, and the relay's
+    acknacks (reported before the outbox deletes: from then on those frames may be gone)."""
 
     def __init__(self) -> None:
         self.frames: dict[int, str] = {}
         self.highest = 0
         self.ack_point: tuple[int, int] | None = None
+        self.released_through = 0     # highest seq an acknack covered
         self.count = 0
 
     def record(self, ack: dict) -> None:
@@ -140,10 +142,11 @@ class OutboxLedger:
         elif "ack_point" in ack:
             _, epoch, seq = ack["ack_point"]
             self.ack_point = max(self.ack_point or (epoch, seq), (epoch, seq))
-        elif "deleted" in ack:
-            _, hi = ack["deleted"]
+        elif "acknack" in ack:
+            _, hi = ack["acknack"]
+            self.released_through = max(self.released_through, hi)
             for seq in [s for s in self.frames if s <= hi]:
-                del self.frames[seq]     # the relay has it; coming back after a cut is allowed
+                del self.frames[seq]     # the relay has it: it may be deleted, or come back after a cut
 
     def problems(self, seen: dict) -> list[str]:
         held = {seq: digest for _, seq, digest in seen["frames"]}
@@ -200,12 +203,15 @@ class Result:
     checked: int = 0         # openings checked against them (the first on an empty disk)
     cuts: list[dict] = field(default_factory=list)
     ledger: Any = None       # what was acknowledged (OutboxLedger / RelayLedger)
+    seen: list[dict] = field(default_factory=list)   # what each opening reported
 
 
 def run(tmp: Path, scenario: str, *, rounds: int = 3, mutant: str | None = None, seed: int = 0,
-        cut_after: tuple[int, int] = (15, 60), extra: tuple[str, ...] = ()) -> Result:
+        cut_after: tuple[int, int] = (15, 60), extra: tuple[str, ...] = (), cut_at_hold: bool = False) -> Result:
     """Play *rounds* write-and-cut rounds and a final check; raise :class:`DataLoss` at the first
-    round whose opening misses acknowledged data."""
+    round whose opening misses acknowledged data.  The cut comes after a random number of
+    acknowledgements (*cut_after*), or with *cut_at_hold* when the writer prints ``{"hold": ...}``
+    (a writer run with a ``--hold-...`` option in *extra*: a cut at one chosen instant)."""
     ledger: Any = OutboxLedger() if scenario == "outbox" else RelayLedger()
     disk = PowerDisk(tmp)
     rng = random.Random(f"{scenario}/{seed}")
@@ -228,6 +234,7 @@ def run(tmp: Path, scenario: str, *, rounds: int = 3, mutant: str | None = None,
                 if "open_failed" in first:
                     problems = [f"the store does not open after the cut: {first['open_failed']}"]
                 else:
+                    result.seen.append(first["seen"])
                     problems = ledger.problems(first["seen"])
                 if problems:
                     raise DataLoss(f"{scenario}{' mutant ' + mutant if mutant else ''}, after cut {rnd}: "
@@ -237,13 +244,18 @@ def run(tmp: Path, scenario: str, *, rounds: int = 3, mutant: str | None = None,
                 if last:
                     break
                 target = rng.randrange(*cut_after)
-                for _ in range(target):
-                    ledger.record(json.loads(lines.next())["ack"])
+                if cut_at_hold:
+                    while "hold" not in (msg := json.loads(lines.next())):
+                        ledger.record(msg["ack"])
+                else:
+                    for _ in range(target):
+                        ledger.record(json.loads(lines.next())["ack"])
                 result.cuts.append(disk.cut())        # the writer is still writing
                 child.kill()
                 child.wait()
                 for line in lines.rest():             # acknowledged before the cut, not yet read
-                    ledger.record(json.loads(line)["ack"])
+                    if "ack" in (msg := json.loads(line)):
+                        ledger.record(msg["ack"])
             finally:
                 if child.poll() is None:
                     child.kill()

@@ -26,6 +26,10 @@ decides the instant of the cut exactly, between two file system operations:
 ``ready`` is printed once the mount is up.  Operations run one at a time (``nothreads``), and the
 cut takes the same lock, so no operation straddles it.
 
+With ``POWERFS_TRACE=FILE`` in the environment, every operation (and the cut) is appended to FILE
+as one line: ``time.monotonic()``, the operation, its path and, for a write, offset and length --
+the clock the writer's own logs can use, to see what a cut fell between (docs/testing.md).
+
 Usage: ``python powerfs.py BACKING MOUNTPOINT`` (foreground; unmount with ``fusermount3 -u``).
 The backing directory is read into memory at start (it is the disk after the previous cut) and
 only written at a cut: a test's files are small.  Hand-written because no maintained file system
@@ -95,10 +99,15 @@ def _dump(node: Node, path: Path) -> None:
 
 def _op(method):
     """Run one file system operation under the lock; ``EIO`` once the power is cut."""
+    name = method.__name__
 
     @functools.wraps(method)
     def wrapper(self, *args, **kw):
         with self._mutex:
+            if self._trace:
+                what = f" {args[2]} {len(args[1])}" if name == "write" and len(args) > 2 else ""
+                self._trace.write(f"{time.monotonic():.6f} {name} {args[0] if args else ''}{what}"
+                                  f"{' EIO' if self.dead else ''}\n")
             if self.dead:
                 raise fuse.FuseOSError(errno.EIO)
             self.counters["ops"] += 1
@@ -118,6 +127,8 @@ class PowerFS(fuse.Operations):
         self.handles: dict[int, tuple[Node, bool]] = {}     # fh -> (node, writes are synchronous)
         self.next_fh = 1
         self.counters = {"ops": 0, "fsync": 0, "fsyncdir": 0, "writes": 0, "bytes_written": 0}
+        trace = os.environ.get("POWERFS_TRACE")
+        self._trace = open(trace, "a", buffering=1) if trace else None     # line-buffered
 
     # -- helpers -----------------------------------------------------------------------------------
     def _lookup(self, path: str) -> Node:
@@ -169,6 +180,8 @@ class PowerFS(fuse.Operations):
         """The power cut: stop, and make the backing directory hold the durable state only."""
         with self._mutex:
             self.dead = True
+            if self._trace:
+                self._trace.write(f"{time.monotonic():.6f} CUT\n")
             out = self.stats()
             for child in self.backing.iterdir():
                 if child.is_dir() and not child.is_symlink():

@@ -6,7 +6,12 @@ Run as ``python -m tests.powerloss.scenarios SCENARIO DIR --round N [--mutant NA
 * ``{"seen": ...}`` first: what the store holds after opening it (i.e. after the previous cut and
   the store's own recovery), or ``{"open_failed": "..."}`` when it refuses to open;
 * then ``{"ack": ...}`` lines, each printed only once the store said the data is durable -- the
-  moment the real system acknowledges it (to the board, to the broker, to the station).
+  moment the real system acknowledges it (to the board, to the broker, to the station) -- except
+  the outbox's ``acknack`` line, which *releases* frames (the relay has them; the outbox may now
+  delete them) and is therefore printed *before* the outbox is asked to delete them.  The rule:
+  a line that adds to what must survive comes after the store returned, a line that takes away
+  from it comes before the store acts; either way a cut at any instant leaves the test's ledger
+  requiring no more than the disk must hold.
 
 The writer runs until it is killed (the test cuts the power at a moment of its choosing).
 ``--mutant`` first rewrites one line of a store's source (``MUTANTS``), so the suite can show that
@@ -36,12 +41,18 @@ MUTANTS: dict[str, tuple[str, str, str]] = {
     "archive-synchronous-off": ("ims_station.relay.archive", 'self._db.execute("PRAGMA synchronous=FULL")',
                                 'self._db.execute("PRAGMA synchronous=OFF")'),
     "archive-day-file-not-fsynced": ("ims_station.relay.archive",
-                                     "                fh.flush()\n                os.fsync(fh.fileno())\n",
-                                     "                fh.flush()\n"),
+                                     "            fh.flush()\n            os.fsync(fh.fileno())\n",
+                                     "            fh.flush()\n"),
     "archive-new-file-dir-not-fsynced": ("ims_station.relay.archive", "                fsync_dir(p.parent)\n",
                                          "                pass\n"),
     "state-synchronous-off": ("ims_station.relay.state", 'self._db.execute("PRAGMA synchronous=FULL")',
                               'self._db.execute("PRAGMA synchronous=OFF")'),
+    # The PostgreSQL backend's objects (relay/pgstore.py): the index is PostgreSQL's (off the
+    # powerfs disk), the bytes are ours.
+    "pg-object-not-fsynced": ("ims_station.relay.pgstore", "            fh.flush()\n            os.fsync(fh.fileno())\n",
+                              "            fh.flush()\n"),
+    "pg-object-dir-not-fsynced": ("ims_station.relay.pgstore", "        raise\n    fsync_dir(path.parent)\n",
+                                  "        raise\n"),
 }
 
 
@@ -72,9 +83,13 @@ def outbox_payload(seq: int) -> bytes:
     return rng.randbytes(rng.randrange(200, 9000))
 
 
-def run_outbox(d: Path, rnd: int, report_only: bool) -> None:
+def run_outbox(d: Path, rnd: int, report_only: bool, hold_after_acknack: bool = False) -> None:
     """What the gateway does (edge/station.py): commit frames, then the board's ACK point, and
-    publish/acknack in between; the uplink deletes what the relay acknowledged."""
+    publish/acknack in between; the uplink deletes what the relay acknowledged.
+
+    *hold_after_acknack*: when the first acknack's deletion returns (is durable), print
+    ``{"hold": ...}`` and stop right there, inside the call, so that the test cuts the power at
+    exactly that point (test_powerloss.py)."""
     from ims_station.edge.outbox import Outbox
 
     clock = SimpleNamespace(time=time.time, monotonic=time.monotonic)
@@ -92,6 +107,18 @@ def run_outbox(d: Path, rnd: int, report_only: bool) -> None:
     emit("seen", seen)
     if report_only:
         return
+    if hold_after_acknack:
+        apply_acknack = box.apply_acknack
+
+        def apply_then_hold(frame_set: str, lo: int, hi: int, gaps: list) -> int:
+            # The deletion is committed (fsync'd) and this writer will print nothing more: the
+            # instant a cut is most likely to expose a report printed after the store returned.
+            apply_acknack(frame_set, lo, hi, gaps)
+            emit("hold", {"acknack": [frame_set, lo, hi]})
+            while True:       # the test cuts the power now, and kills us
+                time.sleep(60)
+
+        box.apply_acknack = apply_then_hold
     rng = random.Random(rnd)
     seq = (seen["highest_committed"] or 0) + 1
     while True:
@@ -111,8 +138,12 @@ def run_outbox(d: Path, rnd: int, report_only: bool) -> None:
             lo, hi = box.available(FRAME_SET)
             hi -= rng.randrange(0, 4)
             if hi >= lo:
+                # Printed *before* the outbox applies it: this line lifts a requirement (the
+                # relay holds these frames), so it must reach the test before the deletion can
+                # be durable.  Printed after, a cut between the deletion's commit and the print
+                # would report the durably deleted frames as lost (docs/testing.md).
+                emit("ack", {"acknack": [FRAME_SET, hi]})
                 box.apply_acknack(FRAME_SET, lo, hi, [])
-                emit("ack", {"deleted": [FRAME_SET, hi]})
         seq += 1
 
 
@@ -138,9 +169,11 @@ class Frames:
         return cd11.build_data_frame("STA01", seq, t, [chan], self.ks.signer(101))
 
 
-def run_relay(d: Path, rnd: int, report_only: bool, keystore: Path, trust: Path) -> None:
+def run_relay(d: Path, rnd: int, report_only: bool, keystore: Path, trust: Path, dsn: str | None = None,
+              schema: str = "public") -> None:
     """What the relay does (relay/relay.py): ``process`` a batch (archive, then state), ack the
-    batch to the broker, send the acknacks (``due_acknacks``)."""
+    batch to the broker, send the acknacks (``due_acknacks``).  With *dsn*: the PostgreSQL backend,
+    its objects on the powerfs disk, its index and state in PostgreSQL (not on the disk)."""
     from ims_station import cd11, topics
     from ims_station.auth import TrustStore
     from ims_station.relay.archive import FileArchive
@@ -148,8 +181,14 @@ def run_relay(d: Path, rnd: int, report_only: bool, keystore: Path, trust: Path)
     from ims_station.relay.state import SqliteStateStore
 
     try:
-        archive = FileArchive(d / "relay" / "archive")
-        state = SqliteStateStore(d / "relay" / "state" / "state.sqlite")
+        if dsn:
+            from ims_station.relay.pgstore import PgArchive, PgStateStore
+
+            archive = PgArchive(dsn, d / "relay" / "archive", schema=schema)
+            state = PgStateStore(dsn, schema=schema)
+        else:
+            archive = FileArchive(d / "relay" / "archive")
+            state = SqliteStateStore(d / "relay" / "state" / "state.sqlite")
         frames = [[fs, seq, sha(archive.read_frame(fs, seq))] for fs, seq in archive.frame_keys()]
         quarantine = [sha(archive.read_quarantined(e)) for e in archive.quarantine_entries() if e["file"]]
         states = {n: list(s.acknack_fields()) for n, s in state.load_all().items()}
@@ -205,20 +244,25 @@ def run_relay(d: Path, rnd: int, report_only: bool, keystore: Path, trust: Path)
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.powerloss.scenarios")
-    ap.add_argument("scenario", choices=["outbox", "relay"])
+    ap.add_argument("scenario", choices=["outbox", "relay", "relay-pg"])
     ap.add_argument("dir", type=Path, help="the powerfs mount point")
     ap.add_argument("--round", type=int, default=0, help="seeds this round's random choices")
     ap.add_argument("--mutant", choices=sorted(MUTANTS))
     ap.add_argument("--report-only", action="store_true", help="open, report what is held, exit")
+    ap.add_argument("--hold-after-acknack", action="store_true",
+                    help="outbox: stop (print a hold line) once the first acknack's deletion returned")
     ap.add_argument("--keystore", type=Path)
     ap.add_argument("--trust", type=Path)
+    ap.add_argument("--dsn", help="relay-pg: the PostgreSQL connection string")
+    ap.add_argument("--schema", default="public", help="relay-pg: the schema")
     args = ap.parse_args(argv)
     if args.mutant:
         apply_mutant(args.mutant)
     if args.scenario == "outbox":
-        run_outbox(args.dir, args.round, args.report_only)
+        run_outbox(args.dir, args.round, args.report_only, args.hold_after_acknack)
     else:
-        run_relay(args.dir, args.round, args.report_only, args.keystore, args.trust)
+        run_relay(args.dir, args.round, args.report_only, args.keystore, args.trust,
+                  args.dsn if args.scenario == "relay-pg" else None, args.schema)
     return 0
 
 

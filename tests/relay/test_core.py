@@ -12,10 +12,8 @@ import random
 import pytest
 
 from ims_station import cd11
-from ims_station.relay.archive import FileArchive
 from ims_station.relay.core import Incoming, RelayCore
 from ims_station.relay.errors import StateStoreError
-from ims_station.relay.state import SqliteStateStore
 
 from .conftest import KEY_IDS
 
@@ -23,8 +21,8 @@ T = "ims/STA01/cd11"
 
 
 @pytest.fixture
-def core(tmp_path, keys, clock):
-    c = RelayCore(keys.trust, SqliteStateStore(tmp_path / "state.sqlite"), FileArchive(tmp_path / "archive"),
+def core(tmp_path, keys, clock, stores):
+    c = RelayCore(keys.trust, stores.state(tmp_path / "state.sqlite"), stores.archive(tmp_path / "archive"),
                   clock=clock, acknack_interval_s=50.0, acknack_min_spacing_s=2.0)
     yield c
     c.close()
@@ -213,9 +211,9 @@ def test_acknack_schedule_gap_periodic_and_idle(core, factory, clock):
     assert len(core.due_acknacks(force=True)) == 1
 
 
-def test_signed_acknacks(tmp_path, keys, factory, clock):
+def test_signed_acknacks(tmp_path, keys, factory, clock, stores):
     signer = keys.keystore.signer(101)     # any key of ours; the station's trust store holds it
-    c = RelayCore(keys.trust, SqliteStateStore(tmp_path / "s"), FileArchive(tmp_path / "a"), clock=clock,
+    c = RelayCore(keys.trust, stores.state(tmp_path / "s"), stores.archive(tmp_path / "a"), clock=clock,
                   acknack_signer=signer, name="IDC")
     try:
         c.process([Incoming(T, factory.build(BASE))])
@@ -227,11 +225,11 @@ def test_signed_acknacks(tmp_path, keys, factory, clock):
         c.close()
 
 
-def test_state_lagging_the_archive_heals_through_resend(tmp_path, keys, factory, clock):
+def test_state_lagging_the_archive_heals_through_resend(tmp_path, keys, factory, clock, stores):
     """Crash after the archive commit and before the state save: the acknack under-reports, the
     station resends, the archive says duplicate and the state catches up."""
-    arc = FileArchive(tmp_path / "a")
-    c1 = RelayCore(keys.trust, SqliteStateStore(tmp_path / "s"), arc, clock=clock)
+    arc = stores.archive(tmp_path / "a")
+    c1 = RelayCore(keys.trust, stores.state(tmp_path / "s"), arc, clock=clock)
     c1.process([Incoming(T, factory.build(BASE)), Incoming(T, factory.build(BASE + 1))])
     # The state save fails (a crash there leaves the same stores; any other exception is a poison
     # message for the core, see test_poison.py).
@@ -239,15 +237,15 @@ def test_state_lagging_the_archive_heals_through_resend(tmp_path, keys, factory,
     with pytest.raises(StateStoreError):
         c1.process([Incoming(T, factory.build(BASE + 2))])
     assert arc.lookup("STA01:0", BASE + 2) is not None
-    c2 = RelayCore(keys.trust, SqliteStateStore(tmp_path / "s"), arc, clock=clock)
+    c2 = RelayCore(keys.trust, stores.state(tmp_path / "s"), arc, clock=clock)
     assert c2.states["STA01:0"].acknack_fields() == (BASE, BASE + 1, [])     # under-reports
     assert [o.result for o in c2.process([Incoming(T, factory.build(BASE + 2))])] == ["duplicate"]
     assert c2.states["STA01:0"].acknack_fields() == (BASE, BASE + 2, [])
     c2.close()
 
 
-def test_gap_expiry_counts_frames_given_up(tmp_path, keys, factory, clock):
-    c = RelayCore(keys.trust, SqliteStateStore(tmp_path / "s"), FileArchive(tmp_path / "a"), clock=clock,
+def test_gap_expiry_counts_frames_given_up(tmp_path, keys, factory, clock, stores):
+    c = RelayCore(keys.trust, stores.state(tmp_path / "s"), stores.archive(tmp_path / "a"), clock=clock,
                   gap_expiry_s=3600)
     c.process([Incoming(T, factory.build(BASE)), Incoming(T, factory.build(BASE + 10))])
     c.due_acknacks()

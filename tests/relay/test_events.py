@@ -17,9 +17,7 @@ import pytest
 
 from ims_station import cd11, envelope
 from ims_station.cli import main
-from ims_station.relay.archive import FileArchive
 from ims_station.relay.core import Incoming, RelayCore
-from ims_station.relay.state import SqliteStateStore
 
 from .conftest import KEY_IDS
 
@@ -52,14 +50,14 @@ def make_event(keys, seq: int = 0, *, sender: str = "STA01", key: str | None = "
                               signer=signer, seq=hseq)
 
 
-def new_core(tmp_path, keys, clock, **kw):
-    return RelayCore(keys.trust, SqliteStateStore(tmp_path / "state.sqlite"), FileArchive(tmp_path / "archive"),
+def new_core(tmp_path, keys, clock, stores, **kw):
+    return RelayCore(keys.trust, stores.state(tmp_path / "state.sqlite"), stores.archive(tmp_path / "archive"),
                      clock=clock, acknack_interval_s=50.0, acknack_min_spacing_s=2.0, **kw)
 
 
 @pytest.fixture
-def core(tmp_path, keys, clock):
-    c = new_core(tmp_path, keys, clock)
+def core(tmp_path, keys, clock, stores):
+    c = new_core(tmp_path, keys, clock, stores)
     yield c
     c.close()
 
@@ -68,7 +66,7 @@ def run(core, *items):
     return [o.result for o in core.process([Incoming(t, p, i) for i, (t, p) in enumerate(items)])]
 
 
-def test_a_good_event_is_archived_verbatim_and_acknowledged_for_its_frame_set(core, keys):
+def test_a_good_event_is_archived_verbatim_and_acknowledged_for_its_frame_set(core, keys, stores):
     ev0, ev1 = make_event(keys, 0), make_event(keys, 1, state="off")
     assert run(core, (T, ev0), (T, ev1)) == ["archived", "archived"]
     assert core.archive.read_event("STA01:events", 0) == ev0
@@ -83,7 +81,10 @@ def test_a_good_event_is_archived_verbatim_and_acknowledged_for_its_frame_set(co
         ("STA01:events", 0, 1, [])
     [(a, stored)] = [x for x in core.archive.iter_events("STA01") if x[0].sequence == 0]
     assert stored == ev0 and a.event_id == "STA01-1" and a.state == "on" and a.key_id == KEY_IDS["STA01"][0]
-    assert a.file.startswith("events/STA01/2023/STA01.2023.") and a.file.endswith(".ev")
+    if stores.pg:                       # the commit's content-addressed object
+        assert a.file.startswith("objects/") and len(a.file) == len("objects/") + 65
+    else:                               # the station's UTC-day file
+        assert a.file.startswith("events/STA01/2023/STA01.2023.") and a.file.endswith(".ev")
     assert core.archive.stats()["events"] == 2 and core.archive.stats()["frames"] == 0
 
 
@@ -103,12 +104,12 @@ def test_same_seq_same_bytes_is_a_duplicate_other_bytes_a_conflict(core, keys):
     assert core.counters.security_events == 1 and core.counters.duplicates == 1
 
 
-def test_a_restarted_relay_does_not_archive_an_event_twice(tmp_path, keys, clock):
+def test_a_restarted_relay_does_not_archive_an_event_twice(tmp_path, keys, clock, stores):
     ev = make_event(keys, 0)
-    c = new_core(tmp_path, keys, clock)
+    c = new_core(tmp_path, keys, clock, stores)
     assert run(c, (T, ev)) == ["archived"]
     c.close()
-    c = new_core(tmp_path, keys, clock)
+    c = new_core(tmp_path, keys, clock, stores)
     try:
         assert run(c, (T, ev)) == ["duplicate"]
         assert len(list(c.archive.iter_events())) == 1
@@ -190,10 +191,10 @@ def test_an_event_on_the_cd11_topic_is_not_a_frame(core, keys):
     assert run(core, ("ims/STA01/cd11", make_event(keys))) == ["malformed"]
 
 
-def test_without_required_signatures_an_unsigned_event_is_archived(tmp_path, keys, clock):
+def test_without_required_signatures_an_unsigned_event_is_archived(tmp_path, keys, clock, stores):
     from ims_station.relay.verify import Verifier
 
-    c = new_core(tmp_path, keys, clock, verifier=Verifier(keys.trust, require_signatures=False))
+    c = new_core(tmp_path, keys, clock, stores, verifier=Verifier(keys.trust, require_signatures=False))
     try:
         assert run(c, (T, make_event(keys, key=None))) == ["archived"]
         [(a, _)] = list(c.archive.iter_events())
@@ -213,7 +214,7 @@ def test_frames_and_events_in_one_batch_keep_their_order(core, keys, factory):
     assert set(core.states) == {"STA01:0", "STA01:events"}
 
 
-def test_relay_events_cli_merges_on_and_off_and_filters(core, keys, tmp_path, capsys):
+def test_relay_events_cli_merges_on_and_off_and_filters(core, keys, tmp_path, capsys, stores):
     t1, t2 = NOW - 600, NOW - 60
     items = [make_event(keys, 0, event_id="E1", t=t1),
              make_event(keys, 1, event_id="E1", state="off", t=t1, peak=9.5, channels=["BHZ", "BHE"],
@@ -223,7 +224,7 @@ def test_relay_events_cli_merges_on_and_off_and_filters(core, keys, tmp_path, ca
     root = str(tmp_path / "archive")
 
     def events(*args):
-        assert main(["relay", "events", "--archive", root, "--json", *args]) == 0
+        assert main(["relay", "events", *stores.cli(root), "--json", *args]) == 0
         return json.loads(capsys.readouterr().out)["events"]
 
     e1, e2 = events()
@@ -235,6 +236,6 @@ def test_relay_events_cli_merges_on_and_off_and_filters(core, keys, tmp_path, ca
     assert [e["event_id"] for e in events("--since", iso(t2 - 1))] == ["E2"]
     assert [e["event_id"] for e in events("--until", iso(t2 - 1), "--station", "STA01")] == ["E1"]
     assert events("--station", "STA02") == []
-    assert main(["relay", "events", "--archive", root]) == 0
+    assert main(["relay", "events", *stores.cli(root)]) == 0
     text = capsys.readouterr().out
     assert "E1" in text and "CLIPPED" in text and "open" in text

@@ -20,6 +20,8 @@ Deterministic (seeded).  ``IMS_FUZZ_CASES`` sets the number of cases (default 20
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import random
 import re
@@ -28,13 +30,11 @@ import time
 from ims_station.cd11.cli import verify_buffer
 from ims_station.cd11.crc64 import crc64
 from ims_station.clock import FakeClock
-from ims_station.relay.archive import FileArchive
 from ims_station.relay.core import Incoming, RelayCore
-from ims_station.relay.state import SqliteStateStore
 from ims_station.relay.verify import REASONS, Verifier
 
 from .cd11_writer import data_frame
-from .conftest import FrameFactory, nominal_of
+from .conftest import FUZZ_BACKENDS, FrameFactory, nominal_of
 
 CASES = int(os.environ.get("IMS_FUZZ_CASES", "20000"))
 BATCH = 250
@@ -99,18 +99,19 @@ def mutate(rng: random.Random, frames: list[bytes]) -> bytes:
     return bytes(raw)
 
 
-def test_fuzz_relay_process_and_cd11_verify(tmp_path, keys):
+@pytest.mark.parametrize("stores", FUZZ_BACKENDS, indirect=True)    # conftest.py: why
+def test_fuzz_relay_process_and_cd11_verify(tmp_path, keys, stores):
     rng = random.Random(7_2026)
     frames = base_frames(keys)
     clock = FakeClock(t=nominal_of(BASE + 100).timestamp())
     cores = [
-        RelayCore(keys.trust, SqliteStateStore(tmp_path / "a" / "s.sqlite"),
-                  FileArchive(tmp_path / "a" / "archive", quarantine_max_bytes=1 << 20), clock=clock),
-        RelayCore(keys.trust, SqliteStateStore(tmp_path / "b" / "s.sqlite"),
-                  FileArchive(tmp_path / "b" / "archive", quarantine_max_bytes=1 << 20), clock=clock,
+        RelayCore(keys.trust, stores.state(tmp_path / "a" / "s.sqlite"),
+                  stores.archive(tmp_path / "a" / "archive", quarantine_max_bytes=1 << 20), clock=clock),
+        RelayCore(keys.trust, stores.state(tmp_path / "b" / "s.sqlite"),
+                  stores.archive(tmp_path / "b" / "archive", quarantine_max_bytes=1 << 20), clock=clock,
                   verifier=Verifier(keys.trust, require_signatures=False), max_past_s=None, max_future_s=None),
-        RelayCore(keys.trust, SqliteStateStore(tmp_path / "c" / "s.sqlite"),
-                  FileArchive(tmp_path / "c" / "archive", quarantine_max_bytes=1 << 20), clock=clock,
+        RelayCore(keys.trust, stores.state(tmp_path / "c" / "s.sqlite"),
+                  stores.archive(tmp_path / "c" / "archive", quarantine_max_bytes=1 << 20), clock=clock,
                   verifier=Verifier(keys.trust, require_signatures=False)),
     ]
     seen: dict[str, int] = {}

@@ -19,6 +19,8 @@ Deterministic (seeded).  ``IMS_FUZZ_CASES`` sets the number of cases (default 30
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import random
@@ -27,13 +29,11 @@ import time
 
 from ims_station import envelope
 from ims_station.clock import FakeClock
-from ims_station.relay.archive import FileArchive
 from ims_station.relay.cli import merge_events
 from ims_station.relay.core import Incoming, RelayCore
-from ims_station.relay.state import SqliteStateStore
 from ims_station.relay.verify import REASONS, Verifier
 
-from .conftest import KEY_IDS
+from .conftest import FUZZ_BACKENDS, KEY_IDS
 from .test_events import NOW, event_doc
 
 CASES = int(os.environ.get("IMS_FUZZ_CASES", "3000"))
@@ -114,7 +114,8 @@ def mutate_raw(rng: random.Random, raw: bytes, bases: list[bytes]) -> bytes:
     return bytes(b)
 
 
-def test_fuzz_relay_process_with_event_envelopes(tmp_path, keys):
+@pytest.mark.parametrize("stores", FUZZ_BACKENDS, indirect=True)    # conftest.py: why
+def test_fuzz_relay_process_with_event_envelopes(tmp_path, keys, stores):
     rng = random.Random(9_2026)
     clock = FakeClock(t=NOW)
     now_us = int(NOW * 1e6)
@@ -122,10 +123,10 @@ def test_fuzz_relay_process_with_event_envelopes(tmp_path, keys):
     bases = [sign(keys, json.dumps(d).encode(), time_us=now_us) for d in docs]
     bases.append(sign(keys, json.dumps(docs[0]).encode(), time_us=now_us, key=None))
     cores = [
-        RelayCore(keys.trust, SqliteStateStore(tmp_path / "a" / "s.sqlite"),
-                  FileArchive(tmp_path / "a" / "archive", quarantine_max_bytes=1 << 20), clock=clock),
-        RelayCore(keys.trust, SqliteStateStore(tmp_path / "b" / "s.sqlite"),
-                  FileArchive(tmp_path / "b" / "archive", quarantine_max_bytes=1 << 20), clock=clock,
+        RelayCore(keys.trust, stores.state(tmp_path / "a" / "s.sqlite"),
+                  stores.archive(tmp_path / "a" / "archive", quarantine_max_bytes=1 << 20), clock=clock),
+        RelayCore(keys.trust, stores.state(tmp_path / "b" / "s.sqlite"),
+                  stores.archive(tmp_path / "b" / "archive", quarantine_max_bytes=1 << 20), clock=clock,
                   verifier=Verifier(keys.trust, require_signatures=False), max_past_s=None, max_future_s=None),
     ]
     seen: dict[str, int] = {}

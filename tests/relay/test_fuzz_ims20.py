@@ -33,13 +33,11 @@ import pytest
 
 from ims_station import envelope, ims20
 from ims_station.clock import FakeClock
-from ims_station.relay.archive import FileArchive
 from ims_station.relay.cli import ims20_row
 from ims_station.relay.core import Incoming, RelayCore
-from ims_station.relay.state import SqliteStateStore
 from ims_station.relay.verify import REASONS, Verifier
 
-from .conftest import KEY_IDS
+from .conftest import FUZZ_BACKENDS, KEY_IDS
 from .test_fuzz_events import mutate_raw
 from .test_ims20 import NOW
 
@@ -119,7 +117,8 @@ def bases(shared_dir: Path) -> list[bytes]:
     return [small_sample((d / "SAMPLE20211203070613605.PHD").read_text()), ALERT]
 
 
-def test_fuzz_relay_process_with_ims20_envelopes(tmp_path, keys, bases, shared_dir):
+@pytest.mark.parametrize("stores", FUZZ_BACKENDS, indirect=True)    # conftest.py: why
+def test_fuzz_relay_process_with_ims20_envelopes(tmp_path, keys, bases, shared_dir, stores):
     rng = random.Random(10_2026)
     clock = FakeClock(t=NOW)
     now_us = int(NOW * 1e6)
@@ -129,10 +128,10 @@ def test_fuzz_relay_process_with_ims20_envelopes(tmp_path, keys, bases, shared_d
     good = [sign(keys, b, s, time_us=now_us) for s, b in enumerate(bases)]
     good.append(sign(keys, bases[0], 0, time_us=now_us, key=None))
     cores = [
-        RelayCore(keys.trust, SqliteStateStore(tmp_path / "a" / "s.sqlite"),
-                  FileArchive(tmp_path / "a" / "archive", quarantine_max_bytes=4 << 20), clock=clock),
-        RelayCore(keys.trust, SqliteStateStore(tmp_path / "b" / "s.sqlite"),
-                  FileArchive(tmp_path / "b" / "archive", quarantine_max_bytes=4 << 20), clock=clock,
+        RelayCore(keys.trust, stores.state(tmp_path / "a" / "s.sqlite"),
+                  stores.archive(tmp_path / "a" / "archive", quarantine_max_bytes=4 << 20), clock=clock),
+        RelayCore(keys.trust, stores.state(tmp_path / "b" / "s.sqlite"),
+                  stores.archive(tmp_path / "b" / "archive", quarantine_max_bytes=4 << 20), clock=clock,
                   verifier=Verifier(keys.trust, require_signatures=False), max_past_s=None, max_future_s=None),
     ]
     sent: dict[int, dict[tuple[str, int], set[bytes]]] = {0: {}, 1: {}}   # core -> (frame set, seq) -> texts

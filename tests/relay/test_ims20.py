@@ -18,9 +18,7 @@ import pytest
 
 from ims_station import cd11, envelope
 from ims_station.cli import main
-from ims_station.relay.archive import FileArchive
 from ims_station.relay.core import Incoming, RelayCore
-from ims_station.relay.state import SqliteStateStore
 from ims_station.relay.verify import Verifier
 
 from .conftest import KEY_IDS
@@ -44,14 +42,14 @@ def make_msg(keys, text: bytes, seq: int = 0, *, sender: str = "STA01", key: str
                          signer=signer, seq=seq)
 
 
-def new_core(tmp_path, keys, clock, **kw):
-    return RelayCore(keys.trust, SqliteStateStore(tmp_path / "state.sqlite"), FileArchive(tmp_path / "archive"),
+def new_core(tmp_path, keys, clock, stores, **kw):
+    return RelayCore(keys.trust, stores.state(tmp_path / "state.sqlite"), stores.archive(tmp_path / "archive"),
                      clock=clock, acknack_interval_s=50.0, acknack_min_spacing_s=2.0, **kw)
 
 
 @pytest.fixture
-def core(tmp_path, keys, clock):
-    c = new_core(tmp_path, keys, clock)
+def core(tmp_path, keys, clock, stores):
+    c = new_core(tmp_path, keys, clock, stores)
     yield c
     c.close()
 
@@ -60,7 +58,7 @@ def run(core, *items):
     return [o.result for o in core.process([Incoming(t, p, i) for i, (t, p) in enumerate(items)])]
 
 
-def test_a_real_phd_message_is_archived_byte_identical_indexed_and_acknowledged(core, keys, texts, tmp_path):
+def test_a_real_phd_message_is_archived_byte_identical_indexed_and_acknowledged(core, keys, texts, tmp_path, stores):
     m0, m1 = make_msg(keys, texts["sample"], 0), make_msg(keys, texts["spike"], 1)
     assert run(core, (T, m0), (T, m1)) == ["archived", "archived"]
     assert core.archive.read_ims20("STA01:ims20", 0) == texts["sample"]
@@ -72,10 +70,13 @@ def test_a_real_phd_message_is_archived_byte_identical_indexed_and_acknowledged(
     assert (a0.srid, a0.measurement_id, a0.msg_station, a0.qualifier) == \
         ("58202112020111X", "MIX58_222-2021/12/02-17:00:54.4", "MIX58", "FULL")
     assert a0.key_id == KEY_IDS["STA01"][0] and a1.qualifier == "PREL"
-    # The station's UTC-day file holds the texts, byte-identical, one after the other.
-    day_file = tmp_path / "archive" / a0.file
-    assert a0.file == "ims20/STA01/2023/STA01.2023.318.relay.msg" and a1.file == a0.file
-    assert day_file.read_bytes() == texts["sample"] + texts["spike"]
+    # The file the index names holds the texts, byte-identical: SQLite, the station's UTC-day file,
+    # one after the other; PostgreSQL, the commit's content-addressed object.
+    for a, text in ((a0, texts["sample"]), (a1, texts["spike"])):
+        assert (tmp_path / "archive" / a.file).read_bytes()[a.offset:a.offset + a.length] == text
+    if not stores.pg:
+        assert a0.file == "ims20/STA01/2023/STA01.2023.318.relay.msg" and a1.file == a0.file
+        assert (tmp_path / "archive" / a0.file).read_bytes() == texts["sample"] + texts["spike"]
     st = core.states["STA01:ims20"]
     assert (st.lowest, st.highest, st.gaps) == (0, 1, [])
     due = {fs: (topic, raw) for topic, fs, raw in core.due_acknacks()}
@@ -103,12 +104,12 @@ def test_same_seq_same_text_is_a_duplicate_other_text_a_conflict(core, keys, tex
     assert core.counters.security_events == 1 and core.counters.duplicates == 2
 
 
-def test_a_restarted_relay_does_not_archive_a_message_twice(tmp_path, keys, clock, texts):
+def test_a_restarted_relay_does_not_archive_a_message_twice(tmp_path, keys, clock, texts, stores):
     m = make_msg(keys, texts["sample"], 0)
-    c = new_core(tmp_path, keys, clock)
+    c = new_core(tmp_path, keys, clock, stores)
     assert run(c, (T, m)) == ["archived"]
     c.close()
-    c = new_core(tmp_path, keys, clock)
+    c = new_core(tmp_path, keys, clock, stores)
     try:
         assert run(c, (T, m)) == ["duplicate"]
         assert len(list(c.archive.iter_ims20())) == 1
@@ -169,8 +170,8 @@ def test_bad_messages_are_quarantined_with_their_reason(core, keys, texts, case,
     assert core.counters.quarantined == 1 and core.counters.internal_errors == 0
 
 
-def test_a_message_above_max_payload_is_quarantined_unread(tmp_path, keys, clock, texts):
-    c = new_core(tmp_path, keys, clock, verifier=Verifier(keys.trust, max_payload=64 << 10))
+def test_a_message_above_max_payload_is_quarantined_unread(tmp_path, keys, clock, texts, stores):
+    c = new_core(tmp_path, keys, clock, stores, verifier=Verifier(keys.trust, max_payload=64 << 10))
     try:
         assert run(c, (T, make_msg(keys, texts["sample"]))) == ["oversize"]       # 142 KB > 64 KiB
     finally:
@@ -184,14 +185,14 @@ def test_a_codec_error_names_line_and_block(core, keys, texts):
     assert o.frame_set == "STA01:ims20" and o.sequence == 0
 
 
-def test_relay_ims2_list_and_get(core, keys, texts, tmp_path, capsys):
+def test_relay_ims2_list_and_get(core, keys, texts, tmp_path, capsys, stores):
     run(core, (T, make_msg(keys, texts["sample"], 0)), (T, make_msg(keys, texts["spike"], 1)),
         ("ims/STA02/ims20", make_msg(keys, texts["spike"], 0, sender="STA02", key="STA02")))
     root = str(tmp_path / "archive")
 
     def listed(*args):
         capsys.readouterr()
-        assert main(["relay", "ims2", "list", "--archive", root, "--json", *args]) == 0
+        assert main(["relay", "ims2", "list", *stores.cli(root), "--json", *args]) == 0
         return json.loads(capsys.readouterr().out)["messages"]
 
     assert [m["id"] for m in listed()] == ["STA01:ims20:0", "STA01:ims20:1", "STA02:ims20:0"]
@@ -201,9 +202,9 @@ def test_relay_ims2_list_and_get(core, keys, texts, tmp_path, capsys):
     m = listed("--station", "STA01")[0]
     assert m["data_type"] == "SAMPLEPHD" and m["srid"] == "58202112020111X" and m["bytes"] == len(texts["sample"])
     out = tmp_path / "got.phd"
-    assert main(["relay", "ims2", "get", "STA01:ims20:0", "--archive", root, "--out", str(out)]) == 0
+    assert main(["relay", "ims2", "get", "STA01:ims20:0", *stores.cli(root), "--out", str(out)]) == 0
     assert out.read_bytes() == texts["sample"]
-    assert main(["relay", "ims2", "get", "STA01:ims20:9", "--archive", root, "--out", str(out)]) == 2
+    assert main(["relay", "ims2", "get", "STA01:ims20:9", *stores.cli(root), "--out", str(out)]) == 2
     capsys.readouterr()
-    assert main(["relay", "ims2", "list", "--archive", root]) == 0
+    assert main(["relay", "ims2", "list", *stores.cli(root)]) == 0
     assert "SAMPLEPHD" in capsys.readouterr().out

@@ -21,12 +21,10 @@ from datetime import date, timedelta
 import pytest
 
 from ims_station.relay import kpi
-from ims_station.relay.archive import FileArchive
 from ims_station.relay.core import Incoming, RelayCore
-from ims_station.relay.state import SqliteStateStore
-from ims_station.relay.status import SilenceWatch, connect_ro, percentile, snapshot
+from ims_station.relay.status import SilenceWatch, percentile, snapshot
 
-from .conftest import FrameFactory, nominal_of
+from .conftest import BACKENDS, FrameFactory, Stores, nominal_of
 
 T = "ims/STA01/cd11"
 DAY0 = 8640 * 8700                 # seq of a UTC midnight (10-s frames since 2000)
@@ -53,8 +51,8 @@ def tampered(raw: bytes) -> bytes:
     return bytes(b)
 
 
-def make_core(data, keys, clock, **kw):
-    return RelayCore(keys.trust, SqliteStateStore(data / "state.sqlite"), FileArchive(data / "archive"),
+def make_core(data, keys, clock, stores, **kw):
+    return RelayCore(keys.trust, stores.state(data / "state.sqlite"), stores.archive(data / "archive"),
                      clock=clock, **kw)
 
 
@@ -78,24 +76,27 @@ def scenario(core, factory, clock) -> list[str]:
     return results
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, keys):
-    """The scenario's data_dir (read only: a test that writes works on a copy) and outcomes."""
+@pytest.fixture(scope="module", params=BACKENDS)
+def run(request, tmp_path_factory, keys):
+    """The scenario's data_dir (read only: a test that writes works on a copy), outcomes and the
+    backend's stores (one run per backend)."""
     from ims_station.clock import FakeClock
 
+    stores = Stores(request.param, *(request.getfixturevalue("pg_cluster")[::-1]
+                                     if request.param == "postgresql" else ()))
     clock = FakeClock(nominal_of(DAY0).timestamp())
     data = tmp_path_factory.mktemp("kpi") / "data"
-    core = make_core(data, keys, clock)
+    core = make_core(data, keys, clock, stores)
     results = scenario(core, FrameFactory(keys, rate=40.0), clock)
     core.close()
-    return data, results
+    return data, results, stores
 
 
 def test_scenario_figures_equal_what_was_injected(run):
-    data, results = run
+    data, results, stores = run
     delivered = N - len(OUTAGE)                          # refilled frames arrive in the end
     assert results.count("archived") == delivered and results.count("frame_signature") == len(TAMPERED)
-    db = connect_ro(data / "archive" / "index.sqlite")
+    db = stores.index_db(data / "archive")
     t0 = nominal_of(DAY0).timestamp()
     rep = kpi.report(db, nominal_of(DAY0).date(), nominal_of(DAY0).date(), now=t0 + 10 * N)
     per_frame = 400                                      # 10 s x 40 sps per channel
@@ -117,16 +118,16 @@ def test_scenario_figures_equal_what_was_injected(run):
 def test_figures_survive_a_restart_and_duplicates_do_not_count(run, keys, clock, tmp_path):
     """A resend of archived frames (after a restart) is a duplicate: samples unchanged, the
     authentication count grows (each copy was verified)."""
-    import shutil
 
     data = tmp_path / "data"
-    shutil.copytree(run[0], data)
+    stores = run[2]
+    stores.copy(run[0], data)
     clock.t = t_end(N - 1) + 500.0
-    core = make_core(data, keys, clock)
+    core = make_core(data, keys, clock, stores)
     factory = FrameFactory(keys, rate=40.0)
     assert [o.result for o in core.process([Incoming(T, factory.build(DAY0), 0)])] == ["duplicate"]
     core.close()
-    db = connect_ro(data / "archive" / "index.sqlite")
+    db = stores.index_db(data / "archive")
     rep = kpi.report(db, nominal_of(DAY0).date(), nominal_of(DAY0).date(), now=t_end(N - 1))
     assert rep["channels"][0]["samples"] == (N - len(OUTAGE)) * 400
     assert rep["stations"][0]["auth_passed"] == N - len(OUTAGE) + 1
@@ -190,9 +191,9 @@ def test_silence_watch_alarms_once_per_transition(caplog):
     assert SilenceWatch(None).check(1e12) == []
 
 
-def test_core_raises_the_silent_alarm_and_reseeds_after_restart(tmp_path, keys, clock, caplog):
+def test_core_raises_the_silent_alarm_and_reseeds_after_restart(tmp_path, keys, clock, caplog, stores):
     clock.t = nominal_of(DAY0).timestamp() + 11.0
-    core = make_core(tmp_path / "d", keys, clock, silent_alarm_s=60.0)
+    core = make_core(tmp_path / "d", keys, clock, stores, silent_alarm_s=60.0)
     core.process([Incoming(T, FrameFactory(keys).build(DAY0), 0)])
     assert core.check_silence() == [] and core.stats()["silent"] == []
     clock.advance(61.0)
@@ -200,15 +201,15 @@ def test_core_raises_the_silent_alarm_and_reseeds_after_restart(tmp_path, keys, 
         assert core.check_silence() == ["STA01"]
     assert core.stats()["silent"] == ["STA01"] and core.stats()["silent_alarms"] == 1
     core.close()
-    core = make_core(tmp_path / "d", keys, clock, silent_alarm_s=60.0)      # restart: still silent
+    core = make_core(tmp_path / "d", keys, clock, stores, silent_alarm_s=60.0)      # restart: still silent
     clock.advance(1.0)
     assert core.check_silence() == ["STA01"]
     core.close()
 
 
 def test_status_snapshot_of_the_scenario(run):
-    data, _ = run
-    snap = snapshot(connect_ro(data / "archive" / "index.sqlite"), connect_ro(data / "state.sqlite"),
+    data, _, stores = run
+    snap = snapshot(stores.index_db(data / "archive"), stores.state_db(data / "state.sqlite"),
                     now=t_end(N - 1) + 430.0, silent_alarm_s=600.0)
     (s,) = snap["stations"]
     assert s["station"] == "STA01" and s["online"] and snap["alarms"] == []
@@ -218,7 +219,7 @@ def test_status_snapshot_of_the_scenario(run):
     # Latency: arrival - frame end; 1 s for in-time frames, 400 s for the stalled ones.
     assert s["latency_frames"] == N - len(OUTAGE) and s["latency_p50_s"] == 1.0
     assert s["latency_p99_s"] == t_end(N - 1) + 420.0 - t_end(REFILLED[0])     # the first resend
-    later = snapshot(connect_ro(data / "archive" / "index.sqlite"), None, now=t_end(N - 1) + 5000.0,
+    later = snapshot(stores.index_db(data / "archive"), None, now=t_end(N - 1) + 5000.0,
                      silent_alarm_s=600.0)
     assert later["alarms"] == ["STA01"] and not later["stations"][0]["online"]
 
@@ -226,19 +227,19 @@ def test_status_snapshot_of_the_scenario(run):
 def test_cli_status_and_kpi(run, tmp_path, capsys):
     from ims_station.cli import main
 
-    data, _ = run
+    data, _, stores = run
     day = nominal_of(DAY0).date().isoformat()
     at = nominal_of(DAY0 + N).isoformat()
-    assert main(["relay", "status", "--data-dir", str(data), "--at", at, "--json"]) == 0
+    assert main(["relay", "status", *stores.data_args(data), "--at", at, "--json"]) == 0
     snap = json.loads(capsys.readouterr().out)
     assert snap["stations"][0]["verification_failures"] == len(TAMPERED)
-    assert main(["relay", "status", "--data-dir", str(data), "--at", at]) == 0
+    assert main(["relay", "status", *stores.data_args(data), "--at", at]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("STATION") and "STA01" in out and max(map(len, out.splitlines())) <= 80
-    assert main(["relay", "status", "--data-dir", str(data), "--alarm-exit"]) == 1      # now: long silent
+    assert main(["relay", "status", *stores.data_args(data), "--alarm-exit"]) == 1      # now: long silent
     assert "ALARM" in capsys.readouterr().out
 
-    args = ["relay", "kpi", "--data-dir", str(data), "--from", day, "--to", day, "--at", at]
+    args = ["relay", "kpi", *stores.data_args(data), "--from", day, "--to", day, "--at", at]
     assert main([*args, "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["stations"][0]["availability"] == (N - len(OUTAGE)) / N
@@ -259,10 +260,10 @@ def test_kpi_png_renders(run, tmp_path):
 
     from ims_station.cli import main
 
-    data, _ = run
+    data, _, stores = run
     day = nominal_of(DAY0).date()
     png = tmp_path / "avail.png"
-    assert main(["relay", "kpi", "--data-dir", str(data), "--from", (day - timedelta(days=1)).isoformat(),
+    assert main(["relay", "kpi", *stores.data_args(data), "--from", (day - timedelta(days=1)).isoformat(),
                  "--to", (day + timedelta(days=1)).isoformat(), "--at", nominal_of(DAY0 + N).isoformat(),
                  "--png", str(png), "--json"]) == 0
     raw = png.read_bytes()
@@ -283,8 +284,8 @@ def test_docs_match_the_code(run):
     from ims_station.relay.status import DEFAULT_SILENT_ALARM_S, format_table
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "relay.md").read_text()
-    data, _ = run
-    snap = snapshot(connect_ro(data / "archive" / "index.sqlite"), connect_ro(data / "state.sqlite"),
+    data, _, stores = run
+    snap = snapshot(stores.index_db(data / "archive"), stores.state_db(data / "state.sqlite"),
                     now=t_end(N - 1) + 430.0, silent_alarm_s=600.0)
     header, row = format_table(snap).splitlines()
     assert f"\n{header}\n{row}\n" in doc
@@ -321,24 +322,30 @@ def test_split_span_conserves_samples():
     check()
 
 
-def test_status_reads_next_to_a_writing_relay(tmp_path, keys, clock):
+def test_status_reads_next_to_a_writing_relay(tmp_path, keys, clock, stores):
     """The relay holds its write connections open (WAL): status reads read-only beside it and sees
     each committed batch; its read-only connection can write nothing."""
     import sqlite3
 
     clock.t = t_end(0) + 1.0
-    core = make_core(tmp_path / "d", keys, clock)
+    core = make_core(tmp_path / "d", keys, clock, stores)
     factory = FrameFactory(keys)
     try:
         core.process([Incoming(T, factory.build(DAY0), 0)])
-        index = connect_ro(tmp_path / "d" / "archive" / "index.sqlite")
-        state = connect_ro(tmp_path / "d" / "state.sqlite")
+        index = stores.index_db(tmp_path / "d" / "archive")
+        state = stores.state_db(tmp_path / "d" / "state.sqlite")
         assert snapshot(index, state, now=clock.time())["stations"][0]["latency_frames"] == 1
         clock.advance(10.0)
         core.process([Incoming(T, factory.build(DAY0 + 1), 0)])
         s = snapshot(index, state, now=clock.time())["stations"][0]
         assert s["latency_frames"] == 2 and s["online"]
-        with pytest.raises(sqlite3.OperationalError):
-            index.execute("DELETE FROM frames")
+        if stores.pg:
+            import psycopg
+
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                index.execute("DELETE FROM frames")
+        else:
+            with pytest.raises(sqlite3.OperationalError):
+                index.execute("DELETE FROM frames")
     finally:
         core.close()

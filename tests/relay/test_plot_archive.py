@@ -8,9 +8,10 @@ import json
 from datetime import timedelta
 
 import numpy as np
+import pytest
 
 from ims_station.cli import main
-from ims_station.relay.archive import FileArchive, FrameRecord
+from ims_station.relay.archive import FrameRecord
 from tests.conftest import need_module
 from tests.test_plot import check_png
 
@@ -32,12 +33,15 @@ def burst_samples(factory):
     return samples
 
 
-def test_plot_event_from_the_archive_takes_the_archived_event(tmp_path, keys, clock, factory, capsys):
+# `ims-station plot event` opens an archive by its path (--archive): the SQLite layout only (the
+# PostgreSQL backend is reached through a relay config, which `plot` does not take).
+@pytest.mark.parametrize("stores", ["sqlite"], indirect=True)
+def test_plot_event_from_the_archive_takes_the_archived_event(tmp_path, keys, clock, factory, capsys, stores):
     need_module("matplotlib", "pip install -e .[plot]")
     from ims_station import cd11
     from ims_station.cd11.timefmt import to_epoch
 
-    core = new_core(tmp_path, keys, clock)
+    core = new_core(tmp_path, keys, clock, stores)
     chans = ["XX.STA01.00.BHZ", "XX.STA01.00.BHN"]
     assert run(core, (T, make_event(keys, 0, t=T_EVENT, channels=chans)),
                (T, make_event(keys, 1, state="off", t=T_EVENT, channels=chans))) == ["archived"] * 2
@@ -49,7 +53,7 @@ def test_plot_event_from_the_archive_takes_the_archived_event(tmp_path, keys, cl
         raw = factory.build(s)
         f, _ = cd11.parse_frame(raw)
         recs.append(FrameRecord("STA01", "STA01:0", s, int(round(to_epoch(f.nominal_time) * 1000)), raw))
-    with FileArchive(tmp_path / "archive") as arc:
+    with stores.archive(tmp_path / "archive") as arc:
         arc.commit(recs)
 
     png = tmp_path / "ev.png"

@@ -17,10 +17,8 @@ from datetime import datetime, timezone
 import pytest
 
 from ims_station.clock import FakeClock
-from ims_station.relay.archive import FileArchive
 from ims_station.relay.core import Incoming, RelayCore
 from ims_station.relay.errors import ArchiveError
-from ims_station.relay.state import SqliteStateStore
 from ims_station.relay.verify import REASONS, Verifier
 
 from .cd11_writer import data_frame
@@ -38,8 +36,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def core(tmp_path, keys, clock):
-    c = RelayCore(keys.trust, SqliteStateStore(tmp_path / "state.sqlite"), FileArchive(tmp_path / "archive"),
+def core(tmp_path, keys, clock, stores):
+    c = RelayCore(keys.trust, stores.state(tmp_path / "state.sqlite"), stores.archive(tmp_path / "archive"),
                   clock=clock)
     yield c
     c.close()
@@ -174,8 +172,8 @@ def test_a_signed_frame_dated_2100_is_quarantined_as_a_clock_event(core, factory
     (None, None, [-10 ** 6, 10 ** 6], ["archived", "archived"]),
 ])
 def test_time_window_is_configurable_and_uses_the_injected_clock(tmp_path, keys, factory, clock, past, future,
-                                                                 offsets, expected):
-    core = RelayCore(keys.trust, SqliteStateStore(tmp_path / "s"), FileArchive(tmp_path / "a"), clock=clock,
+                                                                 offsets, expected, stores):
+    core = RelayCore(keys.trust, stores.state(tmp_path / "s"), stores.archive(tmp_path / "a"), clock=clock,
                      max_past_s=past, max_future_s=future, sequence_check=False)
     now_seq = BASE + 100
     out = [run(core, factory.build(now_seq + off))[0] for off in offsets]

@@ -14,6 +14,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from ims_station import cd11
 from ims_station.broker import BrokerConfig
 from ims_station.relay.archive import FileArchive
@@ -70,7 +72,7 @@ class StationClient:
         self.c.disconnect()
 
 
-def make_relay(broker, keys, data: Path, *, instance="r1", seen: Observed | None = None,
+def make_relay(broker, keys, data: Path, stores, *, instance="r1", seen: Observed | None = None,
                **kw) -> tuple[Relay, Observed]:
     seen = seen or Observed()
     kw.setdefault("acknack_interval_s", 0.5)
@@ -78,8 +80,8 @@ def make_relay(broker, keys, data: Path, *, instance="r1", seen: Observed | None
     # BASE frames are of 2023 and these relays run on the system clock: no lower time bound here
     # (the time-plausibility rule has its own tests, test_poison.py).
     kw.setdefault("max_past_s", None)
-    r = Relay(broker.config, keys.trust, SqliteStateStore(data / "state.sqlite"),
-              FileArchive(data / "archive", writer=instance), instance=instance, group="relays",
+    r = Relay(broker.config, keys.trust, stores.state(data / "state.sqlite"),
+              stores.archive(data / "archive", writer=instance), instance=instance, group="relays",
               on_outcomes=lambda outs: seen.add([(instance, o) for o in outs]), backoff_base_s=0.05, backoff_max_s=0.2, **kw)
     return r, seen
 
@@ -88,8 +90,8 @@ def results(items) -> list[str]:
     return [o.result for _, o in items]
 
 
-def test_archive_and_acknack_gaps_end_to_end(mosquitto, keys, factory, tmp_path):
-    relay, seen = make_relay(mosquitto, keys, tmp_path)
+def test_archive_and_acknack_gaps_end_to_end(mosquitto, keys, factory, tmp_path, stores):
+    relay, seen = make_relay(mosquitto, keys, tmp_path, stores)
     sta = StationClient(mosquitto)
     with relay:
         assert relay.wait_connected(TIMEOUT)
@@ -110,10 +112,11 @@ def test_archive_and_acknack_gaps_end_to_end(mosquitto, keys, factory, tmp_path)
     assert st["transport"]["acked"] == 7
 
 
-def test_connected_means_the_subscription_was_acknowledged(mosquitto, keys, factory, tmp_path):
+@pytest.mark.parametrize("stores", ["sqlite"], indirect=True)    # MQTT readiness only: one backend
+def test_connected_means_the_subscription_was_acknowledged(mosquitto, keys, factory, tmp_path, stores):
     """wait_connected() returns after the SUBACK: the first frame published at that instant arrives
     (a shared subscription has no session at the broker before it)."""
-    relay, seen = make_relay(mosquitto, keys, tmp_path)
+    relay, seen = make_relay(mosquitto, keys, tmp_path, stores)
     sta = StationClient(mosquitto)
     with relay:
         assert relay.wait_connected(TIMEOUT)
@@ -123,13 +126,14 @@ def test_connected_means_the_subscription_was_acknowledged(mosquitto, keys, fact
     sta.close()
 
 
-def test_on_a_3_1_1_broker_ready_after_the_suback_of_the_fallback_connection(embedded, keys, factory, tmp_path):
+@pytest.mark.parametrize("stores", ["sqlite"], indirect=True)    # MQTT readiness only: one backend
+def test_on_a_3_1_1_broker_ready_after_the_suback_of_the_fallback_connection(embedded, keys, factory, tmp_path, stores):
     """The embedded amqtt broker (3.1.1 only, no shared subscriptions: the relay runs without a
     group, as the demo does): MQTT 5 is refused, the relay falls back to 3.1.1 and is connected only
     after that connection's SUBACK -- the first frame published then arrives."""
     # amqtt does not answer an MQTT 5 CONNECT: a short deadline keeps the test quick (a 3.1.1
     # attempt that missed it under load is simply retried).
-    relay, seen = make_relay(embedded, keys, tmp_path, connect_timeout_s=2.0)
+    relay, seen = make_relay(embedded, keys, tmp_path, stores, connect_timeout_s=2.0)
     relay.group = None
     sta = StationClient(embedded)
     with relay:
@@ -183,12 +187,12 @@ def test_a_refused_shared_subscription_is_replaced_and_readiness_waits_for_the_n
     relay.close()
 
 
-def test_unstored_batch_is_not_acked_and_comes_back(mosquitto, keys, factory, tmp_path):
+def test_unstored_batch_is_not_acked_and_comes_back(mosquitto, keys, factory, tmp_path, stores):
     """Manual PUBACK: when storing fails the broker keeps the message and redelivers it after the
     relay reconnects -- no station resend needed (the test station never resends)."""
     from ims_station.relay.errors import ArchiveError
 
-    relay, seen = make_relay(mosquitto, keys, tmp_path)
+    relay, seen = make_relay(mosquitto, keys, tmp_path, stores)
     real_commit = relay.core.archive.commit
     failures = []
 
@@ -211,28 +215,28 @@ def test_unstored_batch_is_not_acked_and_comes_back(mosquitto, keys, factory, tm
     assert st["store_errors"] == 1 and st["transport"]["disconnects"] >= 1 and st["transport"]["connects"] >= 2
 
 
-def test_frames_sent_while_the_relay_is_down_arrive_after_restart(mosquitto, keys, factory, tmp_path):
+def test_frames_sent_while_the_relay_is_down_arrive_after_restart(mosquitto, keys, factory, tmp_path, stores):
     """Persistent session (MQTT 5, session expiry): the broker queues for the stopped relay."""
-    relay, _ = make_relay(mosquitto, keys, tmp_path)
+    relay, _ = make_relay(mosquitto, keys, tmp_path, stores)
     relay.start()
     assert relay.wait_connected(TIMEOUT)
     relay.close()
     sta = StationClient(mosquitto)
     for s in range(5):
         sta.publish(factory.build(BASE + s))
-    relay2, seen = make_relay(mosquitto, keys, tmp_path)
+    relay2, seen = make_relay(mosquitto, keys, tmp_path, stores)
     with relay2:
         seen.wait(lambda it: results(it).count("archived") == 5)
         sta.acknacks.wait(lambda a: a and (a[-1].lowest, a[-1].highest, a[-1].gaps) == (BASE, BASE + 4, []))
     sta.close()
 
 
-def test_two_relays_share_the_load_and_one_state(mosquitto, keys, factory, tmp_path):
+def test_two_relays_share_the_load_and_one_state(mosquitto, keys, factory, tmp_path, stores):
     """A shared subscription hands each frame to one relay; both archive into one index and one
     state store, so neither reports the other's frames as gaps."""
     seen = Observed()
-    r1, _ = make_relay(mosquitto, keys, tmp_path, instance="r1", seen=seen)
-    r2, _ = make_relay(mosquitto, keys, tmp_path, instance="r2", seen=seen)
+    r1, _ = make_relay(mosquitto, keys, tmp_path, stores, instance="r1", seen=seen)
+    r2, _ = make_relay(mosquitto, keys, tmp_path, stores, instance="r2", seen=seen)
     sta = StationClient(mosquitto)
     n = 30
     with r1, r2:
@@ -245,12 +249,14 @@ def test_two_relays_share_the_load_and_one_state(mosquitto, keys, factory, tmp_p
     by = {name for name, _ in seen.items}
     assert by == {"r1", "r2"}, "both relays should have received part of the load"
     assert results(seen.items) == ["archived"] * n
-    with FileArchive(tmp_path / "archive", writer="check") as arc:
+    with stores.archive(tmp_path / "archive", writer="check") as arc:
         assert len(arc.frame_keys()) == n
-    assert sorted(p.name.split(".")[-2] for p in (tmp_path / "archive" / "frames").rglob("*.cd11")) == ["r1", "r2"]
+        assert all(arc.read_frame("STA01:0", BASE + s) == factory.build(BASE + s) for s in range(n))
+    if not stores.pg:         # SQLite: each relay its own day files; PostgreSQL: shared objects
+        assert sorted(p.name.split(".")[-2] for p in (tmp_path / "archive" / "frames").rglob("*.cd11")) == ["r1", "r2"]
 
 
-def test_cli_run_and_export(mosquitto, keys, factory, tmp_path):
+def test_cli_run_and_export(mosquitto, keys, factory, tmp_path, stores):
     conf = tmp_path / "relay.toml"
     conf.write_text(f"""
 [relay]
@@ -259,7 +265,7 @@ trust_dir = "{keys.trust_dir}"
 instance = "cli1"
 acknack_interval_s = 1.0
 max_past_s = 1e10              # BASE frames are of 2023
-
+{stores.state_toml(tmp_path / "data")}
 [[broker]]
 host = "{mosquitto.host}"
 port = {mosquitto.port}
@@ -296,11 +302,11 @@ port = {mosquitto.port}
 
 
 def test_a_poison_message_in_a_live_stream_is_quarantined_acked_and_not_redelivered(mosquitto, keys, factory,
-                                                                                   tmp_path):
+                                                                                   tmp_path, stores):
     """Issue 7 §1: an exception injected into the verifier for one message of a live stream: that
     message is quarantined as ``internal_error`` and acknowledged, every other frame is archived,
     and a restarted relay (same persistent session) does not get the poison message again."""
-    relay, seen = make_relay(mosquitto, keys, tmp_path)
+    relay, seen = make_relay(mosquitto, keys, tmp_path, stores)
     n = 12
     frames = [factory.build(BASE + s) for s in range(n)]
     poison = frames[5]
@@ -321,13 +327,13 @@ def test_a_poison_message_in_a_live_stream_is_quarantined_acked_and_not_redelive
         st = relay.stats()
     assert sorted(results(seen.items)) == sorted(["archived"] * (n - 1) + ["internal_error"])
     assert st["internal_errors"] == 1 and st["transport"]["acked"] == n and st["store_errors"] == 0
-    with FileArchive(tmp_path / "archive", writer="check") as arc:
+    with stores.archive(tmp_path / "archive", writer="check") as arc:
         assert sorted(s for _, s in arc.frame_keys()) == [BASE + s for s in range(n) if s != 5]
         (q,) = arc.quarantine_entries(reason="internal_error")
         assert "RuntimeError: injected bug" in q["detail"] and arc.read_quarantined(q) == poison
     # Restart: the persistent session holds nothing of the old stream; the next frame is the first
     # (and only) message the new relay sees, and the station resends the poison's frame normally.
-    relay2, seen2 = make_relay(mosquitto, keys, tmp_path)
+    relay2, seen2 = make_relay(mosquitto, keys, tmp_path, stores)
     with relay2:
         assert relay2.wait_connected(TIMEOUT)
         sta.publish(factory.build(BASE + n))

@@ -1,4 +1,7 @@
-"""Durable state and archive: survive SIGKILL, dedupe, security events, replay, quarantine, miniSEED."""
+"""Durable state and archive: survive SIGKILL, dedupe, security events, replay, quarantine, miniSEED.
+
+Each test that takes ``stores`` runs against both backends (tests/relay/conftest.py): the SQLite
+default and PostgreSQL with content-addressed objects; the layout tests are per backend."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import pytest
 
 from ims_station.relay.archive import FileArchive, FrameRecord, QuarantineRecord, StoreOutcome
 from ims_station.relay.gaps import FrameSetState
-from ims_station.relay.state import MemoryStateStore, SqliteStateStore
+from ims_station.relay.state import MemoryStateStore
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY_MS = 86_400_000
@@ -29,9 +32,15 @@ def record(seq: int, raw: bytes | None = None, *, frame_set: str = "STA01:0", no
 
 
 # -- state ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("make", [lambda p: SqliteStateStore(p / "s.sqlite"), lambda p: MemoryStateStore()])
-def test_state_store_round_trip(tmp_path, make):
-    store = make(tmp_path)
+def test_state_store_round_trip(tmp_path, stores):
+    _round_trip(stores.state(tmp_path / "s.sqlite"))
+
+
+def test_memory_state_store_round_trip():
+    _round_trip(MemoryStateStore())
+
+
+def _round_trip(store):
     a = FrameSetState("STA01:0", sequence_offset=0)
     for n in (1, 2, 7):
         a.add(n, 5.0)
@@ -63,12 +72,11 @@ def _kill_after(proc: subprocess.Popen, lines: int) -> list[str]:
 
 
 @pytest.mark.parametrize("kill_after", [3, 17, 40])
-def test_state_survives_sigkill(tmp_path, kill_after):
+def test_state_survives_sigkill(tmp_path, kill_after, stores):
     """Every save that returned before SIGKILL is there after reopening."""
     proc = _run_child(f"""
-        from ims_station.relay.state import SqliteStateStore
         from ims_station.relay.gaps import FrameSetState
-        store = SqliteStateStore({str(tmp_path / 's.sqlite')!r})
+        store = {stores.state_code(tmp_path / 's.sqlite')}
         s = FrameSetState("STA01:0")
         n = 0
         while True:
@@ -79,15 +87,15 @@ def test_state_survives_sigkill(tmp_path, kill_after):
         """, tmp_path)
     seen = _kill_after(proc, kill_after)
     last = int(seen[-1])
-    st = SqliteStateStore(tmp_path / "s.sqlite").load_all()["STA01:0"]
+    st = stores.state(tmp_path / "s.sqlite").load_all()["STA01:0"]
     assert st.highest >= 2 * last
     lowest, highest, gaps = st.acknack_fields()
     assert lowest == 2 and len(gaps) == highest // 2 - 1
 
 
 # -- archive -------------------------------------------------------------------------------------
-def test_archive_dedupe_conflict_and_replay(tmp_path):
-    with FileArchive(tmp_path / "a") as arc:
+def test_archive_dedupe_conflict_and_replay(tmp_path, stores):
+    with stores.archive(tmp_path / "a") as arc:
         res = arc.commit([record(1), record(2), record(2)])                  # in-batch duplicate too
         assert [r.outcome for r in res] == [StoreOutcome.ARCHIVED, StoreOutcome.ARCHIVED, StoreOutcome.DUPLICATE]
         res = arc.commit([record(1), record(1, b"forged bytes"), record(9, nominal_ms=T0 + 10_000 * 2)])
@@ -126,14 +134,15 @@ def test_archive_layout_is_per_station_per_day_and_readable_by_the_codec(tmp_pat
         assert [a.sequence for a, _ in arc.iter_day("STA01", recs[1].day)] == [recs[1].sequence, recs[2].sequence]
 
 
-def test_archive_survives_sigkill_mid_commit(tmp_path):
+def test_archive_survives_sigkill_mid_commit(tmp_path, stores):
     """SIGKILL at an arbitrary moment: every commit that returned is intact, a torn tail is cut
-    back on reopening, and appending afterwards keeps every index entry pointing at its bytes."""
+    back on reopening (SQLite day files; PostgreSQL: an object no row points at is left alone),
+    and appending afterwards keeps every index entry pointing at its bytes."""
     root = tmp_path / "a"
     proc = _run_child(f"""
         import os
-        from ims_station.relay.archive import FileArchive, FrameRecord
-        arc = FileArchive({str(root)!r})
+        from ims_station.relay.archive import FrameRecord
+        arc = {stores.archive_code(root)}
         n = 0
         while True:
             batch = []
@@ -145,15 +154,21 @@ def test_archive_survives_sigkill_mid_commit(tmp_path):
             print(n, flush=True)
         """, tmp_path)
     last = int(_kill_after(proc, 25)[-1])
-    with FileArchive(root) as arc:
+    with stores.archive(root) as arc:
         keys = arc.frame_keys()
         assert len(keys) >= last
         for fs, seq in keys:
             a = arc.lookup(fs, seq)
             assert hashlib.sha256(arc.read_frame(fs, seq)).hexdigest() == a.sha256
-        f = next((root / "frames").rglob("*.cd11"))
-        # The file holds exactly the committed frames (no torn tail left).
-        assert f.stat().st_size == sum(arc.lookup(fs, s).length for fs, s in keys)
+        if stores.pg:
+            # Every object is named by its content (a torn temp file is never renamed into place).
+            for obj in (root / "objects").rglob("*"):
+                if obj.is_file() and not obj.name.startswith(".tmp-"):
+                    assert hashlib.sha256(obj.read_bytes()).hexdigest() == obj.parent.name + obj.name
+        else:
+            f = next((root / "frames").rglob("*.cd11"))
+            # The file holds exactly the committed frames (no torn tail left).
+            assert f.stat().st_size == sum(arc.lookup(fs, s).length for fs, s in keys)
         nxt = keys[-1][1] + 1
         assert arc.commit([record(nxt, b"after the crash")])[0].outcome is StoreOutcome.ARCHIVED
         assert arc.read_frame("STA01:0", nxt) == b"after the crash"
@@ -173,8 +188,8 @@ def test_uncommitted_tail_is_cut_on_open(tmp_path):
         assert arc.read_frame("STA01:0", 2) == record(2).raw
 
 
-def test_quarantine_is_bounded(tmp_path):
-    with FileArchive(tmp_path / "a", quarantine_max_bytes=100) as arc:
+def test_quarantine_is_bounded(tmp_path, stores):
+    with stores.archive(tmp_path / "a", quarantine_max_bytes=100) as arc:
         arc.commit([], [QuarantineRecord("crc", "bad", b"x" * 60, station="STA01"),
                         QuarantineRecord("crc", "bad", b"y" * 60, station="STA01")])
         q = arc.quarantine_entries(reason="crc")
@@ -183,9 +198,9 @@ def test_quarantine_is_bounded(tmp_path):
         assert arc.read_quarantined(q[1]) is None
 
 
-def test_second_writer_shares_the_index(tmp_path):
+def test_second_writer_shares_the_index(tmp_path, stores):
     """Two relay processes on one data dir: own files, one index, dedupe across them."""
-    a, b = FileArchive(tmp_path / "a", writer="r1"), FileArchive(tmp_path / "a", writer="r2")
+    a, b = stores.archive(tmp_path / "a", writer="r1"), stores.archive(tmp_path / "a", writer="r2")
     try:
         assert a.commit([record(1)])[0].outcome is StoreOutcome.ARCHIVED
         assert b.commit([record(1)])[0].outcome is StoreOutcome.DUPLICATE
@@ -197,7 +212,7 @@ def test_second_writer_shares_the_index(tmp_path):
 
 
 # -- miniSEED ------------------------------------------------------------------------------------
-def test_mseed_export_is_sample_identical_in_obspy(tmp_path, factory):
+def test_mseed_export_is_sample_identical_in_obspy(tmp_path, factory, stores):
     """Frames archived (out of order, one missing) -> pymseed export -> ObsPy reads every sample."""
     import obspy
 
@@ -206,7 +221,7 @@ def test_mseed_export_is_sample_identical_in_obspy(tmp_path, factory):
 
     base = 8640 * 8700                       # 2023-10-26 (a day of 10-s frames since 2000)
     seqs = [base + i for i in (3, 0, 1, 2, 5, 4, 7)]          # 6 missing -> two segments
-    arc = FileArchive(tmp_path / "a")
+    arc = stores.archive(tmp_path / "a")
     recs = []
     for s in seqs:
         raw = factory.build(s)
@@ -234,29 +249,51 @@ def test_mseed_export_is_sample_identical_in_obspy(tmp_path, factory):
     arc.close()
 
 
-def test_mseed_export_of_an_empty_day_is_an_error(tmp_path):
+def test_mseed_export_of_an_empty_day_is_an_error(tmp_path, stores):
     from ims_station.relay.errors import ExportError
 
-    with FileArchive(tmp_path / "a") as arc, pytest.raises(ExportError, match="no data frames"):
+    with stores.archive(tmp_path / "a") as arc, pytest.raises(ExportError, match="no data frames"):
         arc.export_mseed("STA01", date(2024, 1, 1), tmp_path / "out")
 
 
-def test_concurrent_updates_from_two_stores_lose_nothing(tmp_path):
+def test_concurrent_updates_from_two_stores_lose_nothing(tmp_path, stores):
     """Two relay processes (here: two connections in two threads) updating one frame set through
     ``update`` never overwrite each other's progress (a plain ``save`` of each one's copy would)."""
     import threading
 
-    stores = [SqliteStateStore(tmp_path / "s.sqlite") for _ in range(2)]
+    both = [stores.state(tmp_path / "s.sqlite") for _ in range(2)]
 
     def work(k: int) -> None:
         for n in range(k, 200, 2):           # store 0 adds the even numbers, store 1 the odd ones
-            stores[k].update(["STA01:0"], lambda states, n=n: states["STA01:0"].add(n, 0.0))
+            both[k].update(["STA01:0"], lambda states, n=n: states["STA01:0"].add(n, 0.0))
 
     threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert stores[0].load("STA01:0").acknack_fields() == (0, 199, [])
-    for s in stores:
+    assert both[0].load("STA01:0").acknack_fields() == (0, 199, [])
+    for s in both:
         s.close()
+
+
+def test_pg_archive_writes_each_commit_once_under_its_content_address(tmp_path, factory, pg_cluster):
+    """PgArchive: a commit's new bytes are one object ``objects/ab/cdef..`` (SHA-256 of its
+    content), rows point into it, and a second relay sharing the index and the object root (another
+    writer, a fresh connection) serves the frames; a resent batch writes nothing new."""
+    from ims_station.relay.pgstore import PgArchive
+
+    _, dsn = pg_cluster
+    root = tmp_path / "objects-root"
+    with PgArchive(dsn, root, schema="t_cas", writer="r1") as a, PgArchive(dsn, root, schema="t_cas", writer="r2") as b:
+        recs = [record(n) for n in range(1, 5)]
+        assert all(r.outcome is StoreOutcome.ARCHIVED for r in a.commit(recs))
+        objs = [p for p in (root / "objects").rglob("*") if p.is_file()]
+        assert len(objs) == 1
+        blob = objs[0].read_bytes()
+        assert objs[0].relative_to(root).as_posix() == f"objects/{hashlib.sha256(blob).hexdigest()[:2]}/" \
+                                                     f"{hashlib.sha256(blob).hexdigest()[2:]}"
+        assert blob == b"".join(r.raw for r in recs)                    # written once, nothing else
+        assert [b.read_frame("STA01:0", n) for n in range(1, 5)] == [r.raw for r in recs]
+        assert all(r.outcome is StoreOutcome.DUPLICATE for r in b.commit(recs))
+        assert [p for p in (root / "objects").rglob("*") if p.is_file()] == objs

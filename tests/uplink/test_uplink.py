@@ -296,3 +296,31 @@ def test_acknack_parsing_uses_the_codec_and_checks_the_frame_set(outbox, clock):
     up._handle_acknack(bytes(good))
     assert outbox.stats()["frames"] == 0
     assert struct.unpack(">i", bytes(good[:4]))[0] == 6
+
+
+def test_frames_in_flight_without_acknacks_reconnect_after_acknack_stall_s(mosquitto, outbox, clock):
+    """[uplink] acknack_stall_s (docs/centre-cluster.md: a clustered broker can keep a failed-over
+    session that never delivers the acknacks): frames in flight and no acknack on the connection
+    for that long -> a new connection; an acknack, or nothing in flight, resets it; 0 is off."""
+    relay = FakeRelay(mosquitto.config)
+    fill(outbox, range(1, 4))
+    up = Uplink(STA, [mosquitto.config], outbox, clock=clock, backoff_base_s=0.05, acknack_stall_s=60)
+    up.start()
+    try:
+        wait_until(lambda: up.stats()["pubacks"] == 3, what="PUBACKs")
+        clock.advance(59)
+        time.sleep(0.3)
+        assert up.stats()["acknack_stall_reconnects"] == 0 and up.stats()["connects"] == 1
+        clock.advance(2)
+        wait_until(lambda: up.stats()["acknack_stall_reconnects"] == 1 and up.stats()["connects"] == 2
+                   and up.stats()["connected"], what="a new connection")
+        c = up._mqtt.client                     # MQTT 5 here: clean_start on that one connection
+        assert getattr(c, "_clean_start", None) is True and up._mqtt.clean_next is False
+        relay.ack(1, 3)
+        wait_until(lambda: outbox.stats()["frames"] == 0, what="acknack applied")
+        clock.advance(120)                          # nothing in flight: no reason to reconnect
+        time.sleep(0.3)
+        assert up.stats()["acknack_stall_reconnects"] == 1 and up.stats()["connects"] == 2
+    finally:
+        up.stop()
+        relay.close()
