@@ -34,6 +34,7 @@ COMMAND_MODULES = [
     "ims_station.edge.trigger_cli",  # trigger replay
     "ims_station.relay.cli",     # relay run
     "ims_station.demo",          # demo (the main job)
+    "ims_station.simnet",        # sim network (the whole network, measuring the centre)
     "ims_station.doctor",        # doctor
     "ims_station.plot",          # plot event / soh (the plot extra)
     "ims_station.sohrecord",     # soh record (SOH history for plot soh)

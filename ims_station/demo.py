@@ -33,6 +33,7 @@ import importlib
 import itertools
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -54,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "JSON report (frames built, delivered, verified, quarantined, lost; end-to-end "
                     "latency p50/p99; the stations' trigger events from decision to the relay's archive).")
     p.add_argument("--minutes", type=float, default=10.0, help="simulated minutes of data (default 10)")
-    p.add_argument("--stations", type=int, default=1, help="number of simulated stations (default 1)")
+    p.add_argument("--stations", type=int, default=1,
+                   help="number of simulated stations (default 1; codes DEMO1..DEMOZ, DEM01.. above 35)")
     p.add_argument("--speed", type=float, default=10.0,
                    help="simulated seconds per wall second (default 10: 10 minutes take about a minute)")
     p.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
@@ -73,6 +75,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="a TOML file whose [trigger] table replaces the demo's (docs/configuration.md)")
     p.add_argument("--json", action="store_true", help="print only the JSON report")
     p.set_defaults(handler=_cmd)
+
+
+MAX_DEMO_STATIONS = 1295       # DEM01..DEMZZ (station_codes)
 
 
 @dataclass
@@ -96,8 +101,9 @@ class DemoOptions:
 
         if not 0 < self.minutes <= 24 * 60:
             raise ConfigError("demo", "--minutes", "must be > 0 and at most one day")
-        if not 1 <= self.stations <= 20:
-            raise ConfigError("demo", "--stations", "must be 1..20")
+        if not 1 <= self.stations <= MAX_DEMO_STATIONS:
+            raise ConfigError("demo", "--stations", f"must be 1..{MAX_DEMO_STATIONS} (5-character station codes, "
+                              "station_codes); each station is a HIL board simulated in this process")
         if not 0.1 <= self.speed <= 1000:
             raise ConfigError("demo", "--speed", "must be 0.1..1000")
         if not 1 <= self.frame_seconds <= 60:
@@ -203,9 +209,11 @@ RELAY_ACKNACK_KEY = 900
 
 
 def make_keys(root: Path, stations: list[str], channels: list[str], *, algorithm: str = "ed25519",
-              valid_from: float) -> tuple[dict[str, StationKeys], Path]:
+              valid_from: float, index_base: int = 0, relay_key: bool = True) -> tuple[dict[str, StationKeys], Path]:
     """Per station: a link HMAC key for its board, a frame key and one key per channel (keystore),
-    and the public halves in one relay trust store.  Key ids: station i uses 1000*(i+1) + n."""
+    and the public halves in one relay trust store.  Key ids: station i uses 1000*(index_base+i+1) + n
+    (a caller with several groups of stations, e.g. ``sim network``, numbers them on with
+    *index_base*); *relay_key*: also the relay's acknack key (once per run)."""
     import datetime as dt
 
     from ims_station.auth import export_public, generate_key
@@ -216,7 +224,7 @@ def make_keys(root: Path, stations: list[str], channels: list[str], *, algorithm
     out: dict[str, StationKeys] = {}
     for i, sta in enumerate(stations):
         ks = root / sta / "keys"
-        base = 1000 * (i + 1)
+        base = 1000 * (index_base + i + 1)
         generate_key(algorithm, base, ks, station=sta, valid_from=start)
         export_public(ks, base, trust)
         ch_ids = {}
@@ -229,12 +237,45 @@ def make_keys(root: Path, stations: list[str], channels: list[str], *, algorithm
         out[sta] = StationKeys(sta, board_key, bk, ks, base, ch_ids)
     # The relay signs its acknacks; the stations trust only that key for them (docs/uplink.md,
     # "Acknack authentication").
+    if not relay_key:
+        return out, trust
     generate_key(algorithm, RELAY_ACKNACK_KEY, root / "relay" / "keys", station=RELAY_NAME, valid_from=start)
     export_public(root / "relay" / "keys", RELAY_ACKNACK_KEY, root / "acknack-trust")
     return out, trust
 
 
 # -------------------------------------------------------------------------------------- stations
+
+
+_BASE36 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+MAX_STATION_CODE = 5        # CD-1.1 site (subframe), SEED station, [station] code: at most 5 characters
+
+
+def station_codes(prefix: str, n: int) -> list[str]:
+    """*n* distinct station codes valid everywhere a code goes -- the station file's ``[station]
+    code`` and a SEED station (1-5 of ``A-Z0-9``), a CD-1.1 channel subframe's site (5 characters) and
+    frame creator (8), an MQTT topic level (``topics.STATION_RE``, 1-8 of ``A-Z0-9``): *prefix*
+    followed by the station's number 1..n in base 36, zero-padded to the width of *n*; the prefix is
+    cut so that the code keeps to 5 characters (``DEMO1``..``DEMOZ`` up to 35 stations, then
+    ``DEM01``..``DEMZZ`` up to 1295).  ValueError if *n* needs more than 4 digits or *prefix* is not
+    upper-case letters and digits."""
+    if not re.fullmatch(r"[A-Z0-9]+", prefix or "") or n < 0:
+        raise ValueError(f"station code prefix {prefix!r}: 1-5 upper-case letters or digits, n >= 0")
+    width = 1
+    while 36 ** width - 1 < n:
+        width += 1
+    if width >= MAX_STATION_CODE:
+        raise ValueError(f"{n} stations need {width} base-36 digits: more than a 5-character code allows")
+    head = prefix[:MAX_STATION_CODE - width]
+
+    def b36(i: int) -> str:
+        out = ""
+        for _ in range(width):
+            i, r = divmod(i, 36)
+            out = _BASE36[r] + out
+        return out
+
+    return [head + b36(i + 1) for i in range(n)]
 
 
 # The HIL "sim" board's channels (boards/sim.toml), by link channel id: (location, channel).
@@ -246,24 +287,30 @@ def write_station_file(path: Path, station: str, keys: StationKeys, *, sim_name:
                        broker: Any, protocol: str = "auto", frame_seconds: int = 10, pin_keys: bool = True,
                        keystore: Path | None = None, acknack_trust: Path | None = None,
                        ack_timeout_s: float | None = None, auxiliary: bool = False,
-                       trigger: dict | None = None) -> Path:
+                       trigger: dict | None = None, ports: list[dict] | None = None) -> Path:
     """The station file (docs/configuration.md) of a simulated station: one ``sim://`` port to the
     HIL board *sim_name* (``sim`` board, channels :data:`SIM_CHANNELS`), the outbox in the file's
     folder, the keys of *keys* (pinned, or chosen by time from *keystore* with ``pin_keys=False``),
     the broker *broker* (a :class:`ims_station.broker.BrokerConfig`), with *acknack_trust* the
-    relay's acknack key and with *trigger* a ``[trigger]`` table (e.g. :data:`DEMO_TRIGGER`).  The demo and the fault tests load it and call
+    relay's acknack key and with *trigger* a ``[trigger]`` table (e.g. :data:`DEMO_TRIGGER`).
+    *ports* (``sim network``): the ``[[ports]]`` entries instead of the one ``sim://`` port, each a
+    dict of the port keys (``name``, ``url``, ``board``, ``board_id``, ``baudrate``, ``key_file``,
+    ``channels``: id -> ``LOC.CHA``).  The demo and the fault tests load it and call
     :func:`ims_station.edge.station.assemble`, as ``edge run`` does with an operator's file (its
     ``sim://NAME`` port exists only in the process that registered the simulation)."""
     import json
 
     q = json.dumps          # a TOML basic string is a JSON string for these values
-    chans = ", ".join(f'"{i}" = {q(f"{loc}.{cha}")}' for i, (loc, cha) in enumerate(SIM_CHANNELS))
+    if ports is None:
+        ports = [{"name": "board", "url": "sim://" + sim_name, "board": "sim", "board_id": int(board_id),
+                  "baudrate": int(baud), "key_file": str(keys.board_key_file),
+                  "channels": {i: f"{loc}.{cha}" for i, (loc, cha) in enumerate(SIM_CHANNELS)}}]
     lines = ["[station]", f"code = {q(station)}", f"network = {q(NETWORK)}", f"data_dir = {q(str(path.parent))}",
-             *(['mode = "auxiliary"'] if auxiliary else []),
-             "", "[[ports]]", 'name = "board"', f"url = {q('sim://' + sim_name)}", 'board = "sim"',
-             f"board_id = {int(board_id)}", f"baudrate = {int(baud)}", f"key_file = {q(str(keys.board_key_file))}",
-             f"channels = {{ {chans} }}",
-             "", "[framer]", f"frame_seconds = {int(frame_seconds)}",
+             *(['mode = "auxiliary"'] if auxiliary else [])]
+    for port in ports:
+        lines += ["", "[[ports]]", *(f"{k} = {_toml_value(v)}" for k, v in port.items() if k != "channels"),
+                  "channels = " + _toml_value({str(i): c for i, c in port["channels"].items()})]
+    lines += ["", "[framer]", f"frame_seconds = {int(frame_seconds)}",
              # A fixed bound, not the default derived from the free disk space of a shared machine.
              "", "[outbox]", f"max_bytes = {1 << 30}",
              "", "[keys]", f"keystore = {q(str(keystore or keys.keystore))}"]
@@ -349,7 +396,8 @@ class StationRig:
 
 
 def _make_rig(i: int, station: str, keys: StationKeys, opts: DemoOptions, start_utc: int, root: Path,
-              broker: Any, stages: dict) -> StationRig:
+              broker: Any, stages: dict, on_built: Callable[[int, bytes], None] | None = None) -> StationRig:
+    """One HIL station (``sim network`` samples a few with it); *on_built* observes each commit."""
     from ims_station.edge.config import load_station_config
     from ims_station.edge.station import assemble
     from ims_station.hil.faults import FaultPlan, LineFaults
@@ -374,6 +422,8 @@ def _make_rig(i: int, station: str, keys: StationKeys, opts: DemoOptions, start_
         def on_commit(seq: int, raw: bytes) -> None:
             rig.frames_built += 1
             rig.build_times[seq] = sim.clock.time()
+            if on_built is not None:
+                on_built(seq, raw)
 
         def on_events(port: Any, events: list) -> None:
             for ev in events:
@@ -529,7 +579,7 @@ def _run_demo(opts: DemoOptions, progress: Callable[[dict], None] | None) -> dic
     root.mkdir(parents=True, exist_ok=True)
     start_utc = int(time.time())
     clock = PacedClock(start_utc, opts.speed)
-    stations = [f"DEMO{i + 1}" for i in range(opts.stations)]
+    stations = station_codes("DEMO", opts.stations)
     rigs: list[StationRig] = []
     broker = None
     stop = threading.Event()
@@ -588,10 +638,13 @@ def _run_demo(opts: DemoOptions, progress: Callable[[dict], None] | None) -> dic
                     if opts.auxiliary and relay is not None else None)
         report = _report(opts, stages, rigs, broker, relay, arrivals, clock, time.perf_counter() - wall0)
         report["events"] = _events_report(opts, rigs, arrivals, start_utc, relay is not None)
-        report["ok"] = report["ok"] and report["events"]["ok"]
+        if not report["events"]["ok"]:
+            report["failures"].append(f"events: {report['events']['check']}")
         if opts.auxiliary:
             _auxiliary_report(report, rigs, arrivals, requests, relay is not None, start_utc)
-            report["ok"] = report["ok"] and report["events"]["ok"]
+            if not report["ok"]:
+                report["failures"].append(f"auxiliary: {report['auxiliary']['check']}")
+        report["ok"] = not report["failures"]
         report["missing_stages"] = missing
         return report
     finally:
@@ -841,14 +894,78 @@ def _snapshot(rigs: list[StationRig], clock: PacedClock, t_end: float, broker: A
     }
 
 
+CD11_EPOCH = 946_684_800        # frame seq n of a station covers [CD11_EPOCH + n * frame_s, + frame_s)
+EDGE_ALLOWANCE_S = 1.0          # a window this close to the span's ends may hold no sample: not expected
+
+
+def expected_frame_seqs(start_utc: float, span_s: float, frame_s: float, *, partial_end: bool = True) -> set[int]:
+    """The frame sequence numbers a station sampling from *start_utc* for *span_s* seconds must
+    build: every window of *frame_s* seconds (aligned as the framer aligns them) that overlaps the
+    span, less :data:`EDGE_ALLOWANCE_S` at each end (a board's first sample may come a moment
+    after the start, so a window touching only that moment is not owed).  The last window, cut by
+    the end of sampling, is committed only after the framer's ``max_wait_s``: *partial_end* False
+    (a run that stops sooner) leaves it out unless the span ends on a window boundary."""
+    import math
+
+    a = start_utc + EDGE_ALLOWANCE_S - CD11_EPOCH
+    b = start_utc + span_s - EDGE_ALLOWANCE_S - CD11_EPOCH
+    if b <= a:
+        return set()
+    last = int(math.ceil(b / frame_s))
+    if not partial_end:
+        last = int(math.floor((start_utc + span_s - CD11_EPOCH) / frame_s))
+    return set(range(int(math.floor(a / frame_s)), last))
+
+
+def _framer_max_wait_s() -> float:
+    from ims_station.edge.uplink_config import DEFAULTS
+
+    return float(DEFAULTS["framer"]["max_wait_s"])
+
+
+def frame_accounting(expected: set[int], built: set[int], archived: set[int]) -> dict:
+    """One station's frames: those owed (*expected* from its sampling span, and anything it
+    *built*) against those the relay *archived*.  ``lost`` counts every owed frame not archived --
+    never built or never delivered -- so a station that built nothing is lost entirely, not
+    healthy.  Archived frames outside both sets are ``unexpected`` (a fault of the accounting or
+    of the relay)."""
+    owed = expected | built
+    return {"expected": len(expected), "built": len(built), "archived": len(archived & owed),
+            "never_built": len(expected - built), "built_not_archived": len(built - archived),
+            "lost": len(owed - archived), "unexpected": len(archived - owed)}
+
+
+def loss_failures(per_station: dict[str, dict], *, evicted: dict[str, int] | None = None) -> list[str]:
+    """The reasons a run is not healthy, one per station that lost frames (less those its outbox
+    evicted on purpose, *evicted*, each with its own alarm) or stopped with an error; empty when all
+    is well.  Pure: the demo's and the network simulation's reports both use it."""
+    out = []
+    for sta, a in per_station.items():
+        lost = a["lost"] - (evicted or {}).get(sta, 0)
+        if a.get("error"):
+            out.append(f"{sta}: stopped: {a['error']}")
+        if lost > 0:
+            out.append(f"{sta}: {lost} of {a['expected'] or a['built']} frame(s) lost "
+                       f"({a['never_built']} never built, {a['built_not_archived']} built but not archived)")
+        if a.get("unexpected"):
+            out.append(f"{sta}: {a['unexpected']} archived frame(s) outside the expected span")
+    return out
+
+
 def _report(opts: DemoOptions, stages: dict, rigs: list[StationRig], broker: Any, relay: Any,
             arrivals: ArrivalLog, clock: PacedClock, wall: float) -> dict:
     per_station = {}
+    with arrivals.lock:
+        got = set(arrivals.archived)
     for r in rigs:
+        expected = expected_frame_seqs(r.sim.clock.start_utc, opts.minutes * 60.0, opts.frame_seconds,
+                                       partial_end=opts.drain_s >= _framer_max_wait_s())
+        archived = {s for (fs, s) in got if fs == f"{r.station}:0"}
         per_station[r.station] = {
             "samples_generated": int(r.sim.truth.conversions * len(SIM_CHANNELS)),
             "samples_ingested": r.samples,
             "frames_built": r.frames_built,
+            "frames": {**frame_accounting(expected, set(r.build_times), archived), "error": r.error},
             "framer": r.gateway.framer.counters if r.gateway is not None else None,
             "outbox": r.outbox.stats() if r.outbox is not None else None,
             "uplink": {k: v for k, v in r.uplink.stats().items() if k != "last_acknack"} if r.uplink else None,
@@ -867,14 +984,28 @@ def _report(opts: DemoOptions, stages: dict, rigs: list[StationRig], broker: Any
             lat_first.append(t - first)
             lat_last.append(t - (first + frame_s))
     built_keys = {(f"{r.station}:0", s) for r in rigs for s in r.build_times}
-    delivered = len(built_keys & set(arrivals.archived))
-    frames = {"built": built, "delivered": delivered if relay is not None else None,
+    delivered = len(built_keys & got)
+    evicted = {r.station: (r.outbox.stats()["evicted"] if r.outbox is not None else 0) for r in rigs}
+    complete = relay is not None and stages["framer"] and stages["station"]
+    accounts = {sta: p["frames"] for sta, p in per_station.items()}
+    if not complete:
+        failures = ["missing stages: " + ", ".join(k for k, v in stages.items() if not v) or "no relay"]
+    elif opts.auxiliary:        # data stays held on purpose: _auxiliary_report accounts for the windows
+        failures = [f"{sta}: stopped: {r.error}" for sta, r in ((r.station, r) for r in rigs) if r.error]
+    else:
+        failures = loss_failures(accounts, evicted=evicted)
+    if complete and not opts.auxiliary and rstats.get("quarantined"):
+        failures.append(f"the relay quarantined {rstats['quarantined']} message(s)")
+    frames = {"expected": sum(a["expected"] for a in accounts.values()),
+              "built": built, "delivered": delivered if relay is not None else None,
               "verified": rstats.get("verified"), "quarantined": rstats.get("quarantined"),
               "duplicates_at_relay": rstats.get("duplicates"),
               # Frames the station's outbox dropped on purpose (age / size / disk bound), each with an
               # SOH alarm; the rest of "lost" would be a fault.
-              "evicted_at_station": sum((r.outbox.stats()["evicted"] if r.outbox is not None else 0) for r in rigs),
-              "lost": (built - delivered) if relay is not None and stages["framer"] and stages["station"] else None}
+              "evicted_at_station": sum(evicted.values()),
+              # Frames owed (expected from each station's sampling span, or built) and not archived:
+              # never built or never delivered (frame_accounting).
+              "lost": sum(a["lost"] for a in accounts.values()) if complete else None}
     return {
         "options": asdict(opts),
         "broker": {"name": broker.caps.name, **{k: v for k, v in asdict(broker.caps).items() if k != "name"}},
@@ -890,8 +1021,8 @@ def _report(opts: DemoOptions, stages: dict, rigs: list[StationRig], broker: Any
         "stations": per_station,
         "simulated_s": round(min((r.sim.clock.monotonic() for r in rigs), default=0.0), 3),
         "wall_s": round(wall, 3),
-        "ok": (all(r.error is None for r in rigs) and frames["lost"] is not None
-               and frames["lost"] - frames["evicted_at_station"] == 0 and not frames["quarantined"]),
+        "failures": failures,
+        "ok": not failures,
     }
 
 
@@ -954,6 +1085,7 @@ def summary_lines(report: dict) -> list[str]:
         out.append(f"event check: {ev['check']}")
     if "auxiliary" in report:
         out.append(f"auxiliary check: {report['auxiliary']['check']}")
+    out += [f"failure: {why}" for why in report.get("failures", [])]
     out.append("OK" if report["ok"] else "FAILED (see the report above)")
     return out
 

@@ -32,6 +32,20 @@ def test_demo_delivers_every_frame_verified(broker, tmp_path):
         assert sta["samples_ingested"] == sta["samples_generated"] > 0
 
 
+def test_demo_above_ten_stations_at_high_speed(mosquitto_installed, tmp_path):
+    """Issue 13: more than 9 stations used to fail from the tenth on ('DEMO10' is longer than a
+    CD-1.1 site) and still report nothing lost.  Every station now has a 5-character code, builds
+    and delivers every frame its sampling span owes, and the report says so per station."""
+    rep = run_demo(DemoOptions(minutes=0.5, stations=12, speed=20.0, seed=3, broker="mosquitto", trigger=False,
+                               drain_s=35.0, workdir=str(tmp_path / "demo")))
+    assert sorted(rep["stations"]) == [f"DEMO{c}" for c in "123456789ABC"]
+    for sta, s in rep["stations"].items():
+        a = s["frames"]
+        assert a["expected"] >= 3 and a["lost"] == 0 and a["archived"] == a["built"] >= a["expected"], (sta, a)
+    f = rep["frames"]
+    assert f["lost"] == 0 and f["expected"] >= 36 and rep["failures"] == [] and rep["ok"], rep["failures"]
+
+
 def test_auxiliary_demo_archives_only_the_released_windows(mosquitto_installed, tmp_path):
     """Must-show 5, second half: in auxiliary mode the stations keep their data; what reaches the
     archive is exactly the frames of the released windows -- the earthquake event's (its ``on`` and
