@@ -160,9 +160,9 @@ def test_stop_does_not_wait_for_a_connection_attempt_in_progress(unanswered_look
     """The gateway's and the relay's shutdown join the session thread: it must end while the
     attempt is still stuck (the attempt is left on its own daemon thread)."""
     s = session([unanswered_lookup], connect_timeout_s=3600.0)
+    lookups.clear()             # before start: the session thread may begin its lookup at once
     s.start("t-stop")
     thread = s.thread
-    lookups.clear()
     wait_for(lambda: lookups, what="the attempt's name lookup")
     s.stop(timeout=TIMEOUT)
     assert not thread.is_alive() and s.thread is None
