@@ -29,7 +29,6 @@ import logging
 import ssl
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
@@ -38,9 +37,9 @@ from ims_station import topics
 from ims_station.clock import Clock
 from ims_station.config import read_secret_file
 from ims_station.errors import ConfigError
-from ims_station.logutil import RateLimitedLog
 from ims_station.relay.archive import Archive
-from ims_station.relay.core import Incoming, Outcome, RelayCore
+from ims_station.relay.clustered import ClusteredInput
+from ims_station.relay.core import Incoming, Outcome
 from ims_station.relay.errors import RelayError
 from ims_station.relay.relay import process_guarded
 from ims_station.relay.state import StateStore
@@ -127,9 +126,11 @@ class AmqpConfig:
             blocked_connection_timeout=60, connection_attempts=1, client_properties={"product": "ims-relay"})
 
 
-class AmqpRelay:
+class AmqpRelay(ClusteredInput):
     """Consume the stations' messages from the quorum queue, process them with the core,
     acknowledge them after they are stored, publish the acknacks."""
+
+    input_name = "amqp"
 
     def __init__(self, config: AmqpConfig, trust: Any, state: StateStore, archive: Archive, *,
                  prefix: str = topics.DEFAULT_PREFIX, clock: Clock | None = None, instance: str = "relay",
@@ -139,64 +140,19 @@ class AmqpRelay:
             import pika  # noqa: F401
         except ImportError:
             raise RelayError("[relay] input = \"amqp\" needs pika: pip install 'ims-station[cluster]'") from None
-        self.config = config
-        self.prefix = prefix
-        self.instance = instance
-        self.batch_max = max(1, batch_max)
-        self.on_outcomes = on_outcomes
+        self._setup(config, trust, state, archive, prefix=prefix, clock=clock, instance=instance,
+                    batch_max=batch_max, on_outcomes=on_outcomes, log=log, core_kw=core_kw)
         self.backoff_s = backoff_s
-        self.core = RelayCore(trust, state, archive, prefix=prefix, clock=clock, **core_kw)
-        self.transport: Counter = Counter()
-        self._lock = threading.Lock()
-        self._ready = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._server: str | None = None
-        self._log = RateLimitedLog(log, self.core.clock, rate=0.2, burst=3)
 
-    # -- public (the surface of relay.Relay) -------------------------------------------------------
-    @property
-    def connected(self) -> bool:
-        return self._ready.is_set()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def wait_connected(self, timeout: float | None) -> bool:
-        return self._ready.wait(timeout)
-
-    def start(self) -> "AmqpRelay":
-        if self._thread is not None:
-            raise RelayError("relay already started")
-        self.config.check_secrets()
-        self._thread = threading.Thread(target=self.run_forever, name=f"relay-{self.instance}", daemon=True)
-        self._thread.start()
-        return self
-
+    # -- public: relay.clustered.ClusteredInput, and --------------------------------------------
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
-    def close(self) -> None:
-        self.stop()
-        self.core.close()
-
-    def __enter__(self) -> "AmqpRelay":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            d = self.core.stats()
-        if hasattr(self.core.trust, "stats"):
-            d["trust"] = self.core.trust.stats()
-        d["transport"] = dict(self.transport, connected=self.connected, input="amqp", server=self._server,
-                              queue=self.config.queue)
-        return d
+    def _transport_fields(self) -> dict[str, Any]:
+        return {"queue": self.config.queue}
 
     # -- the loop (on the relay thread) ------------------------------------------------------------
     def run_forever(self) -> None:

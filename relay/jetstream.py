@@ -33,7 +33,6 @@ import logging
 import ssl
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -41,9 +40,9 @@ from ims_station import topics
 from ims_station.clock import Clock
 from ims_station.config import read_secret_file
 from ims_station.errors import ConfigError
-from ims_station.logutil import RateLimitedLog
 from ims_station.relay.archive import Archive
-from ims_station.relay.core import Incoming, Outcome, RelayCore
+from ims_station.relay.clustered import ClusteredInput
+from ims_station.relay.core import Incoming, Outcome
 from ims_station.relay.errors import RelayError
 from ims_station.relay.relay import process_guarded
 from ims_station.relay.state import StateStore
@@ -144,9 +143,11 @@ class JetStreamConfig:
         return opts
 
 
-class JetStreamRelay:
+class JetStreamRelay(ClusteredInput):
     """Consume the stations' messages from the cluster's work-queue stream, process them with the
     core, acknowledge them after they are stored, publish the acknacks."""
+
+    input_name = "jetstream"
 
     def __init__(self, config: JetStreamConfig, trust: Any, state: StateStore, archive: Archive, *,
                  prefix: str = topics.DEFAULT_PREFIX, clock: Clock | None = None, instance: str = "relay",
@@ -160,42 +161,12 @@ class JetStreamRelay:
             raise RelayError("[relay] input = \"jetstream\" needs nats-py: pip install 'ims-station[cluster]'") from None
         if "." in prefix:
             raise RelayError(f"prefix {prefix!r}: a '.' is a subject separator in NATS; use '/' or none")
-        self.config = config
-        self.prefix = prefix
-        self.instance = instance
-        self.batch_max = max(1, batch_max)
-        self.on_outcomes = on_outcomes
-        self.core = RelayCore(trust, state, archive, prefix=prefix, clock=clock, **core_kw)
-        self.transport: Counter = Counter()
-        self._lock = threading.Lock()
-        self._ready = threading.Event()
+        self._setup(config, trust, state, archive, prefix=prefix, clock=clock, instance=instance,
+                    batch_max=batch_max, on_outcomes=on_outcomes, log=log, core_kw=core_kw)
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: str | None = None
-        self._log = RateLimitedLog(log, self.core.clock, rate=0.2, burst=3)
 
-    # -- public (same surface as relay.Relay: the CLI, status API and heartbeat use it) -----------
-    @property
-    def connected(self) -> bool:
-        """Connected to a node and bound to the consumer."""
-        return self._ready.is_set()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def wait_connected(self, timeout: float | None) -> bool:
-        return self._ready.wait(timeout)
-
-    def start(self) -> "JetStreamRelay":
-        if self._thread is not None:
-            raise RelayError("relay already started")
-        self.config.check_secrets()
-        self._thread = threading.Thread(target=self.run_forever, name=f"relay-{self.instance}", daemon=True)
-        self._thread.start()
-        return self
-
+    # -- public: relay.clustered.ClusteredInput, and --------------------------------------------
     def run_forever(self) -> None:
         asyncio.run(self._main())
 
@@ -209,24 +180,8 @@ class JetStreamRelay:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
-    def close(self) -> None:
-        self.stop()
-        self.core.close()
-
-    def __enter__(self) -> "JetStreamRelay":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def stats(self) -> dict[str, Any]:
-        with self._lock:
-            d = self.core.stats()
-        if hasattr(self.core.trust, "stats"):
-            d["trust"] = self.core.trust.stats()
-        d["transport"] = dict(self.transport, connected=self.connected, input="jetstream",
-                              server=self._server, stream=self.config.stream, consumer=self.config.consumer)
-        return d
+    def _transport_fields(self) -> dict[str, Any]:
+        return {"stream": self.config.stream, "consumer": self.config.consumer}
 
     # -- the loop ----------------------------------------------------------------------------------
     async def _main(self) -> None:
