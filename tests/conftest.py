@@ -229,3 +229,24 @@ def embedded(tmp_path):
     need_amqtt()
     with EmbeddedBroker(tmp_path / "embedded", host="127.0.0.1", port=None) as b:
         yield b
+
+
+# -- opt-in long runs ------------------------------------------------------------------------------
+# ``@pytest.mark.opt_in("IMS_CLUSTER_LONG")``: a long run (minutes of cluster start-up, hours of
+# accelerated frames) that the normal suite leaves out.  It is deselected -- not skipped: nothing is
+# missing -- unless that environment variable is set, and then it runs like any other test.  A
+# missing prerequisite is never opted out this way: that is the need_* helpers' job (skip on a
+# developer machine, failure in CI).
+def pytest_configure(config):
+    config.addinivalue_line("markers", "opt_in(VAR): a long run, collected only when the environment variable VAR is set")
+
+
+def pytest_collection_modifyitems(config, items):
+    keep, drop = [], []
+    for item in items:
+        m = item.get_closest_marker("opt_in")
+        (drop if m is not None and not os.environ.get(m.args[0]) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+

@@ -11,7 +11,6 @@ Each test has its own queue.
 from __future__ import annotations
 
 import itertools
-import os
 import sys
 import threading
 import time
@@ -40,8 +39,6 @@ _queue_ids = itertools.count(1)
 
 @pytest.fixture(scope="module")
 def rabbit(tmp_path_factory):
-    if not os.environ.get("IMS_CLUSTER_LONG"):
-        pytest.skip("RabbitMQ takes 15-30 s to start here: set IMS_CLUSTER_LONG=1 (docs/centre-cluster.md)")
     if not (BIN / "rabbitmq-server").exists():
         missing_prerequisite("rabbitmq-server", "apt-get install rabbitmq-server (./run installs it)")
     need_module("pika")
@@ -125,6 +122,7 @@ def test_routing_keys_are_the_mqtt_topics_dotted():
     assert routing_keys("ims") == ["ims.*.cd11", "ims.*.events", "ims.*.ims20"]
 
 
+@pytest.mark.opt_in("IMS_CLUSTER_LONG")     # RabbitMQ takes 15-30 s to start here (docs/centre-cluster.md)
 def test_mqtt_station_to_relay_and_acknack_back(rabbit, queue, keys, factory, tmp_path):
     relay, seen = make_relay(rabbit, keys, tmp_path, queue)
     with relay:
@@ -144,6 +142,7 @@ def test_mqtt_station_to_relay_and_acknack_back(rabbit, queue, keys, factory, tm
     assert st["transport"]["acked"] == 4 and st["transport"]["input"] == "amqp"
 
 
+@pytest.mark.opt_in("IMS_CLUSTER_LONG")     # RabbitMQ takes 15-30 s to start here (docs/centre-cluster.md)
 def test_deliveries_held_by_a_dead_consumer_come_back_to_the_relay(rabbit, queue, keys, factory, tmp_path):
     import pika
 
@@ -170,6 +169,7 @@ def test_deliveries_held_by_a_dead_consumer_come_back_to_the_relay(rabbit, queue
     assert st["transport"]["redelivered"] == 5
 
 
+@pytest.mark.opt_in("IMS_CLUSTER_LONG")     # RabbitMQ takes 15-30 s to start here (docs/centre-cluster.md)
 def test_two_relays_share_the_queue(rabbit, queue, keys, factory, tmp_path):
     seen = Seen()
     r1, _ = make_relay(rabbit, keys, tmp_path, queue, instance="r1", seen=seen, batch_max=2)
@@ -198,6 +198,7 @@ class FailingArchive(FileArchive):
         return super().commit(*a, **kw)
 
 
+@pytest.mark.opt_in("IMS_CLUSTER_LONG")     # RabbitMQ takes 15-30 s to start here (docs/centre-cluster.md)
 def test_store_failure_acknowledges_nothing_and_the_frame_comes_back(rabbit, queue, keys, factory, tmp_path):
     archive = FailingArchive(tmp_path / "archive", writer="r1")
     relay, seen = make_relay(rabbit, keys, tmp_path, queue, archive=archive)
