@@ -114,11 +114,27 @@ class NatsCluster:
             f"{self.extra}\n")
 
     # -- processes ---------------------------------------------------------------------------------
-    def start(self, timeout: float = 30.0) -> "NatsCluster":
+    def start(self, timeout: float = 30.0, *, attempts: int = 3) -> "NatsCluster":
+        """Start every node and wait until the cluster is ready.  A free port is only free until
+        somebody else binds it (parallel tests, other services): a node that finds one of its ports
+        taken makes the whole cluster start again on new ports, up to *attempts* times."""
         try:
-            for n in self.nodes:
-                self._spawn(n)
-            self.wait_ready(timeout)
+            for attempt in range(attempts):
+                for n in self.nodes:
+                    self._spawn(n)
+                try:
+                    self.wait_ready(timeout)
+                    return self
+                except ClusterError as err:
+                    if "address already in use" not in str(err) or attempt == attempts - 1:
+                        raise
+                self._terminate()
+                for n in self.nodes:
+                    shutil.rmtree(n.dir / "js", ignore_errors=True)     # a fresh cluster, not a half-formed one
+                    n.client_port, n.cluster_port, n.mqtt_port, n.http_port = (free_port(), free_port(),
+                                                                               free_port(), free_port())
+                for n in self.nodes:
+                    (n.dir / "nats.conf").write_text(self.config(n))
         except BaseException:
             self.stop()
             raise
@@ -193,7 +209,7 @@ class NatsCluster:
             self._spawn(n)
         self.wait_ready(timeout, [n])
 
-    def stop(self) -> None:
+    def _terminate(self) -> None:
         for n in self.nodes:
             if n.alive:
                 n.proc.send_signal(signal.SIGTERM)
@@ -204,6 +220,9 @@ class NatsCluster:
                 except subprocess.TimeoutExpired:
                     n.proc.kill()
                     n.proc.wait()
+
+    def stop(self) -> None:
+        self._terminate()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
