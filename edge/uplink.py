@@ -52,6 +52,9 @@ the outbox and the ack timeout resends them (the relay dedupes) until an operato
 With ``acknack_stall_s`` (off by default; for a clustered centre, docs/centre-cluster.md) frames in
 flight and no acknack on a connection for that long make the uplink reconnect with a clean session
 once: a clustered broker can keep a failed-over station's session without delivering its acknacks.
+With ``acknack_qos = 0`` (default 1) the acknack subscription is QoS 0, outside the broker's
+persistent session: the relay repeats acknacks, so none needs storing, and a clustered broker then
+has no session queue of it to carry across a node's loss (docs/centre-cluster.md).
 
 Commands (auxiliary stations; docs/uplink.md, "Auxiliary mode"): with a *command_handler*
 (:class:`ims_station.edge.commands.CommandHandler`), the uplink also subscribes to its ``cmd`` topic
