@@ -272,7 +272,7 @@ def run_failover(tmp_path: Path, *, n_stations: int, n_relays: int, n_frames: in
                     elif (now - last[s.name][1] >= 0.6 * ACKNACK_STALL_S and s.outbox.in_flight_count() > 0
                           and len(stalls) < 3 and not any(d["station"] == s.name for d in stalls)):
                         d = {"station": s.name, "after_kill_s": round(now - events["node_killed"], 2),
-                             "uplink": s.uplink.stats(), "broker": cluster.mqtt_state(names)}
+                             "uplink": s.uplink.stats(), "broker": cluster.mqtt_state([s.name])}
                         stalls.append(d)
                         print("station without acknacks:", json.dumps(d, default=str))
 
@@ -322,6 +322,7 @@ def run_failover(tmp_path: Path, *, n_stations: int, n_relays: int, n_frames: in
             "station_resent": sum(s.uplink.stats()["resent"] for s in stations),
             "station_failovers": sum(s.uplink.stats()["failovers"] for s in stations),
             "station_stall_reconnects": sum(s.uplink.stats()["acknack_stall_reconnects"] for s in stations),
+            "station_acknack_subscribe_refused": sum(s.uplink.stats()["acknack_subscribe_refused"] for s in stations),
             "acknack_qos": acknack_qos,
             "outbox_drained_max_s": round(max(0.0, *drain.values()), 2),
             "drain_bound_s": DRAIN_BOUND_S,

@@ -213,6 +213,16 @@ class RabbitCluster:
             out["queues"] = [q for q in json.loads(r.stdout) if q.get("name", "").startswith(wanted)]
         except ValueError:
             out["queues"] = r.stdout[-1000:] + r.stderr[-1000:]
+        # The Raft view of each QoS 1 session queue (list_queues may answer nothing during an election).
+        out["quorum_status"] = {}
+        for c in client_ids:
+            try:
+                r = subprocess.run([str(BIN / "rabbitmq-queues"), "-n", n.nodename, "quorum_status",
+                                    f"mqtt-subscription-{c}qos1", "--formatter", "json"], env=self.env(n),
+                                   capture_output=True, text=True, timeout=20)
+                out["quorum_status"][c] = (r.stdout.strip() or r.stderr.strip())[-1500:]
+            except subprocess.TimeoutExpired:
+                out["quorum_status"][c] = "timeout (20 s)"
         r = self.ctl(n, "list_bindings", "source_name", "destination_name", "routing_key", "--formatter", "json")
         try:
             out["bindings"] = [b for b in json.loads(r.stdout) if b.get("destination_name", "").startswith(wanted)]
