@@ -272,7 +272,8 @@ def run_failover(tmp_path: Path, *, n_stations: int, n_relays: int, n_frames: in
                     elif (now - last[s.name][1] >= 0.6 * ACKNACK_STALL_S and s.outbox.in_flight_count() > 0
                           and len(stalls) < 3 and not any(d["station"] == s.name for d in stalls)):
                         d = {"station": s.name, "after_kill_s": round(now - events["node_killed"], 2),
-                             "uplink": s.uplink.stats(), "broker": cluster.mqtt_state([s.name])}
+                             "uplink": s.uplink.stats(),
+                             "broker": cluster.mqtt_state([s.brokers[0].client_id(s.name)])}
                         stalls.append(d)
                         print("station without acknacks:", json.dumps(d, default=str))
 

@@ -198,7 +198,8 @@ class RabbitCluster:
         return None
 
     def mqtt_state(self, client_ids: list[str]) -> dict:
-        """What a surviving node knows of the MQTT sessions of *client_ids* (for a stalled
+        """What a surviving node knows of the MQTT sessions of *client_ids* -- the MQTT client ids,
+        e.g. ``ims-STA01`` (BrokerConfig.client_id), not the station codes (for a stalled
         station's diagnosis): their subscription queues (``mqtt-subscription-<id>qos0/1``: type,
         durability, leader, members, consumers, messages) and those queues' bindings."""
         alive = [n for n in self.nodes if n.alive]
