@@ -565,7 +565,7 @@ def _assemble_rest(station_cfg: Any, settings: Any, outbox: Any, uplink_box: lis
         uplink = Uplink(station_cfg.code, settings.brokers, outbox, clock=clock, prefix=up("prefix"),
                         protocol=up("protocol"), inflight=up("inflight"), max_unacked=up("max_unacked"),
                         live_window_s=up("live_window_s"), ack_timeout_s=up("ack_timeout_s"),
-                        acknack_stall_s=up("acknack_stall_s"),
+                        acknack_stall_s=up("acknack_stall_s"), acknack_qos=up("acknack_qos"),
                         soh_interval_s=up("soh_interval_s"),
                         soh_provider=lambda: _soh_document(soh_box, gw_ref) | aux_soh(),
                         **acknack_options(settings), **uplink_options)

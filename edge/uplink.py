@@ -52,6 +52,9 @@ the outbox and the ack timeout resends them (the relay dedupes) until an operato
 With ``acknack_stall_s`` (off by default; for a clustered centre, docs/centre-cluster.md) frames in
 flight and no acknack on a connection for that long make the uplink reconnect with a clean session
 once: a clustered broker can keep a failed-over station's session without delivering its acknacks.
+With ``acknack_qos = 0`` (default 1) the acknack subscription is QoS 0, outside the broker's
+persistent session: the relay repeats acknacks, so none needs storing, and a clustered broker then
+has no session queue of it to carry across a node's loss (docs/centre-cluster.md).
 
 Commands (auxiliary stations; docs/uplink.md, "Auxiliary mode"): with a *command_handler*
 (:class:`ims_station.edge.commands.CommandHandler`), the uplink also subscribes to its ``cmd`` topic
@@ -150,7 +153,8 @@ class Uplink(SessionOwner):
                  client_name: str | None = None, acknack_trust: Any = None,
                  acknack_key_ids: Sequence[int] | None = None,
                  relay_name: str = topics.DEFAULT_RELAY_NAME, command_handler: Any = None,
-                 loop_wait_s: float = LOOP_TIMEOUT_S, acknack_stall_s: float = 0.0) -> None:
+                 loop_wait_s: float = LOOP_TIMEOUT_S, acknack_stall_s: float = 0.0,
+                 acknack_qos: int = 1) -> None:
         """*loop_wait_s*: the longest one network-loop turn waits on the socket (wall seconds) before
         the uplink looks at its outbox again -- the most a committed event or frame waits for its
         publish (the demo, whose simulated time runs faster, shortens it in proportion)."""
@@ -216,6 +220,12 @@ class Uplink(SessionOwner):
         # -> reconnect (a clustered broker can keep a failed-over session that never delivers the
         # acknacks again, docs/centre-cluster.md); 0: off.
         self.acknack_stall_s = acknack_stall_s
+        # [uplink] acknack_qos: 0 keeps the acknack subscription out of the broker's persistent
+        # session (the relay repeats every acknack, so none needs storing); for a clustered centre,
+        # whose session store can outlive its usefulness after a fail-over (docs/centre-cluster.md).
+        if acknack_qos not in (0, 1):
+            raise UplinkError(f"uplink: acknack_qos must be 0 or 1, not {acknack_qos!r}")
+        self.acknack_qos = int(acknack_qos)
         self._acknack_seen: float | None = None
         self.last_acknack: dict | None = None
         self._mqtt = MqttSession(
@@ -282,7 +292,7 @@ class Uplink(SessionOwner):
     def _on_connected(self, client: Any, flags: Any) -> None:
         self._acknack_seen = self._clock.monotonic()     # the stall clock starts with the connection
         # Through the session: frames wait for this SUBACK (see the module docstring, Readiness).
-        self._mqtt.subscribe(client, self.t_acknack, qos=1)
+        self._mqtt.subscribe(client, self.t_acknack, qos=self.acknack_qos)
         if self.command_handler is not None:
             self._cmd_sub_mid = self._mqtt.subscribe(client, self.t_cmd, qos=1)
         client.publish(self.t_status, self._status_payload("online"), qos=1, retain=True)

@@ -95,6 +95,7 @@ TABLES: dict[str, Any] = {
             "live_window_s": {"type": "number", "minimum": 0},
             "ack_timeout_s": {"type": "number", "exclusiveMinimum": 0},
             "acknack_stall_s": {"type": "number", "minimum": 0},
+            "acknack_qos": {"enum": [0, 1]},
             "soh_interval_s": {"type": "number", "exclusiveMinimum": 0},
             "max_unacked": {"type": "integer", "minimum": 1},
             "acknack_trust": {"type": "string", "minLength": 1},
@@ -122,7 +123,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # max_bytes None: derived (UplinkSettings.get, docs/uplink.md "Default byte bound").
     "outbox": {"max_bytes": None, "max_age_days": 7, "min_free_bytes": None, "synchronous": "FULL"},
     "uplink": {"prefix": "ims", "protocol": "auto", "inflight": 32, "max_unacked": 2000, "live_window_s": 60.0,
-               "ack_timeout_s": 300.0, "acknack_stall_s": 0.0, "soh_interval_s": 60.0, "acknack_trust": None, "acknack_key_ids": None,
+               "ack_timeout_s": 300.0, "acknack_stall_s": 0.0, "acknack_qos": 1,
+               "soh_interval_s": 60.0, "acknack_trust": None, "acknack_key_ids": None,
                "relay_name": topics.DEFAULT_RELAY_NAME},
     "auxiliary": {"release_pre_s": 30.0, "release_post_s": 60.0, "max_request_s": 3600.0,
                   "command_max_age_s": 300.0},

@@ -18,7 +18,7 @@ import pytest
 from ims_station import cd11, topics
 from ims_station.broker import BrokerConfig, free_port
 from ims_station.edge.outbox import Outbox
-from ims_station.edge.uplink import Uplink, backoff_delay
+from ims_station.edge.uplink import Uplink, UplinkError, backoff_delay
 
 STA = "STA01"
 FS = f"{STA}:0"
@@ -321,6 +321,29 @@ def test_frames_in_flight_without_acknacks_reconnect_after_acknack_stall_s(mosqu
         clock.advance(120)                          # nothing in flight: no reason to reconnect
         time.sleep(0.3)
         assert up.stats()["acknack_stall_reconnects"] == 1 and up.stats()["connects"] == 2
+    finally:
+        up.stop()
+        relay.close()
+
+
+def test_acknack_qos_0_subscribes_outside_the_session_and_acknacks_still_apply(mosquitto, outbox, clock):
+    """[uplink] acknack_qos = 0 (docs/centre-cluster.md: the acknack subscription out of the
+    persistent session a clustered broker may fail to move): the broker grants QoS 0 and the
+    relay's acknacks delete from the outbox as before; anything but 0 or 1 is refused."""
+    with pytest.raises(UplinkError, match="acknack_qos"):
+        Uplink(STA, [mosquitto.config], outbox, clock=clock, acknack_qos=2)
+    relay = FakeRelay(mosquitto.config)
+    fill(outbox, range(1, 4))
+    up = Uplink(STA, [mosquitto.config], outbox, clock=clock, backoff_base_s=0.05, acknack_qos=0)
+    granted = []
+    orig = up._on_subscribed
+    up._mqtt._on_subscribed = lambda c, mid, rcs: granted.extend(rc.value for rc in rcs) or orig(c, mid, rcs)
+    up.start()
+    try:
+        wait_until(lambda: up.stats()["pubacks"] == 3, what="PUBACKs")
+        assert granted == [0]
+        relay.ack(1, 3)
+        wait_until(lambda: outbox.stats()["frames"] == 0, what="acknack applied")
     finally:
         up.stop()
         relay.close()

@@ -36,6 +36,7 @@ def test_paths_resolve_against_the_file_and_defaults_fill_the_rest(tmp_path):
     ("[keys]\nchannel_key_ids = { BHZ = 1 }\n", "keys.keystore", "no keystore"),
     ("[outbox]\nmax_bytes = 1000\n", "outbox.max_bytes", "minimum"),
     ("[framer]\nmax_clock_offset_s = 0\n", "framer.max_clock_offset_s", ""),
+    ("[uplink]\nacknack_qos = 2\n[[uplink.brokers]]\nhost = \"h\"\n", "uplink.acknack_qos", "2"),
     ("[uplink]\nacknack_key_ids = [900]\n[[uplink.brokers]]\nhost = \"h\"\n", "uplink.acknack_key_ids",
      "no acknack_trust"),
     ("[uplink]\nacknack_trust = \"t\"\nacknack_key_ids = [0]\n[[uplink.brokers]]\nhost = \"h\"\n",

@@ -197,6 +197,40 @@ class RabbitCluster:
             return None
         return None
 
+    def mqtt_state(self, client_ids: list[str]) -> dict:
+        """What a surviving node knows of the MQTT sessions of *client_ids* -- the MQTT client ids,
+        e.g. ``ims-STA01`` (BrokerConfig.client_id), not the station codes (for a stalled
+        station's diagnosis): their subscription queues (``mqtt-subscription-<id>qos0/1``: type,
+        durability, leader, members, consumers, messages) and those queues' bindings."""
+        alive = [n for n in self.nodes if n.alive]
+        if not alive:
+            return {}
+        n = alive[0]
+        wanted = tuple(f"mqtt-subscription-{c}" for c in client_ids)
+        out: dict = {"asked": n.nodename}
+        r = self.ctl(n, "list_queues", "name", "type", "durable", "auto_delete", "state", "leader", "members",
+                     "online", "consumers", "messages", "messages_unacknowledged", "--formatter", "json")
+        try:
+            out["queues"] = [q for q in json.loads(r.stdout) if q.get("name", "").startswith(wanted)]
+        except ValueError:
+            out["queues"] = r.stdout[-1000:] + r.stderr[-1000:]
+        # The Raft view of each QoS 1 session queue (list_queues may answer nothing during an election).
+        out["quorum_status"] = {}
+        for c in client_ids:
+            try:
+                r = subprocess.run([str(BIN / "rabbitmq-queues"), "-n", n.nodename, "quorum_status",
+                                    f"mqtt-subscription-{c}qos1", "--formatter", "json"], env=self.env(n),
+                                   capture_output=True, text=True, timeout=20)
+                out["quorum_status"][c] = (r.stdout.strip() or r.stderr.strip())[-1500:]
+            except subprocess.TimeoutExpired:
+                out["quorum_status"][c] = "timeout (20 s)"
+        r = self.ctl(n, "list_bindings", "source_name", "destination_name", "routing_key", "--formatter", "json")
+        try:
+            out["bindings"] = [b for b in json.loads(r.stdout) if b.get("destination_name", "").startswith(wanted)]
+        except ValueError:
+            out["bindings"] = r.stdout[-1000:] + r.stderr[-1000:]
+        return out
+
     @property
     def mqtt_ports(self) -> list[int]:
         """MQTT ports of every node (the stations' ``[[broker]]`` list)."""
