@@ -20,6 +20,7 @@ chosen engine) and NATS, whose figures docs/centre-cluster.md records.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
