@@ -336,6 +336,8 @@ def _board(n: Network, k: dict, channels: int) -> str:
                         "hydroacoustic": ("Pa", 0.001, 8)}[k["sensor"]]
     chans = []
     for i in range(channels):
+        # A board file's station/channel are only its defaults: each station file maps the board's
+        # inputs to its own code and SEED channels ([[ports]] channels), as for the demo's boards.
         ch = {"adc_input": i, "network": n.code, "station": "SIMNT", "location": f"{i:02d}", "channel": "XXX",
               "sensor": k["sensor"], "unit": unit, "sensitivity": sens, "gain": gain, "calper": 1.0}
         ch["calib"] = float(f"{nominal_calib(ch):.6g}")

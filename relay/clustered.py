@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from abc import ABC, abstractmethod
 from collections import Counter
 from typing import Any, Callable
 
@@ -23,7 +24,7 @@ from ims_station.relay.errors import RelayError
 from ims_station.relay.state import StateStore
 
 
-class ClusteredInput:
+class ClusteredInput(ABC):
     """Base of the clustered inputs; subclasses set :attr:`input_name`, implement ``run_forever``,
     ``stop`` and :meth:`_transport_fields`, and call :meth:`_setup` from their ``__init__``."""
 
@@ -67,11 +68,13 @@ class ClusteredInput:
         self._thread.start()
         return self
 
-    def run_forever(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def run_forever(self) -> None:
+        """Consume until :meth:`stop` (on the relay thread)."""
 
-    def stop(self, timeout: float = 10.0) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def stop(self, timeout: float = 10.0) -> None:
+        """End consumption and join the relay thread (up to *timeout*)."""
 
     def close(self) -> None:
         self.stop()
@@ -83,8 +86,9 @@ class ClusteredInput:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _transport_fields(self) -> dict[str, Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _transport_fields(self) -> dict[str, Any]:
+        """The engine's own fields of ``stats()["transport"]`` (queue, stream, consumer)."""
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
