@@ -19,6 +19,7 @@ Mutants of the firmware's link module are judged by the CPython tests only: the 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import shutil
@@ -30,6 +31,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MUTMUT = str(Path(sys.executable).parent / "mutmut")   # not `python -m mutmut`: it must fork from its own main
 
+# The relay's own tests, less those of other subsystems that only pass through these modules (the
+# clustered inputs, CD-1.1 over TCP, PostgreSQL restarts, the cluster documents): they take
+# seconds each and kill nothing the core, state and archive tests do not.
+RELAY_TESTS = ["tests/relay/" + name for name in (
+    "test_core.py", "test_state_archive.py", "test_gaps.py", "test_events.py", "test_ims20.py",
+    "test_kpi.py", "test_poison.py", "test_request.py", "test_fuzz.py", "test_fuzz_events.py",
+    "test_fuzz_ims20.py", "test_relay_mqtt.py", "test_trust_reload.py", "test_cd11_verify_cli.py",
+    "test_plot_archive.py", "test_cli.py", "test_status_api.py")]
+
 # group -> (modules under the installed layout, tests that exercise them)
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "cd11": (["ims_station/cd11/*.py"], ["tests/cd11"]),
@@ -40,15 +50,15 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
                                                 "tests/uplink/test_outbox_open.py", "tests/uplink/test_outbox_mutants.py",
                                                 "tests/edge/test_outbox_cli.py"]),
     "uplink": (["ims_station/edge/uplink.py"], ["tests/uplink"]),
-    "verify": (["ims_station/relay/verify.py"], ["tests/relay", "tests/cd11/test_verify.py"]),
-    "archive": (["ims_station/relay/archive.py"], ["tests/relay"]),
-    "state": (["ims_station/relay/state.py"], ["tests/relay"]),
+    "verify": (["ims_station/relay/verify.py"], RELAY_TESTS + ["tests/cd11/test_verify.py"]),
+    "archive": (["ims_station/relay/archive.py"], RELAY_TESTS),
+    "state": (["ims_station/relay/state.py"], RELAY_TESTS),
 }
 
 # folder in the repository -> folder in the installed layout
 PACKAGE_DIRS = {"ims_station": "ims_station", "edge": "ims_station/edge", "relay": "ims_station/relay",
                 "hil": "ims_station/hil", "firmware": "ims_station/firmware"}
-ALSO = ["tests", "boards", "docs", "bench", "pyproject.toml", "setup.py", "README.md", "run"]
+ALSO = ["tests", "tools", "boards", "docs", "bench", "pyproject.toml", "setup.py", "README.md", "run"]
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".hypothesis")
 
 
@@ -70,7 +80,16 @@ def stage(group: str, work: Path) -> Path:
     # The firmware tests and the board lookup find firmware/ and boards/ beside the package, as in
     # the repository.
     (dest / "firmware").symlink_to(dest / "ims_station" / "firmware")
-    also = [a for a in ALSO if (ROOT / a).exists()] + ["firmware"]
+    # Tests that start a child Python with the tree on PYTHONPATH (the SIGKILL tests) load this file
+    # first.  In mutmut's stats phase the trampolines of a child would look for mutmut's config in the
+    # child's working folder and fail; a child there runs the original code (its calls could not be
+    # reported to mutmut anyway).  With a mutant active, the child runs that mutant, so a SIGKILL test
+    # can kill, say, a dropped fsync.
+    (dest / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('MUTANT_UNDER_TEST') == 'stats':\n"
+        "    os.environ['MUTANT_UNDER_TEST'] = ''\n", encoding="utf-8")
+    also = [a for a in ALSO if (ROOT / a).exists()] + ["firmware", "sitecustomize.py"]
     conf = (
         "\n[tool.mutmut]\n"
         f"source_paths = [\"ims_station\"]\n"
@@ -100,12 +119,30 @@ def results(dest: Path) -> dict[str, dict[str, int]]:
     return per
 
 
+def write_survivors(dest: Path, out: Path) -> None:
+    """Append every survivor of the run in *dest* with its diff (``mutmut show``) to *out*."""
+    listing = subprocess.run([MUTMUT, "results"], cwd=dest, capture_output=True, text=True,
+                             check=False).stdout
+    names = [line.strip().rpartition(": ")[0] for line in listing.splitlines()
+             if line.strip().endswith(": survived")]
+    with open(out, "a", encoding="utf-8") as fh:
+        for name in names:
+            diff = subprocess.run([MUTMUT, "show", name], cwd=dest, capture_output=True, text=True,
+                                  check=False).stdout
+            fh.write(f"### {name}\n{diff}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="./run mutation", description=__doc__.split("\n")[0])
     ap.add_argument("groups", nargs="*", metavar="GROUP", help=f"default: all of {', '.join(GROUPS)}")
     ap.add_argument("--work", type=Path, default=ROOT / ".mutation", help="staging folder (%(default)s)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--report", action="store_true", help="only print the scores of the last run")
+    ap.add_argument("--rerun", nargs="+", metavar="MUTANT",
+                    help="with one GROUP: stage it afresh and run only these mutants (names or globs as "
+                         "`mutmut results` prints them), e.g. after adding tests for them")
+    ap.add_argument("--survivors", type=Path, metavar="FILE",
+                    help="with --report: write every survivor of the GROUP(s) with its diff to FILE")
     args = ap.parse_args(argv)
     groups = args.groups or list(GROUPS)
     unknown = [g for g in groups if g not in GROUPS]
@@ -113,6 +150,20 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown group(s) {unknown}; known: {', '.join(GROUPS)}")
     env = dict(os.environ)
     env.setdefault("IMS_SHARED", str(ROOT.parent / "shared"))
+    if args.rerun:
+        if len(groups) != 1:
+            ap.error("--rerun takes exactly one GROUP")
+        dest = stage(groups[0], args.work)
+        subprocess.run([MUTMUT, "run", "--max-children", str(args.jobs), *args.rerun],
+                       cwd=dest, env=env, check=False)
+        out = subprocess.run([MUTMUT, "results", "--all", "true"], cwd=dest, capture_output=True,
+                             text=True, check=False).stdout
+        wanted = [line.strip() for line in out.splitlines()
+                  if any(fnmatch.fnmatchcase(line.strip().rpartition(": ")[0], pat) for pat in args.rerun)]
+        print("\n".join(wanted))
+        left = [w for w in wanted if not w.endswith(("killed", "timeout"))]
+        print(f"\n{len(wanted) - len(left)} of {len(wanted)} killed")
+        return 0
     total: dict[str, dict[str, int]] = {}
     for group in groups:
         dest = args.work / group
@@ -124,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                            cwd=dest, env=env, check=False)
             print(f"== {group}: {time.monotonic() - t0:.0f} s", flush=True)
         total.update(results(dest))
+        if args.survivors:
+            write_survivors(dest, args.survivors)
     print(f"\n{'module':45} {'killed':>7} {'survived':>9} {'other':>6} {'score':>6}")
     for module, counts in sorted(total.items()):
         killed = counts.get("killed", 0) + counts.get("timeout", 0)
