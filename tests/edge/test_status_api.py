@@ -299,6 +299,13 @@ def test_the_station_file_refuses_a_non_loopback_address_at_load(tmp_path):
     assert ei.value.key == "status.colour"
 
 
+def _mode(path: Path) -> int | None:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return None
+
+
 def test_edge_run_serves_while_running_and_removes_its_socket_at_exit(tmp_path, capsys):
     from ims_station.cli import main
     from ims_station.config import write_secret_file
@@ -318,11 +325,12 @@ def test_edge_run_serves_while_running_and_removes_its_socket_at_exit(tmp_path, 
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.monotonic() + 30
-            while not sock.exists():
+            # The socket is bound owner-only and then opened to the group (statusapi.serve_unix):
+            # wait for the mode it settles at, not for the file alone.
+            while _mode(sock) != 0o660:
                 assert proc.poll() is None, proc.communicate()
-                assert time.monotonic() < deadline, "no status socket"
+                assert time.monotonic() < deadline, f"status socket mode {_mode(sock)!r}, want 0o660"
                 time.sleep(0.05)
-            assert stat.S_IMODE(os.stat(sock).st_mode) == 0o660
             doc, problems = statusapi.query(socket_path=str(sock))
             assert doc["station"] == "IM.XS01" and doc["ports"][0]["connected"] and problems == []
             code, body = statusapi.fetch("/metrics", url=f"http://127.0.0.1:{port}")
