@@ -1,0 +1,343 @@
+"""The uplink's behaviour that a station operator reads or relies on, stated exactly, without a
+broker (the recording client of the window tests): which acknacks are trusted and how each refusal
+is counted, what an acknack deletes, counts and reports, when frames are requeued and resent, what
+goes out on connecting and stopping (topic, QoS, retain, payload), and the SOH.  Written from the
+survivors of a mutation run (docs/testing.md, "Mutation testing"): each test names the behaviour,
+with figures exact enough that an off-by-one or a swapped field fails it."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from ims_station import cd11, topics
+from ims_station.broker import BrokerConfig
+from ims_station.edge.uplink import Uplink
+
+from .test_uplink import FS, STA, fill, frame
+from .test_uplink_window import RecordingClient, connected, forged, relay_keys, rig  # noqa: F401  (fixtures)
+
+
+def _signed_ack(signer=None, creator="RELAY", **kw):
+    return cd11.Acknack(creator=creator, frame_set=FS, lowest=0, highest=3, **kw).to_bytes(signer)
+
+
+# -- acknack authentication ---------------------------------------------------------------------
+def test_every_refused_acknack_is_counted_once_under_its_reason_and_none_as_invalid(rig, clock,  # noqa: F811
+                                                                                     relay_keys):  # noqa: F811
+    """Unsigned (no key id, no signature) and badly signed acknacks are counted apart, one each, and
+    handling them is not itself an error (``acknacks_invalid`` is for malformed acknacks)."""
+    keystore, trust = relay_keys
+    fill(rig, range(4))
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0, acknack_trust=trust,
+                acknack_key_ids=[900])
+    c = connected(up)
+    up._periodic(c)
+    c.puback_all(up)
+    forged(up, c, _signed_ack())
+    forged(up, c, _signed_ack())
+    st = up.stats()
+    assert (st["acknacks_unsigned"], st["acknacks_bad_signature"], st["acknacks_invalid"]) == (2, 0, 0)
+    # The relay's key id with no signature, and a signature with no key id: signed, wrongly.
+    forged(up, c, _signed_ack(auth_key_id=900, auth_value=b""))
+    forged(up, c, _signed_ack(auth_key_id=0, auth_value=bytes(64)))
+    forged(up, c, _signed_ack(keystore.signer(901)))
+    st = up.stats()
+    assert (st["acknacks_unsigned"], st["acknacks_bad_signature"], st["acknacks_invalid"]) == (2, 3, 0)
+    assert (st["acknacks"], st["frames_acked"], rig.stats()["frames"]) == (0, 0, 4)
+    forged(up, c, _signed_ack(keystore.signer(900)))
+    st = up.stats()
+    assert (st["acknacks"], st["frames_acked"], st["acknacks_invalid"], rig.stats()["frames"]) == (1, 4, 0, 0)
+
+
+# -- a client that records what the uplink asks of paho --------------------------------------------
+class Client(RecordingClient):
+    """The window tests' recording client, also keeping each message's QoS and retain flag, each
+    subscription's QoS, the Last Will and the in-flight window the uplink sets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[tuple[str, bytes, int, bool]] = []
+        self.sub_qos: dict[str, int] = {}
+        self.will = None
+        self.max_inflight = None
+
+    def publish(self, topic, payload, qos=0, retain=False):
+        self.sent.append((topic, bytes(payload), qos, retain))
+        return super().publish(topic, payload, qos, retain)
+
+    def subscribe(self, topic, qos=0, **kw):
+        self.sub_qos[topic] = qos
+        return super().subscribe(topic, qos, **kw)
+
+    def will_set(self, topic, payload=None, qos=0, retain=False, properties=None):
+        self.will = (topic, payload, qos, retain)
+
+    def max_inflight_messages_set(self, n):
+        self.max_inflight = n
+
+    def suback_topics(self, up: Uplink, refused=()) -> None:
+        """SUBACK for every SUBSCRIBE sent so far: refused (0x87) for the topics in *refused*."""
+        for mid, t in list(self.subscriptions.items()):
+            code = 0x87 if t in refused else 1
+            up._mqtt._handle_subscribe(self, None, mid, [ReasonCode(PacketTypes.SUBACK, identifier=code)], None)
+        self.subscriptions.clear()
+
+    def on(self, topic_kind: str) -> list[tuple[bytes, int, bool]]:
+        return [(p, q, r) for t, p, q, r in self.sent if t == topics.topic("ims", STA, topic_kind)]
+
+
+class Handler:
+    """A command handler (edge/commands.py's interface): records each command, answers *answer*."""
+
+    def __init__(self, answer=b"done", fail=False) -> None:
+        self.got: list = []
+        self.answer = answer
+        self.fail = fail
+
+    def handle(self, payload):
+        self.got.append(payload)
+        if self.fail:
+            raise RuntimeError("handler bug")
+        return self.answer
+
+    def stats(self) -> dict:
+        return {"handled": len(self.got)}
+
+
+def message(kind: str, payload: bytes):
+    return types.SimpleNamespace(topic=topics.topic("ims", STA, kind), payload=payload)
+
+
+# -- connecting: status, subscriptions, Last Will ---------------------------------------------------
+def test_the_will_and_the_inflight_window_are_set_before_connecting(rig, clock):  # noqa: F811
+    for inflight, window in ((1, 1), (0, 1), (7, 7)):
+        up = Uplink(STA, [BrokerConfig()], rig, clock=clock, inflight=inflight)
+        c = Client()
+        up._setup_client(c)
+        topic, payload, qos, retain = c.will
+        assert (topic, qos, retain) == (topics.topic("ims", STA, "status"), 1, True)
+        assert json.loads(payload) == {"station": STA, "status": "offline", "reason": "connection lost",
+                                       "time": None, "connected_at": clock.time()}
+        assert c.max_inflight == window
+        assert c.on_publish == up._on_publish and c.on_message == up._on_message
+
+
+def test_on_connecting_the_station_says_online_retained_and_subscribes_at_qos_1(rig, clock):  # noqa: F811
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, command_handler=Handler())
+    c = Client()
+    c.connack(up)
+    assert c.sub_qos == {topics.topic("ims", STA, "acknack"): 1, topics.topic("ims", STA, "cmd"): 1}
+    [(payload, qos, retain)] = c.on("status")
+    assert (qos, retain) == (1, True)
+    assert json.loads(payload) == {"station": STA, "status": "online", "time": clock.time()}
+    assert not up.connected                 # both SUBACKs still outstanding
+    c.suback_topics(up)
+    assert up.connected
+    st = up.stats()
+    assert (st["cmd_subscribe_refused"], st["acknack_subscribe_refused"]) == (0, 0)
+    assert st["commands_detail"] == {"handled": 0}
+
+
+def test_a_refused_command_subscription_is_counted_and_holds_nothing_back(rig, clock):  # noqa: F811
+    fill(rig, range(2))
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0, command_handler=Handler())
+    for n in (1, 2):                         # on each connection
+        c = Client()
+        c.connack(up)
+        c.suback_topics(up, refused={topics.topic("ims", STA, "cmd")})
+        assert up.connected                  # the acknacks can reach the station: it is ready
+        st = up.stats()
+        assert (st["cmd_subscribe_refused"], st["acknack_subscribe_refused"]) == (n, 0)
+    up._periodic(c)
+    assert c.frames() == [0, 1]
+
+
+def test_a_refused_acknack_subscription_is_counted_on_each_connection(rig, clock):  # noqa: F811
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, command_handler=Handler())
+    for n in (1, 2):
+        c = Client()
+        c.connack(up)
+        c.suback_topics(up, refused={topics.topic("ims", STA, "acknack")})
+        assert not up.connected
+        st = up.stats()
+        assert (st["acknack_subscribe_refused"], st["cmd_subscribe_refused"]) == (n, 0)
+
+
+# -- stopping ------------------------------------------------------------------------------------
+class Loop:
+    """The paho client while stopping: the ``offline`` message is PUBACKed after *turns* loop turns
+    (never if None); each turn takes half a second of the session's wall clock, or fails (*rc*)."""
+
+    def __init__(self, turns=None, rc=0) -> None:
+        self.client = Client()
+        self.turns, self.rc = turns, rc
+        self.timeouts: list[float] = []
+        self.t = 0.0
+        self.client.loop = self.loop
+        self.client.publish = self.publish
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def publish(self, topic, payload, qos=0, retain=False):
+        Client.publish(self.client, topic, payload, qos, retain)
+        return types.SimpleNamespace(is_published=lambda: self.turns is not None and len(self.timeouts) >= self.turns)
+
+    def loop(self, timeout=1.0):
+        self.timeouts.append(timeout)
+        self.t += 0.5
+        return self.rc
+
+
+@pytest.mark.parametrize("turns, rc, loops", [
+    (0, 0, 0),           # PUBACKed at once: no wait
+    (1, 0, 1),
+    (3, 0, 3),
+    (None, 0, 4),        # never: the wait ends after 2 s of wall time
+    (None, 7, 1),        # the connection is lost meanwhile: no point waiting
+])
+def test_stopping_publishes_offline_retained_and_waits_up_to_2_s_for_its_puback(rig, clock, turns, rc, loops):  # noqa: F811
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock)
+    wall = Loop(turns, rc)
+    up._mqtt.clock = wall
+    up._graceful_close(wall.client)
+    [(payload, qos, retain)] = wall.client.on("status")
+    assert (qos, retain) == (1, True)
+    assert json.loads(payload) == {"station": STA, "status": "offline", "time": clock.time(), "reason": "stopped"}
+    assert wall.timeouts == [0.05] * loops
+
+
+# -- messages: acknacks and commands --------------------------------------------------------------
+def ack_of(frame_set: str, lowest: int, highest: int, gaps=()) -> bytes:
+    return cd11.Acknack(creator="RELAY", frame_set=frame_set, lowest=lowest, highest=highest, gaps=list(gaps)).to_bytes()
+
+
+def test_an_acknack_is_reported_in_the_stats_and_handed_to_the_callback(rig, clock):  # noqa: F811
+    fill(rig, range(6))
+    seen = []
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0, on_acknack=seen.append)
+    c = connected(up)
+    up._periodic(c)
+    c.puback_all(up)
+    clock.advance(7)
+    up._on_message(c, None, message("acknack", ack_of(FS, 0, 5, [(1, 3)])))
+    st = up.stats()
+    assert st["last_acknack"] == {"lowest": 0, "highest": 5, "gaps": 1, "deleted": 4, "time": clock.time(),
+                                  "frame_set": FS}
+    assert (st["acknacks"], st["frames_acked"], st["acknacks_suspicious"]) == (1, 4, 0)
+    assert [(f.frame_set, f.lowest, f.highest, f.gaps) for f in seen] == [(FS, 0, 5, [(1, 3)])]
+    up._on_message(c, None, message("acknack", ack_of(FS, 0, 5)))
+    st = up.stats()
+    assert (st["acknacks"], st["frames_acked"], st["last_acknack"]["deleted"]) == (2, 6, 2)
+    assert len(seen) == 2
+
+
+def test_acknacks_of_other_frame_sets_and_malformed_ones_are_counted_each_time(rig, clock):  # noqa: F811
+    fill(rig, range(2))
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0)
+    c = connected(up)
+    up._periodic(c)
+    c.puback_all(up)
+    for _ in range(2):
+        up._on_message(c, None, message("acknack", ack_of("STA02:0", 0, 1)))
+        up._on_message(c, None, message("acknack", b"\x00garbage"))
+        up._on_message(c, None, message("acknack", ack_of(FS, 0, 1) + b"\x00"))    # one byte too many
+    st = up.stats()
+    assert (st["acknacks_other_set"], st["acknacks_invalid"], st["acknacks"]) == (2, 4, 0)
+    assert rig.stats()["frames"] == 2 and st["last_acknack"] is None
+
+
+def test_an_acknack_that_is_not_one_acknack_frame_says_what_it_was(rig, clock):  # noqa: F811
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock)
+    wire = cd11.Acknack(creator="RELAY", frame_set=FS, lowest=0, highest=1).to_bytes()
+    with pytest.raises(ValueError, match=rf"^not exactly one acknack frame \(Acknack, {len(wire)} of "
+                                         rf"{len(wire) + 3} bytes\)$"):
+        up._handle_acknack(wire + b"abc")
+    data = frame(1)
+    with pytest.raises(ValueError, match=rf"^not exactly one acknack frame \(DataFrame, {len(data)} of "
+                                         rf"{len(data)} bytes\)$"):
+        up._handle_acknack(data)
+
+
+def test_every_acknack_beyond_what_was_published_is_suspicious_even_a_single_number(rig, clock):  # noqa: F811
+    fill(rig, range(3))
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0)
+    c = connected(up)
+    up._periodic(c)                          # 0..2 published
+    c.puback_all(up)
+    up._periodic(c)
+    for lo, hi, suspicious in ((0, 2, 0), (3, 2, 0), (3, 3, 1), (2, 2, 1), (0, 9, 2)):
+        up._on_message(c, None, message("acknack", ack_of(FS, lo, hi)))
+        assert up.stats()["acknacks_suspicious"] == suspicious, (lo, hi)
+    assert up.stats()["acknacks"] == 5
+
+
+def test_a_command_is_handed_to_the_handler_and_its_answer_published(rig, clock):  # noqa: F811
+    handler = Handler(answer=b"answer")
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, command_handler=handler)
+    c = Client()
+    c.connack(up)
+    c.suback_topics(up)
+    up._on_message(c, None, message("cmd", bytearray(b"request")))
+    assert handler.got == [b"request"] and type(handler.got[0]) is bytes
+    assert c.on("cmd/response") == [(b"answer", 1, False)]
+    handler.answer = None                       # nothing to say: nothing published
+    up._on_message(c, None, message("cmd", b"request 2"))
+    assert len(c.on("cmd/response")) == 1
+    st = up.stats()
+    assert (st["commands"], st["command_errors"], st["acknacks_invalid"]) == (2, 0, 0)
+    assert st["commands_detail"] == {"handled": 2}
+
+
+def test_a_failing_command_handler_is_counted_and_does_not_stop_the_uplink(rig, clock):  # noqa: F811
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, command_handler=Handler(fail=True))
+    c = connected_with_commands(up)
+    up._on_message(c, None, message("cmd", b"x"))
+    up._on_message(c, None, message("cmd", b"y"))
+    st = up.stats()
+    assert (st["commands"], st["command_errors"]) == (2, 2)
+    assert c.on("cmd/response") == []
+
+
+def test_acknacks_still_apply_with_a_command_handler_and_commands_need_one(rig, clock):  # noqa: F811
+    fill(rig, range(2))
+    handler = Handler()
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0, command_handler=handler)
+    c = connected_with_commands(up)
+    up._periodic(c)
+    c.puback_all(up)
+    up._on_message(c, None, message("acknack", ack_of(FS, 0, 1)))
+    assert rig.stats()["frames"] == 0 and handler.got == []
+    assert (up.stats()["commands"], up.stats()["acknacks"]) == (0, 1)
+    plain = Uplink(STA, [BrokerConfig()], rig, clock=clock)        # no handler: a cmd message is ignored
+    c2 = connected(plain)
+    plain._on_message(c2, None, message("cmd", b"x"))
+    st = plain.stats()
+    assert (st["commands"], st["command_errors"], st["acknacks_invalid"]) == (0, 0, 0)
+
+
+def test_a_command_wakes_the_pump_a_request_may_have_released_frames(rig, clock):  # noqa: F811
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0, command_handler=Handler())
+    c = connected_with_commands(up)
+    wall = types.SimpleNamespace(monotonic=lambda: 50.0)       # no wall time passes: no poll
+    up._mqtt.clock = wall
+    up._periodic(c)
+    fill(rig, range(2))                      # committed without notify()
+    up._periodic(c)
+    assert c.frames() == []
+    up._on_message(c, None, message("cmd", b"x"))
+    up._periodic(c)
+    assert c.frames() == [0, 1]
+
+
+def connected_with_commands(up: Uplink) -> Client:
+    c = Client()
+    c.connack(up)
+    c.suback_topics(up)
+    assert up.connected
+    return c
