@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import types
 
+import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
@@ -18,7 +19,7 @@ from ims_station import cd11, topics
 from ims_station.broker import BrokerConfig
 from ims_station.edge.uplink import Uplink
 
-from .test_uplink import FS, STA, fill, frame
+from .test_uplink import FS, STA, T0, fill, frame
 from .test_uplink_window import RecordingClient, connected, forged, relay_keys, rig  # noqa: F401  (fixtures)
 
 
@@ -341,3 +342,194 @@ def connected_with_commands(up: Uplink) -> Client:
     c.suback_topics(up)
     assert up.connected
     return c
+
+
+# -- sending: the window, the wake-up, requeueing ---------------------------------------------------
+class Still:
+    """The session's wall clock standing still: the pump runs only when woken, never on its 0.5-s poll."""
+
+    def monotonic(self) -> float:
+        return 50.0
+
+
+def test_frames_go_at_qos_1_not_retained_and_unknown_kinds_are_counted_each(rig, clock):  # noqa: F811
+    fill(rig, range(2))
+    rig.put("mystery", f"{STA}:x", 0, T0, b"?")
+    rig.put("mystery", f"{STA}:x", 1, T0, b"?")
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0)
+    c = Client()
+    c.connack(up)
+    c.suback_topics(up)
+    up._periodic(c)
+    assert [(q, r) for _, q, r in c.on("cd11")] == [(1, False)] * 2
+    assert up.stats()["unknown_kind"] == 2
+
+
+def test_a_full_window_does_not_query_the_outbox(rig, clock):  # noqa: F811
+    fill(rig, range(4))
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, inflight=2, live_window_s=0)
+    c = connected(up)
+    up._periodic(c)
+    assert c.frames() == [0, 1]
+    asked = []
+    real = rig.next_to_send
+    rig.next_to_send = lambda *a, **kw: asked.append(a) or real(*a, **kw)
+    up._pump(c)
+    assert asked == [] and c.frames() == [0, 1]
+
+
+def test_after_draining_the_outbox_the_uplink_waits_for_a_notify_or_its_poll(rig, clock):  # noqa: F811
+    """A pump that sent everything there was (data, or events alone) does not wake itself again."""
+    rig.put("events", f"{STA}:events", 0, T0, b"event")
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0)
+    c = connected(up)
+    up._mqtt.clock = Still()
+    up._periodic(c)
+    assert [t for t, _ in c.published if t.endswith("/events")] == ["ims/STA01/events"]
+    fill(rig, [0])                           # committed without notify()
+    up._periodic(c)
+    assert c.frames() == []
+    up.notify()
+    up._periodic(c)
+    assert c.frames() == [0]
+    fill(rig, [1])
+    up._periodic(c)
+    assert c.frames() == [0]
+    up.notify()
+    up._periodic(c)
+    assert c.frames() == [0, 1]
+
+
+class Refusing(Client):
+    """paho refusing to publish (rc != success, e.g. the connection just went) from the *n*-th frame on."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+        self.attempts = 0
+
+    def publish(self, topic, payload, qos=0, retain=False):
+        if topic.endswith("/cd11"):
+            self.attempts += 1
+            if self.attempts >= self.n:
+                return types.SimpleNamespace(rc=mqtt.MQTT_ERR_NO_CONN, mid=None)
+        return super().publish(topic, payload, qos, retain)
+
+
+def test_a_refused_publish_stops_the_turn_keeps_what_went_and_is_retried_at_the_poll(rig, clock):  # noqa: F811
+    fill(rig, range(5))
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, inflight=3, live_window_s=0)
+    c = Refusing(3)
+    c.connack(up)
+    c.suback_topics(up)
+    up._mqtt.clock = Still()
+    up._periodic(c)
+    assert c.frames() == [0, 1] and c.attempts == 3
+    assert rig.in_flight_count() == 2 and up.stats()["published"] == 2
+    up._periodic(c)                          # no busy retry: the next attempt is at the poll
+    assert c.attempts == 3
+
+
+def test_frames_awaiting_puback_when_the_connection_ends_are_requeued_and_counted(rig, clock):  # noqa: F811
+    fill(rig, range(4))
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0)
+    c = connected(up)
+    up._periodic(c)
+    for mid in sorted(up._pending_mids)[:2]:     # 0 and 1 PUBACKed, 2 and 3 not
+        up._on_publish(c, None, mid, 0, None)
+    up._requeue_unpubacked()                     # the session's end-of-connection hook
+    st = up.stats()
+    assert (st["requeued_on_disconnect"], st["awaiting_puback"]) == (2, 0)
+    assert rig.in_flight_count() == 2
+    c = connected(up)
+    up._periodic(c)
+    assert c.frames() == [2, 3] and up.stats()["resent"] == 2
+    up._requeue_unpubacked()
+    assert up.stats()["requeued_on_disconnect"] == 4
+    up._requeue_unpubacked()                     # nothing awaiting a PUBACK: nothing to do
+    assert up.stats()["requeued_on_disconnect"] == 4
+
+
+def test_a_failing_requeue_is_not_counted_and_does_not_raise(rig, clock):  # noqa: F811
+    fill(rig, range(2))
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0)
+    c = connected(up)
+    up._periodic(c)
+
+    def broken(ids):
+        raise OSError("disk gone")
+
+    rig.requeue = broken
+    up._requeue_unpubacked()
+    st = up.stats()
+    assert (st["requeued_on_disconnect"], st["awaiting_puback"]) == (0, 0)
+
+
+# -- the periodic turn: ack timeout, SOH, acknack stall --------------------------------------------
+@pytest.mark.parametrize("timeout, quiet, due", [
+    (300.0, (280, 301), 310),        # checked every 30 s (a quarter would be 75)
+    (40.0, (32, 41), 42),            # every quarter of the timeout
+])
+def test_the_ack_timeout_is_checked_every_quarter_timeout_at_most_every_30_s(rig, clock, timeout, quiet, due):  # noqa: F811
+    fill(rig, range(2))
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0, ack_timeout_s=timeout)
+    c = connected(up)
+    t0 = clock.monotonic()
+    up._periodic(c)
+    c.puback_all(up)
+    assert c.frames() == [0, 1]
+    for t in quiet:                  # a check at the first, none at the second (too soon after it)
+        clock.m = t0 + t
+        up._periodic(c)
+        assert c.frames() == [0, 1], t
+    clock.m = t0 + due               # one check interval after the last check: both are due
+    up._periodic(c)
+    assert c.frames() == [0, 1, 0, 1] and up.stats()["requeued_ack_timeout"] == 2
+    c.puback_all(up)
+    clock.m += 2 * timeout
+    up._periodic(c)
+    assert c.frames() == [0, 1] * 3 and up.stats()["requeued_ack_timeout"] == 4
+
+
+def test_the_soh_goes_retained_at_the_interval_and_on_request(rig, clock):  # noqa: F811
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, soh_interval_s=60)
+    c = Client()
+    c.connack(up)
+    c.suback_topics(up)
+    up._periodic(c)                              # on connecting
+    for dt, n in ((30, 1), (29, 1), (1, 2), (59, 2), (1, 3)):
+        clock.advance(dt)
+        up._periodic(c)
+        assert len(c.on("soh")) == n, dt
+    up.request_soh()
+    up._periodic(c)
+    assert len(c.on("soh")) == 4 and up.stats()["soh_published"] == 4
+    payload, qos, retain = c.on("soh")[-1]
+    assert (qos, retain) == (1, True)
+    doc = json.loads(payload)
+    assert (doc["station"], doc["time"], doc["uplink"]["soh_published"]) == (STA, clock.time(), 3)
+    assert doc["outbox"]["frames"] == 0
+
+
+def test_frames_in_flight_and_no_acknack_for_acknack_stall_s_reconnect_with_a_clean_session(rig, clock):  # noqa: F811
+    fill(rig, [0])
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0, acknack_stall_s=60)
+    for n in (1, 2):                             # counted on each connection
+        c = connected(up)
+        up._periodic(c)                          # one frame in flight
+        assert rig.in_flight_count() == 1
+        clock.advance(59)
+        assert up._periodic(c) is True
+        clock.advance(1)                         # exactly acknack_stall_s
+        assert up._periodic(c) is False          # the session drops this connection
+        assert up._mqtt.clean_next is True and up.stats()["acknack_stall_reconnects"] == n
+        up._mqtt.clean_next = False
+        up._requeue_unpubacked()
+    c = connected(up)
+    up._periodic(c)
+    clock.advance(50)                            # an acknack (of another of our frame sets) restarts the wait
+    up._on_message(c, None, message("acknack", ack_of(f"{STA}:events", 0, -1)))
+    clock.advance(50)
+    assert up._periodic(c) is True
+    clock.advance(10)
+    assert up._periodic(c) is False and up.stats()["acknack_stall_reconnects"] == 3
