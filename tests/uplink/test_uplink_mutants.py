@@ -17,7 +17,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from ims_station import cd11, topics
 from ims_station.broker import BrokerConfig
-from ims_station.edge.uplink import Uplink
+from ims_station.edge.uplink import AcknackTrustError, Uplink, relay_acknack_keys
 
 from .test_uplink import FS, STA, T0, fill, frame
 from .test_uplink_window import RecordingClient, connected, forged, relay_keys, rig  # noqa: F401  (fixtures)
@@ -533,3 +533,45 @@ def test_frames_in_flight_and_no_acknack_for_acknack_stall_s_reconnect_with_a_cl
     assert up._periodic(c) is True
     clock.advance(10)
     assert up._periodic(c) is False and up.stats()["acknack_stall_reconnects"] == 3
+
+
+# -- which keys are the relay's ------------------------------------------------------------------
+class Trust:
+    """A trust store reduced to what relay_acknack_keys reads: key id -> the stations it is listed for."""
+
+    directory = "/etc/ims/trust"
+
+    def __init__(self, keys: dict) -> None:
+        self._keys = keys
+
+    def key_ids(self):
+        return list(self._keys)
+
+    def key(self, k):
+        return types.SimpleNamespace(info=types.SimpleNamespace(stations=self._keys[k]))
+
+
+def trust_error(keys, key_ids=None):
+    with pytest.raises(AcknackTrustError) as ei:
+        relay_acknack_keys(Trust(keys), "RELAY", key_ids)
+    return ei.value
+
+
+def test_trust_settings_that_cannot_tell_the_relays_key_say_which_setting_and_what_to_do():
+    err = trust_error({2: ["STA02"]})
+    assert (err.setting, err.reason) == ("acknack_trust", (
+        "no key in trust store /etc/ims/trust is the relay's: none lists the relay's name 'RELAY' under "
+        "stations (set [uplink] relay_name to the relay's [relay] name, or export the relay's acknack key)"))
+    err = trust_error({900: ["RELAY"]}, [7])
+    assert (err.setting, err.reason) == ("acknack_key_ids", "key 7 is not in trust store /etc/ims/trust")
+    err = trust_error({900: ["RELAY"], 5: ["STA03", "STA02"]}, [5])
+    assert (err.setting, err.reason) == ("acknack_key_ids", (
+        "key 5 is not the relay's: trust store /etc/ims/trust lists it for STA02, STA03, not for the "
+        "relay's name 'RELAY' ([uplink] relay_name)"))
+    err = trust_error({900: ["STA03", "RELAY", "STA02"]})
+    assert (err.setting, err.reason) == ("acknack_trust", (
+        "key 900 is listed for the relay 'RELAY' and also for STA02, STA03 in trust store /etc/ims/trust: "
+        "a key another station holds cannot authenticate the relay's acknacks"))
+    assert str(err) == f"uplink: acknack_trust: {err.reason}"
+    assert relay_acknack_keys(Trust({900: ["RELAY"], 901: ["RELAY"], 2: ["STA02"]}), "RELAY") == {900, 901}
+    assert relay_acknack_keys(Trust({900: ["RELAY"], 901: ["RELAY"]}), "RELAY", ["901"]) == {901}
