@@ -575,3 +575,36 @@ def test_trust_settings_that_cannot_tell_the_relays_key_say_which_setting_and_wh
     assert str(err) == f"uplink: acknack_trust: {err.reason}"
     assert relay_acknack_keys(Trust({900: ["RELAY"], 901: ["RELAY"], 2: ["STA02"]}), "RELAY") == {900, 901}
     assert relay_acknack_keys(Trust({900: ["RELAY"], 901: ["RELAY"]}), "RELAY", ["901"]) == {901}
+
+
+# -- the session thread ----------------------------------------------------------------------------
+def test_the_session_thread_is_named_after_the_station_and_started_once(rig, clock):  # noqa: F811
+    from ims_station.broker import free_port
+
+    up = Uplink(STA, [BrokerConfig(port=free_port())], rig, clock=clock, backoff_base_s=5, backoff_max_s=5)
+    try:
+        assert up.start() is up
+        thread = up._thread
+        assert thread.name == "uplink-STA01" and thread.daemon
+        assert up.start() is up and up._thread is thread
+    finally:
+        up.stop()
+    assert up._thread is None and not thread.is_alive()
+
+
+def test_stop_waits_for_a_hung_session_thread_10_s_by_default_then_returns(rig, clock):  # noqa: F811
+    class Hung:
+        def __init__(self) -> None:
+            self.waits: list = []
+
+        def join(self, timeout=None):
+            self.waits.append(timeout)
+
+        def is_alive(self) -> bool:
+            return True
+
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock)
+    up._mqtt.thread = hung = Hung()
+    up.stop()
+    up.stop(0.5)
+    assert hung.waits == [10.0, 0.5] and up._thread is hung        # still running: not forgotten
