@@ -492,7 +492,8 @@ def test_the_ack_timeout_is_checked_every_quarter_timeout_at_most_every_30_s(rig
 
 
 def test_the_soh_goes_retained_at_the_interval_and_on_request(rig, clock):  # noqa: F811
-    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, soh_interval_s=60)
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, soh_interval_s=60,
+                soh_provider=lambda: {"gateway": {"frames": 7}})
     c = Client()
     c.connack(up)
     c.suback_topics(up)
@@ -508,7 +509,7 @@ def test_the_soh_goes_retained_at_the_interval_and_on_request(rig, clock):  # no
     assert (qos, retain) == (1, True)
     doc = json.loads(payload)
     assert (doc["station"], doc["time"], doc["uplink"]["soh_published"]) == (STA, clock.time(), 3)
-    assert doc["outbox"]["frames"] == 0
+    assert doc["outbox"]["frames"] == 0 and doc["gateway"] == {"frames": 7}
 
 
 def test_frames_in_flight_and_no_acknack_for_acknack_stall_s_reconnect_with_a_clean_session(rig, clock):  # noqa: F811
@@ -608,3 +609,60 @@ def test_stop_waits_for_a_hung_session_thread_10_s_by_default_then_returns(rig, 
     up.stop()
     up.stop(0.5)
     assert hung.waits == [10.0, 0.5] and up._thread is hung        # still running: not forgotten
+
+
+# -- configuration ---------------------------------------------------------------------------------
+def test_the_defaults_are_the_documented_ones_and_those_of_the_uplink_table(rig, clock):  # noqa: F811
+    from ims_station.edge.uplink_config import DEFAULTS
+
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock)
+    got = {"inflight": up.inflight, "max_unacked": up.max_unacked, "live_window_s": up.live_window_s,
+           "ack_timeout_s": up.ack_timeout_s, "soh_interval_s": up.soh_interval_s, "prefix": up.prefix,
+           "acknack_stall_s": up.acknack_stall_s, "acknack_qos": up.acknack_qos, "relay_name": up.relay_name}
+    assert got == {"inflight": 32, "max_unacked": 2000, "live_window_s": 60.0, "ack_timeout_s": 300.0,
+                   "soh_interval_s": 60.0, "prefix": "ims", "acknack_stall_s": 0.0, "acknack_qos": 1,
+                   "relay_name": "RELAY"}
+    assert got == {k: DEFAULTS["uplink"][k] for k in got}
+    s = up._mqtt          # the connection's (docs/uplink.md, "Uplink")
+    assert (s.session_expiry_s, s.backoff_base_s, s.backoff_max_s, s.connect_timeout_s) == (7 * 86400, 0.5, 60.0, 10.0)
+    assert (up.loop_wait_s, up.client_name, s.client_name) == (0.05, STA, STA)
+    assert (up.acknack_trust, up.acknack_key_ids, up.command_handler) == (None, None, None)
+
+
+def test_the_client_name_prefix_and_loop_wait_are_taken_as_given(rig, clock):  # noqa: F811
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, prefix="x/y", client_name="gw-7", loop_wait_s=0.01)
+    assert (up.prefix, up.client_name, up._mqtt.client_name, up.loop_wait_s) == ("x/y", "gw-7", "gw-7", 0.01)
+    assert (up.t_acknack, up.t_status, up.t_soh) == ("x/y/STA01/acknack", "x/y/STA01/status", "x/y/STA01/soh")
+    # the wait is clamped to [0, one network-loop turn]
+    assert Uplink(STA, [BrokerConfig()], rig, clock=clock, loop_wait_s=-1).loop_wait_s == 0.0
+    assert Uplink(STA, [BrokerConfig()], rig, clock=clock, loop_wait_s=5).loop_wait_s == 0.05
+
+
+def test_every_counter_is_in_the_stats_from_the_start_at_zero(rig, clock):  # noqa: F811
+    up = Uplink(STA, [BrokerConfig(host="b1", port=1884)], rig, clock=clock)
+    st = up.stats()
+    counters = {k: v for k, v in st.items() if k not in ("connected", "broker", "protocol", "awaiting_puback",
+                                                         "last_acknack")}
+    assert counters == dict.fromkeys((
+        "connects", "connect_failures", "disconnects", "failovers", "published", "resent", "pubacks",
+        "acknacks", "acknacks_invalid", "acknacks_other_set", "frames_acked", "events_published",
+        "events_acked", "ims20_published", "ims20_acked", "acknacks_unsigned", "acknacks_bad_signature",
+        "acknacks_suspicious", "requeued_on_disconnect", "requeued_ack_timeout", "soh_published",
+        "protocol_fallbacks", "acknack_subscribe_refused", "unknown_kind", "commands", "command_errors",
+        "cmd_subscribe_refused", "acknack_stall_reconnects"), 0)
+    assert (st["connected"], st["broker"], st["awaiting_puback"], st["last_acknack"]) == (False, "b1:1884", 0, None)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"brokers": []}, "uplink: at least one broker is needed"),
+    ({"protocol": "4"}, "uplink: protocol must be one of ('auto', '5', '3.1.1'), not '4'"),
+    ({"acknack_key_ids": [900]}, "uplink: acknack_key_ids given but no acknack trust store"),
+    ({"acknack_qos": 2}, "uplink: acknack_qos must be 0 or 1, not 2"),
+])
+def test_configuration_errors_say_what_is_wrong(rig, clock, kw, message):  # noqa: F811
+    from ims_station.edge.uplink import UplinkError
+
+    brokers = kw.pop("brokers", [BrokerConfig()])
+    with pytest.raises(UplinkError) as ei:
+        Uplink(STA, brokers, rig, clock=clock, **kw)
+    assert str(ei.value) == message
