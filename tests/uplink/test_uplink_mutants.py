@@ -666,3 +666,82 @@ def test_configuration_errors_say_what_is_wrong(rig, clock, kw, message):  # noq
     with pytest.raises(UplinkError) as ei:
         Uplink(STA, brokers, rig, clock=clock, **kw)
     assert str(ei.value) == message
+
+
+# -- one connection through the session, with a scripted paho client --------------------------------
+class Scripted(Client):
+    """paho as the session drives it, on the test's thread: CONNACK at the first loop turn (refused
+    with *refuse*), SUBACK at the second, the first frame's PUBACK at the fourth, and the connection
+    lost at the fifth."""
+
+    made: list = []
+
+    def __init__(self, *a, client_id=None, refuse=None, **kw) -> None:
+        super().__init__()
+        self.client_id, self.refuse = client_id, refuse
+        self.connect_kw: dict = {}
+        self.timeouts: list[float] = []
+        Scripted.made.append(self)
+
+    def connect(self, host, port, keepalive, **kw):
+        self.connect_kw = kw
+        return 0
+
+    def loop(self, timeout=1.0):
+        self.timeouts.append(timeout)
+        turn = len(self.timeouts)
+        if turn == 1:
+            code = ReasonCode(PacketTypes.CONNACK, self.refuse or "Success")
+            self.on_connect(self, None, types.SimpleNamespace(session_present=False), code, None)
+        elif turn == 2:
+            for mid in list(self.subscriptions):
+                self.on_subscribe(self, None, mid, [ReasonCode(PacketTypes.SUBACK, identifier=1)], None)
+        elif turn == 4:
+            self.on_publish(self, None, min(self.on_publish.__self__._pending_mids), 0, None)
+        elif turn == 5:
+            return mqtt.MQTT_ERR_CONN_LOST
+        return mqtt.MQTT_ERR_SUCCESS
+
+    def disconnect(self):
+        pass
+
+    def socket(self):
+        return None
+
+
+def test_a_lost_connection_requeues_what_awaits_a_puback_and_the_next_one_resends_it(rig, clock, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(mqtt, "Client", Scripted)
+    Scripted.made = []
+    fill(rig, range(3))
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0, client_name="gw-7", loop_wait_s=0.01,
+                session_expiry_s=3600)
+    assert up._mqtt._session(up._mqtt.current) is True
+    c = Scripted.made[-1]
+    assert c.client_id == "ims-gw-7" and c.connect_kw["properties"].SessionExpiryInterval == 3600
+    assert c.frames() == [0, 1, 2]
+    # the loop waits one network turn until CONNACK, then the uplink's loop_wait_s
+    assert c.timeouts[:5] == [0.05, 0.01, 0.01, 0.01, 0.01]
+    st = up.stats()
+    assert (st["pubacks"], st["requeued_on_disconnect"], st["disconnects"], st["awaiting_puback"]) == (1, 2, 1, 0)
+    assert rig.in_flight_count() == 1
+    assert up._mqtt._session(up._mqtt.current) is True
+    assert Scripted.made[-1].frames() == [1, 2] and up.stats()["resent"] == 2
+
+
+def test_the_connection_logs_under_the_uplinks_logger_and_label(rig, clock, monkeypatch, caplog):  # noqa: F811
+    monkeypatch.setattr(mqtt, "Client", lambda *a, **kw: Scripted(*a, refuse="Not authorized", **kw))
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock)
+    with caplog.at_level("WARNING"):
+        assert up._mqtt._session(up._mqtt.current) is False
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.levelname == "WARNING"] == [
+        ("ims_station.edge.uplink", "uplink STA01: connection refused: Not authorized")]
+
+
+def test_the_backoff_and_connect_timeout_are_the_connections(rig, clock):  # noqa: F811
+    import random
+
+    rng = random.Random(4)
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, backoff_base_s=2, backoff_max_s=30, connect_timeout_s=4,
+                rng=rng)
+    s = up._mqtt
+    assert (s.backoff_base_s, s.backoff_max_s, s.connect_timeout_s, s.rng) == (2.0, 30.0, 4.0, rng)
