@@ -745,3 +745,55 @@ def test_the_backoff_and_connect_timeout_are_the_connections(rig, clock):  # noq
                 rng=rng)
     s = up._mqtt
     assert (s.backoff_base_s, s.backoff_max_s, s.connect_timeout_s, s.rng) == (2.0, 30.0, 4.0, rng)
+
+
+class Wall:
+    """The session's wall clock, set by the test."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def monotonic(self) -> float:
+        return self.t
+
+
+def test_without_a_notify_the_outbox_is_polled_every_half_second_of_wall_time(rig, clock):  # noqa: F811
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0)
+    c = connected(up)
+    up._mqtt.clock = wall = Wall()
+    up._periodic(c)                          # woken by the connection: polls (nothing there yet)
+    fill(rig, [0])                           # committed without notify()
+    wall.t += 0.25
+    up._periodic(c)
+    wall.t += 0.125
+    up._periodic(c)
+    assert c.frames() == []                  # 0.375 s after the poll
+    wall.t += 0.125
+    up._periodic(c)
+    assert c.frames() == [0]                 # 0.5 s: polled again
+    fill(rig, [1])
+    wall.t += 0.375
+    up._periodic(c)
+    assert c.frames() == [0]
+    wall.t += 0.125
+    up._periodic(c)
+    assert c.frames() == [0, 1]
+
+
+def test_the_soh_carries_what_json_cannot_as_text_and_survives_a_failing_provider(rig, clock):  # noqa: F811
+    import datetime as dt
+
+    since = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, soh_provider=lambda: {"gateway": {"since": since}})
+    c = Client()
+    up._publish_soh(c)
+    assert json.loads(c.on("soh")[-1][0])["gateway"] == {"since": str(since)}
+
+    def broken():
+        raise RuntimeError("provider bug")
+
+    up._soh_provider = broken
+    up._publish_soh(c)
+    doc = json.loads(c.on("soh")[-1][0])
+    assert set(doc) == {"station", "time", "uplink", "outbox"} and doc["outbox"]["frames"] == 0
+    assert up.stats()["soh_published"] == 2
