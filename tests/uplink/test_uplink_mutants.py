@@ -662,9 +662,9 @@ def test_every_counter_is_in_the_stats_from_the_start_at_zero(rig, clock):  # no
 def test_configuration_errors_say_what_is_wrong(rig, clock, kw, message):  # noqa: F811
     from ims_station.edge.uplink import UplinkError
 
-    brokers = kw.pop("brokers", [BrokerConfig()])
+    kw = {"brokers": [BrokerConfig()], **kw}
     with pytest.raises(UplinkError) as ei:
-        Uplink(STA, brokers, rig, clock=clock, **kw)
+        Uplink(STA, kw.pop("brokers"), rig, clock=clock, **kw)
     assert str(ei.value) == message
 
 
