@@ -202,7 +202,8 @@ class Loop:
     (None, 0, 4),        # never: the wait ends after 2 s of wall time
     (None, 7, 1),        # the connection is lost meanwhile: no point waiting
 ])
-def test_stopping_publishes_offline_retained_and_waits_up_to_2_s_for_its_puback(rig, clock, turns, rc, loops):  # noqa: F811
+def test_stopping_publishes_offline_retained_and_waits_up_to_2_s_for_its_puback(rig, clock,  # noqa: F811
+                                                                                turns, rc, loops):
     up = Uplink(STA, [BrokerConfig()], rig, clock=clock)
     wall = Loop(turns, rc)
     up._mqtt.clock = wall
@@ -215,7 +216,8 @@ def test_stopping_publishes_offline_retained_and_waits_up_to_2_s_for_its_puback(
 
 # -- messages: acknacks and commands --------------------------------------------------------------
 def ack_of(frame_set: str, lowest: int, highest: int, gaps=()) -> bytes:
-    return cd11.Acknack(creator="RELAY", frame_set=frame_set, lowest=lowest, highest=highest, gaps=list(gaps)).to_bytes()
+    return cd11.Acknack(creator="RELAY", frame_set=frame_set, lowest=lowest, highest=highest,
+                        gaps=list(gaps)).to_bytes()
 
 
 def test_an_acknack_is_reported_in_the_stats_and_handed_to_the_callback(rig, clock):  # noqa: F811
@@ -470,7 +472,8 @@ def test_a_failing_requeue_is_not_counted_and_does_not_raise(rig, clock):  # noq
     (300.0, (280, 301), 310),        # checked every 30 s (a quarter would be 75)
     (40.0, (32, 41), 42),            # every quarter of the timeout
 ])
-def test_the_ack_timeout_is_checked_every_quarter_timeout_at_most_every_30_s(rig, clock, timeout, quiet, due):  # noqa: F811
+def test_the_ack_timeout_is_checked_every_quarter_timeout_at_most_every_30_s(rig, clock,  # noqa: F811
+                                                                            timeout, quiet, due):
     fill(rig, range(2))
     up = Uplink(STA, [BrokerConfig()], rig, clock=clock, live_window_s=0, ack_timeout_s=timeout)
     c = connected(up)
@@ -709,7 +712,8 @@ class Scripted(Client):
         return None
 
 
-def test_a_lost_connection_requeues_what_awaits_a_puback_and_the_next_one_resends_it(rig, clock, monkeypatch):  # noqa: F811
+def test_a_lost_connection_requeues_what_awaits_a_puback_and_the_next_one_resends_it(rig, clock,  # noqa: F811
+                                                                                     monkeypatch):
     monkeypatch.setattr(mqtt, "Client", Scripted)
     Scripted.made = []
     fill(rig, range(3))
