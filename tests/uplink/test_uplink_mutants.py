@@ -801,3 +801,36 @@ def test_the_soh_carries_what_json_cannot_as_text_and_survives_a_failing_provide
     doc = json.loads(c.on("soh")[-1][0])
     assert set(doc) == {"station", "time", "uplink", "outbox"} and doc["outbox"]["frames"] == 0
     assert up.stats()["soh_published"] == 2
+
+
+def test_a_refused_subscription_is_logged_with_its_topic_reason_and_what_to_check(rig, clock, caplog):  # noqa: F811
+    """The operator's pointer to a broker ACL that forgets one of the station's topics."""
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, command_handler=Handler())
+    c = Client()
+    with caplog.at_level("ERROR", logger="ims_station.edge.uplink"):
+        c.connack(up)
+        c.suback_topics(up, refused={topics.topic("ims", STA, "acknack"), topics.topic("ims", STA, "cmd")})
+    assert sorted(r.getMessage() for r in caplog.records if "broker refused the" in r.getMessage()) == [
+        "uplink STA01: broker refused the acknack subscription ims/STA01/acknack (Not authorized): frames are "
+        "sent but only the ack timeout can clear them; check the broker's ACL",
+        "uplink STA01: broker refused the command subscription ims/STA01/cmd (Not authorized): the relay's "
+        "window requests cannot reach this station; check the broker's ACL"]
+
+
+def test_a_dropped_acknack_is_logged_with_its_creator_key_and_reason(rig, clock, relay_keys, caplog):  # noqa: F811
+    keystore, trust = relay_keys
+    up = Uplink(STA, [BrokerConfig()], rig, clock=clock, acknack_trust=trust, acknack_key_ids=[900])
+    c = connected(up)
+    with caplog.at_level("WARNING", logger="ims_station.edge.uplink"):
+        forged(up, c, _signed_ack())
+        forged(up, c, _signed_ack(keystore.signer(900), creator="EVIL"))
+        forged(up, c, _signed_ack(keystore.signer(902)))
+        forged(up, c, _signed_ack(auth_key_id=900, auth_value=bytes(64)))
+    assert [r.getMessage() for r in caplog.records] == [
+        "uplink STA01: dropped an unsigned acknack from 'RELAY' (acknack trust is configured)",
+        "uplink STA01: dropped an acknack from 'EVIL' (key 900) not authenticated as the relay's: its creator "
+        "is not the relay 'RELAY'",
+        "uplink STA01: dropped an acknack from 'RELAY' (key 902) not authenticated as the relay's: key 902 is "
+        "not one of the relay's keys [900]",
+        "uplink STA01: dropped an acknack from 'RELAY' (key 900) not authenticated as the relay's: signature "
+        "does not verify with key 900 (ed25519)"]
