@@ -167,7 +167,6 @@ class Uplink(SessionOwner):
         self.frame_set = frame_set or f"{station}:0"
         # Frame set of each enveloped-message outbox kind (topics.MESSAGE_KINDS: STA:events, STA:ims20).
         self.message_frame_sets = {k: topics.message_frame_set(station, k) for k in topics.MESSAGE_KINDS}
-        self.events_frame_set = self.message_frame_sets["events"]
         self._kind_of_set = {fs: k for k, fs in self.message_frame_sets.items()}
         # Every frame set this station owns: the relay's acknack of any of them deletes from the outbox.
         self.frame_sets = frozenset({self.frame_set, *self.message_frame_sets.values()})
@@ -191,7 +190,6 @@ class Uplink(SessionOwner):
         self.loop_wait_s = min(max(float(loop_wait_s), 0.0), LOOP_TIMEOUT_S)
         self._soh_provider = soh_provider
         self.client_name = client_name or station
-        self.t_cd11 = topics.topic(prefix, station, "cd11")
         # Each outbox kind on its own topic (ims_station.topics.OUTBOX_TOPICS: the one mapping).
         self._topics = {k: topics.outbox_topic(prefix, station, k) for k in topics.OUTBOX_TOPICS}
         self.t_acknack = topics.topic(prefix, station, "acknack")
