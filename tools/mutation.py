@@ -50,7 +50,8 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
                                                 "tests/uplink/test_outbox_open.py", "tests/uplink/test_outbox_mutants.py",
                                                 "tests/edge/test_outbox_cli.py"]),
     "uplink": (["ims_station/edge/uplink.py"], ["tests/uplink"]),
-    "verify": (["ims_station/relay/verify.py"], RELAY_TESTS + ["tests/cd11/test_verify.py"]),
+    "verify": (["ims_station/relay/verify.py"], RELAY_TESTS + ["tests/cd11/test_verify.py",
+                                                              "tests/relay/test_verify_mutants.py"]),
     "archive": (["ims_station/relay/archive.py"], RELAY_TESTS),
     "state": (["ims_station/relay/state.py"], RELAY_TESTS),
 }
