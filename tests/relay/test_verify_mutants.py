@@ -14,6 +14,7 @@ from ims_station.relay.verify import (
     MAX_EVENT_LIST,
     MAX_EVENT_SEQ,
     MAX_EVENT_TEXT,
+    Control,
     Rejection,
     StationPolicy,
     Verified,
@@ -348,3 +349,136 @@ def test_subframe_start_must_lie_in_the_frame_window_with_the_tolerance(keys):
     tight = Verifier(keys.trust, subframe_time_tolerance_ms=0)
     assert isinstance(tight.check("STA01", frame(keys)), Verified)
     assert tight.check("STA01", frame(keys, offsets_ms=(-1, 0))).reason == "subframe_time"
+
+
+def test_control_frames_are_checked_like_data_frames_but_not_dated(keys, unknown_signer):
+    from ims_station import cd11
+
+    alert = cd11.Alert(creator="STA01", message="Shutting down")
+    ack = cd11.Acknack(creator="STA01", frame_set="STA01:0", lowest=1, highest=2)
+    c = Verifier(keys.trust).check("STA01", alert.to_bytes(own(keys, 0)))
+    assert isinstance(c, Control) and c.kind == "alert" and c.frame.message == "Shutting down"
+    c = Verifier(keys.trust).check("STA01", ack.to_bytes(own(keys, 0)))
+    assert isinstance(c, Control) and c.kind == "acknack"
+    r = Verifier(keys.trust).check("STA01", alert.to_bytes())
+    assert r == Rejection("unsigned", f"{r.frame_set} alert seq {r.sequence}: frame is not signed",
+                          r.frame_set, r.sequence)
+    assert r.frame_set.startswith("STA01:")
+    assert isinstance(Verifier(keys.trust, require_signatures=False).check("STA01", alert.to_bytes()), Control)
+    r = Verifier(keys.trust).check("STA01", ack.to_bytes(own(keys, 0, "STA02")))
+    assert r.reason == "wrong_station_key"
+    assert r.detail.startswith(f"{r.frame_set} acknack seq {r.sequence}: frame signature (key 201): ")
+    r = Verifier(keys.trust).check("STA01", ack.to_bytes(unknown_signer))
+    assert r.reason == "frame_signature" and f"(key {UNKNOWN_KEY})" in r.detail
+
+
+# -- Verifier.check_event / check_ims20 -------------------------------------------------------------
+ENV_US = NOW_MS * 1000 + 123_456
+
+
+def ev(keys, doc, *, sender="STA01", signer="own", seq=None, time_us=ENV_US) -> bytes:
+    from ims_station import envelope
+
+    signer = own(keys, 0) if signer == "own" else signer
+    seq = doc.get("seq", 0) if seq is None else seq
+    return envelope.pack_json("event", sender, doc, time_us=time_us, signer=signer, seq=seq)
+
+
+def test_a_valid_event_carries_its_body_sequence_and_time(keys):
+    doc = {"seq": 4, "station": "STA01", "time": "2023-11-14T22:13:19.5"}
+    raw = ev(keys, doc)
+    v = Verifier(keys.trust).check_event("STA01", bytearray(raw))
+    assert isinstance(v, VerifiedEvent)
+    assert (v.doc, v.station, v.frame_set, v.sequence, v.time_ms, v.raw) == (
+        doc, "STA01", "STA01:events", 4, NOW_MS - 500, raw)
+    assert type(v.raw) is bytes and (v.key_id, v.sent_ms) == (KEY_IDS["STA01"][0], NOW_MS + 123)
+    # without a time of its own, the event is dated by its envelope
+    assert Verifier(keys.trust).check_event("STA01", ev(keys, {"seq": 4, "station": "STA01"})).time_ms == NOW_MS + 123
+
+
+def test_event_envelope_rejections_name_the_problem(keys, unknown_signer):
+    doc = {"seq": 4, "station": "STA01"}
+    raw = ev(keys, doc)
+    v = Verifier(keys.trust)
+    assert isinstance(Verifier(keys.trust, max_payload=len(raw)).check_event("STA01", raw), VerifiedEvent)
+    assert Verifier(keys.trust, max_payload=len(raw) - 1).check_event("STA01", raw) == Rejection(
+        "oversize", f"{len(raw)} bytes exceeds max_payload {len(raw) - 1}")
+    r = v.check_event("STA01", b"junk")
+    assert (r.reason, r.frame_set) == ("malformed", None) and r.detail.startswith("envelope: 4 bytes")
+    assert v.check_event("STA01", ev(keys, {"seq": 4, "station": "STA02"}, sender="STA02",
+                                     signer=own(keys, 0, "STA02"))) == Rejection(
+        "station_mismatch", "event envelope from 'STA02' published on station 'STA01''s topic", "STA01:events")
+    assert v.check_event("STA01", ev(keys, doc, signer=None)) == Rejection(
+        "unsigned", "STA01:events: event envelope is not signed", "STA01:events")
+    assert isinstance(Verifier(keys.trust, require_signatures=False).check_event("STA01", ev(keys, doc, signer=None)),
+                      VerifiedEvent)
+    r = v.check_event("STA01", ev(keys, doc, signer=own(keys, 0, "STA02")))
+    assert (r.reason, r.frame_set) == ("wrong_station_key", "STA01:events")
+    assert r.detail.startswith("STA01:events: event signature (key 201): ")
+    r = v.check_event("STA01", ev(keys, doc, signer=unknown_signer))
+    assert r.reason == "event_signature" and r.detail.startswith(f"STA01:events: event signature (key {UNKNOWN_KEY}): ")
+
+
+def test_event_body_rejections_name_the_problem_and_the_seq_when_it_is_one(keys):
+    from ims_station import envelope
+
+    v = Verifier(keys.trust)
+    not_json = envelope.pack("event", "STA01", b"\xff{", time_us=ENV_US, signer=own(keys, 0))
+    r = v.check_event("STA01", not_json)
+    assert (r.reason, r.frame_set, r.sequence) == ("malformed", "STA01:events", None)
+    assert r.detail.startswith("STA01:events: envelope body: not UTF-8 JSON")
+    assert v.check_event("STA01", ev(keys, {"seq": 5, "station": 1})) == Rejection(
+        "malformed", "STA01:events: event body: station missing or not a string", "STA01:events", 5)
+    for seq in (0, MAX_EVENT_SEQ):
+        assert v.check_event("STA01", ev(keys, {"seq": seq}, seq=0)).sequence == seq
+    for seq in (-1, MAX_EVENT_SEQ + 1, True, "5"):
+        r = v.check_event("STA01", ev(keys, {"seq": seq, "station": "STA01"}, seq=0))
+        assert (r.reason, r.sequence) == ("malformed", None)
+        assert r.detail == f"STA01:events: event body: seq {seq!r} is not an integer in 0..{MAX_EVENT_SEQ}"
+    assert v.check_event("STA01", ev(keys, [1, 2], seq=0)) == Rejection(
+        "malformed", "STA01:events: event body: a JSON list, not an object", "STA01:events", None)
+    assert v.check_event("STA01", ev(keys, {"seq": 4, "station": "STA01"}, seq=3)) == Rejection(
+        "malformed", "STA01:events: envelope sequence number 3 is not the body's seq 4", "STA01:events")
+    assert v.check_event("STA01", ev(keys, {"seq": 4, "station": "STA02"})) == Rejection(
+        "station_mismatch", "STA01:events seq 4: event body names station 'STA02'", "STA01:events", 4)
+    huge = (1 << 63) - 1                      # an envelope time no date (and no key's validity) can hold
+    lax = Verifier(keys.trust, require_signatures=False)
+    assert lax.check_event("STA01", ev(keys, {"seq": 4, "station": "STA01"}, signer=None, time_us=huge)) == Rejection(
+        "implausible_time", f"STA01:events seq 4: event time {huge // 1000} ms is not a date", "STA01:events", 4)
+
+
+@pytest.fixture(scope="module")
+def phd(shared_dir) -> bytes:
+    return (shared_dir / "samples" / "ims20" / "SPIKE20211228080107855.PHD").read_bytes()
+
+
+def msg(keys, text: bytes, seq: int = 6, *, signer="own", time_us: int = ENV_US) -> bytes:
+    from ims_station import envelope
+
+    signer = own(keys, 0) if signer == "own" else signer
+    return envelope.pack("ims20", "STA01", text, time_us=time_us, signer=signer, seq=seq)
+
+
+def test_a_valid_ims20_message_keeps_its_text_and_envelope_time(keys, phd):
+    raw = msg(keys, phd)
+    v = Verifier(keys.trust).check_ims20("STA01", bytearray(raw))
+    assert isinstance(v, VerifiedIms20)
+    assert (v.station, v.frame_set, v.sequence, v.time_ms, v.raw, v.text) == (
+        "STA01", "STA01:ims20", 6, NOW_MS + 123, raw, phd)
+    assert type(v.raw) is bytes and (v.key_id, v.sent_ms) == (KEY_IDS["STA01"][0], NOW_MS + 123)
+    assert v.message is not None
+
+
+def test_ims20_rejections_name_the_problem(keys, phd):
+    v = Verifier(keys.trust)
+    r = v.check_ims20("STA01", msg(keys, b"not an IMS 2.0 message\n"))
+    assert (r.reason, r.frame_set, r.sequence) == ("malformed_ims20", "STA01:ims20", 6)
+    assert r.detail.startswith("STA01:ims20 seq 6: ")
+    assert v.check_ims20("STA01", msg(keys, phd, signer=None)) == Rejection(
+        "unsigned", "STA01:ims20: ims20 envelope is not signed", "STA01:ims20")
+    r = v.check_ims20("STA01", msg(keys, phd, signer=own(keys, 0, "STA02")))
+    assert r.reason == "wrong_station_key" and r.detail.startswith("STA01:ims20: ims20 signature (key 201): ")
+    huge = (1 << 63) - 1
+    lax = Verifier(keys.trust, require_signatures=False)
+    assert lax.check_ims20("STA01", msg(keys, phd, signer=None, time_us=huge)) == Rejection(
+        "implausible_time", f"STA01:ims20 seq 6: envelope time {huge} us is not a date", "STA01:ims20", 6)
