@@ -482,3 +482,37 @@ def test_ims20_rejections_name_the_problem(keys, phd):
     lax = Verifier(keys.trust, require_signatures=False)
     assert lax.check_ims20("STA01", msg(keys, phd, signer=None, time_us=huge)) == Rejection(
         "implausible_time", f"STA01:ims20 seq 6: envelope time {huge} us is not a date", "STA01:ims20", 6)
+
+
+def test_channel_data_that_cannot_be_decoded_is_refused_unless_decoding_is_off(keys):
+    from ims_station import cd11
+
+    raw = frame(keys, fsign=None, csign=None)
+    start = cd11.parse_frame(raw)[0].subframes[1].span[0]
+    bad = bytearray(raw)
+    bad[start + 9] = 254                    # the subframe's transformation byte: no such compression
+    bad = recrc(bad)
+    r = Verifier(keys.trust, require_signatures=False).check("STA01", bad)
+    assert (r.reason, r.frame_set, r.sequence) == ("undecodable", FS, BASE)
+    assert r.detail.startswith(f"{FS} seq {BASE}: subframe 1 (STA01/BHN): ") and "transformation 254" in r.detail
+    assert isinstance(Verifier(keys.trust, require_signatures=False, decode_samples=False).check("STA01", bad),
+                      Verified)
+
+
+class NoKeyLookup:
+    """A trust store that verifies signatures but cannot look a key up by id."""
+
+    def __init__(self, trust) -> None:
+        self._trust = trust
+
+    def __getattr__(self, name):
+        if name == "key":
+            raise AttributeError(name)
+        return getattr(self._trust, name)
+
+
+def test_without_key_lookup_no_key_counts_as_unknown_to_the_legacy_policy(keys, unknown_signer):
+    legacy = Verifier(NoKeyLookup(keys.trust), station_policies={"STA01": StationPolicy(accept_unknown_keys=True)})
+    assert legacy.check("STA01", frame(keys, fsign=unknown_signer)).reason == "frame_signature"
+    assert legacy.check("STA01", frame(keys, csign=unknown_signer)).reason == "subframe_signature"
+    assert isinstance(legacy.check("STA01", frame(keys)), Verified)
