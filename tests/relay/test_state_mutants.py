@@ -132,16 +132,19 @@ def test_sqlite_store_that_is_not_a_database_fails_to_open_naming_the_file(tmp_p
     assert str(exc.value) == f"{path}: cannot open state store: file is not a database"
 
 
-def test_sqlite_read_errors_name_the_file_and_the_frame_set(sq):
+def test_sqlite_errors_of_a_store_whose_table_is_gone_name_the_file_the_frame_set_and_the_table(sq):
     sq.save([_state()])
     with _other(sq) as con:
         con.execute("DROP TABLE frame_sets")
-    with pytest.raises(StateStoreError) as exc:
-        sq.load_all()
-    assert str(exc.value) == f"{sq.path}: cannot read frame sets: no such table: frame_sets"
-    with pytest.raises(StateStoreError) as exc:
-        sq.load("STA01:0")
-    assert str(exc.value) == f"{sq.path}: cannot read frame set 'STA01:0': no such table: frame_sets"
+    calls = [(sq.load_all, "cannot read frame sets"),
+             (lambda: sq.load("STA01:0"), "cannot read frame set 'STA01:0'"),
+             (lambda: sq.save([_state()]), "cannot save 1 frame set(s)"),
+             (lambda: sq.update(["STA01:0", "STA02:0"], lambda st: None), "cannot update 2 frame set(s)")]
+    for call, what in calls:
+        with pytest.raises(StateStoreError) as exc:
+            call()
+        assert str(exc.value) == f"{sq.path}: {what}: no such table: frame_sets"
+        assert not sq._db.in_transaction
 
 
 @pytest.mark.parametrize("record", ["{not json", '{"lowest": 1}', '{"name": "STA01:0", "gaps": [[1, 2]]}'])
