@@ -206,6 +206,14 @@ def test_event_time_is_iso_8601_naive_meaning_utc():
     assert _event_time_ms("2023-11-14T22:13:20.250") == NOW_MS + 250
     assert _event_time_ms("2023-11-14T23:13:20+01:00") == NOW_MS
     assert _event_time_ms("1970-01-01T00:00:00Z") == 0
+    # whole milliseconds, microseconds dropped
+    assert _event_time_ms("2023-11-14T22:13:20.000999") == NOW_MS
+    assert type(_event_time_ms("2023-11-14T22:13:20.000999")) is int
+    # the longest time accepted is MAX_EVENT_TEXT characters (Python reads any number of digits of a fraction)
+    longest = "2023-11-14T22:13:20.5" + "0" * (MAX_EVENT_TEXT - 21)
+    assert len(longest) == MAX_EVENT_TEXT and _event_time_ms(longest) == NOW_MS + 500
+    assert _event_problem(dict(OK, time=longest)) == ""
+    assert _event_time_ms(longest + "0") is None
     for bad in (None, 1700000000, "yesterday", "2023-11-14T22:13:20" + "x" * 60, ""):
         assert _event_time_ms(bad) is None
 
