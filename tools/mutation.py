@@ -38,7 +38,7 @@ RELAY_TESTS = ["tests/relay/" + name for name in (
     "test_core.py", "test_state_archive.py", "test_gaps.py", "test_events.py", "test_ims20.py",
     "test_kpi.py", "test_poison.py", "test_request.py", "test_fuzz.py", "test_fuzz_events.py",
     "test_fuzz_ims20.py", "test_relay_mqtt.py", "test_trust_reload.py", "test_cd11_verify_cli.py",
-    "test_plot_archive.py", "test_cli.py", "test_status_api.py")]
+    "test_plot_archive.py", "test_cli.py", "test_status_api.py", "test_state_mutants.py")]
 
 # group -> (modules under the installed layout, tests that exercise them)
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
@@ -50,7 +50,8 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
                                                 "tests/uplink/test_outbox_open.py", "tests/uplink/test_outbox_mutants.py",
                                                 "tests/edge/test_outbox_cli.py"]),
     "uplink": (["ims_station/edge/uplink.py"], ["tests/uplink"]),
-    "verify": (["ims_station/relay/verify.py"], RELAY_TESTS + ["tests/cd11/test_verify.py"]),
+    "verify": (["ims_station/relay/verify.py"], RELAY_TESTS + ["tests/cd11/test_verify.py",
+                                                              "tests/relay/test_verify_mutants.py"]),
     "archive": (["ims_station/relay/archive.py"], RELAY_TESTS),
     "state": (["ims_station/relay/state.py"], RELAY_TESTS),
 }
