@@ -268,3 +268,79 @@ def test_a_refused_outbox_is_not_left_open(tmp_path, clock):
         make(path, clock)
     held = {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
     assert str(path.resolve()) not in held, info.value
+
+
+# -- the directory, the lock and the reserve file -------------------------------------------------------
+def test_a_file_in_place_of_the_outbox_directory_is_refused(tmp_path, clock):
+    (tmp_path / "spool").write_bytes(b"")
+    path = tmp_path / "spool" / "outbox.sqlite"
+    with pytest.raises(OutboxOpenError) as info:
+        make(path, clock)
+    assert str(info.value) == (f"outbox {path}: {tmp_path / 'spool'} is not a directory: set [outbox] path or "
+                               "[station] data_dir to a directory")
+
+
+def test_a_missing_directory_tree_is_refused_naming_both_levels(tmp_path, clock):
+    path = tmp_path / "mnt" / "ims" / "outbox.sqlite"
+    with pytest.raises(OutboxOpenError) as info:
+        make(path, clock)
+    assert str(info.value) == (f"outbox {path}: its directory {tmp_path / 'mnt' / 'ims'} does not exist, nor "
+                               f"does {tmp_path / 'mnt'}: create it (is its file system mounted?) or correct "
+                               "[station] data_dir")
+
+
+def test_a_directory_that_cannot_be_created_or_locked_in_is_refused_saying_why(ro_fs, clock):
+    subprocess.run(["mount", "-o", "remount,ro", str(ro_fs)], check=True)
+    path = ro_fs / "spool" / "outbox.sqlite"
+    with pytest.raises(OutboxOpenError) as info:
+        make(path, clock)
+    assert str(info.value) == (f"outbox {path}: cannot create its directory {ro_fs / 'spool'} (Read-only file "
+                               "system): create it, writable by the gateway's user")
+    path = ro_fs / "outbox.sqlite"
+    with pytest.raises(OutboxOpenError) as info:
+        make(path, clock)
+    assert str(info.value) == (f"outbox {path}: cannot create its lock file {ro_fs / 'outbox.sqlite.lock'} "
+                               f"(Read-only file system): the directory {ro_fs} must be writable by the "
+                               "gateway's user (is the file system mounted read-only?)")
+
+
+def test_the_lock_is_the_file_beside_the_database_and_a_second_opener_is_told_what_to_do(tmp_path, clock):
+    path = tmp_path / "outbox.sqlite"
+    first = make(path, clock)
+    assert (tmp_path / "outbox.sqlite.lock").read_text().strip() == str(os.getpid())
+    with pytest.raises(OutboxLockedError) as info:
+        make(path, clock)
+    msg = str(info.value)
+    assert msg.startswith(f"outbox {path} is in use by process {os.getpid()}")
+    assert msg.endswith(": stop that gateway first; two gateways must never share an outbox (each station "
+                        "needs its own [station] data_dir)")
+    first.close()
+
+
+@pytest.mark.parametrize("reserve_bytes", [0, 1, 5000])
+def test_the_reserve_file_has_the_size_asked_and_none_for_0(tmp_path, clock, reserve_bytes):
+    box = Outbox(tmp_path / "outbox.sqlite", max_bytes=10_000_000, max_age_s=1e12, clock=clock,
+                 reserve_bytes=reserve_bytes)
+    reserve = tmp_path / "outbox.sqlite.reserve"
+    assert (reserve.stat().st_size if reserve.exists() else None) == (reserve_bytes or None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["outbox.sqlite", "outbox.sqlite-wal", "outbox.sqlite-shm", "outbox.sqlite.lock"]
+        + (["outbox.sqlite.reserve"] if reserve_bytes else []))          # no temporary file left
+    box.close()
+
+
+def test_an_outbox_opens_without_its_reserve_when_the_file_system_has_no_room_for_it(tmp_path, clock):
+    from tests.conftest import need_root
+
+    need_root("mounting a tmpfs (CI runs as root)")
+    mnt = tmp_path / "few_inodes"
+    mnt.mkdir()
+    # Five inodes: the directory, the database, its WAL and shared memory, the lock; none for the reserve.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,nr_inodes=5", "tmpfs", str(mnt)], check=True)
+    try:
+        box = make(mnt / "outbox.sqlite", clock)
+        assert box.put("cd11", FS, 1, clock.t, b"x")
+        assert not (mnt / "outbox.sqlite.reserve").exists()
+        box.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
