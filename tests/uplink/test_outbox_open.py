@@ -344,3 +344,79 @@ def test_an_outbox_opens_without_its_reserve_when_the_file_system_has_no_room_fo
         box.close()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+# -- the settings the outbox is opened with ------------------------------------------------------------
+@pytest.mark.parametrize("max_bytes, max_age_s", [(0, 60), (-1, 60), (1000, 0), (1000, -1), (0, 0)])
+def test_bounds_that_are_not_positive_are_refused(tmp_path, clock, max_bytes, max_age_s):
+    with pytest.raises(ValueError) as info:
+        Outbox(tmp_path / "outbox.sqlite", max_bytes=max_bytes, max_age_s=max_age_s, clock=clock)
+    assert str(info.value) == "max_bytes and max_age_s must be positive"
+    assert not (tmp_path / "outbox.sqlite").exists()
+
+
+def test_the_smallest_bounds_are_accepted(tmp_path, clock):
+    box = Outbox(tmp_path / "outbox.sqlite", max_bytes=1, max_age_s=1, clock=clock)
+    assert (box.max_bytes, box.max_age_s) == (1, 1.0)
+    box.close()
+
+
+@pytest.mark.parametrize("synchronous, level", [(None, 2), ("FULL", 2), ("NORMAL", 1), ("EXTRA", 3)])
+def test_the_durability_asked_is_the_one_sqlite_applies(tmp_path, clock, synchronous, level):
+    kw = {} if synchronous is None else {"synchronous": synchronous}
+    box = Outbox(tmp_path / "outbox.sqlite", max_bytes=1000, max_age_s=60, clock=clock, **kw)
+    assert box._db.execute("PRAGMA synchronous").fetchone()[0] == level      # default: FULL
+    box.close()
+
+
+@pytest.mark.parametrize("synchronous", ["OFF", "full", "normal"])
+def test_a_durability_other_than_full_extra_or_normal_is_refused(tmp_path, clock, synchronous):
+    with pytest.raises(ValueError) as info:
+        Outbox(tmp_path / "outbox.sqlite", max_bytes=1000, max_age_s=60, clock=clock, synchronous=synchronous)
+    assert str(info.value) == "synchronous must be FULL, EXTRA or NORMAL"
+
+
+def test_defaults_resend_after_5_s_frames_of_10_s_gateway_mode_and_a_30_s_lock_wait(tmp_path, clock):
+    box = make(tmp_path / "outbox.sqlite", clock)
+    assert (box.resend_holdoff_s, box.hold_span_s, box.hold_kinds, box.min_free_bytes) == (5.0, 10.0, frozenset(), None)
+    # Another connection's transaction (the maintenance command's read) is waited for up to 30 s.
+    assert box._db.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
+    with pytest.raises(Exception, match="exclusive=True"):
+        box.delete([1])                                       # a gateway, not a maintenance command
+    box.close()
+
+
+def test_one_outbox_serves_the_ingest_and_the_network_threads(tmp_path, clock):
+    import threading
+
+    box = make(tmp_path / "outbox.sqlite", clock)
+    errors = []
+
+    def network_thread():
+        try:
+            box.put("events", FS + "e", 1, clock.t, b"from another thread")
+            box.mark_sent([i.id for i in box.next_to_send(10, live_window_s=1e9)])
+        except Exception as err:     # noqa: BLE001 -- reported below
+            errors.append(err)
+
+    t = threading.Thread(target=network_thread)
+    t.start()
+    t.join()
+    assert errors == [] and box.in_flight_count() == 1
+    box.close()
+
+
+def test_a_damaged_index_met_while_opening_is_refused_naming_the_file_and_the_lock_released(tmp_path, clock):
+    path = filled(tmp_path, clock, frames=5)
+    db = sqlite3.connect(path)
+    root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'frames_pending'").fetchone()[0]
+    page = db.execute("PRAGMA page_size").fetchone()[0]
+    db.close()
+    with open(path, "r+b") as f:             # an index only the start-up's requeue reads
+        f.seek((root - 1) * page)
+        f.write(b"\xa5" * page)
+    with pytest.raises(OutboxCorruptError) as info:
+        make(path, clock)
+    assert str(info.value).startswith(f"outbox {path} is damaged (database disk image is malformed): move it")
+    with pytest.raises(OutboxCorruptError):
+        make(path, clock)                    # refused again, not "in use": the lock was released
