@@ -531,7 +531,8 @@ def _older_outbox(tmp_path, clock, *, drop: tuple[str, ...], version: int | None
     path = tmp_path / "outbox.sqlite"
     db = sqlite3.connect(path)
     db.execute("DROP INDEX frames_sendable")               # it names the held column
-    for table, col in (("frames", "pubacked"), ("frames", "held"), ("frame_sets", "evicted_through")):
+    for table, col in (("frames", "pubacked"), ("frames", "held"), ("frame_sets", "evicted_through"),
+                       ("ack_points", "boot")):
         if col in drop:
             db.execute(f"ALTER TABLE {table} DROP COLUMN {col}")
     if version is None:
@@ -552,12 +553,12 @@ def _columns(path: Path, table: str) -> set[str]:
 
 
 @pytest.mark.parametrize("drop", [("held",), ("evicted_through",), ("held", "evicted_through"),
-                                  ("pubacked", "held", "evicted_through"), ()])
+                                  ("pubacked", "held", "evicted_through", "boot"), ()])
 def test_an_older_outbox_is_upgraded_in_place_and_keeps_its_frames(tmp_path, clock, drop):
     path = _older_outbox(tmp_path, clock, drop=drop)
     box = make(tmp_path, clock, hold_kinds=("cd11",), max_bytes=600)
     assert _columns(path, "frames") >= {"pubacked", "held"}
-    assert "evicted_through" in _columns(path, "frame_sets")
+    assert "evicted_through" in _columns(path, "frame_sets") and "boot" in _columns(path, "ack_points")
     # Its frames were committed before auxiliary mode: all sendable, the one in flight again.
     assert pending(box) == [1, 2, 3] and box.stats()["held"] == 0
     # The upgraded file holds new data frames and remembers what it evicts.
@@ -569,6 +570,7 @@ def test_an_older_outbox_is_upgraded_in_place_and_keeps_its_frames(tmp_path, clo
     db = sqlite3.connect(path)
     assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == 2
     db.close()
+    make(tmp_path, clock, hold_kinds=("cd11",)).close()     # and opens again, nothing left to upgrade
 
 
 def test_an_outbox_that_never_recorded_a_schema_version_opens(tmp_path, clock):
