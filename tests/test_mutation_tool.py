@@ -57,3 +57,29 @@ def test_every_group_names_existing_modules_and_tests():
             assert glob.glob(str(ROOT / repo_pattern)), f"{group}: {pattern} ({repo_pattern}) matches nothing"
         for t in tests:
             assert glob.glob(str(ROOT / t)), f"{group}: {t} does not exist"
+
+
+@pytest.mark.parametrize("argv", [["--rerun", "outbox", "m.x_f__mutmut_*"],
+                                  ["outbox", "--rerun", "m.x_f__mutmut_*"]])
+def test_rerun_takes_the_group_before_or_after_the_flag(tmp_path, monkeypatch, capsys, argv):
+    """`--rerun GROUP MUTANT...` (as docs and notes write it) and `GROUP --rerun MUTANT...` both
+    stage that group and run only the named mutants."""
+    tool = _tool()
+    staged, runs = [], []
+    monkeypatch.setattr(tool, "stage", lambda group, work: staged.append(group) or tmp_path)
+
+    class Done:
+        stdout = "    m.x_f__mutmut_1: killed\n    m.x_f__mutmut_2: survived\n    m.x_g__mutmut_1: survived\n"
+
+    monkeypatch.setattr(tool.subprocess, "run", lambda cmd, **kw: runs.append(cmd) or Done())
+    assert tool.main(argv) == 0
+    assert staged == ["outbox"]
+    assert runs[0][1:2] == ["run"] and runs[0][-1] == "m.x_f__mutmut_*"
+    out = capsys.readouterr().out
+    assert "m.x_g__mutmut_1" not in out and "1 of 2 killed" in out
+
+
+def test_rerun_without_a_mutant_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        _tool().main(["--rerun", "outbox"])
+    assert "needs at least one MUTANT" in capsys.readouterr().err

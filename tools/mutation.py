@@ -140,11 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--report", action="store_true", help="only print the scores of the last run")
     ap.add_argument("--rerun", nargs="+", metavar="MUTANT",
-                    help="with one GROUP: stage it afresh and run only these mutants (names or globs as "
-                         "`mutmut results` prints them), e.g. after adding tests for them")
+                    help="with one GROUP (`--rerun GROUP MUTANT...` or `GROUP --rerun MUTANT...`): stage it "
+                         "afresh and run only these mutants (names or globs as `mutmut results` prints "
+                         "them; quote globs), e.g. after adding tests for them")
     ap.add_argument("--survivors", type=Path, metavar="FILE",
                     help="with --report: write every survivor of the GROUP(s) with its diff to FILE")
     args = ap.parse_args(argv)
+    if args.rerun and not args.groups and args.rerun[0] in GROUPS:
+        # `--rerun GROUP MUTANT...`: argparse gives --rerun every word after it, the group too.
+        args.groups = [args.rerun.pop(0)]
+        if not args.rerun:
+            ap.error("--rerun GROUP needs at least one MUTANT")
     groups = args.groups or list(GROUPS)
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
 import os
 import shutil
 import sqlite3
@@ -360,3 +361,244 @@ def test_the_only_frame_stored_is_evicted_for_a_new_one_when_space_is_low(tmp_pa
     box._free_bytes = lambda: (0, 1 << 30)
     box.put("cd11", FS, 1, clock.t + 1, bytes(1000))
     assert pending(box) == [1] and box.stats()["evicted"] == 1
+
+
+# -- a full disk: checkpoint, the reserve file, _make_room, put's retries -------------------------------
+def _full(message: str = "database or disk is full") -> sqlite3.OperationalError:
+    return _sqlite_error(sqlite3.OperationalError, message, sqlite3.SQLITE_FULL)
+
+
+def test_a_disk_full_put_is_one_event_evicts_65_kib_more_than_the_frame_and_keeps_the_reserve(tmp_path, clock):
+    # max_page_count is SQLite's "disk full" on any file system (the simulated disk: 100 pages).
+    box = make(tmp_path, clock, max_bytes=1 << 40)
+    box._db.execute("PRAGMA max_page_count=100")
+    events = []
+    for seq in range(140):
+        box.put("cd11", FS, seq, clock.t + seq, bytes([seq % 256]) * 3000)
+        st = box.stats()
+        if not events or st["disk_full_events"] != events[-1][1]:
+            events.append((seq, st["disk_full_events"], st["evicted"]))
+    # Every disk-full put is counted once and frees its own size + 64 KiB (23 frames of 3000 bytes):
+    # the next event comes 23 frames later.
+    assert [e[1] for e in events[:4]] == [0, 1, 2, 3]
+    assert [e[2] for e in events[1:4]] == [23, 46, 69]
+    assert events[2][0] - events[1][0] == events[3][0] - events[2][0] == 23
+    # The checkpoint alone could copy the WAL back: the reserve was not needed and is still there.
+    assert "reserve_released" not in box.stats()
+    assert (tmp_path / "outbox.sqlite.reserve").stat().st_size == 256 * 1024
+
+
+def test_on_a_full_disk_the_only_frame_stored_makes_room_for_the_new_one(tmp_path, clock):
+    box = make(tmp_path, clock, max_bytes=1 << 40)
+    box.put("cd11", FS, 1, clock.t, bytes(100_000))
+    box._db.execute("PRAGMA max_page_count=50")          # room for one such frame, not two
+    assert box.put("cd11", FS, 2, clock.t + 10, bytes([2]) * 100_000)
+    st = box.stats()
+    assert (st["frames"], st["evicted"], st["disk_full_events"]) == (1, 1, 1)
+    assert pending(box) == [2]
+
+
+def test_a_full_disk_with_nothing_to_evict_is_one_event_not_one_per_retry(tmp_path, clock):
+    box = make(tmp_path, clock)
+    box._db.execute("PRAGMA max_page_count=30")
+    with pytest.raises(OutboxFullError, match="nothing left to evict"):
+        box.put("cd11", FS, 1, clock.t, bytes(500_000))
+    assert box.stats()["disk_full_events"] == 1
+
+
+def test_each_retry_of_a_put_on_a_full_disk_asks_for_twice_the_frame_plus_64_kib(tmp_path, clock):
+    box = make(tmp_path, clock)
+    asked = []
+    box._make_room = lambda need: asked.append(need) or True
+    real_txn = box._put_txn
+
+    def txn(*args):
+        if len(asked) < 4:                     # the disk stays full for four attempts
+            raise _full()
+        return real_txn(*args)
+
+    box._put_txn = txn
+    assert box.put("cd11", FS, 1, clock.t, bytes(1000))
+    assert asked == [1000 + 65536, 2000 + 65536, 4000 + 65536, 8000 + 65536]
+    assert pending(box) == [1]
+
+
+def test_a_checkpoint_completes_only_when_no_reader_holds_the_wal(tmp_path, clock):
+    box = make(tmp_path, clock)
+    box._db.execute("PRAGMA busy_timeout=0")           # report a busy reader at once
+    box.put("cd11", FS, 1, clock.t, bytes(3000))
+    assert box._checkpoint() is True
+    reader = sqlite3.connect(tmp_path / "outbox.sqlite", isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM frames").fetchone()      # a snapshot before frame 2
+        box.put("cd11", FS, 2, clock.t, bytes(3000))
+        assert box._checkpoint() is False                              # frame 2 cannot be copied
+        reader.execute("COMMIT")
+        box.put("cd11", FS, 3, clock.t, bytes(3000))
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM frames").fetchone()      # a snapshot of everything
+        # Every page copied, but the WAL cannot start over while the reader uses it: not done.
+        assert box._checkpoint() is False
+        reader.execute("COMMIT")
+        assert box._checkpoint() is True
+    finally:
+        reader.close()
+    box._db.execute("BEGIN IMMEDIATE")                 # SQLite refuses to checkpoint: not done either
+    try:
+        assert box._checkpoint() is False
+    finally:
+        box._db.execute("ROLLBACK")
+
+
+def test_the_reserve_file_is_given_back_once_per_release_and_counted(tmp_path, clock):
+    box = make(tmp_path, clock, reserve_bytes=4096)
+    reserve = tmp_path / "outbox.sqlite.reserve"
+    assert reserve.stat().st_size == 4096
+    assert box._release_reserve() is True and not reserve.exists()
+    assert box._release_reserve() is False                             # nothing left to give
+    assert box.stats()["reserve_released"] == 1
+    box._ensure_reserve()
+    assert reserve.stat().st_size == 4096
+    assert box._release_reserve() is True
+    assert box.stats()["reserve_released"] == 2
+
+
+def _failing_evictions(box: Outbox, failures: int) -> None:
+    """The first *failures* evictions meet a full disk (the delete's WAL pages do not fit)."""
+    real = box._evict_oldest_bytes
+    left = [failures]
+
+    def evict(reason, need):
+        if left[0]:
+            left[0] -= 1
+            raise _full()
+        return real(reason, need)
+
+    box._evict_oldest_bytes = evict
+
+
+def _filled_box(tmp_path, clock, **kw) -> Outbox:
+    box = make(tmp_path, clock, reserve_bytes=4096, **kw)
+    for seq in range(10):
+        box.put("cd11", FS, seq, clock.t + seq, bytes([seq]) * 1000)
+    return box
+
+
+def test_when_even_a_delete_does_not_fit_the_reserve_is_given_up_and_the_eviction_retried(tmp_path, clock, caplog):
+    box = _filled_box(tmp_path, clock)
+    _failing_evictions(box, 1)
+    with caplog.at_level(logging.ERROR, "ims_station.edge.outbox"):
+        assert box._make_room(2500) is True
+    st = box.stats()
+    assert (st["evicted"], st["reserve_released"], st["disk_full_events"]) == (3, 1, 1)
+    assert (tmp_path / "outbox.sqlite.reserve").stat().st_size == 4096        # space is back: recreated
+    assert [r.getMessage() for r in caplog.records] == [
+        "outbox: cannot evict on a full disk: database or disk is full"]
+
+
+def test_when_no_delete_fits_even_without_the_reserve_nothing_is_evicted_and_it_says_so(tmp_path, clock, caplog):
+    box = _filled_box(tmp_path, clock)
+    _failing_evictions(box, 2)
+    with caplog.at_level(logging.ERROR, "ims_station.edge.outbox"):
+        assert box._make_room(2500) is False
+    st = box.stats()
+    assert (st["frames"], st["evicted"], st["reserve_released"]) == (10, 0, 1)
+    assert not (tmp_path / "outbox.sqlite.reserve").exists()
+    assert [r.getMessage() for r in caplog.records] == [
+        "outbox: cannot evict on a full disk: database or disk is full",
+        "outbox: cannot evict on a full disk even after releasing the reserve: database or disk is full"]
+
+
+def test_when_the_wal_cannot_be_checkpointed_the_reserve_is_given_up_first(tmp_path, clock):
+    box = _filled_box(tmp_path, clock)
+    box._checkpoint = lambda: False                    # the database file cannot grow
+    assert box._make_room(2500) is True
+    st = box.stats()
+    assert (st["evicted"], st["reserve_released"]) == (3, 1)
+    assert (tmp_path / "outbox.sqlite.reserve").exists()
+
+
+# -- opening an outbox written by an older version: upgraded in place, nothing lost ----------------------
+def _older_outbox(tmp_path, clock, *, drop: tuple[str, ...], version: int | None = 1) -> Path:
+    """A closed outbox holding frames 1-3 of FS (2 sent), as an older version wrote it: without the
+    columns in *drop* and with *version* as its recorded schema version (None: none recorded)."""
+    box = make(tmp_path, clock)
+    for seq in (1, 2, 3):
+        box.put("cd11", FS, seq, clock.t - 100 + seq, bytes([seq]) * 100)
+    box.mark_sent([i.id for i in box.next_to_send(10, live_window_s=1e9) if i.seq == 2])
+    box.close()
+    path = tmp_path / "outbox.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("DROP INDEX frames_sendable")               # it names the held column
+    for table, col in (("frames", "pubacked"), ("frames", "held"), ("frame_sets", "evicted_through"),
+                       ("ack_points", "boot")):
+        if col in drop:
+            db.execute(f"ALTER TABLE {table} DROP COLUMN {col}")
+    if version is None:
+        db.execute("DELETE FROM meta WHERE key = 'schema_version'")
+    else:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
+    db.commit()
+    db.close()
+    return path
+
+
+def _columns(path: Path, table: str) -> set[str]:
+    db = sqlite3.connect(path)
+    try:
+        return {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("drop", [("held",), ("evicted_through",), ("held", "evicted_through"),
+                                  ("pubacked", "held", "evicted_through", "boot"), ()])
+def test_an_older_outbox_is_upgraded_in_place_and_keeps_its_frames(tmp_path, clock, drop):
+    path = _older_outbox(tmp_path, clock, drop=drop)
+    box = make(tmp_path, clock, hold_kinds=("cd11",), max_bytes=600)
+    assert _columns(path, "frames") >= {"pubacked", "held"}
+    assert "evicted_through" in _columns(path, "frame_sets") and "boot" in _columns(path, "ack_points")
+    # Its frames were committed before auxiliary mode: all sendable, the one in flight again.
+    assert pending(box) == [1, 2, 3] and box.stats()["held"] == 0
+    # The upgraded file holds new data frames and remembers what it evicts.
+    box.put("cd11", FS, 4, clock.t, bytes(500))
+    st = box.stats()
+    assert (st["frames"], st["held"], st["evicted"]) == (2, 1, 2)
+    assert box.window(FS, clock.t - 200, clock.t + 10)["evicted_through"] == 2
+    box.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == 2
+    db.close()
+    make(tmp_path, clock, hold_kinds=("cd11",)).close()     # and opens again, nothing left to upgrade
+
+
+def test_an_outbox_that_never_recorded_a_schema_version_opens(tmp_path, clock):
+    _older_outbox(tmp_path, clock, drop=("held", "evicted_through"), version=None)
+    box = make(tmp_path, clock)
+    assert pending(box) == [1, 2, 3]
+
+
+def test_an_outbox_written_by_a_newer_version_is_refused_saying_which(tmp_path, clock):
+    path = _older_outbox(tmp_path, clock, drop=(), version=3)
+    with pytest.raises(OutboxError) as info:
+        make(tmp_path, clock)
+    assert str(info.value) == (f"outbox {path} has schema version 3, written by a newer ims-station (this one "
+                               "knows up to 2): upgrade the software")
+
+
+@pytest.mark.parametrize("hold_kinds, exclusive, held_after", [
+    (("cd11",), False, 3),       # still in auxiliary mode: the buffer stays held
+    ((), False, 0),              # a gateway out of auxiliary mode: the buffer is sent
+    ((), True, 3),               # a maintenance command changes nothing it is not asked to
+])
+def test_reopening_releases_held_frames_only_for_a_gateway_out_of_auxiliary_mode(tmp_path, clock, hold_kinds,
+                                                                                exclusive, held_after):
+    box = make(tmp_path, clock, hold_kinds=("cd11",))
+    for seq in (1, 2, 3):
+        box.put("cd11", FS, seq, clock.t + seq, bytes([seq]))
+    assert box.stats()["held"] == 3
+    box.close()
+    box = make(tmp_path, clock, hold_kinds=hold_kinds, exclusive=exclusive)
+    assert box.stats()["held"] == held_after
+    assert len(pending(box)) == 3 - held_after
